@@ -1,0 +1,302 @@
+//! Access tokens: HS256 JWTs naming a room, an identity and grants, signed with an API
+//! key's secret (the key is the JWT `kid`).
+
+use std::collections::BTreeMap;
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+/// The public development key pair `control dev` trusts. Anyone can mint tokens with it.
+pub const DEV_API_KEY: &str = "devkey";
+pub const DEV_API_SECRET: &str = "devsecret";
+
+/// What a token allows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Grants {
+    pub publish: bool,
+    pub subscribe: bool,
+    pub admin: bool,
+}
+
+/// Token claims.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// The API key that signed it.
+    pub iss: String,
+    /// Identity of the participant.
+    pub sub: String,
+    pub room: String,
+    pub iat: u64,
+    pub exp: u64,
+    #[serde(default)]
+    pub grants: Grants,
+}
+
+/// Why a request is not authorized. `401` variants are about the token itself, `403` about
+/// what it allows.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing bearer token (Authorization: Bearer <token>)")]
+    Missing,
+    #[error("token is expired")]
+    Expired,
+    #[error("token is invalid: {0}")]
+    Invalid(String),
+    #[error("token is for room {token_room:?}, not {room:?}")]
+    WrongRoom { token_room: String, room: String },
+    #[error("token lacks the {0} grant")]
+    MissingGrant(&'static str),
+}
+
+impl AuthError {
+    /// HTTP status for this error.
+    pub fn status(&self) -> u16 {
+        match self {
+            AuthError::Missing | AuthError::Expired | AuthError::Invalid(_) => 401,
+            AuthError::WrongRoom { .. } | AuthError::MissingGrant(_) => 403,
+        }
+    }
+}
+
+/// Verifies tokens against the configured key pairs.
+#[derive(Debug, Clone, Default)]
+pub struct Verifier {
+    secrets: BTreeMap<String, String>,
+    leeway_secs: u64,
+}
+
+impl Verifier {
+    pub fn new(keys: &BTreeMap<String, String>, trust_dev_key: bool, leeway_secs: u64) -> Self {
+        let mut secrets = keys.clone();
+        if trust_dev_key {
+            secrets.insert(DEV_API_KEY.to_string(), DEV_API_SECRET.to_string());
+        }
+        Self {
+            secrets,
+            leeway_secs,
+        }
+    }
+
+    /// Check the `Authorization` header value and return the claims.
+    pub fn verify_header(&self, header: Option<&str>) -> Result<Claims, AuthError> {
+        let header = header.ok_or(AuthError::Missing)?;
+        let token = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or(AuthError::Missing)?;
+        self.verify(token)
+    }
+
+    pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        if header.alg != Algorithm::HS256 {
+            return Err(AuthError::Invalid("algorithm must be HS256".into()));
+        }
+        let kid = header
+            .kid
+            .ok_or_else(|| AuthError::Invalid("no `kid` (API key) in the header".into()))?;
+        let secret = self
+            .secrets
+            .get(&kid)
+            .ok_or_else(|| AuthError::Invalid(format!("unknown API key {kid:?}")))?;
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = self.leeway_secs;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        let data = jsonwebtoken::decode::<Claims>(
+            token,
+            &DecodingKey::from_secret(secret.as_bytes()),
+            &validation,
+        )
+        .map_err(|e| match e.kind() {
+            jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+            _ => AuthError::Invalid(e.to_string()),
+        })?;
+        if data.claims.iss != kid {
+            return Err(AuthError::Invalid(
+                "`iss` does not match the API key".into(),
+            ));
+        }
+        Ok(data.claims)
+    }
+}
+
+/// Check that `claims` allow `grant` in `room`.
+pub fn authorize(claims: &Claims, room: &str, grant: Grant) -> Result<(), AuthError> {
+    if claims.room != room && !claims.grants.admin {
+        return Err(AuthError::WrongRoom {
+            token_room: claims.room.clone(),
+            room: room.to_string(),
+        });
+    }
+    let ok = match grant {
+        Grant::Publish => claims.grants.publish,
+        Grant::Subscribe => claims.grants.subscribe,
+        Grant::Any => true,
+    };
+    if ok || claims.grants.admin {
+        Ok(())
+    } else {
+        Err(AuthError::MissingGrant(grant.as_str()))
+    }
+}
+
+/// A grant a request needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grant {
+    Publish,
+    Subscribe,
+    /// Any valid token for the room (e.g. to end one's own session).
+    Any,
+}
+
+impl Grant {
+    fn as_str(self) -> &'static str {
+        match self {
+            Grant::Publish => "publish",
+            Grant::Subscribe => "subscribe",
+            Grant::Any => "any",
+        }
+    }
+}
+
+/// Mint a token. `now` is seconds since the Unix epoch.
+pub fn mint(
+    api_key: &str,
+    secret: &str,
+    room: &str,
+    identity: &str,
+    grants: Grants,
+    now: u64,
+    ttl_secs: u64,
+) -> Result<String, jsonwebtoken::errors::Error> {
+    let header = Header {
+        kid: Some(api_key.to_string()),
+        ..Header::new(Algorithm::HS256)
+    };
+    let claims = Claims {
+        iss: api_key.to_string(),
+        sub: identity.to_string(),
+        room: room.to_string(),
+        iat: now,
+        exp: now + ttl_secs,
+        grants,
+    };
+    jsonwebtoken::encode(
+        &header,
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+}
+
+/// Seconds since the Unix epoch (I/O shell only).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verifier() -> Verifier {
+        Verifier::new(&BTreeMap::new(), true, 0)
+    }
+
+    fn grants(publish: bool, subscribe: bool) -> Grants {
+        Grants {
+            publish,
+            subscribe,
+            admin: false,
+        }
+    }
+
+    #[test]
+    fn round_trip_and_grants() {
+        let now = unix_now();
+        let t = mint(
+            DEV_API_KEY,
+            DEV_API_SECRET,
+            "r1",
+            "alice",
+            grants(true, false),
+            now,
+            60,
+        )
+        .expect("mint");
+        let c = verifier()
+            .verify_header(Some(&format!("Bearer {t}")))
+            .expect("valid");
+        assert_eq!(c.sub, "alice");
+        assert!(authorize(&c, "r1", Grant::Publish).is_ok());
+        assert_eq!(
+            authorize(&c, "r1", Grant::Subscribe),
+            Err(AuthError::MissingGrant("subscribe"))
+        );
+        assert_eq!(
+            authorize(&c, "r2", Grant::Publish).map_err(|e| e.status()),
+            Err(403)
+        );
+    }
+
+    #[test]
+    fn rejects_expired_forged_and_missing() {
+        let v = verifier();
+        assert_eq!(v.verify_header(None), Err(AuthError::Missing));
+        assert_eq!(v.verify_header(Some("Basic abc")), Err(AuthError::Missing));
+        let old = mint(
+            DEV_API_KEY,
+            DEV_API_SECRET,
+            "r",
+            "a",
+            grants(true, true),
+            1000,
+            10,
+        )
+        .expect("mint");
+        assert_eq!(v.verify(&old), Err(AuthError::Expired));
+        let forged = mint(
+            DEV_API_KEY,
+            "not-the-secret",
+            "r",
+            "a",
+            grants(true, true),
+            unix_now(),
+            60,
+        )
+        .expect("mint");
+        assert_eq!(v.verify(&forged).map_err(|e| e.status()), Err(401));
+        let unknown = mint(
+            "other",
+            "secret-secret-secret",
+            "r",
+            "a",
+            grants(true, true),
+            unix_now(),
+            60,
+        )
+        .expect("mint");
+        assert_eq!(v.verify(&unknown).map_err(|e| e.status()), Err(401));
+        assert_eq!(v.verify("garbage").map_err(|e| e.status()), Err(401));
+        // Without the dev flag, the dev key is not trusted.
+        let dev = mint(
+            DEV_API_KEY,
+            DEV_API_SECRET,
+            "r",
+            "a",
+            grants(true, true),
+            unix_now(),
+            60,
+        )
+        .expect("mint");
+        assert!(
+            Verifier::new(&BTreeMap::new(), false, 0)
+                .verify(&dev)
+                .is_err()
+        );
+    }
+}

@@ -1,0 +1,229 @@
+//! Control configuration: a TOML file, then environment overrides (`SFU__SECTION__KEY=value`),
+//! then command-line flags. Every key has a default; an invalid value is an error naming the key.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use sfu_core::NodeConfig;
+
+/// Prefix of environment overrides: `SFU__NODE__WORKERS=4` sets `node.workers`.
+pub const ENV_PREFIX: &str = "SFU__";
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub http: HttpConfig,
+    pub auth: AuthConfig,
+    pub node: NodeConfig,
+}
+
+/// `[http]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address of the signaling / metrics / demo HTTP server.
+    pub listen: SocketAddr,
+    /// Largest accepted request body (SDP offers), in bytes.
+    pub max_body_bytes: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_body_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// API key → secret. Tokens name their key in the JWT `kid` header.
+    pub keys: BTreeMap<String, String>,
+    /// Also trust the public development key pair (`devkey` / `devsecret`) and serve
+    /// `POST /dev/token`. `control dev` turns this on. Never in production.
+    pub dev: bool,
+    /// Tokens may be this many seconds past `exp` (clock skew between minting and checking).
+    pub leeway_secs: u64,
+}
+
+/// A configuration problem, naming the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("invalid configuration: `{key}`: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+impl Config {
+    /// Load `path` (if any), apply `SFU__*` environment overrides, validate.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl Iterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let (mut table, origin) = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                let table: toml::Table =
+                    text.parse()
+                        .map_err(|e: toml::de::Error| ConfigError::Parse {
+                            path: path.display().to_string(),
+                            message: e.message().to_string(),
+                        })?;
+                (table, path.display().to_string())
+            }
+            None => (toml::Table::new(), "(defaults)".to_string()),
+        };
+        for (var, value) in env {
+            let Some(rest) = var.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let keys: Vec<String> = rest.split("__").map(|k| k.to_ascii_lowercase()).collect();
+            apply_override(&mut table, &keys, &value).map_err(|message| ConfigError::Env {
+                var: var.clone(),
+                message,
+            })?;
+        }
+        let config: Config =
+            Config::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Parse {
+                path: origin,
+                message: e.message().to_string(),
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.node.validate().map_err(|e| ConfigError::Invalid {
+            key: e.key.to_string(),
+            reason: e.reason,
+        })?;
+        if self.http.max_body_bytes < 1024 {
+            return Err(ConfigError::Invalid {
+                key: "http.max_body_bytes".into(),
+                reason: "must be at least 1024".into(),
+            });
+        }
+        for (key, secret) in &self.auth.keys {
+            if secret.len() < 16 {
+                return Err(ConfigError::Invalid {
+                    key: format!("auth.keys.{key}"),
+                    reason: "secret must be at least 16 characters".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Set `keys` (a path of table names) to `value`, parsed as a TOML value when it is one
+/// (numbers, booleans, arrays) and as a string otherwise.
+fn apply_override(table: &mut toml::Table, keys: &[String], value: &str) -> Result<(), String> {
+    let Some((last, parents)) = keys.split_last() else {
+        return Err("empty key".into());
+    };
+    let mut current = table;
+    for key in parents {
+        let entry = current
+            .entry(key.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        current = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("`{key}` is not a table"))?;
+    }
+    let parsed = format!("v = {value}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_string()));
+    current.insert(last.clone(), parsed);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> tempfile_path::TempPath {
+        tempfile_path::TempPath::with(text)
+    }
+
+    mod tempfile_path {
+        pub struct TempPath(pub std::path::PathBuf);
+        impl TempPath {
+            pub fn with(text: &str) -> Self {
+                let path = std::env::temp_dir().join(format!(
+                    "control-config-test-{}-{}.toml",
+                    std::process::id(),
+                    rand::random::<u64>()
+                ));
+                std::fs::write(&path, text).expect("temp dir is writable");
+                TempPath(path)
+            }
+        }
+        impl Drop for TempPath {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+    }
+
+    #[test]
+    fn defaults_load_without_a_file() {
+        let c = Config::load(None, std::iter::empty()).expect("defaults are valid");
+        assert_eq!(c.http.listen.port(), 8080);
+        assert_eq!(c.node.media_port_base, 50_000);
+        assert_eq!(c.http.max_body_bytes, 65_536);
+    }
+
+    #[test]
+    fn file_then_env_override() {
+        let f = write("[node]\nworkers = 3\n[http]\nlisten = \"127.0.0.1:9000\"\n");
+        let env = vec![(
+            "SFU__NODE__MEDIA_PORT_BASE".to_string(),
+            "41000".to_string(),
+        )];
+        let c = Config::load(Some(&f.0), env.into_iter()).expect("valid");
+        assert_eq!(c.node.workers, 3);
+        assert_eq!(c.node.media_port_base, 41_000);
+        assert_eq!(c.http.listen.port(), 9000);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let f = write("[node]\nworkerz = 3\n");
+        let e = Config::load(Some(&f.0), std::iter::empty()).expect_err("unknown key");
+        assert!(e.to_string().contains("workerz"), "{e}");
+
+        let f = write("[node]\nmedia_port_base = 0\n");
+        let e = Config::load(Some(&f.0), std::iter::empty()).expect_err("bad port");
+        assert!(e.to_string().contains("node.media_port_base"), "{e}");
+
+        let f = write("[auth.keys]\nk = \"short\"\n");
+        let e = Config::load(Some(&f.0), std::iter::empty()).expect_err("short secret");
+        assert!(e.to_string().contains("auth.keys.k"), "{e}");
+
+        let env = vec![("SFU__NODE__WORKERS".to_string(), "lots".to_string())];
+        let e = Config::load(None, env.into_iter()).expect_err("not a number");
+        assert!(
+            e.to_string().contains("workers") || e.to_string().contains("invalid type"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,353 @@
+//! The HTTP surface: WHIP/WHEP signaling, health, metrics, the demo page and (dev only) token
+//! minting. Handlers translate HTTP to node API calls and node errors back to status codes.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use sfu_core::ids::SessionId;
+use sfu_core::{Node, NodeError, SessionKind};
+
+use crate::auth::{self, AuthError, Grant, Grants, Verifier};
+
+/// What every handler can reach.
+#[derive(Debug)]
+pub struct AppState {
+    pub node: Node,
+    pub verifier: Verifier,
+    /// Serve `POST /dev/token` (development only).
+    pub dev: bool,
+    pub max_body_bytes: usize,
+}
+
+/// Build the router.
+pub fn router(state: Arc<AppState>) -> Router {
+    let limit = state.max_body_bytes;
+    let mut router = Router::new()
+        .route("/", get(index))
+        .route("/app.js", get(app_js))
+        .route("/style.css", get(style_css))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/whip/{room}", post(whip_post))
+        .route(
+            "/whip/{room}/{session}",
+            axum::routing::delete(whip_delete)
+                .patch(patch)
+                .options(patch),
+        )
+        .route("/whep/{room}", post(whep_post))
+        .route(
+            "/whep/{room}/{session}",
+            axum::routing::delete(whep_delete)
+                .patch(patch)
+                .options(patch),
+        );
+    if state.dev {
+        router = router.route("/dev/token", post(dev_token));
+    }
+    router.layer(DefaultBodyLimit::max(limit)).with_state(state)
+}
+
+fn text(status: StatusCode, message: impl Into<String>) -> Response {
+    let mut message = message.into();
+    message.push('\n');
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        message,
+    )
+        .into_response()
+}
+
+async fn index() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        include_str!("../static/index.html"),
+    )
+        .into_response()
+}
+
+async fn app_js() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        include_str!("../static/app.js"),
+    )
+        .into_response()
+}
+
+async fn style_css() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        include_str!("../static/style.css"),
+    )
+        .into_response()
+}
+
+async fn healthz(State(state): State<Arc<AppState>>) -> Response {
+    if state.node.is_healthy() {
+        text(StatusCode::OK, "ok")
+    } else {
+        text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "a media worker has stopped",
+        )
+    }
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let body = crate::metrics::render(&state.node.stats());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// Room names: 1-128 characters of `[A-Za-z0-9._-]`.
+fn valid_room(room: &str) -> bool {
+    (1..=128).contains(&room.len())
+        && room
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn auth_error(e: AuthError) -> Response {
+    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED);
+    let mut response = text(status, e.to_string());
+    if status == StatusCode::UNAUTHORIZED {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    response
+}
+
+fn node_error(e: NodeError) -> Response {
+    let status = match e {
+        NodeError::BadOffer(_) => StatusCode::BAD_REQUEST,
+        NodeError::UnknownSession => StatusCode::NOT_FOUND,
+        NodeError::NoCapacity | NodeError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    text(status, e.to_string())
+}
+
+async fn whip_post(
+    state: State<Arc<AppState>>,
+    room: Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    offer(state, room, headers, body, SessionKind::Publish).await
+}
+
+async fn whep_post(
+    state: State<Arc<AppState>>,
+    room: Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    offer(state, room, headers, body, SessionKind::Subscribe).await
+}
+
+async fn offer(
+    State(state): State<Arc<AppState>>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+    kind: SessionKind,
+) -> Response {
+    if !valid_room(&room) {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "room names are 1-128 characters of A-Z a-z 0-9 . _ -",
+        );
+    }
+    let claims = match state.verifier.verify_header(
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok()),
+    ) {
+        Ok(c) => c,
+        Err(e) => return auth_error(e),
+    };
+    let grant = match kind {
+        SessionKind::Publish => Grant::Publish,
+        SessionKind::Subscribe => Grant::Subscribe,
+    };
+    if let Err(e) = auth::authorize(&claims, &room, grant) {
+        return auth_error(e);
+    }
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = content_type.split(';').next().unwrap_or("").trim();
+    if !mime.eq_ignore_ascii_case("application/sdp") {
+        return text(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("Content-Type must be application/sdp, got {content_type:?}"),
+        );
+    }
+    let Ok(sdp) = String::from_utf8(body.to_vec()) else {
+        return text(StatusCode::BAD_REQUEST, "SDP offer is not UTF-8");
+    };
+    if !sdp.trim_start().starts_with("v=0") {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "bad offer: SDP must start with the line v=0",
+        );
+    }
+    let created = match state.node.create_session(&room, kind, sdp).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::info!(%room, kind = kind.as_str(), identity = %claims.sub, error = %e, "offer refused");
+            return node_error(e);
+        }
+    };
+    tracing::info!(
+        %room,
+        kind = kind.as_str(),
+        identity = %claims.sub,
+        session = %created.session,
+        worker = %created.worker,
+        "session created"
+    );
+    let prefix = match kind {
+        SessionKind::Publish => "whip",
+        SessionKind::Subscribe => "whep",
+    };
+    let location = format!("/{prefix}/{room}/{}", created.session);
+    let etag = format!("\"{}\"", created.session);
+    let mut response = (StatusCode::CREATED, created.answer_sdp).into_response();
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/sdp"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        h.insert(header::LOCATION, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        h.insert(header::ETAG, v);
+    }
+    response
+}
+
+async fn whip_delete(
+    state: State<Arc<AppState>>,
+    path: Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    delete(state, path, headers, SessionKind::Publish).await
+}
+
+async fn whep_delete(
+    state: State<Arc<AppState>>,
+    path: Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    delete(state, path, headers, SessionKind::Subscribe).await
+}
+
+async fn delete(
+    State(state): State<Arc<AppState>>,
+    Path((room, session)): Path<(String, String)>,
+    headers: HeaderMap,
+    kind: SessionKind,
+) -> Response {
+    let claims = match state.verifier.verify_header(
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok()),
+    ) {
+        Ok(c) => c,
+        Err(e) => return auth_error(e),
+    };
+    if let Err(e) = auth::authorize(&claims, &room, Grant::Any) {
+        return auth_error(e);
+    }
+    let not_found = || text(StatusCode::NOT_FOUND, "no such session");
+    let Ok(session) = session.parse::<SessionId>() else {
+        return not_found();
+    };
+    // The session must be of this kind and in this room.
+    let Some((_, session_kind)) = state.node.session_room(session) else {
+        return not_found();
+    };
+    if session_kind != kind
+        || state.node.session_room_name(session).as_deref() != Some(room.as_str())
+    {
+        return not_found();
+    }
+    match state.node.close_session(session).await {
+        Ok(()) => {
+            tracing::info!(%room, %session, identity = %claims.sub, "session deleted");
+            text(StatusCode::OK, "session ended")
+        }
+        Err(e) => node_error(e),
+    }
+}
+
+/// RFC 9725 §4.3: a server without trickle ICE / ICE restart answers PATCH with 405.
+async fn patch() -> Response {
+    let mut response = text(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "trickle ICE and ICE restarts are not supported; the answer carries the only candidate",
+    );
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("DELETE"));
+    response
+}
+
+#[derive(Debug, Deserialize)]
+struct DevTokenRequest {
+    room: String,
+    identity: String,
+}
+
+/// Development only: mint a publish+subscribe token for the demo page.
+async fn dev_token(body: Bytes) -> Response {
+    let Ok(req) = serde_json::from_slice::<DevTokenRequest>(&body) else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "expected JSON {\"room\": \"...\", \"identity\": \"...\"}",
+        );
+    };
+    if !valid_room(&req.room) {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "room names are 1-128 characters of A-Z a-z 0-9 . _ -",
+        );
+    }
+    let grants = Grants {
+        publish: true,
+        subscribe: true,
+        admin: false,
+    };
+    match auth::mint(
+        auth::DEV_API_KEY,
+        auth::DEV_API_SECRET,
+        &req.room,
+        &req.identity,
+        grants,
+        auth::unix_now(),
+        6 * 3600,
+    ) {
+        Ok(token) => axum::Json(serde_json::json!({ "token": token })).into_response(),
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot mint: {e}"),
+        ),
+    }
+}

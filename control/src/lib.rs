@@ -1,0 +1,9 @@
+//! control: the control plane. WHIP/WHEP signaling, token auth, metrics and the demo page,
+//! driving a media node through the node API of `sfu-core`. In `control dev` the node runs in
+//! this process with in-memory state.
+
+pub mod auth;
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod server;

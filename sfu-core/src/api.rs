@@ -1,0 +1,108 @@
+//! The node API: typed messages control sends to a media node, and the replies. The in-process
+//! [`Node`](crate::node::Node) serves them directly; a QUIC transport carries the same
+//! serde-encoded values between machines, so nothing here may depend on being in-process.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{SessionId, WorkerId};
+
+/// What a session does in its room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionKind {
+    /// Sends media into the room (WHIP).
+    Publish,
+    /// Receives the room's media (WHEP).
+    Subscribe,
+}
+
+impl SessionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionKind::Publish => "publish",
+            SessionKind::Subscribe => "subscribe",
+        }
+    }
+}
+
+/// A request to the node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "type")]
+pub enum NodeRequest {
+    /// Answer an SDP offer with a new session in `room`.
+    CreateSession {
+        room: String,
+        kind: SessionKind,
+        offer_sdp: String,
+    },
+    /// End a session.
+    CloseSession { session: SessionId },
+    /// Read the node's counters.
+    Stats,
+}
+
+/// The reply to a [`NodeRequest`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "type")]
+pub enum NodeReply {
+    SessionCreated(SessionCreated),
+    SessionClosed,
+    Stats(NodeStats),
+    Error(NodeError),
+}
+
+/// A session the node accepted.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionCreated {
+    pub session: SessionId,
+    pub worker: WorkerId,
+    pub answer_sdp: String,
+}
+
+/// Why the node refused a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(rename_all = "snake_case", tag = "error", content = "detail")]
+#[non_exhaustive]
+pub enum NodeError {
+    /// The offer could not be parsed or does not fit the session kind.
+    #[error("bad offer: {0}")]
+    BadOffer(String),
+    /// Every worker is at its session limit.
+    #[error("no capacity: every worker is at its session limit")]
+    NoCapacity,
+    /// No such session (already closed, or never existed).
+    #[error("unknown session")]
+    UnknownSession,
+    /// The node is shutting down.
+    #[error("node is stopped")]
+    Stopped,
+    /// A session failed inside the WebRTC stack; it was torn down.
+    #[error("session failed: {0}")]
+    SessionFailed(String),
+}
+
+/// Counters of the whole node, one entry per worker.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct NodeStats {
+    pub io_backend: String,
+    pub workers: Vec<WorkerStats>,
+}
+
+/// Counters of one worker. Totals are monotonic since start; `*_sessions` are gauges.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct WorkerStats {
+    pub worker: u16,
+    pub port: u16,
+    pub publish_sessions: u64,
+    pub subscribe_sessions: u64,
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    pub packets_out: u64,
+    pub bytes_out: u64,
+    pub rtp_forwarded: u64,
+    pub keyframe_requests: u64,
+    pub sessions_reaped: u64,
+    pub session_panics: u64,
+    /// Drops by reason, in a fixed order; see [`DropReason`](crate::metrics::DropReason).
+    pub dropped: Vec<(String, u64)>,
+}

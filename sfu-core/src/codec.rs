@@ -1,0 +1,184 @@
+//! Codec-level facts the forwarder needs from an RTP payload without decoding it: does this
+//! packet start a keyframe? Parsers are total: any byte string gives an answer, never a panic.
+
+use str0m::format::Codec;
+
+/// True when `payload` is the first packet of a keyframe (a point where a decoder can start).
+///
+/// `frame_start` says whether this packet's RTP timestamp differs from the previous packet of
+/// the same stream: H264 sends SPS/PPS before the IDR slice, so an IDR fragment is only
+/// a keyframe start when nothing of its frame came before it.
+pub fn starts_keyframe(codec: Codec, payload: &[u8], frame_start: bool) -> bool {
+    match codec {
+        Codec::Vp8 => vp8_starts_keyframe(payload),
+        Codec::Vp9 => vp9_starts_keyframe(payload),
+        Codec::H264 => h264_starts_keyframe(payload, frame_start),
+        Codec::Av1 => av1_starts_keyframe(payload),
+        _ => false,
+    }
+}
+
+/// RFC 7741: payload descriptor, then the VP8 payload header whose bit 0 (P) is 0 for a
+/// keyframe. Only the packet with S=1 and partition index 0 starts a frame.
+fn vp8_starts_keyframe(p: &[u8]) -> bool {
+    let Some(&first) = p.first() else {
+        return false;
+    };
+    let start_of_partition = first & 0x10 != 0;
+    let partition_index = first & 0x07;
+    if !start_of_partition || partition_index != 0 {
+        return false;
+    }
+    let mut i = 1;
+    if first & 0x80 != 0 {
+        // X: extension byte follows.
+        let Some(&x) = p.get(i) else { return false };
+        i += 1;
+        if x & 0x80 != 0 {
+            // I: PictureID, 7 or 15 bits.
+            let Some(&pid) = p.get(i) else { return false };
+            i += if pid & 0x80 != 0 { 2 } else { 1 };
+        }
+        if x & 0x40 != 0 {
+            i += 1; // L: TL0PICIDX
+        }
+        if x & 0x30 != 0 {
+            i += 1; // T or K: TID/Y/KEYIDX
+        }
+    }
+    p.get(i).is_some_and(|header| header & 0x01 == 0)
+}
+
+/// draft-ietf-payload-vp9: P=0 (not inter-predicted), B=1 (start of frame), spatial layer 0.
+fn vp9_starts_keyframe(p: &[u8]) -> bool {
+    let Some(&first) = p.first() else {
+        return false;
+    };
+    let inter_predicted = first & 0x40 != 0;
+    let begins_frame = first & 0x08 != 0;
+    if inter_predicted || !begins_frame {
+        return false;
+    }
+    if first & 0x20 != 0 {
+        // L: layer indices present; the spatial layer must be the base one.
+        let mut i = 1;
+        if first & 0x80 != 0 {
+            let Some(&pid) = p.get(1) else { return false };
+            i += if pid & 0x80 != 0 { 2 } else { 1 };
+        }
+        let Some(&layers) = p.get(i) else {
+            return false;
+        };
+        return (layers >> 1) & 0x07 == 0;
+    }
+    true
+}
+
+/// RFC 6184: a packet carrying an SPS (alone or in a STAP-A), or the first fragment of an IDR
+/// slice that opens its frame.
+fn h264_starts_keyframe(p: &[u8], frame_start: bool) -> bool {
+    const SPS: u8 = 7;
+    const IDR: u8 = 5;
+    const STAP_A: u8 = 24;
+    const FU_A: u8 = 28;
+    let Some(&first) = p.first() else {
+        return false;
+    };
+    match first & 0x1f {
+        SPS => true,
+        IDR => frame_start,
+        STAP_A => {
+            let mut i = 1;
+            let mut idr = false;
+            while i + 2 < p.len() {
+                let size = usize::from(u16::from_be_bytes([p[i], p[i + 1]]));
+                let nal_type = p[i + 2] & 0x1f;
+                if nal_type == SPS {
+                    return true;
+                }
+                idr |= nal_type == IDR;
+                i += 2 + size;
+            }
+            idr && frame_start
+        }
+        FU_A => {
+            let Some(&fu) = p.get(1) else { return false };
+            let start = fu & 0x80 != 0;
+            start && fu & 0x1f == IDR && frame_start
+        }
+        _ => false,
+    }
+}
+
+/// RFC 9066-style AV1 aggregation header: N=1 marks the first packet of a coded video sequence.
+fn av1_starts_keyframe(p: &[u8]) -> bool {
+    p.first().is_some_and(|h| h & 0x08 != 0 && h & 0x80 == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vp8_keyframe_and_delta() {
+        assert!(starts_keyframe(Codec::Vp8, &[0x10, 0x00, 0x9d], true));
+        assert!(!starts_keyframe(Codec::Vp8, &[0x10, 0x01, 0x9d], true));
+        // Continuation packet of a keyframe is not a start.
+        assert!(!starts_keyframe(Codec::Vp8, &[0x00, 0x00], true));
+        // With X, I (15-bit picture id), L, T extensions: 0x90 X|S, 0xE0 I|L|T.
+        assert!(starts_keyframe(
+            Codec::Vp8,
+            &[0x90, 0xe0, 0x80, 0x01, 0x00, 0x00, 0x00],
+            true
+        ));
+        assert!(!starts_keyframe(
+            Codec::Vp8,
+            &[0x90, 0xe0, 0x80, 0x01, 0x00, 0x00, 0x01],
+            true
+        ));
+    }
+
+    #[test]
+    fn h264_sps_and_idr() {
+        assert!(starts_keyframe(Codec::H264, &[0x67, 0x42], false));
+        // STAP-A carrying SPS(7) then PPS(8).
+        assert!(starts_keyframe(
+            Codec::H264,
+            &[0x18, 0x00, 0x02, 0x67, 0x42, 0x00, 0x02, 0x68, 0xce],
+            false
+        ));
+        // FU-A start of IDR: only when it opens the frame.
+        assert!(starts_keyframe(Codec::H264, &[0x7c, 0x85, 0x00], true));
+        assert!(!starts_keyframe(Codec::H264, &[0x7c, 0x85, 0x00], false));
+        // FU-A of a non-IDR slice.
+        assert!(!starts_keyframe(Codec::H264, &[0x7c, 0x81, 0x00], true));
+    }
+
+    #[test]
+    fn vp9_keyframe() {
+        assert!(starts_keyframe(Codec::Vp9, &[0x08], true));
+        assert!(!starts_keyframe(Codec::Vp9, &[0x48], true));
+    }
+
+    #[test]
+    fn parsers_are_total_on_arbitrary_bytes() {
+        // Every short byte string, plus a deterministic pseudo-random sweep: no panics.
+        let mut state = 0x2545_f491_u32;
+        for len in 0..64 {
+            for _ in 0..200 {
+                let bytes: Vec<u8> = (0..len)
+                    .map(|_| {
+                        state ^= state << 13;
+                        state ^= state >> 17;
+                        state ^= state << 5;
+                        state as u8
+                    })
+                    .collect();
+                for codec in [Codec::Vp8, Codec::Vp9, Codec::H264, Codec::Av1, Codec::Opus] {
+                    let _ = starts_keyframe(codec, &bytes, true);
+                    let _ = starts_keyframe(codec, &bytes, false);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! Node configuration: what an operator sets in the `[node]` table of the TOML file.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::io::IoBackend;
+
+/// Configuration of one media node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Worker threads; 0 = one per available core.
+    pub workers: usize,
+    /// UDP port of worker 0; worker `i` listens on `media_port_base + i`.
+    pub media_port_base: u16,
+    /// When the configured ports are taken, scan upward for a free block instead of failing.
+    /// `control dev` turns this on so that several dev instances can run side by side.
+    pub media_port_scan: bool,
+    /// Address the media sockets bind to.
+    pub media_bind: IpAddr,
+    /// Address put in the ICE candidate of every answer (what clients send media to).
+    pub advertise_ip: IpAddr,
+    /// Pin worker `i` to the `i`-th CPU of the process's affinity mask.
+    pub pin_workers: bool,
+    /// Socket I/O backend.
+    pub io_backend: IoBackend,
+    /// Capacity of each worker's inbound cross-worker ring, in messages.
+    pub ring_capacity: usize,
+    /// Sessions per worker before the node refuses new ones (503).
+    pub max_sessions_per_worker: usize,
+    /// A session that has not completed ICE within this many seconds is closed.
+    pub connect_timeout_secs: u64,
+    /// A connected session that receives nothing for this many seconds is closed.
+    pub ice_timeout_secs: u64,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            workers: 0,
+            media_port_base: 50_000,
+            media_port_scan: false,
+            media_bind: IpAddr::from([127, 0, 0, 1]),
+            advertise_ip: IpAddr::from([127, 0, 0, 1]),
+            pin_workers: true,
+            io_backend: IoBackend::Auto,
+            ring_capacity: 8192,
+            max_sessions_per_worker: 4096,
+            connect_timeout_secs: 20,
+            ice_timeout_secs: 10,
+        }
+    }
+}
+
+/// A configuration value that cannot work, naming the key.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: `{key}`: {reason}")]
+pub struct ConfigError {
+    pub key: &'static str,
+    pub reason: String,
+}
+
+impl NodeConfig {
+    /// Worker count after resolving 0 to the number of available cores.
+    pub fn worker_count(&self) -> usize {
+        if self.workers == 0 {
+            std::thread::available_parallelism().map_or(1, usize::from)
+        } else {
+            self.workers
+        }
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.connect_timeout_secs)
+    }
+
+    pub fn ice_timeout(&self) -> Duration {
+        Duration::from_secs(self.ice_timeout_secs)
+    }
+
+    /// Check every value; the error names the offending key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let err = |key, reason: &str| {
+            Err(ConfigError {
+                key,
+                reason: reason.to_string(),
+            })
+        };
+        if self.worker_count() > 256 {
+            return err("node.workers", "at most 256 workers");
+        }
+        let last = u32::from(self.media_port_base) + self.worker_count() as u32 - 1;
+        if self.media_port_base == 0 || last > u32::from(u16::MAX) {
+            return err(
+                "node.media_port_base",
+                "must be 1..=65535 with room for one port per worker",
+            );
+        }
+        if self.advertise_ip.is_unspecified() {
+            return err(
+                "node.advertise_ip",
+                "must be an address clients can reach, not 0.0.0.0 / ::",
+            );
+        }
+        if self.ring_capacity < 64 {
+            return err("node.ring_capacity", "must be at least 64");
+        }
+        if self.max_sessions_per_worker == 0 {
+            return err("node.max_sessions_per_worker", "must be at least 1");
+        }
+        if self.connect_timeout_secs == 0 {
+            return err("node.connect_timeout_secs", "must be at least 1");
+        }
+        if self.ice_timeout_secs == 0 {
+            return err("node.ice_timeout_secs", "must be at least 1");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,108 @@
+//! Datagram I/O backends for a worker: io_uring where the kernel allows it, a portable
+//! `poll(2)` + `recvmmsg`/`sendmmsg`-style path otherwise. A backend owns one UDP socket and the
+//! worker's wake-up eventfd; it knows nothing about sessions.
+//!
+//! This is the only place (with [`waker`]) where system calls for media happen, and — together
+//! with `uring` — the only place allowed to contain `unsafe`.
+
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::time::Instant;
+
+pub mod poll;
+pub mod uring;
+pub mod waker;
+
+pub use waker::Waker;
+
+/// Size of one receive buffer. Larger than any datagram a WebRTC peer sends (MTU ~1500).
+pub const RECV_BUFFER_SIZE: usize = 2048;
+
+/// What woke a [`DatagramIo::poll`] call.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PollOutcome {
+    /// Datagrams handed to the callback during this call.
+    pub received: usize,
+    /// The worker's [`Waker`] fired (control message or cross-worker ring has work).
+    pub woken: bool,
+}
+
+/// Counters a backend keeps about itself; read by the worker for metrics.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct IoStats {
+    /// Sends the kernel refused (e.g. `ENOBUFS`, unreachable). The datagram is dropped.
+    pub send_errors: u64,
+    /// Receives that failed or were truncated; dropped.
+    pub recv_errors: u64,
+}
+
+/// One worker's UDP socket plus its wake-up fd, driven by the worker loop.
+///
+/// Contract: the worker calls [`send`](Self::send) any number of times, then
+/// [`flush`](Self::flush) once per loop pass, then [`poll`](Self::poll) with the earliest
+/// deadline it has. `poll` returns when datagrams were received, the waker fired, or the
+/// deadline passed — whichever comes first — and never calls the callback more than `budget`
+/// times, so one busy socket cannot starve timers and rings.
+pub trait DatagramIo {
+    /// Name for logs and metrics (`"io_uring"` or `"poll"`).
+    fn name(&self) -> &'static str;
+
+    /// Address the socket is bound to.
+    fn local_addr(&self) -> SocketAddr;
+
+    /// Queue one datagram. Ownership of the buffer passes to the backend until the kernel is
+    /// done with it; no copy is made.
+    fn send(&mut self, destination: SocketAddr, datagram: Vec<u8>);
+
+    /// Hand every queued datagram to the kernel.
+    fn flush(&mut self) -> io::Result<()>;
+
+    /// Wait for input (at most until `deadline`; `None` means until input or a wake-up) and
+    /// call `on_datagram(source, bytes, now)` for each received datagram, at most `budget` times.
+    fn poll(
+        &mut self,
+        deadline: Option<Instant>,
+        budget: usize,
+        on_datagram: &mut dyn FnMut(SocketAddr, &[u8]),
+    ) -> io::Result<PollOutcome>;
+
+    /// Backend counters.
+    fn stats(&self) -> IoStats;
+}
+
+/// Which backend to build for a worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IoBackend {
+    /// io_uring if it can be set up, else the portable path (with a log line saying why).
+    Auto,
+    /// io_uring only; fail if it cannot be set up.
+    IoUring,
+    /// The portable `poll(2)` path.
+    Poll,
+}
+
+/// Build the backend for one worker's socket.
+pub fn build(
+    backend: IoBackend,
+    socket: UdpSocket,
+    waker: &Waker,
+) -> io::Result<Box<dyn DatagramIo>> {
+    match backend {
+        IoBackend::Poll => Ok(Box::new(poll::PollIo::new(socket, waker)?)),
+        IoBackend::IoUring => Ok(Box::new(uring::UringIo::new(socket, waker)?)),
+        IoBackend::Auto => {
+            let fallback = socket.try_clone()?;
+            match uring::UringIo::new(socket, waker) {
+                Ok(io) => Ok(Box::new(io)),
+                Err(e) => {
+                    tracing::warn!(
+                        error = %e,
+                        "io_uring unavailable, falling back to the portable poll(2) socket path"
+                    );
+                    Ok(Box::new(poll::PollIo::new(fallback, waker)?))
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,579 @@
+//! The portable datagram path: `poll(2)` on the socket and the worker's eventfd, then
+//! `recvmmsg`/`sendmmsg` in fixed batches. Owns the socket, one set of receive buffers allocated
+//! at start-up, and the queue of datagrams waiting for the next flush.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::mem;
+use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::Instant;
+
+use super::{DatagramIo, IoStats, PollOutcome, RECV_BUFFER_SIZE, Waker};
+
+/// Datagrams moved per `recvmmsg`/`sendmmsg` call.
+const BATCH: usize = 32;
+
+/// Socket buffer size we ask the kernel for; it caps the request at `net.core.{r,w}mem_max`.
+const SOCKET_BUFFER_BYTES: libc::c_int = 4 << 20;
+
+/// `poll(2)` + `recvmmsg`/`sendmmsg` backend for one worker socket.
+#[derive(Debug)]
+pub struct PollIo {
+    socket: UdpSocket,
+    local_addr: SocketAddr,
+    waker: Waker,
+    /// `BATCH` receive buffers of `RECV_BUFFER_SIZE` bytes, back to back.
+    recv_buffers: Box<[u8]>,
+    /// Source address of each receive buffer.
+    recv_addrs: Box<[libc::sockaddr_storage]>,
+    send_queue: Vec<(SocketAddr, Vec<u8>)>,
+    stats: IoStats,
+}
+
+impl PollIo {
+    /// Take over a bound socket: make it non-blocking and enlarge its kernel buffers.
+    pub fn new(socket: UdpSocket, waker: &Waker) -> io::Result<Self> {
+        prepare_socket(&socket)?;
+        let local_addr = socket.local_addr()?;
+        Ok(Self {
+            socket,
+            local_addr,
+            waker: waker.clone(),
+            recv_buffers: vec![0; BATCH * RECV_BUFFER_SIZE].into_boxed_slice(),
+            // SAFETY: `sockaddr_storage` is plain old data; all-zero is a valid value.
+            recv_addrs: vec![unsafe { mem::zeroed::<libc::sockaddr_storage>() }; BATCH]
+                .into_boxed_slice(),
+            send_queue: Vec::with_capacity(256),
+            stats: IoStats::default(),
+        })
+    }
+
+    /// Wait until the socket or the eventfd is readable, or the timeout (ms, -1 = forever)
+    /// passes. Returns `(socket_readable, woken)`.
+    fn wait(&mut self, timeout_ms: libc::c_int, watch_socket: bool) -> io::Result<(bool, bool)> {
+        let mut fds = [
+            libc::pollfd {
+                fd: self.socket.as_raw_fd(),
+                events: if watch_socket { libc::POLLIN } else { 0 },
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: self.waker.raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: `fds` is a valid array of two pollfd structs that outlives the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                // A signal is not an error: report nothing ready and let the worker re-poll.
+                return Ok((false, false));
+            }
+            return Err(e);
+        }
+        if fds.iter().any(|fd| fd.revents & libc::POLLNVAL != 0) {
+            return Err(io::Error::from_raw_os_error(libc::EBADF));
+        }
+        // POLLERR on the socket means a pending error; recvmmsg reports (and clears) it.
+        let readable = fds[0].revents & (libc::POLLIN | libc::POLLERR) != 0;
+        let woken = fds[1].revents & libc::POLLIN != 0;
+        Ok((readable, woken))
+    }
+
+    /// Receive until the socket is drained or `budget` datagrams were taken from it.
+    fn receive(&mut self, budget: usize, on_datagram: &mut dyn FnMut(SocketAddr, &[u8])) -> usize {
+        let fd = self.socket.as_raw_fd();
+        let mut remaining = budget;
+        let mut delivered = 0;
+        while remaining > 0 {
+            let want = remaining.min(BATCH);
+            // SAFETY: all-zero is a valid iovec / mmsghdr (null pointers, zero lengths); every
+            // entry we pass to the kernel is filled in below.
+            let mut iovecs: [libc::iovec; BATCH] = unsafe { mem::zeroed() };
+            // SAFETY: as above.
+            let mut headers: [libc::mmsghdr; BATCH] = unsafe { mem::zeroed() };
+            let buffers = self.recv_buffers.chunks_exact_mut(RECV_BUFFER_SIZE);
+            for (((iov, header), buffer), addr) in iovecs
+                .iter_mut()
+                .zip(headers.iter_mut())
+                .zip(buffers)
+                .zip(self.recv_addrs.iter_mut())
+                .take(want)
+            {
+                *iov = libc::iovec {
+                    iov_base: buffer.as_mut_ptr().cast(),
+                    iov_len: buffer.len(),
+                };
+                header.msg_hdr.msg_name = (addr as *mut libc::sockaddr_storage).cast();
+                header.msg_hdr.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as _;
+                header.msg_hdr.msg_iov = iov;
+                header.msg_hdr.msg_iovlen = 1;
+            }
+            // SAFETY: the first `want` headers point at live, distinct buffers, iovecs and
+            // address slots owned by `self` or this frame, which outlive the call.
+            let n = unsafe {
+                libc::recvmmsg(
+                    fd,
+                    headers.as_mut_ptr(),
+                    want as _,
+                    libc::MSG_DONTWAIT,
+                    std::ptr::null_mut(),
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                match e.raw_os_error() {
+                    Some(libc::EAGAIN) => break,
+                    Some(libc::EINTR) => continue,
+                    // A queued ICMP error (e.g. ECONNREFUSED) is consumed by this call; count it
+                    // and stop so a persistent error cannot make us spin.
+                    _ => {
+                        self.stats.recv_errors += 1;
+                        break;
+                    }
+                }
+            }
+            let n = n as usize;
+            for (header, (buffer, addr)) in headers
+                .iter()
+                .zip(
+                    self.recv_buffers
+                        .chunks_exact(RECV_BUFFER_SIZE)
+                        .zip(self.recv_addrs.iter()),
+                )
+                .take(n)
+            {
+                remaining -= 1;
+                let len = header.msg_len as usize;
+                if header.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 || len > buffer.len() {
+                    self.stats.recv_errors += 1;
+                    continue;
+                }
+                let Some(source) = sockaddr_to_socket_addr(addr, header.msg_hdr.msg_namelen) else {
+                    self.stats.recv_errors += 1;
+                    continue;
+                };
+                on_datagram(source, &buffer[..len]);
+                delivered += 1;
+            }
+            if n < want {
+                // Socket drained for now; skip the call that would only say EAGAIN.
+                break;
+            }
+        }
+        delivered
+    }
+
+    /// `sendmmsg` the queue in batches; every datagram is either sent or counted and dropped.
+    fn send_queued(&mut self) {
+        let fd = self.socket.as_raw_fd();
+        let v4_socket = self.local_addr.is_ipv4();
+        let mut start = 0;
+        while start < self.send_queue.len() {
+            let batch = &self.send_queue[start..(start + BATCH).min(self.send_queue.len())];
+            // SAFETY: all-zero is a valid sockaddr_storage / iovec / mmsghdr; the entries we
+            // pass are filled in below.
+            let mut addrs: [libc::sockaddr_storage; BATCH] = unsafe { mem::zeroed() };
+            // SAFETY: as above.
+            let mut iovecs: [libc::iovec; BATCH] = unsafe { mem::zeroed() };
+            // SAFETY: as above.
+            let mut headers: [libc::mmsghdr; BATCH] = unsafe { mem::zeroed() };
+            for (((addr, iov), header), (destination, datagram)) in addrs
+                .iter_mut()
+                .zip(iovecs.iter_mut())
+                .zip(headers.iter_mut())
+                .zip(batch)
+            {
+                let len = socket_addr_to_sockaddr(*destination, v4_socket, addr);
+                *iov = libc::iovec {
+                    // The kernel only reads through this pointer.
+                    iov_base: datagram.as_ptr().cast_mut().cast(),
+                    iov_len: datagram.len(),
+                };
+                header.msg_hdr.msg_name = (addr as *mut libc::sockaddr_storage).cast();
+                header.msg_hdr.msg_namelen = len;
+                header.msg_hdr.msg_iov = iov;
+                header.msg_hdr.msg_iovlen = 1;
+            }
+            // SAFETY: the first `batch.len()` headers point at live addresses, iovecs and
+            // datagram bytes that outlive the call; the kernel does not write to them.
+            let n = unsafe {
+                libc::sendmmsg(
+                    fd,
+                    headers.as_mut_ptr(),
+                    batch.len() as _,
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n > 0 {
+                start += n as usize;
+                continue;
+            }
+            let errno = io::Error::last_os_error().raw_os_error();
+            match errno {
+                Some(libc::EINTR) => {}
+                Some(libc::EAGAIN) => {
+                    // The send buffer is full: everything still queued would fail the same way
+                    // one system call at a time. Drop it all now rather than block.
+                    self.stats.send_errors += (self.send_queue.len() - start) as u64;
+                    start = self.send_queue.len();
+                }
+                _ => {
+                    // ENOBUFS, ECONNREFUSED, EHOSTUNREACH, a bad address...: sendmmsg reports
+                    // the error of the first datagram of the batch. Drop that one, go on.
+                    self.stats.send_errors += 1;
+                    start += 1;
+                }
+            }
+        }
+        self.send_queue.clear();
+    }
+}
+
+impl DatagramIo for PollIo {
+    fn name(&self) -> &'static str {
+        "poll"
+    }
+
+    fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    fn send(&mut self, destination: SocketAddr, datagram: Vec<u8>) {
+        self.send_queue.push((destination, datagram));
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if !self.send_queue.is_empty() {
+            self.send_queued();
+        }
+        Ok(())
+    }
+
+    fn poll(
+        &mut self,
+        deadline: Option<Instant>,
+        budget: usize,
+        on_datagram: &mut dyn FnMut(SocketAddr, &[u8]),
+    ) -> io::Result<PollOutcome> {
+        let timeout = poll_timeout_ms(deadline, Instant::now());
+        // With no budget left the socket stays readable; watching it would make us spin.
+        let (readable, woken) = self.wait(timeout, budget > 0)?;
+        if woken {
+            self.waker.drain();
+        }
+        let received = if readable {
+            self.receive(budget, on_datagram)
+        } else {
+            0
+        };
+        Ok(PollOutcome { received, woken })
+    }
+
+    fn stats(&self) -> IoStats {
+        self.stats
+    }
+}
+
+/// Milliseconds until `deadline`, rounded up so we never wake early and spin; `-1` for none.
+fn poll_timeout_ms(deadline: Option<Instant>, now: Instant) -> libc::c_int {
+    match deadline {
+        None => -1,
+        Some(deadline) => {
+            let nanos = deadline.saturating_duration_since(now).as_nanos();
+            let ms = nanos.div_ceil(1_000_000);
+            libc::c_int::try_from(ms).unwrap_or(libc::c_int::MAX)
+        }
+    }
+}
+
+/// Make the socket non-blocking and ask for 4 MiB kernel buffers (best effort: the kernel
+/// caps the size, and an unprivileged process cannot exceed `rmem_max`/`wmem_max`).
+pub(super) fn prepare_socket(socket: &UdpSocket) -> io::Result<()> {
+    socket.set_nonblocking(true)?;
+    let fd = socket.as_raw_fd();
+    set_buffer_size(fd, libc::SO_RCVBUF);
+    set_buffer_size(fd, libc::SO_SNDBUF);
+    Ok(())
+}
+
+fn set_buffer_size(fd: RawFd, option: libc::c_int) {
+    let value = SOCKET_BUFFER_BYTES;
+    // SAFETY: passes a valid c_int and its size; failure is harmless and deliberately ignored.
+    let _ = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            option,
+            (&value as *const libc::c_int).cast(),
+            mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+}
+
+/// Parse a kernel-filled socket address; `None` for families other than IPv4/IPv6 or a
+/// length too short for the family.
+pub(super) fn sockaddr_to_socket_addr(
+    storage: &libc::sockaddr_storage,
+    len: libc::socklen_t,
+) -> Option<SocketAddr> {
+    let len = len as usize;
+    match libc::c_int::from(storage.ss_family) {
+        libc::AF_INET if len >= mem::size_of::<libc::sockaddr_in>() => {
+            // SAFETY: the family says the storage holds a sockaddr_in, which is smaller than
+            // and alignment-compatible with sockaddr_storage.
+            let sin =
+                unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            let ip = u32::from_be(sin.sin_addr.s_addr);
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                ip.into(),
+                u16::from_be(sin.sin_port),
+            )))
+        }
+        libc::AF_INET6 if len >= mem::size_of::<libc::sockaddr_in6>() => {
+            // SAFETY: as above, for sockaddr_in6.
+            let sin6 = unsafe {
+                &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>()
+            };
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                sin6.sin6_addr.s6_addr.into(),
+                u16::from_be(sin6.sin6_port),
+                sin6.sin6_flowinfo,
+                sin6.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+/// Write `address` into `storage` for a `sendmsg`, returning the length to pass. On an IPv4
+/// socket an IPv4-mapped IPv6 destination is sent as plain IPv4.
+pub(super) fn socket_addr_to_sockaddr(
+    address: SocketAddr,
+    v4_socket: bool,
+    storage: &mut libc::sockaddr_storage,
+) -> libc::socklen_t {
+    let address = match address {
+        SocketAddr::V6(v6) if v4_socket => match v6.ip().to_ipv4_mapped() {
+            Some(ip) => SocketAddr::V4(SocketAddrV4::new(ip, v6.port())),
+            None => address,
+        },
+        _ => address,
+    };
+    match address {
+        SocketAddr::V4(v4) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: v4.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(*v4.ip()).to_be(),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is large enough and suitably aligned for sockaddr_in.
+            unsafe {
+                (storage as *mut libc::sockaddr_storage)
+                    .cast::<libc::sockaddr_in>()
+                    .write(sin);
+            }
+            mem::size_of::<libc::sockaddr_in>() as libc::socklen_t
+        }
+        SocketAddr::V6(v6) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: v6.port().to_be(),
+                sin6_flowinfo: v6.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: v6.ip().octets(),
+                },
+                sin6_scope_id: v6.scope_id(),
+            };
+            // SAFETY: sockaddr_storage is large enough and suitably aligned for sockaddr_in6.
+            unsafe {
+                (storage as *mut libc::sockaddr_storage)
+                    .cast::<libc::sockaddr_in6>()
+                    .write(sin6);
+            }
+            mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn pair() -> (PollIo, UdpSocket, Waker) {
+        let waker = Waker::new().expect("eventfd");
+        let io = PollIo::new(UdpSocket::bind("127.0.0.1:0").expect("bind"), &waker).expect("io");
+        let peer = UdpSocket::bind("127.0.0.1:0").expect("bind peer");
+        peer.set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        (io, peer, waker)
+    }
+
+    /// Poll until `want` datagrams arrived or two seconds passed.
+    fn collect(io: &mut PollIo, want: usize, budget: usize) -> Vec<(SocketAddr, Vec<u8>)> {
+        let mut got = Vec::new();
+        let end = Instant::now() + Duration::from_secs(2);
+        while got.len() < want && Instant::now() < end {
+            let outcome = io
+                .poll(
+                    Some(Instant::now() + Duration::from_millis(100)),
+                    budget,
+                    &mut |a, d| got.push((a, d.to_vec())),
+                )
+                .expect("poll");
+            assert!(outcome.received <= budget);
+        }
+        got
+    }
+
+    #[test]
+    fn round_trip_keeps_bytes_and_source() {
+        let (mut io, peer, _waker) = pair();
+        let peer_addr = peer.local_addr().expect("addr");
+        io.send(peer_addr, b"hello".to_vec());
+        io.send(peer_addr, vec![7; 1200]);
+        io.flush().expect("flush");
+        let mut buf = [0u8; 2048];
+        let (n, from) = peer.recv_from(&mut buf).expect("recv 1");
+        assert_eq!((&buf[..n], from), (&b"hello"[..], io.local_addr()));
+        let (n, _) = peer.recv_from(&mut buf).expect("recv 2");
+        assert_eq!(&buf[..n], &[7; 1200][..]);
+
+        peer.send_to(b"back", io.local_addr()).expect("send back");
+        let got = collect(&mut io, 1, 64);
+        assert_eq!(got, vec![(peer_addr, b"back".to_vec())]);
+        assert_eq!(io.stats().recv_errors, 0);
+        assert_eq!(io.stats().send_errors, 0);
+    }
+
+    #[test]
+    fn waker_interrupts_infinite_wait() {
+        let (mut io, _peer, waker) = pair();
+        for force in [false, true] {
+            waker.park();
+            let remote = waker.clone();
+            let thread = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                if force {
+                    remote.force_wake();
+                } else {
+                    remote.wake();
+                }
+            });
+            let started = Instant::now();
+            let outcome = io.poll(None, 64, &mut |_, _| {}).expect("poll");
+            waker.unpark();
+            thread.join().expect("waker thread");
+            assert!(outcome.woken);
+            assert_eq!(outcome.received, 0);
+            assert!(started.elapsed() < Duration::from_secs(2));
+        }
+        // The eventfd was drained: the next wait times out instead of waking at once.
+        let outcome = io
+            .poll(
+                Some(Instant::now() + Duration::from_millis(10)),
+                64,
+                &mut |_, _| {},
+            )
+            .expect("poll");
+        assert!(!outcome.woken);
+    }
+
+    #[test]
+    fn budget_is_honoured_and_nothing_lost() {
+        let (mut io, peer, _waker) = pair();
+        for i in 0..100u32 {
+            peer.send_to(&i.to_be_bytes(), io.local_addr())
+                .expect("send");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        let mut first = 0;
+        let outcome = io
+            .poll(
+                Some(Instant::now() + Duration::from_secs(1)),
+                10,
+                &mut |_, _| first += 1,
+            )
+            .expect("poll");
+        assert_eq!((outcome.received, first), (10, 10));
+        let rest = collect(&mut io, 90, 10);
+        let mut seen: Vec<u32> = rest
+            .iter()
+            .map(|(_, d)| u32::from_be_bytes(d[..4].try_into().expect("4 bytes")))
+            .collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (10..100).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn deadline_returns_promptly() {
+        let (mut io, _peer, _waker) = pair();
+        let started = Instant::now();
+        let outcome = io
+            .poll(
+                Some(started + Duration::from_millis(20)),
+                64,
+                &mut |_, _| {},
+            )
+            .expect("poll");
+        let elapsed = started.elapsed();
+        assert_eq!(outcome, PollOutcome::default());
+        assert!(elapsed >= Duration::from_millis(20) && elapsed < Duration::from_millis(500));
+
+        let started = Instant::now();
+        let past = started
+            .checked_sub(Duration::from_secs(1))
+            .unwrap_or(started);
+        let outcome = io.poll(Some(past), 64, &mut |_, _| {}).expect("poll");
+        assert_eq!(outcome.received, 0);
+        assert!(started.elapsed() < Duration::from_millis(100));
+    }
+
+    #[test]
+    fn truncated_and_refused_are_counted_not_fatal() {
+        let (mut io, peer, _waker) = pair();
+        peer.send_to(&[1; RECV_BUFFER_SIZE + 100], io.local_addr())
+            .expect("send big");
+        peer.send_to(b"ok", io.local_addr()).expect("send ok");
+        let got = collect(&mut io, 1, 64);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].1, b"ok");
+        assert_eq!(io.stats().recv_errors, 1);
+
+        // Nobody listens on this port; a datagram with no route at all is also dropped quietly.
+        let closed = {
+            let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
+            s.local_addr().expect("addr")
+        };
+        io.send(closed, b"x".to_vec());
+        io.send("[::1]:9".parse().expect("v6"), b"y".to_vec());
+        io.flush().expect("flush");
+        assert_eq!(io.stats().send_errors, 1);
+    }
+
+    #[test]
+    fn timeout_rounds_up() {
+        let now = Instant::now();
+        assert_eq!(poll_timeout_ms(None, now), -1);
+        assert_eq!(poll_timeout_ms(Some(now), now), 0);
+        assert_eq!(
+            poll_timeout_ms(Some(now + Duration::from_micros(1)), now),
+            1
+        );
+        assert_eq!(
+            poll_timeout_ms(Some(now + Duration::from_millis(5)), now),
+            5
+        );
+        if let Some(past) = now.checked_sub(Duration::from_millis(5)) {
+            assert_eq!(poll_timeout_ms(Some(past), now), 0);
+        }
+    }
+}

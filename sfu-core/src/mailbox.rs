@@ -1,0 +1,54 @@
+//! Each worker's inbound ring from the other workers: bounded and lock-free
+//! (`crossbeam::queue::ArrayQueue`). A publisher's worker pushes one reference per packet per
+//! *interested worker*, not per subscriber; a full ring drops and counts, it never blocks.
+
+use std::sync::Arc;
+
+use crossbeam::queue::ArrayQueue;
+
+use crate::forward::MediaPacket;
+use crate::ids::{Layer, SessionId};
+use crate::io::Waker;
+
+/// A message between workers.
+#[derive(Debug)]
+pub enum CrossWorker {
+    /// A publisher's packet for this worker's subscribers of its room.
+    Media(Arc<MediaPacket>),
+    /// A subscriber on another worker wants a keyframe from this worker's publisher.
+    KeyframeRequest { source: SessionId, layer: Layer },
+}
+
+/// A worker's inbound ring plus the means to wake it.
+#[derive(Debug)]
+pub struct Mailbox {
+    ring: ArrayQueue<CrossWorker>,
+    waker: Waker,
+}
+
+impl Mailbox {
+    pub fn new(capacity: usize, waker: Waker) -> Self {
+        Self {
+            ring: ArrayQueue::new(capacity),
+            waker,
+        }
+    }
+
+    /// Push without waking; the producer wakes once per loop pass with [`Mailbox::wake`].
+    /// Returns the message back when the ring is full.
+    pub fn push(&self, msg: CrossWorker) -> Result<(), CrossWorker> {
+        self.ring.push(msg)
+    }
+
+    pub fn pop(&self) -> Option<CrossWorker> {
+        self.ring.pop()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ring.is_empty()
+    }
+
+    pub fn wake(&self) {
+        self.waker.wake();
+    }
+}

@@ -1,0 +1,102 @@
+//! Per-worker counters. Each worker writes its own block with relaxed atomics (single writer,
+//! no contention); control reads them for `/metrics`. Nothing here is on a lock.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::api::WorkerStats;
+
+/// Why a datagram or a forwarded packet was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// Not STUN, DTLS, RTP or RTCP, or too short to be any of them.
+    Malformed,
+    /// Not STUN, from an address no session knows.
+    UnknownSource,
+    /// STUN whose USERNAME names no session of this worker.
+    UnknownUfrag,
+    /// The session refused it (bad SRTP auth, DTLS error, unexpected SSRC, ...).
+    SessionRejected,
+    /// A cross-worker ring was full.
+    RingFull,
+    /// The subscriber negotiated no payload type for the packet's codec.
+    CodecMismatch,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 6] = [
+        DropReason::Malformed,
+        DropReason::UnknownSource,
+        DropReason::UnknownUfrag,
+        DropReason::SessionRejected,
+        DropReason::RingFull,
+        DropReason::CodecMismatch,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Malformed => "malformed",
+            DropReason::UnknownSource => "unknown_source",
+            DropReason::UnknownUfrag => "unknown_ufrag",
+            DropReason::SessionRejected => "session_rejected",
+            DropReason::RingFull => "ring_full",
+            DropReason::CodecMismatch => "codec_mismatch",
+        }
+    }
+}
+
+/// One worker's counters.
+#[derive(Debug, Default)]
+pub struct WorkerMetrics {
+    pub publish_sessions: AtomicU64,
+    pub subscribe_sessions: AtomicU64,
+    pub packets_in: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub packets_out: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub rtp_forwarded: AtomicU64,
+    pub keyframe_requests: AtomicU64,
+    pub sessions_reaped: AtomicU64,
+    pub session_panics: AtomicU64,
+    dropped: [AtomicU64; DropReason::ALL.len()],
+}
+
+impl WorkerMetrics {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn sub(counter: &AtomicU64, n: u64) {
+        counter.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    pub fn drop_packet(&self, reason: DropReason) {
+        self.dropped[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        self.dropped[reason as usize].load(Ordering::Relaxed)
+    }
+
+    /// A consistent-enough copy for reporting (each counter read once).
+    pub fn snapshot(&self, worker: u16, port: u16) -> WorkerStats {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        WorkerStats {
+            worker,
+            port,
+            publish_sessions: load(&self.publish_sessions),
+            subscribe_sessions: load(&self.subscribe_sessions),
+            packets_in: load(&self.packets_in),
+            bytes_in: load(&self.bytes_in),
+            packets_out: load(&self.packets_out),
+            bytes_out: load(&self.bytes_out),
+            rtp_forwarded: load(&self.rtp_forwarded),
+            keyframe_requests: load(&self.keyframe_requests),
+            sessions_reaped: load(&self.sessions_reaped),
+            session_panics: load(&self.session_panics),
+            dropped: DropReason::ALL
+                .iter()
+                .map(|r| (r.as_str().to_string(), self.dropped(*r)))
+                .collect(),
+        }
+    }
+}

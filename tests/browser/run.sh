@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Browser end-to-end test: Debian's Chromium (driven by playwright-core) publishes and watches
+# through the demo page of a real `control dev` server.
+#
+#   tests/browser/run.sh [path/to/control]     (root; needs iproute2, chromium, `npm ci` done here)
+#
+# Builds nothing. The control binary defaults to target/release/control, else target/debug/control.
+# The server runs in the root namespace on 10.203.0.1 (our own veth); the test and its browser run
+# in the network namespace sfu-br (netns.sh), because headless Chromium gathers no loopback ICE
+# candidates. Everything is torn down on exit; the exit code is the test's.
+# Screenshots, page logs, the server log and figures.json go to $OUT_DIR (default: a temp dir).
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+HOST_ADDR=10.203.0.1
+NS=${SFU_NETNS:-sfu-br}
+export SFU_NETNS=$NS
+READY_TIMEOUT_S=${READY_TIMEOUT_S:-20}
+TEST_TIMEOUT_S=${TEST_TIMEOUT_S:-130}
+
+die() { echo "browser e2e: $*" >&2; exit 2; }
+
+BIN=${1:-}
+if [ -z "$BIN" ]; then
+  for c in "$ROOT/target/release/control" "$ROOT/target/debug/control"; do
+    if [ -x "$c" ]; then BIN=$c; break; fi
+  done
+  [ -n "$BIN" ] || die "no control binary: build it (cargo build -p control) or pass its path"
+fi
+[ -x "$BIN" ] || die "$BIN is not an executable"
+BIN=$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")
+[ "$(id -u)" = 0 ] || die "must run as root (it creates a network namespace)"
+command -v ip >/dev/null || die "ip not found: apt-get install iproute2"
+[ -x "${CHROMIUM_BIN:-/usr/bin/chromium}" ] || die "chromium not found: apt-get install chromium"
+[ -d "$HERE/node_modules/playwright-core" ] || die "playwright-core missing: run 'npm ci' in $HERE"
+
+OUT_DIR=${OUT_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/sfu-browser-e2e.XXXXXX")}
+mkdir -p "$OUT_DIR"
+SERVER_LOG=$OUT_DIR/server.log
+server_pid=
+
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
+    kill -TERM "$server_pid" 2>/dev/null || true
+    for _ in $(seq 1 50); do kill -0 "$server_pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$server_pid" 2>/dev/null || true
+    wait "$server_pid" 2>/dev/null || true
+  fi
+  "$HERE/netns.sh" down || true
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+"$HERE/netns.sh" up
+
+# The server picks a free HTTP port and says which on its "SFU ready: http://ADDR/" line.
+: >"$SERVER_LOG"
+RUST_LOG=${RUST_LOG:-info} "$BIN" dev --http "$HOST_ADDR:0" --advertise-ip "$HOST_ADDR" \
+  </dev/null >"$SERVER_LOG" 2>&1 &
+server_pid=$!
+
+url=
+deadline=$((SECONDS + READY_TIMEOUT_S))
+while [ -z "$url" ]; do
+  url=$(sed -n 's|^SFU ready: \(http://[^ ]*\)$|\1|p' "$SERVER_LOG" | head -n1)
+  [ -n "$url" ] && break
+  if ! kill -0 "$server_pid" 2>/dev/null; then
+    echo "browser e2e: control exited before it was ready; its log:" >&2
+    tail -n 40 "$SERVER_LOG" >&2
+    exit 1
+  fi
+  if [ "$SECONDS" -ge "$deadline" ]; then
+    echo "browser e2e: no 'SFU ready:' line from control within ${READY_TIMEOUT_S}s; its log:" >&2
+    tail -n 40 "$SERVER_LOG" >&2
+    exit 1
+  fi
+  sleep 0.1
+done
+url=${url%/}
+echo "browser e2e: control ready at $url (log: $SERVER_LOG)"
+
+rc=0
+timeout --kill-after=10 "$TEST_TIMEOUT_S" \
+  ip netns exec "$NS" env SFU_URL="$url" OUT_DIR="$OUT_DIR" \
+  node --test-reporter=spec "$HERE/test.mjs" </dev/null || rc=$?
+
+if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
+  echo "browser e2e: the test did not finish within ${TEST_TIMEOUT_S}s" >&2
+fi
+if [ "$rc" -ne 0 ]; then
+  echo "browser e2e: FAILED (exit $rc); last lines of the server log:" >&2
+  tail -n 30 "$SERVER_LOG" >&2 || true
+fi
+echo "browser e2e: screenshots, page logs, server log and figures.json in $OUT_DIR"
+exit "$rc"

@@ -1,0 +1,411 @@
+//! A synthetic WHIP publisher: a str0m client in RTP mode that sends test-pattern Opus-like
+//! audio and VP8-like video (optionally three simulcast layers) and answers keyframe requests.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use str0m::change::SdpAnswer;
+use str0m::format::Codec;
+use str0m::media::{Direction, MediaKind, Mid, Pt, Rid, Simulcast, SimulcastLayer};
+use str0m::rtp::RtpWrite;
+use str0m::{Candidate, Event, Rtc};
+
+use crate::Error;
+use crate::pattern::PayloadKind;
+use crate::peer::{self, PeerState, PeerThread, Role};
+use crate::source::{AudioSource, OutgoingPacket, VideoLayer, VideoSource};
+use crate::whip::{Endpoint, SessionResource, SignalingClient};
+
+/// Video settings of a publisher.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VideoConfig {
+    pub fps: u32,
+    /// A keyframe every this many frames (0: only the first and requested ones).
+    pub keyframe_interval: u32,
+    /// Send three simulcast layers q, h, f instead of one.
+    pub simulcast: bool,
+    /// Bytes of a delta frame of the full layer.
+    pub frame_bytes: usize,
+}
+
+impl Default for VideoConfig {
+    fn default() -> Self {
+        Self {
+            fps: 30,
+            keyframe_interval: 60,
+            simulcast: false,
+            frame_bytes: 4000,
+        }
+    }
+}
+
+/// How to reach the server and what to send.
+#[derive(Debug, Clone)]
+pub struct PublisherConfig {
+    /// Server root URL, e.g. `http://127.0.0.1:8080/`.
+    pub base_url: String,
+    pub room: String,
+    pub token: String,
+    pub audio: bool,
+    pub video: Option<VideoConfig>,
+    /// Address the media socket binds to (port chosen by the OS).
+    pub bind_ip: IpAddr,
+}
+
+impl PublisherConfig {
+    /// Audio and single-layer video with default settings.
+    pub fn new(base_url: &str, room: &str, token: &str) -> Self {
+        Self {
+            base_url: base_url.to_string(),
+            room: room.to_string(),
+            token: token.to_string(),
+            audio: true,
+            video: Some(VideoConfig::default()),
+            bind_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        }
+    }
+
+    pub fn audio(mut self, on: bool) -> Self {
+        self.audio = on;
+        self
+    }
+
+    pub fn video(mut self, video: Option<VideoConfig>) -> Self {
+        self.video = video;
+        self
+    }
+}
+
+/// What a publisher has sent and been asked for so far.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PublisherStats {
+    pub audio_packets: u64,
+    /// Video packets sent, per layer index.
+    pub video_packets: Vec<u64>,
+    /// Keyframes sent, per layer index.
+    pub keyframes: Vec<u64>,
+    /// `Event::KeyframeRequest`s (PLI or FIR) received from the server.
+    pub keyframe_requests: u64,
+    /// Packets that could not be written (no send stream for the mid/rid).
+    pub write_failures: u64,
+    /// When the first media packet was written.
+    pub first_sent_at: Option<Instant>,
+}
+
+/// A running publisher. Dropping it stops the media thread without telling the server;
+/// [`Publisher::close`] also deletes the session.
+#[derive(Debug)]
+pub struct Publisher {
+    signaling: SignalingClient,
+    token: String,
+    session: SessionResource,
+    deleted: bool,
+    stats: Arc<Mutex<PublisherStats>>,
+    thread: PeerThread<()>,
+}
+
+impl Publisher {
+    /// Offers, gets the answer over WHIP and starts the media thread. Media starts flowing once
+    /// ICE and DTLS are up.
+    pub fn connect(config: PublisherConfig) -> Result<Self, Error> {
+        let socket = UdpSocket::bind(SocketAddr::new(config.bind_ip, 0))?;
+        let local = socket.local_addr()?;
+        let mut rtc = Rtc::builder()
+            .set_rtp_mode(true)
+            .set_crypto_provider(peer::crypto_provider())
+            .clear_codecs()
+            .enable_opus(true, false)
+            .enable_vp8(true)
+            .build(Instant::now());
+        rtc.add_local_candidate(Candidate::host(local, "udp").map_err(str0m::RtcError::from)?);
+
+        let layers = match &config.video {
+            Some(v) if v.simulcast => VideoLayer::simulcast(v.frame_bytes),
+            Some(v) => vec![VideoLayer::single(v.frame_bytes)],
+            None => Vec::new(),
+        };
+
+        let mut change = rtc.sdp_api();
+        let audio_mid = config
+            .audio
+            .then(|| change.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None));
+        let video_mid = config.video.as_ref().map(|v| {
+            let simulcast = v.simulcast.then(|| {
+                let mut s = Simulcast::new();
+                for layer in &layers {
+                    if let Some(rid) = &layer.rid {
+                        s.add_send_layer(SimulcastLayer::new(rid));
+                    }
+                }
+                s
+            });
+            change.add_media(MediaKind::Video, Direction::SendOnly, None, None, simulcast)
+        });
+        let (offer, pending) = change
+            .apply()
+            .ok_or_else(|| Error::Sdp("nothing to offer: no audio and no video".into()))?;
+
+        let signaling = SignalingClient::new(&config.base_url);
+        let session = signaling.offer(
+            Endpoint::Whip,
+            &config.room,
+            &config.token,
+            &offer.to_sdp_string(),
+        )?;
+        let accepted = SdpAnswer::from_sdp_string(&session.answer)
+            .map_err(|e| Error::Sdp(format!("answer does not parse: {e}")))
+            .and_then(|answer| Ok(rtc.sdp_api().accept_answer(pending, answer)?));
+        let pts = accepted.and_then(|()| {
+            let audio = audio_mid
+                .map(|mid| negotiated_pt(&rtc, mid, Codec::Opus).map(|pt| (mid, pt)))
+                .transpose()?;
+            let video = video_mid
+                .map(|mid| negotiated_pt(&rtc, mid, Codec::Vp8).map(|pt| (mid, pt)))
+                .transpose()?;
+            Ok((audio, video))
+        });
+        let (audio, video) = match pts {
+            Ok(pts) => pts,
+            Err(e) => {
+                // Best effort: do not leave a half-made session behind on the server.
+                let _ = signaling.delete(&session.location, &config.token);
+                return Err(e);
+            }
+        };
+
+        let mut rng = rand::rng();
+        let stats = Arc::new(Mutex::new(PublisherStats {
+            video_packets: vec![0; layers.len()],
+            keyframes: vec![0; layers.len()],
+            ..PublisherStats::default()
+        }));
+        let role = PublisherRole {
+            audio: audio.map(|(mid, pt)| Track {
+                mid,
+                pt,
+                sources: vec![(None, Source::Audio(AudioSource::new(rng.random_range(0..30_000), rng.random())))],
+            }),
+            video: video.map(|(mid, pt)| {
+                let v = config.video.clone().unwrap_or_default();
+                Track {
+                    mid,
+                    pt,
+                    sources: layers
+                        .into_iter()
+                        .map(|layer| {
+                            let rid = layer.rid.as_deref().map(Rid::from);
+                            let source = VideoSource::new(
+                                layer,
+                                v.fps,
+                                v.keyframe_interval,
+                                rng.random_range(0..30_000),
+                                rng.random(),
+                            );
+                            (rid, Source::Video(source))
+                        })
+                        .collect(),
+                }
+            }),
+            stats: stats.clone(),
+        };
+        let thread = PeerThread::spawn("tools-publisher", rtc, socket, role)?;
+        Ok(Self {
+            signaling,
+            token: config.token,
+            session,
+            deleted: false,
+            stats,
+            thread,
+        })
+    }
+
+    /// The session URL the server returned.
+    pub fn location(&self) -> &str {
+        &self.session.location
+    }
+
+    /// The SDP answer.
+    pub fn answer(&self) -> &str {
+        &self.session.answer
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.thread.local_addr()
+    }
+
+    pub fn state(&self) -> &PeerState {
+        self.thread.state()
+    }
+
+    pub fn ice_connected(&self) -> bool {
+        self.state().ice_connected()
+    }
+
+    /// ICE, DTLS and SRTP are up.
+    pub fn connected(&self) -> bool {
+        self.state().connected()
+    }
+
+    /// Waits until media can flow; false on timeout or if the peer loop ended.
+    pub fn wait_connected(&self, timeout: Duration) -> bool {
+        peer::wait_until(timeout, || self.connected() || !self.state().running()) && self.connected()
+    }
+
+    /// A snapshot of what was sent.
+    pub fn stats(&self) -> PublisherStats {
+        lock(&self.stats).clone()
+    }
+
+    pub fn keyframe_requests(&self) -> u64 {
+        lock(&self.stats).keyframe_requests
+    }
+
+    /// Ends the session on the server (`DELETE {Location}`) but keeps sending media, as a
+    /// client that ignores the teardown would.
+    pub fn delete_session(&mut self) -> Result<(), Error> {
+        if !self.deleted {
+            self.deleted = true;
+            self.signaling
+                .delete(&self.session.location, &self.token)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the session on the server and stops the media thread.
+    pub fn close(mut self) -> Result<(), Error> {
+        let result = self.delete_session();
+        self.thread.stop();
+        result
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Stats stay usable even if a holder panicked: they are plain counters.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The payload type the answer accepted for `codec` on `mid`.
+fn negotiated_pt(rtc: &Rtc, mid: Mid, codec: Codec) -> Result<Pt, Error> {
+    let media = rtc
+        .media(mid)
+        .ok_or_else(|| Error::Sdp(format!("answer dropped media {mid}")))?;
+    media
+        .remote_pts()
+        .iter()
+        .copied()
+        .find(|pt| {
+            rtc.codec_config()
+                .find(|p| p.pt() == *pt)
+                .is_some_and(|p| p.spec().codec == codec)
+        })
+        .ok_or_else(|| Error::Sdp(format!("answer accepted no {codec:?} payload type on {mid}")))
+}
+
+#[derive(Debug)]
+enum Source {
+    Audio(AudioSource),
+    Video(VideoSource),
+}
+
+impl Source {
+    fn poll(&mut self, now: Instant, wallclock_us: u64) -> Option<OutgoingPacket> {
+        match self {
+            Source::Audio(s) => s.poll(now, wallclock_us),
+            Source::Video(s) => s.poll(now, wallclock_us),
+        }
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        match self {
+            Source::Audio(s) => s.next_due(),
+            Source::Video(s) => s.next_due(),
+        }
+    }
+}
+
+/// One m-line: its sources, one per rid (a single `None` rid without simulcast).
+#[derive(Debug)]
+struct Track {
+    mid: Mid,
+    pt: Pt,
+    sources: Vec<(Option<Rid>, Source)>,
+}
+
+#[derive(Debug)]
+struct PublisherRole {
+    audio: Option<Track>,
+    video: Option<Track>,
+    stats: Arc<Mutex<PublisherStats>>,
+}
+
+impl Role for PublisherRole {
+    type Command = ();
+
+    fn drive(&mut self, now: Instant, wallclock_us: u64, rtc: &mut Rtc) {
+        // Sources start on the first pass after connecting, so nothing queues up before.
+        if !rtc.is_connected() {
+            return;
+        }
+        let mut stats = lock(&self.stats);
+        for track in [&mut self.audio, &mut self.video].into_iter().flatten() {
+            for (rid, source) in &mut track.sources {
+                while let Some(p) = source.poll(now, wallclock_us) {
+                    let mut api = rtc.direct_api();
+                    let Some(tx) = api.stream_tx_by_mid(track.mid, *rid) else {
+                        stats.write_failures += 1;
+                        continue;
+                    };
+                    let layer = usize::from(p.layer);
+                    match p.kind {
+                        PayloadKind::Audio => stats.audio_packets += 1,
+                        PayloadKind::Video => {
+                            if let Some(n) = stats.video_packets.get_mut(layer) {
+                                *n += 1;
+                            }
+                        }
+                    }
+                    stats.first_sent_at.get_or_insert(now);
+                    let write = RtpWrite::new(track.pt, p.seq.into(), p.rtp_time, now, p.payload)
+                        .marker(p.marker)
+                        .nackable(p.kind == PayloadKind::Video);
+                    tx.write_rtp(write);
+                }
+                if let Source::Video(s) = source {
+                    let layer = usize::from(s.layer().index);
+                    if let Some(n) = stats.keyframes.get_mut(layer) {
+                        *n = s.keyframes();
+                    }
+                }
+            }
+        }
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        [&self.audio, &self.video]
+            .into_iter()
+            .flatten()
+            .flat_map(|t| t.sources.iter().filter_map(|(_, s)| s.next_due()))
+            .min()
+    }
+
+    fn on_event(&mut self, _now: Instant, _rtc: &mut Rtc, event: Event) {
+        let Event::KeyframeRequest(req) = event else {
+            return;
+        };
+        lock(&self.stats).keyframe_requests += 1;
+        let Some(video) = self.video.as_mut().filter(|v| v.mid == req.mid) else {
+            return;
+        };
+        for (rid, source) in &mut video.sources {
+            if let Source::Video(s) = source {
+                if req.rid.is_none() || req.rid == *rid {
+                    s.request_keyframe();
+                }
+            }
+        }
+    }
+
+    fn on_command(&mut self, _now: Instant, _rtc: &mut Rtc, _command: ()) {}
+}

@@ -1,0 +1,262 @@
+//! A synthetic WHEP subscriber: a str0m client in RTP mode that receives audio and video,
+//! decodes each payload's test pattern and records what arrived in a [`Reception`].
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use str0m::change::SdpAnswer;
+use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid};
+use str0m::{Candidate, Event, Rtc};
+
+use crate::Error;
+use crate::pattern::{self, PayloadKind};
+use crate::peer::{self, PeerState, PeerThread, Role};
+use crate::reception::{ReceivedPacket, Reception};
+use crate::whip::{Endpoint, SessionResource, SignalingClient};
+
+/// How to reach the server and what to ask for.
+#[derive(Debug, Clone)]
+pub struct SubscriberConfig {
+    /// Server root URL, e.g. `http://127.0.0.1:8080/`.
+    pub base_url: String,
+    pub room: String,
+    pub token: String,
+    pub audio: bool,
+    pub video: bool,
+    /// Keep every received packet in [`Reception::packets`] (tests); totals are always kept.
+    pub keep_packets: bool,
+    /// Address the media socket binds to (port chosen by the OS).
+    pub bind_ip: IpAddr,
+}
+
+impl SubscriberConfig {
+    /// Audio and video, keeping the packet log.
+    pub fn new(base_url: &str, room: &str, token: &str) -> Self {
+        Self {
+            base_url: base_url.to_string(),
+            room: room.to_string(),
+            token: token.to_string(),
+            audio: true,
+            video: true,
+            keep_packets: true,
+            bind_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        }
+    }
+}
+
+/// Requests the subscriber's thread acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubscriberCommand {
+    /// Send a PLI for the video stream.
+    RequestKeyframe,
+}
+
+/// A running subscriber. Dropping it stops the media thread without telling the server;
+/// [`Subscriber::close`] also deletes the session.
+#[derive(Debug)]
+pub struct Subscriber {
+    signaling: SignalingClient,
+    token: String,
+    session: SessionResource,
+    reception: Arc<Mutex<Reception>>,
+    thread: PeerThread<SubscriberCommand>,
+}
+
+impl Subscriber {
+    /// Offers recvonly media over WHEP and starts the receive thread.
+    pub fn connect(config: SubscriberConfig) -> Result<Self, Error> {
+        let socket = UdpSocket::bind(SocketAddr::new(config.bind_ip, 0))?;
+        let local = socket.local_addr()?;
+        let mut rtc = Rtc::builder()
+            .set_rtp_mode(true)
+            .set_crypto_provider(peer::crypto_provider())
+            .clear_codecs()
+            .enable_opus(true, false)
+            .enable_vp8(true)
+            .build(Instant::now());
+        rtc.add_local_candidate(Candidate::host(local, "udp").map_err(str0m::RtcError::from)?);
+
+        let mut change = rtc.sdp_api();
+        let audio_mid = config
+            .audio
+            .then(|| change.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None));
+        let video_mid = config
+            .video
+            .then(|| change.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None));
+        let (offer, pending) = change
+            .apply()
+            .ok_or_else(|| Error::Sdp("nothing to offer: no audio and no video".into()))?;
+
+        let signaling = SignalingClient::new(&config.base_url);
+        let session = signaling.offer(
+            Endpoint::Whep,
+            &config.room,
+            &config.token,
+            &offer.to_sdp_string(),
+        )?;
+        let accepted = SdpAnswer::from_sdp_string(&session.answer)
+            .map_err(|e| Error::Sdp(format!("answer does not parse: {e}")))
+            .and_then(|answer| Ok(rtc.sdp_api().accept_answer(pending, answer)?));
+        if let Err(e) = accepted {
+            let _ = signaling.delete(&session.location, &config.token);
+            return Err(e);
+        }
+
+        let reception = Arc::new(Mutex::new(Reception::default()));
+        let role = SubscriberRole {
+            audio_mid,
+            video_mid,
+            keep_packets: config.keep_packets,
+            reception: reception.clone(),
+        };
+        let thread = PeerThread::spawn("tools-subscriber", rtc, socket, role)?;
+        Ok(Self {
+            signaling,
+            token: config.token,
+            session,
+            reception,
+            thread,
+        })
+    }
+
+    /// The session URL the server returned.
+    pub fn location(&self) -> &str {
+        &self.session.location
+    }
+
+    /// The SDP answer.
+    pub fn answer(&self) -> &str {
+        &self.session.answer
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.thread.local_addr()
+    }
+
+    pub fn state(&self) -> &PeerState {
+        self.thread.state()
+    }
+
+    pub fn ice_connected(&self) -> bool {
+        self.state().ice_connected()
+    }
+
+    /// ICE, DTLS and SRTP are up.
+    pub fn connected(&self) -> bool {
+        self.state().connected()
+    }
+
+    /// Waits until media can flow; false on timeout or if the peer loop ended.
+    pub fn wait_connected(&self, timeout: Duration) -> bool {
+        peer::wait_until(timeout, || self.connected() || !self.state().running()) && self.connected()
+    }
+
+    /// Runs `f` on the reception record without copying it.
+    pub fn with_reception<T>(&self, f: impl FnOnce(&Reception) -> T) -> T {
+        f(&lock(&self.reception))
+    }
+
+    /// A copy of the reception record.
+    pub fn reception(&self) -> Reception {
+        lock(&self.reception).clone()
+    }
+
+    /// Packets of one kind received so far.
+    pub fn packets(&self, kind: PayloadKind) -> u64 {
+        lock(&self.reception).totals(kind).packets
+    }
+
+    /// Waits until at least `n` packets of `kind` arrived.
+    pub fn wait_packets(&self, kind: PayloadKind, n: u64, timeout: Duration) -> bool {
+        peer::wait_until(timeout, || self.packets(kind) >= n)
+    }
+
+    /// Asks the thread to send a PLI for the video stream; false if the thread has ended.
+    /// [`Reception::keyframe_requests_sent`] counts the ones actually sent.
+    pub fn request_keyframe(&self) -> bool {
+        self.thread.send(SubscriberCommand::RequestKeyframe)
+    }
+
+    /// Deletes the session on the server and stops the thread.
+    pub fn close(mut self) -> Result<(), Error> {
+        let result = self.signaling.delete(&self.session.location, &self.token);
+        self.thread.stop();
+        Ok(result?)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The record stays usable even if a holder panicked: it is plain data.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[derive(Debug)]
+struct SubscriberRole {
+    audio_mid: Option<Mid>,
+    video_mid: Option<Mid>,
+    keep_packets: bool,
+    reception: Arc<Mutex<Reception>>,
+}
+
+impl SubscriberRole {
+    fn kind_of(&self, mid: Option<Mid>) -> Option<PayloadKind> {
+        match mid {
+            Some(m) if Some(m) == self.audio_mid => Some(PayloadKind::Audio),
+            Some(m) if Some(m) == self.video_mid => Some(PayloadKind::Video),
+            _ => None,
+        }
+    }
+}
+
+impl Role for SubscriberRole {
+    type Command = SubscriberCommand;
+
+    fn drive(&mut self, _now: Instant, _wallclock_us: u64, _rtc: &mut Rtc) {}
+
+    fn next_due(&self) -> Option<Instant> {
+        None
+    }
+
+    fn on_event(&mut self, now: Instant, rtc: &mut Rtc, event: Event) {
+        let Event::RtpPacket(p) = event else {
+            return;
+        };
+        let mid = rtc
+            .direct_api()
+            .stream_rx(&p.header.ssrc)
+            .map(|s| s.mid())
+            .or(p.header.ext_vals.mid);
+        let Some(kind) = self.kind_of(mid) else {
+            lock(&self.reception).unknown_media += 1;
+            return;
+        };
+        let packet = ReceivedPacket {
+            at: now,
+            kind,
+            ssrc: p.header.ssrc,
+            pt: p.header.payload_type,
+            seq: p.header.sequence_number,
+            ext_seq: *p.seq_no,
+            rtp_time: p.header.timestamp,
+            marker: p.header.marker,
+            payload_len: p.payload.len(),
+            pattern: pattern::decode_payload(kind, &p.payload),
+        };
+        lock(&self.reception).record(packet, self.keep_packets);
+    }
+
+    fn on_command(&mut self, _now: Instant, rtc: &mut Rtc, command: SubscriberCommand) {
+        match command {
+            SubscriberCommand::RequestKeyframe => {
+                let Some(mid) = self.video_mid else {
+                    return;
+                };
+                if let Some(rx) = rtc.direct_api().stream_rx_by_mid(mid, None) {
+                    rx.request_keyframe(KeyframeRequestKind::Pli);
+                    lock(&self.reception).keyframe_requests_sent += 1;
+                }
+            }
+        }
+    }
+}

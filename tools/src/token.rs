@@ -1,0 +1,171 @@
+//! Access tokens as `control` expects them (docs/http-api.md): HS256 JWTs whose header `kid` is
+//! the API key, with room, identity, validity and grants as claims.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde::{Deserialize, Serialize};
+
+/// API key that `control dev` trusts.
+pub const DEV_API_KEY: &str = "devkey";
+
+/// Secret of [`DEV_API_KEY`].
+pub const DEV_API_SECRET: &str = "devsecret";
+
+/// What a token allows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grants {
+    pub publish: bool,
+    pub subscribe: bool,
+    pub admin: bool,
+}
+
+impl Grants {
+    pub const PUBLISH: Grants = Grants {
+        publish: true,
+        subscribe: false,
+        admin: false,
+    };
+    pub const SUBSCRIBE: Grants = Grants {
+        publish: false,
+        subscribe: true,
+        admin: false,
+    };
+    pub const PUBLISH_SUBSCRIBE: Grants = Grants {
+        publish: true,
+        subscribe: true,
+        admin: false,
+    };
+}
+
+/// The claims of a token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// API key of the issuer.
+    pub iss: String,
+    /// Identity of the participant.
+    pub sub: String,
+    pub room: String,
+    /// Issued at, seconds since the Unix epoch.
+    pub iat: u64,
+    /// Expiry, seconds since the Unix epoch.
+    pub exp: u64,
+    pub grants: Grants,
+}
+
+impl Claims {
+    /// Claims issued by `api_key` at `now`, valid for `ttl`.
+    pub fn new(
+        api_key: &str,
+        room: &str,
+        identity: &str,
+        grants: Grants,
+        now: SystemTime,
+        ttl: Duration,
+    ) -> Self {
+        let iat = now
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        Self {
+            iss: api_key.to_string(),
+            sub: identity.to_string(),
+            room: room.to_string(),
+            iat,
+            exp: iat + ttl.as_secs(),
+            grants,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot sign token: {0}")]
+pub struct TokenError(#[from] jsonwebtoken::errors::Error);
+
+/// Signs `claims` with HS256 under `api_key` / `secret`.
+pub fn mint(claims: &Claims, api_key: &str, secret: &str) -> Result<String, TokenError> {
+    let header = Header {
+        alg: Algorithm::HS256,
+        kid: Some(api_key.to_string()),
+        ..Header::default()
+    };
+    Ok(jsonwebtoken::encode(
+        &header,
+        claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )?)
+}
+
+/// A token signed with the development key pair, valid for an hour from now.
+pub fn dev_token(room: &str, identity: &str, grants: Grants) -> Result<String, TokenError> {
+    let claims = Claims::new(
+        DEV_API_KEY,
+        room,
+        identity,
+        grants,
+        SystemTime::now(),
+        Duration::from_secs(3600),
+    );
+    mint(&claims, DEV_API_KEY, DEV_API_SECRET)
+}
+
+#[cfg(test)]
+mod tests {
+    use jsonwebtoken::{DecodingKey, Validation, decode, decode_header};
+
+    use super::*;
+
+    #[test]
+    fn dev_token_carries_the_documented_claims() {
+        let token = dev_token("lobby", "alice", Grants::PUBLISH).expect("signs");
+        let header = decode_header(&token).expect("header");
+        assert_eq!(header.alg, Algorithm::HS256);
+        assert_eq!(header.kid.as_deref(), Some(DEV_API_KEY));
+
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_required_spec_claims(&["exp", "iss", "sub"]);
+        let data = decode::<Claims>(
+            &token,
+            &DecodingKey::from_secret(DEV_API_SECRET.as_bytes()),
+            &validation,
+        )
+        .expect("valid signature");
+        let c = data.claims;
+        assert_eq!(c.iss, DEV_API_KEY);
+        assert_eq!(c.sub, "alice");
+        assert_eq!(c.room, "lobby");
+        assert_eq!(c.exp - c.iat, 3600);
+        assert_eq!(c.grants, Grants::PUBLISH);
+    }
+
+    #[test]
+    fn claims_serialize_with_the_documented_names() {
+        let c = Claims::new(
+            "k",
+            "r",
+            "i",
+            Grants::SUBSCRIBE,
+            UNIX_EPOCH + Duration::from_secs(100),
+            Duration::from_secs(60),
+        );
+        let json = serde_json::to_value(&c).expect("serializes");
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "iss": "k", "sub": "i", "room": "r", "iat": 100, "exp": 160,
+                "grants": {"publish": false, "subscribe": true, "admin": false}
+            })
+        );
+    }
+
+    #[test]
+    fn wrong_secret_fails_verification() {
+        let token = dev_token("lobby", "bob", Grants::SUBSCRIBE).expect("signs");
+        let r = decode::<Claims>(
+            &token,
+            &DecodingKey::from_secret(b"not-the-secret"),
+            &Validation::new(Algorithm::HS256),
+        );
+        assert!(r.is_err());
+    }
+}
