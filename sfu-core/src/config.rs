@@ -34,6 +34,9 @@ pub struct NodeConfig {
     pub connect_timeout_secs: u64,
     /// A connected session that receives nothing for this many seconds is closed.
     pub ice_timeout_secs: u64,
+    /// REMB value sent to publishers that negotiated `goog-remb` (a ceiling; TWCC drives
+    /// the actual estimate).
+    pub publisher_remb_kbps: u64,
 }
 
 impl Default for NodeConfig {
@@ -50,6 +53,7 @@ impl Default for NodeConfig {
             max_sessions_per_worker: 4096,
             connect_timeout_secs: 20,
             ice_timeout_secs: 10,
+            publisher_remb_kbps: 10_000,
         }
     }
 }
@@ -115,6 +119,9 @@ impl NodeConfig {
         }
         if self.ice_timeout_secs == 0 {
             return err("node.ice_timeout_secs", "must be at least 1");
+        }
+        if self.publisher_remb_kbps < 100 {
+            return err("node.publisher_remb_kbps", "must be at least 100");
         }
         Ok(())
     }

@@ -476,6 +476,19 @@ impl Worker {
         for room in self.rooms.values_mut() {
             room.tracker.prune(now);
         }
+        let remb = str0m::bwe::Bitrate::kbps(self.config.publisher_remb_kbps);
+        let mut broken = Vec::new();
+        for (id, s) in self.sessions.iter_mut() {
+            if s.kind == SessionKind::Publish {
+                match s.send_remb(remb) {
+                    Ok(()) => {
+                        self.dirty.insert(*id);
+                    }
+                    Err(_) => broken.push((*id, EndReason::Panicked)),
+                }
+            }
+        }
+        self.to_close.extend(broken);
     }
 
     /// Poll a session's outputs until it returns a timeout.
