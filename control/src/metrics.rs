@@ -4,10 +4,18 @@ use std::fmt::Write;
 
 use sfu_core::api::{NodeStats, WorkerStats};
 
+/// One per-worker series: name, Prometheus type, help text, and how to read it.
+type Series = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&WorkerStats) -> u64,
+);
+
 /// Render every series, with `# HELP` and `# TYPE` lines.
 pub fn render(stats: &NodeStats) -> String {
     let mut out = String::with_capacity(4096);
-    let series: [(&str, &str, &str, fn(&WorkerStats) -> u64); 10] = [
+    let series: [Series; 10] = [
         (
             "sfu_packets_in_total",
             "counter",
