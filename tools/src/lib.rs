@@ -7,8 +7,8 @@
 //! Each peer owns one thread, one UDP socket and one str0m `Rtc` in RTP mode. The thread feeds
 //! the `Rtc` every datagram and timeout and drains `poll_output` after every input or write;
 //! it never blocks longer than a few milliseconds, so `close()` and drop are bounded. The pure
-//! parts (payload [`pattern`], media [`source`]s, [`reception`] analysis, [`token`]s, [`noise`])
-//! take time as an input and are tested without sockets.
+//! parts (payload [`pattern`], media [`source`]s, [`reception`] analysis, [`token`]s, [`noise`],
+//! [`metrics`] parsing) take time as an input and are tested without sockets.
 //!
 //! # Panic policy
 //!
@@ -16,6 +16,7 @@
 //! left to str0m. A panic inside a peer thread is caught and reported through
 //! [`PeerState::error`]. HTTP exchanges are bounded by [`whip::HTTP_TIMEOUT`].
 
+pub mod metrics;
 pub mod noise;
 pub mod pattern;
 pub mod peer;
@@ -29,13 +30,14 @@ pub mod whip;
 #[cfg(test)]
 mod mock_sfu;
 
+pub use metrics::Metrics;
 pub use pattern::PayloadKind;
-pub use peer::{PeerState, wait_until};
+pub use peer::{PeerState, sample_offer, wait_until};
 pub use publisher::{Publisher, PublisherConfig, PublisherStats, VideoConfig};
 pub use reception::{ReceivedPacket, Reception, StreamReport};
 pub use subscriber::{Subscriber, SubscriberConfig};
 pub use token::{DEV_API_KEY, DEV_API_SECRET, Grants};
-pub use whip::{SignalError, SignalingClient};
+pub use whip::{Endpoint, SignalError, SignalingClient};
 
 /// Why a peer could not be set up.
 #[derive(Debug, thiserror::Error)]

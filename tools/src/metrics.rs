@@ -46,7 +46,10 @@ impl Metrics {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let err = |reason| MetricsError { line: i + 1, reason };
+            let err = |reason| MetricsError {
+                line: i + 1,
+                reason,
+            };
             let name_end = line
                 .find(|c: char| c == '{' || c.is_whitespace())
                 .ok_or(err("no value"))?;
@@ -61,10 +64,7 @@ impl Metrics {
                 labels = parsed;
                 rest = after;
             }
-            let value = rest
-                .split_whitespace()
-                .next()
-                .ok_or(err("no value"))?;
+            let value = rest.split_whitespace().next().ok_or(err("no value"))?;
             let value = match value {
                 "+Inf" => f64::INFINITY,
                 "-Inf" => f64::NEG_INFINITY,
@@ -101,7 +101,12 @@ impl Metrics {
     }
 
     /// Sum of a series grouped by the value of one label.
-    pub fn by_label(&self, name: &str, label: &str, filter: &[(&str, &str)]) -> BTreeMap<String, f64> {
+    pub fn by_label(
+        &self,
+        name: &str,
+        label: &str,
+        filter: &[(&str, &str)],
+    ) -> BTreeMap<String, f64> {
         let mut out = BTreeMap::new();
         for s in self.select(name, filter) {
             if let Some(v) = s.label(label) {
@@ -169,7 +174,10 @@ plain 42
         assert_eq!(m.sum("sfu_packets_in_total"), 15.0);
         assert_eq!(m.sum_where("sfu_packets_in_total", &[("worker", "1")]), 5.0);
         assert_eq!(m.sum_where("sfu_sessions", &[("kind", "subscribe")]), 5.0);
-        assert_eq!(m.sum_where("sfu_udp_dropped_total", &[("reason", "malformed")]), 7.0);
+        assert_eq!(
+            m.sum_where("sfu_udp_dropped_total", &[("reason", "malformed")]),
+            7.0
+        );
         assert_eq!(m.sum("plain"), 42.0);
         assert_eq!(m.sum("absent"), 0.0);
         let by_worker = m.by_label("sfu_sessions", "worker", &[("kind", "subscribe")]);

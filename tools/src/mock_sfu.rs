@@ -1,7 +1,8 @@
 //! A minimal in-process SFU (one room, std HTTP, one str0m session per thread) so the peers can
 //! be tested end to end without the real server. It forwards the publisher's audio and its
 //! video (the "f" layer under simulcast) to every subscriber, rewriting sequence numbers, and
-//! starts each subscriber's video at a keyframe, asking the publisher for one on join.
+//! starts each subscriber's video at a keyframe, asking the publisher for one once the
+//! subscriber is connected.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -139,7 +140,11 @@ fn serve(
         _ => ("405 Method Not Allowed", None, String::new()),
     };
     let mut out = stream;
-    write!(out, "HTTP/1.1 {status}\r\nContent-Length: {}\r\n", reply.len())?;
+    write!(
+        out,
+        "HTTP/1.1 {status}\r\nContent-Length: {}\r\n",
+        reply.len()
+    )?;
     if let Some(l) = location {
         write!(out, "Location: {l}\r\nContent-Type: application/sdp\r\n")?;
     }
@@ -172,8 +177,9 @@ fn open_session(path: &str, offer: &str, room: &Arc<Room>) -> Option<(String, Pe
         if let Ok(mut subs) = room.subscribers.lock() {
             subs.push(tx);
         }
-        room.keyframe_wanted.store(true, Ordering::Relaxed);
         let role = MockSubscriber {
+            room: room.clone(),
+            last_keyframe_request: None,
             rx,
             mids: HashMap::new(),
             seq: HashMap::new(),
@@ -245,7 +251,12 @@ impl Role for MockPublisher {
     fn on_command(&mut self, _now: Instant, _rtc: &mut Rtc, _command: ()) {}
 }
 
+/// Interval of keyframe requests while a subscriber waits for its first keyframe.
+const KEYFRAME_RETRY: Duration = Duration::from_millis(300);
+
 struct MockSubscriber {
+    room: Arc<Room>,
+    last_keyframe_request: Option<Instant>,
     rx: Receiver<Forward>,
     mids: HashMap<MediaKind, Mid>,
     seq: HashMap<Mid, u64>,
@@ -260,6 +271,14 @@ impl Role for MockSubscriber {
             // Drop what arrives before the subscriber can take it.
             while self.rx.try_recv().is_ok() {}
             return;
+        }
+        // Ask for a keyframe once this subscriber can take it, and again until one arrives.
+        let retry_due = self
+            .last_keyframe_request
+            .is_none_or(|t| now.duration_since(t) >= KEYFRAME_RETRY);
+        if !self.video_started && retry_due {
+            self.room.keyframe_wanted.store(true, Ordering::Relaxed);
+            self.last_keyframe_request = Some(now);
         }
         while let Ok(f) = self.rx.try_recv() {
             if f.kind == MediaKind::Video && !self.video_started {
@@ -276,8 +295,8 @@ impl Role for MockSubscriber {
             };
             let seq = self.seq.entry(mid).or_insert(1000);
             *seq += 1;
-            let write = RtpWrite::new(pt, (*seq).into(), f.rtp_time, now, f.payload)
-                .marker(f.marker);
+            let write =
+                RtpWrite::new(pt, (*seq).into(), f.rtp_time, now, f.payload).marker(f.marker);
             if let Some(tx) = rtc.direct_api().stream_tx_by_mid(mid, None) {
                 tx.write_rtp(write);
             }
@@ -296,7 +315,6 @@ impl Role for MockSubscriber {
 
     fn on_command(&mut self, _now: Instant, _rtc: &mut Rtc, _command: ()) {}
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -318,7 +336,11 @@ mod tests {
             &token(Grants::SUBSCRIBE),
         ))
         .expect("subscriber connects");
-        assert!(s.wait_connected(CONNECT), "subscriber ICE/DTLS: {:?}", s.state().error());
+        assert!(
+            s.wait_connected(CONNECT),
+            "subscriber ICE/DTLS: {:?}",
+            s.state().error()
+        );
         s
     }
 
@@ -334,7 +356,11 @@ mod tests {
             PublisherConfig::new(&sfu.base_url, "room", &token(Grants::PUBLISH)).video(Some(video)),
         )
         .expect("publisher connects");
-        assert!(publisher.wait_connected(CONNECT), "{:?}", publisher.state().error());
+        assert!(
+            publisher.wait_connected(CONNECT),
+            "{:?}",
+            publisher.state().error()
+        );
         assert!(publisher.ice_connected());
         assert!(early.wait_packets(PayloadKind::Video, 30, CONNECT));
 
@@ -346,8 +372,16 @@ mod tests {
 
         for s in [&early, &late] {
             let r = s.reception();
-            assert_eq!(r.audio.corrupt + r.video.corrupt, 0, "{:?}", r.first_corruption);
-            assert!(r.first_packet(PayloadKind::Video).is_some_and(|p| p.starts_keyframe()));
+            assert_eq!(
+                r.audio.corrupt + r.video.corrupt,
+                0,
+                "{:?}",
+                r.first_corruption
+            );
+            assert!(
+                r.first_packet(PayloadKind::Video)
+                    .is_some_and(|p| p.starts_keyframe())
+            );
             for kind in [PayloadKind::Audio, PayloadKind::Video] {
                 let streams = r.streams(kind);
                 assert_eq!(streams.len(), 1, "{kind}: {streams:?}");

@@ -74,7 +74,11 @@ pub fn stun_binding_request(username: &str, rng: &mut impl Rng) -> Vec<u8> {
 
     push_attr(&mut m, ATTR_USERNAME, username.as_bytes());
     push_attr(&mut m, ATTR_PRIORITY, &0x6e7f_1eff_u32.to_be_bytes());
-    push_attr(&mut m, ATTR_ICE_CONTROLLING, &rng.random::<u64>().to_be_bytes());
+    push_attr(
+        &mut m,
+        ATTR_ICE_CONTROLLING,
+        &rng.random::<u64>().to_be_bytes(),
+    );
     let mut integrity = [0_u8; 20];
     rng.fill(&mut integrity);
     push_attr(&mut m, ATTR_MESSAGE_INTEGRITY, &integrity);

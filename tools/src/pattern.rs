@@ -11,7 +11,6 @@ pub const MAGIC: [u8; 4] = *b"SFUT";
 /// Bytes of the test-pattern header, before the body.
 pub const HEADER_LEN: usize = 40;
 
-
 const FLAG_KEYFRAME: u8 = 0x01;
 const FLAG_END_OF_FRAME: u8 = 0x02;
 

@@ -7,13 +7,16 @@ use std::net::{SocketAddr, UdpSocket};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use str0m::crypto::CryptoProvider;
+use str0m::media::{Direction, MediaKind};
 use str0m::net::{Protocol, Receive};
-use str0m::{Event, IceConnectionState, Input, Output, Rtc, RtcError};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcError};
+
+use crate::whip::Endpoint;
 
 /// Longest the loop blocks on the socket, so commands and stop requests are seen promptly.
 const MAX_WAIT: Duration = Duration::from_millis(10);
@@ -85,12 +88,32 @@ impl PeerState {
     }
 }
 
+/// Locks shared peer data. The data are plain counters and logs, usable even if a holder
+/// panicked, so poisoning is ignored.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// The crypto provider all peers of this process share.
 pub(crate) fn crypto_provider() -> Arc<CryptoProvider> {
     static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
     PROVIDER
         .get_or_init(|| Arc::new(str0m::crypto::from_feature_flags()))
         .clone()
+}
+
+/// An `Rtc` as the synthetic clients use it: the offering, ICE-controlling side, in RTP mode,
+/// Opus and VP8 only, with one host candidate for the peer's socket.
+pub(crate) fn client_rtc(local: SocketAddr) -> Result<Rtc, RtcError> {
+    let mut rtc = Rtc::builder()
+        .set_rtp_mode(true)
+        .set_crypto_provider(crypto_provider())
+        .clear_codecs()
+        .enable_opus(true, false)
+        .enable_vp8(true)
+        .build(Instant::now());
+    rtc.add_local_candidate(Candidate::host(local, "udp")?);
+    Ok(rtc)
 }
 
 /// Handle to a running peer thread. Dropping it stops the thread.
@@ -154,7 +177,9 @@ impl<C: Send + 'static> PeerThread<C> {
     pub(crate) fn send(&self, command: C) -> bool {
         self.commands.send(command).is_ok()
     }
+}
 
+impl<C> PeerThread<C> {
     /// Stops the loop and joins the thread (bounded: the loop checks the flag every pass).
     pub(crate) fn stop(&mut self) {
         self.state.stop.store(true, Ordering::Relaxed);
@@ -167,10 +192,7 @@ impl<C: Send + 'static> PeerThread<C> {
 
 impl<C> Drop for PeerThread<C> {
     fn drop(&mut self) {
-        self.state.stop.store(true, Ordering::Relaxed);
-        if let Some(join) = self.join.take() {
-            let _ = join.join();
-        }
+        self.stop();
     }
 }
 
@@ -303,4 +325,22 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
         }
         thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// A well-formed SDP offer as a publisher (`Whip`: sendonly) or subscriber (`Whep`: recvonly)
+/// would send, for requests that are meant to fail for other reasons. The offering `Rtc` is
+/// thrown away, so no media will ever follow.
+pub fn sample_offer(endpoint: Endpoint) -> Result<String, crate::Error> {
+    let mut rtc = client_rtc(SocketAddr::from(([127, 0, 0, 1], 9)))?;
+    let dir = match endpoint {
+        Endpoint::Whip => Direction::SendOnly,
+        Endpoint::Whep => Direction::RecvOnly,
+    };
+    let mut change = rtc.sdp_api();
+    change.add_media(MediaKind::Audio, dir, None, None, None);
+    change.add_media(MediaKind::Video, dir, None, None, None);
+    let (offer, _pending) = change
+        .apply()
+        .ok_or_else(|| crate::Error::Sdp("no changes to offer".into()))?;
+    Ok(offer.to_sdp_string())
 }

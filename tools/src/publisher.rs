@@ -2,7 +2,7 @@
 //! audio and VP8-like video (optionally three simulcast layers) and answers keyframe requests.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
@@ -10,11 +10,11 @@ use str0m::change::SdpAnswer;
 use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind, Mid, Pt, Rid, Simulcast, SimulcastLayer};
 use str0m::rtp::RtpWrite;
-use str0m::{Candidate, Event, Rtc};
+use str0m::{Event, Rtc};
 
 use crate::Error;
 use crate::pattern::PayloadKind;
-use crate::peer::{self, PeerState, PeerThread, Role};
+use crate::peer::{self, PeerState, PeerThread, Role, lock};
 use crate::source::{AudioSource, OutgoingPacket, VideoLayer, VideoSource};
 use crate::whip::{Endpoint, SessionResource, SignalingClient};
 
@@ -112,14 +112,7 @@ impl Publisher {
     pub fn connect(config: PublisherConfig) -> Result<Self, Error> {
         let socket = UdpSocket::bind(SocketAddr::new(config.bind_ip, 0))?;
         let local = socket.local_addr()?;
-        let mut rtc = Rtc::builder()
-            .set_rtp_mode(true)
-            .set_crypto_provider(peer::crypto_provider())
-            .clear_codecs()
-            .enable_opus(true, false)
-            .enable_vp8(true)
-            .build(Instant::now());
-        rtc.add_local_candidate(Candidate::host(local, "udp").map_err(str0m::RtcError::from)?);
+        let mut rtc = peer::client_rtc(local)?;
 
         let layers = match &config.video {
             Some(v) if v.simulcast => VideoLayer::simulcast(v.frame_bytes),
@@ -185,7 +178,10 @@ impl Publisher {
             audio: audio.map(|(mid, pt)| Track {
                 mid,
                 pt,
-                sources: vec![(None, Source::Audio(AudioSource::new(rng.random_range(0..30_000), rng.random())))],
+                sources: vec![(
+                    None,
+                    Source::Audio(AudioSource::new(rng.random_range(0..30_000), rng.random())),
+                )],
             }),
             video: video.map(|(mid, pt)| {
                 let v = config.video.clone().unwrap_or_default();
@@ -250,7 +246,8 @@ impl Publisher {
 
     /// Waits until media can flow; false on timeout or if the peer loop ended.
     pub fn wait_connected(&self, timeout: Duration) -> bool {
-        peer::wait_until(timeout, || self.connected() || !self.state().running()) && self.connected()
+        peer::wait_until(timeout, || self.connected() || !self.state().running())
+            && self.connected()
     }
 
     /// A snapshot of what was sent.
@@ -267,8 +264,7 @@ impl Publisher {
     pub fn delete_session(&mut self) -> Result<(), Error> {
         if !self.deleted {
             self.deleted = true;
-            self.signaling
-                .delete(&self.session.location, &self.token)?;
+            self.signaling.delete(&self.session.location, &self.token)?;
         }
         Ok(())
     }
@@ -279,11 +275,6 @@ impl Publisher {
         self.thread.stop();
         result
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Stats stay usable even if a holder panicked: they are plain counters.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The payload type the answer accepted for `codec` on `mid`.
@@ -300,7 +291,11 @@ fn negotiated_pt(rtc: &Rtc, mid: Mid, codec: Codec) -> Result<Pt, Error> {
                 .find(|p| p.pt() == *pt)
                 .is_some_and(|p| p.spec().codec == codec)
         })
-        .ok_or_else(|| Error::Sdp(format!("answer accepted no {codec:?} payload type on {mid}")))
+        .ok_or_else(|| {
+            Error::Sdp(format!(
+                "answer accepted no {codec:?} payload type on {mid}"
+            ))
+        })
 }
 
 #[derive(Debug)]

@@ -363,8 +363,10 @@ mod tests {
                 sent.push(p);
             }
         }
-        let frames: Vec<Vec<&OutgoingPacket>> =
-            sent.chunk_by(|a, b| a.rtp_time == b.rtp_time).map(|c| c.iter().collect()).collect();
+        let frames: Vec<Vec<&OutgoingPacket>> = sent
+            .chunk_by(|a, b| a.rtp_time == b.rtp_time)
+            .map(|c| c.iter().collect())
+            .collect();
         assert_eq!(frames.len(), 13, "frames at 0, 33, .. 400 ms");
         for (n, frame) in frames.iter().enumerate() {
             assert!(frame.len() >= 4, "a 4000 byte frame spans several packets");
@@ -416,9 +418,7 @@ mod tests {
         let burst = std::iter::from_fn(|| src.poll(late, 0)).count();
         assert!(burst <= 2, "burst of {burst}");
         // The RTP clock still reflects real time.
-        let p = src
-            .poll(late + Duration::from_millis(40), 0)
-            .expect("due");
+        let p = src.poll(late + Duration::from_millis(40), 0).expect("due");
         assert!(p.rtp_time >= 960 * 100);
     }
 }

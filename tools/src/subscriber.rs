@@ -2,16 +2,16 @@
 //! decodes each payload's test pattern and records what arrived in a [`Reception`].
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use str0m::change::SdpAnswer;
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid};
-use str0m::{Candidate, Event, Rtc};
+use str0m::{Event, Rtc};
 
 use crate::Error;
 use crate::pattern::{self, PayloadKind};
-use crate::peer::{self, PeerState, PeerThread, Role};
+use crate::peer::{self, PeerState, PeerThread, Role, lock};
 use crate::reception::{ReceivedPacket, Reception};
 use crate::whip::{Endpoint, SessionResource, SignalingClient};
 
@@ -68,14 +68,7 @@ impl Subscriber {
     pub fn connect(config: SubscriberConfig) -> Result<Self, Error> {
         let socket = UdpSocket::bind(SocketAddr::new(config.bind_ip, 0))?;
         let local = socket.local_addr()?;
-        let mut rtc = Rtc::builder()
-            .set_rtp_mode(true)
-            .set_crypto_provider(peer::crypto_provider())
-            .clear_codecs()
-            .enable_opus(true, false)
-            .enable_vp8(true)
-            .build(Instant::now());
-        rtc.add_local_candidate(Candidate::host(local, "udp").map_err(str0m::RtcError::from)?);
+        let mut rtc = peer::client_rtc(local)?;
 
         let mut change = rtc.sdp_api();
         let audio_mid = config
@@ -149,7 +142,8 @@ impl Subscriber {
 
     /// Waits until media can flow; false on timeout or if the peer loop ended.
     pub fn wait_connected(&self, timeout: Duration) -> bool {
-        peer::wait_until(timeout, || self.connected() || !self.state().running()) && self.connected()
+        peer::wait_until(timeout, || self.connected() || !self.state().running())
+            && self.connected()
     }
 
     /// Runs `f` on the reception record without copying it.
@@ -182,13 +176,8 @@ impl Subscriber {
     pub fn close(mut self) -> Result<(), Error> {
         let result = self.signaling.delete(&self.session.location, &self.token);
         self.thread.stop();
-        Ok(result?)
+        result.map_err(Error::from)
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // The record stays usable even if a holder panicked: it is plain data.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[derive(Debug)]

@@ -84,6 +84,7 @@ pub struct TokenError(#[from] jsonwebtoken::errors::Error);
 
 /// Signs `claims` with HS256 under `api_key` / `secret`.
 pub fn mint(claims: &Claims, api_key: &str, secret: &str) -> Result<String, TokenError> {
+    install_crypto_provider();
     let header = Header {
         alg: Algorithm::HS256,
         kid: Some(api_key.to_string()),
@@ -94,6 +95,16 @@ pub fn mint(claims: &Claims, api_key: &str, secret: &str) -> Result<String, Toke
         claims,
         &EncodingKey::from_secret(secret.as_bytes()),
     )?)
+}
+
+/// jsonwebtoken picks its backend from its features, and panics when feature unification in
+/// the workspace enables more than one. Installing aws-lc-rs explicitly keeps signing working
+/// either way; losing the race to another installer is fine (any provider signs HS256).
+fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER.install_default();
+    });
 }
 
 /// A token signed with the development key pair, valid for an hour from now.

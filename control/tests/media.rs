@@ -1,0 +1,218 @@
+//! Media through the real server: synthetic publishers and subscribers over WHIP/WHEP, checking
+//! what arrives packet by packet (test-pattern payloads, sequence numbers, timestamps).
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use support::{Server, assert_delivery, candidate_ports, expect_media, wait_until};
+use tools::PayloadKind::{Audio, Video};
+use tools::VideoConfig;
+
+/// How long media flows in a test once everyone is connected.
+const MEDIA_TIME: Duration = Duration::from_secs(3);
+
+/// Time for in-flight packets to land before the final snapshot.
+const DRAIN: Duration = Duration::from_millis(300);
+
+fn video(keyframe_interval: u32) -> Option<VideoConfig> {
+    Some(VideoConfig {
+        keyframe_interval,
+        ..VideoConfig::default()
+    })
+}
+
+#[test]
+fn one_publisher_three_subscribers_receive_everything_intact() {
+    let server = Server::start();
+    let publisher = server.publish("fanout", true, video(60));
+    let subs: Vec<_> = (0..3).map(|_| server.subscribe("fanout")).collect();
+    for (i, s) in subs.iter().enumerate() {
+        expect_media(s, Audio, &format!("subscriber {i}"));
+        expect_media(s, Video, &format!("subscriber {i}"));
+    }
+    let from = publisher.stats();
+    thread::sleep(MEDIA_TIME);
+    let to = publisher.stats();
+    thread::sleep(DRAIN);
+
+    for (i, s) in subs.iter().enumerate() {
+        let r = s.reception();
+        let who = format!("subscriber {i}");
+        assert_delivery(&who, &r, Audio, 0, &from, &to);
+        assert_delivery(&who, &r, Video, 0, &from, &to);
+        let first = r.first_packet(Video).expect("video arrived");
+        assert!(
+            first.starts_keyframe(),
+            "{who}: video must start with a keyframe, got {first:?}"
+        );
+    }
+    assert_eq!(publisher.stats().write_failures, 0);
+
+    let m = server.metrics();
+    assert!(m.sum("sfu_packets_in_total") > 0.0);
+    assert!(m.sum("sfu_packets_out_total") > 0.0);
+    assert!(m.sum("sfu_bytes_in_total") > 0.0);
+    assert!(m.sum("sfu_bytes_out_total") > m.sum("sfu_bytes_in_total"));
+    assert_eq!(m.sum_where("sfu_sessions", &[("kind", "publish")]), 1.0);
+    assert_eq!(m.sum_where("sfu_sessions", &[("kind", "subscribe")]), 3.0);
+
+    for s in subs {
+        s.close().expect("DELETE subscriber");
+    }
+    publisher.close().expect("DELETE publisher");
+}
+
+#[test]
+fn late_subscriber_gets_a_keyframe_first() {
+    let server = Server::start();
+    // No periodic keyframes within the test: only a request can produce one.
+    let publisher = server.publish("late", true, video(100_000));
+    thread::sleep(Duration::from_secs(2));
+    let requests_before = publisher.keyframe_requests();
+    let keyframes_before = publisher.stats().keyframes[0];
+    let server_requests_before = server.metrics().sum("sfu_keyframe_requests_total");
+
+    let late = server.subscribe("late");
+    expect_media(&late, Video, "late subscriber");
+    expect_media(&late, Audio, "late subscriber");
+
+    assert!(
+        publisher.keyframe_requests() > requests_before,
+        "the publisher got no keyframe request after a subscriber joined \
+         (requests before {requests_before}, after {})",
+        publisher.keyframe_requests()
+    );
+    assert!(publisher.stats().keyframes[0] > keyframes_before);
+    let r = late.reception();
+    let first = r.first_packet(Video).expect("video arrived");
+    assert!(
+        first.starts_keyframe(),
+        "the late subscriber's first video packet must open a keyframe, got {first:?}"
+    );
+    assert_eq!(r.video.corrupt, 0, "{:?}", r.first_corruption);
+    let m = server.metrics();
+    assert!(
+        m.sum("sfu_keyframe_requests_total") > server_requests_before,
+        "sfu_keyframe_requests_total did not move"
+    );
+}
+
+#[test]
+fn deleting_the_publisher_stops_forwarding() {
+    let server = Server::start();
+    let mut publisher = server.publish("delete", true, video(30));
+    let sub = server.subscribe("delete");
+    expect_media(&sub, Audio, "subscriber");
+    expect_media(&sub, Video, "subscriber");
+    assert!(sub.wait_packets(Video, 30, Duration::from_secs(2)));
+
+    // The publisher keeps sending after DELETE: only the server can stop the flow.
+    publisher.delete_session().expect("DELETE publisher");
+    let deleted_at = Instant::now();
+    let total = || sub.packets(Audio) + sub.packets(Video);
+    thread::sleep(Duration::from_secs(1));
+    let after_1s = total();
+    let sent_after_1s = publisher.stats();
+    thread::sleep(Duration::from_millis(500));
+    let sent_later = publisher.stats();
+    assert!(
+        sent_later.audio_packets > sent_after_1s.audio_packets,
+        "the publisher should still be sending"
+    );
+    assert_eq!(
+        total(),
+        after_1s,
+        "the subscriber still receives media {:?} after the publisher's DELETE",
+        deleted_at.elapsed()
+    );
+    assert!(
+        wait_until(Duration::from_secs(1), || {
+            server
+                .metrics()
+                .sum_where("sfu_sessions", &[("kind", "publish")])
+                == 0.0
+        }),
+        "sfu_sessions{{kind=\"publish\"}} still counts the deleted publisher"
+    );
+    assert!(
+        sub.state().running(),
+        "the subscriber's session should survive"
+    );
+}
+
+#[test]
+fn subscribers_on_both_workers_all_receive_everything() {
+    let server = Server::start_with_workers(2);
+    let publisher = server.publish("spread", true, video(60));
+    let subs: Vec<_> = (0..4).map(|_| server.subscribe("spread")).collect();
+
+    let ports: BTreeSet<u16> = subs
+        .iter()
+        .flat_map(|s| candidate_ports(s.answer()))
+        .collect();
+    assert_eq!(
+        ports.len(),
+        2,
+        "4 subscribers on a 2-worker node should use both workers' ports, got {ports:?}"
+    );
+    let m = server.metrics();
+    let by_worker = m.by_label("sfu_sessions", "worker", &[("kind", "subscribe")]);
+    assert!(
+        by_worker.len() == 2 && by_worker.values().all(|n| *n >= 1.0),
+        "sfu_sessions{{kind=\"subscribe\"}} by worker: {by_worker:?}"
+    );
+    assert_eq!(by_worker.values().sum::<f64>(), 4.0);
+
+    for (i, s) in subs.iter().enumerate() {
+        expect_media(s, Audio, &format!("subscriber {i}"));
+        expect_media(s, Video, &format!("subscriber {i}"));
+    }
+    let from = publisher.stats();
+    thread::sleep(MEDIA_TIME);
+    let to = publisher.stats();
+    thread::sleep(DRAIN);
+    for (i, s) in subs.iter().enumerate() {
+        let r = s.reception();
+        let who = format!("subscriber {i} (ports {:?})", candidate_ports(s.answer()));
+        assert_delivery(&who, &r, Audio, 0, &from, &to);
+        assert_delivery(&who, &r, Video, 0, &from, &to);
+    }
+}
+
+#[test]
+fn simulcast_subscriber_receives_the_full_layer_only() {
+    let server = Server::start();
+    let simulcast = VideoConfig {
+        simulcast: true,
+        ..VideoConfig::default()
+    };
+    let publisher = server.publish("simulcast", true, Some(simulcast));
+    let sub = server.subscribe("simulcast");
+    expect_media(&sub, Video, "subscriber");
+    expect_media(&sub, Audio, "subscriber");
+    let from = publisher.stats();
+    thread::sleep(MEDIA_TIME);
+    let to = publisher.stats();
+    thread::sleep(DRAIN);
+
+    assert!(
+        to.video_packets.iter().all(|n| *n > 0),
+        "the publisher should send all three layers: {to:?}"
+    );
+    let r = sub.reception();
+    let layers: BTreeSet<u8> = r
+        .packets_of(Video)
+        .filter_map(|p| p.decoded().map(|d| d.header.layer))
+        .collect();
+    assert_eq!(
+        layers,
+        BTreeSet::from([2]),
+        "the subscriber should receive only layer f (index 2)"
+    );
+    assert_delivery("subscriber", &r, Video, 2, &from, &to);
+    assert_delivery("subscriber", &r, Audio, 0, &from, &to);
+    assert!(r.first_packet(Video).is_some_and(|p| p.starts_keyframe()));
+}

@@ -1,0 +1,291 @@
+//! Test harness: runs the real `control dev` binary as a subprocess on free ports, and wraps
+//! the `tools` peers with the test's timeouts and assertions.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::collections::{BTreeSet, VecDeque};
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use tools::metrics::Metrics;
+use tools::publisher::{Publisher, PublisherConfig, PublisherStats, VideoConfig};
+use tools::subscriber::{Subscriber, SubscriberConfig};
+use tools::token::{Grants, dev_token};
+use tools::whip::{SignalingClient, candidate_addrs};
+use tools::{PayloadKind, Reception};
+
+/// How long the server may take to print its ready line.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long ICE + DTLS may take on loopback.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long the first media packet may take after connecting (includes a keyframe request
+/// round trip for video).
+pub const FIRST_MEDIA_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Lines of server output kept for failure reports.
+const LOG_LINES: usize = 400;
+
+/// A `control dev` process; killed on drop. On a failing test its last log lines are printed.
+pub struct Server {
+    child: Child,
+    pub base_url: String,
+    pub client: SignalingClient,
+    log: Arc<Mutex<VecDeque<String>>>,
+}
+
+impl Server {
+    /// `control dev --http 127.0.0.1:0 --workers 2`.
+    pub fn start() -> Self {
+        Self::start_with_workers(2)
+    }
+
+    pub fn start_with_workers(workers: usize) -> Self {
+        let rust_log = std::env::var("SFU_TEST_LOG").unwrap_or_else(|_| "info".into());
+        let mut child = Command::new(env!("CARGO_BIN_EXE_control"))
+            .args(["dev", "--http", "127.0.0.1:0", "--workers"])
+            .arg(workers.to_string())
+            .env("RUST_LOG", rust_log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn the control binary");
+        let log = Arc::new(Mutex::new(VecDeque::new()));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = child.stderr.take().expect("piped stderr");
+        spawn_log_reader(stdout, log.clone(), Some(ready_tx));
+        spawn_log_reader(stderr, log.clone(), None);
+
+        let base_url = match ready_rx.recv_timeout(READY_TIMEOUT) {
+            Ok(url) => url,
+            Err(e) => {
+                let _ = child.kill();
+                let status = child.wait().ok();
+                panic!(
+                    "server did not print `SFU ready: http://ADDR/` within {READY_TIMEOUT:?} \
+                     ({e}; exit status {status:?}). Output:\n{}",
+                    tail(&log, 60)
+                );
+            }
+        };
+        let client = SignalingClient::new(&base_url);
+        Self {
+            child,
+            base_url,
+            client,
+            log,
+        }
+    }
+
+    /// The parsed `/metrics` page.
+    pub fn metrics(&self) -> Metrics {
+        let text = self
+            .client
+            .get_text("/metrics")
+            .unwrap_or_else(|e| panic!("GET /metrics: {e}"));
+        Metrics::parse(&text).unwrap_or_else(|e| panic!("{e}; page:\n{text}"))
+    }
+
+    /// A publisher in `room` with the given media, connected (ICE + DTLS up).
+    pub fn publish(&self, room: &str, audio: bool, video: Option<VideoConfig>) -> Publisher {
+        let token = dev_token(room, "publisher", Grants::PUBLISH).expect("token");
+        let config = PublisherConfig::new(&self.base_url, room, &token)
+            .audio(audio)
+            .video(video);
+        let publisher = Publisher::connect(config).unwrap_or_else(|e| panic!("WHIP: {e}"));
+        if !publisher.wait_connected(CONNECT_TIMEOUT) {
+            panic!(
+                "publisher not connected within {CONNECT_TIMEOUT:?} (ice {}, loop error {:?}, \
+                 datagrams in {} out {})",
+                publisher.ice_connected(),
+                publisher.state().error(),
+                publisher.state().datagrams_in(),
+                publisher.state().datagrams_out(),
+            );
+        }
+        publisher
+    }
+
+    /// A subscriber in `room` (audio + video), connected.
+    pub fn subscribe(&self, room: &str) -> Subscriber {
+        let token = dev_token(room, "subscriber", Grants::SUBSCRIBE).expect("token");
+        let config = SubscriberConfig::new(&self.base_url, room, &token);
+        let subscriber = Subscriber::connect(config).unwrap_or_else(|e| panic!("WHEP: {e}"));
+        if !subscriber.wait_connected(CONNECT_TIMEOUT) {
+            panic!(
+                "subscriber not connected within {CONNECT_TIMEOUT:?} (ice {}, loop error {:?}, \
+                 datagrams in {} out {})",
+                subscriber.ice_connected(),
+                subscriber.state().error(),
+                subscriber.state().datagrams_in(),
+                subscriber.state().datagrams_out(),
+            );
+        }
+        subscriber
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        tail(&self.log, lines)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if thread::panicking() {
+            eprintln!(
+                "---- last lines of server output ----\n{}\n---- end of server output ----",
+                tail(&self.log, 80)
+            );
+        }
+    }
+}
+
+fn spawn_log_reader(
+    pipe: impl Read + Send + 'static,
+    log: Arc<Mutex<VecDeque<String>>>,
+    ready: Option<mpsc::Sender<String>>,
+) {
+    thread::spawn(move || {
+        let mut ready = ready;
+        for line in BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            if let Some(url) = line.trim().strip_prefix("SFU ready: ") {
+                if let Some(tx) = ready.take() {
+                    let _ = tx.send(url.trim().to_string());
+                }
+            }
+            let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
+            if log.len() == LOG_LINES {
+                log.pop_front();
+            }
+            log.push_back(line);
+        }
+    });
+}
+
+fn tail(log: &Mutex<VecDeque<String>>, lines: usize) -> String {
+    let log = log.lock().unwrap_or_else(|p| p.into_inner());
+    let skip = log.len().saturating_sub(lines);
+    log.iter()
+        .skip(skip)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// UDP ports of the `a=candidate` lines of an SDP answer.
+pub fn candidate_ports(answer: &str) -> BTreeSet<u16> {
+    candidate_addrs(answer).iter().map(|a| a.port()).collect()
+}
+
+/// Polls until `cond` holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, cond: impl FnMut() -> bool) -> bool {
+    tools::wait_until(timeout, cond)
+}
+
+/// Waits for the first packet of `kind`, panicking with diagnostics on timeout.
+pub fn expect_media(sub: &Subscriber, kind: PayloadKind, what: &str) {
+    if !sub.wait_packets(kind, 1, FIRST_MEDIA_TIMEOUT) {
+        panic!(
+            "{what}: no {kind} within {FIRST_MEDIA_TIMEOUT:?} (ice {}, loop error {:?}, \
+             datagrams in {}, audio {} video {} unknown-media {})",
+            sub.ice_connected(),
+            sub.state().error(),
+            sub.state().datagrams_in(),
+            sub.packets(PayloadKind::Audio),
+            sub.packets(PayloadKind::Video),
+            sub.with_reception(|r| r.unknown_media),
+        );
+    }
+}
+
+/// Source packets a publisher had sent of (kind, layer) when `stats` was taken.
+pub fn sent(stats: &PublisherStats, kind: PayloadKind, layer: u8) -> u64 {
+    match kind {
+        PayloadKind::Audio => stats.audio_packets,
+        PayloadKind::Video => stats
+            .video_packets
+            .get(usize::from(layer))
+            .copied()
+            .unwrap_or(0),
+    }
+}
+
+/// Minimum share of the packets sent while a subscriber was connected that it must receive.
+/// Loopback loses nothing in practice; the margin absorbs a scheduler hiccup on a loaded CI
+/// machine (a stalled receive thread overflowing its socket buffer).
+pub const MIN_DELIVERY: f64 = 0.90;
+
+/// Checks that `r` holds every packet of (kind, layer) the publisher sent between two stats
+/// snapshots (`from`: taken once the subscriber was receiving, `to`: taken at the end, with
+/// the subscriber given time to drain), intact, as one continuous stream.
+pub fn assert_delivery(
+    who: &str,
+    r: &Reception,
+    kind: PayloadKind,
+    layer: u8,
+    from: &PublisherStats,
+    to: &PublisherStats,
+) {
+    let totals = r.totals(kind);
+    assert_eq!(
+        totals.corrupt, 0,
+        "{who}: {kind} payloads corrupted in transit (first: {:?})",
+        r.first_corruption
+    );
+    let lo = sent(from, kind, layer);
+    let hi = sent(to, kind, layer);
+    assert!(
+        hi > lo,
+        "{who}: the publisher sent no {kind} during the test"
+    );
+    let counters = r.source_counters(kind, layer);
+    let received = counters.range(lo..hi).count() as u64;
+    let expected = hi - lo;
+    assert!(
+        received as f64 >= MIN_DELIVERY * expected as f64,
+        "{who}: received {received} of the {expected} {kind} packets (layer {layer}) sent while \
+         connected (source counters {lo}..{hi}); needs {:.0}%",
+        MIN_DELIVERY * 100.0
+    );
+
+    let streams = r.streams(kind);
+    assert_eq!(
+        streams.len(),
+        1,
+        "{who}: {kind} should arrive on exactly one SSRC: {streams:#?}"
+    );
+    let s = &streams[0];
+    assert_eq!(
+        s.duplicates, 0,
+        "{who}: duplicate {kind} sequence numbers: {s:#?}"
+    );
+    assert_eq!(s.reordered, 0, "{who}: {kind} arrived out of order: {s:#?}");
+    assert_eq!(
+        s.timestamp_regressions, 0,
+        "{who}: {kind} RTP timestamps went backwards: {s:#?}"
+    );
+    let span = s.last_ext_seq - s.first_ext_seq + 1;
+    assert!(
+        s.missing as f64 <= (1.0 - MIN_DELIVERY) * span as f64,
+        "{who}: {kind} sequence numbers not consecutive ({} of {span} missing): {s:#?}",
+        s.missing
+    );
+    assert_eq!(
+        s.seq_offsets, 1,
+        "{who}: {kind} sequence numbers do not map one-to-one onto the source's packets \
+         (the rewrite offset changed mid-stream): {s:#?}"
+    );
+    assert_eq!(
+        s.timestamp_offsets, 1,
+        "{who}: {kind} RTP timestamps are not the source's shifted by a constant: {s:#?}"
+    );
+}
