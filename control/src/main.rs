@@ -133,6 +133,7 @@ fn run(args: ServeArgs, dev: bool) -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(log_colors())
         .init();
     let mut config = Config::load(args.config.as_deref(), std::env::vars())?;
     if let Some(http) = args.http {
@@ -183,4 +184,10 @@ fn run(args: ServeArgs, dev: bool) -> anyhow::Result<()> {
             })
             .await
     })
+}
+
+/// Colored logs only on a terminal, and never with `NO_COLOR` set.
+fn log_colors() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
 }

@@ -153,7 +153,12 @@
     const loc = res.headers.get('Location');
     const location = loc ? new URL(loc, window.location.href).href : null;
     if (!location) log(`${kind}: the response has no Location header; Leave cannot end the session`, true);
-    await pc.setRemoteDescription({ type: 'answer', sdp: answer });
+    try {
+      await pc.setRemoteDescription({ type: 'answer', sdp: answer });
+    } catch (e) {
+      if (location) deleteSession(location, false).catch(() => {});
+      throw new Error(`${kind}: the server's SDP answer was rejected by the browser: ${e.message}`);
+    }
     log(`${kind} session ${location || '(no Location)'} (HTTP ${res.status})`);
     watchPc(pc, kind === 'WHIP' ? els.pubState : els.subState, kind);
     return location;
@@ -268,12 +273,17 @@
       demo.token = body.token;
 
       const tasks = [];
-      if (doPublish) tasks.push(publish());
-      if (doWatch) tasks.push(watch());
-      const results = await Promise.allSettled(tasks);
-      const failed = results.filter((r) => r.status === 'rejected');
-      for (const f of failed) showError(f.reason && f.reason.message ? f.reason.message : String(f.reason));
-      if (failed.length === results.length) throw null; // everything failed: already reported
+      if (doPublish) tasks.push({ run: publish(), undo: stopPublish });
+      if (doWatch) tasks.push({ run: watch(), undo: stopWatch });
+      const results = await Promise.allSettled(tasks.map((t) => t.run));
+      let failures = 0;
+      results.forEach((r, i) => {
+        if (r.status !== 'rejected') return;
+        failures += 1;
+        showError(r.reason && r.reason.message ? r.reason.message : String(r.reason));
+        tasks[i].undo(); // the other half (if any) keeps running
+      });
+      if (failures === results.length) throw null; // everything failed: already reported
       demo.state = 'joined';
       startStats();
     } catch (e) {
@@ -293,6 +303,25 @@
     demo.state = 'idle';
     setFormEnabled(true);
     els.leave.disabled = true;
+  }
+
+  function stopPublish() {
+    if (demo.pubPc) demo.pubPc.close();
+    demo.pubPc = null;
+    if (localStream) localStream.getTracks().forEach((t) => t.stop());
+    localStream = null;
+    els.local.srcObject = null;
+    setBadge(els.pubState, 'error', 'bad');
+    els.pubStats.textContent = '—';
+  }
+
+  function stopWatch() {
+    if (demo.subPc) demo.subPc.close();
+    demo.subPc = null;
+    remoteStream = null;
+    els.remote.srcObject = null;
+    setBadge(els.subState, 'error', 'bad');
+    els.subStats.textContent = '—';
   }
 
   function deleteSession(url, keepalive) {

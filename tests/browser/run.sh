@@ -60,7 +60,7 @@ trap 'exit 143' TERM
 
 # The server picks a free HTTP port and says which on its "SFU ready: http://ADDR/" line.
 : >"$SERVER_LOG"
-RUST_LOG=${RUST_LOG:-info} "$BIN" dev --http "$HOST_ADDR:0" --advertise-ip "$HOST_ADDR" \
+NO_COLOR=1 RUST_LOG=${RUST_LOG:-info} "$BIN" dev --http "$HOST_ADDR:0" --advertise-ip "$HOST_ADDR" \
   </dev/null >"$SERVER_LOG" 2>&1 &
 server_pid=$!
 
