@@ -34,24 +34,62 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/style.css", get(style_css))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
-        .route("/whip/{room}", post(whip_post))
+        .route("/whip/{room}", post(whip_post).options(preflight))
         .route(
             "/whip/{room}/{session}",
             axum::routing::delete(whip_delete)
                 .patch(patch)
-                .options(patch),
+                .options(preflight),
         )
-        .route("/whep/{room}", post(whep_post))
+        .route("/whep/{room}", post(whep_post).options(preflight))
         .route(
             "/whep/{room}/{session}",
             axum::routing::delete(whep_delete)
                 .patch(patch)
-                .options(patch),
+                .options(preflight),
         );
     if state.dev {
         router = router.route("/dev/token", post(dev_token));
     }
-    router.layer(DefaultBodyLimit::max(limit)).with_state(state)
+    router
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::map_response(cors))
+        .with_state(state)
+}
+
+/// WHIP/WHEP clients may run on other origins (players, OBS browser docks): allow them.
+/// Authorization is by bearer token, never by cookie, so a wildcard origin is safe.
+async fn cors(mut response: Response) -> Response {
+    let h = response.headers_mut();
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static("Location, ETag, Link"),
+    );
+    response
+}
+
+/// CORS preflight for the signaling endpoints.
+async fn preflight() -> Response {
+    (
+        StatusCode::NO_CONTENT,
+        [
+            (
+                header::ACCESS_CONTROL_ALLOW_METHODS,
+                "POST, DELETE, PATCH, OPTIONS",
+            ),
+            (
+                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                "Authorization, Content-Type, If-Match",
+            ),
+            (header::ACCESS_CONTROL_MAX_AGE, "86400"),
+            (header::ALLOW, "POST, DELETE, PATCH, OPTIONS"),
+        ],
+    )
+        .into_response()
 }
 
 fn text(status: StatusCode, message: impl Into<String>) -> Response {
