@@ -11,14 +11,17 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use sfu_core::ids::SessionId;
-use sfu_core::{Node, NodeError, SessionKind};
+use sfu_core::{Node, NodeError, NodeReply, NodeRequest, SessionCreated, SessionKind};
 
 use crate::auth::{self, AuthError, Grant, Grants, Verifier};
+use crate::store::{SessionRecord, SessionStore};
 
 /// What every handler can reach.
 #[derive(Debug)]
 pub struct AppState {
     pub node: Node,
+    /// Sessions control created (room, kind, identity), for `DELETE` checks.
+    pub sessions: SessionStore,
     pub verifier: Verifier,
     /// Serve `POST /dev/token` (development only).
     pub dev: bool,
@@ -245,8 +248,31 @@ async fn offer(
             "bad offer: SDP must start with the line v=0",
         );
     }
-    let created = match state.node.create_session(&room, kind, sdp).await {
-        Ok(c) => c,
+    let request = NodeRequest::CreateSession {
+        room: room.clone(),
+        kind,
+        offer_sdp: sdp,
+    };
+    let created: Result<SessionCreated, NodeError> = match state.node.handle(request).await {
+        NodeReply::SessionCreated(c) => Ok(c),
+        NodeReply::Error(e) => Err(e),
+        other => Err(NodeError::SessionFailed(format!(
+            "unexpected node reply {other:?}"
+        ))),
+    };
+    let created = match created {
+        Ok(c) => {
+            state.sessions.insert(
+                c.session,
+                SessionRecord {
+                    room: room.clone(),
+                    kind,
+                    identity: claims.sub.clone(),
+                    worker: c.worker,
+                },
+            );
+            c
+        }
         Err(e) => {
             tracing::info!(%room, kind = kind.as_str(), identity = %claims.sub, error = %e, "offer refused");
             return node_error(e);
@@ -319,20 +345,26 @@ async fn delete(
         return not_found();
     };
     // The session must be of this kind and in this room.
-    let Some((_, session_kind)) = state.node.session_room(session) else {
-        return not_found();
-    };
-    if session_kind != kind
-        || state.node.session_room_name(session).as_deref() != Some(room.as_str())
-    {
-        return not_found();
+    match state.sessions.get(session) {
+        Some(record) if record.kind == kind && record.room == room => {}
+        _ => return not_found(),
     }
-    match state.node.close_session(session).await {
-        Ok(()) => {
+    let reply = state
+        .node
+        .handle(NodeRequest::CloseSession { session })
+        .await;
+    // Whatever the node says, control forgets the session: either it just ended, or it had
+    // already ended on its own (ICE timeout) and the node no longer knows it.
+    state.sessions.remove(session);
+    match reply {
+        NodeReply::SessionClosed => {
             tracing::info!(%room, %session, identity = %claims.sub, "session deleted");
             text(StatusCode::OK, "session ended")
         }
-        Err(e) => node_error(e),
+        NodeReply::Error(e) => node_error(e),
+        other => node_error(NodeError::SessionFailed(format!(
+            "unexpected node reply {other:?}"
+        ))),
     }
 }
 

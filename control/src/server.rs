@@ -35,6 +35,7 @@ impl Server {
         let media_ports = node.ports();
         let state = Arc::new(AppState {
             node,
+            sessions: crate::store::SessionStore::default(),
             verifier: Verifier::new(&config.auth.keys, config.auth.dev, config.auth.leeway_secs),
             dev: config.auth.dev,
             max_body_bytes: config.http.max_body_bytes,

@@ -106,3 +106,45 @@ pub struct WorkerStats {
     /// Drops by reason, in a fixed order; see [`DropReason`](crate::metrics::DropReason).
     pub dropped: Vec<(String, u64)>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The node API must survive a trip through a wire encoding unchanged.
+    #[test]
+    fn requests_and_replies_round_trip_through_json() {
+        let requests = vec![
+            NodeRequest::CreateSession {
+                room: "r".into(),
+                kind: SessionKind::Subscribe,
+                offer_sdp: "v=0\r\n".into(),
+            },
+            NodeRequest::CloseSession {
+                session: SessionId(7),
+            },
+            NodeRequest::Stats,
+        ];
+        for r in requests {
+            let json = serde_json::to_string(&r).expect("serialize");
+            let back: NodeRequest = serde_json::from_str(&json).expect("deserialize");
+            assert_eq!(format!("{r:?}"), format!("{back:?}"));
+        }
+        let replies = vec![
+            NodeReply::SessionCreated(SessionCreated {
+                session: SessionId(1),
+                worker: WorkerId(1),
+                answer_sdp: "v=0".into(),
+            }),
+            NodeReply::SessionClosed,
+            NodeReply::Error(NodeError::BadOffer("no media".into())),
+            NodeReply::Error(NodeError::NoCapacity),
+            NodeReply::Stats(NodeStats::default()),
+        ];
+        for r in replies {
+            let json = serde_json::to_string(&r).expect("serialize");
+            let back: NodeReply = serde_json::from_str(&json).expect("deserialize");
+            assert_eq!(format!("{r:?}"), format!("{back:?}"));
+        }
+    }
+}

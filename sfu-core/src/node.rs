@@ -43,7 +43,6 @@ pub enum StartError {
 #[derive(Debug, Clone, Copy)]
 struct SessionEntry {
     room: RoomId,
-    kind: SessionKind,
     worker: WorkerId,
 }
 
@@ -284,7 +283,6 @@ impl Node {
                 session,
                 SessionEntry {
                     room: room_id,
-                    kind,
                     worker,
                 },
             );
@@ -350,25 +348,6 @@ impl Node {
         let (reply, rx) = oneshot::channel();
         self.shared.workers[worker.index()].send(Command::Close { session, reply })?;
         rx.await.unwrap_or(Err(NodeError::Stopped))
-    }
-
-    /// Whether `session` exists and which room it is in.
-    pub fn session_room(&self, session: SessionId) -> Option<(RoomId, SessionKind)> {
-        self.shared
-            .directory()
-            .sessions
-            .get(&session)
-            .map(|e| (e.room, e.kind))
-    }
-
-    /// The name of the room `session` is in.
-    pub fn session_room_name(&self, session: SessionId) -> Option<String> {
-        let dir = self.shared.directory();
-        let room = dir.sessions.get(&session)?.room;
-        dir.rooms
-            .iter()
-            .find(|(_, id)| **id == room)
-            .map(|(name, _)| name.clone())
     }
 
     /// The node's counters.
