@@ -52,3 +52,29 @@ impl Mailbox {
         self.waker.wake();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_ring_hands_the_message_back_instead_of_blocking() {
+        let waker = Waker::new().expect("eventfd");
+        let mailbox = Mailbox::new(2, waker);
+        let request = |n| CrossWorker::KeyframeRequest {
+            source: SessionId(n),
+            layer: Layer(0),
+        };
+        assert!(mailbox.push(request(1)).is_ok());
+        assert!(mailbox.push(request(2)).is_ok());
+        match mailbox.push(request(3)) {
+            Err(CrossWorker::KeyframeRequest { source, .. }) => assert_eq!(source, SessionId(3)),
+            other => panic!("expected the message back, got {other:?}"),
+        }
+        assert!(matches!(
+            mailbox.pop(),
+            Some(CrossWorker::KeyframeRequest { source: SessionId(1), .. })
+        ));
+        assert!(mailbox.push(request(4)).is_ok());
+    }
+}
