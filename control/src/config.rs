@@ -74,35 +74,47 @@ impl Config {
         path: Option<&Path>,
         env: impl Iterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
-        let (mut table, origin) = match path {
+        let mut table = match path {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
                     path: path.display().to_string(),
                     source,
                 })?;
-                let table: toml::Table =
-                    text.parse()
-                        .map_err(|e: toml::de::Error| ConfigError::Parse {
-                            path: path.display().to_string(),
-                            message: e.message().to_string(),
-                        })?;
-                (table, path.display().to_string())
+                // Typed parse of the text first: its errors carry the line and the key.
+                toml::from_str::<Config>(&text).map_err(|e| ConfigError::Parse {
+                    path: path.display().to_string(),
+                    message: e.to_string().trim_end().to_string(),
+                })?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Parse {
+                        path: path.display().to_string(),
+                        message: e.to_string().trim_end().to_string(),
+                    })?
             }
-            None => (toml::Table::new(), "(defaults)".to_string()),
+            None => toml::Table::new(),
         };
+        let mut env: Vec<(String, String)> =
+            env.filter(|(var, _)| var.starts_with(ENV_PREFIX)).collect();
+        env.sort();
         for (var, value) in env {
-            let Some(rest) = var.strip_prefix(ENV_PREFIX) else {
-                continue;
-            };
+            let rest = &var[ENV_PREFIX.len()..];
             let keys: Vec<String> = rest.split("__").map(|k| k.to_ascii_lowercase()).collect();
+            let key = keys.join(".");
             apply_override(&mut table, &keys, &value).map_err(|message| ConfigError::Env {
                 var: var.clone(),
-                message,
+                message: format!("`{key}`: {message}"),
+            })?;
+            // Check after each override, so an error names the variable that caused it.
+            Config::deserialize(toml::Value::Table(table.clone())).map_err(|e| {
+                ConfigError::Env {
+                    var: var.clone(),
+                    message: format!("`{key}` = {value:?}: {}", e.message()),
+                }
             })?;
         }
-        let config: Config =
+        let config =
             Config::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Parse {
-                path: origin,
+                path: path.map_or("(defaults)".into(), |p| p.display().to_string()),
                 message: e.message().to_string(),
             })?;
         config.validate()?;

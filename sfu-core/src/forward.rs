@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use str0m::format::Codec;
+use str0m::format::{Codec, FormatParams};
 use str0m::media::MediaKind;
 
 use crate::ids::{Layer, RoomId, SessionId, WorkerId};
@@ -29,6 +29,9 @@ pub struct MediaPacket {
     pub kind: MediaKind,
     pub layer: Layer,
     pub codec: Codec,
+    /// The publisher's format parameters (H264 packetization mode and profile, ...): a
+    /// subscriber gets the payload type it negotiated for the same format.
+    pub format: FormatParams,
     pub clock_rate: u32,
     /// The publisher's extended sequence number for this (source, layer) stream.
     pub seq: u64,
@@ -338,6 +341,7 @@ mod tests {
                 kind: MediaKind::Video,
                 layer: self.layer,
                 codec: Codec::Vp8,
+                format: FormatParams::default(),
                 clock_rate: 90_000,
                 seq: self.seq,
                 timestamp: self.ts,

@@ -73,7 +73,10 @@ mod tests {
         }
         assert!(matches!(
             mailbox.pop(),
-            Some(CrossWorker::KeyframeRequest { source: SessionId(1), .. })
+            Some(CrossWorker::KeyframeRequest {
+                source: SessionId(1),
+                ..
+            })
         ));
         assert!(mailbox.push(request(4)).is_ok());
     }

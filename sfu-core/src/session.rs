@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use str0m::change::SdpOffer;
 use str0m::config::DtlsCert;
-use str0m::format::Codec;
+use str0m::format::{Codec, FormatParams};
 use str0m::media::{KeyframeRequestKind, MediaKind, Mid, Pt, Rid};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::{ExtensionValues, RtpWrite, Ssrc};
@@ -43,8 +43,8 @@ struct IngressStream {
 pub struct EgressTrack {
     pub mid: Mid,
     pub forwarder: TrackForwarder,
-    /// Payload type the subscriber negotiated for each codec we have forwarded.
-    pts: Vec<(Codec, Option<Pt>)>,
+    /// Payload type the subscriber negotiated for each codec and format forwarded so far.
+    pts: Vec<((Codec, FormatParams), Option<Pt>)>,
 }
 
 /// What a forwarded packet came to, for counting.
@@ -261,7 +261,7 @@ impl Session {
             let params = rtc
                 .codec_config()
                 .find(|p| p.pt() == pt)
-                .map(|p| (p.spec().codec, p.spec().clock_rate.get()));
+                .map(|p| (p.spec().codec, p.spec().format, p.spec().clock_rate.get()));
             let stream = rtc
                 .direct_api()
                 .stream_rx(&ssrc)
@@ -272,7 +272,7 @@ impl Session {
         let Some(((mid, rid), kind)) = stream else {
             return Ok(None);
         };
-        let Some((codec, clock_rate)) = params else {
+        let Some((codec, format, clock_rate)) = params else {
             return Ok(None);
         };
         let entry = self.ingress.entry(ssrc).or_insert_with(|| IngressStream {
@@ -294,6 +294,7 @@ impl Session {
             kind,
             layer: entry.layer,
             codec,
+            format,
             clock_rate,
             seq: *packet.seq_no,
             timestamp: packet.header.timestamp,
@@ -371,15 +372,15 @@ impl Session {
         let cached = track
             .pts
             .iter()
-            .find(|(c, _)| *c == packet.codec)
+            .find(|(key, _)| *key == (packet.codec, packet.format))
             .map(|(_, pt)| *pt);
-        let codec = packet.codec;
+        let key = (packet.codec, packet.format);
         let pt = match cached {
             Some(pt) => pt,
             None => {
-                let pt = self.guard(|rtc| negotiated_pt(rtc, mid, codec))?;
+                let pt = self.guard(|rtc| negotiated_pt(rtc, mid, key.0, &key.1))?;
                 if let Some(track) = self.tracks.get_mut(index) {
-                    track.pts.push((codec, pt));
+                    track.pts.push((key, pt));
                 }
                 pt
             }
@@ -412,15 +413,35 @@ impl Session {
     }
 }
 
-/// The subscriber's payload type for `codec` on `mid`.
-fn negotiated_pt(rtc: &Rtc, mid: Mid, codec: Codec) -> Option<Pt> {
+/// The subscriber's payload type on `mid` for `codec`, best matching the publisher's format:
+/// for H264 the packetization mode must agree (mode 0 cannot carry FU-A/STAP-A), and the
+/// same profile is preferred.
+fn negotiated_pt(rtc: &Rtc, mid: Mid, codec: Codec, format: &FormatParams) -> Option<Pt> {
     let media = rtc.media(mid)?;
     let config = rtc.codec_config();
-    media.remote_pts().iter().copied().find(|pt| {
-        config
-            .find(|p| p.pt() == *pt && p.spec().codec == codec)
-            .is_some()
-    })
+    let score = |candidate: &FormatParams| -> Option<u8> {
+        if codec == Codec::H264
+            && candidate.packetization_mode.unwrap_or(0) != format.packetization_mode.unwrap_or(0)
+        {
+            return None;
+        }
+        let profile = u8::from(candidate.profile_level_id == format.profile_level_id);
+        let exact = u8::from(candidate == format);
+        Some(2 * profile + exact)
+    };
+    media
+        .remote_pts()
+        .iter()
+        .filter_map(|pt| {
+            let params = config.find(|p| p.pt() == *pt && p.spec().codec == codec)?;
+            Some((score(&params.spec().format)?, *pt))
+        })
+        // Highest score; among equals, the subscriber's first preference.
+        .fold(None, |best: Option<(u8, Pt)>, (s, pt)| match best {
+            Some((b, _)) if b >= s => best,
+            _ => Some((s, pt)),
+        })
+        .map(|(_, pt)| pt)
 }
 
 /// Mids of an answer we produced, in order.

@@ -1,7 +1,8 @@
 //! The test-pattern payload format: every synthetic RTP payload carries a self-checking header
 //! and a body derived from its packet counter, so a receiver can tell whether it arrived intact
-//! and which source packet it was. Video payloads are framed like real VP8 (RFC 7741) so an SFU's
-//! keyframe detection sees real keyframes.
+//! and which source packet it was. Video payloads are framed like real VP8 (RFC 7741) or H264
+//! (RFC 6184, packetization-mode 1) so an SFU's keyframe detection sees real keyframes. Decoding
+//! tells the two framings apart by the payload's first byte, so a receiver needs no codec.
 
 use std::fmt;
 
@@ -23,6 +24,38 @@ pub const VP8_DELTA_HEADER_LEN: usize = 3;
 /// Bytes of the VP8 payload header on the first packet of a keyframe (3 + start code + size).
 pub const VP8_KEY_HEADER_LEN: usize = 10;
 
+/// NAL unit types (H.264 table 7-1, RFC 6184 section 5.2) the synthetic H264 stream uses.
+pub mod nal {
+    /// Coded slice of a non-IDR picture.
+    pub const SLICE: u8 = 1;
+    /// Coded slice of an IDR picture.
+    pub const IDR: u8 = 5;
+    /// Supplemental enhancement information: carries the test pattern in a STAP-A.
+    pub const SEI: u8 = 6;
+    pub const SPS: u8 = 7;
+    pub const PPS: u8 = 8;
+    /// Single-time aggregation packet.
+    pub const STAP_A: u8 = 24;
+    /// Fragmentation unit.
+    pub const FU_A: u8 = 28;
+}
+
+/// A fake sequence parameter set: NAL header, then profile-level-id 42e01f (Constrained
+/// Baseline 3.1, what the publisher offers) and filler. Not decodable, which an SFU never needs.
+pub const FAKE_SPS: [u8; 8] = [0x67, 0x42, 0xe0, 0x1f, 0x8c, 0x8d, 0x40, 0x50];
+
+/// A fake picture parameter set (NAL header and three bytes).
+pub const FAKE_PPS: [u8; 4] = [0x68, 0xce, 0x3c, 0x80];
+
+/// NAL header of the SEI unit that carries the test pattern in a STAP-A (NRI 0).
+const SEI_HEADER: u8 = nal::SEI;
+
+/// NRI (reference importance) of IDR slices, parameter sets and the STAP-A holding them.
+const NRI_KEY: u8 = 3 << 5;
+
+/// NRI of non-IDR slices.
+const NRI_DELTA: u8 = 2 << 5;
+
 /// Which media a payload belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum PayloadKind {
@@ -43,6 +76,82 @@ impl PayloadKind {
             0 => Some(PayloadKind::Audio),
             1 => Some(PayloadKind::Video),
             _ => None,
+        }
+    }
+}
+
+/// The RTP framing of a video payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum VideoCodec {
+    #[default]
+    Vp8,
+    H264,
+}
+
+impl fmt::Display for VideoCodec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            VideoCodec::Vp8 => "VP8",
+            VideoCodec::H264 => "H264",
+        })
+    }
+}
+
+/// What one packet of a synthetic H264 frame carries (RFC 6184, packetization-mode 1). A
+/// keyframe is the parameter sets, then its IDR slice; a delta frame is one non-IDR slice. A
+/// slice that fits one packet goes as a single NAL unit, a larger one as FU-A fragments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum H264Packet {
+    /// A STAP-A of SPS, PPS and an SEI unit with the test pattern: opens a keyframe.
+    ParameterSets,
+    /// A single NAL unit packet holding a whole slice.
+    Slice { idr: bool },
+    /// An FU-A fragment of a slice; `start` and `end` are its S and E bits.
+    Fragment { idr: bool, start: bool, end: bool },
+}
+
+impl H264Packet {
+    /// The packet opens a frame. An IDR slice never does: parameter sets go before it.
+    pub fn starts_frame(self) -> bool {
+        match self {
+            H264Packet::ParameterSets => true,
+            H264Packet::Slice { idr } => !idr,
+            H264Packet::Fragment { idr, start, .. } => !idr && start,
+        }
+    }
+
+    /// The packet belongs to a keyframe.
+    pub fn keyframe(self) -> bool {
+        match self {
+            H264Packet::ParameterSets => true,
+            H264Packet::Slice { idr } | H264Packet::Fragment { idr, .. } => idr,
+        }
+    }
+
+    /// The packet opens a slice (a single NAL unit or an FU-A with S).
+    pub fn starts_slice(self) -> bool {
+        match self {
+            H264Packet::ParameterSets => false,
+            H264Packet::Slice { .. } => true,
+            H264Packet::Fragment { start, .. } => start,
+        }
+    }
+
+    /// The packet ends its frame (a slice's last bytes; the parameter sets never do).
+    pub fn ends_frame(self) -> bool {
+        match self {
+            H264Packet::ParameterSets => false,
+            H264Packet::Slice { .. } => true,
+            H264Packet::Fragment { end, .. } => end,
+        }
+    }
+
+    /// Bytes of framing [`encode_h264_payload`] writes before the test pattern.
+    pub fn prefix_len(self) -> usize {
+        match self {
+            H264Packet::ParameterSets => 1 + 2 + FAKE_SPS.len() + 2 + FAKE_PPS.len() + 2 + 1,
+            H264Packet::Slice { .. } => 1,
+            H264Packet::Fragment { .. } => 2,
         }
     }
 }
@@ -78,6 +187,8 @@ pub enum PatternError {
     Truncated,
     #[error("VP8 payload descriptor is malformed")]
     BadVp8Descriptor,
+    #[error("H264 packetization is malformed or not the synthetic stream's")]
+    BadH264Framing,
     #[error("test-pattern magic missing")]
     BadMagic,
     #[error("test-pattern header checksum mismatch")]
@@ -88,33 +199,50 @@ pub enum PatternError {
     BadLength { expected: usize, actual: usize },
     #[error("body byte {offset} differs from the pattern")]
     BadBody { offset: usize },
-    #[error("VP8 framing disagrees with the test-pattern header")]
+    #[error("codec framing disagrees with the test-pattern header")]
     FramingMismatch,
 }
 
-/// What the VP8 payload descriptor and payload header of a packet say.
+/// What the codec framing of a video packet says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Vp8Framing {
-    /// S=1 and partition index 0: the packet opens a frame.
+pub struct VideoFraming {
+    pub codec: VideoCodec,
+    /// The packet opens a frame (VP8: S=1 and partition index 0).
     pub start_of_frame: bool,
-    /// The packet opens a keyframe (only meaningful with `start_of_frame`).
+    /// VP8: the packet opens a keyframe (only meaningful with `start_of_frame`). H264: the
+    /// packet belongs to a keyframe (parameter sets or an IDR slice).
     pub keyframe: bool,
-    /// Offset of the VP8 frame data (after descriptor and, on frame start, payload header).
+    /// Offset of the test pattern (after VP8 descriptor and payload header, or H264 framing).
     pub data_offset: usize,
+    /// How H264 packetized this packet; `None` for VP8.
+    pub h264: Option<H264Packet>,
 }
+
+/// The framing type's name from before H264 framing existed.
+pub type Vp8Framing = VideoFraming;
 
 /// A payload that decoded as an intact test pattern.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decoded {
     pub header: PatternHeader,
-    /// VP8 framing for video payloads.
-    pub vp8: Option<Vp8Framing>,
+    /// Codec framing for video payloads, VP8 or H264 (the name predates H264).
+    pub vp8: Option<VideoFraming>,
 }
 
 impl Decoded {
     /// True when this packet opens a keyframe (decoder can start here).
     pub fn starts_keyframe(&self) -> bool {
         self.vp8.is_some_and(|v| v.start_of_frame && v.keyframe)
+    }
+
+    /// Codec framing for video payloads.
+    pub fn framing(&self) -> Option<&VideoFraming> {
+        self.vp8.as_ref()
+    }
+
+    /// The codec whose framing a video payload used.
+    pub fn codec(&self) -> Option<VideoCodec> {
+        self.vp8.map(|v| v.codec)
     }
 }
 
@@ -193,8 +321,9 @@ pub fn decode_pattern(bytes: &[u8]) -> Result<PatternHeader, PatternError> {
     Ok(header)
 }
 
-/// Decodes a whole RTP payload of the given kind: VP8 framing for video, then the pattern.
-/// Checks that the VP8 framing agrees with the pattern (frame start on index 0, keyframe bit).
+/// Decodes a whole RTP payload of the given kind: codec framing for video (VP8 or H264, told
+/// apart by [`sniff_video_codec`]), then the pattern. Checks that the framing agrees with the
+/// pattern (frame start on index 0, keyframe; for H264 also slice start and frame end).
 pub fn decode_payload(kind: PayloadKind, payload: &[u8]) -> Result<Decoded, PatternError> {
     match kind {
         PayloadKind::Audio => {
@@ -205,19 +334,52 @@ pub fn decode_payload(kind: PayloadKind, payload: &[u8]) -> Result<Decoded, Patt
             Ok(Decoded { header, vp8: None })
         }
         PayloadKind::Video => {
-            let vp8 = parse_vp8(payload)?;
-            let header = decode_pattern(&payload[vp8.data_offset..])?;
-            let consistent = header.kind == PayloadKind::Video
-                && vp8.start_of_frame == (header.index == 0)
-                && (!vp8.start_of_frame || vp8.keyframe == header.keyframe);
-            if !consistent {
-                return Err(PatternError::FramingMismatch);
-            }
-            Ok(Decoded {
-                header,
-                vp8: Some(vp8),
-            })
+            let codec = payload
+                .first()
+                .map_or(VideoCodec::Vp8, |b| sniff_video_codec(*b));
+            decode_video_payload(codec, payload)
         }
+    }
+}
+
+/// Decodes a video payload whose codec the caller knows (e.g. from the payload type).
+pub fn decode_video_payload(codec: VideoCodec, payload: &[u8]) -> Result<Decoded, PatternError> {
+    let framing = match codec {
+        VideoCodec::Vp8 => parse_vp8(payload)?,
+        VideoCodec::H264 => parse_h264(payload)?,
+    };
+    let header = decode_pattern(&payload[framing.data_offset..])?;
+    let consistent = header.kind == PayloadKind::Video
+        && framing.start_of_frame == (header.index == 0)
+        && match framing.h264 {
+            // VP8 says keyframe or not only on a frame's first packet.
+            None => !framing.start_of_frame || framing.keyframe == header.keyframe,
+            // The slice follows the parameter sets in a keyframe, opens a delta frame.
+            Some(h264) => {
+                framing.keyframe == header.keyframe
+                    && h264.starts_slice() == (header.index == u8::from(header.keyframe))
+                    && h264.ends_frame() == header.end_of_frame
+            }
+        };
+    if !consistent {
+        return Err(PatternError::FramingMismatch);
+    }
+    Ok(Decoded {
+        header,
+        vp8: Some(framing),
+    })
+}
+
+/// Which framing a video payload uses, from its first byte. Read as an H264 NAL header, the
+/// VP8 descriptors we (and SFUs rewriting picture ids) write have the forbidden bit set (X=1)
+/// or NAL type 0 or 16 (X=0, partition index 0), none of which opens an H264 packet. VP8
+/// packets of partitions 1-7 would read as H264; no synthetic source sends them.
+pub fn sniff_video_codec(first: u8) -> VideoCodec {
+    let forbidden = first & 0x80 != 0;
+    if forbidden || matches!(first & 0x1f, 0 | 16) {
+        VideoCodec::Vp8
+    } else {
+        VideoCodec::H264
     }
 }
 
@@ -274,10 +436,12 @@ pub fn parse_vp8(p: &[u8]) -> Result<Vp8Framing, PatternError> {
         if i > p.len() {
             return Err(PatternError::BadVp8Descriptor);
         }
-        return Ok(Vp8Framing {
+        return Ok(VideoFraming {
+            codec: VideoCodec::Vp8,
             start_of_frame,
             keyframe: false,
             data_offset: i,
+            h264: None,
         });
     }
     let header = *p.get(i).ok_or(PatternError::Truncated)?;
@@ -293,10 +457,104 @@ pub fn parse_vp8(p: &[u8]) -> Result<Vp8Framing, PatternError> {
     if keyframe && p[i + 3..i + 6] != [0x9d, 0x01, 0x2a] {
         return Err(PatternError::BadVp8Descriptor);
     }
-    Ok(Vp8Framing {
+    Ok(VideoFraming {
+        codec: VideoCodec::Vp8,
         start_of_frame,
         keyframe,
         data_offset: i + header_len,
+        h264: None,
+    })
+}
+
+/// Appends one H264 RTP payload: the framing of `packet`, then the test pattern of `header`.
+/// The body is not emulation-prevented (it may hold start-code-like bytes): an SFU never looks,
+/// a decoder would choke. A pattern too long for a STAP-A unit (64 KiB) gets an unparseable
+/// size.
+pub fn encode_h264_payload(packet: H264Packet, header: &PatternHeader, out: &mut Vec<u8>) {
+    let (nri, slice_type) = if packet.keyframe() {
+        (NRI_KEY, nal::IDR)
+    } else {
+        (NRI_DELTA, nal::SLICE)
+    };
+    match packet {
+        H264Packet::ParameterSets => {
+            out.push(NRI_KEY | nal::STAP_A);
+            for unit in [&FAKE_SPS[..], &FAKE_PPS[..]] {
+                out.extend_from_slice(&(unit.len() as u16).to_be_bytes());
+                out.extend_from_slice(unit);
+            }
+            let sei_len = 1 + HEADER_LEN + header.body_len as usize;
+            out.extend_from_slice(&u16::try_from(sei_len).unwrap_or(u16::MAX).to_be_bytes());
+            out.push(SEI_HEADER);
+        }
+        H264Packet::Slice { .. } => out.push(nri | slice_type),
+        H264Packet::Fragment { start, end, .. } => {
+            out.push(nri | nal::FU_A);
+            out.push(u8::from(start) << 7 | u8::from(end) << 6 | slice_type);
+        }
+    }
+    encode_pattern(header, out);
+}
+
+/// Parses the H264 framing the synthetic source writes (see [`H264Packet`]). Strict: NRI values,
+/// the parameter sets and the STAP-A layout must be exactly ours, so any damage to the framing
+/// shows as an error rather than a misread packet.
+pub fn parse_h264(p: &[u8]) -> Result<VideoFraming, PatternError> {
+    let bad = PatternError::BadH264Framing;
+    let first = *p.first().ok_or(PatternError::Truncated)?;
+    let slice = |nri: u8, nal_type: u8| match (nri, nal_type) {
+        (NRI_KEY, nal::IDR) => Ok(true),
+        (NRI_DELTA, nal::SLICE) => Ok(false),
+        _ => Err(bad),
+    };
+    let (forbidden, nri, nal_type) = (first & 0x80, first & 0x60, first & 0x1f);
+    if forbidden != 0 {
+        return Err(bad);
+    }
+    let (packet, data_offset) = match nal_type {
+        nal::STAP_A => {
+            if nri != NRI_KEY {
+                return Err(bad);
+            }
+            let mut rest = &p[1..];
+            for unit in [&FAKE_SPS[..], &FAKE_PPS[..]] {
+                let (size, tail) = rest.split_at_checked(2).ok_or(PatternError::Truncated)?;
+                let (data, tail) = tail
+                    .split_at_checked(unit.len())
+                    .ok_or(PatternError::Truncated)?;
+                if be_u16(size) != unit.len() || data != unit {
+                    return Err(bad);
+                }
+                rest = tail;
+            }
+            let (size, tail) = rest.split_at_checked(2).ok_or(PatternError::Truncated)?;
+            if be_u16(size) != tail.len() || tail.first() != Some(&SEI_HEADER) {
+                return Err(bad);
+            }
+            (H264Packet::ParameterSets, p.len() - tail.len() + 1)
+        }
+        nal::FU_A => {
+            let fu = *p.get(1).ok_or(PatternError::Truncated)?;
+            let (start, end) = (fu & 0x80 != 0, fu & 0x40 != 0);
+            if fu & 0x20 != 0 || (start && end) {
+                return Err(bad); // R bit set, or a "fragment" that is the whole unit
+            }
+            let idr = slice(nri, fu & 0x1f)?;
+            (H264Packet::Fragment { idr, start, end }, 2)
+        }
+        _ => (
+            H264Packet::Slice {
+                idr: slice(nri, nal_type)?,
+            },
+            1,
+        ),
+    };
+    Ok(VideoFraming {
+        codec: VideoCodec::H264,
+        start_of_frame: packet.starts_frame(),
+        keyframe: packet.keyframe(),
+        data_offset,
+        h264: Some(packet),
     })
 }
 
@@ -320,6 +578,10 @@ fn fnv1a(bytes: &[u8]) -> u32 {
     bytes.iter().fold(0x811c_9dc5_u32, |h, b| {
         (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
     })
+}
+
+fn be_u16(b: &[u8]) -> usize {
+    usize::from(u16::from_be_bytes([b[0], b[1]]))
 }
 
 fn be_u32(b: &[u8]) -> u32 {
@@ -466,6 +728,225 @@ mod tests {
         assert!(!d.starts_keyframe());
     }
 
+    fn h264(packet: H264Packet, h: &PatternHeader) -> Vec<u8> {
+        let mut buf = Vec::new();
+        encode_h264_payload(packet, h, &mut buf);
+        buf
+    }
+
+    /// The (type, bytes) of each unit of a STAP-A, after its NAL header.
+    fn stap_a_units(p: &[u8]) -> Vec<(u8, &[u8])> {
+        let mut units = Vec::new();
+        let mut rest = &p[1..];
+        while let Some((size, tail)) = rest.split_at_checked(2) {
+            let (unit, tail) = tail.split_at(be_u16(size));
+            units.push((unit[0] & 0x1f, unit));
+            rest = tail;
+        }
+        assert!(rest.is_empty(), "trailing bytes after the last unit");
+        units
+    }
+
+    #[test]
+    fn h264_parameter_sets_layout() {
+        let h = PatternHeader {
+            end_of_frame: false,
+            ..header(PayloadKind::Video, 0, true, 300)
+        };
+        let buf = h264(H264Packet::ParameterSets, &h);
+        assert_eq!(buf[0], 0x78, "F=0, NRI=3, type 24 (STAP-A)");
+        assert_eq!(
+            buf.len(),
+            H264Packet::ParameterSets.prefix_len() + HEADER_LEN + 300
+        );
+        let units = stap_a_units(&buf);
+        let types: Vec<u8> = units.iter().map(|(t, _)| *t).collect();
+        assert_eq!(types, [nal::SPS, nal::PPS, nal::SEI]);
+        assert_eq!(units[0].1, FAKE_SPS);
+        assert_eq!(units[1].1, FAKE_PPS);
+        assert_eq!(decode_pattern(&units[2].1[1..]), Ok(h));
+
+        let d = decode_payload(PayloadKind::Video, &buf).expect("intact");
+        assert_eq!(d.header, h);
+        assert!(d.starts_keyframe());
+        assert_eq!(d.codec(), Some(VideoCodec::H264));
+        assert_eq!(
+            d.framing().and_then(|f| f.h264),
+            Some(H264Packet::ParameterSets)
+        );
+    }
+
+    #[test]
+    fn h264_slices_and_fragments_round_trip() {
+        let cases = [
+            // (packet, first byte, FU header, keyframe, index, end of frame)
+            (H264Packet::Slice { idr: false }, 0x41, None, false, 0, true),
+            (H264Packet::Slice { idr: true }, 0x65, None, true, 1, true),
+            (
+                H264Packet::Fragment {
+                    idr: true,
+                    start: true,
+                    end: false,
+                },
+                0x7c,
+                Some(0x85),
+                true,
+                1,
+                false,
+            ),
+            (
+                H264Packet::Fragment {
+                    idr: true,
+                    start: false,
+                    end: true,
+                },
+                0x7c,
+                Some(0x45),
+                true,
+                4,
+                true,
+            ),
+            (
+                H264Packet::Fragment {
+                    idr: false,
+                    start: true,
+                    end: false,
+                },
+                0x5c,
+                Some(0x81),
+                false,
+                0,
+                false,
+            ),
+            (
+                H264Packet::Fragment {
+                    idr: false,
+                    start: false,
+                    end: false,
+                },
+                0x5c,
+                Some(0x01),
+                false,
+                2,
+                false,
+            ),
+        ];
+        for (packet, nal_header, fu_header, keyframe, index, end) in cases {
+            let h = PatternHeader {
+                keyframe,
+                index,
+                end_of_frame: end,
+                ..header(PayloadKind::Video, 0, keyframe, 50)
+            };
+            let buf = h264(packet, &h);
+            assert_eq!(buf[0], nal_header, "{packet:?}");
+            if let Some(fu) = fu_header {
+                assert_eq!(buf[1], fu, "{packet:?}");
+            }
+            assert_eq!(buf.len(), packet.prefix_len() + HEADER_LEN + 50);
+            let d = decode_payload(PayloadKind::Video, &buf).expect("intact");
+            assert_eq!(d.header, h);
+            assert_eq!(d.framing().and_then(|f| f.h264), Some(packet));
+            assert!(
+                !d.starts_keyframe(),
+                "{packet:?}: only parameter sets open a keyframe"
+            );
+            assert_eq!(decode_video_payload(VideoCodec::H264, &buf), Ok(d));
+        }
+    }
+
+    #[test]
+    fn h264_framing_must_agree_with_the_pattern() {
+        let h = header(PayloadKind::Video, 0, false, 20);
+        // A delta frame's first fragment whose pattern says it is not the first packet.
+        let start = H264Packet::Fragment {
+            idr: false,
+            start: true,
+            end: false,
+        };
+        let bad = h264(start, &PatternHeader { index: 1, ..h });
+        assert_eq!(
+            decode_payload(PayloadKind::Video, &bad),
+            Err(PatternError::FramingMismatch)
+        );
+        // An IDR slice in a frame the pattern calls a delta frame.
+        let idr = H264Packet::Slice { idr: true };
+        let bad = h264(idr, &PatternHeader { index: 1, ..h });
+        assert_eq!(
+            decode_payload(PayloadKind::Video, &bad),
+            Err(PatternError::FramingMismatch)
+        );
+        // The E bit on a packet the pattern says is not the frame's last.
+        let end = H264Packet::Fragment {
+            idr: false,
+            start: false,
+            end: true,
+        };
+        let bad = h264(
+            end,
+            &PatternHeader {
+                index: 2,
+                end_of_frame: false,
+                ..h
+            },
+        );
+        assert_eq!(
+            decode_payload(PayloadKind::Video, &bad),
+            Err(PatternError::FramingMismatch)
+        );
+    }
+
+    #[test]
+    fn every_single_byte_flip_of_an_h264_payload_is_detected() {
+        let key = PatternHeader {
+            end_of_frame: false,
+            ..header(PayloadKind::Video, 0, true, 16)
+        };
+        let fragment = H264Packet::Fragment {
+            idr: true,
+            start: true,
+            end: false,
+        };
+        let slice = H264Packet::Slice { idr: true };
+        for (packet, h) in [
+            (H264Packet::ParameterSets, key),
+            (fragment, PatternHeader { index: 1, ..key }),
+            (
+                slice,
+                PatternHeader {
+                    index: 1,
+                    end_of_frame: true,
+                    ..key
+                },
+            ),
+        ] {
+            let buf = h264(packet, &h);
+            assert!(decode_payload(PayloadKind::Video, &buf).is_ok());
+            for i in 0..buf.len() {
+                for bit in 0..8 {
+                    let mut bad = buf.clone();
+                    bad[i] ^= 1 << bit;
+                    assert!(
+                        decode_payload(PayloadKind::Video, &bad).is_err(),
+                        "{packet:?}: flip of bit {bit} at {i} went unnoticed"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn sniffing_tells_vp8_descriptors_from_h264_nal_headers() {
+        // Our VP8 descriptors, and one with extensions as a rewriting SFU would send.
+        for first in [0x10, 0x00, 0x80, 0x90] {
+            assert_eq!(sniff_video_codec(first), VideoCodec::Vp8, "{first:#04x}");
+        }
+        // STAP-A, FU-A (IDR and non-IDR), single NAL unit slices.
+        for first in [0x78, 0x7c, 0x5c, 0x65, 0x41] {
+            assert_eq!(sniff_video_codec(first), VideoCodec::H264, "{first:#04x}");
+        }
+    }
+
     #[test]
     fn decoding_never_panics_on_garbage() {
         let mut state = 1_u32;
@@ -478,6 +959,13 @@ mod tests {
                 .collect();
             let _ = decode_payload(PayloadKind::Video, &bytes);
             let _ = decode_payload(PayloadKind::Audio, &bytes);
+            let _ = decode_video_payload(VideoCodec::H264, &bytes);
+            // Garbage behind a valid-looking STAP-A or FU-A header.
+            for first in [0x78, 0x7c] {
+                let mut framed = bytes.clone();
+                framed.insert(0, first);
+                let _ = decode_payload(PayloadKind::Video, &framed);
+            }
         }
     }
 }

@@ -16,6 +16,7 @@ use str0m::media::{Direction, MediaKind};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcError};
 
+use crate::reception::RawCapture;
 use crate::whip::Endpoint;
 
 /// Longest the loop blocks on the socket, so commands and stop requests are seen promptly.
@@ -103,7 +104,7 @@ pub(crate) fn crypto_provider() -> Arc<CryptoProvider> {
 }
 
 /// An `Rtc` as the synthetic clients use it: the offering, ICE-controlling side, in RTP mode,
-/// Opus and VP8 only, with one host candidate for the peer's socket.
+/// Opus, VP8 and H264, with one host candidate for the peer's socket.
 pub(crate) fn client_rtc(local: SocketAddr) -> Result<Rtc, RtcError> {
     let mut rtc = Rtc::builder()
         .set_rtp_mode(true)
@@ -111,6 +112,7 @@ pub(crate) fn client_rtc(local: SocketAddr) -> Result<Rtc, RtcError> {
         .clear_codecs()
         .enable_opus(true, false)
         .enable_vp8(true)
+        .enable_h264(true)
         .build(Instant::now());
     rtc.add_local_candidate(Candidate::host(local, "udp")?);
     Ok(rtc)
@@ -132,6 +134,18 @@ impl<C: Send + 'static> PeerThread<C> {
         socket: UdpSocket,
         role: R,
     ) -> std::io::Result<Self> {
+        Self::spawn_capturing(name, rtc, socket, role, None)
+    }
+
+    /// [`PeerThread::spawn`], also copying received datagrams into `capture` (before the `Rtc`
+    /// sees them) until it is full.
+    pub(crate) fn spawn_capturing<R: Role<Command = C>>(
+        name: &str,
+        rtc: Rtc,
+        socket: UdpSocket,
+        role: R,
+        capture: Option<Arc<RawCapture>>,
+    ) -> std::io::Result<Self> {
         let local_addr = socket.local_addr()?;
         let state = Arc::new(PeerState::default());
         let (commands, rx) = mpsc::channel();
@@ -140,7 +154,15 @@ impl<C: Send + 'static> PeerThread<C> {
         let join = thread::Builder::new().name(name.into()).spawn(move || {
             let state = thread_state;
             let result = catch_unwind(AssertUnwindSafe(|| {
-                run(rtc, &socket, local_addr, role, &state, &rx)
+                run(
+                    rtc,
+                    &socket,
+                    local_addr,
+                    role,
+                    &state,
+                    &rx,
+                    capture.as_deref(),
+                )
             }));
             match result {
                 Ok(Ok(())) => {}
@@ -212,6 +234,7 @@ fn run<R: Role>(
     mut role: R,
     state: &PeerState,
     commands: &Receiver<R::Command>,
+    capture: Option<&RawCapture>,
 ) -> Result<(), LoopError> {
     let mut buf = vec![0_u8; RECV_BUFFER];
     while !state.stop.load(Ordering::Relaxed) {
@@ -239,11 +262,15 @@ fn run<R: Role>(
         match socket.recv_from(&mut buf) {
             Ok((n, source)) => {
                 state.datagrams_in.fetch_add(1, Ordering::Relaxed);
+                let arrived = Instant::now();
+                if let Some(capture) = capture {
+                    capture.record(arrived, source, &buf[..n]);
+                }
                 let Ok(contents) = buf[..n].try_into() else {
                     continue;
                 };
                 let input = Input::Receive(
-                    Instant::now(),
+                    arrived,
                     Receive {
                         proto: Protocol::Udp,
                         source,

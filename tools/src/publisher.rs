@@ -1,5 +1,6 @@
 //! A synthetic WHIP publisher: a str0m client in RTP mode that sends test-pattern Opus-like
-//! audio and VP8-like video (optionally three simulcast layers) and answers keyframe requests.
+//! audio and VP8- or H264-like video (optionally three simulcast layers) and answers keyframe
+//! requests.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::{Arc, Mutex};
@@ -10,10 +11,11 @@ use str0m::change::SdpAnswer;
 use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind, Mid, Pt, Rid, Simulcast, SimulcastLayer};
 use str0m::rtp::RtpWrite;
-use str0m::{Event, Rtc};
+use str0m::{Candidate, Event, Rtc, RtcError};
 
 use crate::Error;
 use crate::pattern::PayloadKind;
+pub use crate::pattern::VideoCodec;
 use crate::peer::{self, PeerState, PeerThread, Role, lock};
 use crate::source::{AudioSource, OutgoingPacket, VideoLayer, VideoSource};
 use crate::whip::{Endpoint, SessionResource, SignalingClient};
@@ -28,6 +30,8 @@ pub struct VideoConfig {
     pub simulcast: bool,
     /// Bytes of a delta frame of the full layer.
     pub frame_bytes: usize,
+    /// The one video codec offered and sent.
+    pub codec: VideoCodec,
 }
 
 impl Default for VideoConfig {
@@ -37,9 +41,17 @@ impl Default for VideoConfig {
             keyframe_interval: 60,
             simulcast: false,
             frame_bytes: 4000,
+            codec: VideoCodec::Vp8,
         }
     }
 }
+
+/// Payload type (and its RTX) the publisher offers for H264: str0m's default for this profile.
+const H264_PT: u8 = 108;
+const H264_RTX_PT: u8 = 109;
+
+/// Constrained Baseline level 3.1, as browsers offer first.
+const H264_PROFILE_LEVEL_ID: u32 = 0x42e01f;
 
 /// How to reach the server and what to send.
 #[derive(Debug, Clone)]
@@ -112,7 +124,8 @@ impl Publisher {
     pub fn connect(config: PublisherConfig) -> Result<Self, Error> {
         let socket = UdpSocket::bind(SocketAddr::new(config.bind_ip, 0))?;
         let local = socket.local_addr()?;
-        let mut rtc = peer::client_rtc(local)?;
+        let codec = config.video.as_ref().map_or(VideoCodec::Vp8, |v| v.codec);
+        let mut rtc = publisher_rtc(local, codec)?;
 
         let layers = match &config.video {
             Some(v) if v.simulcast => VideoLayer::simulcast(v.frame_bytes),
@@ -155,7 +168,7 @@ impl Publisher {
                 .map(|mid| negotiated_pt(&rtc, mid, Codec::Opus).map(|pt| (mid, pt)))
                 .transpose()?;
             let video = video_mid
-                .map(|mid| negotiated_pt(&rtc, mid, Codec::Vp8).map(|pt| (mid, pt)))
+                .map(|mid| negotiated_pt(&rtc, mid, str0m_codec(codec)).map(|pt| (mid, pt)))
                 .transpose()?;
             Ok((audio, video))
         });
@@ -198,7 +211,8 @@ impl Publisher {
                                 v.keyframe_interval,
                                 rng.random_range(0..30_000),
                                 rng.random(),
-                            );
+                            )
+                            .with_codec(v.codec);
                             (rid, Source::Video(source))
                         })
                         .collect(),
@@ -274,6 +288,35 @@ impl Publisher {
         let result = self.delete_session();
         self.thread.stop();
         result
+    }
+}
+
+/// An `Rtc` like [`peer::client_rtc`]'s, but offering Opus and only `codec` for video (H264 with
+/// packetization-mode 1 alone), so the server cannot pick another video codec.
+fn publisher_rtc(local: SocketAddr, codec: VideoCodec) -> Result<Rtc, RtcError> {
+    let mut config = Rtc::builder()
+        .set_rtp_mode(true)
+        .set_crypto_provider(peer::crypto_provider())
+        .clear_codecs()
+        .enable_opus(true, false);
+    match codec {
+        VideoCodec::Vp8 => config = config.enable_vp8(true),
+        VideoCodec::H264 => config.codec_config().add_h264(
+            H264_PT.into(),
+            Some(H264_RTX_PT.into()),
+            true,
+            H264_PROFILE_LEVEL_ID,
+        ),
+    }
+    let mut rtc = config.build(Instant::now());
+    rtc.add_local_candidate(Candidate::host(local, "udp")?);
+    Ok(rtc)
+}
+
+fn str0m_codec(codec: VideoCodec) -> Codec {
+    match codec {
+        VideoCodec::Vp8 => Codec::Vp8,
+        VideoCodec::H264 => Codec::H264,
     }
 }
 
@@ -403,4 +446,31 @@ impl Role for PublisherRole {
     }
 
     fn on_command(&mut self, _now: Instant, _rtc: &mut Rtc, _command: ()) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn video_offer(codec: VideoCodec) -> String {
+        let mut rtc = publisher_rtc(SocketAddr::from(([127, 0, 0, 1], 9)), codec).expect("rtc");
+        let mut change = rtc.sdp_api();
+        change.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
+        let (offer, _pending) = change.apply().expect("an offer");
+        offer.to_sdp_string()
+    }
+
+    #[test]
+    fn the_offer_names_only_the_configured_video_codec() {
+        let h264 = video_offer(VideoCodec::H264);
+        assert!(h264.contains("H264/90000"), "{h264}");
+        assert!(!h264.contains("VP8/90000"), "{h264}");
+        assert!(h264.contains("packetization-mode=1"), "{h264}");
+        assert!(!h264.contains("packetization-mode=0"), "{h264}");
+        assert!(h264.contains("profile-level-id=42e01f"), "{h264}");
+
+        let vp8 = video_offer(VideoCodec::Vp8);
+        assert!(vp8.contains("VP8/90000"), "{vp8}");
+        assert!(!vp8.contains("H264/90000"), "{vp8}");
+    }
 }

@@ -1,13 +1,19 @@
 //! What a subscriber received: totals per kind, optionally every RTP packet with its decoded
-//! test pattern, and the per-stream sequence and timestamp analysis tests assert on.
+//! test pattern, the per-stream sequence and timestamp analysis tests assert on, and an opt-in
+//! [`RawCapture`] of the datagrams as they came off the socket (for wire-format checks with
+//! parsers other than str0m's).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use str0m::media::Pt;
 use str0m::rtp::Ssrc;
 
 use crate::pattern::{Decoded, PatternError, PayloadKind};
+use crate::peer::lock;
 
 /// One received RTP packet.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,6 +168,75 @@ impl Reception {
     }
 }
 
+/// One datagram as it arrived on a peer's socket, before the `Rtc` saw it (still SRTP/SRTCP
+/// protected: RTP headers and the first eight bytes of RTCP are clear text).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CapturedDatagram {
+    pub at: Instant,
+    pub source: SocketAddr,
+    pub bytes: Vec<u8>,
+}
+
+/// Copies of the first `limit` datagrams a peer receives. Bounded: once full, recording costs
+/// one atomic load and nothing is allocated or locked.
+#[derive(Debug)]
+pub struct RawCapture {
+    limit: usize,
+    full: AtomicBool,
+    datagrams: Mutex<Vec<CapturedDatagram>>,
+}
+
+impl RawCapture {
+    pub fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            full: AtomicBool::new(limit == 0),
+            datagrams: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// How many datagrams the capture keeps at most.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// True once `limit` datagrams were kept: later ones are not.
+    pub fn is_full(&self) -> bool {
+        self.full.load(Ordering::Relaxed)
+    }
+
+    /// Keeps a copy of `bytes` unless the capture is full.
+    pub fn record(&self, at: Instant, source: SocketAddr, bytes: &[u8]) {
+        if self.is_full() {
+            return;
+        }
+        let mut datagrams = lock(&self.datagrams);
+        if datagrams.len() < self.limit {
+            datagrams.push(CapturedDatagram {
+                at,
+                source,
+                bytes: bytes.to_vec(),
+            });
+        }
+        if datagrams.len() >= self.limit {
+            self.full.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// A copy of what was kept so far, in arrival order.
+    pub fn datagrams(&self) -> Vec<CapturedDatagram> {
+        lock(&self.datagrams).clone()
+    }
+
+    pub fn len(&self) -> usize {
+        lock(&self.datagrams).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 fn stream_report(ssrc: Ssrc, packets: &[&ReceivedPacket]) -> StreamReport {
     let mut seen = BTreeSet::new();
     let mut duplicates = 0;
@@ -273,6 +348,22 @@ mod tests {
         assert_eq!(s.reordered, 2);
         assert_eq!(s.timestamp_regressions, 1);
         assert_eq!(s.seq_offsets, 1);
+    }
+
+    #[test]
+    fn raw_capture_keeps_the_first_datagrams_only() {
+        let from = SocketAddr::from(([127, 0, 0, 1], 9));
+        let c = RawCapture::new(2);
+        for i in 0..5_u8 {
+            c.record(Instant::now(), from, &[i, i]);
+        }
+        assert!(c.is_full());
+        let kept: Vec<Vec<u8>> = c.datagrams().into_iter().map(|d| d.bytes).collect();
+        assert_eq!(kept, vec![vec![0, 0], vec![1, 1]]);
+
+        let off = RawCapture::new(0);
+        off.record(Instant::now(), from, &[1]);
+        assert!(off.is_empty() && off.is_full());
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use crate::pattern::{self, PatternHeader, PayloadKind};
+use crate::pattern::{self, H264Packet, PatternHeader, PayloadKind, VideoCodec};
 
 /// Audio packet interval (one Opus frame).
 pub const AUDIO_INTERVAL: Duration = Duration::from_millis(20);
@@ -180,11 +180,13 @@ impl VideoLayer {
     }
 }
 
-/// A VP8-like video source for one layer: frames at a fixed rate, split into packets that
-/// share an RTP timestamp, marker on the last; periodic and on-demand keyframes.
+/// A VP8-like (or, [`VideoSource::with_codec`], H264-like) video source for one layer: frames
+/// at a fixed rate, split into packets that share an RTP timestamp, marker on the last;
+/// periodic and on-demand keyframes.
 #[derive(Debug)]
 pub struct VideoSource {
     layer: VideoLayer,
+    codec: VideoCodec,
     schedule: Schedule,
     ticks_per_frame: u32,
     keyframe_interval: u32,
@@ -212,6 +214,7 @@ impl VideoSource {
         let fps = fps.clamp(1, 120);
         Self {
             layer,
+            codec: VideoCodec::Vp8,
             schedule: Schedule::new(Duration::from_secs(1) / fps),
             ticks_per_frame: VIDEO_CLOCK / fps,
             keyframe_interval,
@@ -227,8 +230,18 @@ impl VideoSource {
         }
     }
 
+    /// Frames the payloads for `codec` instead of VP8.
+    pub fn with_codec(mut self, codec: VideoCodec) -> Self {
+        self.codec = codec;
+        self
+    }
+
     pub fn layer(&self) -> &VideoLayer {
         &self.layer
+    }
+
+    pub fn codec(&self) -> VideoCodec {
+        self.codec
     }
 
     /// When the next packet is due: now if a frame is half sent, else the next frame time.
@@ -284,20 +297,34 @@ impl VideoSource {
             self.layer.frame_bytes
         };
         let target = MAX_VIDEO_PAYLOAD - 100;
-        let count = frame_len.div_ceil(target).clamp(1, 255);
+        // An H264 keyframe needs a packet for its parameter sets and one for its slice.
+        let min_count = if keyframe && self.codec == VideoCodec::H264 {
+            2
+        } else {
+            1
+        };
+        let count = frame_len.div_ceil(target).clamp(min_count, 255);
         let share = frame_len / count;
         for index in 0..count {
             let start = index == 0;
             let end = index + 1 == count;
             let mut payload = Vec::with_capacity(MAX_VIDEO_PAYLOAD);
-            pattern::write_vp8_prefix(
-                &mut payload,
-                start,
-                keyframe,
-                frame_len,
-                self.layer.dimensions,
-            );
-            let used = payload.len() + pattern::HEADER_LEN;
+            let h264 =
+                (self.codec == VideoCodec::H264).then(|| h264_packet(keyframe, index, count));
+            let prefix_len = match h264 {
+                Some(packet) => packet.prefix_len(),
+                None => {
+                    pattern::write_vp8_prefix(
+                        &mut payload,
+                        start,
+                        keyframe,
+                        frame_len,
+                        self.layer.dimensions,
+                    );
+                    payload.len()
+                }
+            };
+            let used = prefix_len + pattern::HEADER_LEN;
             let header = PatternHeader {
                 kind: PayloadKind::Video,
                 layer: self.layer.index,
@@ -310,7 +337,10 @@ impl VideoSource {
                 sent_us: wallclock_us,
                 body_len: share.saturating_sub(used).min(MAX_VIDEO_PAYLOAD - used) as u32,
             };
-            pattern::encode_pattern(&header, &mut payload);
+            match h264 {
+                Some(packet) => pattern::encode_h264_payload(packet, &header, &mut payload),
+                None => pattern::encode_pattern(&header, &mut payload),
+            }
             self.queue.push_back(OutgoingPacket {
                 kind: PayloadKind::Video,
                 layer: self.layer.index,
@@ -323,6 +353,23 @@ impl VideoSource {
             self.counter += 1;
         }
         self.frame = self.frame.wrapping_add(1);
+    }
+}
+
+/// How packet `index` of a `count`-packet H264 frame is framed: a keyframe opens with its
+/// parameter sets; the slice fills the rest, fragmented when it spans several packets.
+fn h264_packet(keyframe: bool, index: usize, count: usize) -> H264Packet {
+    let first_slice = usize::from(keyframe);
+    if index < first_slice {
+        return H264Packet::ParameterSets;
+    }
+    if count - first_slice == 1 {
+        return H264Packet::Slice { idr: keyframe };
+    }
+    H264Packet::Fragment {
+        idr: keyframe,
+        start: index == first_slice,
+        end: index + 1 == count,
     }
 }
 
@@ -388,6 +435,104 @@ mod tests {
         let seqs: Vec<u64> = sent.iter().map(|p| p.seq).collect();
         assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1));
         assert_eq!(frames[1][0].rtp_time, 3000);
+    }
+
+    /// Runs a source for `ms` milliseconds and groups its packets by frame.
+    fn frames(mut src: VideoSource, ms: u64) -> Vec<Vec<OutgoingPacket>> {
+        let t0 = Instant::now();
+        let mut sent: Vec<OutgoingPacket> = Vec::new();
+        for ms in 0..=ms {
+            while let Some(p) = src.poll(t0 + Duration::from_millis(ms), 0) {
+                sent.push(p);
+            }
+        }
+        let seqs: Vec<u64> = sent.iter().map(|p| p.seq).collect();
+        assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1));
+        sent.chunk_by(|a, b| a.rtp_time == b.rtp_time)
+            .map(<[OutgoingPacket]>::to_vec)
+            .collect()
+    }
+
+    /// NAL types of the units of a STAP-A, walking its 16-bit unit sizes to the payload's end.
+    fn stap_a_unit_types(p: &[u8]) -> Vec<u8> {
+        assert_eq!(p[0] & 0x1f, 24, "STAP-A");
+        let mut types = Vec::new();
+        let mut i = 1;
+        while i < p.len() {
+            let size = usize::from(u16::from_be_bytes([p[i], p[i + 1]]));
+            assert!(size > 0 && i + 2 + size <= p.len(), "unit at {i} overruns");
+            types.push(p[i + 2] & 0x1f);
+            i += 2 + size;
+        }
+        types
+    }
+
+    #[test]
+    fn h264_keyframes_open_with_parameter_sets_and_slices_are_fragmented() {
+        let src =
+            VideoSource::new(VideoLayer::single(4000), 30, 10, 7, 0).with_codec(VideoCodec::H264);
+        assert_eq!(src.codec(), VideoCodec::H264);
+        let frames = frames(src, 400);
+        assert_eq!(frames.len(), 13, "frames at 0, 33, .. 400 ms");
+        for (n, frame) in frames.iter().enumerate() {
+            let keyframe = n % 10 == 0;
+            assert!(frame.len() >= 4, "a 4000 byte frame spans several packets");
+            assert!(frame.iter().all(|p| p.payload.len() <= MAX_VIDEO_PAYLOAD));
+            assert!(frame.iter().all(|p| p.keyframe == keyframe));
+            let markers: Vec<bool> = frame.iter().map(|p| p.marker).collect();
+            assert_eq!(markers.iter().filter(|m| **m).count(), 1);
+            assert!(frame.last().is_some_and(|p| p.marker));
+
+            let slice = if keyframe {
+                // F=0, NRI=3, STAP-A holding SPS, PPS and the SEI unit with the pattern.
+                assert_eq!(frame[0].payload[0], 0x78, "frame {n}");
+                assert_eq!(stap_a_unit_types(&frame[0].payload), [7, 8, 6]);
+                &frame[1..]
+            } else {
+                &frame[..]
+            };
+            let (indicator, nal_type) = if keyframe { (0x7c, 5) } else { (0x5c, 1) };
+            for (i, p) in slice.iter().enumerate() {
+                let (first, last) = (i == 0, i + 1 == slice.len());
+                assert_eq!(p.payload[0], indicator, "frame {n} packet {i}: FU-A");
+                let fu = p.payload[1];
+                assert_eq!(fu & 0x80 != 0, first, "frame {n} packet {i}: S bit");
+                assert_eq!(fu & 0x40 != 0, last, "frame {n} packet {i}: E bit");
+                assert_eq!(fu & 0x20, 0, "R bit");
+                assert_eq!(fu & 0x1f, nal_type, "frame {n} packet {i}: slice type");
+            }
+            for (i, p) in frame.iter().enumerate() {
+                let d = decode_payload(PayloadKind::Video, &p.payload).expect("intact");
+                assert_eq!(d.codec(), Some(VideoCodec::H264));
+                assert_eq!(d.header.keyframe, keyframe, "frame {n}");
+                assert_eq!(d.header.frame, n as u32);
+                assert_eq!(d.header.index as usize, i);
+                assert_eq!(d.starts_keyframe(), keyframe && i == 0);
+            }
+        }
+    }
+
+    #[test]
+    fn small_h264_frames_use_single_nal_units() {
+        let src =
+            VideoSource::new(VideoLayer::single(300), 30, 3, 0, 0).with_codec(VideoCodec::H264);
+        let frames = frames(src, 100);
+        assert_eq!(frames.len(), 4);
+        // Keyframe: parameter sets, then the whole IDR slice in one NAL unit (NRI 3, type 5).
+        assert_eq!(frames[0].len(), 2);
+        assert_eq!(stap_a_unit_types(&frames[0][0].payload), [7, 8, 6]);
+        assert_eq!(frames[0][1].payload[0], 0x65);
+        // Delta frames: one non-IDR slice (NRI 2, type 1).
+        for frame in &frames[1..3] {
+            assert_eq!(frame.len(), 1);
+            assert_eq!(frame[0].payload[0], 0x41);
+            assert!(frame[0].marker);
+        }
+        assert_eq!(frames[3][0].payload[0], 0x78, "keyframe interval 3");
+        for p in frames.iter().flatten() {
+            let d = decode_payload(PayloadKind::Video, &p.payload).expect("intact");
+            assert_eq!(d.starts_keyframe(), p.payload[0] == 0x78);
+        }
     }
 
     #[test]

@@ -12,7 +12,7 @@ use str0m::{Event, Rtc};
 use crate::Error;
 use crate::pattern::{self, PayloadKind};
 use crate::peer::{self, PeerState, PeerThread, Role, lock};
-use crate::reception::{ReceivedPacket, Reception};
+use crate::reception::{CapturedDatagram, RawCapture, ReceivedPacket, Reception};
 use crate::whip::{Endpoint, SessionResource, SignalingClient};
 
 /// How to reach the server and what to ask for.
@@ -28,6 +28,9 @@ pub struct SubscriberConfig {
     pub keep_packets: bool,
     /// Address the media socket binds to (port chosen by the OS).
     pub bind_ip: IpAddr,
+    /// Keep copies of the first this many received datagrams, raw (0: none). See
+    /// [`Subscriber::captured`].
+    pub capture_raw: usize,
 }
 
 impl SubscriberConfig {
@@ -41,7 +44,15 @@ impl SubscriberConfig {
             video: true,
             keep_packets: true,
             bind_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            capture_raw: 0,
         }
+    }
+
+    /// Keep copies of the first `max_datagrams` datagrams the socket receives (STUN, DTLS,
+    /// SRTP, SRTCP as they arrived), for checks with independent parsers.
+    pub fn capture_raw(mut self, max_datagrams: usize) -> Self {
+        self.capture_raw = max_datagrams;
+        self
     }
 }
 
@@ -60,6 +71,7 @@ pub struct Subscriber {
     token: String,
     session: SessionResource,
     reception: Arc<Mutex<Reception>>,
+    capture: Option<Arc<RawCapture>>,
     thread: PeerThread<SubscriberCommand>,
 }
 
@@ -103,12 +115,16 @@ impl Subscriber {
             keep_packets: config.keep_packets,
             reception: reception.clone(),
         };
-        let thread = PeerThread::spawn("tools-subscriber", rtc, socket, role)?;
+        let capture =
+            (config.capture_raw > 0).then(|| Arc::new(RawCapture::new(config.capture_raw)));
+        let thread =
+            PeerThread::spawn_capturing("tools-subscriber", rtc, socket, role, capture.clone())?;
         Ok(Self {
             signaling,
             token: config.token,
             session,
             reception,
+            capture,
             thread,
         })
     }
@@ -154,6 +170,20 @@ impl Subscriber {
     /// A copy of the reception record.
     pub fn reception(&self) -> Reception {
         lock(&self.reception).clone()
+    }
+
+    /// Copies of the raw datagrams received so far, in arrival order; empty unless the config
+    /// asked for [`SubscriberConfig::capture_raw`].
+    pub fn captured(&self) -> Vec<CapturedDatagram> {
+        self.capture
+            .as_ref()
+            .map(|c| c.datagrams())
+            .unwrap_or_default()
+    }
+
+    /// The raw capture, if the config asked for one.
+    pub fn raw_capture(&self) -> Option<&RawCapture> {
+        self.capture.as_deref()
     }
 
     /// Packets of one kind received so far.

@@ -4,11 +4,13 @@
 
 use std::collections::{BTreeSet, VecDeque};
 use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tools::metrics::Metrics;
 use tools::publisher::{Publisher, PublisherConfig, PublisherStats, VideoConfig};
@@ -45,11 +47,19 @@ impl Server {
     }
 
     pub fn start_with_workers(workers: usize) -> Self {
+        Self::start_with(workers, &[], &[])
+    }
+
+    /// `control dev --http 127.0.0.1:0 --workers N [extra_args]` with `env` set for the process
+    /// (e.g. `SFU__NODE__ICE_TIMEOUT_SECS`).
+    pub fn start_with(workers: usize, env: &[(&str, &str)], extra_args: &[&str]) -> Self {
         let rust_log = std::env::var("SFU_TEST_LOG").unwrap_or_else(|_| "info".into());
         let mut child = Command::new(env!("CARGO_BIN_EXE_control"))
             .args(["dev", "--http", "127.0.0.1:0", "--workers"])
             .arg(workers.to_string())
+            .args(extra_args)
             .env("RUST_LOG", rust_log)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -112,10 +122,32 @@ impl Server {
         publisher
     }
 
+    /// The UDP ports of the node's workers, from `sfu_worker_info{port=...}`.
+    pub fn worker_ports(&self) -> BTreeSet<u16> {
+        let m = self.metrics();
+        m.select("sfu_worker_info", &[])
+            .map(|s| {
+                let port = s.label("port").unwrap_or_default();
+                port.parse()
+                    .unwrap_or_else(|_| panic!("sfu_worker_info port {port:?} is not a port"))
+            })
+            .collect()
+    }
+
     /// A subscriber in `room` (audio + video), connected.
     pub fn subscribe(&self, room: &str) -> Subscriber {
+        self.subscribe_with(room, |c| c)
+    }
+
+    /// A subscriber in `room`, connected, with `configure` applied to the default config
+    /// (audio + video, packet log kept).
+    pub fn subscribe_with(
+        &self,
+        room: &str,
+        configure: impl FnOnce(SubscriberConfig) -> SubscriberConfig,
+    ) -> Subscriber {
         let token = dev_token(room, "subscriber", Grants::SUBSCRIBE).expect("token");
-        let config = SubscriberConfig::new(&self.base_url, room, &token);
+        let config = configure(SubscriberConfig::new(&self.base_url, room, &token));
         let subscriber = Subscriber::connect(config).unwrap_or_else(|e| panic!("WHEP: {e}"));
         if !subscriber.wait_connected(CONNECT_TIMEOUT) {
             panic!(
@@ -288,4 +320,110 @@ pub fn assert_delivery(
         s.timestamp_offsets, 1,
         "{who}: {kind} RTP timestamps are not the source's shifted by a constant: {s:#?}"
     );
+}
+
+/// What a short-lived run of the `control` binary did.
+#[derive(Debug)]
+pub struct ControlRun {
+    /// `None` if it did not exit by itself before the deadline (it was then killed).
+    pub status: Option<ExitStatus>,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+impl ControlRun {
+    /// Exited on its own with a non-zero status.
+    pub fn failed(&self) -> bool {
+        self.status.is_some_and(|s| !s.success())
+    }
+
+    pub fn succeeded(&self) -> bool {
+        self.status.is_some_and(|s| s.success())
+    }
+}
+
+/// Runs `control ARGS` with `env` added and every inherited `SFU_*` variable removed, waits at
+/// most `timeout` (then kills it) and returns its status and output.
+pub fn run_control(args: &[&str], env: &[(&str, &str)], timeout: Duration) -> ControlRun {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_control"));
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("SFU_") {
+            command.env_remove(key);
+        }
+    }
+    let started = Instant::now();
+    let mut child = command
+        .args(args)
+        .envs(env.iter().copied())
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the control binary");
+    let stdout = read_to_end_in_background(child.stdout.take().expect("piped stdout"));
+    let stderr = read_to_end_in_background(child.stderr.take().expect("piped stderr"));
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if started.elapsed() < timeout => thread::sleep(Duration::from_millis(20)),
+            // Still running at the deadline (or not waitable): stop it.
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+        }
+    };
+    let elapsed = started.elapsed();
+    let collect =
+        |rx: mpsc::Receiver<String>| rx.recv_timeout(Duration::from_secs(2)).unwrap_or_default();
+    ControlRun {
+        status,
+        stdout: collect(stdout),
+        stderr: collect(stderr),
+        elapsed,
+    }
+}
+
+fn read_to_end_in_background(mut pipe: impl Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = pipe.read_to_end(&mut bytes);
+        let _ = tx.send(String::from_utf8_lossy(&bytes).into_owned());
+    });
+    rx
+}
+
+/// A file in the temp directory, removed on drop.
+#[derive(Debug)]
+pub struct TempFile {
+    pub path: PathBuf,
+}
+
+impl TempFile {
+    /// Writes `contents` to a fresh file whose name ends in `suffix`.
+    pub fn with(suffix: &str, contents: &str) -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "control-test-{}-{}{suffix}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::write(&path, contents).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        Self { path }
+    }
+
+    pub fn path_str(&self) -> &str {
+        self.path.to_str().expect("temp paths are UTF-8")
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }

@@ -1,0 +1,385 @@
+//! Session and process lifecycle: peers that vanish or never connect are reaped on the
+//! configured timeouts, two dev nodes run side by side, invalid configuration stops start-up
+//! naming the key, the `token` subcommand, and the DELETE contract.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use support::{
+    CONNECT_TIMEOUT, Server, TempFile, candidate_ports, expect_media, run_control, wait_until,
+};
+use tools::PayloadKind::{Audio, Video};
+use tools::token::{Grants, dev_token};
+use tools::whip::{Endpoint, HttpRequest, HttpResponse, Method};
+use tools::{Publisher, PublisherConfig, VideoConfig, sample_offer};
+
+/// The reaping timeouts the tests configure (seconds), far below the defaults (10 s / 20 s) so
+/// that reaping within [`REAP_DEADLINE`] shows the override took effect.
+const TIMEOUT_SECS: &str = "2";
+
+/// How long after the peer goes silent its session must be gone: the 2 s timeout plus the
+/// node's timer slack and a loaded machine's scheduling.
+const REAP_DEADLINE: Duration = Duration::from_secs(6);
+
+/// How long a `control` run that should fail at start-up may take.
+const EXIT_DEADLINE: Duration = Duration::from_secs(10);
+
+fn sessions(server: &Server, kind: &str) -> f64 {
+    server
+        .metrics()
+        .sum_where("sfu_sessions", &[("kind", kind)])
+}
+
+fn reaped(server: &Server) -> f64 {
+    server.metrics().sum("sfu_sessions_reaped_total")
+}
+
+fn delete(server: &Server, target: &str, token: &str) -> HttpResponse {
+    server
+        .client
+        .request(&HttpRequest {
+            method: Method::Delete,
+            target,
+            content_type: None,
+            bearer: Some(token),
+            body: &[],
+        })
+        .unwrap_or_else(|e| panic!("DELETE {target}: {e}"))
+}
+
+#[test]
+fn a_publisher_that_vanishes_is_reaped_and_its_subscriber_stays() {
+    let server = Server::start_with(2, &[("SFU__NODE__ICE_TIMEOUT_SECS", TIMEOUT_SECS)], &[]);
+    let publisher = server.publish("vanish", true, Some(VideoConfig::default()));
+    let sub = server.subscribe("vanish");
+    expect_media(&sub, Audio, "subscriber");
+    expect_media(&sub, Video, "subscriber");
+    assert_eq!(sessions(&server, "publish"), 1.0);
+    assert_eq!(sessions(&server, "subscribe"), 1.0);
+    let reaped_before = reaped(&server);
+
+    // Dropping a `Publisher` stops its socket thread and sends nothing, DELETE included: to the
+    // node it just goes silent.
+    drop(publisher);
+    let vanished = Instant::now();
+    let gone = wait_until(REAP_DEADLINE, || {
+        sessions(&server, "publish") == 0.0 && reaped(&server) > reaped_before
+    });
+    let m = server.metrics();
+    assert!(
+        gone,
+        "{REAP_DEADLINE:?} after the publisher went silent (ice_timeout_secs = {TIMEOUT_SECS}): \
+         sfu_sessions{{kind=\"publish\"}} = {}, sfu_sessions_reaped_total = {} (was {reaped_before})",
+        m.sum_where("sfu_sessions", &[("kind", "publish")]),
+        m.sum("sfu_sessions_reaped_total"),
+    );
+    let reaped_after = vanished.elapsed();
+    assert_eq!(
+        m.sum_where("sfu_sessions", &[("kind", "subscribe")]),
+        1.0,
+        "the subscriber's session was reaped with the publisher's ({reaped_after:?} after the \
+         publisher vanished), although the subscriber keeps sending RTCP and STUN"
+    );
+
+    // The subscriber outlives another full ICE timeout and follows the room's next publisher.
+    thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        sessions(&server, "subscribe"),
+        1.0,
+        "the subscriber was reaped while it kept sending RTCP and STUN"
+    );
+    assert!(sub.ice_connected(), "the subscriber lost ICE");
+    let audio_before = sub.packets(Audio);
+    let video_before = sub.packets(Video);
+    let next = server.publish("vanish", true, Some(VideoConfig::default()));
+    assert!(
+        sub.wait_packets(Audio, audio_before + 10, Duration::from_secs(3))
+            && sub.wait_packets(Video, video_before + 10, Duration::from_secs(3)),
+        "the surviving subscriber gets no media from the next publisher (audio {} -> {}, \
+         video {} -> {})",
+        audio_before,
+        sub.packets(Audio),
+        video_before,
+        sub.packets(Video)
+    );
+    next.close().expect("DELETE next publisher");
+    sub.close().expect("DELETE subscriber");
+}
+
+#[test]
+fn sessions_that_never_connect_are_reaped() {
+    let server = Server::start_with(2, &[("SFU__NODE__CONNECT_TIMEOUT_SECS", TIMEOUT_SECS)], &[]);
+    let token = dev_token("silent", "ghost", Grants::PUBLISH_SUBSCRIBE).expect("token");
+    let created = Instant::now();
+    // Valid offers, but no ICE will ever follow: the offering `Rtc`s are gone.
+    let locations: Vec<String> = [Endpoint::Whip, Endpoint::Whep]
+        .into_iter()
+        .map(|endpoint| {
+            let offer = sample_offer(endpoint).expect("sample offer");
+            server
+                .client
+                .offer(endpoint, "silent", &token, &offer)
+                .unwrap_or_else(|e| panic!("{endpoint:?} offer: {e}"))
+                .location
+        })
+        .collect();
+    let m = server.metrics();
+    assert_eq!(
+        (
+            m.sum_where("sfu_sessions", &[("kind", "publish")]),
+            m.sum_where("sfu_sessions", &[("kind", "subscribe")])
+        ),
+        (1.0, 1.0),
+        "both sessions should exist until the connect timeout"
+    );
+
+    let gone = wait_until(REAP_DEADLINE, || {
+        let m = server.metrics();
+        m.sum("sfu_sessions") == 0.0 && m.sum("sfu_sessions_reaped_total") >= 2.0
+    });
+    let age = created.elapsed();
+    let m = server.metrics();
+    assert!(
+        gone,
+        "sessions without ICE still there {age:?} after creation (connect_timeout_secs = \
+         {TIMEOUT_SECS}): sfu_sessions = {}, sfu_sessions_reaped_total = {}",
+        m.sum("sfu_sessions"),
+        m.sum("sfu_sessions_reaped_total"),
+    );
+    assert!(
+        age >= Duration::from_millis(1500),
+        "sessions reaped after {age:?}, before the {TIMEOUT_SECS} s connect timeout"
+    );
+    for location in &locations {
+        let r = delete(&server, location, &token);
+        assert_eq!(
+            r.status, 404,
+            "DELETE of a reaped session {location}: {r:?}"
+        );
+    }
+}
+
+#[test]
+fn two_dev_nodes_run_side_by_side() {
+    let first = Server::start();
+    let second = Server::start();
+    let first_ports = first.worker_ports();
+    let second_ports = second.worker_ports();
+    assert_eq!(first_ports.len(), 2, "first node's worker ports");
+    assert_eq!(second_ports.len(), 2, "second node's worker ports");
+    assert!(
+        first_ports.is_disjoint(&second_ports),
+        "two dev nodes share media ports: {first_ports:?} and {second_ports:?}"
+    );
+    for server in [&first, &second] {
+        assert_eq!(
+            server
+                .client
+                .get_text("/healthz")
+                .expect("GET /healthz")
+                .trim(),
+            "ok"
+        );
+    }
+
+    let publisher = second.publish("side", true, Some(VideoConfig::default()));
+    let sub = second.subscribe("side");
+    expect_media(&sub, Audio, "subscriber on the second node");
+    expect_media(&sub, Video, "subscriber on the second node");
+    let used: BTreeSet<u16> = candidate_ports(publisher.answer())
+        .into_iter()
+        .chain(candidate_ports(sub.answer()))
+        .collect();
+    assert!(
+        used.is_subset(&second_ports),
+        "the second node's answers name ports {used:?}, its workers listen on {second_ports:?}"
+    );
+    assert_eq!(
+        first.metrics().sum("sfu_sessions"),
+        0.0,
+        "sessions leaked into the first node"
+    );
+    sub.close().expect("DELETE subscriber");
+    publisher.close().expect("DELETE publisher");
+}
+
+/// Runs `control dev` with the config file `toml` and expects it to exit non-zero quickly,
+/// saying `needle` on stderr.
+fn assert_config_rejected(toml: &str, needle: &str) {
+    let file = TempFile::with(".toml", toml);
+    let run = run_control(
+        &["dev", "--http", "127.0.0.1:0", "--config", file.path_str()],
+        &[],
+        EXIT_DEADLINE,
+    );
+    assert!(
+        run.failed(),
+        "control dev with {toml:?} should exit non-zero within {EXIT_DEADLINE:?}: {run:#?}"
+    );
+    assert!(
+        run.stderr.contains(needle),
+        "control dev with {toml:?}: stderr should name {needle:?}: {run:#?}"
+    );
+    assert!(
+        !run.stdout.contains("SFU ready"),
+        "control dev with {toml:?} reported ready: {run:#?}"
+    );
+}
+
+#[test]
+fn invalid_configuration_stops_start_up_naming_the_key() {
+    assert_config_rejected("[node]\nmedia_port_base = 0\n", "node.media_port_base");
+    assert_config_rejected("[node]\nworkerz = 2\n", "workerz");
+
+    let run = run_control(
+        &["dev", "--http", "127.0.0.1:0"],
+        &[("SFU__NODE__WORKERS", "lots")],
+        EXIT_DEADLINE,
+    );
+    assert!(
+        run.failed(),
+        "SFU__NODE__WORKERS=lots should stop start-up with a non-zero status: {run:#?}"
+    );
+    assert!(
+        run.stderr.contains("error") && !run.stdout.contains("SFU ready"),
+        "SFU__NODE__WORKERS=lots: {run:#?}"
+    );
+}
+
+/// README: "An invalid value stops start-up with an error naming the key", also for an
+/// environment override.
+#[test]
+fn invalid_environment_value_names_the_key() {
+    let run = run_control(
+        &["dev", "--http", "127.0.0.1:0"],
+        &[("SFU__NODE__WORKERS", "lots")],
+        EXIT_DEADLINE,
+    );
+    assert!(run.failed(), "{run:#?}");
+    assert!(
+        run.stderr.contains("node.workers") || run.stderr.contains("SFU__NODE__WORKERS"),
+        "the error should name node.workers or SFU__NODE__WORKERS: {}",
+        run.stderr
+    );
+}
+
+#[test]
+fn token_subcommand_needs_a_key_and_mints_tokens_the_server_accepts() {
+    let run = run_control(
+        &["token", "--room", "r", "--identity", "i"],
+        &[],
+        EXIT_DEADLINE,
+    );
+    assert!(run.failed(), "token without --dev or keys: {run:#?}");
+    assert!(
+        run.stderr.contains("--dev") && run.stderr.contains("--api-key"),
+        "token without --dev or keys should say what to give: {run:#?}"
+    );
+    assert!(
+        run.stdout.trim().is_empty(),
+        "no token on failure: {run:#?}"
+    );
+
+    let run = run_control(
+        &[
+            "token",
+            "--dev",
+            "--room",
+            "cli-token",
+            "--identity",
+            "cli",
+            "--publish",
+        ],
+        &[],
+        EXIT_DEADLINE,
+    );
+    assert!(run.succeeded(), "token --dev --publish: {run:#?}");
+    let token = run.stdout.trim().to_string();
+    let parts: Vec<&str> = token.split('.').collect();
+    assert!(
+        parts.len() == 3
+            && parts.iter().all(|p| {
+                !p.is_empty()
+                    && p.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            }),
+        "token --dev should print one JWT (three base64url parts): {token:?}"
+    );
+
+    let server = Server::start();
+    let config = PublisherConfig::new(&server.base_url, "cli-token", &token)
+        .video(Some(VideoConfig::default()));
+    let publisher =
+        Publisher::connect(config).unwrap_or_else(|e| panic!("WHIP with the CLI token: {e}"));
+    assert!(
+        publisher.wait_connected(CONNECT_TIMEOUT),
+        "publisher with the CLI token did not connect: {:?}",
+        publisher.state().error()
+    );
+    publisher.close().expect("DELETE with the CLI token");
+}
+
+#[test]
+fn delete_checks_kind_room_and_existence() {
+    let server = Server::start();
+    let token = dev_token("r", "alice", Grants::PUBLISH_SUBSCRIBE).expect("token");
+    let offer = |endpoint| {
+        let sdp = sample_offer(endpoint).expect("sample offer");
+        server
+            .client
+            .offer(endpoint, "r", &token, &sdp)
+            .unwrap_or_else(|e| panic!("{endpoint:?} offer: {e}"))
+            .location
+    };
+    let whep = offer(Endpoint::Whep);
+    assert!(whep.contains("/whep/r/"), "WHEP Location: {whep}");
+    let session_count = || server.metrics().sum("sfu_sessions");
+    assert_eq!(session_count(), 1.0);
+
+    // A WHEP session is not a WHIP resource.
+    let via_whip = whep.replacen("/whep/", "/whip/", 1);
+    let r = delete(&server, &via_whip, &token);
+    assert_eq!(r.status, 404, "DELETE {via_whip} (a WHEP session): {r:?}");
+
+    // A token for another room may not end this room's sessions ...
+    let elsewhere = dev_token("elsewhere", "mallory", Grants::PUBLISH_SUBSCRIBE).expect("token");
+    let r = delete(&server, &whep, &elsewhere);
+    assert_eq!(
+        r.status, 403,
+        "DELETE {whep} with a token for another room: {r:?}"
+    );
+    // ... nor reach them through its own room's path.
+    let other_room = whep.replacen("/whep/r/", "/whep/elsewhere/", 1);
+    let r = delete(&server, &other_room, &elsewhere);
+    assert_eq!(
+        r.status, 404,
+        "DELETE {other_room} (session is in room r): {r:?}"
+    );
+    assert_eq!(
+        session_count(),
+        1.0,
+        "a refused DELETE ended the session anyway"
+    );
+
+    let r = delete(&server, &whep, &token);
+    assert_eq!(r.status, 200, "DELETE {whep}: {r:?}");
+    assert!(
+        wait_until(Duration::from_secs(1), || session_count() == 0.0),
+        "DELETE answered 200 but the session lives"
+    );
+    let r = delete(&server, &whep, &token);
+    assert_eq!(r.status, 404, "second DELETE {whep}: {r:?}");
+
+    // The same for a WHIP session, through the WHEP path.
+    let whip = offer(Endpoint::Whip);
+    let via_whep = whip.replacen("/whip/", "/whep/", 1);
+    let r = delete(&server, &via_whep, &token);
+    assert_eq!(r.status, 404, "DELETE {via_whep} (a WHIP session): {r:?}");
+    let r = delete(&server, &whip, &token);
+    assert_eq!(r.status, 200, "DELETE {whip}: {r:?}");
+    let r = delete(&server, &whip, &token);
+    assert_eq!(r.status, 404, "second DELETE {whip}: {r:?}");
+}
