@@ -252,6 +252,7 @@ async fn offer(
         room: room.clone(),
         kind,
         offer_sdp: sdp,
+        participant: Some(claims.sub.clone()),
     };
     let created: Result<SessionCreated, NodeError> = match state.node.handle(request).await {
         NodeReply::SessionCreated(c) => Ok(c),

@@ -34,6 +34,10 @@ pub enum NodeRequest {
         room: String,
         kind: SessionKind,
         offer_sdp: String,
+        /// Who this is (the token's identity). A subscriber does not receive what the same
+        /// participant publishes.
+        #[serde(default)]
+        participant: Option<String>,
     },
     /// End a session.
     CloseSession { session: SessionId },
@@ -119,6 +123,7 @@ mod tests {
                 room: "r".into(),
                 kind: SessionKind::Subscribe,
                 offer_sdp: "v=0\r\n".into(),
+                participant: Some("alice".into()),
             },
             NodeRequest::CloseSession {
                 session: SessionId(7),

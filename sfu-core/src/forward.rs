@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use str0m::format::{Codec, FormatParams};
 use str0m::media::MediaKind;
 
-use crate::ids::{Layer, RoomId, SessionId, WorkerId};
+use crate::ids::{Layer, ParticipantId, RoomId, SessionId, WorkerId};
 
 /// A source layer is considered stopped after this long without packets.
 pub const LAYER_TIMEOUT: Duration = Duration::from_millis(500);
@@ -25,6 +25,8 @@ pub const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
 pub struct MediaPacket {
     pub room: RoomId,
     pub source: SessionId,
+    /// The publisher's participant, if known.
+    pub participant: Option<ParticipantId>,
     pub source_worker: WorkerId,
     pub kind: MediaKind,
     pub layer: Layer,
@@ -55,6 +57,7 @@ pub struct Selection {
 #[derive(Debug, Default, Clone, Copy)]
 struct SourceActivity {
     layers: [Option<Instant>; Layer::COUNT],
+    participant: Option<ParticipantId>,
 }
 
 impl SourceActivity {
@@ -93,6 +96,7 @@ impl SourceTracker {
             .entry((packet.source, packet.kind.into()))
             .or_default();
         entry.layers[packet.layer.index()] = Some(packet.arrival);
+        entry.participant = packet.participant;
     }
 
     /// Forget a source (its session ended).
@@ -108,9 +112,16 @@ impl SourceTracker {
         });
     }
 
-    /// What a subscriber's track of `kind` should follow now: the newest source still sending,
-    /// at its highest layer still sending (capped at `max_layer`).
-    pub fn target(&self, kind: MediaKind, max_layer: Layer, now: Instant) -> Option<Selection> {
+    /// What a subscriber's track of `kind` should follow now: the newest source still sending
+    /// that is not the subscriber's own participant (`exclude`), at its highest layer still
+    /// sending (capped at `max_layer`).
+    pub fn target(
+        &self,
+        kind: MediaKind,
+        max_layer: Layer,
+        exclude: Option<ParticipantId>,
+        now: Instant,
+    ) -> Option<Target> {
         let kind = MediaKindKey::from(kind);
         let alive = |t: &Option<Instant>, timeout| {
             t.is_some_and(|t| now.saturating_duration_since(t) < timeout)
@@ -118,7 +129,11 @@ impl SourceTracker {
         let (source, activity) = self
             .sources
             .iter()
-            .filter(|((_, k), a)| *k == kind && alive(&a.last_seen(), SOURCE_TIMEOUT))
+            .filter(|((_, k), a)| {
+                *k == kind
+                    && alive(&a.last_seen(), SOURCE_TIMEOUT)
+                    && (exclude.is_none() || a.participant != exclude)
+            })
             .max_by_key(|((s, _), _)| *s)
             .map(|((s, _), a)| (*s, a))?;
         let layer = (0..=max_layer.index())
@@ -130,11 +145,21 @@ impl SourceTracker {
                     .filter(|&l| activity.layers[l].is_some())
                     .max_by_key(|&l| activity.layers[l])
             })?;
-        Some(Selection {
-            source,
-            layer: Layer(layer as u8),
+        Some(Target {
+            selection: Selection {
+                source,
+                layer: Layer(layer as u8),
+            },
+            participant: activity.participant,
         })
     }
+}
+
+/// A [`SourceTracker::target`] answer: what to follow, and whose it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target {
+    pub selection: Selection,
+    pub participant: Option<ParticipantId>,
 }
 
 /// Rewritten header fields for one forwarded packet.
@@ -337,6 +362,7 @@ mod tests {
             MediaPacket {
                 room: RoomId(1),
                 source: self.id,
+                participant: Some(ParticipantId(self.id.0)),
                 source_worker: WorkerId(0),
                 kind: MediaKind::Video,
                 layer: self.layer,
@@ -363,7 +389,13 @@ mod tests {
 
         let p = src.next(t0, false);
         tracker.observe(&p);
-        let d = fwd.handle_packet(&p, tracker.target(MediaKind::Video, Layer(2), t0), t0);
+        let d = fwd.handle_packet(
+            &p,
+            tracker
+                .target(MediaKind::Video, Layer(2), None, t0)
+                .map(|t| t.selection),
+            t0,
+        );
         assert_eq!(d.forward, None);
         assert_eq!(
             d.keyframe_request,
@@ -377,7 +409,13 @@ mod tests {
         let t1 = t0 + Duration::from_millis(33);
         let p = src.next(t1, false);
         tracker.observe(&p);
-        let d = fwd.handle_packet(&p, tracker.target(MediaKind::Video, Layer(2), t1), t1);
+        let d = fwd.handle_packet(
+            &p,
+            tracker
+                .target(MediaKind::Video, Layer(2), None, t1)
+                .map(|t| t.selection),
+            t1,
+        );
         assert_eq!(
             d,
             Decision {
@@ -391,7 +429,13 @@ mod tests {
             let t = t1 + Duration::from_millis(33 * (i + 1));
             let p = src.next(t, i == 0);
             tracker.observe(&p);
-            let d = fwd.handle_packet(&p, tracker.target(MediaKind::Video, Layer(2), t), t);
+            let d = fwd.handle_packet(
+                &p,
+                tracker
+                    .target(MediaKind::Video, Layer(2), None, t)
+                    .map(|t| t.selection),
+                t,
+            );
             seqs.push(d.forward.expect("forwarded after the keyframe").seq);
         }
         assert_eq!(seqs, (100..110).collect::<Vec<_>>());
@@ -412,7 +456,13 @@ mod tests {
             t += Duration::from_millis(33);
             let p = low.next(t, i == 0);
             tracker.observe(&p);
-            let d = fwd.handle_packet(&p, tracker.target(MediaKind::Video, Layer(2), t), t);
+            let d = fwd.handle_packet(
+                &p,
+                tracker
+                    .target(MediaKind::Video, Layer(2), None, t)
+                    .map(|t| t.selection),
+                t,
+            );
             out.extend(d.forward);
         }
         assert_eq!(out.len(), 5);
@@ -423,12 +473,24 @@ mod tests {
             t += Duration::from_millis(33);
             let hp = high.next(t, i == 3);
             tracker.observe(&hp);
-            let d = fwd.handle_packet(&hp, tracker.target(MediaKind::Video, Layer(2), t), t);
+            let d = fwd.handle_packet(
+                &hp,
+                tracker
+                    .target(MediaKind::Video, Layer(2), None, t)
+                    .map(|t| t.selection),
+                t,
+            );
             asked |= d.keyframe_request.is_some_and(|s| s.layer == Layer(2));
             out.extend(d.forward);
             let lp = low.next(t, false);
             tracker.observe(&lp);
-            let d = fwd.handle_packet(&lp, tracker.target(MediaKind::Video, Layer(2), t), t);
+            let d = fwd.handle_packet(
+                &lp,
+                tracker
+                    .target(MediaKind::Video, Layer(2), None, t)
+                    .map(|t| t.selection),
+                t,
+            );
             out.extend(d.forward);
         }
         assert!(asked, "a keyframe request for the high layer");
@@ -453,7 +515,13 @@ mod tests {
             for src in [&mut low, &mut high] {
                 let p = src.next(t, i == 0);
                 tracker.observe(&p);
-                fwd.handle_packet(&p, tracker.target(MediaKind::Video, Layer(2), t), t);
+                fwd.handle_packet(
+                    &p,
+                    tracker
+                        .target(MediaKind::Video, Layer(2), None, t)
+                        .map(|t| t.selection),
+                    t,
+                );
             }
         }
         assert_eq!(fwd.current().map(|s| s.layer), Some(Layer(2)));
@@ -461,14 +529,45 @@ mod tests {
         t += LAYER_TIMEOUT + Duration::from_millis(50);
         let p = low.next(t, false);
         tracker.observe(&p);
-        let d = fwd.handle_packet(&p, tracker.target(MediaKind::Video, Layer(2), t), t);
+        let d = fwd.handle_packet(
+            &p,
+            tracker
+                .target(MediaKind::Video, Layer(2), None, t)
+                .map(|t| t.selection),
+            t,
+        );
         assert_eq!(d.keyframe_request.map(|s| s.layer), Some(Layer(0)));
         t += Duration::from_millis(33);
         let p = low.next(t, true);
         tracker.observe(&p);
-        let d = fwd.handle_packet(&p, tracker.target(MediaKind::Video, Layer(2), t), t);
+        let d = fwd.handle_packet(
+            &p,
+            tracker
+                .target(MediaKind::Video, Layer(2), None, t)
+                .map(|t| t.selection),
+            t,
+        );
         assert!(d.forward.is_some());
         assert_eq!(fwd.current().map(|s| s.layer), Some(Layer(0)));
+    }
+
+    #[test]
+    fn a_subscriber_never_follows_its_own_participant() {
+        let t0 = Instant::now();
+        let mut tracker = SourceTracker::default();
+        let mut a = Source::new(1, 0, 0, 0);
+        let mut b = Source::new(2, 0, 0, 0);
+        tracker.observe(&a.next(t0, true));
+        tracker.observe(&b.next(t0, true));
+        let newest = tracker.target(MediaKind::Video, Layer(2), None, t0);
+        assert_eq!(newest.map(|t| t.selection.source), Some(SessionId(2)));
+        // Participant 2 (the newest publisher) watching: it gets participant 1's media.
+        let own = Some(ParticipantId(2));
+        let other = tracker.target(MediaKind::Video, Layer(2), own, t0);
+        assert_eq!(other.map(|t| t.selection.source), Some(SessionId(1)));
+        // Alone in the room: nothing to follow.
+        tracker.remove_source(SessionId(1));
+        assert_eq!(tracker.target(MediaKind::Video, Layer(2), own, t0), None);
     }
 
     #[test]
@@ -485,24 +584,42 @@ mod tests {
             let p = a.next(t, i == 0);
             tracker.observe(&p);
             out.extend(
-                fwd.handle_packet(&p, tracker.target(MediaKind::Video, Layer(2), t), t)
-                    .forward,
+                fwd.handle_packet(
+                    &p,
+                    tracker
+                        .target(MediaKind::Video, Layer(2), None, t)
+                        .map(|t| t.selection),
+                    t,
+                )
+                .forward,
             );
         }
         t += Duration::from_millis(33);
         let p = b.next(t, true);
         tracker.observe(&p);
         out.extend(
-            fwd.handle_packet(&p, tracker.target(MediaKind::Video, Layer(2), t), t)
-                .forward,
+            fwd.handle_packet(
+                &p,
+                tracker
+                    .target(MediaKind::Video, Layer(2), None, t)
+                    .map(|t| t.selection),
+                t,
+            )
+            .forward,
         );
         assert_eq!(fwd.current().map(|s| s.source), Some(SessionId(2)));
         // A late packet from A is no longer forwarded.
         let p = a.next(t, false);
         tracker.observe(&p);
         assert_eq!(
-            fwd.handle_packet(&p, tracker.target(MediaKind::Video, Layer(2), t), t)
-                .forward,
+            fwd.handle_packet(
+                &p,
+                tracker
+                    .target(MediaKind::Video, Layer(2), None, t)
+                    .map(|t| t.selection),
+                t
+            )
+            .forward,
             None
         );
         assert_eq!(

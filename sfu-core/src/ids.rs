@@ -50,6 +50,23 @@ impl fmt::Display for WorkerId {
     }
 }
 
+/// A participant (the identity a token names), as a stable hash. A subscriber is never sent
+/// media its own participant publishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ParticipantId(pub u64);
+
+impl ParticipantId {
+    /// FNV-1a of the identity: stable across processes and nodes.
+    pub fn from_identity(identity: &str) -> Self {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in identity.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        ParticipantId(h)
+    }
+}
+
 /// Simulcast layer index: 0 = lowest (rid `q`), 2 = highest (rid `f`). A stream without
 /// simulcast is layer 0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

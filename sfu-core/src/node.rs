@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 
 use crate::api::{NodeError, NodeReply, NodeRequest, NodeStats, SessionCreated, SessionKind};
 use crate::config::{ConfigError, NodeConfig};
-use crate::ids::{RoomId, SessionId, WorkerId};
+use crate::ids::{ParticipantId, RoomId, SessionId, WorkerId};
 use crate::io::{self, Waker};
 use crate::mailbox::Mailbox;
 use crate::metrics::WorkerMetrics;
@@ -250,7 +250,11 @@ impl Node {
                 room,
                 kind,
                 offer_sdp,
-            } => match self.create_session(&room, kind, offer_sdp).await {
+                participant,
+            } => match self
+                .create_session(&room, kind, offer_sdp, participant.as_deref())
+                .await
+            {
                 Ok(created) => NodeReply::SessionCreated(created),
                 Err(e) => NodeReply::Error(e),
             },
@@ -268,6 +272,7 @@ impl Node {
         room: &str,
         kind: SessionKind,
         offer_sdp: String,
+        participant: Option<&str>,
     ) -> Result<SessionCreated, NodeError> {
         let session = SessionId(self.next_session.fetch_add(1, Ordering::Relaxed));
         let (room_id, worker) = {
@@ -295,6 +300,7 @@ impl Node {
             room: room_id,
             kind,
             offer_sdp,
+            participant: participant.map(ParticipantId::from_identity),
             reply,
         });
         let result = match sent {

@@ -19,7 +19,7 @@ use str0m::{Candidate, Input, Output, Rtc, RtcConfig};
 use crate::api::{NodeError, SessionKind};
 use crate::codec;
 use crate::forward::{MediaKindKey, MediaPacket, TrackForwarder};
-use crate::ids::{Layer, RoomId, SessionId, WorkerId};
+use crate::ids::{Layer, ParticipantId, RoomId, SessionId, WorkerId};
 
 /// Minimum spacing of keyframe requests sent to one publisher layer.
 pub const PUBLISHER_KEYFRAME_INTERVAL: Duration = Duration::from_millis(500);
@@ -70,6 +70,8 @@ pub struct Session {
     ingress: HashMap<Ssrc, IngressStream>,
     keyframe_sent: HashMap<(MediaKindKey, Layer), Instant>,
     pub tracks: Vec<EgressTrack>,
+    /// Who this session belongs to (from the token's identity).
+    pub participant: Option<ParticipantId>,
     /// The publisher negotiated `goog-remb`: it expects REMB as well as TWCC feedback.
     remb: bool,
 }
@@ -152,6 +154,7 @@ impl Session {
             keyframe_sent: HashMap::new(),
             tracks: Vec::new(),
             remb: false,
+            participant: None,
         };
 
         // Which sections can carry media in our direction?
@@ -290,6 +293,7 @@ impl Session {
         Ok(Some(MediaPacket {
             room: self.room,
             source: self.id,
+            participant: self.participant,
             source_worker: worker,
             kind,
             layer: entry.layer,

@@ -21,7 +21,7 @@ use tokio::sync::oneshot;
 use crate::api::{NodeError, SessionCreated, SessionKind};
 use crate::config::NodeConfig;
 use crate::forward::{MediaPacket, Selection, SourceTracker};
-use crate::ids::{Layer, RoomId, SessionId, WorkerId};
+use crate::ids::{Layer, ParticipantId, RoomId, SessionId, WorkerId};
 use crate::io::{DatagramIo, Waker};
 use crate::mailbox::CrossWorker;
 use crate::metrics::{DropReason, WorkerMetrics};
@@ -45,6 +45,7 @@ pub enum Command {
         room: RoomId,
         kind: SessionKind,
         offer_sdp: String,
+        participant: Option<ParticipantId>,
         reply: oneshot::Sender<Result<SessionCreated, NodeError>>,
     },
     Close {
@@ -268,9 +269,11 @@ impl Worker {
                     room,
                     kind,
                     offer_sdp,
+                    participant,
                     reply,
                 } => {
-                    let result = self.create_session(session, room, kind, &offer_sdp, now);
+                    let result =
+                        self.create_session(session, room, kind, &offer_sdp, participant, now);
                     let _ = reply.send(result);
                 }
                 Command::Close { session, reply } => {
@@ -321,6 +324,7 @@ impl Worker {
         room: RoomId,
         kind: SessionKind,
         offer_sdp: &str,
+        participant: Option<ParticipantId>,
         now: Instant,
     ) -> Result<SessionCreated, NodeError> {
         if self.sessions.len() >= self.config.max_sessions_per_worker {
@@ -343,6 +347,7 @@ impl Worker {
             initial_seq,
             now,
         )?;
+        session.participant = participant;
         let ufrag = session.local_ufrag();
         self.demux.add_session(id, ufrag);
         let r = self.rooms.entry(room).or_default();
@@ -644,7 +649,7 @@ impl Worker {
                     }
                 }
             }
-            let full_target = room.tracker.target(packet.kind, Layer(2), now);
+            let full_target = room.tracker.target(packet.kind, Layer(2), None, now);
             for &sub_id in &room.subscribers {
                 let Some(sub) = self.sessions.get_mut(&sub_id) else {
                     continue;
@@ -652,6 +657,7 @@ impl Worker {
                 if !sub.connected {
                     continue;
                 }
+                let own = sub.participant;
                 let Some(index) = sub
                     .tracks
                     .iter()
@@ -660,12 +666,15 @@ impl Worker {
                     continue;
                 };
                 let track = &mut sub.tracks[index];
-                let target = if track.forwarder.max_layer() == Layer(2) {
+                let shared_target_fits = track.forwarder.max_layer() == Layer(2)
+                    && (own.is_none() || full_target.is_none_or(|t| t.participant != own));
+                let target = if shared_target_fits {
                     full_target
                 } else {
                     room.tracker
-                        .target(packet.kind, track.forwarder.max_layer(), now)
+                        .target(packet.kind, track.forwarder.max_layer(), own, now)
                 };
+                let target = target.map(|t| t.selection);
                 let decision = track.forwarder.handle_packet(&packet, target, now);
                 keyframe_requests.extend(decision.keyframe_request);
                 let Some(rewritten) = decision.forward else {
