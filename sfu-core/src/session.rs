@@ -466,3 +466,58 @@ pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
         "panic".to_string()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use str0m::change::SdpAnswer;
+    use str0m::media::Direction;
+
+    use super::*;
+
+    /// A subscriber's str0m sends NACKs only for a stream whose announced SSRC has a repair
+    /// (RTX) SSRC next to it, and the SFU can only answer them on one. The answer must pair
+    /// the video send stream with an RTX SSRC when the subscriber offered RTX, and leave audio
+    /// (Opus, no RTX) without one.
+    #[test]
+    fn a_subscriber_answer_announces_rtx_for_video_so_the_subscriber_nacks() {
+        let now = Instant::now();
+        let client_addr = SocketAddr::from(([127, 0, 0, 1], 5000));
+        let mut client = Rtc::builder().set_rtp_mode(true).build(now);
+        client.add_local_candidate(Candidate::host(client_addr, "udp").expect("host candidate"));
+        let mut change = client.sdp_api();
+        let audio = change.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
+        let video = change.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+        let (offer, pending) = change.apply().expect("an offer");
+
+        let (session, answer) = Session::accept(
+            SessionId(1),
+            RoomId(1),
+            SessionKind::Subscribe,
+            &offer.to_sdp_string(),
+            SocketAddr::from(([127, 0, 0, 1], 6000)),
+            None,
+            || 100,
+            now,
+        )
+        .expect("the offer is accepted");
+        assert_eq!(session.tracks.len(), 2);
+
+        let answer_sdp = SdpAnswer::from_sdp_string(&answer).expect("the answer parses");
+        client
+            .sdp_api()
+            .accept_answer(pending, answer_sdp)
+            .expect("the client takes the answer");
+        let mut api = client.direct_api();
+        let video_rx = api
+            .stream_rx_by_mid(video, None)
+            .expect("the answer announces the video SSRC");
+        assert!(
+            video_rx.rtx().is_some(),
+            "no RTX SSRC for video, so the subscriber would never NACK:\n{answer}"
+        );
+        let audio_rx = api
+            .stream_rx_by_mid(audio, None)
+            .expect("the answer announces the audio SSRC");
+        assert_eq!(audio_rx.rtx(), None, "{answer}");
+    }
+}

@@ -39,6 +39,13 @@ pub(crate) trait Role: Send + 'static {
     fn on_event(&mut self, now: Instant, rtc: &mut Rtc, event: Event);
 
     fn on_command(&mut self, now: Instant, rtc: &mut Rtc, command: Self::Command);
+
+    /// Whether a datagram that arrived on the socket is handed to the `Rtc`. Returning false
+    /// loses it as the network would, before SRTP or any feedback logic sees it (used to
+    /// provoke NACKs). Every datagram is accepted by default.
+    fn accept_datagram(&mut self, _now: Instant, _rtc: &mut Rtc, _datagram: &[u8]) -> bool {
+        true
+    }
 }
 
 /// Connection facts the peer thread publishes to its owner.
@@ -265,6 +272,9 @@ fn run<R: Role>(
                 let arrived = Instant::now();
                 if let Some(capture) = capture {
                     capture.record(arrived, source, &buf[..n]);
+                }
+                if !role.accept_datagram(arrived, &mut rtc, &buf[..n]) {
+                    continue;
                 }
                 let Ok(contents) = buf[..n].try_into() else {
                     continue;

@@ -104,6 +104,17 @@ pub struct PublisherStats {
     pub write_failures: u64,
     /// When the first media packet was written.
     pub first_sent_at: Option<Instant>,
+    /// Video layers currently not sending, per layer index (see [`Publisher::pause_layer`]).
+    pub paused: Vec<bool>,
+}
+
+/// Requests the publisher's thread acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublisherCommand {
+    /// Stop sending one video layer (by index) at the next frame boundary.
+    PauseLayer(u8),
+    /// Send the layer again, from the next frame due.
+    ResumeLayer(u8),
 }
 
 /// A running publisher. Dropping it stops the media thread without telling the server;
@@ -115,7 +126,7 @@ pub struct Publisher {
     session: SessionResource,
     deleted: bool,
     stats: Arc<Mutex<PublisherStats>>,
-    thread: PeerThread<()>,
+    thread: PeerThread<PublisherCommand>,
 }
 
 impl Publisher {
@@ -185,13 +196,14 @@ impl Publisher {
         let stats = Arc::new(Mutex::new(PublisherStats {
             video_packets: vec![0; layers.len()],
             keyframes: vec![0; layers.len()],
+            paused: vec![false; layers.len()],
             ..PublisherStats::default()
         }));
         let role = PublisherRole {
             audio: audio.map(|(mid, pt)| Track {
                 mid,
                 pt,
-                sources: vec![(
+                sources: vec![Layered::new(
                     None,
                     Source::Audio(AudioSource::new(rng.random_range(0..30_000), rng.random())),
                 )],
@@ -213,7 +225,7 @@ impl Publisher {
                                 rng.random(),
                             )
                             .with_codec(v.codec);
-                            (rid, Source::Video(source))
+                            Layered::new(rid, Source::Video(source))
                         })
                         .collect(),
                 }
@@ -271,6 +283,28 @@ impl Publisher {
 
     pub fn keyframe_requests(&self) -> u64 {
         lock(&self.stats).keyframe_requests
+    }
+
+    /// Stops sending video layer `layer` (0 = q, 1 = h, 2 = f under simulcast), as a browser
+    /// does when it drops a layer for lack of bandwidth or CPU. A frame being sent is finished
+    /// first; [`PublisherStats::paused`] turns true once the layer is silent. False if the
+    /// thread has ended.
+    pub fn pause_layer(&self, layer: u8) -> bool {
+        self.thread.send(PublisherCommand::PauseLayer(layer))
+    }
+
+    /// Sends video layer `layer` again. Its sequence numbers continue where they stopped; its
+    /// RTP clock jumps by the pause, as a real encoder's would. It starts with whatever frame
+    /// is due (a keyframe only if one is requested or the interval says so).
+    pub fn resume_layer(&self, layer: u8) -> bool {
+        self.thread.send(PublisherCommand::ResumeLayer(layer))
+    }
+
+    /// Waits until video layer `layer` is paused (`true`) or sending (`false`).
+    pub fn wait_layer_paused(&self, layer: u8, paused: bool, timeout: Duration) -> bool {
+        peer::wait_until(timeout, || {
+            lock(&self.stats).paused.get(usize::from(layer)).copied() == Some(paused)
+        })
     }
 
     /// Ends the session on the server (`DELETE {Location}`) but keeps sending media, as a
@@ -368,7 +402,41 @@ impl Source {
 struct Track {
     mid: Mid,
     pt: Pt,
-    sources: Vec<(Option<Rid>, Source)>,
+    sources: Vec<Layered>,
+}
+
+/// A source and the rid it is sent under, with its pause state.
+#[derive(Debug)]
+struct Layered {
+    rid: Option<Rid>,
+    source: Source,
+    /// Asked to pause: no new frame starts.
+    pause: bool,
+    /// The last packet written ended a frame (or none was written yet).
+    at_frame_boundary: bool,
+}
+
+impl Layered {
+    fn new(rid: Option<Rid>, source: Source) -> Self {
+        Self {
+            rid,
+            source,
+            pause: false,
+            at_frame_boundary: true,
+        }
+    }
+
+    /// Paused and not in the middle of a frame: nothing to send.
+    fn silent(&self) -> bool {
+        self.pause && self.at_frame_boundary
+    }
+
+    fn layer(&self) -> Option<u8> {
+        match &self.source {
+            Source::Video(s) => Some(s.layer().index),
+            Source::Audio(_) => None,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -379,7 +447,7 @@ struct PublisherRole {
 }
 
 impl Role for PublisherRole {
-    type Command = ();
+    type Command = PublisherCommand;
 
     fn drive(&mut self, now: Instant, wallclock_us: u64, rtc: &mut Rtc) {
         // Sources start on the first pass after connecting, so nothing queues up before.
@@ -388,10 +456,15 @@ impl Role for PublisherRole {
         }
         let mut stats = lock(&self.stats);
         for track in [&mut self.audio, &mut self.video].into_iter().flatten() {
-            for (rid, source) in &mut track.sources {
-                while let Some(p) = source.poll(now, wallclock_us) {
+            for layered in &mut track.sources {
+                let rid = layered.rid;
+                while !layered.silent() {
+                    let Some(p) = layered.source.poll(now, wallclock_us) else {
+                        break;
+                    };
+                    layered.at_frame_boundary = p.kind == PayloadKind::Audio || p.marker;
                     let mut api = rtc.direct_api();
-                    let Some(tx) = api.stream_tx_by_mid(track.mid, *rid) else {
+                    let Some(tx) = api.stream_tx_by_mid(track.mid, rid) else {
                         stats.write_failures += 1;
                         continue;
                     };
@@ -410,10 +483,13 @@ impl Role for PublisherRole {
                         .nackable(p.kind == PayloadKind::Video);
                     tx.write_rtp(write);
                 }
-                if let Source::Video(s) = source {
+                if let Source::Video(s) = &layered.source {
                     let layer = usize::from(s.layer().index);
                     if let Some(n) = stats.keyframes.get_mut(layer) {
                         *n = s.keyframes();
+                    }
+                    if let Some(paused) = stats.paused.get_mut(layer) {
+                        *paused = layered.silent();
                     }
                 }
             }
@@ -424,7 +500,12 @@ impl Role for PublisherRole {
         [&self.audio, &self.video]
             .into_iter()
             .flatten()
-            .flat_map(|t| t.sources.iter().filter_map(|(_, s)| s.next_due()))
+            .flat_map(|t| {
+                t.sources
+                    .iter()
+                    .filter(|s| !s.silent())
+                    .filter_map(|s| s.source.next_due())
+            })
             .min()
     }
 
@@ -436,16 +517,25 @@ impl Role for PublisherRole {
         let Some(video) = self.video.as_mut().filter(|v| v.mid == req.mid) else {
             return;
         };
-        for (rid, source) in &mut video.sources {
-            if let Source::Video(s) = source {
-                if req.rid.is_none() || req.rid == *rid {
+        for layered in &mut video.sources {
+            if let Source::Video(s) = &mut layered.source {
+                if req.rid.is_none() || req.rid == layered.rid {
                     s.request_keyframe();
                 }
             }
         }
     }
 
-    fn on_command(&mut self, _now: Instant, _rtc: &mut Rtc, _command: ()) {}
+    fn on_command(&mut self, _now: Instant, _rtc: &mut Rtc, command: PublisherCommand) {
+        let (layer, pause) = match command {
+            PublisherCommand::PauseLayer(layer) => (layer, true),
+            PublisherCommand::ResumeLayer(layer) => (layer, false),
+        };
+        let sources = self.video.iter_mut().flat_map(|v| v.sources.iter_mut());
+        for layered in sources.filter(|s| s.layer() == Some(layer)) {
+            layered.pause = pause;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -458,6 +548,89 @@ mod tests {
         change.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
         let (offer, _pending) = change.apply().expect("an offer");
         offer.to_sdp_string()
+    }
+
+    /// Through the mock SFU (which forwards layer f only): a paused layer stops at a frame
+    /// boundary while the others go on, and resumes without skipping a packet counter.
+    #[test]
+    fn a_paused_layer_stops_at_a_frame_boundary_and_resumes_without_a_gap() {
+        use crate::mock_sfu::MockSfu;
+        use crate::subscriber::{Subscriber, SubscriberConfig};
+        use crate::token::{Grants, dev_token};
+
+        let connect = Duration::from_secs(5);
+        let sfu = MockSfu::start();
+        let token = |g| dev_token("room", "peer", g).expect("token");
+        let sub = Subscriber::connect(SubscriberConfig::new(
+            &sfu.base_url,
+            "room",
+            &token(Grants::SUBSCRIBE),
+        ))
+        .expect("subscriber connects");
+        assert!(sub.wait_connected(connect));
+        let video = VideoConfig {
+            simulcast: true,
+            ..VideoConfig::default()
+        };
+        let publisher = Publisher::connect(
+            PublisherConfig::new(&sfu.base_url, "room", &token(Grants::PUBLISH))
+                .audio(false)
+                .video(Some(video)),
+        )
+        .expect("publisher connects");
+        assert!(sub.wait_packets(PayloadKind::Video, 30, connect));
+
+        assert!(publisher.pause_layer(2));
+        assert!(publisher.wait_layer_paused(2, true, connect));
+        let paused = publisher.stats();
+        assert_eq!(paused.paused, vec![false, false, true]);
+        // Everything sent has arrived once the subscriber's count settles.
+        assert!(peer::wait_until(connect, || sub
+            .packets(PayloadKind::Video)
+            == paused.video_packets[2]));
+        std::thread::sleep(Duration::from_millis(300));
+        let later = publisher.stats();
+        assert_eq!(
+            later.video_packets[2], paused.video_packets[2],
+            "f is silent"
+        );
+        assert!(
+            later.video_packets[1] > paused.video_packets[1],
+            "h goes on"
+        );
+        assert!(
+            later.video_packets[0] > paused.video_packets[0],
+            "q goes on"
+        );
+        let last = sub
+            .reception()
+            .packets
+            .last()
+            .cloned()
+            .expect("video arrived");
+        assert!(
+            last.marker && last.decoded().is_some_and(|d| d.header.end_of_frame),
+            "the pause waits for the end of a frame: {last:?}"
+        );
+
+        assert!(publisher.resume_layer(2));
+        assert!(publisher.wait_layer_paused(2, false, connect));
+        let resumed_from = sub.packets(PayloadKind::Video);
+        assert!(sub.wait_packets(PayloadKind::Video, resumed_from + 30, connect));
+        let r = sub.reception();
+        let stream = &r.streams(PayloadKind::Video)[0];
+        // The mock numbers packets consecutively; one offset means no source packet skipped.
+        assert!(stream.is_clean(), "{stream:?}");
+        assert_eq!(stream.seq_offsets, 1, "{stream:?}");
+        assert_eq!(r.video.corrupt, 0, "{:?}", r.first_corruption);
+        // The RTP clock moved on by the pause.
+        let gap = r.packets[resumed_from as usize]
+            .rtp_time
+            .wrapping_sub(r.packets[resumed_from as usize - 1].rtp_time);
+        assert!(
+            gap >= 300 * 90,
+            "timestamp advanced only {gap} ticks over the pause"
+        );
     }
 
     #[test]

@@ -54,6 +54,8 @@ pub struct KindTotals {
     pub corrupt: u64,
     pub first_at: Option<Instant>,
     pub last_at: Option<Instant>,
+    /// Retransmissions (datagrams on the stream's RTX SSRC) that arrived, answers to our NACKs.
+    pub repairs: u64,
 }
 
 /// Everything a subscriber has received so far.
@@ -69,6 +71,18 @@ pub struct Reception {
     pub keyframe_requests_sent: u64,
     /// Every packet in arrival order, when the subscriber keeps a log.
     pub packets: Vec<ReceivedPacket>,
+    /// Packets lost on purpose before the `Rtc` saw them (the subscriber's configured loss).
+    pub dropped: Vec<DroppedPacket>,
+}
+
+/// A media packet the subscriber discarded on arrival, identified by its RTP header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DroppedPacket {
+    pub at: Instant,
+    pub kind: PayloadKind,
+    /// The stream's main SSRC.
+    pub ssrc: Ssrc,
+    pub seq: u16,
 }
 
 /// Sequence and timestamp facts about one received SSRC.
@@ -152,6 +166,29 @@ impl Reception {
             .filter_map(ReceivedPacket::decoded)
             .filter(|d| d.header.layer == layer)
             .map(|d| d.header.counter)
+            .collect()
+    }
+
+    /// Packets of `kind` lost on purpose.
+    pub fn dropped_of(&self, kind: PayloadKind) -> impl Iterator<Item = &DroppedPacket> {
+        self.dropped.iter().filter(move |d| d.kind == kind)
+    }
+
+    /// Packets of `kind` lost on purpose that never arrived afterwards (no logged packet with
+    /// the same SSRC and sequence number came in later, e.g. as a retransmission). Needs the
+    /// packet log.
+    pub fn unrepaired(&self, kind: PayloadKind) -> Vec<DroppedPacket> {
+        let mut arrivals: BTreeMap<(Ssrc, u16), Vec<Instant>> = BTreeMap::new();
+        for p in self.packets_of(kind) {
+            arrivals.entry((p.ssrc, p.seq)).or_default().push(p.at);
+        }
+        self.dropped_of(kind)
+            .filter(|d| {
+                !arrivals
+                    .get(&(d.ssrc, d.seq))
+                    .is_some_and(|at| at.iter().any(|t| *t >= d.at))
+            })
+            .copied()
             .collect()
     }
 
@@ -364,6 +401,34 @@ mod tests {
         let off = RawCapture::new(0);
         off.record(Instant::now(), from, &[1]);
         assert!(off.is_empty() && off.is_full());
+    }
+
+    #[test]
+    fn dropped_packets_are_repaired_only_by_a_later_arrival() {
+        let mut r = Reception::default();
+        let t0 = Instant::now();
+        let drop = |seq: u64| DroppedPacket {
+            at: t0,
+            kind: PayloadKind::Audio,
+            ssrc: 7.into(),
+            seq: seq as u16,
+        };
+        r.dropped = vec![drop(3), drop(5), drop(6)];
+        for seq in [1, 2, 4, 7] {
+            r.record(packet(seq, seq, 0), true);
+        }
+        // 5 arrives again later (a retransmission); 6 came only before it was dropped.
+        r.record(packet(5, 5, 0), true);
+        let mut early = packet(6, 6, 0);
+        early.at = t0 - std::time::Duration::from_millis(1);
+        r.record(early, true);
+        let unrepaired: Vec<u16> = r
+            .unrepaired(PayloadKind::Audio)
+            .iter()
+            .map(|d| d.seq)
+            .collect();
+        assert_eq!(unrepaired, vec![3, 6]);
+        assert_eq!(r.dropped_of(PayloadKind::Video).count(), 0);
     }
 
     #[test]

@@ -7,12 +7,13 @@ use std::time::{Duration, Instant};
 
 use str0m::change::SdpAnswer;
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid};
+use str0m::rtp::Ssrc;
 use str0m::{Event, Rtc};
 
 use crate::Error;
 use crate::pattern::{self, PayloadKind};
 use crate::peer::{self, PeerState, PeerThread, Role, lock};
-use crate::reception::{CapturedDatagram, RawCapture, ReceivedPacket, Reception};
+use crate::reception::{CapturedDatagram, DroppedPacket, RawCapture, ReceivedPacket, Reception};
 use crate::whip::{Endpoint, SessionResource, SignalingClient};
 
 /// How to reach the server and what to ask for.
@@ -31,6 +32,37 @@ pub struct SubscriberConfig {
     /// Keep copies of the first this many received datagrams, raw (0: none). See
     /// [`Subscriber::captured`].
     pub capture_raw: usize,
+    /// Media packets to lose on purpose before the `Rtc` sees them (none by default).
+    pub loss: Vec<IncomingLoss>,
+}
+
+/// Packets of one kind a subscriber loses on purpose, as a lossy network would: the datagram
+/// is discarded before SRTP, so str0m's receive side sees a sequence gap and, for video,
+/// asks for a retransmission (NACK). Packets are counted per kind, 1-based, in arrival order,
+/// on the stream's main SSRC only: retransmissions (RTX) are never lost. Packet `n` is lost
+/// when `n >= every` and `n % every < burst`; `every: 20, burst: 1` loses the 20th, 40th, ...;
+/// `every: 50, burst: 3` loses 50-52, 100-102, ...
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IncomingLoss {
+    pub kind: PayloadKind,
+    pub every: u64,
+    pub burst: u64,
+}
+
+impl IncomingLoss {
+    /// Loses every `every`-th packet of `kind`.
+    pub fn every(kind: PayloadKind, every: u64) -> Self {
+        Self {
+            kind,
+            every,
+            burst: 1,
+        }
+    }
+
+    /// Whether the `position`-th (1-based) packet of the kind is lost.
+    pub fn loses(&self, position: u64) -> bool {
+        self.every > 0 && position >= self.every && position % self.every < self.burst
+    }
 }
 
 impl SubscriberConfig {
@@ -45,7 +77,14 @@ impl SubscriberConfig {
             keep_packets: true,
             bind_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             capture_raw: 0,
+            loss: Vec::new(),
         }
+    }
+
+    /// Also lose incoming packets as `loss` says (see [`IncomingLoss`]).
+    pub fn lose(mut self, loss: IncomingLoss) -> Self {
+        self.loss.push(loss);
+        self
     }
 
     /// Keep copies of the first `max_datagrams` datagrams the socket receives (STUN, DTLS,
@@ -114,6 +153,8 @@ impl Subscriber {
             video_mid,
             keep_packets: config.keep_packets,
             reception: reception.clone(),
+            loss: config.loss,
+            positions: [0; 2],
         };
         let capture =
             (config.capture_raw > 0).then(|| Arc::new(RawCapture::new(config.capture_raw)));
@@ -216,9 +257,46 @@ struct SubscriberRole {
     video_mid: Option<Mid>,
     keep_packets: bool,
     reception: Arc<Mutex<Reception>>,
+    loss: Vec<IncomingLoss>,
+    /// Packets seen on the main SSRC, per kind (audio, video): the positions `loss` counts.
+    positions: [u64; 2],
+}
+
+/// What an SRTP datagram carries, from its clear-text RTP header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Carries {
+    /// Media on the main SSRC of a stream of this kind.
+    Media(PayloadKind, Ssrc, u16),
+    /// A retransmission on the repair (RTX) SSRC of a stream of this kind.
+    Repair(PayloadKind),
+    /// Not RTP, or RTP of no stream we know yet.
+    Other,
 }
 
 impl SubscriberRole {
+    fn classify(&self, rtc: &mut Rtc, datagram: &[u8]) -> Carries {
+        let Some((ssrc, seq)) = rtp_ssrc_and_seq(datagram) else {
+            return Carries::Other;
+        };
+        let mids = [
+            (PayloadKind::Audio, self.audio_mid),
+            (PayloadKind::Video, self.video_mid),
+        ];
+        let mut api = rtc.direct_api();
+        for (kind, mid) in mids {
+            let Some(stream) = mid.and_then(|mid| api.stream_rx_by_mid(mid, None)) else {
+                continue;
+            };
+            if stream.ssrc() == ssrc {
+                return Carries::Media(kind, ssrc, seq);
+            }
+            if stream.rtx() == Some(ssrc) {
+                return Carries::Repair(kind);
+            }
+        }
+        Carries::Other
+    }
+
     fn kind_of(&self, mid: Option<Mid>) -> Option<PayloadKind> {
         match mid {
             Some(m) if Some(m) == self.audio_mid => Some(PayloadKind::Audio),
@@ -265,6 +343,35 @@ impl Role for SubscriberRole {
         lock(&self.reception).record(packet, self.keep_packets);
     }
 
+    fn accept_datagram(&mut self, now: Instant, rtc: &mut Rtc, datagram: &[u8]) -> bool {
+        match self.classify(rtc, datagram) {
+            Carries::Media(kind, ssrc, seq) => {
+                let position = &mut self.positions[usize::from(kind == PayloadKind::Video)];
+                *position += 1;
+                let n = *position;
+                let lost = self.loss.iter().any(|l| l.kind == kind && l.loses(n));
+                if lost {
+                    lock(&self.reception).dropped.push(DroppedPacket {
+                        at: now,
+                        kind,
+                        ssrc,
+                        seq,
+                    });
+                }
+                !lost
+            }
+            Carries::Repair(kind) => {
+                let mut r = lock(&self.reception);
+                match kind {
+                    PayloadKind::Audio => r.audio.repairs += 1,
+                    PayloadKind::Video => r.video.repairs += 1,
+                }
+                true
+            }
+            Carries::Other => true,
+        }
+    }
+
     fn on_command(&mut self, _now: Instant, rtc: &mut Rtc, command: SubscriberCommand) {
         match command {
             SubscriberCommand::RequestKeyframe => {
@@ -277,5 +384,139 @@ impl Role for SubscriberRole {
                 }
             }
         }
+    }
+}
+
+/// SSRC and sequence number of an (S)RTP datagram (RFC 7983 first byte, RFC 5761 RTCP
+/// payload types excluded); `None` for anything else.
+fn rtp_ssrc_and_seq(datagram: &[u8]) -> Option<(Ssrc, u16)> {
+    let header = datagram.get(..12)?;
+    let rtp_or_rtcp = (128..=191).contains(&header[0]);
+    let rtcp = (192..=223).contains(&header[1]);
+    if !rtp_or_rtcp || rtcp {
+        return None;
+    }
+    let seq = u16::from_be_bytes([header[2], header[3]]);
+    let ssrc = u32::from_be_bytes([header[8], header[9], header[10], header[11]]);
+    Some((ssrc.into(), seq))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loss_pattern_positions() {
+        let every = IncomingLoss::every(PayloadKind::Video, 20);
+        let lost: Vec<u64> = (1..=100).filter(|n| every.loses(*n)).collect();
+        assert_eq!(lost, vec![20, 40, 60, 80, 100]);
+
+        let bursts = IncomingLoss {
+            kind: PayloadKind::Video,
+            every: 50,
+            burst: 3,
+        };
+        let lost: Vec<u64> = (1..=110).filter(|n| bursts.loses(*n)).collect();
+        assert_eq!(lost, vec![50, 51, 52, 100, 101, 102]);
+
+        let off = IncomingLoss::every(PayloadKind::Audio, 0);
+        assert!((1..=100).all(|n| !off.loses(n)));
+    }
+
+    /// Through the mock SFU, which answers no NACKs: exactly the packets chosen are lost, and
+    /// only from the main SSRC's count.
+    #[test]
+    fn configured_loss_drops_exactly_the_chosen_packets() {
+        use crate::mock_sfu::MockSfu;
+        use crate::publisher::{Publisher, PublisherConfig};
+        use crate::token::{Grants, dev_token};
+
+        let connect = Duration::from_secs(5);
+        let sfu = MockSfu::start();
+        let token = |g| dev_token("room", "peer", g).expect("token");
+        let config = SubscriberConfig::new(&sfu.base_url, "room", &token(Grants::SUBSCRIBE))
+            .lose(IncomingLoss::every(PayloadKind::Audio, 10))
+            .lose(IncomingLoss {
+                kind: PayloadKind::Video,
+                every: 30,
+                burst: 2,
+            });
+        let sub = Subscriber::connect(config).expect("subscriber connects");
+        assert!(sub.wait_connected(connect), "{:?}", sub.state().error());
+        let publisher = Publisher::connect(PublisherConfig::new(
+            &sfu.base_url,
+            "room",
+            &token(Grants::PUBLISH),
+        ))
+        .expect("publisher connects");
+        assert!(sub.wait_packets(PayloadKind::Video, 150, connect));
+        assert!(sub.wait_packets(PayloadKind::Audio, 50, connect));
+        drop(publisher);
+        let r = sub.reception();
+
+        for (kind, expected) in [
+            (
+                PayloadKind::Audio,
+                IncomingLoss::every(PayloadKind::Audio, 10),
+            ),
+            (
+                PayloadKind::Video,
+                IncomingLoss {
+                    kind: PayloadKind::Video,
+                    every: 30,
+                    burst: 2,
+                },
+            ),
+        ] {
+            let arrived: Vec<&ReceivedPacket> = r.packets_of(kind).collect();
+            let dropped: Vec<&DroppedPacket> = r.dropped_of(kind).collect();
+            assert!(dropped.len() >= 4, "{kind}: {dropped:?}");
+            // Positions count delivered and dropped packets together, in sequence order
+            // (loopback does not reorder).
+            let mut all: Vec<u16> = arrived.iter().map(|p| p.seq).collect();
+            all.extend(dropped.iter().map(|d| d.seq));
+            all.sort_by_key(|seq| seq.wrapping_sub(arrived[0].seq));
+            let lost: Vec<u16> = all
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| expected.loses(*i as u64 + 1))
+                .map(|(_, seq)| *seq)
+                .collect();
+            let dropped_seqs: Vec<u16> = dropped.iter().map(|d| d.seq).collect();
+            assert_eq!(dropped_seqs, lost, "{kind}");
+            // Nothing repairs them here.
+            assert_eq!(r.unrepaired(kind).len(), dropped.len(), "{kind}");
+            assert_eq!(r.totals(kind).repairs, 0);
+            let stream = &r.streams(kind)[0];
+            assert_eq!(stream.duplicates + stream.reordered, 0, "{stream:?}");
+            // Every loss before the last arrival shows as a gap; none other does.
+            let span = stream.last_ext_seq - stream.first_ext_seq;
+            let inside = dropped_seqs
+                .iter()
+                .filter(|seq| u64::from(seq.wrapping_sub(arrived[0].seq)) < span)
+                .count();
+            assert_eq!(stream.missing, inside as u64, "{kind}: {stream:?}");
+        }
+    }
+
+    #[test]
+    fn rtp_headers_are_told_from_rtcp_and_the_rest() {
+        let mut rtp = vec![
+            0x80, 96, 0x12, 0x34, 0, 0, 0, 1, 0xde, 0xad, 0xbe, 0xef, 0xff,
+        ];
+        assert_eq!(
+            rtp_ssrc_and_seq(&rtp),
+            Some((0xdead_beef_u32.into(), 0x1234))
+        );
+        rtp[1] = 0x80 | 96; // marker bit set: still RTP
+        assert!(rtp_ssrc_and_seq(&rtp).is_some());
+        let rtcp = [0x81, 201, 0, 7, 0, 0, 0, 1, 0, 0, 0, 2];
+        assert_eq!(rtp_ssrc_and_seq(&rtcp), None, "a receiver report");
+        assert_eq!(
+            rtp_ssrc_and_seq(&[22, 254, 253, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+            None,
+            "DTLS"
+        );
+        assert_eq!(rtp_ssrc_and_seq(&rtp[..11]), None, "too short");
     }
 }
