@@ -93,6 +93,11 @@ impl Server {
         }
     }
 
+    /// The server's process id (for CPU and memory sampling).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The parsed `/metrics` page.
     pub fn metrics(&self) -> Metrics {
         let text = self

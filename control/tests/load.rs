@@ -1,0 +1,223 @@
+//! `sfu-load` against `control dev`: a short multi-room run reports plausible figures and
+//! writes both report files; an impairment relay with a known drop rate and delay shows up as
+//! exactly that loss and latency; servers that cannot be reached or refuse the token are
+//! counted per reason while the run goes on.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use support::Server;
+use tools::load::relay::{Relay, RelayConfig};
+use tools::load::{
+    Criteria, MediaModel, ProgressMode, Report, RunOptions, Scenario, TokenSource, run,
+    write_report,
+};
+
+/// A scenario small enough for a loaded CI machine: one generator thread, fast ramp.
+fn scenario(url: &str, rooms: u32, subscribers: u32, media: MediaModel, secs: f64) -> Scenario {
+    Scenario {
+        url: url.to_string(),
+        rooms,
+        publishers: 1,
+        subscribers,
+        media,
+        duration_s: secs,
+        ramp_per_s: 50.0,
+        threads: 1,
+        video_kbps: 300,
+        video_fps: 15,
+        connect_timeout_s: 10.0,
+        ..Scenario::default()
+    }
+}
+
+fn report_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sfu-load-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn run_ok(scenario: &Scenario, options: &RunOptions) -> Report {
+    run(scenario, options).unwrap_or_else(|e| panic!("load run failed to start: {e}"))
+}
+
+#[test]
+fn a_short_multi_room_run_reports_plausible_figures_and_writes_both_files() {
+    let server = Server::start();
+    let s = scenario(&server.base_url, 3, 4, MediaModel::AudioVideo, 4.0);
+    let options = RunOptions {
+        server_pid: Some(server.pid()),
+        label: Some("test run".into()),
+        progress: ProgressMode::Off,
+        ..RunOptions::default()
+    };
+    let report = run_ok(&s, &options);
+
+    let peers = &report.peers;
+    assert_eq!(peers.planned, 15, "3 rooms x (1 publisher + 4 subscribers)");
+    assert_eq!(peers.connected, 15, "failures: {:?}", peers.failures);
+    assert_eq!(
+        (peers.publishers_connected, peers.subscribers_connected),
+        (3, 12)
+    );
+    assert_eq!(peers.failed, 0);
+
+    // Every subscriber gets its own room's publisher only: it cannot receive more than was
+    // sent into its room, and it joined within the ramp, so it saw most of the run.
+    let p = &report.packets;
+    assert!(p.sent > 0 && p.bytes_sent > 0, "{p:?}");
+    let subscriber_share = p.sent * 4; // each packet is wanted by 4 subscribers
+    assert!(p.received <= subscriber_share, "{p:?}");
+    assert!(
+        p.received * 10 >= subscriber_share * 7,
+        "received under 70%: {p:?}"
+    );
+    assert!(p.expected >= p.received && p.expected > 0, "{p:?}");
+    assert!(p.loss_pct < 1.0, "loopback loss {:.2}%: {p:?}", p.loss_pct);
+    assert_eq!(p.corrupt, 0, "{p:?}");
+
+    let l = &report.latency_us;
+    assert_eq!(
+        l.count, p.received,
+        "every received packet has a latency: {l:?}"
+    );
+    assert!(
+        l.min > 0 && l.p50 >= l.min && l.p99 >= l.p50 && l.max >= l.p99,
+        "{l:?}"
+    );
+    assert!(l.p50 < 50_000, "loopback p50 {} µs", l.p50);
+    assert!(!l.cdf.is_empty());
+
+    let j = &report.join_ms;
+    assert_eq!(j.count, 15, "a join time per peer: {j:?}");
+    assert!(j.p50 > 0.0 && j.p99 >= j.p50 && j.max < 10_000.0, "{j:?}");
+
+    assert!(
+        report.timeline.len() >= 4,
+        "a tick per second: {}",
+        report.timeline.len()
+    );
+    assert!(report.timeline.iter().any(|t| t.pps_in > 0));
+    let server_usage = report
+        .server
+        .as_ref()
+        .expect("server samples with --server-pid");
+    assert_eq!(server_usage.pid, server.pid());
+    assert!(!server_usage.samples.is_empty() && server_usage.rss_mb_max > 1.0);
+    assert!(!report.generator.samples.is_empty());
+    assert!(report.verdict.passed, "{:?}", report.verdict);
+
+    let dir = report_dir("short");
+    write_report(&dir, &report).expect("write the report");
+    let json = std::fs::read_to_string(dir.join("report.json")).expect("report.json");
+    let parsed: Report = serde_json::from_str(&json).expect("report.json parses back");
+    assert_eq!(parsed.packets, report.packets);
+    let html = std::fs::read_to_string(dir.join("report.html")).expect("report.html");
+    assert!(html.contains("<svg") && html.contains("test run"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn loss_and_latency_through_an_impairment_relay_are_measured_as_configured() {
+    const DROP_EVERY: u64 = 10;
+    const DELAY: Duration = Duration::from_millis(40);
+
+    let server = Server::start_with_workers(1);
+    let localhost: SocketAddr = "127.0.0.1:0".parse().expect("address");
+    let relays: Vec<Relay> = server
+        .worker_ports()
+        .into_iter()
+        .map(|port| {
+            let config = RelayConfig {
+                upstream: SocketAddr::from(([127, 0, 0, 1], port)),
+                drop_every: Some(DROP_EVERY),
+                delay: DELAY,
+            };
+            Relay::start(localhost, config).expect("start the relay")
+        })
+        .collect();
+    let options = RunOptions {
+        remote_overrides: relays
+            .iter()
+            .map(|r| (r.upstream(), r.local_addr()))
+            .collect(),
+        ..RunOptions::default()
+    };
+    // Audio only: video loss would be repaired by NACK/RTX and hide the drops.
+    let s = scenario(&server.base_url, 1, 3, MediaModel::Audio, 5.0);
+    let report = run_ok(&s, &options);
+
+    assert_eq!(report.peers.connected, 4, "{:?}", report.peers.failures);
+    let dropped: u64 = relays.iter().map(|r| r.counts().dropped).sum();
+    assert!(dropped > 0, "the relay dropped nothing");
+    let p = &report.packets;
+    let want = 100.0 / DROP_EVERY as f64;
+    assert!(
+        (p.loss_pct - want).abs() < 1.5,
+        "loss {:.2}%, relay drops {want:.1}% ({p:?})",
+        p.loss_pct
+    );
+    assert!(
+        p.lost.abs_diff(dropped) <= 3 * 3,
+        "lost {} vs dropped {dropped}: at most a few drops fall outside a subscriber's span",
+        p.lost
+    );
+    let l = &report.latency_us;
+    let delay_us = DELAY.as_micros() as u64;
+    assert!(l.min >= delay_us, "min {} µs below the relay delay", l.min);
+    assert!(
+        l.p50 < delay_us + 15_000,
+        "p50 {} µs, delay {delay_us} µs",
+        l.p50
+    );
+}
+
+#[test]
+fn unreachable_servers_and_refused_tokens_are_counted_per_reason() {
+    // Nothing listens on a port we just bound and released.
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let mut s = scenario(&format!("http://{free}"), 2, 2, MediaModel::Audio, 1.0);
+    s.criteria = Criteria {
+        min_connected_pct: Some(99.0),
+        ..Criteria::default()
+    };
+    let report = run_ok(&s, &RunOptions::default());
+    assert_eq!(report.peers.planned, 6);
+    assert_eq!(report.peers.failed, 6);
+    assert_eq!(
+        report.peers.failures.get("unreachable"),
+        Some(&6),
+        "{:?}",
+        report.peers
+    );
+    assert!(!report.verdict.passed);
+    assert!(
+        report
+            .verdict
+            .failures
+            .iter()
+            .any(|f| f.contains("connected")),
+        "{:?}",
+        report.verdict
+    );
+
+    let server = Server::start_with_workers(1);
+    let s = scenario(&server.base_url, 1, 2, MediaModel::Audio, 1.0);
+    let options = RunOptions {
+        tokens: TokenSource::Fixed("not-a-token".into()),
+        ..RunOptions::default()
+    };
+    let report = run_ok(&s, &options);
+    assert_eq!(
+        report.peers.failures.get("http_401"),
+        Some(&3),
+        "{:?}",
+        report.peers
+    );
+    assert_eq!(report.peers.connected, 0);
+}

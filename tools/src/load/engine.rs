@@ -1,0 +1,1278 @@
+//! The controller of a load run: plans the peers, releases them at the ramp rate to a pool of
+//! signaling threads (blocking HTTP, off the media path), which negotiate each peer and hand it
+//! to a media shard; then measures for the scenario's duration with churn, ticks every second
+//! (timeline, process samples, progress), stops the shards, deletes the sessions and builds
+//! the [`Report`].
+//!
+//! Threads: this one (control), `threads` media shards, `signaling_threads` signaling threads.
+//! Everything the shards learn comes back as [`Notice`]s on one channel.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam::channel::{Receiver, RecvTimeoutError, Sender};
+use rand::Rng;
+
+use super::html;
+use super::janus::JanusVideoRoom;
+use super::negotiate::{self, PeerId, PeerPlan, PeerRole, SetupConfig};
+use super::peer::PeerEnd;
+use super::progress::{self, Progress, ProgressMode, Snapshot};
+use super::protocol::{Protocol, SessionHandle, TokenSource, WhipWhep};
+use super::report::{
+    Jitter, JoinTimes, Latency, Packets, PeerCounts, REPORT_VERSION, Report, Tick, Verdict,
+};
+use super::sampler::ProcessSampler;
+use super::scenario::{Criteria, ProtocolKind, Scenario, ScenarioError};
+use super::shard::{Notice, ShardCommand, ShardHandle, ShardSender};
+use super::stats::{Interval, ShardTotals, pct};
+use crate::whip::HTTP_TIMEOUT;
+
+/// How a run is carried out (as opposed to what it does, the [`Scenario`]).
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Bearer tokens for WHIP/WHEP; default: minted per peer with the dev key pair.
+    pub tokens: TokenSource,
+    /// A protocol to use instead of the one the scenario names (tests, other servers).
+    pub protocol: Option<Arc<dyn Protocol>>,
+    /// `(from, to)`: where the server's SDP names candidate `from`, peers send to `to`
+    /// instead (an impairment relay between peers and server).
+    pub remote_overrides: Vec<(SocketAddr, SocketAddr)>,
+    /// Sample this process's CPU and RSS each second.
+    pub server_pid: Option<u32>,
+    /// Legend in reports; default: protocol and URL.
+    pub label: Option<String>,
+    pub progress: ProgressMode,
+    /// Send video bursts with UDP GSO where the kernel supports it.
+    pub gso: bool,
+    /// Threads doing the blocking signaling (0: four, or fewer for small runs).
+    pub signaling_threads: usize,
+    /// Address the peers' sockets bind to.
+    pub bind_ip: IpAddr,
+    /// Set from outside (e.g. on Ctrl-C) to end the run early; a report is still built.
+    pub stop: Option<Arc<AtomicBool>>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            tokens: TokenSource::dev(),
+            protocol: None,
+            remote_overrides: Vec::new(),
+            server_pid: None,
+            label: None,
+            progress: ProgressMode::Off,
+            gso: true,
+            signaling_threads: 0,
+            bind_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            stop: None,
+        }
+    }
+}
+
+/// Why a run could not be carried out at all (peer failures are not errors: they are
+/// counted in the report).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    #[error("invalid scenario: {0}")]
+    Scenario(#[from] ScenarioError),
+    #[error("cannot start the generator: {0}")]
+    Start(#[from] std::io::Error),
+}
+
+/// Seconds between ticks (timeline entries, process samples, progress).
+const TICK: Duration = Duration::from_secs(1);
+
+/// Longest the controller sleeps between looks at the ramp, churn and stop flag.
+const CONTROL_WAIT: Duration = Duration::from_millis(20);
+
+/// Bound on waiting for the shards' final reports.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Bound on deleting the sessions at the end.
+const TEARDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs a scenario to the end and reports what it measured.
+pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, LoadError> {
+    scenario.validate()?;
+    let protocol: Arc<dyn Protocol> = match &options.protocol {
+        Some(p) => p.clone(),
+        None => match scenario.protocol {
+            ProtocolKind::Whip => Arc::new(WhipWhep::new(&scenario.url, options.tokens.clone())),
+            ProtocolKind::Janus => Arc::new(JanusVideoRoom::new(&scenario.url)),
+        },
+    };
+    Controller::start(scenario, options, protocol)?.run()
+}
+
+/// Writes `report.json` and `report.html` into `dir` (created if missing).
+pub fn write_report(dir: &Path, report: &Report) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let json = serde_json::to_string_pretty(report).map_err(std::io::Error::other)?;
+    std::fs::write(dir.join("report.json"), json + "\n")?;
+    std::fs::write(
+        dir.join("report.html"),
+        html::render(std::slice::from_ref(report)),
+    )?;
+    Ok(())
+}
+
+/// Plans every peer: all publishers first (so subscribers find media when they join), then
+/// subscribers spread over the rooms in turn.
+pub fn plan_peers(s: &Scenario) -> Vec<PeerPlan> {
+    let mut plans = Vec::with_capacity(s.planned_peers() as usize);
+    let mut publisher = 0;
+    for _ in 0..s.publishers {
+        for room in 0..s.rooms {
+            plans.push(PeerPlan {
+                id: PeerId(plans.len() as u32),
+                role: PeerRole::Publisher,
+                room,
+                publisher,
+                generation: 0,
+            });
+            publisher += 1;
+        }
+    }
+    for _ in 0..s.subscribers {
+        for room in 0..s.rooms {
+            plans.push(PeerPlan {
+                id: PeerId(plans.len() as u32),
+                role: PeerRole::Subscriber,
+                room,
+                publisher: 0,
+                generation: 0,
+            });
+        }
+    }
+    plans
+}
+
+/// Peers released by `elapsed` into the ramp (the first at once).
+fn released_by(elapsed: Duration, ramp_per_s: f64, total: usize) -> usize {
+    ((elapsed.as_secs_f64() * ramp_per_s).floor() as usize + 1).min(total)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Status {
+    Planned,
+    Joining,
+    Joined,
+    /// Asked to leave (churn); rejoins when its shard confirms.
+    Leaving,
+    /// Ended after a failure; not retried.
+    Failed,
+}
+
+#[derive(Debug)]
+struct PeerTrack {
+    plan: PeerPlan,
+    status: Status,
+    ever_joined: bool,
+    ever_failed: bool,
+    /// The first join attempt has an outcome (ramp-up waits for all of them).
+    resolved: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Ramp,
+    Measure,
+}
+
+impl Phase {
+    fn name(self) -> &'static str {
+        match self {
+            Phase::Ramp => "ramp",
+            Phase::Measure => "measure",
+        }
+    }
+}
+
+/// A tick waiting for the shards' intervals.
+#[derive(Debug)]
+struct PendingTick {
+    reported: usize,
+    interval: Interval,
+    peers_connected: u64,
+    joins: u64,
+    failures: u64,
+}
+
+enum SignalJob {
+    Join(PeerPlan),
+    Leave(SessionHandle),
+}
+
+struct Controller<'a> {
+    scenario: &'a Scenario,
+    options: &'a RunOptions,
+    protocol: Arc<dyn Protocol>,
+    t0: Instant,
+    started_unix_ms: u64,
+    shards: Vec<ShardHandle>,
+    notices: Receiver<Notice>,
+    jobs: Option<Sender<SignalJob>>,
+    signalers: Vec<JoinHandle<()>>,
+    stopping: Arc<AtomicBool>,
+    leave_errors: Arc<AtomicU64>,
+    peers: Vec<PeerTrack>,
+    released: usize,
+    unresolved: usize,
+    connected_now: u64,
+    join_ms: Vec<f64>,
+    failures: BTreeMap<String, u64>,
+    /// First detail seen per failure reason, for the operator.
+    failure_examples: BTreeMap<String, String>,
+    rejoins: u64,
+    churn_pool: Vec<PeerId>,
+    churn_credit: f64,
+    last_churn: Instant,
+    phase: Phase,
+    ramp_done_at: Option<Instant>,
+    next_tick: u64,
+    ticks: BTreeMap<u64, PendingTick>,
+    timeline: Vec<Tick>,
+    tick_joins: u64,
+    tick_failures: u64,
+    server: Option<ProcessSampler>,
+    generator: ProcessSampler,
+    progress: Progress,
+}
+
+impl<'a> Controller<'a> {
+    fn start(
+        scenario: &'a Scenario,
+        options: &'a RunOptions,
+        protocol: Arc<dyn Protocol>,
+    ) -> Result<Self, LoadError> {
+        let plans = plan_peers(scenario);
+        let threads = match scenario.threads {
+            0 => thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n as usize,
+        }
+        .min(plans.len().max(1));
+        let signaling_threads = match options.signaling_threads {
+            0 => 4,
+            n => n,
+        }
+        .min(plans.len().max(1));
+
+        let (notice_tx, notices) = crossbeam::channel::unbounded();
+        let connect_timeout = Duration::from_secs_f64(scenario.connect_timeout_s);
+        let mut shards = Vec::with_capacity(threads);
+        for i in 0..threads {
+            shards.push(ShardHandle::spawn(
+                i,
+                options.gso,
+                connect_timeout,
+                notice_tx.clone(),
+            )?);
+        }
+        let senders: Arc<[ShardSender]> = shards.iter().map(|s| s.sender.clone()).collect();
+        let setup = Arc::new(SetupConfig::new(
+            scenario,
+            options.bind_ip,
+            &options.remote_overrides,
+        ));
+        let rooms: Arc<[String]> = (0..scenario.rooms).map(|r| scenario.room_name(r)).collect();
+        let (jobs, job_rx) = crossbeam::channel::unbounded();
+        let stopping = Arc::new(AtomicBool::new(false));
+        let leave_errors = Arc::new(AtomicU64::new(0));
+        let mut signalers = Vec::with_capacity(signaling_threads);
+        for i in 0..signaling_threads {
+            let worker = Signaler {
+                jobs: job_rx.clone(),
+                protocol: protocol.clone(),
+                setup: setup.clone(),
+                shards: senders.clone(),
+                notices: notice_tx.clone(),
+                rooms: rooms.clone(),
+                stopping: stopping.clone(),
+                leave_errors: leave_errors.clone(),
+            };
+            signalers.push(
+                thread::Builder::new()
+                    .name(format!("sfu-load-signal-{i}"))
+                    .spawn(move || worker.run())?,
+            );
+        }
+        let mut progress = Progress::new(options.progress);
+        let server = options.server_pid.map(|pid| {
+            let s = ProcessSampler::new(pid);
+            if s.unreadable {
+                progress.note(&format!(
+                    "warning: cannot read /proc/{pid}: no server CPU/RSS samples"
+                ));
+            }
+            s
+        });
+        let t0 = Instant::now();
+        let unresolved = plans.len();
+        Ok(Self {
+            scenario,
+            options,
+            protocol,
+            t0,
+            started_unix_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            shards,
+            notices,
+            jobs: Some(jobs),
+            signalers,
+            stopping,
+            leave_errors,
+            peers: plans
+                .into_iter()
+                .map(|plan| PeerTrack {
+                    plan,
+                    status: Status::Planned,
+                    ever_joined: false,
+                    ever_failed: false,
+                    resolved: false,
+                })
+                .collect(),
+            released: 0,
+            unresolved,
+            connected_now: 0,
+            join_ms: Vec::new(),
+            failures: BTreeMap::new(),
+            failure_examples: BTreeMap::new(),
+            rejoins: 0,
+            churn_pool: Vec::new(),
+            churn_credit: 0.0,
+            last_churn: t0,
+            phase: Phase::Ramp,
+            ramp_done_at: None,
+            next_tick: 1,
+            ticks: BTreeMap::new(),
+            timeline: Vec::new(),
+            tick_joins: 0,
+            tick_failures: 0,
+            server,
+            generator: ProcessSampler::new(std::process::id()),
+            progress,
+        })
+    }
+
+    fn run(mut self) -> Result<Report, LoadError> {
+        let planned = self.peers.len();
+        let ramp_s = planned as f64 / self.scenario.ramp_per_s;
+        self.progress.note(&format!(
+            "sfu-load: {} peers ({} publishers, {} subscribers) in {} rooms against {} ({}), ramp {:.0} s, then {:.0} s measured; {} media threads",
+            planned,
+            self.scenario.total_publishers(),
+            self.scenario.total_subscribers(),
+            self.scenario.rooms,
+            self.scenario.url,
+            self.protocol.name(),
+            ramp_s,
+            self.scenario.duration_s,
+            self.shards.len(),
+        ));
+        // Bound on the ramp: the last release, plus the connect timeout, plus signaling.
+        let ramp_limit = Duration::from_secs_f64(ramp_s + self.scenario.connect_timeout_s)
+            + HTTP_TIMEOUT * 2
+            + Duration::from_secs(5);
+        let duration = Duration::from_secs_f64(self.scenario.duration_s);
+        loop {
+            let now = Instant::now();
+            if self
+                .options
+                .stop
+                .as_ref()
+                .is_some_and(|s| s.load(Ordering::Relaxed))
+            {
+                self.progress.note("stopping early (asked to)");
+                break;
+            }
+            self.release(now);
+            match self.phase {
+                Phase::Ramp => {
+                    let all_out = self.released == self.peers.len();
+                    if (all_out && self.unresolved == 0) || now - self.t0 > ramp_limit {
+                        self.phase = Phase::Measure;
+                        self.ramp_done_at = Some(now);
+                        self.last_churn = now;
+                        self.progress.finish_line();
+                        self.progress.note(&format!(
+                            "t={:.0}s ramp-up done: {} of {} peers connected; measuring for {:.0} s",
+                            (now - self.t0).as_secs_f64(),
+                            self.connected_now,
+                            planned,
+                            self.scenario.duration_s
+                        ));
+                    }
+                }
+                Phase::Measure => {
+                    if self.ramp_done_at.is_some_and(|at| now - at >= duration) {
+                        break;
+                    }
+                    self.churn(now);
+                }
+            }
+            if now >= self.t0 + TICK * self.next_tick as u32 {
+                self.tick();
+            }
+            let next_tick_at = self.t0 + TICK * self.next_tick as u32;
+            let wait = next_tick_at
+                .saturating_duration_since(Instant::now())
+                .min(CONTROL_WAIT);
+            match self.notices.recv_timeout(wait) {
+                Ok(notice) => {
+                    self.handle(notice);
+                    // Bounded: stay responsive to the clock under a flood of notices.
+                    for _ in 0..1024 {
+                        match self.notices.try_recv() {
+                            Ok(n) => self.handle(n),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        self.finish()
+    }
+
+    /// Releases the peers the ramp allows by `now`.
+    fn release(&mut self, now: Instant) {
+        let due = released_by(now - self.t0, self.scenario.ramp_per_s, self.peers.len());
+        while self.released < due {
+            let track = &mut self.peers[self.released];
+            track.status = Status::Joining;
+            let plan = track.plan.clone();
+            self.released += 1;
+            self.submit(SignalJob::Join(plan));
+        }
+    }
+
+    fn submit(&self, job: SignalJob) {
+        if let Some(jobs) = &self.jobs {
+            let _ = jobs.send(job);
+        }
+    }
+
+    /// Sends subscribers away to rejoin at the churn rate.
+    fn churn(&mut self, now: Instant) {
+        if self.scenario.churn_per_s <= 0.0 {
+            return;
+        }
+        self.churn_credit += (now - self.last_churn).as_secs_f64() * self.scenario.churn_per_s;
+        self.last_churn = now;
+        let mut rng = rand::rng();
+        while self.churn_credit >= 1.0 && !self.churn_pool.is_empty() {
+            self.churn_credit -= 1.0;
+            let id = self
+                .churn_pool
+                .swap_remove(rng.random_range(0..self.churn_pool.len()));
+            let track = &mut self.peers[id.0 as usize];
+            track.status = Status::Leaving;
+            let shard = self.shard_of(id);
+            let _ = self.shards[shard].sender.send(ShardCommand::Leave(id));
+        }
+        // Credit does not pile up while no subscriber is there to churn.
+        self.churn_credit = self.churn_credit.min(1.0);
+    }
+
+    fn shard_of(&self, id: PeerId) -> usize {
+        id.0 as usize % self.shards.len()
+    }
+
+    fn handle(&mut self, notice: Notice) {
+        match notice {
+            Notice::Joined { plan, join } => {
+                let track = &mut self.peers[plan.id.0 as usize];
+                if track.plan.generation != plan.generation {
+                    return;
+                }
+                if !track.resolved {
+                    track.resolved = true;
+                    self.unresolved -= 1;
+                }
+                if plan.generation > 0 {
+                    self.rejoins += 1;
+                }
+                track.status = Status::Joined;
+                track.ever_joined = true;
+                self.connected_now += 1;
+                self.tick_joins += 1;
+                self.join_ms.push(join.as_secs_f64() * 1000.0);
+                if plan.role == PeerRole::Subscriber {
+                    self.churn_pool.push(plan.id);
+                }
+            }
+            Notice::Ended {
+                plan,
+                session,
+                joined,
+                end,
+            } => self.ended(plan, session, joined, end),
+            Notice::Tick { tick, interval, .. } => {
+                let shards = self.shards.len();
+                if let Some(p) = self.ticks.get_mut(&tick) {
+                    p.interval.add(&interval);
+                    p.reported += 1;
+                    if p.reported == shards {
+                        self.close_tick(tick);
+                    }
+                }
+            }
+            Notice::Final { .. } => {
+                // Only expected while stopping; handled there.
+            }
+        }
+    }
+
+    fn ended(
+        &mut self,
+        plan: PeerPlan,
+        session: Option<SessionHandle>,
+        joined: bool,
+        end: PeerEnd,
+    ) {
+        if let Some(session) = session {
+            self.submit(SignalJob::Leave(session));
+        }
+        let track = &mut self.peers[plan.id.0 as usize];
+        if track.plan.generation != plan.generation {
+            return;
+        }
+        if joined {
+            self.connected_now = self.connected_now.saturating_sub(1);
+        }
+        match end.reason {
+            None => {
+                // Left on purpose (churn): rejoin as a new generation.
+                track.plan.generation += 1;
+                track.status = Status::Joining;
+                let next = track.plan.clone();
+                self.submit(SignalJob::Join(next));
+            }
+            Some(reason) => {
+                track.status = Status::Failed;
+                track.ever_failed = true;
+                if !track.resolved {
+                    track.resolved = true;
+                    self.unresolved -= 1;
+                }
+                if joined && plan.role == PeerRole::Subscriber {
+                    self.churn_pool.retain(|id| *id != plan.id);
+                }
+                self.tick_failures += 1;
+                *self.failures.entry(reason.clone()).or_default() += 1;
+                self.failure_examples
+                    .entry(reason.clone())
+                    .or_insert_with(|| {
+                        let msg = format!(
+                            "peer {} ({}, room {}) failed: {reason}: {}",
+                            plan.id.0,
+                            plan.role.as_str(),
+                            plan.room,
+                            end.detail
+                        );
+                        self.progress.note(&msg);
+                        msg
+                    });
+            }
+        }
+    }
+
+    /// Closes the second that just ended: asks the shards for its interval, samples the
+    /// processes, and prints progress for the last complete tick.
+    fn tick(&mut self) {
+        let tick = self.next_tick;
+        self.next_tick += 1;
+        for shard in &self.shards {
+            let _ = shard.sender.send(ShardCommand::Tick(tick));
+        }
+        let t_s = tick as f64;
+        if let Some(server) = &mut self.server {
+            server.sample(t_s);
+        }
+        self.generator.sample(t_s);
+        self.ticks.insert(
+            tick,
+            PendingTick {
+                reported: 0,
+                interval: Interval::new(),
+                peers_connected: self.connected_now,
+                joins: std::mem::take(&mut self.tick_joins),
+                failures: std::mem::take(&mut self.tick_failures),
+            },
+        );
+        // A tick a shard never answered (it ended) is closed with what arrived.
+        let stale: Vec<u64> = self
+            .ticks
+            .range(..tick.saturating_sub(2))
+            .map(|(k, _)| *k)
+            .collect();
+        for t in stale {
+            self.close_tick(t);
+        }
+    }
+
+    fn close_tick(&mut self, tick: u64) {
+        let Some(p) = self.ticks.remove(&tick) else {
+            return;
+        };
+        let i = &p.interval;
+        let entry = Tick {
+            t_s: tick as f64,
+            peers_connected: p.peers_connected,
+            pps_out: i.sent,
+            pps_in: i.counts.received,
+            p99_us: if i.latency.is_empty() {
+                0
+            } else {
+                i.latency.value_at_quantile(0.99)
+            },
+            loss_pct: i.loss_pct(),
+            joins: p.joins,
+            failures: p.failures,
+        };
+        self.timeline.push(entry);
+        let failed = self.peers.iter().filter(|p| p.ever_failed).count() as u64;
+        self.progress.tick(&Snapshot {
+            t_s: tick,
+            phase: self.phase.name(),
+            planned: self.peers.len() as u64,
+            connected: self.connected_now,
+            failed,
+            pps_out: entry.pps_out,
+            pps_in: entry.pps_in,
+            p99_us: entry.p99_us,
+            loss_pct: entry.loss_pct,
+        });
+    }
+
+    /// Stops the shards, deletes every session, and builds the report.
+    fn finish(mut self) -> Result<Report, LoadError> {
+        self.stopping.store(true, Ordering::Relaxed);
+        for shard in &self.shards {
+            let _ = shard.sender.send(ShardCommand::Stop);
+        }
+        let mut totals = ShardTotals::new();
+        let mut finals = 0;
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while finals < self.shards.len() {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            match self.notices.recv_timeout(wait) {
+                Ok(Notice::Final {
+                    totals: t,
+                    sessions,
+                    ..
+                }) => {
+                    finals += 1;
+                    totals.add(&t);
+                    for s in sessions {
+                        self.submit(SignalJob::Leave(s));
+                    }
+                }
+                Ok(other) => self.handle(other),
+                Err(_) => break,
+            }
+        }
+        for shard in &mut self.shards {
+            shard.join();
+        }
+        let pending: Vec<u64> = self.ticks.keys().copied().collect();
+        for t in pending {
+            self.close_tick(t);
+        }
+        self.progress.finish_line();
+
+        // Delete the sessions: close the job queue and let the signaling threads drain it.
+        self.jobs = None;
+        let deadline = Instant::now() + TEARDOWN_TIMEOUT;
+        while self.signalers.iter().any(|s| !s.is_finished()) && Instant::now() < deadline {
+            // Sessions whose setup was in flight come back as notices.
+            while let Ok(notice) = self.notices.try_recv() {
+                if let Notice::Ended {
+                    session: Some(s), ..
+                } = notice
+                {
+                    let _ = self.protocol.leave(&s);
+                }
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        let unfinished = self.signalers.iter().filter(|s| !s.is_finished()).count();
+        if unfinished > 0 {
+            self.progress.note(&format!(
+                "warning: {unfinished} signaling threads still busy after {TEARDOWN_TIMEOUT:?}; the server reaps what is left"
+            ));
+        }
+        for s in std::mem::take(&mut self.signalers) {
+            if s.is_finished() {
+                let _ = s.join();
+            }
+        }
+        let leave_errors = self.leave_errors.load(Ordering::Relaxed);
+        if leave_errors > 0 {
+            self.progress
+                .note(&format!("warning: {leave_errors} session deletions failed"));
+        }
+        if totals.send_errors > 0 || totals.stalls > 0 {
+            self.progress.note(&format!(
+                "generator: {} datagrams could not be sent, {} loop passes over {} ms",
+                totals.send_errors, totals.stalls, 50
+            ));
+        }
+        tracing::info!(
+            timer_fires = totals.timer_fires,
+            timer_pushes = totals.timer_pushes,
+            recv_calls = totals.recv_calls,
+            received = totals.counts.received,
+            "generator work"
+        );
+        if totals.gso_sends > 0 {
+            self.progress.note(&format!(
+                "generator: {} GSO sends carried {} datagrams ({:.1} per send)",
+                totals.gso_sends,
+                totals.gso_datagrams,
+                totals.gso_datagrams as f64 / totals.gso_sends as f64
+            ));
+        }
+        Ok(self.report(&totals))
+    }
+
+    fn report(&self, totals: &ShardTotals) -> Report {
+        let s = self.scenario;
+        let mut peers = PeerCounts {
+            planned: self.peers.len() as u64,
+            failures: self.failures.clone(),
+            rejoins: self.rejoins,
+            ..PeerCounts::default()
+        };
+        for p in &self.peers {
+            if p.ever_joined {
+                peers.connected += 1;
+                match p.plan.role {
+                    PeerRole::Publisher => peers.publishers_connected += 1,
+                    PeerRole::Subscriber => peers.subscribers_connected += 1,
+                }
+            }
+            if p.ever_failed {
+                peers.failed += 1;
+            }
+        }
+        let c = &totals.counts;
+        let packets = Packets {
+            sent: totals.sent,
+            received: c.received,
+            expected: c.expected,
+            lost: c.lost(),
+            duplicates: c.duplicates,
+            reordered: c.reordered,
+            corrupt: c.corrupt,
+            loss_pct: pct(c.lost(), c.expected),
+            bytes_sent: totals.bytes_sent,
+            bytes_received: c.bytes,
+        };
+        let latency = latency_summary(&totals.latency);
+        let join_ms = join_summary(&self.join_ms);
+        let jitter_ms = jitter_summary(&totals.stream_jitter_us);
+        let verdict = verdict(
+            &s.criteria,
+            &peers,
+            &packets,
+            &latency,
+            s.total_subscribers(),
+        );
+        let mut timeline = self.timeline.clone();
+        timeline.sort_by(|a, b| a.t_s.total_cmp(&b.t_s));
+        Report {
+            version: REPORT_VERSION,
+            tool: format!("sfu-load {}", env!("CARGO_PKG_VERSION")),
+            label: self
+                .options
+                .label
+                .clone()
+                .unwrap_or_else(|| format!("{} {}", self.protocol.name(), s.url)),
+            started_at_unix_ms: self.started_unix_ms,
+            elapsed_s: self.t0.elapsed().as_secs_f64(),
+            scenario: s.clone(),
+            peers,
+            join_ms,
+            latency_us: latency,
+            packets,
+            jitter_ms,
+            server: self.server.as_ref().map(ProcessSampler::usage),
+            generator: self.generator.usage(),
+            timeline,
+            verdict,
+        }
+    }
+}
+
+/// A signaling thread: negotiates joins and deletes sessions, one job at a time.
+struct Signaler {
+    jobs: Receiver<SignalJob>,
+    protocol: Arc<dyn Protocol>,
+    setup: Arc<SetupConfig>,
+    shards: Arc<[ShardSender]>,
+    notices: Sender<Notice>,
+    rooms: Arc<[String]>,
+    stopping: Arc<AtomicBool>,
+    leave_errors: Arc<AtomicU64>,
+}
+
+impl Signaler {
+    fn run(self) {
+        while let Ok(job) = self.jobs.recv() {
+            match job {
+                SignalJob::Join(plan) => {
+                    if !self.stopping.load(Ordering::Relaxed) {
+                        self.join(plan);
+                    }
+                }
+                SignalJob::Leave(session) => {
+                    if self.protocol.leave(&session).is_err() {
+                        self.leave_errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+    }
+
+    fn join(&self, plan: PeerPlan) {
+        let room = &self.rooms[plan.room as usize];
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            negotiate::setup(&plan, &self.setup, &*self.protocol, room)
+        }));
+        let failure = match result {
+            Ok(Ok(peer)) => {
+                let shard = &self.shards[plan.id.0 as usize % self.shards.len()];
+                if let Err(ShardCommand::Add(peer)) = shard.send(ShardCommand::Add(Box::new(peer)))
+                {
+                    // The run is ending: this session will never carry media.
+                    let _ = self.protocol.leave(&peer.session);
+                }
+                return;
+            }
+            Ok(Err(f)) => PeerEnd::failed(f.reason(), f.to_string()),
+            Err(_) => PeerEnd::failed("panic", "the peer's setup panicked"),
+        };
+        let _ = self.notices.send(Notice::Ended {
+            plan,
+            session: None,
+            joined: false,
+            end: failure,
+        });
+    }
+}
+
+/// Nearest-rank percentile of sorted values.
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+fn join_summary(values_ms: &[f64]) -> JoinTimes {
+    let mut v = values_ms.to_vec();
+    v.sort_by(f64::total_cmp);
+    let max = v.last().copied().unwrap_or(0.0);
+    let mut histogram = Vec::new();
+    let mut lower = f64::NEG_INFINITY;
+    for bound in [
+        1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10_000.0,
+        20_000.0, 50_000.0,
+    ] {
+        if bound >= max {
+            break;
+        }
+        let n = v.iter().filter(|x| **x > lower && **x <= bound).count() as u64;
+        histogram.push((bound, n));
+        lower = bound;
+    }
+    if !v.is_empty() {
+        let n = v.iter().filter(|x| **x > lower).count() as u64;
+        histogram.push((max, n));
+    }
+    JoinTimes {
+        count: v.len() as u64,
+        p50: percentile(&v, 0.50),
+        p90: percentile(&v, 0.90),
+        p99: percentile(&v, 0.99),
+        max,
+        histogram,
+    }
+}
+
+/// Where the latency CDF is sampled: every 5% of the body, denser in the tail.
+const CDF_PERCENTILES: [f64; 31] = [
+    0.0, 1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 35.0, 40.0, 45.0, 50.0, 55.0, 60.0, 65.0,
+    70.0, 75.0, 80.0, 85.0, 90.0, 92.5, 95.0, 97.5, 98.0, 99.0, 99.5, 99.8, 99.9, 99.99, 100.0,
+];
+
+fn latency_summary(h: &hdrhistogram::Histogram<u64>) -> Latency {
+    if h.is_empty() {
+        return Latency::default();
+    }
+    let cdf = CDF_PERCENTILES
+        .into_iter()
+        .map(|p| (p, h.value_at_quantile(p / 100.0)))
+        .collect();
+    Latency {
+        count: h.len(),
+        min: h.min(),
+        mean: h.mean(),
+        p50: h.value_at_quantile(0.50),
+        p90: h.value_at_quantile(0.90),
+        p99: h.value_at_quantile(0.99),
+        p999: h.value_at_quantile(0.999),
+        max: h.max(),
+        cdf,
+    }
+}
+
+fn jitter_summary(values_us: &[f64]) -> Jitter {
+    let mut v: Vec<f64> = values_us.iter().map(|us| us / 1000.0).collect();
+    v.sort_by(f64::total_cmp);
+    Jitter {
+        mean: if v.is_empty() {
+            0.0
+        } else {
+            v.iter().sum::<f64>() / v.len() as f64
+        },
+        p99: percentile(&v, 0.99),
+        max: v.last().copied().unwrap_or(0.0),
+    }
+}
+
+/// Checks the criteria. A run where no peer connected never passes, criteria or not.
+pub fn verdict(
+    criteria: &Criteria,
+    peers: &PeerCounts,
+    packets: &Packets,
+    latency: &Latency,
+    planned_subscribers: u64,
+) -> Verdict {
+    let mut failures = Vec::new();
+    if peers.connected == 0 {
+        failures.push(format!("no peer connected (of {})", peers.planned));
+    }
+    if let Some(max) = criteria.max_loss_pct {
+        if packets.loss_pct > max {
+            failures.push(format!("loss {:.2}% > max {max:.2}%", packets.loss_pct));
+        }
+    }
+    if let Some(max) = criteria.max_p99_us {
+        if latency.count == 0 && planned_subscribers > 0 {
+            failures.push("p99 latency unknown: no media was received".into());
+        } else if latency.p99 > max {
+            failures.push(format!(
+                "p99 latency {} > max {}",
+                progress::ms(latency.p99 as f64),
+                progress::ms(max as f64)
+            ));
+        }
+    }
+    if let Some(min) = criteria.min_connected_pct {
+        let connected = pct(peers.connected, peers.planned);
+        if connected < min {
+            failures.push(format!(
+                "connected {connected:.1}% ({} of {}) < min {min:.1}%",
+                peers.connected, peers.planned
+            ));
+        }
+    }
+    Verdict {
+        passed: failures.is_empty(),
+        failures,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::load::scenario::MediaModel;
+    use crate::mock_sfu::MockSfu;
+
+    fn small(url: &str) -> Scenario {
+        Scenario {
+            url: url.into(),
+            rooms: 1,
+            publishers: 1,
+            subscribers: 3,
+            media: MediaModel::AudioVideo,
+            duration_s: 2.0,
+            ramp_per_s: 50.0,
+            threads: 1,
+            connect_timeout_s: 5.0,
+            video_kbps: 300,
+            ..Scenario::default()
+        }
+    }
+
+    #[test]
+    fn a_small_run_against_the_mock_sfu_measures_media() {
+        let sfu = MockSfu::start();
+        let mut s = small(&sfu.base_url);
+        s.criteria.max_loss_pct = Some(5.0);
+        let report = run(&s, &RunOptions::default()).expect("runs");
+        assert_eq!(report.peers.planned, 4);
+        assert_eq!(report.peers.connected, 4, "{:?}", report.peers);
+        assert_eq!(report.peers.failed, 0);
+        assert_eq!(report.join_ms.count, 4);
+        let p = &report.packets;
+        assert!(p.sent > 100, "{p:?}");
+        // Three subscribers receive (nearly) everything the publisher sent once they joined.
+        assert!(p.received > p.sent, "{p:?}");
+        assert_eq!(p.corrupt, 0);
+        assert!(p.loss_pct < 5.0, "{p:?}");
+        assert_eq!(report.latency_us.count, p.received);
+        assert!(report.latency_us.p50 > 0);
+        assert!(report.timeline.len() >= 2, "{:?}", report.timeline);
+        assert!(report.timeline.windows(2).all(|w| w[0].t_s < w[1].t_s));
+        assert!(!report.generator.samples.is_empty());
+        assert!(report.verdict.passed, "{:?}", report.verdict);
+        assert_eq!(report.version, REPORT_VERSION);
+    }
+
+    #[test]
+    fn peers_that_never_connect_are_counted_and_the_run_ends() {
+        let sfu = MockSfu::start();
+        let mut s = small(&sfu.base_url);
+        s.subscribers = 1;
+        s.duration_s = 0.5;
+        s.connect_timeout_s = 1.0;
+        // Every candidate in the answers is rewritten to a socket nobody reads, as
+        // `--remote-override` would send to a relay, so ICE cannot complete.
+        let black_hole = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let hole = black_hole.local_addr().expect("addr");
+        let report = run(
+            &s,
+            &RunOptions {
+                protocol: Some(Arc::new(Redirect {
+                    inner: WhipWhep::new(&sfu.base_url, TokenSource::dev()),
+                    to: hole,
+                })),
+                ..RunOptions::default()
+            },
+        )
+        .expect("runs");
+        assert_eq!(report.peers.connected, 0);
+        assert_eq!(report.peers.failed, 2);
+        assert_eq!(report.peers.failures.get("ice_timeout"), Some(&2));
+        assert!(!report.verdict.passed);
+    }
+
+    #[test]
+    fn an_unreachable_server_fails_every_peer_quickly() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}", closed.local_addr().expect("addr"));
+        drop(closed);
+        let mut s = small(&url);
+        s.duration_s = 0.2;
+        let start = Instant::now();
+        let report = run(&s, &RunOptions::default()).expect("runs");
+        assert!(start.elapsed() < Duration::from_secs(10));
+        assert_eq!(report.peers.failures.get("unreachable"), Some(&4));
+        assert_eq!(report.peers.failed, 4);
+    }
+
+    /// WHIP/WHEP whose answers' candidates all point at `to` (a socket nobody reads), as a
+    /// remote override would, to make ICE fail.
+    #[derive(Debug)]
+    struct Redirect {
+        inner: WhipWhep,
+        to: SocketAddr,
+    }
+
+    struct RedirectClient<'a> {
+        inner: &'a mut dyn super::super::protocol::SdpClient,
+        to: SocketAddr,
+    }
+
+    impl super::super::protocol::SdpClient for RedirectClient<'_> {
+        fn create_offer(&mut self) -> Result<String, super::super::PeerFailure> {
+            self.inner.create_offer()
+        }
+        fn accept_answer(&mut self, answer: &str) -> Result<(), super::super::PeerFailure> {
+            // The mock's candidate port is ephemeral: read it, then override it.
+            let from = answer.lines().find_map(|l| {
+                let f: Vec<&str> = l.strip_prefix("a=candidate:")?.split(' ').collect();
+                Some(SocketAddr::new(
+                    f.get(4)?.parse().ok()?,
+                    f.get(5)?.parse().ok()?,
+                ))
+            });
+            let overrides: Vec<(SocketAddr, SocketAddr)> =
+                from.map(|f| (f, self.to)).into_iter().collect();
+            let rewritten = negotiate::rewrite_candidates(answer, &overrides);
+            assert_ne!(rewritten, answer, "the answer names a candidate");
+            self.inner.accept_answer(&rewritten)
+        }
+        fn answer_offer(&mut self, offer: &str) -> Result<String, super::super::PeerFailure> {
+            self.inner.answer_offer(offer)
+        }
+    }
+
+    impl Protocol for Redirect {
+        fn name(&self) -> &'static str {
+            "redirect"
+        }
+        fn publish(
+            &self,
+            room: &str,
+            identity: &str,
+            client: &mut dyn super::super::protocol::SdpClient,
+        ) -> Result<SessionHandle, super::super::PeerFailure> {
+            let mut c = RedirectClient {
+                inner: client,
+                to: self.to,
+            };
+            self.inner.publish(room, identity, &mut c)
+        }
+        fn subscribe(
+            &self,
+            room: &str,
+            identity: &str,
+            client: &mut dyn super::super::protocol::SdpClient,
+        ) -> Result<SessionHandle, super::super::PeerFailure> {
+            let mut c = RedirectClient {
+                inner: client,
+                to: self.to,
+            };
+            self.inner.subscribe(room, identity, &mut c)
+        }
+        fn leave(&self, session: &SessionHandle) -> Result<(), super::super::PeerFailure> {
+            self.inner.leave(session)
+        }
+    }
+
+    #[test]
+    fn publishers_are_planned_first_and_subscribers_spread_over_rooms() {
+        let s = Scenario {
+            rooms: 3,
+            publishers: 2,
+            subscribers: 2,
+            ..Scenario::default()
+        };
+        let plans = plan_peers(&s);
+        assert_eq!(plans.len(), 12);
+        let roles: Vec<PeerRole> = plans.iter().map(|p| p.role).collect();
+        assert!(roles[..6].iter().all(|r| *r == PeerRole::Publisher));
+        assert!(roles[6..].iter().all(|r| *r == PeerRole::Subscriber));
+        let rooms: Vec<u32> = plans[6..].iter().map(|p| p.room).collect();
+        assert_eq!(rooms, [0, 1, 2, 0, 1, 2]);
+        let publishers: Vec<u32> = plans[..6].iter().map(|p| p.publisher).collect();
+        assert_eq!(publishers, [0, 1, 2, 3, 4, 5], "run-wide publisher numbers");
+        assert!(plans.iter().enumerate().all(|(i, p)| p.id.0 as usize == i));
+    }
+
+    #[test]
+    fn the_ramp_releases_at_its_rate() {
+        assert_eq!(released_by(Duration::ZERO, 20.0, 100), 1);
+        assert_eq!(released_by(Duration::from_millis(49), 20.0, 100), 1);
+        assert_eq!(released_by(Duration::from_millis(50), 20.0, 100), 2);
+        assert_eq!(released_by(Duration::from_secs(1), 20.0, 100), 21);
+        assert_eq!(released_by(Duration::from_secs(60), 20.0, 100), 100);
+    }
+
+    #[test]
+    fn join_summary_percentiles_and_buckets() {
+        let j = join_summary(&[3.0, 8.0, 40.0, 45.0, 120.0]);
+        assert_eq!(j.count, 5);
+        assert_eq!(j.p50, 40.0);
+        assert_eq!(j.max, 120.0);
+        assert_eq!(j.p99, 120.0);
+        let total: u64 = j.histogram.iter().map(|(_, n)| n).sum();
+        assert_eq!(total, 5);
+        assert_eq!(j.histogram.last(), Some(&(120.0, 1)));
+        assert!(j.histogram.windows(2).all(|w| w[0].0 < w[1].0));
+        assert_eq!(join_summary(&[]), JoinTimes::default());
+    }
+
+    #[test]
+    fn verdict_names_each_missed_criterion() {
+        let criteria = Criteria {
+            max_loss_pct: Some(1.0),
+            max_p99_us: Some(50_000),
+            min_connected_pct: Some(99.0),
+        };
+        let peers = PeerCounts {
+            planned: 100,
+            connected: 97,
+            ..PeerCounts::default()
+        };
+        let packets = Packets {
+            loss_pct: 2.1,
+            ..Packets::default()
+        };
+        let latency = Latency {
+            count: 10,
+            p99: 62_000,
+            ..Latency::default()
+        };
+        let v = verdict(&criteria, &peers, &packets, &latency, 90);
+        assert!(!v.passed);
+        assert_eq!(
+            v.failures,
+            vec![
+                "loss 2.10% > max 1.00%".to_string(),
+                "p99 latency 62 ms > max 50 ms".to_string(),
+                "connected 97.0% (97 of 100) < min 99.0%".to_string(),
+            ]
+        );
+        let good = PeerCounts {
+            planned: 100,
+            connected: 100,
+            ..PeerCounts::default()
+        };
+        let ok = verdict(
+            &criteria,
+            &good,
+            &Packets::default(),
+            &Latency {
+                count: 1,
+                p99: 1000,
+                ..Latency::default()
+            },
+            90,
+        );
+        assert!(ok.passed, "{ok:?}");
+        // No criteria, but nobody connected: fail.
+        let none = verdict(
+            &Criteria::default(),
+            &PeerCounts {
+                planned: 5,
+                ..PeerCounts::default()
+            },
+            &Packets::default(),
+            &Latency::default(),
+            5,
+        );
+        assert!(!none.passed);
+    }
+
+    #[test]
+    fn latency_summary_of_a_histogram() {
+        let mut h = super::super::stats::latency_histogram();
+        for us in 1..=1000 {
+            h.record(us).expect("in range");
+        }
+        let l = latency_summary(&h);
+        assert_eq!(l.count, 1000);
+        assert_eq!(l.min, 1);
+        assert!((495..=505).contains(&l.p50), "{}", l.p50);
+        assert!((985..=1000).contains(&l.p99), "{}", l.p99);
+        assert_eq!(l.cdf.first().map(|c| c.0), Some(0.0));
+        assert_eq!(l.cdf.last().map(|c| c.0), Some(100.0));
+        assert!(l.cdf.windows(2).all(|w| w[0].1 <= w[1].1));
+    }
+}

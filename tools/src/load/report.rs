@@ -1,0 +1,151 @@
+//! `report.json`: everything a load run measured, in a stable, versioned shape that
+//! `sfu-report` renders and compares. All times are relative to the start of the run unless a
+//! field name says otherwise; latencies are in microseconds, join times in milliseconds.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::scenario::Scenario;
+
+/// Bumped when a field changes meaning or is removed (adding fields does not bump it).
+pub const REPORT_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub version: u32,
+    /// `sfu-load <version>`.
+    pub tool: String,
+    /// Legend for comparisons: `--label`, or protocol and URL.
+    pub label: String,
+    pub started_at_unix_ms: u64,
+    /// Wall time of the whole run (ramp-up, measurement, teardown), seconds.
+    pub elapsed_s: f64,
+    pub scenario: Scenario,
+    pub peers: PeerCounts,
+    pub join_ms: JoinTimes,
+    pub latency_us: Latency,
+    pub packets: Packets,
+    pub jitter_ms: Jitter,
+    /// The server process (`--server-pid`), if one was given.
+    pub server: Option<ProcessUsage>,
+    /// The generator itself, to show it was not the bottleneck.
+    pub generator: ProcessUsage,
+    /// One entry per second of the run.
+    pub timeline: Vec<Tick>,
+    pub verdict: Verdict,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PeerCounts {
+    /// Peers the scenario asked for (publishers + subscribers, over all rooms).
+    pub planned: u64,
+    /// Peers that reached connected media at least once.
+    pub connected: u64,
+    pub publishers_connected: u64,
+    pub subscribers_connected: u64,
+    /// Peers that never connected, or lost their connection, counted once each.
+    pub failed: u64,
+    /// Failures by [`PeerFailure::reason`](super::PeerFailure::reason).
+    pub failures: BTreeMap<String, u64>,
+    /// Subscribers that left and rejoined (churn).
+    pub rejoins: u64,
+}
+
+/// Time from the signaling POST to the first media packet, per peer that received media
+/// (subscribers) or connected (publishers: POST to DTLS up).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct JoinTimes {
+    pub count: u64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+    /// Histogram buckets: `(upper bound ms, peers)`, ascending, last bound is `max`.
+    pub histogram: Vec<(f64, u64)>,
+}
+
+/// One-way latency, publisher send to subscriber receive, same host clock.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Latency {
+    pub count: u64,
+    pub min: u64,
+    pub mean: f64,
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+    /// CDF points: `(percentile 0..=100, latency µs)`, ascending.
+    pub cdf: Vec<(f64, u64)>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Packets {
+    /// Media packets all publishers sent.
+    pub sent: u64,
+    /// Media packets subscribers received (excluding duplicates).
+    pub received: u64,
+    /// Packets subscribers should have received: for each subscriber and stream, the span of
+    /// sequence numbers between its first and last received packet.
+    pub expected: u64,
+    pub lost: u64,
+    pub duplicates: u64,
+    /// Packets that arrived after a later one of the same stream.
+    pub reordered: u64,
+    /// Payloads that did not decode as the test pattern.
+    pub corrupt: u64,
+    pub loss_pct: f64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+}
+
+/// RFC 3550 interarrival jitter, over all received streams.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Jitter {
+    pub mean: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProcessUsage {
+    pub pid: u32,
+    /// CPU in percent of one core (200 = two cores busy).
+    pub cpu_pct_mean: f64,
+    pub cpu_pct_max: f64,
+    pub rss_mb_max: f64,
+    pub samples: Vec<ProcessSample>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProcessSample {
+    /// Seconds since the start of the run.
+    pub t_s: f64,
+    pub cpu_pct: f64,
+    pub rss_mb: f64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Tick {
+    /// Seconds since the start of the run (end of this one-second interval).
+    pub t_s: f64,
+    pub peers_connected: u64,
+    /// Media packets publishers sent in this second.
+    pub pps_out: u64,
+    /// Media packets subscribers received in this second.
+    pub pps_in: u64,
+    /// p99 latency of the packets received in this second, µs (0 when none).
+    pub p99_us: u64,
+    /// Loss detected in this second, percent of expected.
+    pub loss_pct: f64,
+    pub joins: u64,
+    pub failures: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Verdict {
+    pub passed: bool,
+    /// One line per missed criterion, e.g. `loss 2.10% > max 1.00%`.
+    pub failures: Vec<String>,
+}

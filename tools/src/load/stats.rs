@@ -1,0 +1,511 @@
+//! Receive-side accounting, per packet and cheap: loss, duplicates and reordering from the
+//! pattern counters ([`CounterWindow`]), RFC 3550 interarrival jitter ([`JitterEstimator`]),
+//! one-way latency into HDR histograms; and the per-shard totals and per-second intervals
+//! ([`ShardTotals`], [`Interval`]) the engine merges into the report.
+
+use hdrhistogram::Histogram;
+
+use crate::pattern::PayloadKind;
+
+use super::media::{self, PacketInfo};
+
+/// Counters further than this behind the newest are too late to tell duplicates from late
+/// arrivals; they are counted as reordered and not as received.
+pub const WINDOW: u64 = 1024;
+
+/// Latencies above this (µs) are clamped into the histogram's top bucket.
+const LATENCY_MAX_US: u64 = 60_000_000;
+
+/// A latency histogram: 1 µs to 60 s, three significant digits.
+pub fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, LATENCY_MAX_US, 3).expect("static histogram bounds are valid")
+}
+
+/// What one arriving counter did to its stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrival {
+    /// A counter not seen before; `expected` is how much the stream's span grew.
+    New {
+        expected: u64,
+        late: bool,
+    },
+    Duplicate,
+    /// Older than the window: too late to use.
+    TooLate,
+}
+
+/// Tracks the counters of one stream: span from first to newest, which of the last
+/// [`WINDOW`] were seen.
+#[derive(Debug, Clone)]
+pub struct CounterWindow {
+    first: u64,
+    highest: u64,
+    seen: [u64; (WINDOW / 64) as usize],
+}
+
+impl CounterWindow {
+    pub fn new(counter: u64) -> Self {
+        let mut w = Self {
+            first: counter,
+            highest: counter,
+            seen: [0; (WINDOW / 64) as usize],
+        };
+        w.mark(counter);
+        w
+    }
+
+    /// Counters from the first to the newest (what the stream should have delivered).
+    pub fn span(&self) -> u64 {
+        self.highest - self.first + 1
+    }
+
+    fn bit(counter: u64) -> (usize, u64) {
+        let i = counter % WINDOW;
+        ((i / 64) as usize, 1 << (i % 64))
+    }
+
+    fn mark(&mut self, counter: u64) {
+        let (word, bit) = Self::bit(counter);
+        self.seen[word] |= bit;
+    }
+
+    fn is_seen(&self, counter: u64) -> bool {
+        let (word, bit) = Self::bit(counter);
+        self.seen[word] & bit != 0
+    }
+
+    pub fn record(&mut self, counter: u64) -> Arrival {
+        if counter > self.highest {
+            let advance = counter - self.highest;
+            if advance >= WINDOW {
+                self.seen = [0; (WINDOW / 64) as usize];
+            } else {
+                for c in self.highest + 1..counter {
+                    let (word, bit) = Self::bit(c);
+                    self.seen[word] &= !bit;
+                }
+            }
+            self.highest = counter;
+            self.mark(counter);
+            return Arrival::New {
+                expected: advance,
+                late: false,
+            };
+        }
+        if self.highest - counter >= WINDOW {
+            return Arrival::TooLate;
+        }
+        if counter >= self.first && self.is_seen(counter) {
+            return Arrival::Duplicate;
+        }
+        self.mark(counter);
+        let expected = self.first.saturating_sub(counter);
+        self.first = self.first.min(counter);
+        Arrival::New {
+            expected,
+            late: true,
+        }
+    }
+}
+
+/// RFC 3550 section 6.4.1 interarrival jitter, in microseconds, using the send time in the
+/// pattern header as the media timestamp.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct JitterEstimator {
+    last_transit: Option<i64>,
+    jitter: f64,
+}
+
+impl JitterEstimator {
+    pub fn record(&mut self, arrival_us: u64, sent_us: u64) {
+        let transit = arrival_us as i64 - sent_us as i64;
+        if let Some(last) = self.last_transit {
+            let d = (transit - last).unsigned_abs() as f64;
+            self.jitter += (d - self.jitter) / 16.0;
+        }
+        self.last_transit = Some(transit);
+    }
+
+    pub fn jitter_us(&self) -> f64 {
+        self.jitter
+    }
+}
+
+/// Loss, duplicate and reordering counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub received: u64,
+    pub expected: u64,
+    pub duplicates: u64,
+    pub reordered: u64,
+    pub corrupt: u64,
+    pub bytes: u64,
+}
+
+impl Counts {
+    pub fn add(&mut self, o: &Counts) {
+        self.received += o.received;
+        self.expected += o.expected;
+        self.duplicates += o.duplicates;
+        self.reordered += o.reordered;
+        self.corrupt += o.corrupt;
+        self.bytes += o.bytes;
+    }
+
+    pub fn lost(&self) -> u64 {
+        self.expected.saturating_sub(self.received)
+    }
+}
+
+/// Which publisher stream a run of packets on one SSRC comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SourceKey {
+    kind: PayloadKind,
+    layer: u8,
+    publisher: Option<u32>,
+}
+
+/// One received SSRC. An SFU may switch what it forwards on one SSRC (another publisher,
+/// another simulcast layer); each switch starts a new counter window, so the switch itself
+/// is neither loss nor reordering.
+#[derive(Debug, Clone)]
+pub struct RxStream {
+    pub ssrc: u32,
+    source: Option<SourceKey>,
+    window: Option<CounterWindow>,
+    jitter: JitterEstimator,
+    pub switches: u64,
+}
+
+impl RxStream {
+    pub fn new(ssrc: u32) -> Self {
+        Self {
+            ssrc,
+            source: None,
+            window: None,
+            jitter: JitterEstimator::default(),
+            switches: 0,
+        }
+    }
+
+    /// Accounts one packet; returns what changed, for the caller's running totals.
+    pub fn record(&mut self, info: &PacketInfo, arrival_us: u64) -> Counts {
+        let key = SourceKey {
+            kind: info.kind,
+            layer: info.layer,
+            publisher: media::publisher_of(info.counter),
+        };
+        let window = match (&mut self.window, self.source == Some(key)) {
+            (Some(w), true) => w,
+            (slot, _) => {
+                if slot.is_some() {
+                    self.switches += 1;
+                }
+                self.source = Some(key);
+                *slot = Some(CounterWindow::new(info.counter));
+                self.jitter.record(arrival_us, info.sent_us);
+                return Counts {
+                    received: 1,
+                    expected: 1,
+                    ..Counts::default()
+                };
+            }
+        };
+        match window.record(info.counter) {
+            Arrival::New { expected, late } => {
+                self.jitter.record(arrival_us, info.sent_us);
+                Counts {
+                    received: 1,
+                    expected,
+                    reordered: u64::from(late),
+                    ..Counts::default()
+                }
+            }
+            Arrival::Duplicate => Counts {
+                duplicates: 1,
+                ..Counts::default()
+            },
+            Arrival::TooLate => Counts {
+                reordered: 1,
+                ..Counts::default()
+            },
+        }
+    }
+
+    pub fn jitter_us(&self) -> f64 {
+        self.jitter.jitter_us()
+    }
+}
+
+/// One second of a shard's work, sent to the engine at each tick and then reset.
+#[derive(Debug, Clone)]
+pub struct Interval {
+    pub counts: Counts,
+    /// Media packets publishers wrote.
+    pub sent: u64,
+    pub bytes_sent: u64,
+    pub latency: Histogram<u64>,
+}
+
+impl Interval {
+    pub fn new() -> Self {
+        Self {
+            counts: Counts::default(),
+            sent: 0,
+            bytes_sent: 0,
+            latency: latency_histogram(),
+        }
+    }
+
+    pub fn add(&mut self, o: &Interval) {
+        self.counts.add(&o.counts);
+        self.sent += o.sent;
+        self.bytes_sent += o.bytes_sent;
+        // Same bounds on both sides, so adding cannot fail.
+        let _ = self.latency.add(&o.latency);
+    }
+
+    /// Loss in this interval, percent of what was expected in it.
+    pub fn loss_pct(&self) -> f64 {
+        pct(self.counts.lost(), self.counts.expected)
+    }
+}
+
+impl Default for Interval {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A shard's totals over the whole run.
+#[derive(Debug, Clone)]
+pub struct ShardTotals {
+    pub counts: Counts,
+    pub sent: u64,
+    pub bytes_sent: u64,
+    pub latency: Histogram<u64>,
+    /// Final jitter of every received stream, µs.
+    pub stream_jitter_us: Vec<f64>,
+    /// Datagrams the kernel refused to send (full buffers): loss on our side.
+    pub send_errors: u64,
+    /// System calls that sent more than one datagram (UDP GSO), and the datagrams in them.
+    pub gso_sends: u64,
+    pub gso_datagrams: u64,
+    /// Datagrams str0m rejected.
+    pub rejected: u64,
+    /// Loop passes that overran their budget (see the shard).
+    pub stalls: u64,
+    /// Timer wake-ups of peers, and receive system calls.
+    pub timer_fires: u64,
+    pub timer_pushes: u64,
+    pub recv_calls: u64,
+}
+
+impl ShardTotals {
+    pub fn new() -> Self {
+        Self {
+            counts: Counts::default(),
+            sent: 0,
+            bytes_sent: 0,
+            latency: latency_histogram(),
+            stream_jitter_us: Vec::new(),
+            send_errors: 0,
+            gso_sends: 0,
+            gso_datagrams: 0,
+            rejected: 0,
+            stalls: 0,
+            timer_fires: 0,
+            timer_pushes: 0,
+            recv_calls: 0,
+        }
+    }
+
+    pub fn add_interval(&mut self, i: &Interval) {
+        self.counts.add(&i.counts);
+        self.sent += i.sent;
+        self.bytes_sent += i.bytes_sent;
+        let _ = self.latency.add(&i.latency);
+    }
+
+    pub fn add(&mut self, o: &ShardTotals) {
+        self.counts.add(&o.counts);
+        self.sent += o.sent;
+        self.bytes_sent += o.bytes_sent;
+        let _ = self.latency.add(&o.latency);
+        self.stream_jitter_us.extend_from_slice(&o.stream_jitter_us);
+        self.send_errors += o.send_errors;
+        self.gso_sends += o.gso_sends;
+        self.gso_datagrams += o.gso_datagrams;
+        self.rejected += o.rejected;
+        self.stalls += o.stalls;
+        self.timer_fires += o.timer_fires;
+        self.timer_pushes += o.timer_pushes;
+        self.recv_calls += o.recv_calls;
+    }
+}
+
+impl Default for ShardTotals {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// `part` in percent of `whole` (0 when `whole` is 0).
+pub fn pct(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 * 100.0 / whole as f64
+    }
+}
+
+/// Records a latency, clamping into the histogram's range.
+pub fn record_latency(h: &mut Histogram<u64>, us: u64) {
+    let _ = h.record(us.clamp(1, LATENCY_MAX_US));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feed(counters: &[u64]) -> (Counts, CounterWindow) {
+        let mut w = CounterWindow::new(counters[0]);
+        let mut c = Counts {
+            received: 1,
+            expected: 1,
+            ..Counts::default()
+        };
+        for &n in &counters[1..] {
+            match w.record(n) {
+                Arrival::New { expected, late } => {
+                    c.received += 1;
+                    c.expected += expected;
+                    c.reordered += u64::from(late);
+                }
+                Arrival::Duplicate => c.duplicates += 1,
+                Arrival::TooLate => c.reordered += 1,
+            }
+        }
+        (c, w)
+    }
+
+    #[test]
+    fn in_order_stream_is_clean() {
+        let counters: Vec<u64> = (100..200).collect();
+        let (c, w) = feed(&counters);
+        assert_eq!((c.received, c.expected, c.lost()), (100, 100, 0));
+        assert_eq!((c.duplicates, c.reordered), (0, 0));
+        assert_eq!(w.span(), 100);
+    }
+
+    #[test]
+    fn gaps_duplicates_and_reordering() {
+        // 5 and 6 lost; 3 late; 3 again a duplicate; 8 duplicated.
+        let (c, _) = feed(&[1, 2, 4, 3, 3, 7, 8, 8]);
+        assert_eq!(c.expected, 8, "1..=8");
+        assert_eq!(c.received, 6);
+        assert_eq!(c.lost(), 2);
+        assert_eq!(c.duplicates, 2);
+        assert_eq!(c.reordered, 1);
+    }
+
+    #[test]
+    fn a_late_packet_before_the_first_extends_the_span() {
+        let (c, w) = feed(&[10, 11, 9, 12]);
+        assert_eq!((c.received, c.expected, c.lost()), (4, 4, 0));
+        assert_eq!(c.reordered, 1);
+        assert_eq!(w.span(), 4);
+    }
+
+    #[test]
+    fn window_reuse_after_a_long_gap_is_not_a_duplicate() {
+        // After a jump beyond the window, stale bits must not make new counters look seen.
+        let (c, _) = feed(&[0, 1, 2, 5000, 5000 - WINDOW + 1, 5001]);
+        assert_eq!(c.duplicates, 0);
+        assert_eq!(c.received, 6);
+        // Bits between the old and new highest are cleared on a short advance too.
+        let (c, _) = feed(&[0, WINDOW - 1, WINDOW + 1, WINDOW]);
+        assert_eq!(c.duplicates, 0);
+        assert_eq!(c.reordered, 1);
+    }
+
+    #[test]
+    fn too_late_packets_are_reordered_not_received() {
+        let (c, _) = feed(&[0, 1, WINDOW + 10, 2]);
+        assert_eq!(c.reordered, 1);
+        assert_eq!(c.received, 3);
+    }
+
+    fn info(layer: u8, publisher: u32, n: u64, sent_us: u64) -> PacketInfo {
+        PacketInfo {
+            kind: PayloadKind::Video,
+            layer,
+            counter: media::counter_base(publisher) + n,
+            sent_us,
+        }
+    }
+
+    #[test]
+    fn source_switches_start_new_windows() {
+        let mut s = RxStream::new(1);
+        let mut total = Counts::default();
+        for n in 0..10 {
+            total.add(&s.record(&info(2, 0, n, 0), 0));
+        }
+        // The SFU moves this subscriber to layer 1 (its counters are elsewhere), then to
+        // another publisher, then back to layer 2 after a while.
+        for n in 500..510 {
+            total.add(&s.record(&info(1, 0, n, 0), 0));
+        }
+        for n in 0..10 {
+            total.add(&s.record(&info(1, 5, n, 0), 0));
+        }
+        for n in 900..910 {
+            total.add(&s.record(&info(2, 0, n, 0), 0));
+        }
+        assert_eq!(s.switches, 3);
+        assert_eq!((total.received, total.expected, total.lost()), (40, 40, 0));
+        assert_eq!(total.reordered, 0);
+    }
+
+    #[test]
+    fn jitter_follows_rfc3550() {
+        let mut j = JitterEstimator::default();
+        // Constant transit: no jitter.
+        for i in 0..100 {
+            j.record(1000 + i * 20_000, i * 20_000);
+        }
+        assert!(j.jitter_us() < 1e-9);
+        // Transit alternating by 1 ms: jitter converges to 1000 µs.
+        let mut j = JitterEstimator::default();
+        for i in 0..500_u64 {
+            j.record(i * 20_000 + (i % 2) * 1000, i * 20_000);
+        }
+        assert!((j.jitter_us() - 1000.0).abs() < 1.0, "{}", j.jitter_us());
+        // One step of D: J = D/16.
+        let mut j = JitterEstimator::default();
+        j.record(100, 0);
+        j.record(20_100 + 1600, 20_000);
+        assert!((j.jitter_us() - 100.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn intervals_merge() {
+        let mut a = Interval::new();
+        a.counts.received = 10;
+        a.counts.expected = 11;
+        record_latency(&mut a.latency, 500);
+        let mut b = Interval::new();
+        b.counts.received = 5;
+        b.counts.expected = 5;
+        record_latency(&mut b.latency, 0);
+        record_latency(&mut b.latency, u64::MAX);
+        a.add(&b);
+        assert_eq!(a.counts.lost(), 1);
+        assert!((a.loss_pct() - 100.0 / 16.0).abs() < 1e-9);
+        assert_eq!(a.latency.len(), 3);
+        let mut t = ShardTotals::new();
+        t.add_interval(&a);
+        assert_eq!(t.counts.received, 15);
+    }
+}
