@@ -4,7 +4,7 @@
 //! Exit codes: 0 the run met its criteria, 1 it did not, 2 invalid flags or scenario,
 //! 3 the run could not be carried out (threads, sockets, report directory).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -100,6 +100,7 @@ struct Cli {
     /// API key to mint tokens with (with --api-secret) [default: the dev key pair].
     #[arg(long, env = "SFU_API_KEY")]
     api_key: Option<String>,
+    /// Secret of --api-key.
     #[arg(long, env = "SFU_API_SECRET", hide_env_values = true)]
     api_secret: Option<String>,
     /// Sample CPU% and RSS of this process (the server) each second.
@@ -120,6 +121,10 @@ struct Cli {
     /// Fail (exit 1) if fewer of the planned peers connected: 99%.
     #[arg(long, value_parser = parse_percent, value_name = "PERCENT")]
     min_connected: Option<f64>,
+    /// Address the peers' UDP sockets bind to (e.g. a veth end toward the server)
+    /// [default: 127.0.0.1].
+    #[arg(long, value_name = "IP")]
+    bind: Option<IpAddr>,
     /// Threads doing signaling (blocking HTTP) [default: 4].
     #[arg(long, value_name = "N")]
     signaling_threads: Option<usize>,
@@ -257,6 +262,7 @@ fn main() -> ExitCode {
         progress: mode,
         gso: !cli.no_gso,
         signaling_threads: cli.signaling_threads.unwrap_or(0),
+        bind_ip: cli.bind.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
         stop: Some(stop.clone()),
         ..RunOptions::default()
     };

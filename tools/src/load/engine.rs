@@ -367,16 +367,16 @@ impl<'a> Controller<'a> {
         let planned = self.peers.len();
         let ramp_s = planned as f64 / self.scenario.ramp_per_s;
         self.progress.note(&format!(
-            "sfu-load: {} peers ({} publishers, {} subscribers) in {} rooms against {} ({}), ramp {:.0} s, then {:.0} s measured; {} media threads",
-            planned,
-            self.scenario.total_publishers(),
-            self.scenario.total_subscribers(),
-            self.scenario.rooms,
+            "sfu-load: {} ({}, {}) in {} against {} ({}), ramp {:.0} s, then {:.0} s measured; {}",
+            plural(planned as u64, "peer"),
+            plural(self.scenario.total_publishers(), "publisher"),
+            plural(self.scenario.total_subscribers(), "subscriber"),
+            plural(u64::from(self.scenario.rooms), "room"),
             self.scenario.url,
             self.protocol.name(),
             ramp_s,
             self.scenario.duration_s,
-            self.shards.len(),
+            plural(self.shards.len() as u64, "media thread"),
         ));
         // Bound on the ramp: the last release, plus the connect timeout, plus signaling.
         let ramp_limit = Duration::from_secs_f64(ramp_s + self.scenario.connect_timeout_s)
@@ -717,10 +717,26 @@ impl<'a> Controller<'a> {
                 let _ = s.join();
             }
         }
+        let still_joining = self
+            .peers
+            .iter()
+            .filter(|p| p.status == Status::Joining && !p.ever_joined && !p.ever_failed)
+            .count();
+        if still_joining > 0 {
+            self.progress.note(&format!(
+                "note: {still_joining} peers were still joining when the run ended (counted neither connected nor failed)"
+            ));
+        }
         let leave_errors = self.leave_errors.load(Ordering::Relaxed);
         if leave_errors > 0 {
             self.progress
                 .note(&format!("warning: {leave_errors} session deletions failed"));
+        }
+        if totals.unsendable > 0 {
+            self.progress.note(&format!(
+                "warning: {} media packets had no send stream (the server refused a simulcast layer?)",
+                totals.unsendable
+            ));
         }
         if totals.send_errors > 0 || totals.stalls > 0 {
             self.progress.note(&format!(
@@ -732,6 +748,7 @@ impl<'a> Controller<'a> {
             timer_fires = totals.timer_fires,
             timer_pushes = totals.timer_pushes,
             recv_calls = totals.recv_calls,
+            rejected = totals.rejected,
             received = totals.counts.received,
             "generator work"
         );
@@ -869,6 +886,15 @@ impl Signaler {
             joined: false,
             end: failure,
         });
+    }
+}
+
+/// `1 room`, `3 rooms`.
+fn plural(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
     }
 }
 

@@ -14,7 +14,7 @@ use str0m::{Event, IceConnectionState, Input, Output, Rtc};
 
 use super::io::SendBatch;
 use super::media::{self, MediaPacket, OpusLike, VideoLayerSource};
-use super::negotiate::{NewMedia, NewPeer, PeerPlan, PeerRole};
+use super::negotiate::{NewMedia, NewPeer, PeerPlan};
 use super::protocol::{PeerFailure, SessionHandle};
 use super::stats::{self, Interval, RxStream};
 
@@ -45,8 +45,16 @@ pub struct Ctx<'a> {
     pub interval: &'a mut Interval,
     /// Scratch for one video frame's packets.
     pub frame: &'a mut Vec<MediaPacket>,
-    /// Datagrams str0m rejected.
-    pub rejected: &'a mut u64,
+    pub counters: &'a mut PeerCounters,
+}
+
+/// Shard-wide counts of what peers could not do.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PeerCounters {
+    /// Datagrams str0m rejected (not for this peer, malformed, failed SRTP).
+    pub rejected: u64,
+    /// Media packets with no send stream for their mid/rid (the answer refused a layer).
+    pub unsendable: u64,
 }
 
 #[derive(Debug)]
@@ -70,7 +78,6 @@ enum Role {
         video: Option<VideoTrack>,
         /// Sources have been polled once (they start on the first poll after connecting).
         started: bool,
-        write_failures: u64,
     },
     Subscriber {
         streams: Vec<RxStream>,
@@ -105,7 +112,6 @@ impl LivePeer {
                 audio: audio.map(|(mid, pt, source)| AudioTrack { mid, pt, source }),
                 video: video.map(|(mid, pt, layers)| VideoTrack { mid, pt, layers }),
                 started: false,
-                write_failures: 0,
             },
             NewMedia::Subscriber { expect_media } => Role::Subscriber {
                 streams: Vec::new(),
@@ -172,7 +178,7 @@ impl LivePeer {
         data: &[u8],
     ) -> Result<(), PeerEnd> {
         let Ok(contents) = data.try_into() else {
-            *ctx.rejected += 1;
+            ctx.counters.rejected += 1;
             return Ok(());
         };
         let input = Input::Receive(
@@ -185,7 +191,7 @@ impl LivePeer {
             },
         );
         if self.rtc.handle_input(input).is_err() {
-            *ctx.rejected += 1;
+            ctx.counters.rejected += 1;
         }
         self.drain(ctx)
     }
@@ -229,7 +235,6 @@ impl LivePeer {
             audio,
             video,
             started,
-            write_failures,
         } = &mut self.role
         else {
             return;
@@ -237,16 +242,7 @@ impl LivePeer {
         *started = true;
         if let Some(a) = audio {
             while let Some(p) = a.source.poll(ctx.now, ctx.wallclock_us) {
-                write(
-                    &mut self.rtc,
-                    a.mid,
-                    None,
-                    a.pt,
-                    p,
-                    false,
-                    ctx,
-                    write_failures,
-                );
+                write(&mut self.rtc, a.mid, None, a.pt, p, false, ctx);
             }
         }
         if let Some(v) = video {
@@ -255,16 +251,7 @@ impl LivePeer {
                 layer.poll_frame(ctx.now, ctx.wallclock_us, ctx.frame);
                 let mut frame = std::mem::take(ctx.frame);
                 for p in frame.drain(..) {
-                    write(
-                        &mut self.rtc,
-                        v.mid,
-                        *rid,
-                        v.pt,
-                        p,
-                        true,
-                        ctx,
-                        write_failures,
-                    );
+                    write(&mut self.rtc, v.mid, *rid, v.pt, p, true, ctx);
                 }
                 *ctx.frame = frame;
             }
@@ -379,14 +366,9 @@ impl LivePeer {
             self.just_joined = Some(now.saturating_duration_since(self.started));
         }
     }
-
-    pub fn role(&self) -> PeerRole {
-        self.plan.role
-    }
 }
 
 /// Writes one packet on `mid`/`rid` and counts it.
-#[allow(clippy::too_many_arguments)]
 fn write(
     rtc: &mut Rtc,
     mid: Mid,
@@ -395,11 +377,10 @@ fn write(
     p: MediaPacket,
     nackable: bool,
     ctx: &mut Ctx<'_>,
-    write_failures: &mut u64,
 ) {
     let mut api = rtc.direct_api();
     let Some(tx) = api.stream_tx_by_mid(mid, rid) else {
-        *write_failures += 1;
+        ctx.counters.unsendable += 1;
         return;
     };
     ctx.interval.sent += 1;

@@ -149,8 +149,21 @@ pub fn summary_table(r: &Report) -> String {
     let _ = writeln!(t, "sfu-load summary: {}", r.label);
     let _ = writeln!(
         t,
-        "  scenario    {} rooms × ({} pub + {} sub), {}, {:.0} s measured, {} kbps video @ {} fps",
-        s.rooms, s.publishers, s.subscribers, s.media, s.duration_s, s.video_kbps, s.video_fps
+        "  scenario    {} × ({} pub + {} sub), {}, {:.0} s measured{}",
+        if s.rooms == 1 {
+            "1 room".to_string()
+        } else {
+            format!("{} rooms", s.rooms)
+        },
+        s.publishers,
+        s.subscribers,
+        s.media,
+        s.duration_s,
+        if s.media.has_video() {
+            format!(", {} kbps video @ {} fps", s.video_kbps, s.video_fps)
+        } else {
+            String::new()
+        }
     );
     let p = &r.peers;
     let _ = writeln!(

@@ -860,6 +860,16 @@ min-connected = 99
     }
 
     #[test]
+    fn the_example_file_in_the_repository_is_valid() {
+        let text = include_str!("../../scenarios/example.toml");
+        let patch = ScenarioPatch::from_toml(text).expect("parses");
+        let (s, _) = patch.build().expect("valid");
+        assert_eq!(s.planned_peers(), 10 * 51);
+        assert_eq!(s.media, MediaModel::AudioVideoSimulcast);
+        assert_eq!(s.criteria.max_p99_us, Some(50_000));
+    }
+
+    #[test]
     fn flags_override_the_file() {
         let file = ScenarioPatch::from_toml(EXAMPLE).expect("parses");
         let flags = ScenarioPatch {

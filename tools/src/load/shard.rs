@@ -1,8 +1,8 @@
 //! A media thread ("shard") owning many peers: one epoll set (mio) over their sockets, one
 //! timer heap over their deadlines, one send batch and one set of receive buffers. A loop pass:
-//! commands (≤ [`COMMAND_BUDGET`]) → wait for readiness until the next deadline → read ready
-//! sockets (≤ [`READ_BUDGET`] receive calls per peer, the rest carried to the next pass) →
-//! due timers (≤ [`TIMER_BUDGET`]). Idle peers cost nothing per pass.
+//! commands (≤ 256) → wait for readiness until the next deadline → read ready sockets (≤ 4
+//! receive calls per peer, the rest carried to the next pass) → due timers (≤ 4096). Idle
+//! peers cost nothing per pass.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -18,7 +18,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use super::io::{RECV_BATCH, RecvBuffers, SendBatch};
 use super::media::MediaPacket;
 use super::negotiate::{NewPeer, PeerId, PeerPlan};
-use super::peer::{Ctx, LivePeer, PeerEnd};
+use super::peer::{Ctx, LivePeer, PeerCounters, PeerEnd};
 use super::protocol::SessionHandle;
 use super::stats::{Interval, ShardTotals};
 
@@ -126,7 +126,7 @@ impl ShardHandle {
             frame: Vec::new(),
             interval: Interval::new(),
             totals: ShardTotals::new(),
-            rejected: 0,
+            counters: PeerCounters::default(),
             connect_timeout,
             carried_reads: Vec::new(),
         };
@@ -205,7 +205,7 @@ struct Shard {
     frame: Vec<MediaPacket>,
     interval: Interval,
     totals: ShardTotals,
-    rejected: u64,
+    counters: PeerCounters,
     connect_timeout: Duration,
     /// Peers whose read budget ran out with data still waiting.
     carried_reads: Vec<usize>,
@@ -351,7 +351,7 @@ impl Shard {
                 batch: &mut self.batch,
                 interval: &mut self.interval,
                 frame: &mut self.frame,
-                rejected: &mut self.rejected,
+                counters: &mut self.counters,
             };
             for (source, data) in self.recv.datagrams() {
                 step = guarded(|| peer.handle_datagram(&mut ctx, source, data));
@@ -395,7 +395,7 @@ impl Shard {
                 batch: &mut self.batch,
                 interval: &mut self.interval,
                 frame: &mut self.frame,
-                rejected: &mut self.rejected,
+                counters: &mut self.counters,
             };
             let step = guarded(|| peer.handle_timeout(&mut ctx));
             self.after_call(slot, step);
@@ -448,12 +448,19 @@ impl Shard {
         self.totals.send_errors += counters.errors;
         self.totals.gso_sends += counters.gso_sends;
         self.totals.gso_datagrams += counters.gso_datagrams;
-        self.totals.rejected += self.rejected;
+        self.totals.rejected += self.counters.rejected;
+        self.totals.unsendable += self.counters.unsendable;
         let mut sessions = Vec::new();
         for s in &mut self.slots {
             if let Some(peer) = s.peer.take() {
                 self.totals.stream_jitter_us.extend(peer.stream_jitter_us());
                 sessions.push(peer.session.clone());
+            }
+        }
+        // Peers handed over after the stop was queued: their sessions still need deleting.
+        while let Ok(command) = self.commands.try_recv() {
+            if let ShardCommand::Add(peer) = command {
+                sessions.push(peer.session);
             }
         }
         let totals = std::mem::take(&mut self.totals);

@@ -293,6 +293,8 @@ pub struct ShardTotals {
     pub gso_datagrams: u64,
     /// Datagrams str0m rejected.
     pub rejected: u64,
+    /// Media packets publishers could not write (no send stream for the mid/rid).
+    pub unsendable: u64,
     /// Loop passes that overran their budget (see the shard).
     pub stalls: u64,
     /// Timer wake-ups of peers, and receive system calls.
@@ -313,6 +315,7 @@ impl ShardTotals {
             gso_sends: 0,
             gso_datagrams: 0,
             rejected: 0,
+            unsendable: 0,
             stalls: 0,
             timer_fires: 0,
             timer_pushes: 0,
@@ -337,6 +340,7 @@ impl ShardTotals {
         self.gso_sends += o.gso_sends;
         self.gso_datagrams += o.gso_datagrams;
         self.rejected += o.rejected;
+        self.unsendable += o.unsendable;
         self.stalls += o.stalls;
         self.timer_fires += o.timer_fires;
         self.timer_pushes += o.timer_pushes;
