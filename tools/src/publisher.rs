@@ -356,9 +356,14 @@ fn str0m_codec(codec: VideoCodec) -> Codec {
 
 /// The payload type the answer accepted for `codec` on `mid`.
 fn negotiated_pt(rtc: &Rtc, mid: Mid, codec: Codec) -> Result<Pt, Error> {
+    accepted_pt(rtc, mid, codec).map_err(Error::Sdp)
+}
+
+/// The payload type the remote side accepted for `codec` on `mid`, or why there is none.
+pub(crate) fn accepted_pt(rtc: &Rtc, mid: Mid, codec: Codec) -> Result<Pt, String> {
     let media = rtc
         .media(mid)
-        .ok_or_else(|| Error::Sdp(format!("answer dropped media {mid}")))?;
+        .ok_or_else(|| format!("the answer dropped media {mid}"))?;
     media
         .remote_pts()
         .iter()
@@ -368,11 +373,7 @@ fn negotiated_pt(rtc: &Rtc, mid: Mid, codec: Codec) -> Result<Pt, Error> {
                 .find(|p| p.pt() == *pt)
                 .is_some_and(|p| p.spec().codec == codec)
         })
-        .ok_or_else(|| {
-            Error::Sdp(format!(
-                "answer accepted no {codec:?} payload type on {mid}"
-            ))
-        })
+        .ok_or_else(|| format!("the answer accepted no {codec:?} payload type on {mid}"))
 }
 
 #[derive(Debug)]

@@ -36,17 +36,17 @@ pub struct OutgoingPacket {
     pub payload: Vec<u8>,
 }
 
-/// Periodic ticks with lag handling, shared by the sources.
-#[derive(Debug)]
-struct Schedule {
+/// Periodic ticks with lag handling, shared by the sources here and the load generator's.
+#[derive(Debug, Clone)]
+pub(crate) struct Schedule {
     interval: Duration,
-    next_due: Option<Instant>,
+    pub(crate) next_due: Option<Instant>,
     /// Ticks elapsed since start, sent or skipped: drives the RTP clock.
     tick: u64,
 }
 
 impl Schedule {
-    fn new(interval: Duration) -> Self {
+    pub(crate) fn new(interval: Duration) -> Self {
         Self {
             interval,
             next_due: None,
@@ -55,7 +55,7 @@ impl Schedule {
     }
 
     /// Returns the tick index when one is due at `now`.
-    fn poll(&mut self, now: Instant) -> Option<u64> {
+    pub(crate) fn poll(&mut self, now: Instant) -> Option<u64> {
         let due = self.next_due.get_or_insert(now);
         if now < *due {
             return None;

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use crate::pattern::{
     self, HEADER_LEN, MAGIC, PatternHeader, PayloadKind, VideoCodec, VideoFraming,
 };
-use crate::source::{AUDIO_INTERVAL, MAX_VIDEO_PAYLOAD};
+use crate::source::{AUDIO_INTERVAL, MAX_VIDEO_PAYLOAD, Schedule};
 
 use super::scenario::MediaModel;
 
@@ -51,9 +51,6 @@ const DTX_SILENCE_EVERY: u64 = 20;
 /// Talk spurts and silences under DTX, in 20 ms ticks (1-5 s talking, 0.5-4 s silent).
 const DTX_TALK_TICKS: (u64, u64) = (50, 250);
 const DTX_SILENCE_TICKS: (u64, u64) = (25, 200);
-
-/// How far a source may fall behind its schedule before it skips instead of bursting.
-const MAX_LAG: Duration = Duration::from_millis(200);
 
 /// RTP clock rate of video.
 const VIDEO_CLOCK: u32 = 90_000;
@@ -90,42 +87,6 @@ impl Shape {
     /// Uniform in `lo..=hi`.
     pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
         lo + self.next_u64() % (hi - lo + 1)
-    }
-}
-
-/// Periodic ticks that skip (rather than burst) after a stall.
-#[derive(Debug, Clone)]
-struct Schedule {
-    interval: Duration,
-    next_due: Option<Instant>,
-    /// Ticks elapsed since start, sent or skipped: drives the RTP clock.
-    tick: u64,
-}
-
-impl Schedule {
-    fn new(interval: Duration) -> Self {
-        Self {
-            interval,
-            next_due: None,
-            tick: 0,
-        }
-    }
-
-    fn poll(&mut self, now: Instant) -> Option<u64> {
-        let due = self.next_due.get_or_insert(now);
-        if now < *due {
-            return None;
-        }
-        let late = now.duration_since(*due);
-        if late > MAX_LAG {
-            let missed = (late.as_nanos() / self.interval.as_nanos().max(1)) as u64;
-            self.tick += missed;
-            *due += self.interval * missed as u32;
-        }
-        let tick = self.tick;
-        self.tick += 1;
-        *due += self.interval;
-        Some(tick)
     }
 }
 

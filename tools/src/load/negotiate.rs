@@ -248,23 +248,7 @@ fn publisher_media(
 
 /// The payload type the answer accepted for `codec` on `mid`.
 fn negotiated_pt(rtc: &Rtc, mid: Mid, codec: Codec) -> Result<Pt, PeerFailure> {
-    let media = rtc
-        .media(mid)
-        .ok_or_else(|| PeerFailure::BadSdp(format!("the answer dropped media {mid}")))?;
-    media
-        .remote_pts()
-        .iter()
-        .copied()
-        .find(|pt| {
-            rtc.codec_config()
-                .find(|p| p.pt() == *pt)
-                .is_some_and(|p| p.spec().codec == codec)
-        })
-        .ok_or_else(|| {
-            PeerFailure::BadSdp(format!(
-                "the answer accepted no {codec:?} payload type on {mid}"
-            ))
-        })
+    crate::publisher::accepted_pt(rtc, mid, codec).map_err(PeerFailure::BadSdp)
 }
 
 /// The [`SdpClient`] a protocol drives for one peer.
