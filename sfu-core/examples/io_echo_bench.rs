@@ -366,7 +366,7 @@ fn run_backend(
     }
     report.cpu = CpuTime::of_this_thread()?.since(cpu_start);
     let stats = io.stats();
-    report.send_errors = stats.send_errors;
+    report.send_errors = stats.send_dropped();
     report.recv_errors = stats.recv_errors;
     // Sends the kernel refused were counted as sent above; count them once, as errors.
     report.sent -= report.send_errors.min(report.sent);
@@ -487,5 +487,5 @@ fn run_sender(
         io.flush()?;
         sent += batch;
     }
-    Ok((sent, io.stats().send_errors))
+    Ok((sent, io.stats().send_dropped()))
 }

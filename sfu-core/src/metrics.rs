@@ -20,16 +20,22 @@ pub enum DropReason {
     RingFull,
     /// The subscriber negotiated no payload type for the packet's codec.
     CodecMismatch,
+    /// The kernel refused to send a datagram (`ENOBUFS`, unreachable, firewall, ...).
+    SendFailed,
+    /// A datagram could not be sent because the socket's send buffer stayed full.
+    SendBufferFull,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 6] = [
+    pub const ALL: [DropReason; 8] = [
         DropReason::Malformed,
         DropReason::UnknownSource,
         DropReason::UnknownUfrag,
         DropReason::SessionRejected,
         DropReason::RingFull,
         DropReason::CodecMismatch,
+        DropReason::SendFailed,
+        DropReason::SendBufferFull,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -40,6 +46,8 @@ impl DropReason {
             DropReason::SessionRejected => "session_rejected",
             DropReason::RingFull => "ring_full",
             DropReason::CodecMismatch => "codec_mismatch",
+            DropReason::SendFailed => "send_failed",
+            DropReason::SendBufferFull => "send_buffer_full",
         }
     }
 }
@@ -70,7 +78,11 @@ impl WorkerMetrics {
     }
 
     pub fn drop_packet(&self, reason: DropReason) {
-        self.dropped[reason as usize].fetch_add(1, Ordering::Relaxed);
+        self.drop_packets(reason, 1);
+    }
+
+    pub fn drop_packets(&self, reason: DropReason, n: u64) {
+        self.dropped[reason as usize].fetch_add(n, Ordering::Relaxed);
     }
 
     pub fn dropped(&self, reason: DropReason) -> u64 {

@@ -22,7 +22,7 @@ use crate::api::{NodeError, SessionCreated, SessionKind};
 use crate::config::NodeConfig;
 use crate::forward::{MediaPacket, Selection, SourceTracker};
 use crate::ids::{Layer, ParticipantId, RoomId, SessionId, WorkerId};
-use crate::io::{DatagramIo, Waker};
+use crate::io::{DatagramIo, IoStats, Waker};
 use crate::mailbox::CrossWorker;
 use crate::metrics::{DropReason, WorkerMetrics};
 use crate::node::Shared;
@@ -116,6 +116,8 @@ pub struct Worker {
     media: Vec<Arc<MediaPacket>>,
     /// Workers whose ring we pushed to this pass.
     to_wake: Vec<bool>,
+    /// The backend's counters as last published to `metrics`.
+    io_published: IoStats,
     to_close: Vec<(SessionId, EndReason)>,
     next_housekeeping: Instant,
 }
@@ -168,6 +170,7 @@ impl Worker {
             outbox: Vec::with_capacity(512),
             media: Vec::with_capacity(64),
             to_wake: vec![false; workers],
+            io_published: IoStats::default(),
             to_close: Vec::new(),
             next_housekeeping: now + HOUSEKEEPING_INTERVAL,
         }
@@ -230,18 +233,32 @@ impl Worker {
             self.end_session(id, reason);
         }
         for (destination, datagram) in self.outbox.drain(..) {
-            WorkerMetrics::add(&self.metrics.packets_out, 1);
-            WorkerMetrics::add(&self.metrics.bytes_out, datagram.len() as u64);
             io.send(destination, datagram);
         }
         if let Err(e) = io.flush() {
             tracing::warn!(worker = %self.id, error = %e, "send flush failed");
         }
+        self.publish_io_stats(io.stats());
         for (worker, wake) in self.to_wake.iter_mut().enumerate() {
             if std::mem::take(wake) {
                 self.shared.workers[worker].mailbox.wake();
             }
         }
+    }
+
+    /// Add what the backend did since the last call to the metrics: datagrams and bytes the
+    /// kernel accepted, and sends dropped (by reason). Sends the backend completes inside
+    /// `poll` (after `POLLOUT`) show up at the next pass.
+    fn publish_io_stats(&mut self, now: IoStats) {
+        let before = std::mem::replace(&mut self.io_published, now);
+        let m = &self.metrics;
+        WorkerMetrics::add(&m.packets_out, now.sent - before.sent);
+        WorkerMetrics::add(&m.bytes_out, now.sent_bytes - before.sent_bytes);
+        m.drop_packets(DropReason::SendFailed, now.send_failed - before.send_failed);
+        m.drop_packets(
+            DropReason::SendBufferFull,
+            now.send_buffer_full - before.send_buffer_full,
+        );
     }
 
     fn next_deadline(&mut self) -> Option<Instant> {

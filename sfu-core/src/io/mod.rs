@@ -10,6 +10,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::time::Instant;
 
 pub mod poll;
+pub mod send_queue;
 pub mod uring;
 pub mod waker;
 
@@ -17,6 +18,12 @@ pub use waker::Waker;
 
 /// Size of one receive buffer. Larger than any datagram a WebRTC peer sends (MTU ~1500).
 pub const RECV_BUFFER_SIZE: usize = 2048;
+
+/// Datagrams a backend holds for the kernel (waiting plus in flight) while the socket's send
+/// buffer is full; past this, new ones are dropped and counted. About 5 MB of 1200-byte
+/// packets on top of the socket buffer: a keyframe burst fits, a persistently overloaded link
+/// does not turn into seconds of queueing.
+pub const SEND_QUEUE_CAPACITY: usize = 4096;
 
 /// What woke a [`DatagramIo::poll`] call.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -27,13 +34,34 @@ pub struct PollOutcome {
     pub woken: bool,
 }
 
-/// Counters a backend keeps about itself; read by the worker for metrics.
-#[derive(Debug, Default, Clone, Copy)]
+/// Counters a backend keeps about itself (monotonic); read by the worker for metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct IoStats {
-    /// Sends the kernel refused (e.g. `ENOBUFS`, unreachable). The datagram is dropped.
-    pub send_errors: u64,
+    /// Datagrams the kernel accepted.
+    pub sent: u64,
+    /// Bytes of those datagrams.
+    pub sent_bytes: u64,
+    /// Sends the kernel refused with an error (e.g. `ENOBUFS`, unreachable); dropped.
+    pub send_failed: u64,
+    /// Datagrams dropped because the socket's send buffer stayed full (see [`SEND_QUEUE_CAPACITY`]).
+    pub send_buffer_full: u64,
     /// Receives that failed or were truncated; dropped.
     pub recv_errors: u64,
+}
+
+impl IoStats {
+    /// Datagrams handed to the backend that will never reach the wire.
+    pub fn send_dropped(&self) -> u64 {
+        self.send_failed + self.send_buffer_full
+    }
+
+    fn with_sends(mut self, counters: send_queue::SendCounters) -> Self {
+        self.sent = counters.sent;
+        self.sent_bytes = counters.sent_bytes;
+        self.send_failed = counters.failed;
+        self.send_buffer_full = counters.buffer_full;
+        self
+    }
 }
 
 /// One worker's UDP socket plus its wake-up fd, driven by the worker loop.
@@ -43,6 +71,11 @@ pub struct IoStats {
 /// deadline it has. `poll` returns when datagrams were received, the waker fired, or the
 /// deadline passed — whichever comes first — and never calls the callback more than `budget`
 /// times, so one busy socket cannot starve timers and rings.
+///
+/// Sends reach the kernel in the order they were queued (a forwarding SFU must never reorder a
+/// stream). A backend holds at most [`SEND_QUEUE_CAPACITY`] datagrams; while the socket's send
+/// buffer is full it keeps them, in order, and resumes on `POLLOUT` (also from within `poll`).
+/// Every datagram is either sent or counted in [`IoStats`] as dropped.
 pub trait DatagramIo {
     /// Name for logs and metrics (`"io_uring"` or `"poll"`).
     fn name(&self) -> &'static str;
@@ -50,11 +83,12 @@ pub trait DatagramIo {
     /// Address the socket is bound to.
     fn local_addr(&self) -> SocketAddr;
 
-    /// Queue one datagram. Ownership of the buffer passes to the backend until the kernel is
-    /// done with it; no copy is made.
+    /// Queue one datagram behind the others. Ownership of the buffer passes to the backend
+    /// until the kernel is done with it; no copy is made. The backend may already hand queued
+    /// datagrams to the kernel here, so a large pass never piles up.
     fn send(&mut self, destination: SocketAddr, datagram: Vec<u8>);
 
-    /// Hand every queued datagram to the kernel.
+    /// Hand every queued datagram to the kernel, or as many as its send buffer takes.
     fn flush(&mut self) -> io::Result<()>;
 
     /// Wait for input (at most until `deadline`; `None` means until input or a wake-up) and

@@ -1,6 +1,6 @@
 //! The portable datagram path: `poll(2)` on the socket and the worker's eventfd, then
 //! `recvmmsg`/`sendmmsg` in fixed batches. Owns the socket, one set of receive buffers allocated
-//! at start-up, and the queue of datagrams waiting for the next flush.
+//! at start-up, and the [`SendQueue`] of datagrams the kernel has not taken yet.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -9,12 +9,14 @@ use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Instant;
 
-use super::{DatagramIo, IoStats, PollOutcome, RECV_BUFFER_SIZE, Waker};
+use super::send_queue::{Datagram, Progress, SendQueue};
+use super::{DatagramIo, IoStats, PollOutcome, RECV_BUFFER_SIZE, SEND_QUEUE_CAPACITY, Waker};
 
 /// Datagrams moved per `recvmmsg`/`sendmmsg` call.
 const BATCH: usize = 32;
 
-/// Socket buffer size we ask the kernel for; it caps the request at `net.core.{r,w}mem_max`.
+/// Socket buffer size we ask the kernel for. Without `CAP_NET_ADMIN` it caps the request at
+/// `net.core.{r,w}mem_max`.
 const SOCKET_BUFFER_BYTES: libc::c_int = 4 << 20;
 
 /// `poll(2)` + `recvmmsg`/`sendmmsg` backend for one worker socket.
@@ -27,8 +29,19 @@ pub struct PollIo {
     recv_buffers: Box<[u8]>,
     /// Source address of each receive buffer.
     recv_addrs: Box<[libc::sockaddr_storage]>,
-    send_queue: Vec<(SocketAddr, Vec<u8>)>,
+    send_queue: SendQueue,
+    /// The datagrams of the `sendmmsg` in progress, and what became of each (reused).
+    attempt: Vec<Datagram>,
+    results: Vec<i32>,
     stats: IoStats,
+}
+
+/// What one `poll(2)` call saw.
+#[derive(Debug, Default, Clone, Copy)]
+struct Ready {
+    readable: bool,
+    writable: bool,
+    woken: bool,
 }
 
 impl PollIo {
@@ -44,18 +57,27 @@ impl PollIo {
             // SAFETY: `sockaddr_storage` is plain old data; all-zero is a valid value.
             recv_addrs: vec![unsafe { mem::zeroed::<libc::sockaddr_storage>() }; BATCH]
                 .into_boxed_slice(),
-            send_queue: Vec::with_capacity(256),
+            send_queue: SendQueue::new(SEND_QUEUE_CAPACITY),
+            attempt: Vec::with_capacity(BATCH),
+            results: Vec::with_capacity(BATCH),
             stats: IoStats::default(),
         })
     }
 
-    /// Wait until the socket or the eventfd is readable, or the timeout (ms, -1 = forever)
-    /// passes. Returns `(socket_readable, woken)`.
-    fn wait(&mut self, timeout_ms: libc::c_int, watch_socket: bool) -> io::Result<(bool, bool)> {
+    /// Wait until the socket is readable (if `watch_input`) or writable (while sends wait for
+    /// send buffer), the eventfd fires, or the timeout (ms, -1 = forever) passes.
+    fn wait(&mut self, timeout_ms: libc::c_int, watch_input: bool) -> io::Result<Ready> {
+        let mut socket_events = 0;
+        if watch_input {
+            socket_events |= libc::POLLIN;
+        }
+        if self.send_queue.is_blocked() {
+            socket_events |= libc::POLLOUT;
+        }
         let mut fds = [
             libc::pollfd {
                 fd: self.socket.as_raw_fd(),
-                events: if watch_socket { libc::POLLIN } else { 0 },
+                events: socket_events,
                 revents: 0,
             },
             libc::pollfd {
@@ -70,17 +92,21 @@ impl PollIo {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {
                 // A signal is not an error: report nothing ready and let the worker re-poll.
-                return Ok((false, false));
+                return Ok(Ready::default());
             }
             return Err(e);
         }
         if fds.iter().any(|fd| fd.revents & libc::POLLNVAL != 0) {
             return Err(io::Error::from_raw_os_error(libc::EBADF));
         }
-        // POLLERR on the socket means a pending error; recvmmsg reports (and clears) it.
-        let readable = fds[0].revents & (libc::POLLIN | libc::POLLERR) != 0;
-        let woken = fds[1].revents & libc::POLLIN != 0;
-        Ok((readable, woken))
+        // POLLERR on the socket means a pending error; recvmmsg reports (and clears) it. It is
+        // reported whether asked for or not, so it only counts as input when input is wanted.
+        let socket = fds[0].revents;
+        Ok(Ready {
+            readable: watch_input && socket & (libc::POLLIN | libc::POLLERR) != 0,
+            writable: socket & libc::POLLOUT != 0,
+            woken: fds[1].revents & libc::POLLIN != 0,
+        })
     }
 
     /// Receive until the socket is drained or `budget` datagrams were taken from it.
@@ -167,13 +193,14 @@ impl PollIo {
         delivered
     }
 
-    /// `sendmmsg` the queue in batches; every datagram is either sent or counted and dropped.
+    /// `sendmmsg` from the head of the queue, in order, until it is empty or the socket's send
+    /// buffer is full. What the kernel refuses is settled by [`SendQueue::settle`]: retried
+    /// from the same datagram after `POLLOUT`, or dropped and counted.
     fn send_queued(&mut self) {
         let fd = self.socket.as_raw_fd();
         let v4_socket = self.local_addr.is_ipv4();
-        let mut start = 0;
-        while start < self.send_queue.len() {
-            let batch = &self.send_queue[start..(start + BATCH).min(self.send_queue.len())];
+        while self.send_queue.has_work() {
+            self.send_queue.take(BATCH, &mut self.attempt);
             // SAFETY: all-zero is a valid sockaddr_storage / iovec / mmsghdr; the entries we
             // pass are filled in below.
             let mut addrs: [libc::sockaddr_storage; BATCH] = unsafe { mem::zeroed() };
@@ -181,55 +208,55 @@ impl PollIo {
             let mut iovecs: [libc::iovec; BATCH] = unsafe { mem::zeroed() };
             // SAFETY: as above.
             let mut headers: [libc::mmsghdr; BATCH] = unsafe { mem::zeroed() };
-            for (((addr, iov), header), (destination, datagram)) in addrs
+            for (((addr, iov), header), datagram) in addrs
                 .iter_mut()
                 .zip(iovecs.iter_mut())
                 .zip(headers.iter_mut())
-                .zip(batch)
+                .zip(&self.attempt)
             {
-                let len = socket_addr_to_sockaddr(*destination, v4_socket, addr);
+                let len = socket_addr_to_sockaddr(datagram.destination, v4_socket, addr);
                 *iov = libc::iovec {
                     // The kernel only reads through this pointer.
-                    iov_base: datagram.as_ptr().cast_mut().cast(),
-                    iov_len: datagram.len(),
+                    iov_base: datagram.bytes.as_ptr().cast_mut().cast(),
+                    iov_len: datagram.bytes.len(),
                 };
                 header.msg_hdr.msg_name = (addr as *mut libc::sockaddr_storage).cast();
                 header.msg_hdr.msg_namelen = len;
                 header.msg_hdr.msg_iov = iov;
                 header.msg_hdr.msg_iovlen = 1;
             }
-            // SAFETY: the first `batch.len()` headers point at live addresses, iovecs and
+            // SAFETY: the first `attempt.len()` headers point at live addresses, iovecs and
             // datagram bytes that outlive the call; the kernel does not write to them.
             let n = unsafe {
                 libc::sendmmsg(
                     fd,
                     headers.as_mut_ptr(),
-                    batch.len() as _,
+                    self.attempt.len() as _,
                     libc::MSG_DONTWAIT,
                 )
             };
-            if n > 0 {
-                start += n as usize;
-                continue;
+            // The first `n` went out; the datagram after them failed with `errno` if nothing
+            // went out; the rest were not tried. (After a partial send the error, if any, is
+            // not reported: the next call meets it on its first datagram.)
+            self.results.clear();
+            match usize::try_from(n) {
+                Ok(sent) => self
+                    .results
+                    .extend(headers.iter().take(sent).map(|h| h.msg_len as i32)),
+                Err(_) => {
+                    let errno = io::Error::last_os_error()
+                        .raw_os_error()
+                        .unwrap_or(libc::EIO);
+                    if errno != libc::EINTR {
+                        self.results.push(-errno);
+                    }
+                }
             }
-            let errno = io::Error::last_os_error().raw_os_error();
-            match errno {
-                Some(libc::EINTR) => {}
-                Some(libc::EAGAIN) => {
-                    // The send buffer is full: everything still queued would fail the same way
-                    // one system call at a time. Drop it all now rather than block.
-                    self.stats.send_errors += (self.send_queue.len() - start) as u64;
-                    start = self.send_queue.len();
-                }
-                _ => {
-                    // ENOBUFS, ECONNREFUSED, EHOSTUNREACH, a bad address...: sendmmsg reports
-                    // the error of the first datagram of the batch. Drop that one, go on.
-                    self.stats.send_errors += 1;
-                    start += 1;
-                }
+            if self.send_queue.settle(&mut self.attempt, &self.results) == Progress::None {
+                // Interrupted before anything was tried: the next flush or poll resumes.
+                break;
             }
         }
-        self.send_queue.clear();
     }
 }
 
@@ -243,13 +270,14 @@ impl DatagramIo for PollIo {
     }
 
     fn send(&mut self, destination: SocketAddr, datagram: Vec<u8>) {
-        self.send_queue.push((destination, datagram));
+        self.send_queue.push(destination, datagram);
+        if self.send_queue.waiting() >= BATCH {
+            self.send_queued();
+        }
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        if !self.send_queue.is_empty() {
-            self.send_queued();
-        }
+        self.send_queued();
         Ok(())
     }
 
@@ -259,22 +287,38 @@ impl DatagramIo for PollIo {
         budget: usize,
         on_datagram: &mut dyn FnMut(SocketAddr, &[u8]),
     ) -> io::Result<PollOutcome> {
-        let timeout = poll_timeout_ms(deadline, Instant::now());
-        // With no budget left the socket stays readable; watching it would make us spin.
-        let (readable, woken) = self.wait(timeout, budget > 0)?;
-        if woken {
-            self.waker.drain();
+        loop {
+            // Leftovers of an interrupted flush go out before we sleep.
+            self.send_queued();
+            let timeout = poll_timeout_ms(deadline, Instant::now());
+            // With no budget left the socket stays readable; watching it would make us spin.
+            let ready = self.wait(timeout, budget > 0)?;
+            if ready.woken {
+                self.waker.drain();
+            }
+            if ready.writable {
+                self.send_queue.writable();
+                self.send_queued();
+            }
+            let received = if ready.readable {
+                self.receive(budget, on_datagram)
+            } else {
+                0
+            };
+            // Room in the send buffer is our business, not the worker's: unless something
+            // else happened, keep waiting for the deadline.
+            let only_writable = ready.writable && !ready.readable && !ready.woken;
+            if !only_writable || timeout == 0 {
+                return Ok(PollOutcome {
+                    received,
+                    woken: ready.woken,
+                });
+            }
         }
-        let received = if readable {
-            self.receive(budget, on_datagram)
-        } else {
-            0
-        };
-        Ok(PollOutcome { received, woken })
     }
 
     fn stats(&self) -> IoStats {
-        self.stats
+        self.stats.with_sends(self.send_queue.counters())
     }
 }
 
@@ -290,28 +334,67 @@ fn poll_timeout_ms(deadline: Option<Instant>, now: Instant) -> libc::c_int {
     }
 }
 
-/// Make the socket non-blocking and ask for 4 MiB kernel buffers (best effort: the kernel
-/// caps the size, and an unprivileged process cannot exceed `rmem_max`/`wmem_max`).
+/// Make the socket non-blocking and give it 4 MiB kernel buffers: forced past
+/// `rmem_max`/`wmem_max` when the process has `CAP_NET_ADMIN`, else as much as those allow.
+/// Logs what the kernel granted, and warns when it is less: a small send buffer fills during
+/// keyframe bursts (sends then wait in the backend's queue, or are dropped and counted).
 pub(super) fn prepare_socket(socket: &UdpSocket) -> io::Result<()> {
     socket.set_nonblocking(true)?;
     let fd = socket.as_raw_fd();
-    set_buffer_size(fd, libc::SO_RCVBUF);
-    set_buffer_size(fd, libc::SO_SNDBUF);
+    let receive = set_buffer_size(fd, libc::SO_RCVBUFFORCE, libc::SO_RCVBUF);
+    let send = set_buffer_size(fd, libc::SO_SNDBUFFORCE, libc::SO_SNDBUF);
+    let addr = socket.local_addr()?;
+    // The kernel doubles the value set (for its own overhead) and reports the doubled value.
+    let wanted = 2 * SOCKET_BUFFER_BYTES as usize;
+    if send < wanted || receive < wanted {
+        tracing::warn!(
+            %addr, send_buffer = send, receive_buffer = receive, wanted,
+            "socket buffers smaller than asked for; raise net.core.wmem_max / rmem_max \
+             or grant CAP_NET_ADMIN"
+        );
+    } else {
+        tracing::info!(%addr, send_buffer = send, receive_buffer = receive, "socket buffers");
+    }
     Ok(())
 }
 
-fn set_buffer_size(fd: RawFd, option: libc::c_int) {
+/// Ask for `SOCKET_BUFFER_BYTES` with `force` (privileged), else with `option`; return the
+/// size the kernel reports for `option` afterwards (0 if it cannot be read).
+fn set_buffer_size(fd: RawFd, force: libc::c_int, option: libc::c_int) -> usize {
     let value = SOCKET_BUFFER_BYTES;
-    // SAFETY: passes a valid c_int and its size; failure is harmless and deliberately ignored.
-    let _ = unsafe {
-        libc::setsockopt(
+    let set = |name: libc::c_int| {
+        // SAFETY: passes a valid c_int and its size.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                name,
+                (&value as *const libc::c_int).cast(),
+                mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        }
+    };
+    // Failure (EPERM without CAP_NET_ADMIN) is expected and harmless: the fallback is capped.
+    if set(force) != 0 {
+        let _ = set(option);
+    }
+    let mut granted: libc::c_int = 0;
+    let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `granted` and `len` are valid for writes and `len` holds `granted`'s size.
+    let rc = unsafe {
+        libc::getsockopt(
             fd,
             libc::SOL_SOCKET,
             option,
-            (&value as *const libc::c_int).cast(),
-            mem::size_of::<libc::c_int>() as libc::socklen_t,
+            (&mut granted as *mut libc::c_int).cast(),
+            &mut len,
         )
     };
+    if rc == 0 {
+        usize::try_from(granted).unwrap_or(0)
+    } else {
+        0
+    }
 }
 
 /// Parse a kernel-filled socket address; `None` for families other than IPv4/IPv6 or a
@@ -459,7 +542,7 @@ pub(super) mod contract {
         let got = collect(io.as_mut(), 1, 64);
         assert_eq!(got, vec![(peer_addr, b"back".to_vec())]);
         assert_eq!(io.stats().recv_errors, 0);
-        assert_eq!(io.stats().send_errors, 0);
+        assert_eq!(io.stats().send_dropped(), 0);
     }
 
     /// Blocking receive on a test peer. Retries EINTR: io_uring task-work notifications
@@ -507,7 +590,56 @@ pub(super) mod contract {
             io.poll(Some(Instant::now()), 64, &mut |_, _| {})
                 .expect("poll");
         }
-        assert_eq!(io.stats().send_errors, 0);
+        assert_eq!(io.stats().send_dropped(), 0);
+    }
+
+    /// One pass far larger than any batch, slot pool or chain of the backend (a keyframe
+    /// fanned out to hundreds of subscribers): every datagram arrives, in order per
+    /// destination, and none is dropped.
+    pub(in crate::io) fn huge_pass_arrives_in_order(make: Make) {
+        const PEERS: usize = 8;
+        const PER_PEER: u32 = 1500;
+        let Some((mut io, first_peer, _waker)) = setup(make, "127.0.0.1:0") else {
+            return;
+        };
+        let mut peers = vec![first_peer];
+        for _ in 1..PEERS {
+            let peer = UdpSocket::bind("127.0.0.1:0").expect("bind peer");
+            peer.set_read_timeout(Some(Duration::from_secs(2)))
+                .expect("timeout");
+            peers.push(peer);
+        }
+        for peer in &peers {
+            // Room for the whole pass, so the receivers cannot be what drops.
+            set_buffer_size(peer.as_raw_fd(), libc::SO_RCVBUFFORCE, libc::SO_RCVBUF);
+        }
+        let addrs: Vec<SocketAddr> = peers
+            .iter()
+            .map(|p| p.local_addr().expect("addr"))
+            .collect();
+        for i in 0..PER_PEER {
+            for addr in &addrs {
+                let mut datagram = vec![0u8; 200];
+                datagram[..4].copy_from_slice(&i.to_be_bytes());
+                io.send(*addr, datagram);
+            }
+        }
+        io.flush().expect("flush");
+        let mut buf = [0u8; 256];
+        for (p, peer) in peers.iter().enumerate() {
+            for i in 0..PER_PEER {
+                let (n, _) = recv_from(peer, &mut buf);
+                assert_eq!(n, 200);
+                assert_eq!(
+                    &buf[..4],
+                    &i.to_be_bytes(),
+                    "peer {p}: out of order or lost"
+                );
+            }
+        }
+        io.poll(Some(Instant::now()), 64, &mut |_, _| {})
+            .expect("poll");
+        assert_eq!(io.stats().send_dropped(), 0);
     }
 
     pub(in crate::io) fn waker_interrupts_infinite_wait(make: Make) {
@@ -642,7 +774,7 @@ pub(super) mod contract {
             &mut |_, _| {},
         )
         .expect("poll");
-        assert_eq!(io.stats().send_errors, 1);
+        assert_eq!(io.stats().send_failed, 1);
     }
 }
 
@@ -668,6 +800,11 @@ mod tests {
     #[test]
     fn many_sends() {
         contract::many_sends(MAKE);
+    }
+
+    #[test]
+    fn huge_pass_arrives_in_order() {
+        contract::huge_pass_arrives_in_order(MAKE);
     }
 
     #[test]
