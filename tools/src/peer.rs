@@ -102,6 +102,15 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The text a panic was raised with (empty when it carried something other than a string).
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_default()
+}
+
 /// The crypto provider all peers of this process share.
 pub(crate) fn crypto_provider() -> Arc<CryptoProvider> {
     static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
@@ -175,12 +184,7 @@ impl<C: Send + 'static> PeerThread<C> {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => state.set_error(e.to_string()),
                 Err(panic) => {
-                    let msg = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_default();
-                    state.set_error(format!("peer thread panicked: {msg}"));
+                    state.set_error(format!("peer thread panicked: {}", panic_message(&*panic)));
                 }
             }
             state.running.store(false, Ordering::Relaxed);

@@ -478,14 +478,10 @@ fn guarded(f: impl FnOnce() -> Result<(), PeerEnd>) -> Step {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(())) => Step::Continue,
         Ok(Err(end)) => Step::End(end),
-        Err(panic) => {
-            let msg = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            Step::End(PeerEnd::failed("panic", format!("peer panicked: {msg}")))
-        }
+        Err(panic) => Step::End(PeerEnd::failed(
+            "panic",
+            format!("peer panicked: {}", crate::peer::panic_message(&*panic)),
+        )),
     }
 }
 
