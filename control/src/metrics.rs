@@ -15,7 +15,7 @@ type Series = (
 /// Render every series, with `# HELP` and `# TYPE` lines.
 pub fn render(stats: &NodeStats) -> String {
     let mut out = String::with_capacity(4096);
-    let series: [Series; 10] = [
+    let series: [Series; 13] = [
         (
             "sfu_packets_in_total",
             "counter",
@@ -43,8 +43,27 @@ pub fn render(stats: &NodeStats) -> String {
         (
             "sfu_keyframe_requests_total",
             "counter",
-            "Keyframe requests sent to publishers",
+            "Keyframe requests (PLI) sent to publishers, at most one per layer per 500 ms; \
+             those received from subscribers are sfu_keyframe_requests_received_total",
             |w| w.keyframe_requests,
+        ),
+        (
+            "sfu_nacks_received_total",
+            "counter",
+            "NACK messages received from subscribers (one message may name several packets)",
+            |w| w.nacks_received,
+        ),
+        (
+            "sfu_rtx_sent_total",
+            "counter",
+            "Packets retransmitted to subscribers on their RTX SSRC in answer to NACKs",
+            |w| w.rtx_sent,
+        ),
+        (
+            "sfu_nacks_sent_total",
+            "counter",
+            "NACK messages sent to publishers (one message may name several packets)",
+            |w| w.nacks_sent,
         ),
         (
             "sfu_sessions_reaped_total",
@@ -92,6 +111,20 @@ pub fn render(stats: &NodeStats) -> String {
     }
     let _ = writeln!(
         out,
+        "# HELP sfu_keyframe_requests_received_total Keyframe requests received from subscribers, \
+         by kind (pli, fir).\n# TYPE sfu_keyframe_requests_received_total counter"
+    );
+    for w in &stats.workers {
+        for (kind, n) in [("pli", w.plis_received), ("fir", w.firs_received)] {
+            let _ = writeln!(
+                out,
+                "sfu_keyframe_requests_received_total{{worker=\"{}\",kind=\"{kind}\"}} {n}",
+                w.worker
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
         "# HELP sfu_udp_dropped_total Datagrams and packets dropped, by reason.\n# TYPE sfu_udp_dropped_total counter"
     );
     for w in &stats.workers {
@@ -115,4 +148,88 @@ pub fn render(stats: &NodeStats) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn worker(worker: u16, n: u64) -> WorkerStats {
+        WorkerStats {
+            worker,
+            port: 40_000 + worker,
+            keyframe_requests: n,
+            nacks_received: n + 1,
+            rtx_sent: n + 2,
+            plis_received: n + 3,
+            firs_received: n + 4,
+            nacks_sent: n + 5,
+            ..WorkerStats::default()
+        }
+    }
+
+    /// Each feedback counter is rendered once per worker with its own value, under one
+    /// `# HELP`/`# TYPE` pair, and keyframe requests received are split by kind.
+    #[test]
+    fn feedback_counters_are_rendered_per_worker() {
+        let stats = NodeStats {
+            io_backend: "poll".into(),
+            workers: vec![worker(0, 10), worker(1, 20)],
+        };
+        let text = render(&stats);
+        let lines: Vec<&str> = text.lines().collect();
+        for expected in [
+            "# TYPE sfu_keyframe_requests_total counter",
+            "sfu_keyframe_requests_total{worker=\"0\"} 10",
+            "sfu_keyframe_requests_total{worker=\"1\"} 20",
+            "# TYPE sfu_nacks_received_total counter",
+            "sfu_nacks_received_total{worker=\"0\"} 11",
+            "sfu_nacks_received_total{worker=\"1\"} 21",
+            "# TYPE sfu_rtx_sent_total counter",
+            "sfu_rtx_sent_total{worker=\"0\"} 12",
+            "sfu_rtx_sent_total{worker=\"1\"} 22",
+            "# TYPE sfu_keyframe_requests_received_total counter",
+            "sfu_keyframe_requests_received_total{worker=\"0\",kind=\"pli\"} 13",
+            "sfu_keyframe_requests_received_total{worker=\"0\",kind=\"fir\"} 14",
+            "sfu_keyframe_requests_received_total{worker=\"1\",kind=\"pli\"} 23",
+            "sfu_keyframe_requests_received_total{worker=\"1\",kind=\"fir\"} 24",
+            "# TYPE sfu_nacks_sent_total counter",
+            "sfu_nacks_sent_total{worker=\"0\"} 15",
+            "sfu_nacks_sent_total{worker=\"1\"} 25",
+        ] {
+            assert_eq!(
+                lines.iter().filter(|l| **l == expected).count(),
+                1,
+                "expected exactly one line {expected:?} in:\n{text}"
+            );
+        }
+        for name in [
+            "sfu_nacks_received_total",
+            "sfu_rtx_sent_total",
+            "sfu_keyframe_requests_received_total",
+            "sfu_nacks_sent_total",
+        ] {
+            let help = format!("# HELP {name} ");
+            assert_eq!(
+                lines.iter().filter(|l| l.starts_with(&help)).count(),
+                1,
+                "{name} needs one HELP line"
+            );
+        }
+    }
+
+    /// The page parses as Prometheus text with the parser the load generator and the tests use.
+    #[test]
+    fn the_page_parses() {
+        let stats = NodeStats {
+            io_backend: "poll".into(),
+            workers: vec![worker(0, 1)],
+        };
+        let page = tools::metrics::Metrics::parse(&render(&stats)).expect("parses");
+        assert_eq!(
+            page.sum_where("sfu_keyframe_requests_received_total", &[("kind", "fir")]),
+            5.0
+        );
+        assert_eq!(page.sum("sfu_rtx_sent_total"), 3.0);
+    }
 }

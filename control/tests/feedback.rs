@@ -67,5 +67,26 @@ fn subscriber_plis_reach_the_publisher_throttled() {
     for s in subs {
         s.close().expect("DELETE subscriber");
     }
+    // A closing session hands in the feedback str0m has not reported yet, so after the
+    // DELETEs the node has counted every PLI that reached it: each one the subscribers asked
+    // for, unless two requests were folded into one RTCP PLI on the subscriber's side.
+    let m = server.metrics();
+    let plis = m.sum_where("sfu_keyframe_requests_received_total", &[("kind", "pli")]);
+    let firs = m.sum_where("sfu_keyframe_requests_received_total", &[("kind", "fir")]);
+    eprintln!("PLIs counted by the node: {plis}, FIRs: {firs}");
+    assert!(
+        plis <= sent as f64 && plis >= 0.9 * sent as f64,
+        "sfu_keyframe_requests_received_total{{kind=\"pli\"}} is {plis}; the subscribers sent \
+         {sent} PLIs"
+    );
+    assert_eq!(firs, 0.0, "the subscribers sent no FIR");
+    // The other direction: every request the publisher got was sent, and counted, by the node.
+    let to_publisher = m.sum("sfu_keyframe_requests_total");
+    assert!(
+        to_publisher >= publisher.keyframe_requests() as f64 && to_publisher < plis,
+        "sfu_keyframe_requests_total is {to_publisher}: it counts the (throttled) requests to \
+         the publisher, which got {}",
+        publisher.keyframe_requests()
+    );
     publisher.close().expect("DELETE publisher");
 }

@@ -76,6 +76,8 @@ fn lost_video_packets_are_retransmitted_to_the_subscriber() {
     thread::sleep(REPAIR_WINDOW);
     let r = sub.reception();
     let sent = publisher.stats();
+    // Read after the reception: every RTX datagram in `r` was counted before it was sent.
+    let metrics = server.metrics();
 
     // The loss was really applied.
     let video_dropped: Vec<_> = r
@@ -158,13 +160,38 @@ fn lost_video_packets_are_retransmitted_to_the_subscriber() {
         "the audio sequence numbers missing must be exactly the ones dropped"
     );
     assert_eq!(r.unrepaired(Audio).len(), audio_dropped.len());
+
+    // The node's counters saw the repair: the subscriber's NACKs (str0m reports them once a
+    // second; the loss ran for 5) and at least every retransmission the subscriber received.
+    let nacks_received = metrics.sum("sfu_nacks_received_total");
+    let rtx_sent = metrics.sum("sfu_rtx_sent_total");
+    assert!(
+        nacks_received > 0.0,
+        "sfu_nacks_received_total is 0 after {} video packets were lost and NACKed",
+        video_dropped.len()
+    );
+    assert!(
+        rtx_sent >= r.video.repairs as f64,
+        "sfu_rtx_sent_total is {rtx_sent}, but the subscriber received {} RTX datagrams",
+        r.video.repairs
+    );
+    // The rest of the feedback series are on the page too (their values are checked in
+    // feedback.rs and in sfu-core's session tests, which make a publisher's packets go missing).
+    for series in [
+        "sfu_nacks_sent_total",
+        "sfu_keyframe_requests_received_total",
+    ] {
+        assert!(metrics.has(series), "{series} missing from /metrics");
+    }
     eprintln!(
         "NACK/RTX: {} video packets lost on purpose and judged, all repaired ({} lost in all, \
-         {} RTX datagrams); {} audio packets lost and left lost",
+         {} RTX datagrams); {} audio packets lost and left lost; node: {nacks_received} NACKs \
+         received, {rtx_sent} RTX packets sent, {} NACKs sent",
         video_dropped.len(),
         r.dropped_of(Video).count(),
         r.video.repairs,
-        audio_dropped.len()
+        audio_dropped.len(),
+        metrics.sum("sfu_nacks_sent_total"),
     );
 }
 

@@ -104,7 +104,24 @@ pub struct WorkerStats {
     pub packets_out: u64,
     pub bytes_out: u64,
     pub rtp_forwarded: u64,
+    /// Keyframe requests (PLI) sent to publishers.
     pub keyframe_requests: u64,
+    /// NACK messages received from subscribers (one message may name several packets).
+    /// `serde(default)`: a node from before these counters reports them as 0.
+    #[serde(default)]
+    pub nacks_received: u64,
+    /// Packets retransmitted to subscribers on their RTX SSRC, in answer to NACKs.
+    #[serde(default)]
+    pub rtx_sent: u64,
+    /// PLIs received from subscribers.
+    #[serde(default)]
+    pub plis_received: u64,
+    /// FIRs received from subscribers.
+    #[serde(default)]
+    pub firs_received: u64,
+    /// NACK messages sent to publishers.
+    #[serde(default)]
+    pub nacks_sent: u64,
     pub sessions_reaped: u64,
     pub session_panics: u64,
     /// Drops by reason, in a fixed order; see [`DropReason`](crate::metrics::DropReason).

@@ -51,6 +51,17 @@ pub fn stun_local_ufrag(datagram: &[u8]) -> Option<&str> {
     None
 }
 
+/// The SSRC of an (S)RTP packet, read from its clear-text header; `None` for anything else,
+/// RTCP included (RFC 5761: RTCP packet types 192..=223 sit where RTP has marker + payload
+/// type, and no RTP payload type may use 64..=95).
+pub fn rtp_ssrc(datagram: &[u8]) -> Option<u32> {
+    if classify(datagram) != DatagramClass::RtpOrRtcp || (192..=223).contains(&datagram[1]) {
+        return None;
+    }
+    let ssrc = datagram.get(8..12)?;
+    Some(u32::from_be_bytes([ssrc[0], ssrc[1], ssrc[2], ssrc[3]]))
+}
+
 /// Address and ufrag routing for one worker.
 #[derive(Debug, Default)]
 pub struct Demux {
@@ -145,6 +156,20 @@ mod tests {
     }
 
     #[test]
+    fn rtp_ssrc_reads_rtp_headers_only() {
+        let mut rtp = vec![0x80, 96, 0, 1, 0, 0, 0, 2, 0xde, 0xad, 0xbe, 0xef, 0xaa];
+        assert_eq!(rtp_ssrc(&rtp), Some(0xdead_beef));
+        rtp[1] = 0x80 | 96; // marker bit set
+        assert_eq!(rtp_ssrc(&rtp), Some(0xdead_beef));
+        // A receiver report: same first byte range, RTCP packet type.
+        let rtcp = [0x81, 201, 0, 7, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4];
+        assert_eq!(rtp_ssrc(&rtcp), None);
+        assert_eq!(rtp_ssrc(&rtp[..11]), None, "shorter than an RTP header");
+        assert_eq!(rtp_ssrc(&stun_with_username("a:b")), None);
+        assert_eq!(rtp_ssrc(&[22; 40]), None, "DTLS");
+    }
+
+    #[test]
     fn stun_parser_is_total() {
         let mut state = 0x9e37_79b9_u32;
         for len in 0..80 {
@@ -163,6 +188,7 @@ mod tests {
                 }
                 let _ = stun_local_ufrag(&bytes);
                 let _ = classify(&bytes);
+                let _ = rtp_ssrc(&bytes);
             }
         }
     }

@@ -52,6 +52,29 @@ impl DropReason {
     }
 }
 
+/// RTCP feedback counts, as str0m's stats report them: a NACK is one generic-NACK feedback
+/// message (RFC 4585), which may name several packets; a FIR is one FIR entry.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FeedbackCounts {
+    /// NACKs received from subscribers.
+    pub nacks_received: u64,
+    /// PLIs received from subscribers.
+    pub plis_received: u64,
+    /// FIRs received from subscribers.
+    pub firs_received: u64,
+    /// NACKs sent to publishers.
+    pub nacks_sent: u64,
+}
+
+impl std::ops::AddAssign for FeedbackCounts {
+    fn add_assign(&mut self, other: Self) {
+        self.nacks_received += other.nacks_received;
+        self.plis_received += other.plis_received;
+        self.firs_received += other.firs_received;
+        self.nacks_sent += other.nacks_sent;
+    }
+}
+
 /// One worker's counters.
 #[derive(Debug, Default)]
 pub struct WorkerMetrics {
@@ -63,6 +86,11 @@ pub struct WorkerMetrics {
     pub bytes_out: AtomicU64,
     pub rtp_forwarded: AtomicU64,
     pub keyframe_requests: AtomicU64,
+    pub nacks_received: AtomicU64,
+    pub rtx_sent: AtomicU64,
+    pub plis_received: AtomicU64,
+    pub firs_received: AtomicU64,
+    pub nacks_sent: AtomicU64,
     pub sessions_reaped: AtomicU64,
     pub session_panics: AtomicU64,
     dropped: [AtomicU64; DropReason::ALL.len()],
@@ -75,6 +103,14 @@ impl WorkerMetrics {
 
     pub fn sub(counter: &AtomicU64, n: u64) {
         counter.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    /// Add what a session's str0m stats reported since their previous report.
+    pub fn add_feedback(&self, delta: FeedbackCounts) {
+        Self::add(&self.nacks_received, delta.nacks_received);
+        Self::add(&self.plis_received, delta.plis_received);
+        Self::add(&self.firs_received, delta.firs_received);
+        Self::add(&self.nacks_sent, delta.nacks_sent);
     }
 
     pub fn drop_packet(&self, reason: DropReason) {
@@ -103,6 +139,11 @@ impl WorkerMetrics {
             bytes_out: load(&self.bytes_out),
             rtp_forwarded: load(&self.rtp_forwarded),
             keyframe_requests: load(&self.keyframe_requests),
+            nacks_received: load(&self.nacks_received),
+            rtx_sent: load(&self.rtx_sent),
+            plis_received: load(&self.plis_received),
+            firs_received: load(&self.firs_received),
+            nacks_sent: load(&self.nacks_sent),
             sessions_reaped: load(&self.sessions_reaped),
             session_panics: load(&self.session_panics),
             dropped: DropReason::ALL

@@ -14,15 +14,22 @@ use str0m::format::{Codec, FormatParams};
 use str0m::media::{KeyframeRequestKind, MediaKind, Mid, Pt, Rid};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::{ExtensionValues, RtpWrite, Ssrc};
-use str0m::{Candidate, Input, Output, Rtc, RtcConfig};
+use str0m::stats::{MediaEgressStats, MediaIngressStats};
+use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
 
 use crate::api::{NodeError, SessionKind};
 use crate::codec;
+use crate::demux;
 use crate::forward::{MediaKindKey, MediaPacket, TrackForwarder};
 use crate::ids::{Layer, ParticipantId, RoomId, SessionId, WorkerId};
+use crate::metrics::FeedbackCounts;
 
 /// Minimum spacing of keyframe requests sent to one publisher layer.
 pub const PUBLISHER_KEYFRAME_INTERVAL: Duration = Duration::from_millis(500);
+
+/// How often str0m reports a session's stream statistics, the source of the feedback
+/// counters (see [`FeedbackLedger`]). One small event per stream per interval.
+pub const STATS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A session's call into str0m panicked or failed fatally.
 #[derive(Debug)]
@@ -43,6 +50,8 @@ struct IngressStream {
 pub struct EgressTrack {
     pub mid: Mid,
     pub forwarder: TrackForwarder,
+    /// The repair SSRC str0m resends NACKed packets on (video, when the subscriber offered RTX).
+    rtx: Option<Ssrc>,
     /// Payload type the subscriber negotiated for each codec and format forwarded so far.
     pts: Vec<((Codec, FormatParams), Option<Pt>)>,
 }
@@ -74,6 +83,8 @@ pub struct Session {
     pub participant: Option<ParticipantId>,
     /// The publisher negotiated `goog-remb`: it expects REMB as well as TWCC feedback.
     remb: bool,
+    /// Feedback totals str0m has reported so far, to turn them into increments.
+    feedback: FeedbackLedger,
 }
 
 impl Session {
@@ -128,7 +139,12 @@ impl Session {
         mut initial_seq: impl FnMut() -> u16,
         now: Instant,
     ) -> Result<(Session, String), NodeError> {
-        let mut config = RtcConfig::new().set_ice_lite(true).set_rtp_mode(true);
+        // No bandwidth estimation (`enable_bwe`): with it str0m would also send padding on the
+        // RTX SSRC, and `is_retransmission` would count padding as resends.
+        let mut config = RtcConfig::new()
+            .set_ice_lite(true)
+            .set_rtp_mode(true)
+            .set_stats_interval(Some(STATS_INTERVAL));
         if let Some(cert) = dtls_cert {
             config = config.set_dtls_cert(cert);
         }
@@ -155,6 +171,7 @@ impl Session {
             tracks: Vec::new(),
             remb: false,
             participant: None,
+            feedback: FeedbackLedger::default(),
         };
 
         // Which sections can carry media in our direction?
@@ -169,9 +186,15 @@ impl Session {
                 SessionKind::Publish if direction.is_receiving() => usable += 1,
                 SessionKind::Subscribe if direction.is_sending() => {
                     usable += 1;
+                    let rtx = session
+                        .rtc
+                        .direct_api()
+                        .stream_tx_by_mid(mid, None)
+                        .and_then(|s| s.rtx());
                     session.tracks.push(EgressTrack {
                         mid,
                         forwarder: TrackForwarder::new(media_kind, initial_seq()),
+                        rtx,
                         pts: Vec::new(),
                     });
                 }
@@ -238,6 +261,57 @@ impl Session {
     /// Next output of the `Rtc`; `Output::Timeout` ends a drain.
     pub fn poll_output(&mut self) -> Result<Option<Output>, SessionBroken> {
         self.guard(|rtc| rtc.poll_output().ok())
+    }
+
+    /// Whether `datagram`, an output of this session, is a retransmission: an RTP packet on the
+    /// RTX SSRC of one of its tracks. str0m resends from its RTX cache only in answer to a NACK,
+    /// and without bandwidth estimation (not enabled here) sends nothing else on that SSRC.
+    /// Reads the clear-text RTP header only: a few byte comparisons per datagram.
+    pub fn is_retransmission(&self, datagram: &[u8]) -> bool {
+        if self.tracks.iter().all(|t| t.rtx.is_none()) {
+            return false;
+        }
+        let Some(ssrc) = demux::rtp_ssrc(datagram).map(Ssrc::from) else {
+            return false;
+        };
+        self.tracks.iter().any(|t| t.rtx == Some(ssrc))
+    }
+
+    /// The feedback in one of str0m's periodic egress stats events that is new since the
+    /// previous event for the same stream.
+    pub fn egress_feedback(&mut self, stats: &MediaEgressStats) -> FeedbackCounts {
+        self.feedback.egress(stats)
+    }
+
+    /// As [`Session::egress_feedback`], for an ingress stats event.
+    pub fn ingress_feedback(&mut self, stats: &MediaIngressStats) -> FeedbackCounts {
+        self.feedback.ingress(stats)
+    }
+
+    /// Feedback received since str0m's last stats event, collected before the session ends so
+    /// that its last second is counted too. str0m reports only on its stats tick, so the
+    /// session's clock is moved on to the next tick (`now + STATS_INTERVAL`) and drained; every
+    /// other output is discarded, the session is going. Only egress stats (feedback *received*
+    /// from a subscriber) are taken: str0m counts a NACK toward a publisher when it generates
+    /// one, and moving the clock on would generate NACKs that are never sent. So a publisher's
+    /// NACKs from its last interval before it ends are not counted.
+    pub fn final_feedback(&mut self, now: Instant) -> Result<FeedbackCounts, SessionBroken> {
+        let mut total = FeedbackCounts::default();
+        if !self.connected || self.tracks.is_empty() {
+            return Ok(total);
+        }
+        self.handle_timeout(now + STATS_INTERVAL)?;
+        // Bounded, as the worker's drain: at most a few stats events per track come out.
+        for _ in 0..10_000 {
+            match self.poll_output()? {
+                Some(Output::Event(Event::MediaEgressStats(stats))) => {
+                    total += self.feedback.egress(&stats);
+                }
+                Some(Output::Timeout(_)) | None => break,
+                Some(_) => {}
+            }
+        }
+        Ok(total)
     }
 
     pub fn is_alive(&self) -> bool {
@@ -417,6 +491,69 @@ impl Session {
     }
 }
 
+/// Feedback totals from str0m's stats, per stream, turned into increments for the worker's
+/// counters.
+///
+/// str0m counts feedback per stream as running totals (`MediaEgressStats::{nacks, plis, firs}`
+/// for what a subscriber sent us, `MediaIngressStats::nacks` for what we sent a publisher) and
+/// reports them every [`STATS_INTERVAL`]. Summing the live sessions' latest totals would make a
+/// counter fall when a session ends; instead each report adds its increase over the stream's
+/// previous report to the worker's monotonic counters, and the last partial interval of a
+/// closing subscriber is collected by [`Session::final_feedback`]. Nothing here runs per packet.
+#[derive(Debug, Default)]
+struct FeedbackLedger {
+    /// Last reported (NACKs, PLIs, FIRs) received, per outgoing stream.
+    egress: Vec<(StreamKey, [u64; 3])>,
+    /// Last reported NACKs sent, per incoming stream.
+    ingress: Vec<(StreamKey, u64)>,
+}
+
+/// A stream as str0m's stats name it.
+type StreamKey = (Mid, Option<Rid>);
+
+impl FeedbackLedger {
+    fn egress(&mut self, stats: &MediaEgressStats) -> FeedbackCounts {
+        let last = entry(&mut self.egress, (stats.mid, stats.rid), [0; 3]);
+        let [nacks, plis, firs] = last;
+        FeedbackCounts {
+            nacks_received: increase(nacks, stats.nacks),
+            plis_received: increase(plis, stats.plis),
+            firs_received: increase(firs, stats.firs),
+            nacks_sent: 0,
+        }
+    }
+
+    fn ingress(&mut self, stats: &MediaIngressStats) -> FeedbackCounts {
+        let last = entry(&mut self.ingress, (stats.mid, stats.rid), 0);
+        FeedbackCounts {
+            nacks_sent: increase(last, stats.nacks),
+            ..FeedbackCounts::default()
+        }
+    }
+}
+
+/// The value kept for `key`, inserted as `initial` on first sight (a session has a handful of
+/// streams: a scan beats a map).
+fn entry<K: PartialEq, V>(entries: &mut Vec<(K, V)>, key: K, initial: V) -> &mut V {
+    let index = match entries.iter().position(|(k, _)| *k == key) {
+        Some(i) => i,
+        None => {
+            entries.push((key, initial));
+            entries.len() - 1
+        }
+    };
+    &mut entries[index].1
+}
+
+/// How much a running total grew since `last`, which becomes `total`. A total below `last`
+/// (str0m replaced the stream, or dropped one of the SSRCs it sums) counts nothing: from
+/// there on the counter follows the new total, so nothing is ever counted twice.
+fn increase(last: &mut u64, total: u64) -> u64 {
+    let grown = total.saturating_sub(*last);
+    *last = total;
+    grown
+}
+
 /// The subscriber's payload type on `mid` for `codec`, best matching the publisher's format:
 /// for H264 the packetization mode must agree (mode 0 cannot carry FU-A/STAP-A), and the
 /// same profile is preferred.
@@ -474,6 +611,12 @@ mod tests {
 
     use super::*;
 
+    const LOCALHOST: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+    const CLIENT: SocketAddr = SocketAddr::new(LOCALHOST, 5000);
+    const SERVER: SocketAddr = SocketAddr::new(LOCALHOST, 6000);
+    /// Simulated time per step of a [`Link`].
+    const TICK: Duration = Duration::from_millis(5);
+
     /// A subscriber's str0m sends NACKs only for a stream whose announced SSRC has a repair
     /// (RTX) SSRC next to it, and the SFU can only answer them on one. The answer must pair
     /// the video send stream with an RTX SSRC when the subscriber offered RTX, and leave audio
@@ -511,13 +654,323 @@ mod tests {
         let video_rx = api
             .stream_rx_by_mid(video, None)
             .expect("the answer announces the video SSRC");
+        let announced = video_rx.rtx();
         assert!(
-            video_rx.rtx().is_some(),
+            announced.is_some(),
             "no RTX SSRC for video, so the subscriber would never NACK:\n{answer}"
         );
         let audio_rx = api
             .stream_rx_by_mid(audio, None)
             .expect("the answer announces the audio SSRC");
         assert_eq!(audio_rx.rtx(), None, "{answer}");
+        // The session knows the same repair SSRC, to count what it resends on it.
+        let rtx: Vec<_> = session.tracks.iter().map(|t| t.rtx).collect();
+        assert_eq!(rtx, vec![None, announced]);
+    }
+
+    /// A plain str0m peer (`client`) and one of our sessions on a lossless, zero-delay wire,
+    /// on simulated time. Counts from the session's outputs what the worker counts.
+    struct Link {
+        now: Instant,
+        client: Rtc,
+        session: Session,
+        /// Packets lost on the way to the client.
+        loss: Option<Loss>,
+        feedback: FeedbackCounts,
+        retransmissions: u64,
+        /// The client's own stats: NACKs it sent (ingress) and received (egress).
+        client_nacks_sent: u64,
+        client_nacks_received: u64,
+    }
+
+    /// RTP packets on `ssrc` toward the client are counted from 0; those at `positions` are lost.
+    struct Loss {
+        ssrc: Ssrc,
+        positions: Vec<u64>,
+        seen: u64,
+    }
+
+    /// Which end of a [`Link`] writes media.
+    #[derive(Clone, Copy)]
+    enum Writer {
+        Client,
+        Session,
+    }
+
+    impl Link {
+        /// Connect a client offering `media` to a new session of `kind`; returns the mids.
+        fn connect(kind: SessionKind, media: &[(MediaKind, Direction)]) -> (Link, Vec<Mid>) {
+            let now = Instant::now();
+            let mut client = Rtc::builder()
+                .set_rtp_mode(true)
+                .set_stats_interval(Some(STATS_INTERVAL))
+                .build(now);
+            client.add_local_candidate(Candidate::host(CLIENT, "udp").expect("host candidate"));
+            let mut change = client.sdp_api();
+            let mids: Vec<Mid> = media
+                .iter()
+                .map(|(kind, dir)| change.add_media(*kind, *dir, None, None, None))
+                .collect();
+            let (offer, pending) = change.apply().expect("an offer");
+            let (session, answer) = Session::accept(
+                SessionId(1),
+                RoomId(1),
+                kind,
+                &offer.to_sdp_string(),
+                SERVER,
+                None,
+                || 1000,
+                now,
+            )
+            .expect("the offer is accepted");
+            let answer = SdpAnswer::from_sdp_string(&answer).expect("the answer parses");
+            client
+                .sdp_api()
+                .accept_answer(pending, answer)
+                .expect("the client takes the answer");
+            let mut link = Link {
+                now,
+                client,
+                session,
+                loss: None,
+                feedback: FeedbackCounts::default(),
+                retransmissions: 0,
+                client_nacks_sent: 0,
+                client_nacks_received: 0,
+            };
+            link.run_for(Duration::from_millis(200));
+            assert!(link.session.connected, "ICE + DTLS did not complete");
+            (link, mids)
+        }
+
+        fn run_for(&mut self, duration: Duration) {
+            let until = self.now + duration;
+            while self.now < until {
+                self.now += TICK;
+                self.client
+                    .handle_input(Input::Timeout(self.now))
+                    .expect("client timeout");
+                self.session.handle_timeout(self.now).expect("no panic");
+                self.exchange();
+            }
+        }
+
+        /// Deliver datagrams both ways until both ends are quiet.
+        fn exchange(&mut self) {
+            while self.drain_client() + self.drain_session() > 0 {}
+        }
+
+        fn drain_client(&mut self) -> usize {
+            let mut sent = 0;
+            loop {
+                match self.client.poll_output().expect("client output") {
+                    Output::Timeout(_) => return sent,
+                    Output::Transmit(t) => {
+                        sent += 1;
+                        let accepted = self
+                            .session
+                            .handle_datagram(self.now, CLIENT, SERVER, &t.contents)
+                            .expect("no panic");
+                        assert!(accepted, "the session refused a datagram");
+                    }
+                    Output::Event(Event::MediaIngressStats(s)) => self.client_nacks_sent = s.nacks,
+                    Output::Event(Event::MediaEgressStats(s)) => {
+                        self.client_nacks_received = s.nacks
+                    }
+                    Output::Event(_) => {}
+                }
+            }
+        }
+
+        /// As the worker's drain: count retransmissions and fold stats into `feedback`.
+        fn drain_session(&mut self) -> usize {
+            let mut sent = 0;
+            loop {
+                match self.session.poll_output().expect("no panic") {
+                    None | Some(Output::Timeout(_)) => return sent,
+                    Some(Output::Transmit(t)) => {
+                        sent += 1;
+                        self.retransmissions +=
+                            u64::from(self.session.is_retransmission(&t.contents));
+                        if self.loses(&t.contents) {
+                            continue;
+                        }
+                        let input = Input::Receive(
+                            self.now,
+                            Receive {
+                                proto: Protocol::Udp,
+                                source: SERVER,
+                                destination: CLIENT,
+                                contents: (&t.contents[..]).try_into().expect("a datagram"),
+                            },
+                        );
+                        self.client.handle_input(input).expect("client input");
+                    }
+                    Some(Output::Event(Event::Connected)) => self.session.connected = true,
+                    Some(Output::Event(Event::MediaEgressStats(s))) => {
+                        self.feedback += self.session.egress_feedback(&s);
+                    }
+                    Some(Output::Event(Event::MediaIngressStats(s))) => {
+                        self.feedback += self.session.ingress_feedback(&s);
+                    }
+                    Some(Output::Event(_)) => {}
+                }
+            }
+        }
+
+        fn loses(&mut self, datagram: &[u8]) -> bool {
+            let Some(loss) = &mut self.loss else {
+                return false;
+            };
+            if demux::rtp_ssrc(datagram).map(Ssrc::from) != Some(loss.ssrc) {
+                return false;
+            }
+            loss.seen += 1;
+            loss.positions.contains(&(loss.seen - 1))
+        }
+
+        /// Write `count` VP8 packets numbered from `first`, one per 20 ms, on the `writer`'s
+        /// stream for `mid`, skipping the sequence numbers in `skip`.
+        fn write_video(&mut self, writer: Writer, mid: Mid, first: u64, count: u64, skip: &[u64]) {
+            for seq in first..first + count {
+                if !skip.contains(&seq) {
+                    let now = self.now;
+                    let rtc = match writer {
+                        Writer::Client => &mut self.client,
+                        Writer::Session => &mut self.session.rtc,
+                    };
+                    let pt = negotiated_pt(rtc, mid, Codec::Vp8, &FormatParams::default())
+                        .expect("VP8 negotiated");
+                    let write =
+                        RtpWrite::new(pt, seq.into(), seq as u32 * 3000, now, vec![7u8; 200])
+                            .marker(true)
+                            .nackable(true);
+                    rtc.direct_api()
+                        .stream_tx_by_mid(mid, None)
+                        .expect("a video send stream")
+                        .write_rtp(write);
+                }
+                self.run_for(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// A subscriber that loses video packets NACKs them; the session resends each once on the
+    /// RTX SSRC, and its stats count every NACK message the subscriber sent. A PLI right
+    /// before the session ends is counted by `final_feedback`, before any stats tick.
+    #[test]
+    fn a_subscriber_session_counts_nacks_plis_and_retransmissions() {
+        let (mut link, mids) = Link::connect(
+            SessionKind::Subscribe,
+            &[
+                (MediaKind::Audio, Direction::RecvOnly),
+                (MediaKind::Video, Direction::RecvOnly),
+            ],
+        );
+        let video = mids[1];
+        let video_ssrc = link
+            .session
+            .rtc
+            .direct_api()
+            .stream_tx_by_mid(video, None)
+            .expect("video send stream")
+            .ssrc();
+        link.loss = Some(Loss {
+            ssrc: video_ssrc,
+            positions: vec![5, 12, 13, 30],
+            seen: 0,
+        });
+        link.write_video(Writer::Session, video, 1, 50, &[]);
+        link.run_for(STATS_INTERVAL * 2);
+
+        assert_eq!(link.retransmissions, 4, "one resend per lost packet");
+        assert!(link.client_nacks_sent > 0, "the client never NACKed");
+        assert_eq!(
+            link.feedback,
+            FeedbackCounts {
+                nacks_received: link.client_nacks_sent,
+                ..FeedbackCounts::default()
+            },
+            "the session must count each NACK the client sent"
+        );
+
+        link.client
+            .direct_api()
+            .stream_rx_by_mid(video, None)
+            .expect("video receive stream")
+            .request_keyframe(KeyframeRequestKind::Pli);
+        link.run_for(TICK * 2);
+        let last = link.session.final_feedback(link.now).expect("no panic");
+        assert_eq!(
+            last,
+            FeedbackCounts {
+                plis_received: 1,
+                ..FeedbackCounts::default()
+            }
+        );
+    }
+
+    /// A publisher's stream with a gap: the session NACKs it (and retries: nothing comes back,
+    /// the client never sent those packets), and counts exactly the NACKs the client received.
+    #[test]
+    fn a_publisher_session_counts_the_nacks_it_sends() {
+        let (mut link, mids) = Link::connect(
+            SessionKind::Publish,
+            &[(MediaKind::Video, Direction::SendOnly)],
+        );
+        link.write_video(Writer::Client, mids[0], 100, 30, &[110, 111]);
+        // Long enough for the session to give up retrying and for both ends' stats to follow.
+        link.run_for(STATS_INTERVAL * 4);
+        assert!(
+            link.feedback.nacks_sent > 0,
+            "the session never NACKed the gap"
+        );
+        assert_eq!(
+            link.feedback,
+            FeedbackCounts {
+                nacks_sent: link.client_nacks_received,
+                ..FeedbackCounts::default()
+            }
+        );
+        assert_eq!(
+            link.retransmissions, 0,
+            "a publisher session sends no media"
+        );
+    }
+
+    fn egress(mid: &str, nacks: u64, plis: u64, firs: u64) -> MediaEgressStats {
+        MediaEgressStats {
+            mid: Mid::from(mid),
+            rid: None,
+            bytes: 1,
+            packets: 1,
+            firs,
+            plis,
+            nacks,
+            rtt: None,
+            loss: None,
+            timestamp: Instant::now(),
+            remote: None,
+        }
+    }
+
+    /// Running totals become increments per stream; a total that falls (a replaced stream)
+    /// counts nothing and becomes the new base.
+    #[test]
+    fn the_ledger_turns_running_totals_into_increments() {
+        let mut ledger = FeedbackLedger::default();
+        let got = |nacks_received, plis_received, firs_received| FeedbackCounts {
+            nacks_received,
+            plis_received,
+            firs_received,
+            nacks_sent: 0,
+        };
+        assert_eq!(ledger.egress(&egress("0", 3, 1, 0)), got(3, 1, 0));
+        assert_eq!(ledger.egress(&egress("1", 2, 0, 1)), got(2, 0, 1));
+        assert_eq!(ledger.egress(&egress("0", 3, 1, 0)), got(0, 0, 0));
+        assert_eq!(ledger.egress(&egress("0", 7, 2, 0)), got(4, 1, 0));
+        assert_eq!(ledger.egress(&egress("0", 1, 0, 0)), got(0, 0, 0));
+        assert_eq!(ledger.egress(&egress("0", 2, 0, 0)), got(1, 0, 0));
+        assert_eq!(ledger.egress(&egress("1", 2, 0, 1)), got(0, 0, 0));
     }
 }

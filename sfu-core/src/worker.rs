@@ -392,6 +392,13 @@ impl Worker {
         let Some(mut session) = self.sessions.remove(&id) else {
             return;
         };
+        if !matches!(reason, EndReason::Panicked) {
+            // The feedback since str0m's last stats event; a failure here changes nothing,
+            // the session ends either way.
+            if let Ok(feedback) = session.final_feedback(Instant::now()) {
+                self.metrics.add_feedback(feedback);
+            }
+        }
         session.disconnect();
         self.demux.remove_session(id);
         self.dirty.remove(&id);
@@ -520,6 +527,7 @@ impl Worker {
             return;
         };
         let mut keyframe_requests: Vec<Selection> = Vec::new();
+        let mut retransmissions = 0;
         let mut finished = false;
         // Bounded: a session cannot keep the worker forever.
         for _ in 0..10_000 {
@@ -548,6 +556,7 @@ impl Worker {
                     break;
                 }
                 Output::Transmit(t) => {
+                    retransmissions += u64::from(session.is_retransmission(&t.contents));
                     self.outbox.push((t.destination, t.contents.into()));
                 }
                 Output::Event(event) => match event {
@@ -577,10 +586,17 @@ impl Worker {
                             .and_then(|t| t.forwarder.current());
                         keyframe_requests.extend(selection);
                     }
+                    Event::MediaEgressStats(stats) => {
+                        self.metrics.add_feedback(session.egress_feedback(&stats));
+                    }
+                    Event::MediaIngressStats(stats) => {
+                        self.metrics.add_feedback(session.ingress_feedback(&stats));
+                    }
                     _ => {}
                 },
             }
         }
+        WorkerMetrics::add(&self.metrics.rtx_sent, retransmissions);
         if !finished {
             // Still producing after the bound: come back next pass.
             self.dirty.insert(id);
