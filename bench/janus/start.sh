@@ -3,7 +3,7 @@
 # `sfu-load --protocol janus`.
 #
 # Janus never advertises loopback ICE candidates (libnice skips loopback interfaces), so it gets
-# a namespace with one veth pair:
+# a namespace with one veth pair (scripts/veth-netns.sh):
 #
 #   root namespace:   janus-h0  10.77.0.2/30   synthetic peers bind here (sfu-load --bind 10.77.0.2)
 #   netns janus:      janus-n0  10.77.0.1/30   Janus: HTTP API on :8088, ICE only on janus-n0,
@@ -25,6 +25,8 @@
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source-path=SCRIPTDIR/../.. source=scripts/veth-netns.sh
+. "$HERE/../../scripts/veth-netns.sh"
 NS=${JANUS_NETNS:-janus}
 HOST_IF=janus-h0
 NS_IF=janus-n0
@@ -69,44 +71,6 @@ stop_janus() {
   rm -f "$PID_FILE"
 }
 
-netns_down() {
-  if [ -e "/run/netns/$NS" ]; then
-    # Anything else left running in the namespace (a Janus whose pid file was lost).
-    local pids
-    mapfile -t pids < <(ip netns pids "$NS" 2>/dev/null || true)
-    if [ "${#pids[@]}" -gt 0 ]; then
-      kill -TERM "${pids[@]}" 2>/dev/null || true
-      sleep 0.5
-      mapfile -t pids < <(ip netns pids "$NS" 2>/dev/null || true)
-      [ "${#pids[@]}" -eq 0 ] || kill -KILL "${pids[@]}" 2>/dev/null || true
-    fi
-  fi
-  ip netns del "$NS" 2>/dev/null || true # also destroys janus-n0 and with it its peer
-  ip link del "$HOST_IF" 2>/dev/null || true
-}
-
-netns_up() {
-  ip netns add "$NS"
-  ip link add "$HOST_IF" type veth peer name "$NS_IF"
-  ip link set "$NS_IF" netns "$NS"
-
-  sysctl -qw "net.ipv4.conf.$HOST_IF.forwarding=0"
-  if [ -e "/proc/sys/net/ipv6/conf/$HOST_IF/disable_ipv6" ]; then
-    sysctl -qw "net.ipv6.conf.$HOST_IF.disable_ipv6=1"
-  fi
-  ip addr add "$PEER_ADDR/$PREFIX" dev "$HOST_IF"
-  ip link set "$HOST_IF" up
-
-  ip netns exec "$NS" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 2>/dev/null || true
-  ip netns exec "$NS" sysctl -qw net.ipv6.conf.default.disable_ipv6=1 2>/dev/null || true
-  ip -n "$NS" link set lo up
-  ip -n "$NS" addr add "$ADDR/$PREFIX" dev "$NS_IF"
-  ip -n "$NS" link set "$NS_IF" up
-  # libnice gathers only on interfaces that are up; a default route makes the veth the obvious
-  # one for anything that asks the kernel which source address to use.
-  ip -n "$NS" route add default via "$PEER_ADDR" dev "$NS_IF"
-}
-
 start() {
   [ "$(id -u)" = 0 ] || die "must run as root (it creates a network namespace)"
   command -v ip >/dev/null || die "ip not found: apt-get install iproute2"
@@ -120,8 +84,8 @@ start() {
   fi
   # Whatever is half there (a dead Janus, a namespace without one) is rebuilt from scratch.
   stop_janus
-  netns_down
-  netns_up
+  veth_netns_down "$NS" "$HOST_IF"
+  veth_netns_up "$NS" "$HOST_IF" "$PEER_ADDR" "$NS_IF" "$ADDR" "$PREFIX"
 
   mkdir -p "$RUN_DIR"
   : >"$LOG_FILE"
@@ -157,7 +121,7 @@ start() {
 
 stop() {
   stop_janus
-  netns_down
+  veth_netns_down "$NS" "$HOST_IF"
 }
 
 status() {

@@ -8,17 +8,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::thread;
 use std::time::Duration;
 
-use support::{Server, assert_delivery, expect_media};
+use support::{
+    DRAIN, KeyframeBaseline, Server, assert_audio_and_video_delivery, expect_audio_and_video,
+    expect_media, media_window,
+};
 use tools::PayloadKind::{Audio, Video};
 use tools::pattern::H264Packet;
 use tools::publisher::{VideoCodec, VideoConfig};
 use tools::{Reception, Subscriber};
-
-/// How long media flows in a test once everyone is connected.
-const MEDIA_TIME: Duration = Duration::from_secs(3);
-
-/// Time for in-flight packets to land before the final snapshot.
-const DRAIN: Duration = Duration::from_millis(300);
 
 fn h264(keyframe_interval: u32) -> Option<VideoConfig> {
     Some(VideoConfig {
@@ -161,20 +158,13 @@ fn h264_publisher_reaches_two_subscribers_intact() {
     );
 
     let subs: Vec<_> = (0..2).map(|_| subscribe_h264(&server, "h264")).collect();
-    for (i, s) in subs.iter().enumerate() {
-        expect_media(s, Audio, &format!("subscriber {i}"));
-        expect_media(s, Video, &format!("subscriber {i}"));
-    }
-    let from = publisher.stats();
-    thread::sleep(MEDIA_TIME);
-    let to = publisher.stats();
-    thread::sleep(DRAIN);
+    expect_audio_and_video(&subs);
+    let (from, to) = media_window(&publisher);
 
     for (i, s) in subs.iter().enumerate() {
         let r = s.reception();
         let who = format!("subscriber {i}");
-        assert_delivery(&who, &r, Audio, 0, &from, &to);
-        assert_delivery(&who, &r, Video, 0, &from, &to);
+        assert_audio_and_video_delivery(&who, &r, &from, &to);
         assert_h264_video(&who, s, &r);
     }
     assert_eq!(publisher.stats().write_failures, 0);
@@ -197,25 +187,13 @@ fn late_subscriber_gets_an_h264_keyframe_first() {
     // No periodic keyframes within the test: only a request can produce one.
     let publisher = server.publish("h264-late", true, h264(100_000));
     thread::sleep(Duration::from_secs(2));
-    let requests_before = publisher.keyframe_requests();
-    let keyframes_before = publisher.stats().keyframes[0];
-    let server_requests_before = server.metrics().sum("sfu_keyframe_requests_total");
+    let baseline = KeyframeBaseline::take(&server, &publisher);
 
     let late = subscribe_h264(&server, "h264-late");
     expect_media(&late, Video, "late subscriber");
     expect_media(&late, Audio, "late subscriber");
 
-    assert!(
-        publisher.keyframe_requests() > requests_before,
-        "the H264 publisher got no keyframe request after a subscriber joined \
-         (requests before {requests_before}, after {})",
-        publisher.keyframe_requests()
-    );
-    assert!(publisher.stats().keyframes[0] > keyframes_before);
-    assert!(
-        server.metrics().sum("sfu_keyframe_requests_total") > server_requests_before,
-        "sfu_keyframe_requests_total did not move"
-    );
+    baseline.assert_keyframe_requested(&server, &publisher, "the H264 publisher");
     thread::sleep(DRAIN);
     let r = late.reception();
     assert_eq!(r.video.corrupt, 0, "{:?}", r.first_corruption);

@@ -7,15 +7,12 @@ use std::collections::BTreeSet;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::{Server, assert_delivery, candidate_ports, expect_media, wait_until};
+use support::{
+    KeyframeBaseline, Server, assert_audio_and_video_delivery, assert_delivery, candidate_ports,
+    expect_audio_and_video, expect_media, media_window, wait_until,
+};
 use tools::PayloadKind::{Audio, Video};
 use tools::VideoConfig;
-
-/// How long media flows in a test once everyone is connected.
-const MEDIA_TIME: Duration = Duration::from_secs(3);
-
-/// Time for in-flight packets to land before the final snapshot.
-const DRAIN: Duration = Duration::from_millis(300);
 
 fn video(keyframe_interval: u32) -> Option<VideoConfig> {
     Some(VideoConfig {
@@ -29,20 +26,13 @@ fn one_publisher_three_subscribers_receive_everything_intact() {
     let server = Server::start();
     let publisher = server.publish("fanout", true, video(60));
     let subs: Vec<_> = (0..3).map(|_| server.subscribe("fanout")).collect();
-    for (i, s) in subs.iter().enumerate() {
-        expect_media(s, Audio, &format!("subscriber {i}"));
-        expect_media(s, Video, &format!("subscriber {i}"));
-    }
-    let from = publisher.stats();
-    thread::sleep(MEDIA_TIME);
-    let to = publisher.stats();
-    thread::sleep(DRAIN);
+    expect_audio_and_video(&subs);
+    let (from, to) = media_window(&publisher);
 
     for (i, s) in subs.iter().enumerate() {
         let r = s.reception();
         let who = format!("subscriber {i}");
-        assert_delivery(&who, &r, Audio, 0, &from, &to);
-        assert_delivery(&who, &r, Video, 0, &from, &to);
+        assert_audio_and_video_delivery(&who, &r, &from, &to);
         let first = r.first_packet(Video).expect("video arrived");
         assert!(
             first.starts_keyframe(),
@@ -71,21 +61,13 @@ fn late_subscriber_gets_a_keyframe_first() {
     // No periodic keyframes within the test: only a request can produce one.
     let publisher = server.publish("late", true, video(100_000));
     thread::sleep(Duration::from_secs(2));
-    let requests_before = publisher.keyframe_requests();
-    let keyframes_before = publisher.stats().keyframes[0];
-    let server_requests_before = server.metrics().sum("sfu_keyframe_requests_total");
+    let baseline = KeyframeBaseline::take(&server, &publisher);
 
     let late = server.subscribe("late");
     expect_media(&late, Video, "late subscriber");
     expect_media(&late, Audio, "late subscriber");
 
-    assert!(
-        publisher.keyframe_requests() > requests_before,
-        "the publisher got no keyframe request after a subscriber joined \
-         (requests before {requests_before}, after {})",
-        publisher.keyframe_requests()
-    );
-    assert!(publisher.stats().keyframes[0] > keyframes_before);
+    baseline.assert_keyframe_requested(&server, &publisher, "the publisher");
     let r = late.reception();
     let first = r.first_packet(Video).expect("video arrived");
     assert!(
@@ -93,11 +75,6 @@ fn late_subscriber_gets_a_keyframe_first() {
         "the late subscriber's first video packet must open a keyframe, got {first:?}"
     );
     assert_eq!(r.video.corrupt, 0, "{:?}", r.first_corruption);
-    let m = server.metrics();
-    assert!(
-        m.sum("sfu_keyframe_requests_total") > server_requests_before,
-        "sfu_keyframe_requests_total did not move"
-    );
 }
 
 #[test]
@@ -166,19 +143,12 @@ fn subscribers_on_both_workers_all_receive_everything() {
     );
     assert_eq!(by_worker.values().sum::<f64>(), 4.0);
 
-    for (i, s) in subs.iter().enumerate() {
-        expect_media(s, Audio, &format!("subscriber {i}"));
-        expect_media(s, Video, &format!("subscriber {i}"));
-    }
-    let from = publisher.stats();
-    thread::sleep(MEDIA_TIME);
-    let to = publisher.stats();
-    thread::sleep(DRAIN);
+    expect_audio_and_video(&subs);
+    let (from, to) = media_window(&publisher);
     for (i, s) in subs.iter().enumerate() {
         let r = s.reception();
         let who = format!("subscriber {i} (ports {:?})", candidate_ports(s.answer()));
-        assert_delivery(&who, &r, Audio, 0, &from, &to);
-        assert_delivery(&who, &r, Video, 0, &from, &to);
+        assert_audio_and_video_delivery(&who, &r, &from, &to);
     }
 }
 
@@ -193,10 +163,7 @@ fn simulcast_subscriber_receives_the_full_layer_only() {
     let sub = server.subscribe("simulcast");
     expect_media(&sub, Video, "subscriber");
     expect_media(&sub, Audio, "subscriber");
-    let from = publisher.stats();
-    thread::sleep(MEDIA_TIME);
-    let to = publisher.stats();
-    thread::sleep(DRAIN);
+    let (from, to) = media_window(&publisher);
 
     assert!(
         to.video_packets.iter().all(|n| *n > 0),

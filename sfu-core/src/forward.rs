@@ -380,22 +380,44 @@ mod tests {
         }
     }
 
+    /// One subscriber's video track on a worker, driven as the worker drives it: every packet
+    /// is first observed by the room's tracker, then decided on against the tracker's target
+    /// (highest layer, no participant excluded) at the packet's arrival time.
+    struct SubscriberTrack {
+        tracker: SourceTracker,
+        fwd: TrackForwarder,
+    }
+
+    impl SubscriberTrack {
+        fn new(initial_seq: u16) -> Self {
+            Self {
+                tracker: SourceTracker::default(),
+                fwd: TrackForwarder::new(MediaKind::Video, initial_seq),
+            }
+        }
+
+        fn deliver(&mut self, p: &MediaPacket) -> Decision {
+            let now = p.arrival;
+            self.tracker.observe(p);
+            let target = self
+                .tracker
+                .target(MediaKind::Video, Layer(2), None, now)
+                .map(|t| t.selection);
+            self.fwd.handle_packet(p, target, now)
+        }
+
+        fn current(&self) -> Option<Selection> {
+            self.fwd.current()
+        }
+    }
+
     #[test]
     fn waits_for_a_keyframe_then_forwards_contiguously() {
         let t0 = Instant::now();
-        let mut tracker = SourceTracker::default();
-        let mut fwd = TrackForwarder::new(MediaKind::Video, 100);
+        let mut sub = SubscriberTrack::new(100);
         let mut src = Source::new(1, 2, 5000, 1000);
 
-        let p = src.next(t0, false);
-        tracker.observe(&p);
-        let d = fwd.handle_packet(
-            &p,
-            tracker
-                .target(MediaKind::Video, Layer(2), None, t0)
-                .map(|t| t.selection),
-            t0,
-        );
+        let d = sub.deliver(&src.next(t0, false));
         assert_eq!(d.forward, None);
         assert_eq!(
             d.keyframe_request,
@@ -407,15 +429,7 @@ mod tests {
 
         // A second delta frame right away: no repeated keyframe request (throttled).
         let t1 = t0 + Duration::from_millis(33);
-        let p = src.next(t1, false);
-        tracker.observe(&p);
-        let d = fwd.handle_packet(
-            &p,
-            tracker
-                .target(MediaKind::Video, Layer(2), None, t1)
-                .map(|t| t.selection),
-            t1,
-        );
+        let d = sub.deliver(&src.next(t1, false));
         assert_eq!(
             d,
             Decision {
@@ -427,15 +441,7 @@ mod tests {
         let mut seqs = vec![];
         for i in 0..10 {
             let t = t1 + Duration::from_millis(33 * (i + 1));
-            let p = src.next(t, i == 0);
-            tracker.observe(&p);
-            let d = fwd.handle_packet(
-                &p,
-                tracker
-                    .target(MediaKind::Video, Layer(2), None, t)
-                    .map(|t| t.selection),
-                t,
-            );
+            let d = sub.deliver(&src.next(t, i == 0));
             seqs.push(d.forward.expect("forwarded after the keyframe").seq);
         }
         assert_eq!(seqs, (100..110).collect::<Vec<_>>());
@@ -444,8 +450,7 @@ mod tests {
     #[test]
     fn layer_switch_keeps_sequence_and_time_continuous() {
         let t0 = Instant::now();
-        let mut tracker = SourceTracker::default();
-        let mut fwd = TrackForwarder::new(MediaKind::Video, 0);
+        let mut sub = SubscriberTrack::new(0);
         let mut low = Source::new(1, 0, 100, 0);
         let mut high = Source::new(1, 2, 90_000, 4_000_000_000);
 
@@ -454,16 +459,7 @@ mod tests {
         // Only the low layer sends at first.
         for i in 0..5 {
             t += Duration::from_millis(33);
-            let p = low.next(t, i == 0);
-            tracker.observe(&p);
-            let d = fwd.handle_packet(
-                &p,
-                tracker
-                    .target(MediaKind::Video, Layer(2), None, t)
-                    .map(|t| t.selection),
-                t,
-            );
-            out.extend(d.forward);
+            out.extend(sub.deliver(&low.next(t, i == 0)).forward);
         }
         assert_eq!(out.len(), 5);
         // The high layer starts: the forwarder asks for a keyframe on it and keeps the low
@@ -471,30 +467,13 @@ mod tests {
         let mut asked = false;
         for i in 0..6 {
             t += Duration::from_millis(33);
-            let hp = high.next(t, i == 3);
-            tracker.observe(&hp);
-            let d = fwd.handle_packet(
-                &hp,
-                tracker
-                    .target(MediaKind::Video, Layer(2), None, t)
-                    .map(|t| t.selection),
-                t,
-            );
+            let d = sub.deliver(&high.next(t, i == 3));
             asked |= d.keyframe_request.is_some_and(|s| s.layer == Layer(2));
             out.extend(d.forward);
-            let lp = low.next(t, false);
-            tracker.observe(&lp);
-            let d = fwd.handle_packet(
-                &lp,
-                tracker
-                    .target(MediaKind::Video, Layer(2), None, t)
-                    .map(|t| t.selection),
-                t,
-            );
-            out.extend(d.forward);
+            out.extend(sub.deliver(&low.next(t, false)).forward);
         }
         assert!(asked, "a keyframe request for the high layer");
-        assert_eq!(fwd.current().map(|s| s.layer), Some(Layer(2)));
+        assert_eq!(sub.current().map(|s| s.layer), Some(Layer(2)));
         for pair in out.windows(2) {
             assert_eq!(pair[1].seq, pair[0].seq + 1, "contiguous: {out:?}");
             let step = pair[1].timestamp.wrapping_sub(pair[0].timestamp);
@@ -505,50 +484,25 @@ mod tests {
     #[test]
     fn falls_back_when_the_chosen_layer_stops() {
         let t0 = Instant::now();
-        let mut tracker = SourceTracker::default();
-        let mut fwd = TrackForwarder::new(MediaKind::Video, 0);
+        let mut sub = SubscriberTrack::new(0);
         let mut low = Source::new(1, 0, 0, 0);
         let mut high = Source::new(1, 2, 0, 0);
         let mut t = t0;
         for i in 0..3 {
             t += Duration::from_millis(33);
             for src in [&mut low, &mut high] {
-                let p = src.next(t, i == 0);
-                tracker.observe(&p);
-                fwd.handle_packet(
-                    &p,
-                    tracker
-                        .target(MediaKind::Video, Layer(2), None, t)
-                        .map(|t| t.selection),
-                    t,
-                );
+                sub.deliver(&src.next(t, i == 0));
             }
         }
-        assert_eq!(fwd.current().map(|s| s.layer), Some(Layer(2)));
+        assert_eq!(sub.current().map(|s| s.layer), Some(Layer(2)));
         // High stops; after the layer timeout a low keyframe makes the forwarder fall back.
         t += LAYER_TIMEOUT + Duration::from_millis(50);
-        let p = low.next(t, false);
-        tracker.observe(&p);
-        let d = fwd.handle_packet(
-            &p,
-            tracker
-                .target(MediaKind::Video, Layer(2), None, t)
-                .map(|t| t.selection),
-            t,
-        );
+        let d = sub.deliver(&low.next(t, false));
         assert_eq!(d.keyframe_request.map(|s| s.layer), Some(Layer(0)));
         t += Duration::from_millis(33);
-        let p = low.next(t, true);
-        tracker.observe(&p);
-        let d = fwd.handle_packet(
-            &p,
-            tracker
-                .target(MediaKind::Video, Layer(2), None, t)
-                .map(|t| t.selection),
-            t,
-        );
+        let d = sub.deliver(&low.next(t, true));
         assert!(d.forward.is_some());
-        assert_eq!(fwd.current().map(|s| s.layer), Some(Layer(0)));
+        assert_eq!(sub.current().map(|s| s.layer), Some(Layer(0)));
     }
 
     #[test]
@@ -573,55 +527,20 @@ mod tests {
     #[test]
     fn newer_publisher_takes_over_and_stale_packets_are_dropped() {
         let t0 = Instant::now();
-        let mut tracker = SourceTracker::default();
-        let mut fwd = TrackForwarder::new(MediaKind::Video, 10);
+        let mut sub = SubscriberTrack::new(10);
         let mut a = Source::new(1, 0, 0, 0);
         let mut b = Source::new(2, 0, 700, 0);
         let mut t = t0;
         let mut out = vec![];
         for i in 0..3 {
             t += Duration::from_millis(33);
-            let p = a.next(t, i == 0);
-            tracker.observe(&p);
-            out.extend(
-                fwd.handle_packet(
-                    &p,
-                    tracker
-                        .target(MediaKind::Video, Layer(2), None, t)
-                        .map(|t| t.selection),
-                    t,
-                )
-                .forward,
-            );
+            out.extend(sub.deliver(&a.next(t, i == 0)).forward);
         }
         t += Duration::from_millis(33);
-        let p = b.next(t, true);
-        tracker.observe(&p);
-        out.extend(
-            fwd.handle_packet(
-                &p,
-                tracker
-                    .target(MediaKind::Video, Layer(2), None, t)
-                    .map(|t| t.selection),
-                t,
-            )
-            .forward,
-        );
-        assert_eq!(fwd.current().map(|s| s.source), Some(SessionId(2)));
+        out.extend(sub.deliver(&b.next(t, true)).forward);
+        assert_eq!(sub.current().map(|s| s.source), Some(SessionId(2)));
         // A late packet from A is no longer forwarded.
-        let p = a.next(t, false);
-        tracker.observe(&p);
-        assert_eq!(
-            fwd.handle_packet(
-                &p,
-                tracker
-                    .target(MediaKind::Video, Layer(2), None, t)
-                    .map(|t| t.selection),
-                t
-            )
-            .forward,
-            None
-        );
+        assert_eq!(sub.deliver(&a.next(t, false)).forward, None);
         assert_eq!(
             out.iter().map(|r| r.seq).collect::<Vec<_>>(),
             vec![10, 11, 12, 13]

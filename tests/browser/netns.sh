@@ -2,7 +2,8 @@
 # Network namespace for the browser test.
 #
 # Headless Chromium never gathers loopback ICE candidates and ignores interfaces that have no
-# default route, so the browser runs in its own namespace with a veth pair:
+# default route, so the browser runs in its own namespace with a veth pair
+# (scripts/veth-netns.sh):
 #
 #   root namespace:  sfu-h0  10.203.0.1/30   (the SFU binds and advertises this address)
 #   netns sfu-br:    sfu-n0  10.203.0.2/30   default via 10.203.0.1
@@ -13,6 +14,9 @@
 # Usage: netns.sh up | down | status      (needs root; idempotent)
 set -euo pipefail
 
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source-path=SCRIPTDIR/../.. source=scripts/veth-netns.sh
+. "$HERE/../../scripts/veth-netns.sh"
 NS=${SFU_NETNS:-sfu-br}
 HOST_IF=sfu-h0
 NS_IF=sfu-n0
@@ -21,42 +25,12 @@ NS_ADDR=10.203.0.2
 PREFIX=30
 
 down() {
-  if [ -e "/run/netns/$NS" ]; then
-    # Processes this test left inside the namespace (a browser whose driver was killed).
-    local pids
-    pids=$(ip netns pids "$NS" 2>/dev/null || true)
-    if [ -n "$pids" ]; then
-      kill -TERM $pids 2>/dev/null || true
-      sleep 0.5
-      pids=$(ip netns pids "$NS" 2>/dev/null || true)
-      [ -z "$pids" ] || kill -KILL $pids 2>/dev/null || true
-    fi
-  fi
-  ip netns del "$NS" 2>/dev/null || true          # also destroys sfu-n0 and with it its peer
-  ip link del "$HOST_IF" 2>/dev/null || true
+  veth_netns_down "$NS" "$HOST_IF"
 }
 
 up() {
   down
-  ip netns add "$NS"
-  ip link add "$HOST_IF" type veth peer name "$NS_IF"
-  ip link set "$NS_IF" netns "$NS"
-
-  # Host side: our own veth only, no forwarding from it.
-  sysctl -qw "net.ipv4.conf.$HOST_IF.forwarding=0"
-  if [ -e "/proc/sys/net/ipv6/conf/$HOST_IF/disable_ipv6" ]; then
-    sysctl -qw "net.ipv6.conf.$HOST_IF.disable_ipv6=1"
-  fi
-  ip addr add "$HOST_ADDR/$PREFIX" dev "$HOST_IF"
-  ip link set "$HOST_IF" up
-
-  # Namespace side.
-  ip netns exec "$NS" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 2>/dev/null || true
-  ip netns exec "$NS" sysctl -qw net.ipv6.conf.default.disable_ipv6=1 2>/dev/null || true
-  ip -n "$NS" link set lo up
-  ip -n "$NS" addr add "$NS_ADDR/$PREFIX" dev "$NS_IF"
-  ip -n "$NS" link set "$NS_IF" up
-  ip -n "$NS" route add default via "$HOST_ADDR" dev "$NS_IF"
+  veth_netns_up "$NS" "$HOST_IF" "$HOST_ADDR" "$NS_IF" "$NS_ADDR" "$PREFIX"
 
   # Wait (bounded) until the link answers.
   if ! command -v ping >/dev/null 2>&1; then sleep 0.3; return 0; fi

@@ -23,6 +23,7 @@ pub mod pattern;
 pub mod peer;
 pub mod publisher;
 pub mod reception;
+mod session;
 pub mod source;
 pub mod subscriber;
 pub mod token;

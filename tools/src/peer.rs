@@ -89,6 +89,11 @@ impl PeerState {
         self.error.lock().ok().and_then(|e| e.clone())
     }
 
+    /// Waits until media can flow; false on timeout or if the peer loop ended.
+    pub(crate) fn wait_connected(&self, timeout: Duration) -> bool {
+        wait_until(timeout, || self.connected() || !self.running()) && self.connected()
+    }
+
     fn set_error(&self, e: String) {
         if let Ok(mut slot) = self.error.lock() {
             slot.get_or_insert(e);

@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
-use str0m::change::SdpAnswer;
 use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind, Mid, Pt, Rid, Simulcast, SimulcastLayer};
 use str0m::rtp::RtpWrite;
@@ -17,8 +16,9 @@ use crate::Error;
 use crate::pattern::PayloadKind;
 pub use crate::pattern::VideoCodec;
 use crate::peer::{self, PeerState, PeerThread, Role, lock};
+use crate::session::ServerSession;
 use crate::source::{AudioSource, OutgoingPacket, VideoLayer, VideoSource};
-use crate::whip::{Endpoint, SessionResource, SignalingClient};
+use crate::whip::Endpoint;
 
 /// Video settings of a publisher.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,10 +121,7 @@ pub enum PublisherCommand {
 /// [`Publisher::close`] also deletes the session.
 #[derive(Debug)]
 pub struct Publisher {
-    signaling: SignalingClient,
-    token: String,
-    session: SessionResource,
-    deleted: bool,
+    session: ServerSession,
     stats: Arc<Mutex<PublisherStats>>,
     thread: PeerThread<PublisherCommand>,
 }
@@ -160,37 +157,24 @@ impl Publisher {
             });
             change.add_media(MediaKind::Video, Direction::SendOnly, None, None, simulcast)
         });
-        let (offer, pending) = change
-            .apply()
-            .ok_or_else(|| Error::Sdp("nothing to offer: no audio and no video".into()))?;
-
-        let signaling = SignalingClient::new(&config.base_url);
-        let session = signaling.offer(
+        let offer = change.apply();
+        let (session, (audio, video)) = ServerSession::open(
             Endpoint::Whip,
+            &config.base_url,
             &config.room,
             &config.token,
-            &offer.to_sdp_string(),
+            &mut rtc,
+            offer,
+            |rtc| {
+                let audio = audio_mid
+                    .map(|mid| negotiated_pt(rtc, mid, Codec::Opus).map(|pt| (mid, pt)))
+                    .transpose()?;
+                let video = video_mid
+                    .map(|mid| negotiated_pt(rtc, mid, str0m_codec(codec)).map(|pt| (mid, pt)))
+                    .transpose()?;
+                Ok((audio, video))
+            },
         )?;
-        let accepted = SdpAnswer::from_sdp_string(&session.answer)
-            .map_err(|e| Error::Sdp(format!("answer does not parse: {e}")))
-            .and_then(|answer| Ok(rtc.sdp_api().accept_answer(pending, answer)?));
-        let pts = accepted.and_then(|()| {
-            let audio = audio_mid
-                .map(|mid| negotiated_pt(&rtc, mid, Codec::Opus).map(|pt| (mid, pt)))
-                .transpose()?;
-            let video = video_mid
-                .map(|mid| negotiated_pt(&rtc, mid, str0m_codec(codec)).map(|pt| (mid, pt)))
-                .transpose()?;
-            Ok((audio, video))
-        });
-        let (audio, video) = match pts {
-            Ok(pts) => pts,
-            Err(e) => {
-                // Best effort: do not leave a half-made session behind on the server.
-                let _ = signaling.delete(&session.location, &config.token);
-                return Err(e);
-            }
-        };
 
         let mut rng = rand::rng();
         let stats = Arc::new(Mutex::new(PublisherStats {
@@ -234,10 +218,7 @@ impl Publisher {
         };
         let thread = PeerThread::spawn("tools-publisher", rtc, socket, role)?;
         Ok(Self {
-            signaling,
-            token: config.token,
             session,
-            deleted: false,
             stats,
             thread,
         })
@@ -245,12 +226,12 @@ impl Publisher {
 
     /// The session URL the server returned.
     pub fn location(&self) -> &str {
-        &self.session.location
+        self.session.location()
     }
 
     /// The SDP answer.
     pub fn answer(&self) -> &str {
-        &self.session.answer
+        self.session.answer()
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -272,8 +253,7 @@ impl Publisher {
 
     /// Waits until media can flow; false on timeout or if the peer loop ended.
     pub fn wait_connected(&self, timeout: Duration) -> bool {
-        peer::wait_until(timeout, || self.connected() || !self.state().running())
-            && self.connected()
+        self.state().wait_connected(timeout)
     }
 
     /// A snapshot of what was sent.
@@ -310,11 +290,7 @@ impl Publisher {
     /// Ends the session on the server (`DELETE {Location}`) but keeps sending media, as a
     /// client that ignores the teardown would.
     pub fn delete_session(&mut self) -> Result<(), Error> {
-        if !self.deleted {
-            self.deleted = true;
-            self.signaling.delete(&self.session.location, &self.token)?;
-        }
-        Ok(())
+        self.session.delete()
     }
 
     /// Deletes the session on the server and stops the media thread.

@@ -5,7 +5,6 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use str0m::change::SdpAnswer;
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid};
 use str0m::rtp::Ssrc;
 use str0m::{Event, Rtc};
@@ -14,7 +13,8 @@ use crate::Error;
 use crate::pattern::{self, PayloadKind};
 use crate::peer::{self, PeerState, PeerThread, Role, lock};
 use crate::reception::{CapturedDatagram, DroppedPacket, RawCapture, ReceivedPacket, Reception};
-use crate::whip::{Endpoint, SessionResource, SignalingClient};
+use crate::session::ServerSession;
+use crate::whip::Endpoint;
 
 /// How to reach the server and what to ask for.
 #[derive(Debug, Clone)]
@@ -106,9 +106,7 @@ pub enum SubscriberCommand {
 /// [`Subscriber::close`] also deletes the session.
 #[derive(Debug)]
 pub struct Subscriber {
-    signaling: SignalingClient,
-    token: String,
-    session: SessionResource,
+    session: ServerSession,
     reception: Arc<Mutex<Reception>>,
     capture: Option<Arc<RawCapture>>,
     thread: PeerThread<SubscriberCommand>,
@@ -128,24 +126,16 @@ impl Subscriber {
         let video_mid = config
             .video
             .then(|| change.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None));
-        let (offer, pending) = change
-            .apply()
-            .ok_or_else(|| Error::Sdp("nothing to offer: no audio and no video".into()))?;
-
-        let signaling = SignalingClient::new(&config.base_url);
-        let session = signaling.offer(
+        let offer = change.apply();
+        let (session, ()) = ServerSession::open(
             Endpoint::Whep,
+            &config.base_url,
             &config.room,
             &config.token,
-            &offer.to_sdp_string(),
+            &mut rtc,
+            offer,
+            |_| Ok(()),
         )?;
-        let accepted = SdpAnswer::from_sdp_string(&session.answer)
-            .map_err(|e| Error::Sdp(format!("answer does not parse: {e}")))
-            .and_then(|answer| Ok(rtc.sdp_api().accept_answer(pending, answer)?));
-        if let Err(e) = accepted {
-            let _ = signaling.delete(&session.location, &config.token);
-            return Err(e);
-        }
 
         let reception = Arc::new(Mutex::new(Reception::default()));
         let role = SubscriberRole {
@@ -161,8 +151,6 @@ impl Subscriber {
         let thread =
             PeerThread::spawn_capturing("tools-subscriber", rtc, socket, role, capture.clone())?;
         Ok(Self {
-            signaling,
-            token: config.token,
             session,
             reception,
             capture,
@@ -172,12 +160,12 @@ impl Subscriber {
 
     /// The session URL the server returned.
     pub fn location(&self) -> &str {
-        &self.session.location
+        self.session.location()
     }
 
     /// The SDP answer.
     pub fn answer(&self) -> &str {
-        &self.session.answer
+        self.session.answer()
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -199,8 +187,7 @@ impl Subscriber {
 
     /// Waits until media can flow; false on timeout or if the peer loop ended.
     pub fn wait_connected(&self, timeout: Duration) -> bool {
-        peer::wait_until(timeout, || self.connected() || !self.state().running())
-            && self.connected()
+        self.state().wait_connected(timeout)
     }
 
     /// Runs `f` on the reception record without copying it.
@@ -245,9 +232,9 @@ impl Subscriber {
 
     /// Deletes the session on the server and stops the thread.
     pub fn close(mut self) -> Result<(), Error> {
-        let result = self.signaling.delete(&self.session.location, &self.token);
+        let result = self.session.delete();
         self.thread.stop();
-        result.map_err(Error::from)
+        result
     }
 }
 

@@ -98,6 +98,24 @@ impl Server {
         self.child.id()
     }
 
+    /// Sends `signal` (e.g. `"TERM"`) to the server and waits up to `timeout` for it to exit.
+    /// `None` if it is still running then.
+    pub fn signal_and_wait(&mut self, signal: &str, timeout: Duration) -> Option<ExitStatus> {
+        let sent = Command::new("kill")
+            .args([format!("-{signal}"), self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -{signal} {}: {sent}", self.pid());
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("wait for the server") {
+                return Some(status);
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// The parsed `/metrics` page.
     pub fn metrics(&self) -> Metrics {
         let text = self
@@ -430,5 +448,80 @@ impl TempFile {
 impl Drop for TempFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+// Delivery windows and keyframe checks, as the media and codec tests run them.
+
+/// How long media flows in a delivery window once everyone is receiving.
+pub const MEDIA_TIME: Duration = Duration::from_secs(3);
+
+/// Time for in-flight packets to land before what arrived is read.
+pub const DRAIN: Duration = Duration::from_millis(300);
+
+/// Waits for each subscriber's first audio and video packet (named `subscriber {i}` in
+/// failures, `i` its index in `subs`).
+pub fn expect_audio_and_video(subs: &[Subscriber]) {
+    for (i, s) in subs.iter().enumerate() {
+        expect_media(s, PayloadKind::Audio, &format!("subscriber {i}"));
+        expect_media(s, PayloadKind::Video, &format!("subscriber {i}"));
+    }
+}
+
+/// Lets media flow for [`MEDIA_TIME`] and returns the publisher's stats at the start and the
+/// end of that window, after a further [`DRAIN`] so that what it sent has landed.
+pub fn media_window(publisher: &Publisher) -> (PublisherStats, PublisherStats) {
+    let from = publisher.stats();
+    thread::sleep(MEDIA_TIME);
+    let to = publisher.stats();
+    thread::sleep(DRAIN);
+    (from, to)
+}
+
+/// [`assert_delivery`] of the audio and of the single-layer video.
+pub fn assert_audio_and_video_delivery(
+    who: &str,
+    r: &Reception,
+    from: &PublisherStats,
+    to: &PublisherStats,
+) {
+    assert_delivery(who, r, PayloadKind::Audio, 0, from, to);
+    assert_delivery(who, r, PayloadKind::Video, 0, from, to);
+}
+
+/// Keyframe counters taken before a subscriber joins a publisher that sends no periodic
+/// keyframes, to check that the join made the server ask for one.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyframeBaseline {
+    requests: u64,
+    keyframes: u64,
+    server_requests: f64,
+}
+
+impl KeyframeBaseline {
+    pub fn take(server: &Server, publisher: &Publisher) -> Self {
+        Self {
+            requests: publisher.keyframe_requests(),
+            keyframes: publisher.stats().keyframes[0],
+            server_requests: server.metrics().sum("sfu_keyframe_requests_total"),
+        }
+    }
+
+    /// Asserts that since [`KeyframeBaseline::take`] the publisher (`what`, e.g. "the
+    /// publisher") got a keyframe request and sent a keyframe, and the server counted the
+    /// request.
+    pub fn assert_keyframe_requested(&self, server: &Server, publisher: &Publisher, what: &str) {
+        let requests_before = self.requests;
+        assert!(
+            publisher.keyframe_requests() > requests_before,
+            "{what} got no keyframe request after a subscriber joined \
+             (requests before {requests_before}, after {})",
+            publisher.keyframe_requests()
+        );
+        assert!(publisher.stats().keyframes[0] > self.keyframes);
+        assert!(
+            server.metrics().sum("sfu_keyframe_requests_total") > self.server_requests,
+            "sfu_keyframe_requests_total did not move"
+        );
     }
 }
