@@ -98,7 +98,19 @@ impl Config {
         env.sort();
         for (var, value) in env {
             let rest = &var[ENV_PREFIX.len()..];
-            let keys: Vec<String> = rest.split("__").map(|k| k.to_ascii_lowercase()).collect();
+            // Section and key names are lowercase in the schema; what follows them (the key id
+            // in `SFU__AUTH__KEYS__<kid>`) is data and keeps its case.
+            let keys: Vec<String> = rest
+                .split("__")
+                .enumerate()
+                .map(|(i, k)| {
+                    if i < 2 {
+                        k.to_ascii_lowercase()
+                    } else {
+                        k.to_string()
+                    }
+                })
+                .collect();
             let key = keys.join(".");
             apply_override(&mut table, &keys, &value).map_err(|message| ConfigError::Env {
                 var: var.clone(),
@@ -145,7 +157,8 @@ impl Config {
 }
 
 /// Set `keys` (a path of table names) to `value`, parsed as a TOML value when it is one
-/// (numbers, booleans, arrays) and as a string otherwise.
+/// (numbers, booleans, arrays) and as a string otherwise. Secrets (`auth.keys.*`) are always
+/// strings: a secret of digits stays text, and a TOML-quoted one loses its quotes.
 fn apply_override(table: &mut toml::Table, keys: &[String], value: &str) -> Result<(), String> {
     let Some((last, parents)) = keys.split_last() else {
         return Err("empty key".into());
@@ -164,6 +177,13 @@ fn apply_override(table: &mut toml::Table, keys: &[String], value: &str) -> Resu
         .ok()
         .and_then(|mut t| t.remove("v"))
         .unwrap_or_else(|| toml::Value::String(value.to_string()));
+    let parsed = match parsed {
+        toml::Value::String(_) => parsed,
+        _ if keys.starts_with(&["auth".to_string(), "keys".to_string()]) => {
+            toml::Value::String(value.to_string())
+        }
+        _ => parsed,
+    };
     current.insert(last.clone(), parsed);
     Ok(())
 }
@@ -215,6 +235,35 @@ mod tests {
         assert_eq!(c.node.workers, 3);
         assert_eq!(c.node.media_port_base, 41_000);
         assert_eq!(c.http.listen.port(), 9000);
+    }
+
+    /// An API key from the environment keeps its id's case and its secret's text, whatever
+    /// the secret looks like; the section and key names before it are case-insensitive.
+    #[test]
+    fn api_keys_from_the_environment_are_taken_verbatim() {
+        let env = [
+            ("SFU__AUTH__KEYS__Prod-Key-1", "1234567890123456"),
+            ("SFU__Auth__Keys__hexkey", "0x1234567890abcdef"),
+            ("SFU__AUTH__KEYS__quoted", "\"a secret with spaces\""),
+            ("SFU__NODE__WORKERS", "3"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        let c = Config::load(None, env.into_iter()).expect("valid");
+        let keys: Vec<(&str, &str)> = c
+            .auth
+            .keys
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                ("Prod-Key-1", "1234567890123456"),
+                ("hexkey", "0x1234567890abcdef"),
+                ("quoted", "a secret with spaces"),
+            ]
+        );
+        assert_eq!(c.node.workers, 3, "other values are still typed");
     }
 
     #[test]

@@ -179,11 +179,31 @@ fn run(args: ServeArgs, dev: bool) -> anyhow::Result<()> {
         );
         server
             .serve(async {
-                let _ = tokio::signal::ctrl_c().await;
-                tracing::info!("shutting down");
+                let signal = shutdown_signal().await;
+                tracing::info!(signal, "shutting down");
             })
-            .await
+            .await?;
+        tracing::info!("stopped");
+        Ok(())
     })
+}
+
+/// Resolves with the signal's name on SIGINT (Ctrl-C) or SIGTERM (what systemd, Kubernetes and
+/// `docker stop` send): either one stops signaling, then the node, and exits 0.
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops gracefully");
+            let _ = tokio::signal::ctrl_c().await;
+            return "SIGINT";
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    }
 }
 
 /// Colored logs only on a terminal, and never with `NO_COLOR` set.

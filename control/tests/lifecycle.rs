@@ -1,6 +1,7 @@
 //! Session and process lifecycle: peers that vanish or never connect are reaped on the
-//! configured timeouts, two dev nodes run side by side, invalid configuration stops start-up
-//! naming the key, the `token` subcommand, and the DELETE contract.
+//! configured timeouts, two dev nodes run side by side, SIGTERM/SIGINT stop the server
+//! gracefully, invalid configuration stops start-up naming the key, the `token` subcommand, and
+//! the DELETE contract.
 
 mod support;
 
@@ -204,6 +205,29 @@ fn two_dev_nodes_run_side_by_side() {
     );
     sub.close().expect("DELETE subscriber");
     publisher.close().expect("DELETE publisher");
+}
+
+/// SIGTERM (systemd, Kubernetes, `docker stop`) and SIGINT (Ctrl-C) stop the server the same
+/// way: signaling stops, the media workers are joined, exit status 0, with live sessions.
+#[test]
+fn sigterm_and_sigint_stop_the_server_gracefully() {
+    for signal in ["TERM", "INT"] {
+        let mut server = Server::start();
+        let publisher = server.publish("stop", true, Some(VideoConfig::default()));
+        let sub = server.subscribe("stop");
+        expect_media(&sub, Video, "subscriber before the signal");
+        let status = server
+            .signal_and_wait(signal, EXIT_DEADLINE)
+            .unwrap_or_else(|| panic!("still running {EXIT_DEADLINE:?} after SIG{signal}"));
+        let log = server.log_tail(40);
+        assert!(status.success(), "exit after SIG{signal}: {status}\n{log}");
+        assert!(
+            log.contains("shutting down") && log.contains(&format!("SIG{signal}")),
+            "no shutdown line naming SIG{signal}:\n{log}"
+        );
+        assert!(log.contains("stopped"), "no `stopped` line:\n{log}");
+        drop((sub, publisher));
+    }
 }
 
 /// Runs `control dev` with the config file `toml` and expects it to exit non-zero quickly,
