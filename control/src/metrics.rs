@@ -15,7 +15,7 @@ type Series = (
 /// Render every series, with `# HELP` and `# TYPE` lines.
 pub fn render(stats: &NodeStats) -> String {
     let mut out = String::with_capacity(4096);
-    let series: [Series; 13] = [
+    let series: [Series; 15] = [
         (
             "sfu_packets_in_total",
             "counter",
@@ -34,6 +34,18 @@ pub fn render(stats: &NodeStats) -> String {
         ("sfu_bytes_out_total", "counter", "UDP bytes sent", |w| {
             w.bytes_out
         }),
+        (
+            "sfu_gso_sends_total",
+            "counter",
+            "UDP GSO sends the kernel accepted, each carrying several datagrams",
+            |w| w.gso_sends,
+        ),
+        (
+            "sfu_gso_datagrams_total",
+            "counter",
+            "Datagrams sent in UDP GSO sends (also in sfu_packets_out_total)",
+            |w| w.gso_datagrams,
+        ),
         (
             "sfu_rtp_forwarded_total",
             "counter",
@@ -164,6 +176,8 @@ mod tests {
             plis_received: n + 3,
             firs_received: n + 4,
             nacks_sent: n + 5,
+            gso_sends: n + 6,
+            gso_datagrams: n + 7,
             ..WorkerStats::default()
         }
     }
@@ -196,6 +210,9 @@ mod tests {
             "# TYPE sfu_nacks_sent_total counter",
             "sfu_nacks_sent_total{worker=\"0\"} 15",
             "sfu_nacks_sent_total{worker=\"1\"} 25",
+            "# TYPE sfu_gso_sends_total counter",
+            "sfu_gso_sends_total{worker=\"0\"} 16",
+            "sfu_gso_datagrams_total{worker=\"1\"} 27",
         ] {
             assert_eq!(
                 lines.iter().filter(|l| **l == expected).count(),

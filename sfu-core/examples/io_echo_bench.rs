@@ -63,6 +63,11 @@ struct Args {
     /// tokio-uring only: echo tasks, i.e. receives in flight (the io_uring backend keeps 64).
     #[arg(long, default_value_t = 64)]
     tasks: usize,
+    /// Send the echoes with UDP GSO where the kernel allows it (`node.udp_gso`). Off by
+    /// default: every echo goes to the one sink, so a pass would become a few large runs,
+    /// which measures GSO rather than the backend.
+    #[arg(long)]
+    udp_gso: bool,
     /// CPU for the worker thread (default: the first CPU this process may use).
     #[arg(long)]
     worker_cpu: Option<usize>,
@@ -213,6 +218,7 @@ fn main() -> anyhow::Result<()> {
         let shared = shared.clone();
         let backend = args.backend;
         let tasks = args.tasks;
+        let udp_gso = args.udp_gso;
         thread::Builder::new().name("bench-worker".into()).spawn(
             move || -> anyhow::Result<(WorkerReport, &'static str)> {
                 affinity::pin_current_thread(worker_cpu).context("pin worker")?;
@@ -223,7 +229,7 @@ fn main() -> anyhow::Result<()> {
                         } else {
                             IoBackend::IoUring
                         };
-                        run_backend(kind, worker_socket, sink_addr, &shared, ready_tx)
+                        run_backend(kind, worker_socket, sink_addr, udp_gso, &shared, ready_tx)
                     }
                     Backend::TokioUring => {
                         run_tokio_uring(worker_socket, sink_addr, tasks, shared, ready_tx)
@@ -339,12 +345,13 @@ fn run_backend(
     kind: IoBackend,
     socket: UdpSocket,
     sink: SocketAddr,
+    udp_gso: bool,
     shared: &Shared,
     ready: mpsc::SyncSender<()>,
 ) -> anyhow::Result<(WorkerReport, &'static str)> {
     let waker = Waker::new()?;
     // Built on this thread: an io_uring ring belongs to the thread that drives it.
-    let mut io = io::build(kind, socket, &waker)?;
+    let mut io = io::build(kind, socket, &waker, udp_gso)?;
     let mut echo: Vec<Vec<u8>> = Vec::with_capacity(BUDGET);
     let mut report = WorkerReport::default();
     let cpu_start = CpuTime::of_this_thread()?;
@@ -388,6 +395,7 @@ fn run_tokio_uring(
         IoBackend::Poll,
         socket.try_clone()?,
         &Waker::new()?,
+        false,
     )?);
     let runtime = tokio_uring::Runtime::new(&tokio_uring::builder())
         .context("tokio-uring runtime could not start")?;
@@ -464,7 +472,7 @@ fn run_sender(
     affinity::pin_current_thread(cpu).context("pin load thread")?;
     let waker = Waker::new()?;
     let socket = UdpSocket::bind("127.0.0.1:0").context("bind load socket")?;
-    let mut io = io::build(IoBackend::Poll, socket, &waker)?;
+    let mut io = io::build(IoBackend::Poll, socket, &waker, false)?;
     let payload = vec![0x80; size];
     let started = Instant::now();
     let mut sent = 0;

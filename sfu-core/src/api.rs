@@ -103,6 +103,13 @@ pub struct WorkerStats {
     pub bytes_in: u64,
     pub packets_out: u64,
     pub bytes_out: u64,
+    /// UDP GSO sends the kernel accepted (each carried several datagrams).
+    /// `serde(default)`: a node from before these counters reports them as 0.
+    #[serde(default)]
+    pub gso_sends: u64,
+    /// Datagrams in those sends (also counted in `packets_out`).
+    #[serde(default)]
+    pub gso_datagrams: u64,
     pub rtp_forwarded: u64,
     /// Keyframe requests (PLI) sent to publishers.
     pub keyframe_requests: u64,

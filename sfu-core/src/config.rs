@@ -26,6 +26,9 @@ pub struct NodeConfig {
     pub pin_workers: bool,
     /// Socket I/O backend.
     pub io_backend: IoBackend,
+    /// Send runs of datagrams to one destination as one UDP GSO send (`UDP_SEGMENT`) where
+    /// the kernel allows it; off = one datagram per send.
+    pub udp_gso: bool,
     /// Capacity of each worker's inbound cross-worker ring, in messages.
     pub ring_capacity: usize,
     /// Sessions per worker before the node refuses new ones (503).
@@ -49,6 +52,7 @@ impl Default for NodeConfig {
             advertise_ip: IpAddr::from([127, 0, 0, 1]),
             pin_workers: true,
             io_backend: IoBackend::Auto,
+            udp_gso: true,
             ring_capacity: 8192,
             max_sessions_per_worker: 4096,
             connect_timeout_secs: 20,

@@ -179,6 +179,7 @@ impl Node {
             );
             let cpu = cpus.get(i % cpus.len().max(1)).copied();
             let backend = config.io_backend;
+            let udp_gso = config.udp_gso;
             // The ring is created on the thread that uses it; the thread reports back which
             // backend it got (or why it could not start).
             let (started_tx, started_rx) = std::sync::mpsc::sync_channel(1);
@@ -190,7 +191,7 @@ impl Node {
                             tracing::warn!(worker = i, cpu, error = %e, "could not pin worker to its CPU");
                         }
                     }
-                    match io::build(backend, socket, &waker) {
+                    match io::build(backend, socket, &waker, udp_gso) {
                         Ok(io) => {
                             let _ = started_tx.send(Ok(io.name()));
                             worker.run(io);

@@ -247,13 +247,15 @@ impl Worker {
     }
 
     /// Add what the backend did since the last call to the metrics: datagrams and bytes the
-    /// kernel accepted, and sends dropped (by reason). Sends the backend completes inside
+    /// kernel accepted (and how many went in GSO sends), and sends dropped (by reason). Sends the backend completes inside
     /// `poll` (after `POLLOUT`) show up at the next pass.
     fn publish_io_stats(&mut self, now: IoStats) {
         let before = std::mem::replace(&mut self.io_published, now);
         let m = &self.metrics;
         WorkerMetrics::add(&m.packets_out, now.sent - before.sent);
         WorkerMetrics::add(&m.bytes_out, now.sent_bytes - before.sent_bytes);
+        WorkerMetrics::add(&m.gso_sends, now.gso_sends - before.gso_sends);
+        WorkerMetrics::add(&m.gso_datagrams, now.gso_datagrams - before.gso_datagrams);
         m.drop_packets(DropReason::SendFailed, now.send_failed - before.send_failed);
         m.drop_packets(
             DropReason::SendBufferFull,

@@ -1,14 +1,16 @@
 //! Datagram I/O backends for a worker: io_uring where the kernel allows it, a portable
 //! `poll(2)` + `recvmmsg`/`sendmmsg`-style path otherwise. A backend owns one UDP socket and the
-//! worker's wake-up eventfd; it knows nothing about sessions.
+//! worker's wake-up eventfd; it knows nothing about sessions. Both send runs of datagrams to one
+//! destination as one UDP GSO send where the kernel allows it ([`gso`]).
 //!
-//! This is the only place (with [`waker`]) where system calls for media happen, and — together
-//! with `uring` — the only place allowed to contain `unsafe`.
+//! This is the only place (with [`waker`]) where system calls for media happen, and the only
+//! place allowed to contain `unsafe` (`poll`, `uring`, `gso`, `waker`).
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Instant;
 
+pub mod gso;
 pub mod poll;
 pub mod send_queue;
 pub mod uring;
@@ -47,6 +49,10 @@ pub struct IoStats {
     pub send_buffer_full: u64,
     /// Receives that failed or were truncated; dropped.
     pub recv_errors: u64,
+    /// Sends the kernel accepted that carried more than one datagram (UDP GSO).
+    pub gso_sends: u64,
+    /// Datagrams in those sends (also counted in `sent`).
+    pub gso_datagrams: u64,
 }
 
 impl IoStats {
@@ -75,7 +81,8 @@ impl IoStats {
 /// Sends reach the kernel in the order they were queued (a forwarding SFU must never reorder a
 /// stream). A backend holds at most [`SEND_QUEUE_CAPACITY`] datagrams; while the socket's send
 /// buffer is full it keeps them, in order, and resumes on `POLLOUT` (also from within `poll`).
-/// Every datagram is either sent or counted in [`IoStats`] as dropped.
+/// Every datagram is either sent or counted in [`IoStats`] as dropped. Adjacent datagrams to
+/// one destination may leave in one UDP GSO send; the receiver still gets them one by one.
 pub trait DatagramIo {
     /// Name for logs and metrics (`"io_uring"` or `"poll"`).
     fn name(&self) -> &'static str;
@@ -116,25 +123,27 @@ pub enum IoBackend {
     Poll,
 }
 
-/// Build the backend for one worker's socket.
+/// Build the backend for one worker's socket. `udp_gso`: send runs of datagrams to one
+/// destination as one UDP GSO send where the kernel allows it (see [`gso`]).
 pub fn build(
     backend: IoBackend,
     socket: UdpSocket,
     waker: &Waker,
+    udp_gso: bool,
 ) -> io::Result<Box<dyn DatagramIo>> {
     match backend {
-        IoBackend::Poll => Ok(Box::new(poll::PollIo::new(socket, waker)?)),
-        IoBackend::IoUring => Ok(Box::new(uring::UringIo::new(socket, waker)?)),
+        IoBackend::Poll => Ok(Box::new(poll::PollIo::new(socket, waker, udp_gso)?)),
+        IoBackend::IoUring => Ok(Box::new(uring::UringIo::new(socket, waker, udp_gso)?)),
         IoBackend::Auto => {
             let fallback = socket.try_clone()?;
-            match uring::UringIo::new(socket, waker) {
+            match uring::UringIo::new(socket, waker, udp_gso) {
                 Ok(io) => Ok(Box::new(io)),
                 Err(e) => {
                     tracing::warn!(
                         error = %e,
                         "io_uring unavailable, falling back to the portable poll(2) socket path"
                     );
-                    Ok(Box::new(poll::PollIo::new(fallback, waker)?))
+                    Ok(Box::new(poll::PollIo::new(fallback, waker, udp_gso)?))
                 }
             }
         }

@@ -8,9 +8,15 @@
 //! refused for lack of send buffer goes back to the head and waits for `POLLOUT` — unless a
 //! later one of the same attempt already went out, in which case retrying it would overtake, so
 //! it is dropped and counted instead.
+//!
+//! With UDP GSO one send carries a run of datagrams ([`super::gso`]); the kernel takes or
+//! refuses such a send as a whole, and the backend reports that one result for each datagram
+//! of the run, so the rule above and the counters stay per datagram.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+
+use super::gso::{self, RunLimits};
 
 /// One datagram waiting for the kernel.
 #[derive(Debug)]
@@ -99,6 +105,37 @@ impl SendQueue {
             return;
         }
         let n = max.min(self.waiting.len());
+        attempt.extend(self.waiting.drain(..n));
+        self.in_flight += n;
+    }
+
+    /// Move from the head into `attempt` (cleared first) the datagrams of up to `max_sends`
+    /// sends, in order, and the length of each send's run into `runs` (cleared first): runs
+    /// as [`gso::run_len`] forms them within `limits`, so `runs` sums to `attempt.len()`. Takes
+    /// nothing while blocked. Each datagram must come back through [`settle`](Self::settle).
+    pub fn take_runs(
+        &mut self,
+        max_sends: usize,
+        limits: RunLimits,
+        attempt: &mut Vec<Datagram>,
+        runs: &mut Vec<usize>,
+    ) {
+        attempt.clear();
+        runs.clear();
+        if self.blocked {
+            return;
+        }
+        let mut n = 0;
+        while runs.len() < max_sends && n < self.waiting.len() {
+            let run = gso::run_len(
+                self.waiting
+                    .range(n..)
+                    .map(|d| (d.destination, d.bytes.len())),
+                limits,
+            );
+            runs.push(run);
+            n += run;
+        }
         attempt.extend(self.waiting.drain(..n));
         self.in_flight += n;
     }
@@ -258,6 +295,54 @@ mod tests {
     }
 
     #[test]
+    fn runs_are_taken_whole_and_in_order() {
+        let mut q = SendQueue::new(1000);
+        for i in 0..5 {
+            q.push(addr(1), tagged(i));
+        }
+        q.push(addr(2), tagged(0));
+        for i in 5..8 {
+            q.push(addr(1), tagged(i));
+        }
+        let (mut attempt, mut runs) = (Vec::new(), Vec::new());
+        q.take_runs(2, RunLimits::GSO, &mut attempt, &mut runs);
+        assert_eq!(runs, [5, 1], "two sends: five to port 1, one to port 2");
+        assert_eq!(
+            attempt.iter().map(seq_of).collect::<Vec<_>>(),
+            [0, 1, 2, 3, 4, 0]
+        );
+        assert_eq!(seqs(&q), [5, 6, 7]);
+        q.settle(&mut attempt, &[4; 6]);
+        q.take_runs(8, RunLimits::SINGLE, &mut attempt, &mut runs);
+        assert_eq!(
+            runs,
+            [1, 1, 1],
+            "without GSO every datagram is its own send"
+        );
+    }
+
+    #[test]
+    fn a_refused_run_goes_back_whole() {
+        let mut q = queue_of(6);
+        let (mut attempt, mut runs) = (Vec::new(), Vec::new());
+        q.take_runs(4, RunLimits::GSO, &mut attempt, &mut runs);
+        assert_eq!(runs, [6]);
+        // The kernel refused the one GSO send for lack of buffer: all six wait, in order.
+        q.settle(&mut attempt, &[EAGAIN; 6]);
+        assert!(q.is_blocked());
+        assert_eq!(seqs(&q), [0, 1, 2, 3, 4, 5]);
+        q.writable();
+        q.take_runs(4, RunLimits::GSO, &mut attempt, &mut runs);
+        q.settle(&mut attempt, &[-libc::ENOBUFS; 6]);
+        assert_eq!(
+            q.counters().failed,
+            6,
+            "a failed GSO send drops all its datagrams"
+        );
+        assert_eq!(q.waiting(), 0);
+    }
+
+    #[test]
     fn capacity_counts_datagrams_in_flight() {
         let mut q = SendQueue::new(4);
         for i in 0..3 {
@@ -302,29 +387,37 @@ mod tests {
             self.queued -= n.min(self.queued);
         }
 
-        fn attempt(&mut self, attempt: &[Datagram], results: &mut Vec<i32>) {
+        /// One send per run (a GSO send takes or refuses all its datagrams); the result of a
+        /// send is reported for each of its datagrams, as the backends do.
+        fn attempt(&mut self, attempt: &[Datagram], runs: &[usize], results: &mut Vec<i32>) {
             results.clear();
             let mut refused = false;
-            for d in attempt {
+            let mut start = 0;
+            for &run in runs {
+                let sends = &attempt[start..start + run];
+                start += run;
                 if refused && self.linked {
-                    results.push(CANCELED);
+                    results.extend(sends.iter().map(|_| CANCELED));
                     continue;
                 }
                 if !self.linked && self.random(16) == 0 {
                     self.drain_some(self.capacity / 4);
                 }
                 if self.random(50) == 0 {
-                    results.push(-libc::ENOBUFS);
+                    results.extend(sends.iter().map(|_| -libc::ENOBUFS));
                     refused = true;
-                } else if self.queued < self.capacity {
-                    self.queued += 1;
-                    self.wire.push((d.destination, seq_of(d)));
-                    results.push(d.bytes.len() as i32);
+                } else if self.queued + run <= self.capacity {
+                    self.queued += run;
+                    for d in sends {
+                        self.wire.push((d.destination, seq_of(d)));
+                        results.push(d.bytes.len() as i32);
+                    }
                 } else {
-                    results.push(EAGAIN);
+                    results.extend(sends.iter().map(|_| EAGAIN));
                     refused = true;
                 }
             }
+            assert_eq!(start, attempt.len(), "runs cover the attempt");
         }
     }
 
@@ -333,7 +426,12 @@ mod tests {
     /// wire or counted as dropped.
     #[test]
     fn a_full_send_buffer_never_reorders_and_never_loses_silently() {
-        for linked in [true, false] {
+        for (linked, limits) in [
+            (true, RunLimits::SINGLE),
+            (false, RunLimits::SINGLE),
+            (true, RunLimits::GSO),
+            (false, RunLimits::GSO),
+        ] {
             for seed in 1..=20u64 {
                 let mut socket = FakeSocket {
                     capacity: 40,
@@ -346,21 +444,25 @@ mod tests {
                 let mut next_seq = [0u32; 5];
                 let mut pushed = 0u64;
                 let mut refusals = 0u64;
-                let (mut attempt, mut results) = (Vec::new(), Vec::new());
+                let mut gso_sends = 0u64;
+                let (mut attempt, mut runs, mut results) = (Vec::new(), Vec::new(), Vec::new());
                 for _pass in 0..500 {
-                    // A pass: a burst of datagrams to a few destinations...
-                    for _ in 0..socket.random(40) {
+                    // A pass: bursts of datagrams to a few destinations...
+                    for _ in 0..socket.random(10) {
                         let dest = socket.random(5) as usize;
-                        q.push(addr(dest as u16), tagged(next_seq[dest]));
-                        next_seq[dest] += 1;
-                        pushed += 1;
+                        for _ in 0..1 + socket.random(8) {
+                            q.push(addr(dest as u16), tagged(next_seq[dest]));
+                            next_seq[dest] += 1;
+                            pushed += 1;
+                        }
                     }
                     // ...flushed in attempts until the queue is empty or blocked...
                     while q.has_work() {
                         let max = 1 + socket.random(32) as usize;
-                        q.take(max, &mut attempt);
-                        socket.attempt(&attempt, &mut results);
+                        q.take_runs(max, limits, &mut attempt, &mut runs);
+                        socket.attempt(&attempt, &runs, &mut results);
                         refusals += u64::from(results.contains(&EAGAIN));
+                        gso_sends += runs.iter().filter(|&&run| run > 1).count() as u64;
                         if q.settle(&mut attempt, &results) == Progress::None {
                             break;
                         }
@@ -376,7 +478,7 @@ mod tests {
                     let slot = &mut newest[dest.port() as usize];
                     assert!(
                         slot.is_none_or(|n| *seq > n),
-                        "seed {seed} linked {linked}: {seq} after {slot:?} to {dest}"
+                        "seed {seed} linked {linked} {limits:?}: {seq} after {slot:?} to {dest}"
                     );
                     *slot = Some(*seq);
                 }
@@ -385,9 +487,15 @@ mod tests {
                 assert_eq!(
                     c.sent + c.failed + c.buffer_full + q.waiting() as u64,
                     pushed,
-                    "seed {seed} linked {linked}: {c:?}"
+                    "seed {seed} linked {linked} {limits:?}: {c:?}"
                 );
                 assert!(refusals > 20, "seed {seed}: the buffer filled up often");
+                if limits == RunLimits::GSO {
+                    assert!(
+                        gso_sends > 100,
+                        "seed {seed}: runs were formed ({gso_sends})"
+                    );
+                }
             }
         }
     }

@@ -15,6 +15,10 @@
 //! - Send buffers are recycled as soon as their completions are reaped, inside `send`/`flush`
 //!   too, so a pass larger than the slot pool (a keyframe to hundreds of subscribers) streams
 //!   through it instead of overflowing it.
+//! - Each `SendMsg` carries a run of datagrams to one destination ([`super::gso`]): with several,
+//!   one iovec per datagram and a `UDP_SEGMENT` control message, so the kernel's per-send cost
+//!   is paid once per run. The run's datagrams stay in `attempt`, untouched, until the chain
+//!   completes.
 #![allow(unsafe_code)]
 
 use std::collections::VecDeque;
@@ -28,7 +32,8 @@ use std::time::{Duration, Instant};
 
 use io_uring::{IoUring, Probe, opcode, squeue, types};
 
-use super::poll::{prepare_socket, sockaddr_to_socket_addr, socket_addr_to_sockaddr};
+use super::gso::{MAX_SEGMENTS, RunBuffers, Segmentation};
+use super::poll::{prepare_socket, sockaddr_to_socket_addr};
 use super::send_queue::{Datagram, Progress, SendQueue};
 use super::{DatagramIo, IoStats, PollOutcome, RECV_BUFFER_SIZE, SEND_QUEUE_CAPACITY, Waker};
 
@@ -37,7 +42,8 @@ const SQ_ENTRIES: u32 = 256;
 /// Receive operations kept armed on the socket.
 const RECV_SLOTS: usize = 64;
 /// Sends in one linked chain; one chain is in flight at a time. Leaves room in the SQ for
-/// every receive re-arm and the two polls.
+/// every receive re-arm and the two polls. With GSO one send may carry a run of up to
+/// `MAX_SEGMENTS` datagrams.
 const CHAIN_LEN: usize = 128;
 /// Completion queue size. Every operation posts exactly one completion and at most
 /// `RECV_SLOTS + 2 + CHAIN_LEN` are in flight (plus cancellations at drop), so the CQ cannot
@@ -90,14 +96,20 @@ pub struct UringIo {
     /// `CHAIN_LEN` send slots, allocated once; slots `0..chain_len` belong to the chain in
     /// flight and the kernel reads them until their completions are reaped.
     send_slots: KernelOwned<[SendSlot]>,
+    /// Sends in the chain in flight; send `i` carries the next `runs[i]` datagrams of `attempt`.
     chain_len: usize,
     /// Result of each send of the chain in flight; `None` until its completion is reaped.
     chain_results: [Option<i32>; CHAIN_LEN],
     chain_outstanding: usize,
     /// Datagrams queued by `send` and not yet in a chain.
     queue: SendQueue,
-    /// A finished chain's datagrams and results, handed to `queue.settle` (reused).
+    /// Whether sends use UDP GSO.
+    gso: Segmentation,
+    /// The datagrams of the chain in flight, whose bytes the kernel reads until the chain's
+    /// completions are reaped (nothing touches them meanwhile), and each send's run length;
+    /// then, with one result per datagram, handed to `queue.settle` (all reused).
     attempt: Vec<Datagram>,
+    runs: Vec<usize>,
     results: Vec<i32>,
     /// Receive and wake-up completions reaped but not handled yet (sends reap the ring too).
     /// At most one per armed operation: `RECV_SLOTS + 1`.
@@ -121,13 +133,11 @@ struct RecvSlot {
     buf: [u8; RECV_BUFFER_SIZE],
 }
 
-/// One `SendMsg` of a chain: the header points at the address and at the datagram's bytes,
-/// whose heap buffer stays put while the `Datagram` sits here.
+/// One `SendMsg` of a chain: the header points at the buffers (address, iovecs, control
+/// message), the iovecs at the bytes of the run's datagrams in `UringIo::attempt`.
 struct SendSlot {
     msg: libc::msghdr,
-    iov: libc::iovec,
-    addr: libc::sockaddr_storage,
-    datagram: Option<Datagram>,
+    buffers: RunBuffers,
 }
 
 /// A heap allocation the kernel may read or write behind Rust's back while an operation is in
@@ -166,11 +176,13 @@ impl UringIo {
     /// Set up a ring for `socket` and queue the receives and the wake-up wait; they reach the
     /// kernel on the first `flush`/`poll`, from the thread that drives the worker. Fails (so
     /// the caller can fall back) if io_uring is unavailable, forbidden, or too old (< 5.11).
-    pub fn new(socket: UdpSocket, waker: &Waker) -> io::Result<Self> {
+    /// `udp_gso`: send runs to one destination with UDP GSO if the kernel has it.
+    pub fn new(socket: UdpSocket, waker: &Waker, udp_gso: bool) -> io::Result<Self> {
         let ring = build_ring()?;
         check_kernel_support(&ring)?;
         prepare_socket(&socket)?;
         let local_addr = socket.local_addr()?;
+        let gso = Segmentation::new(&socket, udp_gso);
 
         let recv_slots: Box<[RecvSlot]> = (0..RECV_SLOTS)
             // SAFETY: every field is plain old data (pointers, integers, bytes); all-zero is a
@@ -179,14 +191,9 @@ impl UringIo {
             .collect();
         let send_slots: Box<[SendSlot]> = (0..CHAIN_LEN)
             .map(|_| SendSlot {
-                // SAFETY: all-zero is a valid msghdr / iovec / sockaddr_storage; `start_chain`
-                // fills them before use.
+                // SAFETY: all-zero is a valid msghdr; `start_chain` fills it before use.
                 msg: unsafe { mem::zeroed() },
-                // SAFETY: as above.
-                iov: unsafe { mem::zeroed() },
-                // SAFETY: as above.
-                addr: unsafe { mem::zeroed() },
-                datagram: None,
+                buffers: RunBuffers::new(),
             })
             .collect();
         let now = Instant::now();
@@ -207,8 +214,10 @@ impl UringIo {
             chain_results: [None; CHAIN_LEN],
             chain_outstanding: 0,
             queue: SendQueue::new(SEND_QUEUE_CAPACITY),
-            attempt: Vec::with_capacity(CHAIN_LEN),
-            results: Vec::with_capacity(CHAIN_LEN),
+            gso,
+            attempt: Vec::with_capacity(CHAIN_LEN * MAX_SEGMENTS),
+            runs: Vec::with_capacity(CHAIN_LEN),
+            results: Vec::with_capacity(CHAIN_LEN * MAX_SEGMENTS),
             ready: VecDeque::with_capacity(RECV_SLOTS + 1),
             stats: IoStats::default(),
         };
@@ -340,8 +349,9 @@ impl UringIo {
         }
     }
 
-    /// Move the next datagrams of the queue into the send slots and queue them as one linked
-    /// chain of `SendMsg`. False if there was nothing to send or no room in the SQ.
+    /// Move the next runs of the queue into `attempt`, point the send slots at them and queue
+    /// them as one linked chain of `SendMsg`. False if there was nothing to send or no room in
+    /// the SQ.
     fn start_chain(&mut self) -> bool {
         debug_assert_eq!(self.chain_len, 0, "one chain in flight at a time");
         let room = |ring: &mut IoUring| {
@@ -354,35 +364,29 @@ impl UringIo {
             let _ = self.ring.submit();
         }
         let max = CHAIN_LEN.min(room(&mut self.ring));
-        self.queue.take(max, &mut self.attempt);
-        let len = self.attempt.len();
+        self.queue
+            .take_runs(max, self.gso.limits(), &mut self.attempt, &mut self.runs);
+        let len = self.runs.len();
         if len == 0 {
             return false;
         }
         let fd = types::Fd(self.socket.as_raw_fd());
         let v4_socket = self.local_addr.is_ipv4();
         let mut sq = self.ring.submission();
-        for (index, datagram) in self.attempt.drain(..).enumerate() {
+        let mut start = 0;
+        for (index, &run) in self.runs.iter().enumerate() {
+            let datagrams = &self.attempt[start..start + run];
+            start += run;
             // SAFETY: `index < len <= CHAIN_LEN`, and no chain is in flight, so the kernel does
             // not read the slot while we fill it. The header points into the slot's own
-            // allocation and at the datagram's heap buffer, which does not move while the
-            // `Datagram` sits in the slot (until the completion is reaped).
+            // allocation and at the datagrams' heap buffers, which stay put while they sit in
+            // `attempt` (until the chain's completions are reaped).
             let msg = unsafe {
                 let slot = self.send_slots.as_ptr().cast::<SendSlot>().add(index);
-                let namelen =
-                    socket_addr_to_sockaddr(datagram.destination, v4_socket, &mut (*slot).addr);
-                let datagram = (*slot).datagram.insert(datagram);
-                (*slot).iov = libc::iovec {
-                    iov_base: datagram.bytes.as_mut_ptr().cast(),
-                    iov_len: datagram.bytes.len(),
-                };
-                let msg = ptr::addr_of_mut!((*slot).msg);
-                msg.write(mem::zeroed());
-                (*msg).msg_name = ptr::addr_of_mut!((*slot).addr).cast();
-                (*msg).msg_namelen = namelen;
-                (*msg).msg_iov = ptr::addr_of_mut!((*slot).iov);
-                (*msg).msg_iovlen = 1;
-                msg.cast_const()
+                (*slot)
+                    .buffers
+                    .prepare(datagrams, v4_socket, &mut (*slot).msg);
+                ptr::addr_of!((*slot).msg)
             };
             let link = if index + 1 < len {
                 squeue::Flags::IO_LINK
@@ -396,8 +400,8 @@ impl UringIo {
                 .build()
                 .flags(link)
                 .user_data(user_data(KIND_SEND, index));
-            // SAFETY: the slot lives in `send_slots` until its completion is reaped (see
-            // `Drop`).
+            // SAFETY: the slot lives in `send_slots` and the datagrams in `attempt` until the
+            // completion is reaped (see `Drop`).
             let pushed = unsafe { sq.push(&entry) };
             // Only this thread pushes, and `len <= room` was measured just above.
             assert!(pushed.is_ok(), "the SQ has room for the whole chain");
@@ -413,6 +417,7 @@ impl UringIo {
     /// a chain does not complete within `CHAIN_WAIT` (then `poll` reaps it and carries on).
     fn pump(&mut self) {
         while self.chain_len == 0 && self.queue.has_work() {
+            let gso_before = self.gso.enabled();
             if !self.start_chain() {
                 return;
             }
@@ -427,9 +432,9 @@ impl UringIo {
                     progress = p;
                 }
             }
-            if progress == Progress::None {
+            if progress == Progress::None && self.gso.enabled() == gso_before {
                 // Nothing was even tried (a cancelled chain): do not spin; the next flush or
-                // poll tries again.
+                // poll tries again. (A refused GSO send is retried at once, one per datagram.)
                 return;
             }
         }
@@ -478,23 +483,20 @@ impl UringIo {
         }
     }
 
-    /// Every send of the chain completed: give its datagrams and results to the queue.
+    /// Every send of the chain completed: give its datagrams, with each send's result for
+    /// each of its datagrams, to the queue.
     fn settle_chain(&mut self) -> Progress {
-        self.attempt.clear();
         self.results.clear();
-        for index in 0..self.chain_len {
-            // SAFETY: the send in this slot completed, so the kernel no longer reads it; it is
-            // reached only through this raw pointer.
-            let datagram = unsafe {
-                (*self.send_slots.as_ptr().cast::<SendSlot>().add(index))
-                    .datagram
-                    .take()
-            };
-            if let Some(datagram) = datagram {
-                self.attempt.push(datagram);
-                self.results
-                    .push(self.chain_results[index].unwrap_or(-libc::ECANCELED));
-            }
+        let mut start = 0;
+        for (index, &run) in self.runs.iter().enumerate().take(self.chain_len) {
+            let result = self.chain_results[index].unwrap_or(-libc::ECANCELED);
+            self.gso.settle_send(
+                &self.attempt[start..start + run],
+                result,
+                &mut self.results,
+                &mut self.stats,
+            );
+            start += run;
         }
         self.chain_len = 0;
         self.queue.settle(&mut self.attempt, &self.results)
@@ -586,7 +588,13 @@ impl DatagramIo for UringIo {
 
     fn send(&mut self, destination: SocketAddr, datagram: Vec<u8>) {
         self.queue.push(destination, datagram);
-        if self.queue.waiting() >= CHAIN_LEN {
+        // With GSO, let runs grow before sending mid-pass.
+        let threshold = if self.gso.enabled() {
+            CHAIN_LEN * MAX_SEGMENTS / 8
+        } else {
+            CHAIN_LEN
+        };
+        if self.queue.waiting() >= threshold {
             self.pump();
         }
     }
@@ -707,6 +715,8 @@ impl Drop for UringIo {
             mem::replace(&mut self.recv_slots, KernelOwned::new(no_recv)).leak();
             let no_send: Box<[SendSlot]> = Vec::new().into_boxed_slice();
             mem::replace(&mut self.send_slots, KernelOwned::new(no_send)).leak();
+            // The chain's datagrams too: a send may still read their bytes.
+            mem::forget(mem::take(&mut self.attempt));
         }
         // Fields now drop in declaration order: the ring first, then the buffers.
     }
@@ -782,14 +792,14 @@ mod tests {
     use super::super::poll::contract::{self, Make};
     use super::*;
 
-    const MAKE: Make = |socket, waker| Ok(Box::new(UringIo::new(socket, waker)?));
+    const MAKE: Make = |socket, waker, gso| Ok(Box::new(UringIo::new(socket, waker, gso)?));
 
     /// True if this host can run io_uring at all (containers often forbid it); tests that
     /// need it pass vacuously, with a note, where it cannot.
     fn available() -> bool {
         let waker = Waker::new().expect("eventfd");
         let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
-        match UringIo::new(socket, &waker) {
+        match UringIo::new(socket, &waker, true) {
             Ok(_) => true,
             Err(e) => {
                 eprintln!("io_uring unavailable, skipping: {e}");
@@ -823,6 +833,20 @@ mod tests {
     fn huge_pass_arrives_in_order() {
         if available() {
             contract::huge_pass_arrives_in_order(MAKE);
+        }
+    }
+
+    #[test]
+    fn gso_runs_arrive_as_datagrams() {
+        if available() {
+            contract::gso_runs_arrive_as_datagrams(MAKE);
+        }
+    }
+
+    #[test]
+    fn refused_gso_falls_back_without_loss() {
+        if available() {
+            contract::refused_gso_falls_back_without_loss(MAKE);
         }
     }
 
@@ -863,7 +887,7 @@ mod tests {
         }
         let waker = Waker::new().expect("eventfd");
         let mut io =
-            UringIo::new(UdpSocket::bind("127.0.0.1:0").expect("bind"), &waker).expect("io");
+            UringIo::new(UdpSocket::bind("127.0.0.1:0").expect("bind"), &waker, true).expect("io");
         let peer = UdpSocket::bind("127.0.0.1:0").expect("bind peer");
         let peer_addr = peer.local_addr().expect("addr");
         io.flush().expect("arm receives");
@@ -899,7 +923,7 @@ mod tests {
         }
         let waker = Waker::new().expect("eventfd");
         let mut io =
-            UringIo::new(UdpSocket::bind("127.0.0.1:0").expect("bind"), &waker).expect("io");
+            UringIo::new(UdpSocket::bind("127.0.0.1:0").expect("bind"), &waker, true).expect("io");
         io.send("127.0.0.1:9".parse().expect("addr"), vec![1; 10]);
         io.flush().expect("flush");
         io.poll(Some(Instant::now()), 64, &mut |_, _| {})
