@@ -15,7 +15,7 @@ type Series = (
 /// Render every series, with `# HELP` and `# TYPE` lines.
 pub fn render(stats: &NodeStats) -> String {
     let mut out = String::with_capacity(4096);
-    let series: [Series; 15] = [
+    let series: [Series; 13] = [
         (
             "sfu_packets_in_total",
             "counter",
@@ -88,15 +88,6 @@ pub fn render(stats: &NodeStats) -> String {
             "counter",
             "Sessions torn down after a panic in the WebRTC stack",
             |w| w.session_panics,
-        ),
-        ("sfu_publish_sessions", "gauge", "Publisher sessions", |w| {
-            w.publish_sessions
-        }),
-        (
-            "sfu_subscribe_sessions",
-            "gauge",
-            "Subscriber sessions",
-            |w| w.subscribe_sessions,
         ),
     ];
     for (name, kind, help, value) in series {
@@ -231,6 +222,42 @@ mod tests {
                 lines.iter().filter(|l| l.starts_with(&help)).count(),
                 1,
                 "{name} needs one HELP line"
+            );
+        }
+    }
+
+    /// Every series the page exports, and every drop reason, is documented in the README's
+    /// Metrics table, so an operator reading it sees what `/metrics` serves.
+    #[test]
+    fn every_series_and_drop_reason_is_in_the_readme() {
+        let readme = include_str!("../../README.md");
+        let metrics = readme
+            .split("\n## Metrics")
+            .nth(1)
+            .and_then(|rest| rest.split("\n## ").next())
+            .expect("README has a Metrics section");
+        let stats = NodeStats {
+            io_backend: "poll".into(),
+            workers: vec![worker(0, 1)],
+        };
+        let text = render(&stats);
+        let names: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        assert!(names.len() >= 10, "too few series: {names:?}");
+        for name in names {
+            assert!(
+                metrics.contains(&format!("`{name}")),
+                "{name} is served but not in the README's Metrics section"
+            );
+        }
+        for reason in sfu_core::metrics::DropReason::ALL {
+            assert!(
+                metrics.contains(&format!("`{}`", reason.as_str())),
+                "drop reason {} is not in the README's Metrics section",
+                reason.as_str()
             );
         }
     }
