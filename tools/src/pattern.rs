@@ -180,6 +180,31 @@ pub struct PatternHeader {
     pub body_len: u32,
 }
 
+impl PatternHeader {
+    /// An audio packet's header: one packet per frame, always the end of its frame.
+    pub fn audio(counter: u64, frame: u32, rtp_time: u32, sent_us: u64, body_len: u32) -> Self {
+        Self {
+            kind: PayloadKind::Audio,
+            layer: 0,
+            keyframe: false,
+            end_of_frame: true,
+            index: 0,
+            counter,
+            frame,
+            rtp_time,
+            sent_us,
+            body_len,
+        }
+    }
+
+    /// The payload this header describes: the header followed by its body.
+    pub fn to_payload(&self) -> Vec<u8> {
+        let mut payload = Vec::with_capacity(HEADER_LEN + self.body_len as usize);
+        encode_pattern(self, &mut payload);
+        payload
+    }
+}
+
 /// Why a payload did not decode as an intact test pattern.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum PatternError {

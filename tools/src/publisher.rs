@@ -17,7 +17,7 @@ use crate::pattern::PayloadKind;
 pub use crate::pattern::VideoCodec;
 use crate::peer::{self, PeerState, PeerThread, Role, lock};
 use crate::session::ServerSession;
-use crate::source::{AudioSource, OutgoingPacket, VideoLayer, VideoSource};
+use crate::source::{AudioSource, Source, VideoLayer, VideoSource};
 use crate::whip::Endpoint;
 
 /// Video settings of a publisher.
@@ -350,28 +350,6 @@ pub(crate) fn accepted_pt(rtc: &Rtc, mid: Mid, codec: Codec) -> Result<Pt, Strin
                 .is_some_and(|p| p.spec().codec == codec)
         })
         .ok_or_else(|| format!("the answer accepted no {codec:?} payload type on {mid}"))
-}
-
-#[derive(Debug)]
-enum Source {
-    Audio(AudioSource),
-    Video(VideoSource),
-}
-
-impl Source {
-    fn poll(&mut self, now: Instant, wallclock_us: u64) -> Option<OutgoingPacket> {
-        match self {
-            Source::Audio(s) => s.poll(now, wallclock_us),
-            Source::Video(s) => s.poll(now, wallclock_us),
-        }
-    }
-
-    fn next_due(&self) -> Option<Instant> {
-        match self {
-            Source::Audio(s) => s.next_due(),
-            Source::Video(s) => s.next_due(),
-        }
-    }
 }
 
 /// One m-line: its sources, one per rid (a single `None` rid without simulcast).

@@ -333,18 +333,8 @@ mod tests {
     use crate::pattern::PatternHeader;
 
     fn packet(ext_seq: u64, counter: u64, rtp_time: u32) -> ReceivedPacket {
-        let header = PatternHeader {
-            kind: PayloadKind::Audio,
-            layer: 0,
-            keyframe: false,
-            end_of_frame: true,
-            index: 0,
-            counter,
-            frame: counter as u32,
-            rtp_time: rtp_time.wrapping_sub(1000),
-            sent_us: 0,
-            body_len: 0,
-        };
+        let header =
+            PatternHeader::audio(counter, counter as u32, rtp_time.wrapping_sub(1000), 0, 0);
         ReceivedPacket {
             at: Instant::now(),
             kind: PayloadKind::Audio,

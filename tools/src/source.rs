@@ -109,21 +109,11 @@ impl AudioSource {
         let rtp_time = self
             .rtp_base
             .wrapping_add((tick as u32).wrapping_mul(AUDIO_TICKS));
-        let header = PatternHeader {
-            kind: PayloadKind::Audio,
-            layer: 0,
-            keyframe: false,
-            end_of_frame: true,
-            index: 0,
-            counter,
-            frame: counter as u32,
-            rtp_time,
-            sent_us: wallclock_us,
-            // 60-120 bytes in all, varying like a VBR codec.
-            body_len: 20 + (counter * 37 % 61) as u32,
-        };
-        let mut payload = Vec::with_capacity(pattern::HEADER_LEN + header.body_len as usize);
-        pattern::encode_pattern(&header, &mut payload);
+        // 60-120 bytes in all, varying like a VBR codec.
+        let body_len = 20 + (counter * 37 % 61) as u32;
+        let payload =
+            PatternHeader::audio(counter, counter as u32, rtp_time, wallclock_us, body_len)
+                .to_payload();
         Some(OutgoingPacket {
             kind: PayloadKind::Audio,
             layer: 0,
@@ -370,6 +360,29 @@ fn h264_packet(keyframe: bool, index: usize, count: usize) -> H264Packet {
         idr: keyframe,
         start: index == first_slice,
         end: index + 1 == count,
+    }
+}
+
+/// An audio or a video source, driven the same way by the peers that send media.
+#[derive(Debug)]
+pub(crate) enum Source {
+    Audio(AudioSource),
+    Video(VideoSource),
+}
+
+impl Source {
+    pub(crate) fn poll(&mut self, now: Instant, wallclock_us: u64) -> Option<OutgoingPacket> {
+        match self {
+            Source::Audio(s) => s.poll(now, wallclock_us),
+            Source::Video(s) => s.poll(now, wallclock_us),
+        }
+    }
+
+    pub(crate) fn next_due(&self) -> Option<Instant> {
+        match self {
+            Source::Audio(s) => s.next_due(),
+            Source::Video(s) => s.next_due(),
+        }
     }
 }
 

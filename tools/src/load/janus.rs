@@ -1307,7 +1307,7 @@ mod live {
     use super::*;
     use crate::pattern::{self, PayloadKind, VideoCodec};
     use crate::peer::{PeerThread, Role, client_rtc, crypto_provider, wait_until};
-    use crate::source::{AudioSource, OutgoingPacket, VideoLayer, VideoSource};
+    use crate::source::{AudioSource, Source, VideoLayer, VideoSource};
 
     const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -1438,28 +1438,6 @@ mod live {
                 .accept_offer(offer)
                 .map_err(|e| PeerFailure::BadSdp(e.to_string()))?;
             Ok(answer.to_sdp_string())
-        }
-    }
-
-    #[derive(Debug)]
-    enum Source {
-        Audio(AudioSource),
-        Video(VideoSource),
-    }
-
-    impl Source {
-        fn poll(&mut self, now: Instant, wallclock_us: u64) -> Option<OutgoingPacket> {
-            match self {
-                Source::Audio(s) => s.poll(now, wallclock_us),
-                Source::Video(s) => s.poll(now, wallclock_us),
-            }
-        }
-
-        fn next_due(&self) -> Option<Instant> {
-            match self {
-                Source::Audio(s) => s.next_due(),
-                Source::Video(s) => s.next_due(),
-            }
         }
     }
 

@@ -171,20 +171,14 @@ impl OpusLike {
         let rtp_time = self
             .rtp_base
             .wrapping_add((tick as u32).wrapping_mul(AUDIO_TICKS));
-        let header = PatternHeader {
-            kind: PayloadKind::Audio,
-            layer: 0,
-            keyframe: false,
-            end_of_frame: true,
-            index: 0,
-            counter: self.counter,
-            frame: tick as u32,
+        let payload = PatternHeader::audio(
+            self.counter,
+            tick as u32,
             rtp_time,
-            sent_us: wallclock_us,
-            body_len: body_len as u32,
-        };
-        let mut payload = Vec::with_capacity(HEADER_LEN + body_len);
-        pattern::encode_pattern(&header, &mut payload);
+            wallclock_us,
+            body_len as u32,
+        )
+        .to_payload();
         let marker = std::mem::take(&mut self.spurt_start);
         let packet = MediaPacket {
             seq: self.seq,
