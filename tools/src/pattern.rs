@@ -71,7 +71,7 @@ impl PayloadKind {
         }
     }
 
-    fn from_byte(b: u8) -> Option<Self> {
+    pub(crate) fn from_byte(b: u8) -> Option<Self> {
         match b {
             0 => Some(PayloadKind::Audio),
             1 => Some(PayloadKind::Video),
@@ -599,7 +599,8 @@ fn fill_body(header: &PatternHeader, out: &mut [u8]) {
     }
 }
 
-fn fnv1a(bytes: &[u8]) -> u32 {
+/// FNV-1a, the header checksum.
+pub(crate) fn fnv1a(bytes: &[u8]) -> u32 {
     bytes.iter().fold(0x811c_9dc5_u32, |h, b| {
         (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
     })
@@ -609,11 +610,11 @@ fn be_u16(b: &[u8]) -> usize {
     usize::from(u16::from_be_bytes([b[0], b[1]]))
 }
 
-fn be_u32(b: &[u8]) -> u32 {
+pub(crate) fn be_u32(b: &[u8]) -> u32 {
     u32::from_be_bytes([b[0], b[1], b[2], b[3]])
 }
 
-fn be_u64(b: &[u8]) -> u64 {
+pub(crate) fn be_u64(b: &[u8]) -> u64 {
     let mut a = [0; 8];
     a.copy_from_slice(&b[..8]);
     u64::from_be_bytes(a)

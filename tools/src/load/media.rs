@@ -16,7 +16,8 @@
 use std::time::{Duration, Instant};
 
 use crate::pattern::{
-    self, HEADER_LEN, MAGIC, PatternHeader, PayloadKind, VideoCodec, VideoFraming,
+    self, HEADER_LEN, MAGIC, PatternHeader, PayloadKind, VideoCodec, VideoFraming, be_u32, be_u64,
+    fnv1a,
 };
 use crate::source::{AUDIO_INTERVAL, MAX_VIDEO_PAYLOAD, Schedule};
 
@@ -440,11 +441,7 @@ pub fn decode_header(payload: &[u8]) -> Option<PacketInfo> {
     if head[..4] != MAGIC || fnv1a(&head[..36]) != be_u32(&head[36..40]) {
         return None;
     }
-    let kind = match head[4] {
-        0 => PayloadKind::Audio,
-        1 => PayloadKind::Video,
-        _ => return None,
-    };
+    let kind = PayloadKind::from_byte(head[4])?;
     let body_len = be_u32(&head[32..36]) as usize;
     if rest.len() != HEADER_LEN + body_len {
         return None;
@@ -455,23 +452,6 @@ pub fn decode_header(payload: &[u8]) -> Option<PacketInfo> {
         counter: be_u64(&head[8..16]),
         sent_us: be_u64(&head[24..32]),
     })
-}
-
-// Same as the pattern module's private checksum: FNV-1a over the header's first 36 bytes.
-fn fnv1a(bytes: &[u8]) -> u32 {
-    bytes.iter().fold(0x811c_9dc5_u32, |h, b| {
-        (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
-    })
-}
-
-fn be_u32(b: &[u8]) -> u32 {
-    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
-}
-
-fn be_u64(b: &[u8]) -> u64 {
-    let mut a = [0; 8];
-    a.copy_from_slice(&b[..8]);
-    u64::from_be_bytes(a)
 }
 
 /// Average packets per second audio sends: 50, or under DTX the talk share of 50 plus one
