@@ -112,17 +112,26 @@ impl Config {
                 })
                 .collect();
             let key = keys.join(".");
-            apply_override(&mut table, &keys, &value).map_err(|message| ConfigError::Env {
+            let env_error = |message: String| ConfigError::Env {
                 var: var.clone(),
-                message: format!("`{key}`: {message}"),
-            })?;
-            // Check after each override, so an error names the variable that caused it.
-            Config::deserialize(toml::Value::Table(table.clone())).map_err(|e| {
-                ConfigError::Env {
-                    var: var.clone(),
-                    message: format!("`{key}` = {value:?}: {}", e.message()),
+                message,
+            };
+            let typed = toml_value(&value);
+            let as_text = toml::Value::String(value.clone());
+            apply_override(&mut table, &keys, typed.clone())
+                .map_err(|m| env_error(format!("`{key}`: {m}")))?;
+            // Check after each override, so an error names the variable that caused it. A
+            // value that reads as a number or boolean where the key wants text (a secret of
+            // digits) is taken as the text it was written as.
+            if let Err(e) = Config::deserialize(toml::Value::Table(table.clone())) {
+                if typed == as_text {
+                    return Err(env_error(format!("`{key}` = {value:?}: {}", e.message())));
                 }
-            })?;
+                apply_override(&mut table, &keys, as_text)
+                    .map_err(|m| env_error(format!("`{key}`: {m}")))?;
+                Config::deserialize(toml::Value::Table(table.clone()))
+                    .map_err(|_| env_error(format!("`{key}` = {value:?}: {}", e.message())))?;
+            }
         }
         let config =
             Config::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Parse {
@@ -156,10 +165,22 @@ impl Config {
     }
 }
 
-/// Set `keys` (a path of table names) to `value`, parsed as a TOML value when it is one
-/// (numbers, booleans, arrays) and as a string otherwise. Secrets (`auth.keys.*`) are always
-/// strings: a secret of digits stays text, and a TOML-quoted one loses its quotes.
-fn apply_override(table: &mut toml::Table, keys: &[String], value: &str) -> Result<(), String> {
+/// `value` as a TOML value when it is one (numbers, booleans, arrays, quoted strings), as a
+/// string otherwise.
+fn toml_value(value: &str) -> toml::Value {
+    format!("v = {value}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_string()))
+}
+
+/// Set `keys` (a path of table names) to `value`.
+fn apply_override(
+    table: &mut toml::Table,
+    keys: &[String],
+    value: toml::Value,
+) -> Result<(), String> {
     let Some((last, parents)) = keys.split_last() else {
         return Err("empty key".into());
     };
@@ -172,19 +193,7 @@ fn apply_override(table: &mut toml::Table, keys: &[String], value: &str) -> Resu
             .as_table_mut()
             .ok_or_else(|| format!("`{key}` is not a table"))?;
     }
-    let parsed = format!("v = {value}")
-        .parse::<toml::Table>()
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(value.to_string()));
-    let parsed = match parsed {
-        toml::Value::String(_) => parsed,
-        _ if keys.starts_with(&["auth".to_string(), "keys".to_string()]) => {
-            toml::Value::String(value.to_string())
-        }
-        _ => parsed,
-    };
-    current.insert(last.clone(), parsed);
+    current.insert(last.clone(), value);
     Ok(())
 }
 
