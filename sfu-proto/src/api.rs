@@ -1,0 +1,283 @@
+//! The node API: what control asks a media node ([`NodeRequest`] → [`NodeResponse`]) and what
+//! a node tells control on its own ([`NodeEvent`]). In process and over the network the same
+//! values travel, so nothing here may depend on being in one process.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{Layer, NodeId, RoomId, SessionId, TrackId, WorkerId};
+use crate::media::MediaKind;
+
+/// What a session does in its room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionKind {
+    /// Sends media into the room (WHIP).
+    Publish,
+    /// Receives the room's media (WHEP).
+    Subscribe,
+}
+
+impl SessionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionKind::Publish => "publish",
+            SessionKind::Subscribe => "subscribe",
+        }
+    }
+}
+
+/// How a subscriber's outgoing tracks are filled.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SubscribePolicy {
+    /// Each outgoing track follows the room's newest live published track of its kind whose
+    /// participant is not the subscriber's own (WHEP's behaviour).
+    #[default]
+    NewestOther,
+    /// Outgoing tracks stay empty until [`NodeRequest::Subscribe`] names what they carry.
+    Explicit,
+}
+
+/// Answer an SDP offer with a new session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateSession {
+    /// Chosen by control ([`SessionId::random`]), so it is known before the node answers and
+    /// unique across nodes.
+    pub session: SessionId,
+    pub room: RoomId,
+    pub kind: SessionKind,
+    /// The identity the client's token names.
+    pub identity: String,
+    pub offer_sdp: String,
+    #[serde(default)]
+    pub policy: SubscribePolicy,
+}
+
+/// Send a published track on one of a subscriber's outgoing tracks (`slot`, the index in
+/// [`SessionCreated::slots`]), at most at `max_layer`. Replaces what the slot carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subscribe {
+    pub session: SessionId,
+    pub slot: u16,
+    pub track: TrackId,
+    pub max_layer: Layer,
+}
+
+/// Change a subscription in place: its highest layer, or pause it (nothing is sent until it
+/// is resumed; resuming waits for a keyframe).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetSubscription {
+    pub session: SessionId,
+    pub slot: u16,
+    pub max_layer: Layer,
+    pub paused: bool,
+}
+
+/// A request to a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeRequest {
+    CreateSession(CreateSession),
+    /// End a session.
+    CloseSession {
+        session: SessionId,
+    },
+    Subscribe(Subscribe),
+    SetSubscription(SetSubscription),
+    /// Stop sending anything on a slot (it follows nothing until the next `Subscribe`).
+    Unsubscribe {
+        session: SessionId,
+        slot: u16,
+    },
+    /// The node's counters.
+    Stats,
+    /// Whether every worker runs.
+    Health,
+}
+
+/// The answer to a [`NodeRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeResponse {
+    SessionCreated(SessionCreated),
+    /// The request was carried out (close, subscribe, set, unsubscribe).
+    Done,
+    Stats(NodeStats),
+    Health(NodeHealth),
+    Error(NodeError),
+}
+
+/// A session the node accepted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionCreated {
+    pub session: SessionId,
+    pub worker: WorkerId,
+    pub answer_sdp: String,
+    /// A publisher's tracks, one per media section it sends on.
+    pub tracks: Vec<TrackInfo>,
+    /// A subscriber's outgoing tracks, by slot index.
+    pub slots: Vec<MediaKind>,
+}
+
+/// A track published in a room.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrackInfo {
+    pub track: TrackId,
+    pub room: RoomId,
+    pub identity: String,
+    pub kind: MediaKind,
+    /// Simulcast layers the offer announced (1 without simulcast).
+    pub layers: u8,
+}
+
+/// Why a node refused a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum NodeError {
+    /// The offer could not be parsed or does not fit the session kind.
+    #[error("bad offer: {0}")]
+    BadOffer(String),
+    /// Every worker is at its session limit.
+    #[error("no capacity: every worker is at its session limit")]
+    NoCapacity,
+    /// No such session (already closed, or never existed).
+    #[error("unknown session")]
+    UnknownSession,
+    /// A session with this id exists already.
+    #[error("session id already in use")]
+    DuplicateSession,
+    /// No such track in the session's room, or no such slot on the session.
+    #[error("unknown track or slot: {0}")]
+    UnknownTrack(String),
+    /// The request does not fit the session (e.g. subscribing a publisher).
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// The node is shutting down.
+    #[error("node is stopped")]
+    Stopped,
+    /// A session failed inside the WebRTC stack; it was torn down.
+    #[error("session failed: {0}")]
+    SessionFailed(String),
+    /// The peer speaks another protocol version.
+    #[error("protocol version {theirs} is not supported (this side speaks {ours})")]
+    Version { ours: u16, theirs: u16 },
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// Control asked (`CloseSession`).
+    Closed,
+    /// ICE + DTLS did not complete in time.
+    ConnectTimeout,
+    /// Connected, then silent for too long.
+    IceTimeout,
+    /// The peer went away (ICE disconnected, DTLS closed).
+    Disconnected,
+    /// The WebRTC stack failed on this session; it alone was torn down.
+    Failed,
+    /// The node (or the session's worker) stopped.
+    NodeStopped,
+}
+
+impl EndReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Closed => "closed",
+            EndReason::ConnectTimeout => "connect_timeout",
+            EndReason::IceTimeout => "ice_timeout",
+            EndReason::Disconnected => "disconnected",
+            EndReason::Failed => "failed",
+            EndReason::NodeStopped => "node_stopped",
+        }
+    }
+}
+
+/// What a node tells control without being asked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeEvent {
+    /// A session ended, for whatever reason (also after `CloseSession`).
+    SessionEnded {
+        session: SessionId,
+        room: RoomId,
+        reason: EndReason,
+    },
+    TrackPublished(TrackInfo),
+    TrackUnpublished {
+        track: TrackId,
+        room: RoomId,
+    },
+    /// The node's load, about once a second.
+    Load(LoadReport),
+    /// A worker thread stopped; its sessions are gone.
+    WorkerStopped {
+        worker: WorkerId,
+    },
+}
+
+/// A node's load.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoadReport {
+    pub sessions: u64,
+    pub tracks: u64,
+    pub packets_in: u64,
+    pub packets_out: u64,
+    pub workers_up: u16,
+    pub workers: u16,
+}
+
+/// Whether a node's workers run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeHealth {
+    pub node: Option<NodeId>,
+    /// One entry per worker: running or stopped.
+    pub workers_up: Vec<bool>,
+}
+
+impl NodeHealth {
+    pub fn is_healthy(&self) -> bool {
+        self.workers_up.iter().all(|up| *up)
+    }
+}
+
+/// Counters of a whole node, one entry per worker.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStats {
+    pub io_backend: String,
+    pub workers: Vec<WorkerStats>,
+}
+
+/// Counters of one worker. Totals are monotonic since start; `*_sessions` are gauges.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerStats {
+    pub worker: u16,
+    pub port: u16,
+    pub publish_sessions: u64,
+    pub subscribe_sessions: u64,
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    pub packets_out: u64,
+    pub bytes_out: u64,
+    /// UDP GSO sends the kernel accepted (each carried several datagrams).
+    pub gso_sends: u64,
+    /// Datagrams in those sends (also counted in `packets_out`).
+    pub gso_datagrams: u64,
+    pub rtp_forwarded: u64,
+    /// Keyframe requests (PLI) sent to publishers.
+    pub keyframe_requests: u64,
+    /// NACK messages received from subscribers (one message may name several packets).
+    pub nacks_received: u64,
+    /// Packets retransmitted to subscribers on their RTX SSRC, in answer to NACKs.
+    pub rtx_sent: u64,
+    pub plis_received: u64,
+    pub firs_received: u64,
+    /// NACK messages sent to publishers.
+    pub nacks_sent: u64,
+    pub sessions_reaped: u64,
+    pub session_panics: u64,
+    /// Drops by reason, in a fixed order.
+    pub dropped: Vec<(String, u64)>,
+}

@@ -1,0 +1,313 @@
+//! Property tests of the wire format: every frame survives encoding, in any chunking of the
+//! stream; arbitrary bytes never panic the decoder; and whatever arbitrary bytes decode to
+//! encodes back to a frame that decodes the same.
+
+use proptest::prelude::*;
+use sfu_proto::frame::{self, CodecError, DEFAULT_MAX_FRAME};
+use sfu_proto::*;
+
+fn name(max: usize) -> impl Strategy<Value = String> {
+    proptest::string::string_regex(&format!("[A-Za-z0-9._-]{{1,{max}}}")).expect("regex")
+}
+
+fn session() -> impl Strategy<Value = SessionId> {
+    any::<u128>().prop_map(SessionId::from_u128)
+}
+
+fn track() -> impl Strategy<Value = TrackId> {
+    (session(), any::<u16>()).prop_map(|(session, index)| TrackId { session, index })
+}
+
+fn kind() -> impl Strategy<Value = MediaKind> {
+    prop_oneof![Just(MediaKind::Audio), Just(MediaKind::Video)]
+}
+
+fn room() -> impl Strategy<Value = RoomId> {
+    name(RoomId::MAX_LEN).prop_map(|n| n.parse().expect("valid by construction"))
+}
+
+fn track_info() -> impl Strategy<Value = TrackInfo> {
+    (track(), room(), ".{0,40}", kind(), 1u8..=3).prop_map(
+        |(track, room, identity, kind, layers)| TrackInfo {
+            track,
+            room,
+            identity,
+            kind,
+            layers,
+        },
+    )
+}
+
+fn request() -> impl Strategy<Value = NodeRequest> {
+    prop_oneof![
+        (
+            session(),
+            room(),
+            any::<bool>(),
+            ".{0,40}",
+            ".{0,2000}",
+            any::<bool>()
+        )
+            .prop_map(|(session, room, publish, identity, offer_sdp, explicit)| {
+                NodeRequest::CreateSession(CreateSession {
+                    session,
+                    room,
+                    kind: if publish {
+                        SessionKind::Publish
+                    } else {
+                        SessionKind::Subscribe
+                    },
+                    identity,
+                    offer_sdp,
+                    policy: if explicit {
+                        SubscribePolicy::Explicit
+                    } else {
+                        SubscribePolicy::NewestOther
+                    },
+                })
+            }),
+        session().prop_map(|session| NodeRequest::CloseSession { session }),
+        (session(), any::<u16>(), track(), 0u8..3).prop_map(|(session, slot, track, l)| {
+            NodeRequest::Subscribe(Subscribe {
+                session,
+                slot,
+                track,
+                max_layer: Layer(l),
+            })
+        }),
+        (session(), any::<u16>(), 0u8..3, any::<bool>()).prop_map(|(session, slot, l, paused)| {
+            NodeRequest::SetSubscription(SetSubscription {
+                session,
+                slot,
+                max_layer: Layer(l),
+                paused,
+            })
+        }),
+        (session(), any::<u16>())
+            .prop_map(|(session, slot)| NodeRequest::Unsubscribe { session, slot }),
+        Just(NodeRequest::Stats),
+        Just(NodeRequest::Health),
+    ]
+}
+
+fn response() -> impl Strategy<Value = NodeResponse> {
+    prop_oneof![
+        (
+            session(),
+            any::<u16>(),
+            ".{0,500}",
+            proptest::collection::vec(track_info(), 0..3),
+            proptest::collection::vec(kind(), 0..3)
+        )
+            .prop_map(|(session, w, answer_sdp, tracks, slots)| {
+                NodeResponse::SessionCreated(SessionCreated {
+                    session,
+                    worker: WorkerId(w),
+                    answer_sdp,
+                    tracks,
+                    slots,
+                })
+            }),
+        Just(NodeResponse::Done),
+        ".{0,100}".prop_map(|s| NodeResponse::Error(NodeError::BadOffer(s))),
+        Just(NodeResponse::Error(NodeError::NoCapacity)),
+        (any::<u16>(), any::<u16>())
+            .prop_map(|(ours, theirs)| NodeResponse::Error(NodeError::Version { ours, theirs })),
+        (
+            ".{0,10}",
+            proptest::collection::vec((any::<u16>(), any::<u64>(), ".{0,10}"), 0..4)
+        )
+            .prop_map(|(io, ws)| {
+                NodeResponse::Stats(NodeStats {
+                    io_backend: io,
+                    workers: ws
+                        .into_iter()
+                        .map(|(w, n, reason)| WorkerStats {
+                            worker: w,
+                            packets_in: n,
+                            dropped: vec![(reason, n)],
+                            ..WorkerStats::default()
+                        })
+                        .collect(),
+                })
+            }),
+        proptest::collection::vec(any::<bool>(), 0..8).prop_map(|workers_up| NodeResponse::Health(
+            NodeHealth {
+                node: None,
+                workers_up
+            }
+        )),
+    ]
+}
+
+fn event() -> impl Strategy<Value = NodeEvent> {
+    let reasons = prop_oneof![
+        Just(EndReason::Closed),
+        Just(EndReason::ConnectTimeout),
+        Just(EndReason::IceTimeout),
+        Just(EndReason::Disconnected),
+        Just(EndReason::Failed),
+        Just(EndReason::NodeStopped),
+    ];
+    prop_oneof![
+        (session(), room(), reasons).prop_map(|(session, room, reason)| NodeEvent::SessionEnded {
+            session,
+            room,
+            reason
+        }),
+        track_info().prop_map(NodeEvent::TrackPublished),
+        (track(), room()).prop_map(|(track, room)| NodeEvent::TrackUnpublished { track, room }),
+        (any::<u64>(), any::<u64>(), any::<u16>()).prop_map(|(sessions, packets_in, workers)| {
+            NodeEvent::Load(LoadReport {
+                sessions,
+                packets_in,
+                workers,
+                ..LoadReport::default()
+            })
+        }),
+        any::<u16>().prop_map(|w| NodeEvent::WorkerStopped {
+            worker: WorkerId(w)
+        }),
+    ]
+}
+
+fn any_frame() -> impl Strategy<Value = Frame> {
+    prop_oneof![
+        (any::<u16>(), proptest::option::of(name(NodeId::MAX_LEN))).prop_map(|(version, node)| {
+            Frame::Hello {
+                version,
+                node: node.map(|n| n.parse().expect("valid")),
+            }
+        }),
+        (any::<u64>(), request()).prop_map(|(id, request)| Frame::Request {
+            id: RequestId(id),
+            request
+        }),
+        (any::<u64>(), response()).prop_map(|(id, response)| Frame::Response {
+            id: RequestId(id),
+            response
+        }),
+        event().prop_map(Frame::Event),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn frames_survive_any_chunking_of_the_stream(
+        frames in proptest::collection::vec(any_frame(), 1..6),
+        cuts in proptest::collection::vec(1usize..97, 0..40),
+    ) {
+        let mut bytes = Vec::new();
+        for f in &frames {
+            frame::encode(f, DEFAULT_MAX_FRAME, &mut bytes).expect("encode");
+        }
+        let mut decoder = FrameDecoder::default();
+        let mut out = Vec::new();
+        let mut rest = &bytes[..];
+        let mut cuts = cuts.into_iter();
+        while !rest.is_empty() {
+            let n = cuts.next().unwrap_or(rest.len()).min(rest.len());
+            decoder.extend(&rest[..n]);
+            rest = &rest[n..];
+            while let Some(f) = decoder.decode().expect("valid stream") {
+                out.push(f);
+            }
+        }
+        prop_assert_eq!(out, frames);
+        prop_assert_eq!(decoder.buffered(), 0);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic_and_what_decodes_re_encodes_the_same(
+        bytes in proptest::collection::vec(any::<u8>(), 0..600),
+    ) {
+        if let Ok(f) = frame::decode_body(&bytes) {
+            let again = frame::to_bytes(&f).expect("a decoded frame encodes");
+            prop_assert_eq!(frame::decode_body(&again[4..]), Ok(f));
+        }
+        let mut decoder = FrameDecoder::new(256);
+        decoder.extend(&bytes);
+        for _ in 0..bytes.len() + 1 {
+            match decoder.decode() {
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(e) if e.is_fatal() => break,
+                Err(_) => {}
+            }
+        }
+    }
+
+    #[test]
+    fn valid_frames_followed_by_garbage_still_decode(f in any_frame(), junk in proptest::collection::vec(any::<u8>(), 1..50)) {
+        // A garbage body with an honest length is skipped; the frame after it decodes.
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&(junk.len() as u32).to_be_bytes());
+        bytes.extend_from_slice(&junk);
+        frame::encode(&f, DEFAULT_MAX_FRAME, &mut bytes).expect("encode");
+        let mut decoder = FrameDecoder::default();
+        decoder.extend(&bytes);
+        let first = decoder.decode();
+        let second = decoder.decode();
+        match first {
+            Ok(Some(_)) => {} // the junk happened to be a valid frame
+            Err(CodecError::Malformed(_)) => {}
+            other => prop_assert!(false, "junk gave {other:?}"),
+        }
+        prop_assert_eq!(second, Ok(Some(f)));
+    }
+}
+
+#[test]
+fn an_oversized_length_is_refused_before_buffering_and_stays_refused() {
+    let mut decoder = FrameDecoder::new(1024);
+    decoder.extend(&u32::MAX.to_be_bytes());
+    let e = decoder.decode().expect_err("too large");
+    assert_eq!(
+        e,
+        CodecError::TooLarge {
+            len: u32::MAX as usize,
+            max: 1024
+        }
+    );
+    assert!(e.is_fatal());
+    decoder.extend(&[0; 16]);
+    assert_eq!(decoder.decode(), Err(e));
+    assert_eq!(decoder.buffered(), 0);
+}
+
+#[test]
+fn encoding_refuses_a_frame_over_the_limit_and_leaves_the_buffer_as_it_was() {
+    let big = Frame::Request {
+        id: RequestId(1),
+        request: NodeRequest::CreateSession(CreateSession {
+            session: SessionId::random(),
+            room: "r".parse().expect("room"),
+            kind: SessionKind::Publish,
+            identity: "a".into(),
+            offer_sdp: "x".repeat(5000),
+            policy: SubscribePolicy::NewestOther,
+        }),
+    };
+    let mut out = vec![7];
+    let e = frame::encode(&big, 1000, &mut out).expect_err("over the limit");
+    assert!(matches!(e, CodecError::TooLarge { max: 1000, .. }), "{e:?}");
+    assert_eq!(out, vec![7]);
+}
+
+#[test]
+fn a_bad_name_inside_a_frame_is_a_decode_error() {
+    // A Hello whose node id is not a valid name: encoded by hand, refused on decode.
+    #[derive(serde::Serialize)]
+    enum Raw {
+        Hello { version: u16, node: Option<String> },
+    }
+    let body = postcard::to_stdvec(&Raw::Hello {
+        version: 1,
+        node: Some("bad name".into()),
+    })
+    .expect("encode");
+    assert!(matches!(
+        frame::decode_body(&body),
+        Err(CodecError::Malformed(_))
+    ));
+}
