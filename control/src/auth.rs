@@ -47,6 +47,11 @@ pub enum AuthError {
     WrongRoom { token_room: String, room: String },
     #[error("token lacks the {0} grant")]
     MissingGrant(&'static str),
+    #[error(
+        "this session belongs to another identity: only the identity that created it, or a \
+         token with the admin grant for room {room:?}, may end or change it"
+    )]
+    NotOwner { room: String },
 }
 
 impl AuthError {
@@ -54,7 +59,9 @@ impl AuthError {
     pub fn status(&self) -> u16 {
         match self {
             AuthError::Missing | AuthError::Expired | AuthError::Invalid(_) => 401,
-            AuthError::WrongRoom { .. } | AuthError::MissingGrant(_) => 403,
+            AuthError::WrongRoom { .. }
+            | AuthError::MissingGrant(_)
+            | AuthError::NotOwner { .. } => 403,
         }
     }
 }
@@ -141,6 +148,18 @@ pub fn authorize(claims: &Claims, room: &str, grant: Grant) -> Result<(), AuthEr
         Ok(())
     } else {
         Err(AuthError::MissingGrant(grant.as_str()))
+    }
+}
+
+/// Check that `claims` may act on a session in `room` created by `owner` (its token `sub`):
+/// the same identity, or a token for that room with the admin grant. Call after [`authorize`].
+pub fn authorize_owner(claims: &Claims, room: &str, owner: &str) -> Result<(), AuthError> {
+    if claims.sub == owner || (claims.grants.admin && claims.room == room) {
+        Ok(())
+    } else {
+        Err(AuthError::NotOwner {
+            room: room.to_string(),
+        })
     }
 }
 
@@ -239,6 +258,41 @@ mod tests {
         );
         assert_eq!(
             authorize(&c, "r2", Grant::Publish).map_err(|e| e.status()),
+            Err(403)
+        );
+    }
+
+    fn claims(room: &str, sub: &str, admin: bool) -> Claims {
+        Claims {
+            iss: DEV_API_KEY.into(),
+            sub: sub.into(),
+            room: room.into(),
+            iat: 0,
+            exp: 0,
+            grants: Grants {
+                publish: true,
+                subscribe: true,
+                admin,
+            },
+        }
+    }
+
+    /// Only the creator, or an admin of the session's room, may act on a session.
+    #[test]
+    fn sessions_belong_to_their_creator_and_the_room_admin() {
+        assert!(authorize_owner(&claims("r", "alice", false), "r", "alice").is_ok());
+        assert!(authorize_owner(&claims("r", "admin", true), "r", "alice").is_ok());
+        let bob = authorize_owner(&claims("r", "bob", false), "r", "alice");
+        assert_eq!(bob.clone().map_err(|e| e.status()), Err(403));
+        let message = bob.expect_err("bob is not alice").to_string();
+        assert!(
+            message.contains("another identity") && !message.contains("alice"),
+            "{message}"
+        );
+        // An admin of another room is not an admin of this one.
+        assert_eq!(
+            authorize_owner(&claims("elsewhere", "admin", true), "r", "alice")
+                .map_err(|e| e.status()),
             Err(403)
         );
     }

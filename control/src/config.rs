@@ -17,6 +17,7 @@ pub const ENV_PREFIX: &str = "SFU__";
 pub struct Config {
     pub http: HttpConfig,
     pub auth: AuthConfig,
+    pub limits: LimitsConfig,
     pub node: NodeConfig,
 }
 
@@ -50,6 +51,43 @@ pub struct AuthConfig {
     pub dev: bool,
     /// Tokens may be this many seconds past `exp` (clock skew between minting and checking).
     pub leeway_secs: u64,
+}
+
+/// `[limits]`: what one client, identity or room may ask of control. Each switches off at 0.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Signaling POSTs (`/whip`, `/whep`, `/dev/token`) a client IP may make per second on
+    /// average; 0 switches the rate limit off.
+    pub signaling_rate_per_sec: u32,
+    /// How many of those a client IP may make at once (the token bucket's size).
+    pub signaling_burst: u32,
+    /// Live sessions one identity (token `sub`) may hold, over all rooms; 0 = no cap.
+    pub max_sessions_per_identity: usize,
+    /// Live sessions in one room; 0 = no cap.
+    pub max_sessions_per_room: usize,
+    /// Live sessions on this control instance (and its node); 0 = no cap.
+    pub max_sessions: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            // A browser joining a room makes 2-3 POSTs; a page reload or a reconnect loop a
+            // few more. 20/s with a burst of 50 never touches that, or a NAT with a few
+            // dozen users joining at once, and it stops a single client's offer flood.
+            signaling_rate_per_sec: 20,
+            signaling_burst: 50,
+            // A participant publishes audio+video (one session, or two with screen share)
+            // and watches with one WHEP session per publisher it follows.
+            max_sessions_per_identity: 20,
+            max_sessions_per_room: 1000,
+            // 4096 sessions per worker is the node's own bound; 20 000 is about what one
+            // host's NIC carries (20 000 x 500 kbit/s = 10 Gbit/s) and keeps control's
+            // state small.
+            max_sessions: 20_000,
+        }
+    }
 }
 
 /// A configuration problem, naming the key.
@@ -153,6 +191,14 @@ impl Config {
                 reason: "must be at least 1024".into(),
             });
         }
+        if self.limits.signaling_rate_per_sec > 0 && self.limits.signaling_burst == 0 {
+            return Err(ConfigError::Invalid {
+                key: "limits.signaling_burst".into(),
+                reason: "must be at least 1 while limits.signaling_rate_per_sec is above 0 \
+                         (set the rate to 0 to switch the limit off)"
+                    .into(),
+            });
+        }
         for (key, secret) in &self.auth.keys {
             if secret.len() < 16 {
                 return Err(ConfigError::Invalid {
@@ -231,6 +277,42 @@ mod tests {
         assert_eq!(c.http.listen.port(), 8080);
         assert_eq!(c.node.media_port_base, 50_000);
         assert_eq!(c.http.max_body_bytes, 65_536);
+        assert_eq!(c.limits, LimitsConfig::default());
+        assert_eq!(c.limits.signaling_rate_per_sec, 20);
+        assert_eq!(c.limits.signaling_burst, 50);
+    }
+
+    #[test]
+    fn limits_from_file_and_environment() {
+        let f = write("[limits]\nsignaling_rate_per_sec = 0\nmax_sessions_per_room = 5\n");
+        let env = [
+            ("SFU__LIMITS__SIGNALING_BURST", "7"),
+            ("SFU__LIMITS__MAX_SESSIONS_PER_IDENTITY", "3"),
+            ("SFU__LIMITS__MAX_SESSIONS", "0"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        let c = Config::load(Some(&f.0), env.into_iter()).expect("valid");
+        assert_eq!(
+            c.limits,
+            LimitsConfig {
+                signaling_rate_per_sec: 0,
+                signaling_burst: 7,
+                max_sessions_per_identity: 3,
+                max_sessions_per_room: 5,
+                max_sessions: 0,
+            }
+        );
+
+        let env =
+            [("SFU__LIMITS__SIGNALING_BURST", "0")].map(|(k, v)| (k.to_string(), v.to_string()));
+        let e = Config::load(None, env.into_iter()).expect_err("burst 0 with a rate");
+        assert!(e.to_string().contains("limits.signaling_burst"), "{e}");
+        let e = Config::load(
+            None,
+            [("SFU__LIMITS__MAX_SESSIONS".to_string(), "-1".to_string())].into_iter(),
+        )
+        .expect_err("negative cap");
+        assert!(e.to_string().contains("max_sessions"), "{e}");
     }
 
     #[test]

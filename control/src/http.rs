@@ -1,12 +1,14 @@
 //! The HTTP surface: WHIP/WHEP signaling, health, metrics, the demo page and (dev only) token
 //! minting. Handlers translate HTTP to node API calls and node errors back to status codes.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
@@ -14,18 +16,23 @@ use sfu_core::ids::SessionId;
 use sfu_core::{Node, NodeError, NodeReply, NodeRequest, SessionCreated, SessionKind};
 
 use crate::auth::{self, AuthError, Grant, Grants, Verifier};
-use crate::store::{SessionRecord, SessionStore};
+use crate::ratelimit::{RetryAfter, SignalingLimiter};
+use crate::store::{CapExceeded, Caps, SessionStore};
 
 /// What every handler can reach.
 #[derive(Debug)]
 pub struct AppState {
     pub node: Node,
-    /// Sessions control created (room, kind, identity), for `DELETE` checks.
+    /// Sessions control created (room, kind, identity), for `DELETE` checks and the caps.
     pub sessions: SessionStore,
     pub verifier: Verifier,
     /// Serve `POST /dev/token` (development only).
     pub dev: bool,
     pub max_body_bytes: usize,
+    /// Per-client-IP token buckets for signaling POSTs; `None` when switched off.
+    pub limiter: Option<SignalingLimiter>,
+    /// Session caps per identity, per room and in total.
+    pub caps: Caps,
 }
 
 /// Build the router.
@@ -41,23 +48,60 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/whip/{room}/{session}",
             axum::routing::delete(whip_delete)
-                .patch(patch)
+                .patch(whip_patch)
                 .options(preflight),
         )
         .route("/whep/{room}", post(whep_post).options(preflight))
         .route(
             "/whep/{room}/{session}",
             axum::routing::delete(whep_delete)
-                .patch(patch)
+                .patch(whep_patch)
                 .options(preflight),
         );
     if state.dev {
         router = router.route("/dev/token", post(dev_token));
     }
     router
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limit_signaling,
+        ))
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::map_response(cors))
         .with_state(state)
+}
+
+/// Every POST (WHIP, WHEP, dev token: the requests that cost a token check, an SDP parse and
+/// a node call) draws from its client's token bucket first; an empty bucket is `429` with
+/// `Retry-After`. The client is the TCP peer: behind a reverse proxy, the proxy.
+async fn limit_signaling(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if request.method() == Method::POST {
+        let peer = request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        if let (Some(limiter), Some(ip)) = (&state.limiter, peer) {
+            if let Err(RetryAfter(secs)) = limiter.check(ip) {
+                tracing::debug!(%ip, path = %request.uri().path(), "signaling rate limit");
+                let mut response = text(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!(
+                        "too many signaling requests from {ip}: retry in {secs} s \
+                         (limits.signaling_rate_per_sec / limits.signaling_burst)"
+                    ),
+                );
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+                return response;
+            }
+        }
+    }
+    next.run(request).await
 }
 
 /// WHIP/WHEP clients may run on other origins (players, OBS browser docks): allow them.
@@ -70,7 +114,7 @@ async fn cors(mut response: Response) -> Response {
     );
     h.insert(
         header::ACCESS_CONTROL_EXPOSE_HEADERS,
-        HeaderValue::from_static("Location, ETag, Link"),
+        HeaderValue::from_static("Location, ETag, Link, Retry-After"),
     );
     response
 }
@@ -130,19 +174,21 @@ async fn style_css() -> Response {
         .into_response()
 }
 
+/// 503 from the moment a worker stops until the watchdog (within a second) ends the process.
 async fn healthz(State(state): State<Arc<AppState>>) -> Response {
-    if state.node.is_healthy() {
+    let stopped = crate::watchdog::stopped_workers(&state.node.workers_up());
+    if stopped.is_empty() {
         text(StatusCode::OK, "ok")
     } else {
         text(
             StatusCode::SERVICE_UNAVAILABLE,
-            "a media worker has stopped",
+            format!("a media worker has stopped (workers {stopped:?})"),
         )
     }
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    let body = crate::metrics::render(&state.node.stats());
+    let body = crate::metrics::render(&state.node.stats(), &state.node.workers_up());
     (
         [(
             header::CONTENT_TYPE,
@@ -248,6 +294,20 @@ async fn offer(
             "bad offer: SDP must start with the line v=0",
         );
     }
+    // Hold a place under the caps before the node does any work for this offer.
+    let reservation = match state.sessions.reserve(&room, &claims.sub, state.caps) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::info!(%room, kind = kind.as_str(), identity = %claims.sub, error = %e, "offer refused");
+            let status = match e {
+                CapExceeded::Identity { .. } | CapExceeded::Room { .. } => {
+                    StatusCode::TOO_MANY_REQUESTS
+                }
+                CapExceeded::Node { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            return text(status, e.to_string());
+        }
+    };
     let request = NodeRequest::CreateSession {
         room: room.clone(),
         kind,
@@ -263,15 +323,7 @@ async fn offer(
     };
     let created = match created {
         Ok(c) => {
-            state.sessions.insert(
-                c.session,
-                SessionRecord {
-                    room: room.clone(),
-                    kind,
-                    identity: claims.sub.clone(),
-                    worker: c.worker,
-                },
-            );
+            reservation.commit(c.session, kind, c.worker);
             c
         }
         Err(e) => {
@@ -324,32 +376,56 @@ async fn whep_delete(
     delete(state, path, headers, SessionKind::Subscribe).await
 }
 
+/// The session at `/{kind}/{room}/{session}` if the request's token may act on it: a valid
+/// token for the room (401/403), a session of this kind in this room (404), created by the
+/// token's identity or acted on by the room's admin (403).
+// The error is the response, sent as it is, once per request: boxing it buys nothing.
+#[allow(clippy::result_large_err)]
+fn owned_session(
+    state: &AppState,
+    headers: &HeaderMap,
+    room: &str,
+    session: &str,
+    kind: SessionKind,
+) -> Result<(SessionId, auth::Claims), Response> {
+    let claims = state
+        .verifier
+        .verify_header(
+            headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok()),
+        )
+        .map_err(auth_error)?;
+    auth::authorize(&claims, room, Grant::Any).map_err(auth_error)?;
+    let not_found = || text(StatusCode::NOT_FOUND, "no such session");
+    let session = session.parse::<SessionId>().map_err(|_| not_found())?;
+    // The session must be of this kind and in this room.
+    let record = match state.sessions.get(session) {
+        Some(record) if record.kind == kind && record.room == room => record,
+        _ => return Err(not_found()),
+    };
+    if let Err(e) = auth::authorize_owner(&claims, room, &record.identity) {
+        tracing::info!(
+            %room,
+            %session,
+            identity = %claims.sub,
+            "refused: the session belongs to another identity"
+        );
+        return Err(auth_error(e));
+    }
+    Ok((session, claims))
+}
+
 async fn delete(
     State(state): State<Arc<AppState>>,
     Path((room, session)): Path<(String, String)>,
     headers: HeaderMap,
     kind: SessionKind,
 ) -> Response {
-    let claims = match state.verifier.verify_header(
-        headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok()),
-    ) {
-        Ok(c) => c,
-        Err(e) => return auth_error(e),
+    let (session, claims) = match owned_session(&state, &headers, &room, &session, kind) {
+        Ok(owned) => owned,
+        Err(response) => return response,
     };
-    if let Err(e) = auth::authorize(&claims, &room, Grant::Any) {
-        return auth_error(e);
-    }
-    let not_found = || text(StatusCode::NOT_FOUND, "no such session");
-    let Ok(session) = session.parse::<SessionId>() else {
-        return not_found();
-    };
-    // The session must be of this kind and in this room.
-    match state.sessions.get(session) {
-        Some(record) if record.kind == kind && record.room == room => {}
-        _ => return not_found(),
-    }
     let reply = state
         .node
         .handle(NodeRequest::CloseSession { session })
@@ -369,8 +445,33 @@ async fn delete(
     }
 }
 
-/// RFC 9725 §4.3: a server without trickle ICE / ICE restart answers PATCH with 405.
-async fn patch() -> Response {
+async fn whip_patch(
+    state: State<Arc<AppState>>,
+    path: Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    patch(state, path, headers, SessionKind::Publish).await
+}
+
+async fn whep_patch(
+    state: State<Arc<AppState>>,
+    path: Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    patch(state, path, headers, SessionKind::Subscribe).await
+}
+
+/// RFC 9725 §4.3: a server without trickle ICE / ICE restart answers PATCH with 405. The
+/// request is checked like a `DELETE` first, so that only the session's owner learns even that.
+async fn patch(
+    State(state): State<Arc<AppState>>,
+    Path((room, session)): Path<(String, String)>,
+    headers: HeaderMap,
+    kind: SessionKind,
+) -> Response {
+    if let Err(response) = owned_session(&state, &headers, &room, &session, kind) {
+        return response;
+    }
     let mut response = text(
         StatusCode::METHOD_NOT_ALLOWED,
         "trickle ICE and ICE restarts are not supported; the answer carries the only candidate",

@@ -6,5 +6,7 @@ pub mod auth;
 pub mod config;
 pub mod http;
 pub mod metrics;
+pub mod ratelimit;
 pub mod server;
 pub mod store;
+pub mod watchdog;

@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use control::auth::{self, Grants};
 use control::config::Config;
 use control::server::Server;
+use control::watchdog::{self, WorkersStopped};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -91,7 +92,13 @@ fn main() {
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
-        std::process::exit(1);
+        // A stopped media worker gets its own status (the supervisor restarts on any failure).
+        let code = if e.chain().any(|c| c.is::<WorkersStopped>()) {
+            watchdog::EXIT_CODE
+        } else {
+            1
+        };
+        std::process::exit(code);
     }
 }
 

@@ -12,8 +12,9 @@ type Series = (
     fn(&WorkerStats) -> u64,
 );
 
-/// Render every series, with `# HELP` and `# TYPE` lines.
-pub fn render(stats: &NodeStats) -> String {
+/// Render every series, with `# HELP` and `# TYPE` lines. `workers_up` is the node's
+/// per-worker liveness (index = worker id); a worker missing from it counts as stopped.
+pub fn render(stats: &NodeStats, workers_up: &[bool]) -> String {
     let mut out = String::with_capacity(4096);
     let series: [Series; 13] = [
         (
@@ -150,6 +151,23 @@ pub fn render(stats: &NodeStats) -> String {
             w.worker, w.port, stats.io_backend
         );
     }
+    let _ = writeln!(
+        out,
+        "# HELP sfu_worker_up Whether the media worker's thread runs (1) or has stopped (0); \
+         control exits when one stops.\n# TYPE sfu_worker_up gauge"
+    );
+    for w in &stats.workers {
+        let up = workers_up
+            .get(usize::from(w.worker))
+            .copied()
+            .unwrap_or(false);
+        let _ = writeln!(
+            out,
+            "sfu_worker_up{{worker=\"{}\"}} {}",
+            w.worker,
+            u8::from(up)
+        );
+    }
     out
 }
 
@@ -181,7 +199,7 @@ mod tests {
             io_backend: "poll".into(),
             workers: vec![worker(0, 10), worker(1, 20)],
         };
-        let text = render(&stats);
+        let text = render(&stats, &[true, true]);
         let lines: Vec<&str> = text.lines().collect();
         for expected in [
             "# TYPE sfu_keyframe_requests_total counter",
@@ -226,6 +244,30 @@ mod tests {
         }
     }
 
+    /// One `sfu_worker_up` line per worker: 1 while its thread runs, 0 once it has stopped or
+    /// when the node no longer reports it.
+    #[test]
+    fn worker_up_is_one_per_running_worker() {
+        let stats = NodeStats {
+            io_backend: "poll".into(),
+            workers: vec![worker(0, 1), worker(1, 1), worker(2, 1)],
+        };
+        let text = render(&stats, &[true, false]);
+        let up: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("sfu_worker_up"))
+            .collect();
+        assert_eq!(
+            up,
+            [
+                "sfu_worker_up{worker=\"0\"} 1",
+                "sfu_worker_up{worker=\"1\"} 0",
+                "sfu_worker_up{worker=\"2\"} 0",
+            ]
+        );
+        assert!(text.contains("# TYPE sfu_worker_up gauge\n"), "{text}");
+    }
+
     /// Every series the page exports, and every drop reason, is documented in the README's
     /// Metrics table, so an operator reading it sees what `/metrics` serves.
     #[test]
@@ -240,7 +282,7 @@ mod tests {
             io_backend: "poll".into(),
             workers: vec![worker(0, 1)],
         };
-        let text = render(&stats);
+        let text = render(&stats, &[true, true]);
         let names: Vec<&str> = text
             .lines()
             .filter_map(|l| l.strip_prefix("# TYPE "))
@@ -269,7 +311,7 @@ mod tests {
             io_backend: "poll".into(),
             workers: vec![worker(0, 1)],
         };
-        let page = tools::metrics::Metrics::parse(&render(&stats)).expect("parses");
+        let page = tools::metrics::Metrics::parse(&render(&stats, &[true, true])).expect("parses");
         assert_eq!(
             page.sum_where("sfu_keyframe_requests_received_total", &[("kind", "fir")]),
             5.0

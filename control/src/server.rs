@@ -9,6 +9,9 @@ use tokio::net::TcpListener;
 use crate::auth::Verifier;
 use crate::config::Config;
 use crate::http::{AppState, router};
+use crate::ratelimit::{self, SignalingLimiter};
+use crate::store::Caps;
+use crate::watchdog;
 
 /// A running control server.
 #[derive(Debug)]
@@ -39,7 +42,21 @@ impl Server {
             verifier: Verifier::new(&config.auth.keys, config.auth.dev, config.auth.leeway_secs),
             dev: config.auth.dev,
             max_body_bytes: config.http.max_body_bytes,
+            limiter: SignalingLimiter::new(
+                config.limits.signaling_rate_per_sec,
+                config.limits.signaling_burst,
+            ),
+            caps: Caps {
+                per_identity: config.limits.max_sessions_per_identity,
+                per_room: config.limits.max_sessions_per_room,
+                total: config.limits.max_sessions,
+            },
         });
+        if state.limiter.is_none() {
+            tracing::warn!(
+                "signaling rate limit off (limits.signaling_rate_per_sec = 0): for load tests only"
+            );
+        }
         if config.auth.keys.is_empty() && !config.auth.dev {
             tracing::warn!("no API keys configured ([auth.keys]): every request will get 401");
         }
@@ -51,16 +68,45 @@ impl Server {
         })
     }
 
-    /// Serve HTTP until `shutdown` resolves, then stop the node.
+    /// Serve HTTP until `shutdown` resolves, then stop the node. Fails with
+    /// [`WorkersStopped`](crate::watchdog::WorkersStopped) in its chain as soon as a media
+    /// worker stops (the process should then exit with [`watchdog::EXIT_CODE`]).
     pub async fn serve(
         mut self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let listener = self.listener.take().context("serve called twice")?;
-        axum::serve(listener, router(self.state.clone()))
-            .with_graceful_shutdown(shutdown)
-            .await
-            .context("HTTP server failed")?;
-        Ok(())
+        // Client addresses feed the per-IP signaling rate limit.
+        let http = axum::serve(
+            listener,
+            router(self.state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown);
+        if self.state.limiter.is_some() {
+            tokio::spawn(sweep_buckets(Arc::downgrade(&self.state)));
+        }
+        let state = self.state.clone();
+        let watchdog = watchdog::watch(move || state.node.workers_up(), watchdog::PERIOD);
+        tokio::select! {
+            served = http => served.context("HTTP server failed"),
+            stopped = watchdog => {
+                tracing::error!(workers = ?stopped.workers, "{stopped}");
+                Err(stopped.into())
+            }
+        }
+    }
+}
+
+/// Keeps the rate limiter's memory bounded: every [`ratelimit::SWEEP_PERIOD`] it forgets the
+/// clients whose buckets have refilled. Ends with the server.
+async fn sweep_buckets(state: std::sync::Weak<AppState>) {
+    let mut interval = tokio::time::interval(ratelimit::SWEEP_PERIOD);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let Some(state) = state.upgrade() else { return };
+        if let Some(limiter) = &state.limiter {
+            limiter.sweep();
+        }
     }
 }

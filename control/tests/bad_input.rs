@@ -218,33 +218,46 @@ fn wrong_room_or_missing_grant_is_403() {
 }
 
 #[test]
-fn delete_of_unknown_session_is_404_and_patch_is_405() {
+fn delete_or_patch_of_unknown_session_is_404_and_patch_is_405() {
     let server = Server::start();
     let token = dev_token("r", "alice", Grants::PUBLISH_SUBSCRIBE).expect("token");
+    let request = |method, target: &str| {
+        server
+            .client
+            .request(&HttpRequest {
+                method,
+                target,
+                content_type: (method == Method::Patch)
+                    .then_some("application/trickle-ice-sdpfrag"),
+                bearer: Some(&token),
+                body: if method == Method::Patch {
+                    b"a=ice-ufrag:abcd\r\n"
+                } else {
+                    b""
+                },
+            })
+            .unwrap_or_else(|e| panic!("{method:?} {target}: {e}"))
+    };
     for target in ["/whip/r/no-such-session", "/whep/r/no-such-session"] {
-        let r = server
+        assert_status(
+            &request(Method::Delete, target),
+            404,
+            &format!("DELETE {target}"),
+        );
+        assert_status(
+            &request(Method::Patch, target),
+            404,
+            &format!("PATCH {target}"),
+        );
+    }
+    for endpoint in [Endpoint::Whip, Endpoint::Whep] {
+        let location = server
             .client
-            .request(&HttpRequest {
-                method: Method::Delete,
-                target,
-                content_type: None,
-                bearer: Some(&token),
-                body: &[],
-            })
-            .expect("DELETE");
-        assert_status(&r, 404, &format!("DELETE {target}"));
-
-        let r = server
-            .client
-            .request(&HttpRequest {
-                method: Method::Patch,
-                target,
-                content_type: Some("application/trickle-ice-sdpfrag"),
-                bearer: Some(&token),
-                body: b"a=ice-ufrag:abcd\r\n",
-            })
-            .expect("PATCH");
-        assert_eq!(r.status, 405, "PATCH {target}: {r:?}");
+            .offer(endpoint, "r", &token, &offer(endpoint))
+            .unwrap_or_else(|e| panic!("{endpoint:?} offer: {e}"))
+            .location;
+        let r = request(Method::Patch, &location);
+        assert_status(&r, 405, &format!("PATCH {location}"));
     }
 }
 

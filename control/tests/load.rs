@@ -40,13 +40,23 @@ fn report_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// `control dev` for load: the signaling rate limit (20 POSTs/s per client IP by default) is
+/// off, as the README's load-testing section says, since every peer signals from 127.0.0.1.
+fn load_server(workers: usize) -> Server {
+    Server::start_with(
+        workers,
+        &[("SFU__LIMITS__SIGNALING_RATE_PER_SEC", "0")],
+        &[],
+    )
+}
+
 fn run_ok(scenario: &Scenario, options: &RunOptions) -> Report {
     run(scenario, options).unwrap_or_else(|e| panic!("load run failed to start: {e}"))
 }
 
 #[test]
 fn a_short_multi_room_run_reports_plausible_figures_and_writes_both_files() {
-    let server = Server::start();
+    let server = load_server(2);
     let s = scenario(&server.base_url, 3, 4, MediaModel::AudioVideo, 4.0);
     let options = RunOptions {
         server_pid: Some(server.pid()),
@@ -125,7 +135,7 @@ fn loss_and_latency_through_an_impairment_relay_are_measured_as_configured() {
     const DROP_EVERY: u64 = 10;
     const DELAY: Duration = Duration::from_millis(40);
 
-    let server = Server::start_with_workers(1);
+    let server = load_server(1);
     let localhost: SocketAddr = "127.0.0.1:0".parse().expect("address");
     let relays: Vec<Relay> = server
         .worker_ports()
@@ -206,7 +216,7 @@ fn unreachable_servers_and_refused_tokens_are_counted_per_reason() {
         report.verdict
     );
 
-    let server = Server::start_with_workers(1);
+    let server = load_server(1);
     let s = scenario(&server.base_url, 1, 2, MediaModel::Audio, 1.0);
     let options = RunOptions {
         tokens: TokenSource::Fixed("not-a-token".into()),

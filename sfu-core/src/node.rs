@@ -375,6 +375,11 @@ impl Node {
         self.threads.iter().all(|t| !t.is_finished())
     }
 
+    /// Per worker (index = worker id), whether its thread is still running.
+    pub fn workers_up(&self) -> Vec<bool> {
+        self.threads.iter().map(|t| !t.is_finished()).collect()
+    }
+
     /// Stop the workers and wait for them.
     pub fn shutdown(&mut self) {
         for w in &self.shared.workers {
