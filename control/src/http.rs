@@ -12,17 +12,20 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
-use sfu_core::ids::SessionId;
-use sfu_core::{Node, NodeError, NodeReply, NodeRequest, SessionCreated, SessionKind};
+use sfu_core::ids::{RoomId, SessionId};
+use sfu_core::proto::{CreateSession, SubscribePolicy};
+use sfu_core::{NodeError, NodeRequest, NodeResponse, SessionCreated, SessionKind};
 
 use crate::auth::{self, AuthError, Grant, Grants, Verifier};
+use crate::node_client::{self, NodeClient};
 use crate::ratelimit::{RetryAfter, SignalingLimiter};
 use crate::store::{CapExceeded, Caps, SessionStore};
 
 /// What every handler can reach.
 #[derive(Debug)]
 pub struct AppState {
-    pub node: Node,
+    /// The media node, reached only through the node API.
+    pub node: Arc<dyn NodeClient>,
     /// Sessions control created (room, kind, identity), for `DELETE` checks and the caps.
     pub sessions: SessionStore,
     pub verifier: Verifier,
@@ -176,7 +179,8 @@ async fn style_css() -> Response {
 
 /// 503 from the moment a worker stops until the watchdog (within a second) ends the process.
 async fn healthz(State(state): State<Arc<AppState>>) -> Response {
-    let stopped = crate::watchdog::stopped_workers(&state.node.workers_up());
+    let health = node_client::health(state.node.as_ref()).await;
+    let stopped = crate::watchdog::stopped_workers(&health.workers_up);
     if stopped.is_empty() {
         text(StatusCode::OK, "ok")
     } else {
@@ -188,7 +192,11 @@ async fn healthz(State(state): State<Arc<AppState>>) -> Response {
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    let body = crate::metrics::render(&state.node.stats(), &state.node.workers_up());
+    let stats = node_client::stats(state.node.as_ref())
+        .await
+        .unwrap_or_default();
+    let health = node_client::health(state.node.as_ref()).await;
+    let body = crate::metrics::render(&stats, &health.workers_up, state.sessions.len());
     (
         [(
             header::CONTENT_TYPE,
@@ -197,14 +205,6 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         body,
     )
         .into_response()
-}
-
-/// Room names: 1-128 characters of `[A-Za-z0-9._-]`.
-fn valid_room(room: &str) -> bool {
-    (1..=128).contains(&room.len())
-        && room
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 fn auth_error(e: AuthError) -> Response {
@@ -253,12 +253,12 @@ async fn offer(
     body: Bytes,
     kind: SessionKind,
 ) -> Response {
-    if !valid_room(&room) {
+    let Ok(room_id) = room.parse::<RoomId>() else {
         return text(
             StatusCode::BAD_REQUEST,
             "room names are 1-128 characters of A-Z a-z 0-9 . _ -",
         );
-    }
+    };
     let claims = match state.verifier.verify_header(
         headers
             .get(header::AUTHORIZATION)
@@ -294,8 +294,18 @@ async fn offer(
             "bad offer: SDP must start with the line v=0",
         );
     }
-    // Hold a place under the caps before the node does any work for this offer.
-    let reservation = match state.sessions.reserve(&room, &claims.sub, state.caps) {
+    // Record the session under the caps before the node does any work for this offer. Its id
+    // is chosen here: 128 random bits, unique across nodes, and the secret part of the
+    // session's URL.
+    let session = SessionId::random();
+    let reservation = match state.sessions.reserve(
+        session,
+        state.node.id(),
+        &room,
+        kind,
+        &claims.sub,
+        state.caps,
+    ) {
         Ok(r) => r,
         Err(e) => {
             tracing::info!(%room, kind = kind.as_str(), identity = %claims.sub, error = %e, "offer refused");
@@ -308,22 +318,26 @@ async fn offer(
             return text(status, e.to_string());
         }
     };
-    let request = NodeRequest::CreateSession {
-        room: room.clone(),
+    let request = NodeRequest::CreateSession(CreateSession {
+        session,
+        room: room_id,
         kind,
+        identity: claims.sub.clone(),
         offer_sdp: sdp,
-        participant: Some(claims.sub.clone()),
-    };
-    let created: Result<SessionCreated, NodeError> = match state.node.handle(request).await {
-        NodeReply::SessionCreated(c) => Ok(c),
-        NodeReply::Error(e) => Err(e),
+        policy: SubscribePolicy::NewestOther,
+    });
+    let created: Result<SessionCreated, NodeError> = match state.node.call(request).await {
+        NodeResponse::SessionCreated(c) => Ok(c),
+        NodeResponse::Error(e) => Err(e),
         other => Err(NodeError::SessionFailed(format!(
-            "unexpected node reply {other:?}"
+            "unexpected node response {other:?}"
         ))),
     };
     let created = match created {
         Ok(c) => {
-            reservation.commit(c.session, kind, c.worker);
+            if !reservation.commit(c.worker) {
+                tracing::info!(%room, %session, "session ended before its answer was sent");
+            }
             c
         }
         Err(e) => {
@@ -426,21 +440,18 @@ async fn delete(
         Ok(owned) => owned,
         Err(response) => return response,
     };
-    let reply = state
-        .node
-        .handle(NodeRequest::CloseSession { session })
-        .await;
+    let reply = state.node.call(NodeRequest::CloseSession { session }).await;
     // Whatever the node says, control forgets the session: either it just ended, or it had
     // already ended on its own (ICE timeout) and the node no longer knows it.
     state.sessions.remove(session);
     match reply {
-        NodeReply::SessionClosed => {
+        NodeResponse::Done => {
             tracing::info!(%room, %session, identity = %claims.sub, "session deleted");
             text(StatusCode::OK, "session ended")
         }
-        NodeReply::Error(e) => node_error(e),
+        NodeResponse::Error(e) => node_error(e),
         other => node_error(NodeError::SessionFailed(format!(
-            "unexpected node reply {other:?}"
+            "unexpected node response {other:?}"
         ))),
     }
 }
@@ -496,7 +507,7 @@ async fn dev_token(body: Bytes) -> Response {
             "expected JSON {\"room\": \"...\", \"identity\": \"...\"}",
         );
     };
-    if !valid_room(&req.room) {
+    if req.room.parse::<RoomId>().is_err() {
         return text(
             StatusCode::BAD_REQUEST,
             "room names are 1-128 characters of A-Z a-z 0-9 . _ -",

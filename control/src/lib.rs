@@ -6,6 +6,7 @@ pub mod auth;
 pub mod config;
 pub mod http;
 pub mod metrics;
+pub mod node_client;
 pub mod ratelimit;
 pub mod server;
 pub mod store;

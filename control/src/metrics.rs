@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use sfu_core::api::{NodeStats, WorkerStats};
+use sfu_core::proto::{NodeStats, WorkerStats};
 
 /// One per-worker series: name, Prometheus type, help text, and how to read it.
 type Series = (
@@ -14,7 +14,8 @@ type Series = (
 
 /// Render every series, with `# HELP` and `# TYPE` lines. `workers_up` is the node's
 /// per-worker liveness (index = worker id); a worker missing from it counts as stopped.
-pub fn render(stats: &NodeStats, workers_up: &[bool]) -> String {
+/// `control_sessions` is the number of sessions in control's store.
+pub fn render(stats: &NodeStats, workers_up: &[bool], control_sessions: usize) -> String {
     let mut out = String::with_capacity(4096);
     let series: [Series; 13] = [
         (
@@ -168,6 +169,11 @@ pub fn render(stats: &NodeStats, workers_up: &[bool]) -> String {
             u8::from(up)
         );
     }
+    let _ = writeln!(
+        out,
+        "# HELP sfu_control_sessions Sessions in control's store (created and not yet ended, \
+         whether by DELETE or by the node).\n# TYPE sfu_control_sessions gauge\nsfu_control_sessions {control_sessions}"
+    );
     out
 }
 
@@ -199,7 +205,7 @@ mod tests {
             io_backend: "poll".into(),
             workers: vec![worker(0, 10), worker(1, 20)],
         };
-        let text = render(&stats, &[true, true]);
+        let text = render(&stats, &[true, true], 0);
         let lines: Vec<&str> = text.lines().collect();
         for expected in [
             "# TYPE sfu_keyframe_requests_total counter",
@@ -252,7 +258,7 @@ mod tests {
             io_backend: "poll".into(),
             workers: vec![worker(0, 1), worker(1, 1), worker(2, 1)],
         };
-        let text = render(&stats, &[true, false]);
+        let text = render(&stats, &[true, false], 0);
         let up: Vec<&str> = text
             .lines()
             .filter(|l| l.starts_with("sfu_worker_up"))
@@ -282,7 +288,7 @@ mod tests {
             io_backend: "poll".into(),
             workers: vec![worker(0, 1)],
         };
-        let text = render(&stats, &[true, true]);
+        let text = render(&stats, &[true, true], 0);
         let names: Vec<&str> = text
             .lines()
             .filter_map(|l| l.strip_prefix("# TYPE "))
@@ -311,7 +317,8 @@ mod tests {
             io_backend: "poll".into(),
             workers: vec![worker(0, 1)],
         };
-        let page = tools::metrics::Metrics::parse(&render(&stats, &[true, true])).expect("parses");
+        let page =
+            tools::metrics::Metrics::parse(&render(&stats, &[true, true], 0)).expect("parses");
         assert_eq!(
             page.sum_where("sfu_keyframe_requests_received_total", &[("kind", "fir")]),
             5.0

@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 use crate::auth::Verifier;
 use crate::config::Config;
 use crate::http::{AppState, router};
+use crate::node_client::{self, InProcessNode, NodeClient};
 use crate::ratelimit::{self, SignalingLimiter};
 use crate::store::Caps;
 use crate::watchdog;
@@ -35,7 +36,12 @@ impl Server {
             .await
             .context("node start-up task failed")?
             .context("cannot start the media node")?;
+        let node = InProcessNode::new(config.node.id.clone(), node);
         let media_ports = node.ports();
+        let events = node
+            .take_events()
+            .context("the node's event stream was taken before control started")?;
+        let node: Arc<dyn NodeClient> = Arc::new(node);
         let state = Arc::new(AppState {
             node,
             sessions: crate::store::SessionStore::default(),
@@ -60,6 +66,7 @@ impl Server {
         if config.auth.keys.is_empty() && !config.auth.dev {
             tracing::warn!("no API keys configured ([auth.keys]): every request will get 401");
         }
+        tokio::spawn(apply_node_events(Arc::downgrade(&state), events));
         Ok(Server {
             http_addr,
             media_ports,
@@ -85,14 +92,52 @@ impl Server {
         if self.state.limiter.is_some() {
             tokio::spawn(sweep_buckets(Arc::downgrade(&self.state)));
         }
-        let state = self.state.clone();
-        let watchdog = watchdog::watch(move || state.node.workers_up(), watchdog::PERIOD);
+        let node = self.state.node.clone();
+        let watchdog = watchdog::watch(
+            move || {
+                let node = node.clone();
+                async move { node_client::health(node.as_ref()).await.workers_up }
+            },
+            watchdog::PERIOD,
+        );
         tokio::select! {
             served = http => served.context("HTTP server failed"),
             stopped = watchdog => {
                 tracing::error!(workers = ?stopped.workers, "{stopped}");
                 Err(stopped.into())
             }
+        }
+    }
+}
+
+/// Keeps control's store in step with the node: a session the node ended on its own (closed
+/// tab, ICE timeout, failure) is forgotten, so it no longer counts against the caps. Ends
+/// with the node's event stream or the server.
+async fn apply_node_events(
+    state: std::sync::Weak<AppState>,
+    mut events: tokio::sync::mpsc::UnboundedReceiver<sfu_core::NodeEvent>,
+) {
+    while let Some(event) = events.recv().await {
+        let Some(state) = state.upgrade() else { return };
+        let node = state.node.id();
+        match event {
+            sfu_core::NodeEvent::SessionEnded {
+                session, reason, ..
+            } => {
+                if let Some(record) = state.sessions.remove_ended(node, session) {
+                    tracing::debug!(
+                        %session,
+                        room = %record.room,
+                        identity = %record.identity,
+                        reason = reason.as_str(),
+                        "node ended a session"
+                    );
+                }
+            }
+            sfu_core::NodeEvent::WorkerStopped { worker } => {
+                tracing::error!(%node, %worker, "media worker stopped");
+            }
+            _ => {}
         }
     }
 }

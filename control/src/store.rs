@@ -1,20 +1,24 @@
-//! Control's own record of the sessions it created: which room, which kind, whose token, and
-//! how many each room and identity holds (for the session caps). This is the in-memory state
-//! of the embedded default; the node knows sessions only by id.
+//! Control's own record of the sessions it created: which node, room and kind, whose token,
+//! and how many each room and identity holds (for the session caps). A session is recorded
+//! from the moment control sends its offer to a node (so an end the node reports at once is
+//! never missed) until the client deletes it or the node reports that it ended. This is the
+//! in-memory state of the embedded default.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
 use sfu_core::SessionKind;
-use sfu_core::ids::{SessionId, WorkerId};
+use sfu_core::ids::{NodeId, SessionId, WorkerId};
 
 /// One session as control knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionRecord {
+    pub node: NodeId,
     pub room: String,
     pub kind: SessionKind,
     pub identity: String,
-    pub worker: WorkerId,
+    /// The worker the node put it on; `None` while the node is still answering the offer.
+    pub worker: Option<WorkerId>,
 }
 
 /// Session caps (`[limits]`); 0 means no cap.
@@ -87,13 +91,16 @@ impl SessionStore {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Hold a place for a session of `identity` in `room` while the node answers its offer, or
-    /// say which cap it would exceed. The place counts against the caps until the reservation
-    /// is [committed](Reservation::commit) as a session or dropped, so concurrent offers cannot
-    /// overshoot a cap.
+    /// Record session `id` of `identity` in `room` on `node` while the node answers its offer,
+    /// or say which cap it would exceed. The session counts against the caps from here on, so
+    /// concurrent offers cannot overshoot a cap; dropping the reservation without
+    /// [committing](Reservation::commit) it (the node refused) removes it again.
     pub fn reserve(
         &self,
+        id: SessionId,
+        node: &NodeId,
         room: &str,
+        kind: SessionKind,
         identity: &str,
         caps: Caps,
     ) -> Result<Reservation<'_>, CapExceeded> {
@@ -117,11 +124,22 @@ impl SessionStore {
         if at(caps.total, inner.total) {
             return Err(CapExceeded::Node { limit: caps.total });
         }
+        let record = SessionRecord {
+            node: node.clone(),
+            room: room.to_string(),
+            kind,
+            identity: identity.to_string(),
+            worker: None,
+        };
+        if let Some(old) = inner.sessions.insert(id, record) {
+            // Ids are 128 random bits; should one repeat, keep the counts equal to the
+            // sessions held.
+            inner.uncount(&old.room, &old.identity);
+        }
         inner.count(room, identity);
         Ok(Reservation {
             store: self,
-            room: room.to_string(),
-            identity: identity.to_string(),
+            id,
             committed: false,
         })
     }
@@ -138,7 +156,35 @@ impl SessionStore {
         Some(record)
     }
 
-    /// Sessions recorded (reservations not included).
+    /// Forget a session `node` says it ended. A node can only end its own sessions.
+    pub fn remove_ended(&self, node: &NodeId, id: SessionId) -> Option<SessionRecord> {
+        let mut inner = self.lock();
+        if inner.sessions.get(&id).is_none_or(|r| r.node != *node) {
+            return None;
+        }
+        let record = inner.sessions.remove(&id)?;
+        inner.uncount(&record.room, &record.identity);
+        Some(record)
+    }
+
+    /// Forget every session on `node` (it stopped); returns how many.
+    pub fn remove_node(&self, node: &NodeId) -> usize {
+        let mut inner = self.lock();
+        let ids: Vec<SessionId> = inner
+            .sessions
+            .iter()
+            .filter(|(_, r)| r.node == *node)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &ids {
+            if let Some(record) = inner.sessions.remove(id) {
+                inner.uncount(&record.room, &record.identity);
+            }
+        }
+        ids.len()
+    }
+
+    /// Sessions recorded, those being answered included.
     pub fn len(&self) -> usize {
         self.lock().sessions.len()
     }
@@ -163,29 +209,25 @@ impl SessionStore {
     }
 }
 
-/// A place held by [`SessionStore::reserve`]; released on drop unless committed.
+/// A session recorded by [`SessionStore::reserve`]; removed on drop unless committed.
 #[derive(Debug)]
 pub struct Reservation<'a> {
     store: &'a SessionStore,
-    room: String,
-    identity: String,
+    id: SessionId,
     committed: bool,
 }
 
 impl Reservation<'_> {
-    /// Turn the place into the session the node created.
-    pub fn commit(mut self, id: SessionId, kind: SessionKind, worker: WorkerId) {
-        let record = SessionRecord {
-            room: std::mem::take(&mut self.room),
-            kind,
-            identity: std::mem::take(&mut self.identity),
-            worker,
-        };
+    /// The node created the session on `worker`. Returns `false` if the node already reported
+    /// it ended (it is then no longer recorded).
+    pub fn commit(mut self, worker: WorkerId) -> bool {
         self.committed = true;
-        let mut inner = self.store.lock();
-        if let Some(old) = inner.sessions.insert(id, record) {
-            // Ids are unique; should one repeat, keep the counts equal to the sessions held.
-            inner.uncount(&old.room, &old.identity);
+        match self.store.lock().sessions.get_mut(&self.id) {
+            Some(record) => {
+                record.worker = Some(worker);
+                true
+            }
+            None => false,
         }
     }
 }
@@ -193,7 +235,7 @@ impl Reservation<'_> {
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
         if !self.committed {
-            self.store.lock().uncount(&self.room, &self.identity);
+            self.store.remove(self.id);
         }
     }
 }
@@ -202,8 +244,12 @@ impl Drop for Reservation<'_> {
 mod tests {
     use super::*;
 
-    fn id(n: u64) -> SessionId {
-        n.to_string().parse().expect("a session id")
+    fn id(n: u128) -> SessionId {
+        SessionId::from_u128(n)
+    }
+
+    fn node(name: &str) -> NodeId {
+        name.parse().expect("a node id")
     }
 
     const NO_CAPS: Caps = Caps {
@@ -212,17 +258,33 @@ mod tests {
         total: 0,
     };
 
+    fn reserve<'a>(
+        store: &'a SessionStore,
+        n: u128,
+        room: &str,
+        identity: &str,
+        caps: Caps,
+    ) -> Result<Reservation<'a>, CapExceeded> {
+        store.reserve(
+            id(n),
+            &node("a"),
+            room,
+            SessionKind::Publish,
+            identity,
+            caps,
+        )
+    }
+
     #[test]
     fn counts_follow_commits_drops_and_removals() {
         let store = SessionStore::default();
-        let a = store.reserve("r", "alice", NO_CAPS).expect("no caps");
-        let b = store.reserve("r", "bob", NO_CAPS).expect("no caps");
+        let a = reserve(&store, 1, "r", "alice", NO_CAPS).expect("no caps");
+        let b = reserve(&store, 2, "r", "bob", NO_CAPS).expect("no caps");
         assert_eq!(
             (store.room_count("r"), store.total(), store.len()),
-            (2, 2, 0),
-            "reservations count, but are not sessions"
+            (2, 2, 2)
         );
-        a.commit(id(1), SessionKind::Publish, WorkerId(0));
+        assert!(a.commit(WorkerId(0)));
         drop(b);
         assert_eq!(
             (store.room_count("r"), store.total(), store.len()),
@@ -234,8 +296,8 @@ mod tests {
             "a dropped reservation is released"
         );
         assert_eq!(
-            store.get(id(1)).map(|r| (r.room, r.identity)),
-            Some(("r".into(), "alice".into()))
+            store.get(id(1)).map(|r| (r.room, r.identity, r.worker)),
+            Some(("r".into(), "alice".into(), Some(WorkerId(0))))
         );
         assert!(store.remove(id(1)).is_some());
         assert!(
@@ -258,6 +320,31 @@ mod tests {
     }
 
     #[test]
+    fn an_end_reported_before_the_answer_is_not_lost() {
+        let store = SessionStore::default();
+        let r = reserve(&store, 1, "r", "alice", NO_CAPS).expect("no caps");
+        // The node ends the session before control has its answer.
+        assert!(store.remove_ended(&node("a"), id(1)).is_some());
+        assert!(!r.commit(WorkerId(0)), "the session is already gone");
+        assert_eq!((store.len(), store.total()), (0, 0));
+    }
+
+    #[test]
+    fn a_node_ends_only_its_own_sessions() {
+        let store = SessionStore::default();
+        assert!(
+            reserve(&store, 1, "r", "alice", NO_CAPS)
+                .expect("ok")
+                .commit(WorkerId(0))
+        );
+        assert!(store.remove_ended(&node("b"), id(1)).is_none());
+        assert_eq!(store.len(), 1);
+        assert_eq!(store.remove_node(&node("b")), 0);
+        assert_eq!(store.remove_node(&node("a")), 1);
+        assert_eq!((store.len(), store.total()), (0, 0));
+    }
+
+    #[test]
     fn each_cap_refuses_the_session_past_it() {
         let store = SessionStore::default();
         let caps = Caps {
@@ -266,12 +353,10 @@ mod tests {
             total: 4,
         };
         let mut held = Vec::new();
-        for _ in 0..2 {
-            held.push(store.reserve("r", "alice", caps).expect("under the caps"));
+        for n in 0..2 {
+            held.push(reserve(&store, 10 + n, "r", "alice", caps).expect("under the caps"));
         }
-        let e = store
-            .reserve("other", "alice", caps)
-            .expect_err("alice is at 2");
+        let e = reserve(&store, 20, "other", "alice", caps).expect_err("alice is at 2");
         assert_eq!(
             e,
             CapExceeded::Identity {
@@ -284,10 +369,8 @@ mod tests {
             "{e}"
         );
 
-        held.push(store.reserve("r", "bob", caps).expect("room r has 2"));
-        let e = store
-            .reserve("r", "carol", caps)
-            .expect_err("room r is at 3");
+        held.push(reserve(&store, 21, "r", "bob", caps).expect("room r has 2"));
+        let e = reserve(&store, 22, "r", "carol", caps).expect_err("room r is at 3");
         assert_eq!(
             e,
             CapExceeded::Room {
@@ -300,16 +383,16 @@ mod tests {
             "{e}"
         );
 
-        held.push(store.reserve("s", "carol", caps).expect("4th in total"));
-        let e = store.reserve("t", "dave", caps).expect_err("4 in total");
+        held.push(reserve(&store, 23, "s", "carol", caps).expect("4th in total"));
+        let e = reserve(&store, 24, "t", "dave", caps).expect_err("4 in total");
         assert_eq!(e, CapExceeded::Node { limit: 4 });
         assert!(e.to_string().contains("limits.max_sessions"), "{e}");
 
         // Ending one session makes room again.
         let first = held.remove(0);
-        first.commit(id(7), SessionKind::Subscribe, WorkerId(1));
-        assert!(store.reserve("t", "dave", caps).is_err());
-        store.remove(id(7));
-        assert!(store.reserve("t", "dave", caps).is_ok());
+        assert!(first.commit(WorkerId(1)));
+        assert!(reserve(&store, 25, "t", "dave", caps).is_err());
+        store.remove(id(10));
+        assert!(reserve(&store, 26, "t", "dave", caps).is_ok());
     }
 }

@@ -38,13 +38,18 @@ pub fn stopped_workers(up: &[bool]) -> Vec<usize> {
         .collect()
 }
 
-/// Polls `workers_up` every `period` and resolves with the stopped workers once there are any.
-pub async fn watch(workers_up: impl Fn() -> Vec<bool>, period: Duration) -> WorkersStopped {
+/// Polls `workers_up` (the node's health through the node API) every `period` and resolves
+/// with the stopped workers once there are any.
+pub async fn watch<F, Fut>(workers_up: F, period: Duration) -> WorkersStopped
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Vec<bool>>,
+{
     let mut interval = tokio::time::interval(period);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
-        let workers = stopped_workers(&workers_up());
+        let workers = stopped_workers(&workers_up().await);
         if !workers.is_empty() {
             return WorkersStopped { workers };
         }
@@ -76,7 +81,7 @@ mod tests {
         let stopped = watch(
             || {
                 let n = polls.fetch_add(1, Ordering::Relaxed);
-                vec![true, n < 3, true]
+                std::future::ready(vec![true, n < 3, true])
             },
             Duration::from_millis(1),
         )

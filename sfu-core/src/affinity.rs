@@ -1,4 +1,5 @@
-//! Pinning a worker thread to one CPU (`sched_setaffinity`).
+//! Pinning a worker thread to one CPU (`sched_setaffinity`), and lowering the priority of
+//! helper threads so they never win a core from a media worker.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -32,6 +33,19 @@ pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
     unsafe { libc::CPU_SET(cpu, &mut set) };
     // SAFETY: pid 0 = calling thread; the size matches the set.
     let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Lower the calling thread's scheduling priority to `nice` (0..=19; higher yields more). On
+/// Linux `setpriority(PRIO_PROCESS, tid)` applies to one thread.
+pub fn lower_current_thread_priority(nice: i32) -> io::Result<()> {
+    // SAFETY: gettid takes no arguments and cannot fail.
+    let tid = unsafe { libc::gettid() };
+    // SAFETY: plain system call on our own thread id; no memory is passed.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice.clamp(0, 19)) };
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }

@@ -5,12 +5,16 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::ids::NodeId;
 use crate::io::IoBackend;
 
 /// Configuration of one media node.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NodeConfig {
+    /// The node's name in control's records, logs and metrics (1-64 characters of
+    /// A-Z a-z 0-9 . _ -).
+    pub id: NodeId,
     /// Worker threads; 0 = one per available core.
     pub workers: usize,
     /// UDP port of worker 0; worker `i` listens on `media_port_base + i`.
@@ -45,6 +49,7 @@ pub struct NodeConfig {
 impl Default for NodeConfig {
     fn default() -> Self {
         Self {
+            id: "local".parse().expect("a valid node id"),
             workers: 0,
             media_port_base: 50_000,
             media_port_scan: false,

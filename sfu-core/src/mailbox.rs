@@ -2,22 +2,10 @@
 //! (`crossbeam::queue::ArrayQueue`). A publisher's worker pushes one reference per packet per
 //! *interested worker*, not per subscriber; a full ring drops and counts, it never blocks.
 
-use std::sync::Arc;
-
 use crossbeam::queue::ArrayQueue;
 
-use crate::forward::MediaPacket;
-use crate::ids::{Layer, SessionId};
+pub use crate::engine::CrossWorker;
 use crate::io::Waker;
-
-/// A message between workers.
-#[derive(Debug)]
-pub enum CrossWorker {
-    /// A publisher's packet for this worker's subscribers of its room.
-    Media(Arc<MediaPacket>),
-    /// A subscriber on another worker wants a keyframe from this worker's publisher.
-    KeyframeRequest { source: SessionId, layer: Layer },
-}
 
 /// A worker's inbound ring plus the means to wake it.
 #[derive(Debug)]
@@ -55,6 +43,8 @@ impl Mailbox {
 
 #[cfg(test)]
 mod tests {
+    use sfu_proto::{Layer, SessionId, TrackId};
+
     use super::*;
 
     #[test]
@@ -62,21 +52,23 @@ mod tests {
         let waker = Waker::new().expect("eventfd");
         let mailbox = Mailbox::new(2, waker);
         let request = |n| CrossWorker::KeyframeRequest {
-            source: SessionId(n),
+            track: TrackId {
+                session: SessionId::from_u128(n),
+                index: 0,
+            },
             layer: Layer(0),
         };
         assert!(mailbox.push(request(1)).is_ok());
         assert!(mailbox.push(request(2)).is_ok());
         match mailbox.push(request(3)) {
-            Err(CrossWorker::KeyframeRequest { source, .. }) => assert_eq!(source, SessionId(3)),
+            Err(CrossWorker::KeyframeRequest { track, .. }) => {
+                assert_eq!(track.session, SessionId::from_u128(3))
+            }
             other => panic!("expected the message back, got {other:?}"),
         }
         assert!(matches!(
             mailbox.pop(),
-            Some(CrossWorker::KeyframeRequest {
-                source: SessionId(1),
-                ..
-            })
+            Some(CrossWorker::KeyframeRequest { track, .. }) if track.session == SessionId::from_u128(1)
         ));
         assert!(mailbox.push(request(4)).is_ok());
     }

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::api::WorkerStats;
+use sfu_proto::WorkerStats;
 
 /// Why a datagram or a forwarded packet was dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

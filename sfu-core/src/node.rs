@@ -1,22 +1,38 @@
-//! The node: starts the workers, binds their sockets, places sessions on workers and keeps the
-//! room directory (which worker has which room's subscribers). This is the control path —
-//! a mutex here is fine; the per-packet path never touches it.
+//! The node: starts the workers, binds their sockets and serves the node API. It places each
+//! new session on the least-loaded worker, sets the session up (SDP, codecs, DTLS) on a
+//! low-priority helper thread so offers never cost the media workers time, and hands it over;
+//! it routes later calls to the session's worker and forwards the workers' events to control.
+//! The mutex here is on the control path only; the workers never take it.
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
+use crossbeam::channel::{Receiver, Sender, TrySendError};
+use sfu_proto::{
+    CreateSession, EndReason, LoadReport, NodeError, NodeEvent, NodeHealth, NodeRequest,
+    NodeResponse, NodeStats, RoomId, SessionCreated, SessionId, WorkerId,
+};
+use str0m::config::DtlsCert;
+use tokio::sync::{mpsc, oneshot};
 
-use crate::api::{NodeError, NodeReply, NodeRequest, NodeStats, SessionCreated, SessionKind};
 use crate::config::{ConfigError, NodeConfig};
-use crate::ids::{ParticipantId, RoomId, SessionId, WorkerId};
+use crate::engine::session::{Session, SessionSpec};
+use crate::engine::{Command, Engine, EngineConfig};
+use crate::ids::RoomKey;
 use crate::io::{self, Waker};
 use crate::mailbox::Mailbox;
 use crate::metrics::WorkerMetrics;
-use crate::worker::{Command, Worker, WorkerHandle};
+use crate::worker::{Worker, WorkerCommand, WorkerHandle};
+
+/// Offers waiting for the set-up thread; beyond this the node answers "no capacity" at once
+/// instead of queueing a signaling flood.
+const SETUP_QUEUE: usize = 256;
+/// How often the node reports its load in a [`NodeEvent::Load`].
+const LOAD_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Why the node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -40,26 +56,81 @@ pub enum StartError {
     },
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct SessionEntry {
-    room: RoomId,
     worker: WorkerId,
+    room: RoomKey,
+    room_id: RoomId,
 }
 
+/// Which worker has which session, and the rooms' keys. Control path only.
 #[derive(Debug, Default)]
 struct Directory {
-    rooms: HashMap<String, RoomId>,
-    next_room: u32,
     sessions: HashMap<SessionId, SessionEntry>,
-    /// Subscriber count per (room, worker).
-    interest: HashMap<(RoomId, WorkerId), usize>,
+    /// Room name → key and the number of sessions in it on this node.
+    rooms: HashMap<RoomId, (RoomKey, usize)>,
+    next_room: u32,
+    /// Publication order handed to publishers (larger = newer).
+    next_order: u64,
+    per_worker: Vec<usize>,
 }
 
-/// State shared by the node handle and its workers.
+impl Directory {
+    fn insert(
+        &mut self,
+        session: SessionId,
+        room: &RoomId,
+    ) -> Result<(SessionEntry, u64), NodeError> {
+        if self.sessions.contains_key(&session) {
+            return Err(NodeError::DuplicateSession);
+        }
+        let next = RoomKey(self.next_room);
+        let (key, count) = self.rooms.entry(room.clone()).or_insert((next, 0));
+        if *key == next {
+            self.next_room = self.next_room.wrapping_add(1);
+        }
+        *count += 1;
+        let key = *key;
+        let worker = self
+            .per_worker
+            .iter()
+            .enumerate()
+            .min_by_key(|(i, n)| (**n, *i))
+            .map_or(0, |(i, _)| i);
+        self.per_worker[worker] += 1;
+        let entry = SessionEntry {
+            worker: WorkerId(worker as u16),
+            room: key,
+            room_id: room.clone(),
+        };
+        self.sessions.insert(session, entry.clone());
+        self.next_order += 1;
+        Ok((entry, self.next_order))
+    }
+
+    fn remove(&mut self, session: SessionId, room: &RoomId) {
+        let Some(entry) = self.sessions.remove(&session) else {
+            return;
+        };
+        if let Some(n) = self.per_worker.get_mut(entry.worker.index()) {
+            *n = n.saturating_sub(1);
+        }
+        if let Some((_, count)) = self.rooms.get_mut(room) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.rooms.remove(room);
+            }
+        }
+    }
+}
+
+/// What the node and its helper threads share.
 #[derive(Debug)]
-pub struct Shared {
-    pub workers: Vec<WorkerHandle>,
+struct Shared {
+    workers: Arc<Vec<WorkerHandle>>,
     directory: Mutex<Directory>,
+    /// Set while each worker thread runs.
+    alive: Vec<Arc<AtomicBool>>,
 }
 
 impl Shared {
@@ -68,52 +139,23 @@ impl Shared {
         self.directory.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Which worker owns `session` (control-path lookup; called for keyframe requests).
-    pub fn worker_of(&self, session: SessionId) -> Option<WorkerId> {
-        self.directory().sessions.get(&session).map(|e| e.worker)
+    fn workers_up(&self) -> Vec<bool> {
+        self.alive
+            .iter()
+            .map(|a| a.load(Ordering::Acquire))
+            .collect()
     }
+}
 
-    /// Called by a worker whenever one of its sessions ends, whatever the reason.
-    pub fn session_ended(&self, session: SessionId, room: RoomId, kind: SessionKind) {
-        let mut dir = self.directory();
-        let Some(entry) = dir.sessions.remove(&session) else {
-            return;
-        };
-        match kind {
-            SessionKind::Subscribe => {
-                let key = (room, entry.worker);
-                let now_zero = match dir.interest.get_mut(&key) {
-                    Some(n) => {
-                        *n = n.saturating_sub(1);
-                        *n == 0
-                    }
-                    None => false,
-                };
-                if now_zero {
-                    dir.interest.remove(&key);
-                    self.broadcast(|| Command::RoomInterest {
-                        room,
-                        worker: entry.worker,
-                        interested: false,
-                    });
-                }
-            }
-            SessionKind::Publish => {
-                self.broadcast(|| Command::SourceEnded {
-                    room,
-                    source: session,
-                });
-            }
-        }
-        if !dir.sessions.values().any(|e| e.room == room) {
-            dir.rooms.retain(|_, id| *id != room);
-        }
-    }
+/// A job for the set-up thread.
+type SetupJob = Box<dyn FnOnce() + Send>;
 
-    fn broadcast(&self, command: impl Fn() -> Command) {
-        for w in &self.workers {
-            let _ = w.send(command());
-        }
+/// Clears a worker's alive flag when its thread ends, however it ends.
+struct AliveGuard(Arc<AtomicBool>);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
     }
 }
 
@@ -122,8 +164,14 @@ impl Shared {
 pub struct Node {
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
-    next_session: AtomicU64,
+    setup: Option<Sender<SetupJob>>,
+    helpers: Vec<JoinHandle<()>>,
+    events: Mutex<Option<mpsc::UnboundedReceiver<NodeEvent>>>,
+    /// Per worker: the address in its ICE candidates and its DTLS certificate.
+    candidates: Vec<SocketAddr>,
+    certificates: Vec<Option<DtlsCert>>,
     io_backend: String,
+    stopping: Arc<AtomicBool>,
 }
 
 impl Node {
@@ -140,6 +188,8 @@ impl Node {
 
         let mut handles = Vec::with_capacity(count);
         let mut receivers = Vec::with_capacity(count);
+        let mut candidates = Vec::with_capacity(count);
+        let mut certificates = Vec::with_capacity(count);
         for (i, socket) in sockets.iter().enumerate() {
             let waker = Waker::new().map_err(|source| StartError::Io { worker: i, source })?;
             let (tx, rx) = crossbeam::channel::unbounded();
@@ -156,36 +206,72 @@ impl Node {
                 metrics: Arc::new(WorkerMetrics::default()),
             });
             receivers.push(rx);
+            candidates.push(SocketAddr::new(config.advertise_ip, port));
+            // One DTLS certificate per worker: generating one per session costs more than the
+            // rest of session set-up together.
+            certificates.push(
+                str0m::crypto::from_feature_flags()
+                    .dtls_provider
+                    .generate_certificate(),
+            );
         }
+        let workers = Arc::new(handles);
+        let alive: Vec<Arc<AtomicBool>> = (0..count)
+            .map(|_| Arc::new(AtomicBool::new(true)))
+            .collect();
         let shared = Arc::new(Shared {
-            workers: handles,
-            directory: Mutex::new(Directory::default()),
+            workers: workers.clone(),
+            directory: Mutex::new(Directory {
+                per_worker: vec![0; count],
+                ..Directory::default()
+            }),
+            alive: alive.clone(),
         });
+        let (engine_events, engine_events_rx) = crossbeam::channel::unbounded();
+        let engine_config = EngineConfig {
+            workers: count,
+            max_sessions: config.max_sessions_per_worker,
+            connect_timeout: config.connect_timeout(),
+            ice_timeout: config.ice_timeout(),
+            publisher_remb_kbps: config.publisher_remb_kbps,
+        };
 
-        let mut threads = Vec::with_capacity(count);
+        let mut node = Node {
+            shared: shared.clone(),
+            threads: Vec::with_capacity(count),
+            setup: None,
+            helpers: Vec::new(),
+            events: Mutex::new(None),
+            candidates,
+            certificates,
+            io_backend: String::new(),
+            stopping: Arc::new(AtomicBool::new(false)),
+        };
         let mut backend_names = Vec::new();
         for (i, (socket, rx)) in sockets.into_iter().zip(receivers).enumerate() {
             let local = socket
                 .local_addr()
                 .map_err(|source| StartError::Io { worker: i, source })?;
-            let waker = shared.workers[i].waker.clone();
-            let worker = Worker::new(
-                WorkerId(i as u16),
-                config.clone(),
-                local,
-                shared.clone(),
-                rx,
-                waker.clone(),
+            let id = WorkerId(i as u16);
+            let engine = Engine::new(
+                id,
+                engine_config.clone(),
+                workers[i].metrics.clone(),
+                Instant::now(),
             );
+            let worker = Worker::new(engine, local, workers.clone(), rx, engine_events.clone());
+            let waker = workers[i].waker.clone();
             let cpu = cpus.get(i % cpus.len().max(1)).copied();
             let backend = config.io_backend;
             let udp_gso = config.udp_gso;
+            let alive = AliveGuard(alive[i].clone());
             // The ring is created on the thread that uses it; the thread reports back which
             // backend it got (or why it could not start).
             let (started_tx, started_rx) = std::sync::mpsc::sync_channel(1);
             let thread = std::thread::Builder::new()
                 .name(format!("sfu-worker-{i}"))
                 .spawn(move || {
+                    let _alive = alive;
                     if let Some(cpu) = cpu {
                         if let Err(e) = crate::affinity::pin_current_thread(cpu) {
                             tracing::warn!(worker = i, cpu, error = %e, "could not pin worker to its CPU");
@@ -202,7 +288,7 @@ impl Node {
                     }
                 })
                 .map_err(|source| StartError::Io { worker: i, source })?;
-            threads.push(thread);
+            node.threads.push(thread);
             let started = started_rx.recv().unwrap_or_else(|_| {
                 Err(std::io::Error::other(
                     "worker thread exited during start-up",
@@ -210,33 +296,39 @@ impl Node {
             });
             match started {
                 Ok(name) => backend_names.push(name),
-                Err(source) => {
-                    let node = Node {
-                        shared,
-                        threads,
-                        next_session: AtomicU64::new(1),
-                        io_backend: String::new(),
-                    };
-                    drop(node);
-                    return Err(StartError::Io { worker: i, source });
-                }
+                Err(source) => return Err(StartError::Io { worker: i, source }),
             }
         }
+        drop(engine_events);
         backend_names.dedup();
-        let io_backend = backend_names.join(",");
+        node.io_backend = backend_names.join(",");
+
+        let (setup_tx, setup_rx) = crossbeam::channel::bounded::<SetupJob>(SETUP_QUEUE);
+        node.setup = Some(setup_tx);
+        node.helpers.push(
+            std::thread::Builder::new()
+                .name("sfu-setup".into())
+                .spawn(move || run_setup(setup_rx))
+                .map_err(|source| StartError::Io { worker: 0, source })?,
+        );
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        *node.events.lock().unwrap_or_else(|e| e.into_inner()) = Some(events_rx);
+        let pump_shared = shared.clone();
+        let stopping = node.stopping.clone();
+        node.helpers.push(
+            std::thread::Builder::new()
+                .name("sfu-events".into())
+                .spawn(move || run_event_pump(pump_shared, engine_events_rx, events_tx, stopping))
+                .map_err(|source| StartError::Io { worker: 0, source })?,
+        );
         tracing::info!(
             workers = count,
-            ports = ?shared.workers.iter().map(|w| w.port).collect::<Vec<_>>(),
-            io = %io_backend,
+            ports = ?node.ports(),
+            io = %node.io_backend,
             advertise_ip = %config.advertise_ip,
             "media node started"
         );
-        Ok(Node {
-            shared,
-            threads,
-            next_session: AtomicU64::new(1),
-            io_backend,
-        })
+        Ok(node)
     }
 
     /// UDP port of each worker.
@@ -244,117 +336,154 @@ impl Node {
         self.shared.workers.iter().map(|w| w.port).collect()
     }
 
-    /// Serve one node API request.
-    pub async fn handle(&self, request: NodeRequest) -> NodeReply {
-        match request {
-            NodeRequest::CreateSession {
-                room,
-                kind,
-                offer_sdp,
-                participant,
-            } => match self
-                .create_session(&room, kind, offer_sdp, participant.as_deref())
-                .await
-            {
-                Ok(created) => NodeReply::SessionCreated(created),
-                Err(e) => NodeReply::Error(e),
-            },
-            NodeRequest::CloseSession { session } => match self.close_session(session).await {
-                Ok(()) => NodeReply::SessionClosed,
-                Err(e) => NodeReply::Error(e),
-            },
-            NodeRequest::Stats => NodeReply::Stats(self.stats()),
-        }
+    /// The node's events (session ended, tracks published and unpublished, load, stopped
+    /// workers). There is one stream; the first caller takes it. Events wait in it until
+    /// read, so whoever starts a node must read them.
+    pub fn take_events(&self) -> Option<mpsc::UnboundedReceiver<NodeEvent>> {
+        self.events.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
-    /// Answer an offer with a new session in `room` on the least-loaded worker.
-    pub async fn create_session(
-        &self,
-        room: &str,
-        kind: SessionKind,
-        offer_sdp: String,
-        participant: Option<&str>,
-    ) -> Result<SessionCreated, NodeError> {
-        let session = SessionId(self.next_session.fetch_add(1, Ordering::Relaxed));
-        let (room_id, worker) = {
-            let mut dir = self.shared.directory();
-            let next = dir.next_room;
-            let room_id = *dir.rooms.entry(room.to_string()).or_insert(RoomId(next));
-            if room_id.0 == next {
-                dir.next_room += 1;
+    /// Serve one node API request.
+    pub async fn handle(&self, request: NodeRequest) -> NodeResponse {
+        let result = match request {
+            NodeRequest::CreateSession(create) => self
+                .create_session(create)
+                .await
+                .map(NodeResponse::SessionCreated),
+            NodeRequest::CloseSession { session } => {
+                self.on_worker_of(session, Command::Close { session }).await
             }
-            let worker = self.least_loaded_worker(&dir);
-            // Registered before the worker sees it, so keyframe routing finds it at once.
-            dir.sessions.insert(
-                session,
-                SessionEntry {
-                    room: room_id,
-                    worker,
-                },
-            );
-            (room_id, worker)
+            NodeRequest::Subscribe(s) => self.on_worker_of(s.session, Command::Subscribe(s)).await,
+            NodeRequest::SetSubscription(s) => {
+                self.on_worker_of(s.session, Command::SetSubscription(s))
+                    .await
+            }
+            NodeRequest::Unsubscribe { session, slot } => {
+                self.on_worker_of(session, Command::Unsubscribe { session, slot })
+                    .await
+            }
+            NodeRequest::Stats => Ok(NodeResponse::Stats(self.stats())),
+            NodeRequest::Health => Ok(NodeResponse::Health(self.health())),
         };
-        let (reply, rx) = oneshot::channel();
-        let handle = &self.shared.workers[worker.index()];
-        let sent = handle.send(Command::Create {
-            session,
-            room: room_id,
-            kind,
-            offer_sdp,
-            participant: participant.map(ParticipantId::from_identity),
-            reply,
-        });
-        let result = match sent {
-            Ok(()) => rx.await.unwrap_or(Err(NodeError::Stopped)),
-            Err(e) => Err(e),
-        };
-        match &result {
-            Ok(_) if kind == SessionKind::Subscribe => {
-                let mut dir = self.shared.directory();
-                let n = dir.interest.entry((room_id, worker)).or_insert(0);
-                *n += 1;
-                if *n == 1 {
-                    self.shared.broadcast(|| Command::RoomInterest {
-                        room: room_id,
-                        worker,
-                        interested: true,
-                    });
-                }
-            }
-            Ok(_) => {}
-            Err(_) => {
-                let mut dir = self.shared.directory();
-                dir.sessions.remove(&session);
-                if !dir.sessions.values().any(|e| e.room == room_id) {
-                    dir.rooms.retain(|_, id| *id != room_id);
-                }
-            }
+        result.unwrap_or_else(NodeResponse::Error)
+    }
+
+    /// Answer an offer with a new session on the least-loaded worker.
+    pub async fn create_session(&self, create: CreateSession) -> Result<SessionCreated, NodeError> {
+        let (entry, order) = self
+            .shared
+            .directory()
+            .insert(create.session, &create.room)?;
+        let session = create.session;
+        let room = create.room.clone();
+        let result = self.set_up_and_adopt(create, entry, order).await;
+        if result.is_err() {
+            self.shared.directory().remove(session, &room);
         }
         result
     }
 
-    fn least_loaded_worker(&self, dir: &Directory) -> WorkerId {
-        let mut load = vec![0usize; self.shared.workers.len()];
-        for entry in dir.sessions.values() {
-            load[entry.worker.index()] += 1;
+    async fn set_up_and_adopt(
+        &self,
+        create: CreateSession,
+        entry: SessionEntry,
+        order: u64,
+    ) -> Result<SessionCreated, NodeError> {
+        let w = entry.worker.index();
+        let candidate = self.candidates[w];
+        let certificate = self.certificates[w].clone();
+        let spec = SessionSpec {
+            id: create.session,
+            room: entry.room,
+            room_id: create.room,
+            kind: create.kind,
+            identity: create.identity,
+            policy: create.policy,
+        };
+        let offer = create.offer_sdp;
+        let (done, accepted) = oneshot::channel();
+        let job: SetupJob = Box::new(move || {
+            let mut rng = rand::random::<u64>() | 1;
+            let initial_seq = move || {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                rng as u16
+            };
+            let result = Session::accept(
+                spec,
+                &offer,
+                candidate,
+                certificate,
+                initial_seq,
+                Instant::now(),
+            );
+            let _ = done.send(result);
+        });
+        let setup = self.setup.as_ref().ok_or(NodeError::Stopped)?;
+        match setup.try_send(job) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => return Err(NodeError::NoCapacity),
+            Err(TrySendError::Disconnected(_)) => return Err(NodeError::Stopped),
         }
-        let index = load
-            .iter()
-            .enumerate()
-            .min_by_key(|(i, n)| (**n, *i))
-            .map_or(0, |(i, _)| i);
-        WorkerId(index as u16)
+        let (session, answer_sdp) = accepted.await.map_err(|_| NodeError::Stopped)??;
+        let response = self
+            .call_worker(
+                entry.worker,
+                Command::Adopt {
+                    session: Box::new(session),
+                    answer_sdp,
+                    order,
+                },
+            )
+            .await?;
+        match response {
+            NodeResponse::SessionCreated(created) => Ok(created),
+            NodeResponse::Error(e) => Err(e),
+            other => Err(NodeError::SessionFailed(format!(
+                "unexpected worker answer {other:?}"
+            ))),
+        }
+    }
+
+    async fn on_worker_of(
+        &self,
+        session: SessionId,
+        command: Command,
+    ) -> Result<NodeResponse, NodeError> {
+        let worker = self
+            .shared
+            .directory()
+            .sessions
+            .get(&session)
+            .map(|e| e.worker)
+            .ok_or(NodeError::UnknownSession)?;
+        match self.call_worker(worker, command).await? {
+            NodeResponse::Error(e) => Err(e),
+            other => Ok(other),
+        }
+    }
+
+    async fn call_worker(
+        &self,
+        worker: WorkerId,
+        command: Command,
+    ) -> Result<NodeResponse, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        let handle = self
+            .shared
+            .workers
+            .get(worker.index())
+            .ok_or(NodeError::Stopped)?;
+        handle.send(WorkerCommand::Engine { command, reply })?;
+        rx.await.map_err(|_| NodeError::Stopped)
     }
 
     /// End a session.
     pub async fn close_session(&self, session: SessionId) -> Result<(), NodeError> {
-        let worker = self
-            .shared
-            .worker_of(session)
-            .ok_or(NodeError::UnknownSession)?;
-        let (reply, rx) = oneshot::channel();
-        self.shared.workers[worker.index()].send(Command::Close { session, reply })?;
-        rx.await.unwrap_or(Err(NodeError::Stopped))
+        self.on_worker_of(session, Command::Close { session })
+            .await
+            .map(|_| ())
     }
 
     /// The node's counters.
@@ -370,9 +499,22 @@ impl Node {
         }
     }
 
+    /// Whether each worker thread runs.
+    pub fn health(&self) -> NodeHealth {
+        NodeHealth {
+            node: None,
+            workers_up: self.shared.workers_up(),
+        }
+    }
+
     /// Whether every worker thread is still running.
     pub fn is_healthy(&self) -> bool {
-        self.threads.iter().all(|t| !t.is_finished())
+        self.health().is_healthy()
+    }
+
+    /// Sessions the node's directory holds (sessions being set up included).
+    pub fn session_count(&self) -> usize {
+        self.shared.directory().sessions.len()
     }
 
     /// Per worker (index = worker id), whether its thread is still running.
@@ -382,10 +524,15 @@ impl Node {
 
     /// Stop the workers and wait for them.
     pub fn shutdown(&mut self) {
-        for w in &self.shared.workers {
-            let _ = w.send(Command::Shutdown);
+        self.stopping.store(true, Ordering::Release);
+        self.setup = None;
+        for w in self.shared.workers.iter() {
+            let _ = w.send(WorkerCommand::Shutdown);
         }
         for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        for t in self.helpers.drain(..) {
             let _ = t.join();
         }
     }
@@ -394,6 +541,91 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// The set-up thread: SDP parsing, codec negotiation and `Rtc` construction for new sessions,
+/// at a lower priority than the media workers.
+fn run_setup(jobs: Receiver<SetupJob>) {
+    if let Err(e) = crate::affinity::lower_current_thread_priority(10) {
+        tracing::debug!(error = %e, "could not lower the set-up thread's priority");
+    }
+    for job in jobs {
+        job();
+    }
+}
+
+/// The event pump: takes the workers' events, keeps the directory in step (a session the
+/// node ended is forgotten), adds load reports and stopped-worker events, and passes it all
+/// to control.
+fn run_event_pump(
+    shared: Arc<Shared>,
+    events: Receiver<NodeEvent>,
+    out: mpsc::UnboundedSender<NodeEvent>,
+    stopping: Arc<AtomicBool>,
+) {
+    let mut reported_down = vec![false; shared.alive.len()];
+    let mut next_load = Instant::now() + LOAD_INTERVAL;
+    loop {
+        let wait = next_load.saturating_duration_since(Instant::now());
+        match events.recv_timeout(wait) {
+            Ok(event) => {
+                if let NodeEvent::SessionEnded { session, room, .. } = &event {
+                    shared.directory().remove(*session, room);
+                }
+                let _ = out.send(event);
+            }
+            Err(crossbeam::channel::RecvTimeoutError::Timeout) => {}
+            // Every worker is gone and its last events are delivered.
+            Err(crossbeam::channel::RecvTimeoutError::Disconnected) => break,
+        }
+        if Instant::now() < next_load {
+            continue;
+        }
+        next_load = Instant::now() + LOAD_INTERVAL;
+        let up = shared.workers_up();
+        for (i, up) in up.iter().enumerate() {
+            if !*up && !reported_down[i] && !stopping.load(Ordering::Acquire) {
+                reported_down[i] = true;
+                tracing::error!(worker = i, "media worker stopped");
+                let _ = out.send(NodeEvent::WorkerStopped {
+                    worker: WorkerId(i as u16),
+                });
+                // Its sessions are gone with it.
+                let lost: Vec<(SessionId, RoomId)> = {
+                    let mut dir = shared.directory();
+                    let lost: Vec<(SessionId, RoomId)> = dir
+                        .sessions
+                        .iter()
+                        .filter(|(_, e)| e.worker.index() == i)
+                        .map(|(s, e)| (*s, e.room_id.clone()))
+                        .collect();
+                    for (session, room) in &lost {
+                        dir.remove(*session, room);
+                    }
+                    lost
+                };
+                for (session, room) in lost {
+                    let _ = out.send(NodeEvent::SessionEnded {
+                        session,
+                        room,
+                        reason: EndReason::NodeStopped,
+                    });
+                }
+            }
+        }
+        let mut load = LoadReport {
+            workers: up.len() as u16,
+            workers_up: up.iter().filter(|u| **u).count() as u16,
+            ..LoadReport::default()
+        };
+        for w in shared.workers.iter() {
+            let s = w.metrics.snapshot(w.id.0, w.port);
+            load.sessions += s.publish_sessions + s.subscribe_sessions;
+            load.packets_in += s.packets_in;
+            load.packets_out += s.packets_out;
+        }
+        let _ = out.send(NodeEvent::Load(load));
     }
 }
 

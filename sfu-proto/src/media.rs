@@ -28,7 +28,6 @@ impl MediaKind {
 /// The payload formats a node forwards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-#[non_exhaustive]
 pub enum Codec {
     Opus,
     Pcmu,
@@ -55,6 +54,9 @@ pub struct FormatParams {
     pub profile_level_id: Option<u32>,
     pub profile_id: Option<u32>,
     pub profile: Option<u8>,
+    /// AV1 level and tier.
+    pub level_idx: Option<u8>,
+    pub tier: Option<u8>,
 }
 
 /// RFC 6464 audio level: `level` in -dBov (0 loudest, 127 silence) and the voice flag.

@@ -1,7 +1,78 @@
-//! Codec-level facts the forwarder needs from an RTP payload without decoding it: does this
-//! packet start a keyframe? Parsers are total: any byte string gives an answer, never a panic.
+//! Codec-level facts the forwarder needs from an RTP payload without decoding it (does this
+//! packet start a keyframe?), and the mapping between str0m's codec types and the protocol's.
+//! Parsers are total: any byte string gives an answer, never a panic.
 
-use str0m::format::Codec;
+use str0m::format::{Codec, FormatParams};
+
+/// The protocol's name for a codec the node forwards; `None` for the others (comfort noise,
+/// DTMF, ...), which are not forwarded.
+pub fn to_proto(codec: Codec) -> Option<sfu_proto::Codec> {
+    use sfu_proto::Codec as P;
+    Some(match codec {
+        Codec::Opus => P::Opus,
+        Codec::PCMU => P::Pcmu,
+        Codec::PCMA => P::Pcma,
+        Codec::G722 => P::G722,
+        Codec::H264 => P::H264,
+        Codec::H265 => P::H265,
+        Codec::Vp8 => P::Vp8,
+        Codec::Vp9 => P::Vp9,
+        Codec::Av1 => P::Av1,
+        _ => return None,
+    })
+}
+
+pub fn from_proto(codec: sfu_proto::Codec) -> Codec {
+    use sfu_proto::Codec as P;
+    match codec {
+        P::Opus => Codec::Opus,
+        P::Pcmu => Codec::PCMU,
+        P::Pcma => Codec::PCMA,
+        P::G722 => Codec::G722,
+        P::H264 => Codec::H264,
+        P::H265 => Codec::H265,
+        P::Vp8 => Codec::Vp8,
+        P::Vp9 => Codec::Vp9,
+        P::Av1 => Codec::Av1,
+    }
+}
+
+pub fn format_to_proto(f: &FormatParams) -> sfu_proto::FormatParams {
+    sfu_proto::FormatParams {
+        min_p_time: f.min_p_time,
+        stereo: f.stereo,
+        sprop_stereo: f.sprop_stereo,
+        use_inband_fec: f.use_inband_fec,
+        use_dtx: f.use_dtx,
+        level_asymmetry_allowed: f.level_asymmetry_allowed,
+        packetization_mode: f.packetization_mode,
+        profile_level_id: f.profile_level_id,
+        profile_id: f.profile_id,
+        profile: f.profile,
+        level_idx: f.level_idx,
+        tier: f.tier,
+    }
+}
+
+pub fn format_from_proto(f: &sfu_proto::FormatParams) -> FormatParams {
+    FormatParams {
+        min_p_time: f.min_p_time,
+        stereo: f.stereo,
+        sprop_stereo: f.sprop_stereo,
+        use_inband_fec: f.use_inband_fec,
+        use_dtx: f.use_dtx,
+        level_asymmetry_allowed: f.level_asymmetry_allowed,
+        packetization_mode: f.packetization_mode,
+        profile_level_id: f.profile_level_id,
+        profile_id: f.profile_id,
+        profile: f.profile,
+        level_idx: f.level_idx,
+        tier: f.tier,
+        // H265/H266 profile-tier-level and the audio-only rarities are not forwarded
+        // decisions: a subscriber's payload type is matched on the fields above.
+        ..FormatParams::default()
+    }
+}
 
 /// True when `payload` is the first packet of a keyframe (a point where a decoder can start).
 ///

@@ -1,27 +1,31 @@
-//! One WebRTC peer on a worker: the str0m `Rtc` plus what the forwarder needs to know about it
-//! (a publisher's incoming streams, a subscriber's outgoing tracks). Every call into str0m goes
-//! through [`Session::guard`], which turns a panic inside the WebRTC stack into an error for
-//! this session alone.
+//! One WebRTC peer on a worker: the str0m `Rtc` plus what forwarding needs to know about it
+//! (a publisher's tracks and incoming streams, a subscriber's outgoing tracks and what each
+//! one is subscribed to). Every call into str0m goes through [`Session::guard`], which turns
+//! a panic inside the WebRTC stack into an error for this session alone.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
 
+use sfu_proto::{
+    AudioLevel, Layer, MediaHeader, NodeError, ParticipantId, RoomId, SessionId, SessionKind,
+    SubscribePolicy, TrackId, WorkerId,
+};
 use str0m::change::SdpOffer;
 use str0m::config::DtlsCert;
 use str0m::format::{Codec, FormatParams};
-use str0m::media::{KeyframeRequestKind, MediaKind, Mid, Pt, Rid};
+use str0m::media::{KeyframeRequestKind, MediaKind, Mid, Pt, Rid, Rids};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::{ExtensionValues, RtpWrite, Ssrc};
 use str0m::stats::{MediaEgressStats, MediaIngressStats};
 use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
 
-use crate::api::{NodeError, SessionKind};
-use crate::codec;
-use crate::demux;
-use crate::forward::{MediaKindKey, MediaPacket, TrackForwarder};
-use crate::ids::{Layer, ParticipantId, RoomId, SessionId, WorkerId};
+use super::codec;
+use super::demux;
+use super::forward::{MediaPacket, TrackForwarder};
+use super::room::{Subscription, Want};
+use crate::ids::RoomKey;
 use crate::metrics::FeedbackCounts;
 
 /// Minimum spacing of keyframe requests sent to one publisher layer.
@@ -40,20 +44,34 @@ pub struct SessionBroken(pub String);
 struct IngressStream {
     mid: Mid,
     rid: Option<Rid>,
+    /// The published track's index (its media section's position in the offer).
+    index: u16,
     kind: MediaKind,
     layer: Layer,
     last_timestamp: Option<u32>,
 }
 
-/// A subscriber's outgoing track.
+/// A track a publisher sends: one per receiving media section of its offer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishedMedia {
+    pub index: u16,
+    pub mid: Mid,
+    pub kind: MediaKind,
+    /// Simulcast layers the offer announced (1 without simulcast).
+    pub layers: u8,
+}
+
+/// A subscriber's outgoing track (a "slot"): what it is subscribed to and how it forwards.
 #[derive(Debug)]
 pub struct EgressTrack {
     pub mid: Mid,
+    pub kind: sfu_proto::MediaKind,
+    pub subscription: Subscription,
     pub forwarder: TrackForwarder,
     /// The repair SSRC str0m resends NACKed packets on (video, when the subscriber offered RTX).
     rtx: Option<Ssrc>,
     /// Payload type the subscriber negotiated for each codec and format forwarded so far.
-    pts: Vec<((Codec, FormatParams), Option<Pt>)>,
+    pts: Vec<((sfu_proto::Codec, sfu_proto::FormatParams), Option<Pt>)>,
 }
 
 /// What a forwarded packet came to, for counting.
@@ -64,11 +82,28 @@ pub enum Forwarded {
     CodecMismatch,
 }
 
+/// Who a new session is and where it belongs; everything [`Session::accept`] needs besides
+/// the offer.
+#[derive(Debug, Clone)]
+pub struct SessionSpec {
+    pub id: SessionId,
+    pub room: RoomKey,
+    pub room_id: RoomId,
+    pub kind: SessionKind,
+    pub identity: String,
+    pub policy: SubscribePolicy,
+}
+
 #[derive(Debug)]
 pub struct Session {
     pub id: SessionId,
-    pub room: RoomId,
+    pub room: RoomKey,
+    pub room_id: RoomId,
     pub kind: SessionKind,
+    pub identity: String,
+    /// Who this session belongs to: a subscriber is never sent its own participant's media
+    /// by the "newest other" policy.
+    pub participant: ParticipantId,
     rtc: Rtc,
     pub created: Instant,
     pub last_input: Instant,
@@ -76,11 +111,12 @@ pub struct Session {
     pub connected: bool,
     /// Next time str0m wants a `Timeout` input (`None` while it is being recomputed).
     pub deadline: Option<Instant>,
+    /// A publisher's tracks.
+    pub published: Vec<PublishedMedia>,
     ingress: HashMap<Ssrc, IngressStream>,
-    keyframe_sent: HashMap<(MediaKindKey, Layer), Instant>,
+    keyframe_sent: HashMap<(u16, Layer), Instant>,
+    /// A subscriber's outgoing tracks, by slot.
     pub tracks: Vec<EgressTrack>,
-    /// Who this session belongs to (from the token's identity).
-    pub participant: Option<ParticipantId>,
     /// The publisher negotiated `goog-remb`: it expects REMB as well as TWCC feedback.
     remb: bool,
     /// Feedback totals str0m has reported so far, to turn them into increments.
@@ -89,32 +125,21 @@ pub struct Session {
 
 impl Session {
     /// Answer `offer_sdp` with a new ICE-lite session whose only candidate is `candidate_addr`.
-    /// Returns the session and the answer SDP.
-    #[allow(clippy::too_many_arguments)]
+    /// Returns the session and the answer SDP. This is the expensive part of session set-up
+    /// (SDP parsing, codec negotiation): the node runs it off the media workers.
     pub fn accept(
-        id: SessionId,
-        room: RoomId,
-        kind: SessionKind,
+        spec: SessionSpec,
         offer_sdp: &str,
         candidate_addr: SocketAddr,
         dtls_cert: Option<DtlsCert>,
         initial_seq: impl FnMut() -> u16,
         now: Instant,
     ) -> Result<(Session, String), NodeError> {
-        let remb = kind == SessionKind::Publish && offer_sdp.contains("goog-remb");
+        let remb = spec.kind == SessionKind::Publish && offer_sdp.contains("goog-remb");
         let offer = SdpOffer::from_sdp_string(offer_sdp)
             .map_err(|e| NodeError::BadOffer(format!("SDP does not parse: {e}")))?;
         let result = catch_unwind(AssertUnwindSafe(|| {
-            Self::accept_parsed(
-                id,
-                room,
-                kind,
-                offer,
-                candidate_addr,
-                dtls_cert,
-                initial_seq,
-                now,
-            )
+            Self::accept_parsed(spec, offer, candidate_addr, dtls_cert, initial_seq, now)
         }));
         match result {
             Ok(r) => r.map(|(mut session, answer)| {
@@ -128,11 +153,8 @@ impl Session {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn accept_parsed(
-        id: SessionId,
-        room: RoomId,
-        kind: SessionKind,
+        spec: SessionSpec,
         offer: SdpOffer,
         candidate_addr: SocketAddr,
         dtls_cert: Option<DtlsCert>,
@@ -157,43 +179,67 @@ impl Session {
             .accept_offer(offer)
             .map_err(|e| NodeError::BadOffer(format!("offer not acceptable: {e}")))?;
 
+        let kind = spec.kind;
+        let explicit = spec.policy == SubscribePolicy::Explicit;
         let mut session = Session {
-            id,
-            room,
+            id: spec.id,
+            room: spec.room,
+            room_id: spec.room_id,
             kind,
+            participant: ParticipantId::from_identity(&spec.identity),
+            identity: spec.identity,
             rtc,
             created: now,
             last_input: now,
             connected: false,
             deadline: None,
+            published: Vec::new(),
             ingress: HashMap::new(),
             keyframe_sent: HashMap::new(),
             tracks: Vec::new(),
             remb: false,
-            participant: None,
             feedback: FeedbackLedger::default(),
         };
 
         // Which sections can carry media in our direction?
-        let mut usable = 0;
         let answer_sdp = answer.to_sdp_string();
-        for mid in answer_mids(&answer_sdp) {
+        for (index, mid) in answer_mids(&answer_sdp).into_iter().enumerate() {
             let Some(media) = session.rtc.media(mid) else {
                 continue; // a data channel section
             };
             let (media_kind, direction) = (media.kind(), media.direction());
+            let layers = match media.rids_rx() {
+                Rids::Specific(rids) => rids.len().clamp(1, Layer::COUNT) as u8,
+                _ => 1,
+            };
+            let Ok(index) = u16::try_from(index) else {
+                break; // more sections than any real client offers
+            };
             match kind {
-                SessionKind::Publish if direction.is_receiving() => usable += 1,
+                SessionKind::Publish if direction.is_receiving() => {
+                    session.published.push(PublishedMedia {
+                        index,
+                        mid,
+                        kind: media_kind,
+                        layers,
+                    });
+                }
                 SessionKind::Subscribe if direction.is_sending() => {
-                    usable += 1;
                     let rtx = session
                         .rtc
                         .direct_api()
                         .stream_tx_by_mid(mid, None)
                         .and_then(|s| s.rtx());
+                    let want = if explicit {
+                        Want::Nothing
+                    } else {
+                        Want::NewestOther
+                    };
                     session.tracks.push(EgressTrack {
                         mid,
-                        forwarder: TrackForwarder::new(media_kind, initial_seq()),
+                        kind: proto_kind(media_kind),
+                        subscription: Subscription::new(want),
+                        forwarder: TrackForwarder::new(proto_kind(media_kind), initial_seq()),
                         rtx,
                         pts: Vec::new(),
                     });
@@ -201,7 +247,7 @@ impl Session {
                 _ => {}
             }
         }
-        if usable == 0 {
+        if session.published.is_empty() && session.tracks.is_empty() {
             let what = match kind {
                 SessionKind::Publish => {
                     "a WHIP offer needs at least one sendonly or sendrecv audio/video section"
@@ -322,7 +368,8 @@ impl Session {
         let _ = self.guard(|rtc| rtc.disconnect());
     }
 
-    /// Turn a publisher's decrypted RTP packet into a [`MediaPacket`] for fan-out.
+    /// Turn a publisher's decrypted RTP packet into a [`MediaPacket`] for fan-out. `None` for
+    /// padding, unknown streams and codecs the node does not forward.
     pub fn ingress_packet(
         &mut self,
         worker: WorkerId,
@@ -334,62 +381,88 @@ impl Session {
         }
         let ssrc = packet.header.ssrc;
         let pt = packet.header.payload_type;
-        let (stream, params) = self.guard(|rtc| {
-            let params = rtc
-                .codec_config()
-                .find(|p| p.pt() == pt)
-                .map(|p| (p.spec().codec, p.spec().format, p.spec().clock_rate.get()));
-            let stream = rtc
-                .direct_api()
-                .stream_rx(&ssrc)
-                .map(|s| (s.mid(), s.rid()));
-            let kind = stream.and_then(|(mid, _)| rtc.media(mid).map(|m| m.kind()));
-            (stream.zip(kind), params)
-        })?;
-        let Some(((mid, rid), kind)) = stream else {
-            return Ok(None);
+        let entry = match self.ingress.get_mut(&ssrc) {
+            Some(entry) => entry,
+            None => {
+                let stream = self.guard(|rtc| {
+                    let stream = rtc
+                        .direct_api()
+                        .stream_rx(&ssrc)
+                        .map(|s| (s.mid(), s.rid()))?;
+                    let kind = rtc.media(stream.0)?.kind();
+                    Some((stream, kind))
+                })?;
+                let Some(((mid, rid), kind)) = stream else {
+                    return Ok(None);
+                };
+                let Some(published) = self.published.iter().find(|p| p.mid == mid) else {
+                    return Ok(None);
+                };
+                let index = published.index;
+                self.ingress.entry(ssrc).or_insert(IngressStream {
+                    mid,
+                    rid,
+                    index,
+                    kind,
+                    layer: Layer::from_rid(rid.as_deref()),
+                    last_timestamp: None,
+                })
+            }
         };
+        let (index, kind, layer) = (entry.index, entry.kind, entry.layer);
+        let frame_start = entry.last_timestamp != Some(packet.header.timestamp);
+        entry.last_timestamp = Some(packet.header.timestamp);
+        let params = self.guard(|rtc| {
+            rtc.codec_config()
+                .find(|p| p.pt() == pt)
+                .map(|p| (p.spec().codec, p.spec().format, p.spec().clock_rate.get()))
+        })?;
         let Some((codec, format, clock_rate)) = params else {
             return Ok(None);
         };
-        let entry = self.ingress.entry(ssrc).or_insert_with(|| IngressStream {
-            mid,
-            rid,
-            kind,
-            layer: Layer::from_rid(rid.as_deref()),
-            last_timestamp: None,
-        });
-        let frame_start = entry.last_timestamp != Some(packet.header.timestamp);
-        entry.last_timestamp = Some(packet.header.timestamp);
+        let Some(proto_codec) = codec::to_proto(codec) else {
+            return Ok(None);
+        };
         let keyframe =
             kind == MediaKind::Video && codec::starts_keyframe(codec, &packet.payload, frame_start);
         let ext = &packet.header.ext_vals;
         Ok(Some(MediaPacket {
             room: self.room,
-            source: self.id,
-            participant: self.participant,
-            source_worker: worker,
-            kind,
-            layer: entry.layer,
-            codec,
-            format,
-            clock_rate,
-            seq: *packet.seq_no,
-            timestamp: packet.header.timestamp,
-            marker: packet.header.marker,
-            keyframe,
+            origin: worker,
+            header: MediaHeader {
+                track: TrackId {
+                    session: self.id,
+                    index,
+                },
+                participant: self.participant,
+                kind: proto_kind(kind),
+                layer,
+                codec: proto_codec,
+                format: codec::format_to_proto(&format),
+                clock_rate,
+                seq: *packet.seq_no,
+                timestamp: packet.header.timestamp,
+                marker: packet.header.marker,
+                keyframe,
+                audio_level: ext.audio_level.map(|level| AudioLevel {
+                    level: level.unsigned_abs().min(127),
+                    voice: ext.voice_activity.unwrap_or(false),
+                }),
+            },
             payload: packet.payload,
             arrival: now,
-            audio_level: ext
-                .audio_level
-                .map(|level| (level, ext.voice_activity.unwrap_or(false))),
         }))
     }
 
-    /// Ask this publisher for a keyframe on one video layer, at most once per
+    /// Ask this publisher for a keyframe on one layer of its video track `index`, at most once per
     /// [`PUBLISHER_KEYFRAME_INTERVAL`]. Returns whether a request went out.
-    pub fn request_keyframe(&mut self, layer: Layer, now: Instant) -> Result<bool, SessionBroken> {
-        let key = (MediaKindKey::Video, layer);
+    pub fn request_keyframe(
+        &mut self,
+        index: u16,
+        layer: Layer,
+        now: Instant,
+    ) -> Result<bool, SessionBroken> {
+        let key = (index, layer);
         if self
             .keyframe_sent
             .get(&key)
@@ -400,7 +473,7 @@ impl Session {
         let Some(stream) = self
             .ingress
             .values()
-            .find(|s| s.kind == MediaKind::Video && s.layer == layer)
+            .find(|s| s.index == index && s.kind == MediaKind::Video && s.layer == layer)
             .cloned()
         else {
             return Ok(false);
@@ -443,20 +516,19 @@ impl Session {
         seq: u64,
         timestamp: u32,
     ) -> Result<Forwarded, SessionBroken> {
+        let header = &packet.header;
         let Some(track) = self.tracks.get(index) else {
             return Ok(Forwarded::Skipped);
         };
         let mid = track.mid;
-        let cached = track
-            .pts
-            .iter()
-            .find(|(key, _)| *key == (packet.codec, packet.format))
-            .map(|(_, pt)| *pt);
-        let key = (packet.codec, packet.format);
+        let key = (header.codec, header.format);
+        let cached = track.pts.iter().find(|(k, _)| *k == key).map(|(_, pt)| *pt);
         let pt = match cached {
             Some(pt) => pt,
             None => {
-                let pt = self.guard(|rtc| negotiated_pt(rtc, mid, key.0, &key.1))?;
+                let codec = codec::from_proto(header.codec);
+                let format = codec::format_from_proto(&header.format);
+                let pt = self.guard(|rtc| negotiated_pt(rtc, mid, codec, &format))?;
                 if let Some(track) = self.tracks.get_mut(index) {
                     track.pts.push((key, pt));
                 }
@@ -467,9 +539,9 @@ impl Session {
             return Ok(Forwarded::CodecMismatch);
         };
         let mut ext = ExtensionValues::default();
-        if let Some((level, voice)) = packet.audio_level {
-            ext.audio_level = Some(level);
-            ext.voice_activity = Some(voice);
+        if let Some(level) = header.audio_level {
+            ext.audio_level = Some(-(level.level.min(127) as i8));
+            ext.voice_activity = Some(level.voice);
         }
         let write = RtpWrite::new(
             pt,
@@ -478,9 +550,9 @@ impl Session {
             packet.arrival,
             packet.payload.clone(),
         )
-        .marker(packet.marker)
+        .marker(header.marker)
         .ext_vals(ext)
-        .nackable(packet.kind == MediaKind::Video);
+        .nackable(header.kind == sfu_proto::MediaKind::Video);
         self.guard(|rtc| match rtc.direct_api().stream_tx_by_mid(mid, None) {
             Some(stream) => {
                 stream.write_rtp(write);
@@ -488,6 +560,14 @@ impl Session {
             }
             None => Forwarded::Skipped,
         })
+    }
+}
+
+/// str0m's media kind as the protocol's.
+pub fn proto_kind(kind: MediaKind) -> sfu_proto::MediaKind {
+    match kind {
+        MediaKind::Audio => sfu_proto::MediaKind::Audio,
+        MediaKind::Video => sfu_proto::MediaKind::Video,
     }
 }
 
@@ -606,10 +686,22 @@ pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
 
 #[cfg(test)]
 mod tests {
+    use sfu_proto::SubscribePolicy;
     use str0m::change::SdpAnswer;
     use str0m::media::Direction;
 
     use super::*;
+
+    fn spec(kind: SessionKind) -> SessionSpec {
+        SessionSpec {
+            id: SessionId::from_u128(1),
+            room: RoomKey(1),
+            room_id: "r".parse().expect("room"),
+            kind,
+            identity: "test".into(),
+            policy: SubscribePolicy::NewestOther,
+        }
+    }
 
     const LOCALHOST: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
     const CLIENT: SocketAddr = SocketAddr::new(LOCALHOST, 5000);
@@ -633,9 +725,7 @@ mod tests {
         let (offer, pending) = change.apply().expect("an offer");
 
         let (session, answer) = Session::accept(
-            SessionId(1),
-            RoomId(1),
-            SessionKind::Subscribe,
+            spec(SessionKind::Subscribe),
             &offer.to_sdp_string(),
             SocketAddr::from(([127, 0, 0, 1], 6000)),
             None,
@@ -713,9 +803,7 @@ mod tests {
                 .collect();
             let (offer, pending) = change.apply().expect("an offer");
             let (session, answer) = Session::accept(
-                SessionId(1),
-                RoomId(1),
-                kind,
+                spec(kind),
                 &offer.to_sdp_string(),
                 SERVER,
                 None,

@@ -1,165 +1,38 @@
-//! Forwarding decisions, as plain state machines on caller-supplied time: which source and
-//! simulcast layer a subscriber's track follows ([`SourceTracker`]), when it may switch (only
-//! at a keyframe), and how sequence numbers and timestamps are rewritten so the subscriber sees
-//! one continuous stream across layer switches and publisher changes ([`TrackForwarder`]).
+//! Forwarding decisions for one subscriber track, as a plain state machine on caller-supplied
+//! time: when it may switch to another published track or layer (audio at once, video only
+//! at a keyframe), and how sequence numbers and timestamps are rewritten so the subscriber
+//! sees one continuous stream across layer switches and publisher changes. *What* a track
+//! should follow is the room's answer ([`super::room`]).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use str0m::format::{Codec, FormatParams};
-use str0m::media::MediaKind;
+use sfu_proto::{Layer, MediaHeader, MediaKind, TrackId, WorkerId};
 
-use crate::ids::{Layer, ParticipantId, RoomId, SessionId, WorkerId};
+use crate::ids::RoomKey;
 
-/// A source layer is considered stopped after this long without packets.
-pub const LAYER_TIMEOUT: Duration = Duration::from_millis(500);
-/// A source (publisher track) is considered gone after this long without packets.
-pub const SOURCE_TIMEOUT: Duration = Duration::from_millis(1000);
 /// Minimum spacing of keyframe requests for one pending switch.
 pub const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
 
-/// One decrypted RTP packet from a publisher, shared by every subscriber and worker that
-/// forwards it. The payload is the publisher's bytes, never copied.
+/// One decrypted RTP packet of a published track, shared by every subscriber and worker that
+/// forwards it. The payload is the publisher's bytes, never copied; the header is the wire
+/// form a relayed track carries too.
 #[derive(Debug, Clone)]
 pub struct MediaPacket {
-    pub room: RoomId,
-    pub source: SessionId,
-    /// The publisher's participant, if known.
-    pub participant: Option<ParticipantId>,
-    pub source_worker: WorkerId,
-    pub kind: MediaKind,
-    pub layer: Layer,
-    pub codec: Codec,
-    /// The publisher's format parameters (H264 packetization mode and profile, ...): a
-    /// subscriber gets the payload type it negotiated for the same format.
-    pub format: FormatParams,
-    pub clock_rate: u32,
-    /// The publisher's extended sequence number for this (source, layer) stream.
-    pub seq: u64,
-    pub timestamp: u32,
-    pub marker: bool,
-    /// First packet of a keyframe.
-    pub keyframe: bool,
+    pub room: RoomKey,
+    /// The worker whose session published it.
+    pub origin: WorkerId,
+    pub header: MediaHeader,
     pub payload: Arc<[u8]>,
+    /// When the node received it (this node's clock; never sent anywhere).
     pub arrival: Instant,
-    /// RFC 6464 audio level (-dBov) and voice activity flag.
-    pub audio_level: Option<(i8, bool)>,
 }
 
-/// A source track at one layer: what a subscriber's track is following.
+/// A published track at one layer: what a subscriber's track is following.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Selection {
-    pub source: SessionId,
+    pub track: TrackId,
     pub layer: Layer,
-}
-
-#[derive(Debug, Default, Clone, Copy)]
-struct SourceActivity {
-    layers: [Option<Instant>; Layer::COUNT],
-    participant: Option<ParticipantId>,
-}
-
-impl SourceActivity {
-    fn last_seen(&self) -> Option<Instant> {
-        self.layers.iter().flatten().max().copied()
-    }
-}
-
-/// Which sources of one room are sending, per kind and layer, as seen by one worker.
-#[derive(Debug, Default)]
-pub struct SourceTracker {
-    sources: HashMap<(SessionId, MediaKindKey), SourceActivity>,
-}
-
-/// `MediaKind` as a hashable key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum MediaKindKey {
-    Audio,
-    Video,
-}
-
-impl From<MediaKind> for MediaKindKey {
-    fn from(kind: MediaKind) -> Self {
-        match kind {
-            MediaKind::Audio => MediaKindKey::Audio,
-            MediaKind::Video => MediaKindKey::Video,
-        }
-    }
-}
-
-impl SourceTracker {
-    /// Record a packet's arrival.
-    pub fn observe(&mut self, packet: &MediaPacket) {
-        let entry = self
-            .sources
-            .entry((packet.source, packet.kind.into()))
-            .or_default();
-        entry.layers[packet.layer.index()] = Some(packet.arrival);
-        entry.participant = packet.participant;
-    }
-
-    /// Forget a source (its session ended).
-    pub fn remove_source(&mut self, source: SessionId) {
-        self.sources.retain(|(s, _), _| *s != source);
-    }
-
-    /// Drop state of sources silent for long; call now and then.
-    pub fn prune(&mut self, now: Instant) {
-        self.sources.retain(|_, a| {
-            a.last_seen()
-                .is_some_and(|t| now.saturating_duration_since(t) < SOURCE_TIMEOUT * 5)
-        });
-    }
-
-    /// What a subscriber's track of `kind` should follow now: the newest source still sending
-    /// that is not the subscriber's own participant (`exclude`), at its highest layer still
-    /// sending (capped at `max_layer`).
-    pub fn target(
-        &self,
-        kind: MediaKind,
-        max_layer: Layer,
-        exclude: Option<ParticipantId>,
-        now: Instant,
-    ) -> Option<Target> {
-        let kind = MediaKindKey::from(kind);
-        let alive = |t: &Option<Instant>, timeout| {
-            t.is_some_and(|t| now.saturating_duration_since(t) < timeout)
-        };
-        let (source, activity) = self
-            .sources
-            .iter()
-            .filter(|((_, k), a)| {
-                *k == kind
-                    && alive(&a.last_seen(), SOURCE_TIMEOUT)
-                    && (exclude.is_none() || a.participant != exclude)
-            })
-            .max_by_key(|((s, _), _)| *s)
-            .map(|((s, _), a)| (*s, a))?;
-        let layer = (0..=max_layer.index())
-            .rev()
-            .find(|&l| alive(&activity.layers[l], LAYER_TIMEOUT))
-            // Every layer is briefly silent (e.g. a frame-rate dip): stay on the newest one.
-            .or_else(|| {
-                (0..Layer::COUNT)
-                    .filter(|&l| activity.layers[l].is_some())
-                    .max_by_key(|&l| activity.layers[l])
-            })?;
-        Some(Target {
-            selection: Selection {
-                source,
-                layer: Layer(layer as u8),
-            },
-            participant: activity.participant,
-        })
-    }
-}
-
-/// A [`SourceTracker::target`] answer: what to follow, and whose it is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Target {
-    pub selection: Selection,
-    pub participant: Option<ParticipantId>,
 }
 
 /// Rewritten header fields for one forwarded packet.
@@ -182,7 +55,6 @@ pub struct Decision {
 #[derive(Debug)]
 pub struct TrackForwarder {
     kind: MediaKind,
-    max_layer: Layer,
     current: Option<Selection>,
     pending: Option<Selection>,
     last_keyframe_request: Option<Instant>,
@@ -209,7 +81,6 @@ impl TrackForwarder {
     pub fn new(kind: MediaKind, initial_seq: u16) -> Self {
         Self {
             kind,
-            max_layer: Layer(Layer::COUNT as u8 - 1),
             current: None,
             pending: None,
             last_keyframe_request: None,
@@ -230,17 +101,8 @@ impl TrackForwarder {
         self.current
     }
 
-    /// Highest layer this subscriber wants.
-    pub fn set_max_layer(&mut self, layer: Layer) {
-        self.max_layer = layer;
-    }
-
-    pub fn max_layer(&self) -> Layer {
-        self.max_layer
-    }
-
     /// Decide about `packet`, given what the room says this track should follow (`target`,
-    /// from [`SourceTracker::target`]).
+    /// from [`Room::target`](super::room::Room::target)).
     pub fn handle_packet(
         &mut self,
         packet: &MediaPacket,
@@ -258,11 +120,11 @@ impl TrackForwarder {
         }
 
         let this = Selection {
-            source: packet.source,
-            layer: packet.layer,
+            track: packet.header.track,
+            layer: packet.header.layer,
         };
         if let Some(pending) = self.pending {
-            let can_switch = self.kind == MediaKind::Audio || packet.keyframe;
+            let can_switch = self.kind == MediaKind::Audio || packet.header.keyframe;
             if this == pending && can_switch {
                 self.switch_to(packet);
             } else if self.kind == MediaKind::Video
@@ -284,46 +146,55 @@ impl TrackForwarder {
         }
     }
 
-    /// The source ended: stop following it so the next one is picked up at once.
-    pub fn forget_source(&mut self, source: SessionId) {
-        if self.current.is_some_and(|c| c.source == source) {
+    /// The track ended: stop following it so the next one is picked up at once.
+    pub fn forget_track(&mut self, track: TrackId) {
+        if self.current.is_some_and(|c| c.track == track) {
             self.current = None;
         }
-        if self.pending.is_some_and(|p| p.source == source) {
+        if self.pending.is_some_and(|p| p.track == track) {
             self.pending = None;
         }
     }
 
+    /// Stop following anything (unsubscribed or paused); the next selection starts at a
+    /// keyframe and continues the outgoing sequence.
+    pub fn reset(&mut self) {
+        self.current = None;
+        self.pending = None;
+    }
+
     fn switch_to(&mut self, packet: &MediaPacket) {
+        let header = &packet.header;
         let out_seq = self.last_out.map_or(self.initial_seq, |l| l.seq + 1);
-        self.seq_delta = out_seq as i64 - packet.seq as i64;
-        self.switch_in_seq = packet.seq;
+        self.seq_delta = out_seq as i64 - header.seq as i64;
+        self.switch_in_seq = header.seq;
         self.ts_delta = match self.last_out {
             None => 0,
             Some(last) => {
                 // Continue the subscriber's clock by the real time that passed since the last
                 // packet it got, so its jitter buffer sees a plausible gap, never a jump back.
                 let elapsed = packet.arrival.saturating_duration_since(last.at);
-                let ticks = (elapsed.as_secs_f64() * f64::from(packet.clock_rate)) as u64;
+                let ticks = (elapsed.as_secs_f64() * f64::from(header.clock_rate)) as u64;
                 let out_ts = last
                     .timestamp
                     .wrapping_add(ticks.clamp(1, u64::from(u32::MAX)) as u32);
-                out_ts.wrapping_sub(packet.timestamp)
+                out_ts.wrapping_sub(header.timestamp)
             }
         };
         self.current = Some(Selection {
-            source: packet.source,
-            layer: packet.layer,
+            track: header.track,
+            layer: header.layer,
         });
         self.pending = None;
     }
 
     fn rewrite(&mut self, packet: &MediaPacket) -> Option<Rewritten> {
-        if packet.seq < self.switch_in_seq {
+        let header = &packet.header;
+        if header.seq < self.switch_in_seq {
             return None;
         }
-        let seq = u64::try_from(packet.seq as i64 + self.seq_delta).ok()?;
-        let timestamp = packet.timestamp.wrapping_add(self.ts_delta);
+        let seq = u64::try_from(header.seq as i64 + self.seq_delta).ok()?;
+        let timestamp = header.timestamp.wrapping_add(self.ts_delta);
         if self.last_out.is_none_or(|l| seq > l.seq) {
             self.last_out = Some(LastOut {
                 seq,
@@ -337,19 +208,25 @@ impl TrackForwarder {
 
 #[cfg(test)]
 mod tests {
+    use sfu_proto::{Codec, FormatParams, ParticipantId, SessionId};
+
+    use super::super::room::{LAYER_TIMEOUT, PublishedTrack, Room, Subscription, Want};
     use super::*;
 
     struct Source {
-        id: SessionId,
+        track: TrackId,
         layer: Layer,
         seq: u64,
         ts: u32,
     }
 
     impl Source {
-        fn new(id: u64, layer: u8, seq: u64, ts: u32) -> Self {
+        fn new(id: u128, layer: u8, seq: u64, ts: u32) -> Self {
             Self {
-                id: SessionId(id),
+                track: TrackId {
+                    session: SessionId::from_u128(id),
+                    index: 0,
+                },
                 layer: Layer(layer),
                 seq,
                 ts,
@@ -360,48 +237,66 @@ mod tests {
             self.seq += 1;
             self.ts = self.ts.wrapping_add(3000);
             MediaPacket {
-                room: RoomId(1),
-                source: self.id,
-                participant: Some(ParticipantId(self.id.0)),
-                source_worker: WorkerId(0),
-                kind: MediaKind::Video,
-                layer: self.layer,
-                codec: Codec::Vp8,
-                format: FormatParams::default(),
-                clock_rate: 90_000,
-                seq: self.seq,
-                timestamp: self.ts,
-                marker: true,
-                keyframe,
+                room: RoomKey(1),
+                origin: WorkerId(0),
+                header: MediaHeader {
+                    track: self.track,
+                    participant: ParticipantId(self.track.session.as_u128() as u64),
+                    kind: MediaKind::Video,
+                    layer: self.layer,
+                    codec: Codec::Vp8,
+                    format: FormatParams::default(),
+                    clock_rate: 90_000,
+                    seq: self.seq,
+                    timestamp: self.ts,
+                    marker: true,
+                    keyframe,
+                    audio_level: None,
+                },
                 payload: Arc::from(&[0x10u8, 0x00][..]),
                 arrival: at,
-                audio_level: None,
             }
         }
     }
 
-    /// One subscriber's video track on a worker, driven as the worker drives it: every packet
-    /// is first observed by the room's tracker, then decided on against the tracker's target
-    /// (highest layer, no participant excluded) at the packet's arrival time.
+    /// One subscriber's video track on a worker, driven as the engine drives it: every packet
+    /// is first observed by the room, then decided on against the room's target (newest other
+    /// publisher, highest layer) at the packet's arrival time.
     struct SubscriberTrack {
-        tracker: SourceTracker,
+        room: Room,
         fwd: TrackForwarder,
     }
 
     impl SubscriberTrack {
         fn new(initial_seq: u16) -> Self {
             Self {
-                tracker: SourceTracker::default(),
+                room: Room::new("r".parse().expect("room")),
                 fwd: TrackForwarder::new(MediaKind::Video, initial_seq),
             }
         }
 
         fn deliver(&mut self, p: &MediaPacket) -> Decision {
             let now = p.arrival;
-            self.tracker.observe(p);
+            let h = &p.header;
+            if self.room.track(h.track).is_none() {
+                let order = h.track.session.as_u128() as u64;
+                self.room.publish(PublishedTrack::new(
+                    h.track,
+                    h.participant,
+                    h.kind,
+                    order,
+                    WorkerId(0),
+                ));
+            }
+            self.room.observe(h, now);
             let target = self
-                .tracker
-                .target(MediaKind::Video, Layer(2), None, now)
+                .room
+                .target(
+                    MediaKind::Video,
+                    &Subscription::new(Want::NewestOther),
+                    None,
+                    now,
+                )
                 .map(|t| t.selection);
             self.fwd.handle_packet(p, target, now)
         }
@@ -422,7 +317,7 @@ mod tests {
         assert_eq!(
             d.keyframe_request,
             Some(Selection {
-                source: SessionId(1),
+                track: src.track,
                 layer: Layer(2)
             })
         );
@@ -506,25 +401,6 @@ mod tests {
     }
 
     #[test]
-    fn a_subscriber_never_follows_its_own_participant() {
-        let t0 = Instant::now();
-        let mut tracker = SourceTracker::default();
-        let mut a = Source::new(1, 0, 0, 0);
-        let mut b = Source::new(2, 0, 0, 0);
-        tracker.observe(&a.next(t0, true));
-        tracker.observe(&b.next(t0, true));
-        let newest = tracker.target(MediaKind::Video, Layer(2), None, t0);
-        assert_eq!(newest.map(|t| t.selection.source), Some(SessionId(2)));
-        // Participant 2 (the newest publisher) watching: it gets participant 1's media.
-        let own = Some(ParticipantId(2));
-        let other = tracker.target(MediaKind::Video, Layer(2), own, t0);
-        assert_eq!(other.map(|t| t.selection.source), Some(SessionId(1)));
-        // Alone in the room: nothing to follow.
-        tracker.remove_source(SessionId(1));
-        assert_eq!(tracker.target(MediaKind::Video, Layer(2), own, t0), None);
-    }
-
-    #[test]
     fn newer_publisher_takes_over_and_stale_packets_are_dropped() {
         let t0 = Instant::now();
         let mut sub = SubscriberTrack::new(10);
@@ -538,7 +414,7 @@ mod tests {
         }
         t += Duration::from_millis(33);
         out.extend(sub.deliver(&b.next(t, true)).forward);
-        assert_eq!(sub.current().map(|s| s.source), Some(SessionId(2)));
+        assert_eq!(sub.current().map(|s| s.track), Some(b.track));
         // A late packet from A is no longer forwarded.
         assert_eq!(sub.deliver(&a.next(t, false)).forward, None);
         assert_eq!(

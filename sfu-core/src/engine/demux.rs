@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
-use crate::ids::SessionId;
+use super::PeerId;
 
 /// What a datagram looks like from its first bytes (RFC 7983 demultiplexing).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,14 +65,14 @@ pub fn rtp_ssrc(datagram: &[u8]) -> Option<u32> {
 /// Address and ufrag routing for one worker.
 #[derive(Debug, Default)]
 pub struct Demux {
-    by_addr: HashMap<SocketAddr, SessionId>,
-    by_ufrag: HashMap<String, SessionId>,
+    by_addr: HashMap<SocketAddr, PeerId>,
+    by_ufrag: HashMap<String, PeerId>,
 }
 
 /// Where a datagram goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
-    Session(SessionId),
+    Session(PeerId),
     /// Dropped: not STUN and from an address no session has used.
     UnknownSource,
     /// Dropped: STUN naming no session of ours.
@@ -82,11 +82,11 @@ pub enum Route {
 }
 
 impl Demux {
-    pub fn add_session(&mut self, session: SessionId, local_ufrag: String) {
+    pub fn add_session(&mut self, session: PeerId, local_ufrag: String) {
         self.by_ufrag.insert(local_ufrag, session);
     }
 
-    pub fn remove_session(&mut self, session: SessionId) {
+    pub fn remove_session(&mut self, session: PeerId) {
         self.by_ufrag.retain(|_, s| *s != session);
         self.by_addr.retain(|_, s| *s != session);
     }
@@ -138,7 +138,7 @@ mod tests {
     #[test]
     fn routes_by_ufrag_then_by_address() {
         let mut demux = Demux::default();
-        demux.add_session(SessionId(9), "abcd".into());
+        demux.add_session(PeerId(9), "abcd".into());
         let peer: SocketAddr = "127.0.0.1:4000".parse().expect("addr");
         assert_eq!(demux.route(peer, &[0x80; 40]), Route::UnknownSource);
         assert_eq!(
@@ -147,11 +147,11 @@ mod tests {
         );
         assert_eq!(
             demux.route(peer, &stun_with_username("abcd:remote")),
-            Route::Session(SessionId(9))
+            Route::Session(PeerId(9))
         );
-        assert_eq!(demux.route(peer, &[0x80; 40]), Route::Session(SessionId(9)));
+        assert_eq!(demux.route(peer, &[0x80; 40]), Route::Session(PeerId(9)));
         assert_eq!(demux.route(peer, &[0xff; 40]), Route::Malformed);
-        demux.remove_session(SessionId(9));
+        demux.remove_session(PeerId(9));
         assert_eq!(demux.route(peer, &[0x80; 40]), Route::UnknownSource);
     }
 

@@ -1,0 +1,1012 @@
+//! The media engine of one worker, sans-IO: it owns the worker's sessions, rooms and timers
+//! but no socket, thread or clock. The I/O shell ([`crate::worker`]) feeds it inputs with the
+//! time they happened and carries its outputs away:
+//!
+//! - inputs: [`Engine::handle_datagram`], [`Engine::handle_cross_worker`] (another worker's
+//!   packets, keyframe requests, track announcements and interest), [`Engine::handle_command`]
+//!   (the node API), [`Engine::handle_timeout`];
+//! - outputs: [`Engine::poll_transmit`] (datagrams to send), [`Engine::poll_cross_worker`]
+//!   (messages for other workers), [`Engine::poll_event`] (node events for control),
+//!   [`Engine::poll_timeout`] (when to call `handle_timeout` next).
+//!
+//! Work an input causes (draining sessions, fanning packets out, closing sessions) is done
+//! before the next output is handed out, so nothing is left pending when the shell asks for
+//! the next deadline. A packet's path: [`demux`] → [`session`] (decrypt) → [`room`] (which
+//! subscriber tracks want it) → [`forward`] (layer switch, seq/ts rewrite) → the subscriber's
+//! [`session`] (encrypt) → `poll_transmit`; for other workers, one reference per interested
+//! worker through `poll_cross_worker`.
+
+pub mod codec;
+pub mod demux;
+pub mod forward;
+pub mod room;
+pub mod session;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sfu_proto::{
+    EndReason, Layer, NodeError, NodeEvent, NodeResponse, RoomId, SessionCreated, SessionId,
+    SessionKind, SetSubscription, Subscribe, TrackId, TrackInfo, WorkerId,
+};
+use str0m::{Event, IceConnectionState, Output};
+
+use crate::ids::RoomKey;
+use crate::metrics::{DropReason, WorkerMetrics};
+use forward::{MediaPacket, Selection};
+use room::{PublishedTrack, Room, Want};
+use session::{Forwarded, Session, SessionBroken};
+
+/// How often sessions are checked for timeouts and publishers get REMB.
+pub const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(500);
+/// Outputs one session may produce per drain before the others get a turn.
+const DRAIN_BUDGET: usize = 10_000;
+/// Rounds of drain → fan-out per processing step; work left after them is reported through
+/// [`Engine::poll_timeout`] as due now.
+const PROCESS_ROUNDS: usize = 4;
+
+/// A session's place in the engine's table. Only meaningful inside one engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerId(pub u32);
+
+/// What the engine needs from the node's configuration.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Workers on the node (for announcements to every other worker).
+    pub workers: usize,
+    pub max_sessions: usize,
+    pub connect_timeout: Duration,
+    pub ice_timeout: Duration,
+    pub publisher_remb_kbps: u64,
+}
+
+/// A datagram to send.
+#[derive(Debug)]
+pub struct Transmit {
+    pub destination: SocketAddr,
+    pub contents: Vec<u8>,
+}
+
+/// A message from one worker's engine to another's. Small: media and keyframe requests ride
+/// the bounded rings, whose slots are this size.
+#[derive(Debug)]
+pub enum CrossWorker {
+    /// A packet of a track published on the sending worker, for the receiver's subscribers.
+    Media(Arc<MediaPacket>),
+    /// A subscriber on the sending worker wants a keyframe of a track published here.
+    KeyframeRequest { track: TrackId, layer: Layer },
+    /// A change to a room's state, which must not be lost.
+    Room(Box<RoomNotice>),
+}
+
+/// What one worker tells the others about a room.
+#[derive(Debug)]
+pub enum RoomNotice {
+    /// The sending worker has (or no longer has) subscribers in `room`.
+    Interest {
+        room: RoomKey,
+        room_id: RoomId,
+        worker: WorkerId,
+        interested: bool,
+    },
+    /// A track was published on the sending worker.
+    TrackPublished {
+        room: RoomKey,
+        room_id: RoomId,
+        track: PublishedTrack,
+    },
+    /// A track published on the sending worker ended.
+    TrackUnpublished { room: RoomKey, track: TrackId },
+}
+
+impl CrossWorker {
+    /// Whether losing this message would leave state wrong (announcements and interest), as
+    /// opposed to media and keyframe requests, which a full ring may drop.
+    pub fn is_lossless(&self) -> bool {
+        matches!(self, CrossWorker::Room(_))
+    }
+}
+
+/// A node API call for this worker.
+#[derive(Debug)]
+pub enum Command {
+    /// Take over a session set up off the worker ([`Session::accept`]).
+    Adopt {
+        session: Box<Session>,
+        answer_sdp: String,
+        /// Publication order on the node (newer publishers have larger numbers).
+        order: u64,
+    },
+    Close {
+        session: SessionId,
+    },
+    Subscribe(Subscribe),
+    SetSubscription(SetSubscription),
+    Unsubscribe {
+        session: SessionId,
+        slot: u16,
+    },
+}
+
+/// The media engine of one worker.
+pub struct Engine {
+    id: WorkerId,
+    config: EngineConfig,
+    metrics: Arc<WorkerMetrics>,
+    /// Time of the latest input.
+    now: Instant,
+
+    sessions: Vec<Option<Session>>,
+    free: Vec<PeerId>,
+    by_id: HashMap<SessionId, PeerId>,
+    /// Flags and list of sessions written to since their last drain.
+    queued: Vec<bool>,
+    dirty: Vec<PeerId>,
+    demux: demux::Demux,
+    rooms: HashMap<RoomKey, Room>,
+    timers: BinaryHeap<Reverse<(Instant, PeerId)>>,
+    next_housekeeping: Instant,
+
+    /// Fresh publisher packets waiting for fan-out.
+    media: Vec<Arc<MediaPacket>>,
+    keyframe_requests: Vec<(RoomKey, Selection)>,
+    to_close: Vec<(PeerId, EndReason)>,
+
+    transmits: VecDeque<Transmit>,
+    cross: VecDeque<(WorkerId, CrossWorker)>,
+    events: VecDeque<NodeEvent>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("id", &self.id)
+            .field("sessions", &self.by_id.len())
+            .field("rooms", &self.rooms.len())
+            .finish()
+    }
+}
+
+impl Engine {
+    pub fn new(
+        id: WorkerId,
+        config: EngineConfig,
+        metrics: Arc<WorkerMetrics>,
+        now: Instant,
+    ) -> Self {
+        Self {
+            id,
+            config,
+            metrics,
+            now,
+            sessions: Vec::new(),
+            free: Vec::new(),
+            by_id: HashMap::new(),
+            queued: Vec::new(),
+            dirty: Vec::new(),
+            demux: demux::Demux::default(),
+            rooms: HashMap::new(),
+            timers: BinaryHeap::new(),
+            next_housekeeping: now + HOUSEKEEPING_INTERVAL,
+            media: Vec::with_capacity(64),
+            keyframe_requests: Vec::new(),
+            to_close: Vec::new(),
+            transmits: VecDeque::with_capacity(512),
+            cross: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    pub fn id(&self) -> WorkerId {
+        self.id
+    }
+
+    /// Live sessions.
+    pub fn session_count(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// Rooms this worker keeps state for.
+    pub fn room_count(&self) -> usize {
+        self.rooms.len()
+    }
+
+    /// The room as this worker sees it, if it keeps state for it.
+    pub fn room(&self, key: RoomKey) -> Option<&Room> {
+        self.rooms.get(&key)
+    }
+
+    // ---- inputs ------------------------------------------------------------------------
+
+    /// One datagram received on the worker's socket at `local` from `source`.
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        source: SocketAddr,
+        local: SocketAddr,
+        datagram: &[u8],
+    ) {
+        self.now = now;
+        WorkerMetrics::add(&self.metrics.packets_in, 1);
+        WorkerMetrics::add(&self.metrics.bytes_in, datagram.len() as u64);
+        let peer = match self.demux.route(source, datagram) {
+            demux::Route::Session(peer) => peer,
+            demux::Route::Malformed => return self.metrics.drop_packet(DropReason::Malformed),
+            demux::Route::UnknownSource => {
+                return self.metrics.drop_packet(DropReason::UnknownSource);
+            }
+            demux::Route::UnknownUfrag => {
+                return self.metrics.drop_packet(DropReason::UnknownUfrag);
+            }
+        };
+        let worker = self.id;
+        let Some(session) = self.session_mut(peer) else {
+            return self.metrics.drop_packet(DropReason::UnknownSource);
+        };
+        match session.handle_datagram(now, source, local, datagram) {
+            Ok(true) => {}
+            Ok(false) => self.metrics.drop_packet(DropReason::SessionRejected),
+            Err(SessionBroken(msg)) => {
+                tracing::error!(worker = %worker, session = %session.id, panic = %msg, "session panicked; closing it");
+                self.to_close.push((peer, EndReason::Failed));
+                return;
+            }
+        }
+        self.drain_session(peer);
+    }
+
+    /// A message from another worker.
+    pub fn handle_cross_worker(&mut self, now: Instant, message: CrossWorker) {
+        self.now = now;
+        match message {
+            CrossWorker::Media(packet) => self.media.push(packet),
+            CrossWorker::KeyframeRequest { track, layer } => {
+                if let Some(&peer) = self.by_id.get(&track.session) {
+                    self.request_keyframe_local(peer, track.index, layer);
+                }
+            }
+            CrossWorker::Room(notice) => self.handle_room_notice(*notice),
+        }
+        if self.media.len() >= 64 {
+            self.process();
+        }
+    }
+
+    fn handle_room_notice(&mut self, notice: RoomNotice) {
+        match notice {
+            RoomNotice::Interest {
+                room,
+                room_id,
+                worker,
+                interested,
+            } => {
+                if worker == self.id {
+                    return;
+                }
+                let r = self.rooms.entry(room).or_insert_with(|| Room::new(room_id));
+                r.remote_workers.retain(|w| *w != worker);
+                if interested {
+                    r.remote_workers.push(worker);
+                }
+                self.drop_room_if_empty(room);
+            }
+            RoomNotice::TrackPublished {
+                room,
+                room_id,
+                track,
+            } => {
+                self.rooms
+                    .entry(room)
+                    .or_insert_with(|| Room::new(room_id))
+                    .publish(track);
+            }
+            RoomNotice::TrackUnpublished { room, track } => self.track_ended(room, track),
+        }
+    }
+
+    /// A node API call. Returns the response for control.
+    pub fn handle_command(&mut self, now: Instant, command: Command) -> NodeResponse {
+        self.now = now;
+        let result = match command {
+            Command::Adopt {
+                session,
+                answer_sdp,
+                order,
+            } => self
+                .adopt(*session, answer_sdp, order)
+                .map(NodeResponse::SessionCreated),
+            Command::Close { session } => match self.by_id.get(&session) {
+                Some(&peer) => {
+                    self.end_session(peer, EndReason::Closed);
+                    Ok(NodeResponse::Done)
+                }
+                None => Err(NodeError::UnknownSession),
+            },
+            Command::Subscribe(s) => self.subscribe(s).map(|()| NodeResponse::Done),
+            Command::SetSubscription(s) => self.set_subscription(s).map(|()| NodeResponse::Done),
+            Command::Unsubscribe { session, slot } => {
+                self.unsubscribe(session, slot).map(|()| NodeResponse::Done)
+            }
+        };
+        result.unwrap_or_else(NodeResponse::Error)
+    }
+
+    /// Time passed: run due session timers and, every [`HOUSEKEEPING_INTERVAL`], reap dead
+    /// sessions and send REMB.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = now;
+        while let Some(Reverse((t, peer))) = self.timers.peek().copied() {
+            if t > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(session) = self.session_mut(peer) else {
+                continue;
+            };
+            if session.deadline != Some(t) {
+                continue; // stale entry
+            }
+            session.deadline = None;
+            if session.handle_timeout(now).is_err() {
+                self.to_close.push((peer, EndReason::Failed));
+                continue;
+            }
+            self.drain_session(peer);
+        }
+        if now >= self.next_housekeeping {
+            self.next_housekeeping = now + HOUSEKEEPING_INTERVAL;
+            self.housekeeping(now);
+        }
+    }
+
+    /// End every session (the worker is stopping).
+    pub fn shutdown(&mut self, now: Instant) {
+        self.now = now;
+        let peers: Vec<PeerId> = self.by_id.values().copied().collect();
+        for peer in peers {
+            self.end_session(peer, EndReason::NodeStopped);
+        }
+    }
+
+    // ---- outputs -----------------------------------------------------------------------
+
+    /// The next datagram to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.process();
+        self.transmits.pop_front()
+    }
+
+    /// The next message for another worker.
+    pub fn poll_cross_worker(&mut self) -> Option<(WorkerId, CrossWorker)> {
+        self.process();
+        self.cross.pop_front()
+    }
+
+    /// The next event for control.
+    pub fn poll_event(&mut self) -> Option<NodeEvent> {
+        self.process();
+        self.events.pop_front()
+    }
+
+    /// When [`Engine::handle_timeout`] is due next. Work still pending after processing makes
+    /// it due at once.
+    pub fn poll_timeout(&mut self) -> Instant {
+        self.process();
+        if self.has_pending_work() {
+            return self.now;
+        }
+        // Discard stale heap entries (a session re-armed or ended).
+        while let Some(Reverse((t, peer))) = self.timers.peek().copied() {
+            match self.session(peer) {
+                Some(s) if s.deadline == Some(t) => break,
+                _ => {
+                    self.timers.pop();
+                }
+            }
+        }
+        let timer = self.timers.peek().map(|Reverse((t, _))| *t);
+        timer.map_or(self.next_housekeeping, |t| t.min(self.next_housekeeping))
+    }
+
+    fn has_pending_work(&self) -> bool {
+        !self.dirty.is_empty()
+            || !self.media.is_empty()
+            || !self.keyframe_requests.is_empty()
+            || !self.to_close.is_empty()
+    }
+
+    // ---- processing --------------------------------------------------------------------
+
+    /// Do the work inputs left behind: drain written sessions, fan out their packets, route
+    /// keyframe requests, close ended sessions. Bounded.
+    fn process(&mut self) {
+        for _ in 0..PROCESS_ROUNDS {
+            if !self.has_pending_work() {
+                return;
+            }
+            let dirty = std::mem::take(&mut self.dirty);
+            for &peer in &dirty {
+                if let Some(q) = self.queued.get_mut(peer.0 as usize) {
+                    *q = false;
+                }
+            }
+            for &peer in &dirty {
+                self.drain_session(peer);
+            }
+            let mut dirty = dirty;
+            dirty.clear();
+            if self.dirty.is_empty() {
+                // Give the allocation back.
+                self.dirty = dirty;
+            }
+            self.fan_out();
+            let requests = std::mem::take(&mut self.keyframe_requests);
+            for (room, selection) in requests {
+                self.route_keyframe_request(room, selection);
+            }
+            let closing = std::mem::take(&mut self.to_close);
+            for (peer, reason) in closing {
+                self.end_session(peer, reason);
+            }
+        }
+    }
+
+    fn session(&self, peer: PeerId) -> Option<&Session> {
+        self.sessions.get(peer.0 as usize).and_then(Option::as_ref)
+    }
+
+    fn session_mut(&mut self, peer: PeerId) -> Option<&mut Session> {
+        self.sessions
+            .get_mut(peer.0 as usize)
+            .and_then(Option::as_mut)
+    }
+
+    fn mark_dirty(&mut self, peer: PeerId) {
+        if let Some(q) = self.queued.get_mut(peer.0 as usize) {
+            if !*q {
+                *q = true;
+                self.dirty.push(peer);
+            }
+        }
+    }
+
+    fn broadcast(&mut self, notice: impl Fn() -> RoomNotice) {
+        for w in 0..self.config.workers {
+            let worker = WorkerId(w as u16);
+            if worker != self.id {
+                self.cross
+                    .push_back((worker, CrossWorker::Room(Box::new(notice()))));
+            }
+        }
+    }
+
+    fn adopt(
+        &mut self,
+        session: Session,
+        answer_sdp: String,
+        order: u64,
+    ) -> Result<SessionCreated, NodeError> {
+        if self.by_id.len() >= self.config.max_sessions {
+            return Err(NodeError::NoCapacity);
+        }
+        if self.by_id.contains_key(&session.id) {
+            return Err(NodeError::DuplicateSession);
+        }
+        let peer = match self.free.pop() {
+            Some(peer) => peer,
+            None => {
+                self.sessions.push(None);
+                self.queued.push(false);
+                PeerId((self.sessions.len() - 1) as u32)
+            }
+        };
+        let mut session = session;
+        let id = session.id;
+        let key = session.room;
+        let kind = session.kind;
+        self.demux.add_session(peer, session.local_ufrag());
+        self.by_id.insert(id, peer);
+        let room_id = session.room_id.clone();
+        let room = self
+            .rooms
+            .entry(key)
+            .or_insert_with(|| Room::new(room_id.clone()));
+        let mut tracks = Vec::new();
+        let slots = session.tracks.iter().map(|t| t.kind).collect();
+        match kind {
+            SessionKind::Publish => {
+                room.publishers.push(peer);
+                for media in &session.published {
+                    let track = PublishedTrack::new(
+                        TrackId {
+                            session: id,
+                            index: media.index,
+                        },
+                        session.participant,
+                        session::proto_kind(media.kind),
+                        order,
+                        self.id,
+                    );
+                    room.publish(track.clone());
+                    tracks.push(TrackInfo {
+                        track: track.id,
+                        room: room_id.clone(),
+                        identity: session.identity.clone(),
+                        kind: track.kind,
+                        layers: media.layers,
+                    });
+                }
+                WorkerMetrics::add(&self.metrics.publish_sessions, 1);
+            }
+            SessionKind::Subscribe => {
+                room.subscribers.push(peer);
+                WorkerMetrics::add(&self.metrics.subscribe_sessions, 1);
+            }
+        }
+        let first_subscriber = kind == SessionKind::Subscribe && room.subscribers.len() == 1;
+        let announced: Vec<PublishedTrack> = tracks
+            .iter()
+            .filter_map(|t: &TrackInfo| room.track(t.track).cloned())
+            .collect();
+        self.sessions[peer.0 as usize] = Some(session);
+        for track in announced {
+            self.broadcast(|| RoomNotice::TrackPublished {
+                room: key,
+                room_id: room_id.clone(),
+                track: track.clone(),
+            });
+        }
+        if first_subscriber {
+            let worker = self.id;
+            self.broadcast(|| RoomNotice::Interest {
+                room: key,
+                room_id: room_id.clone(),
+                worker,
+                interested: true,
+            });
+        }
+        for info in &tracks {
+            self.events
+                .push_back(NodeEvent::TrackPublished(info.clone()));
+        }
+        self.drain_session(peer);
+        tracing::info!(worker = %self.id, session = %id, room = %room_id, kind = kind.as_str(), "session created");
+        Ok(SessionCreated {
+            session: id,
+            worker: self.id,
+            answer_sdp,
+            tracks,
+            slots,
+        })
+    }
+
+    fn subscriber_slot(
+        &mut self,
+        session: SessionId,
+        slot: u16,
+    ) -> Result<(PeerId, usize), NodeError> {
+        let &peer = self.by_id.get(&session).ok_or(NodeError::UnknownSession)?;
+        let s = self.session(peer).ok_or(NodeError::UnknownSession)?;
+        if s.kind != SessionKind::Subscribe {
+            return Err(NodeError::BadRequest(
+                "only a subscriber session has subscriptions".into(),
+            ));
+        }
+        let index = usize::from(slot);
+        if index >= s.tracks.len() {
+            return Err(NodeError::UnknownTrack(format!(
+                "slot {slot}: the session has {} outgoing tracks",
+                s.tracks.len()
+            )));
+        }
+        Ok((peer, index))
+    }
+
+    fn subscribe(&mut self, s: Subscribe) -> Result<(), NodeError> {
+        let (peer, index) = self.subscriber_slot(s.session, s.slot)?;
+        let room_key = self.session(peer).map(|x| x.room);
+        let kind = self
+            .session(peer)
+            .map(|x| x.tracks[index].kind)
+            .ok_or(NodeError::UnknownSession)?;
+        let track_kind = room_key
+            .and_then(|k| self.rooms.get(&k))
+            .and_then(|r| r.track(s.track))
+            .map(|t| t.kind)
+            .ok_or_else(|| NodeError::UnknownTrack(format!("no track {} in the room", s.track)))?;
+        if track_kind != kind {
+            return Err(NodeError::UnknownTrack(format!(
+                "track {} is {}, slot {} carries {}",
+                s.track,
+                track_kind.as_str(),
+                s.slot,
+                kind.as_str()
+            )));
+        }
+        let session = self.session_mut(peer).ok_or(NodeError::UnknownSession)?;
+        let slot = &mut session.tracks[index];
+        slot.subscription.want = Want::Track(s.track);
+        slot.subscription.max_layer = s.max_layer;
+        Ok(())
+    }
+
+    fn set_subscription(&mut self, s: SetSubscription) -> Result<(), NodeError> {
+        let (peer, index) = self.subscriber_slot(s.session, s.slot)?;
+        let session = self.session_mut(peer).ok_or(NodeError::UnknownSession)?;
+        let slot = &mut session.tracks[index];
+        slot.subscription.max_layer = s.max_layer;
+        if s.paused && !slot.subscription.paused {
+            slot.forwarder.reset();
+        }
+        slot.subscription.paused = s.paused;
+        Ok(())
+    }
+
+    fn unsubscribe(&mut self, session: SessionId, slot: u16) -> Result<(), NodeError> {
+        let (peer, index) = self.subscriber_slot(session, slot)?;
+        let session = self.session_mut(peer).ok_or(NodeError::UnknownSession)?;
+        let slot = &mut session.tracks[index];
+        slot.subscription.want = Want::Nothing;
+        slot.forwarder.reset();
+        Ok(())
+    }
+
+    fn end_session(&mut self, peer: PeerId, reason: EndReason) {
+        let Some(mut session) = self
+            .sessions
+            .get_mut(peer.0 as usize)
+            .and_then(Option::take)
+        else {
+            return;
+        };
+        if !matches!(reason, EndReason::Failed) {
+            // The feedback since str0m's last stats event; a failure here changes nothing,
+            // the session ends either way.
+            if let Ok(feedback) = session.final_feedback(self.now) {
+                self.metrics.add_feedback(feedback);
+            }
+        }
+        session.disconnect();
+        self.demux.remove_session(peer);
+        self.by_id.remove(&session.id);
+        self.free.push(peer);
+        let key = session.room;
+        let mut last_subscriber = false;
+        if let Some(r) = self.rooms.get_mut(&key) {
+            let before = r.subscribers.len();
+            r.subscribers.retain(|s| *s != peer);
+            r.publishers.retain(|s| *s != peer);
+            last_subscriber = before > 0 && r.subscribers.is_empty();
+        }
+        match session.kind {
+            SessionKind::Publish => {
+                WorkerMetrics::sub(&self.metrics.publish_sessions, 1);
+                for media in &session.published {
+                    let track = TrackId {
+                        session: session.id,
+                        index: media.index,
+                    };
+                    self.track_ended(key, track);
+                    self.broadcast(|| RoomNotice::TrackUnpublished { room: key, track });
+                    self.events.push_back(NodeEvent::TrackUnpublished {
+                        track,
+                        room: session.room_id.clone(),
+                    });
+                }
+            }
+            SessionKind::Subscribe => {
+                WorkerMetrics::sub(&self.metrics.subscribe_sessions, 1);
+                if last_subscriber {
+                    let room_id = session.room_id.clone();
+                    let worker = self.id;
+                    self.broadcast(|| RoomNotice::Interest {
+                        room: key,
+                        room_id: room_id.clone(),
+                        worker,
+                        interested: false,
+                    });
+                }
+            }
+        }
+        match reason {
+            EndReason::Closed | EndReason::NodeStopped => {}
+            EndReason::Failed => WorkerMetrics::add(&self.metrics.session_panics, 1),
+            EndReason::ConnectTimeout | EndReason::IceTimeout | EndReason::Disconnected => {
+                WorkerMetrics::add(&self.metrics.sessions_reaped, 1)
+            }
+        }
+        self.drop_room_if_empty(key);
+        tracing::info!(worker = %self.id, session = %session.id, room = %session.room_id, reason = reason.as_str(), "session ended");
+        self.events.push_back(NodeEvent::SessionEnded {
+            session: session.id,
+            room: session.room_id,
+            reason,
+        });
+    }
+
+    /// A track of `room` ended (here or on another worker): subscribers stop following it.
+    fn track_ended(&mut self, room: RoomKey, track: TrackId) {
+        let Some(r) = self.rooms.get_mut(&room) else {
+            return;
+        };
+        r.unpublish(track);
+        for &sub in &r.subscribers {
+            if let Some(s) = self
+                .sessions
+                .get_mut(sub.0 as usize)
+                .and_then(Option::as_mut)
+            {
+                for t in &mut s.tracks {
+                    t.forwarder.forget_track(track);
+                }
+            }
+        }
+        self.drop_room_if_empty(room);
+    }
+
+    fn drop_room_if_empty(&mut self, room: RoomKey) {
+        if self.rooms.get(&room).is_some_and(Room::is_empty) {
+            self.rooms.remove(&room);
+        }
+    }
+
+    fn housekeeping(&mut self, now: Instant) {
+        let connect_timeout = self.config.connect_timeout;
+        let ice_timeout = self.config.ice_timeout;
+        let remb = str0m::bwe::Bitrate::kbps(self.config.publisher_remb_kbps);
+        let mut remb_sent = Vec::new();
+        for (index, slot) in self.sessions.iter_mut().enumerate() {
+            let Some(s) = slot else { continue };
+            let peer = PeerId(index as u32);
+            let reason = if !s.is_alive() {
+                Some(EndReason::Disconnected)
+            } else if !s.connected && now.saturating_duration_since(s.created) > connect_timeout {
+                Some(EndReason::ConnectTimeout)
+            } else if s.connected && now.saturating_duration_since(s.last_input) > ice_timeout {
+                Some(EndReason::IceTimeout)
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                self.to_close.push((peer, reason));
+                continue;
+            }
+            if s.kind == SessionKind::Publish {
+                match s.send_remb(remb) {
+                    Ok(()) => remb_sent.push(peer),
+                    Err(_) => self.to_close.push((peer, EndReason::Failed)),
+                }
+            }
+        }
+        for peer in remb_sent {
+            self.mark_dirty(peer);
+        }
+    }
+
+    /// Poll a session's outputs until it returns a timeout (bounded).
+    fn drain_session(&mut self, peer: PeerId) {
+        let worker = self.id;
+        let now = self.now;
+        let Some(session) = self
+            .sessions
+            .get_mut(peer.0 as usize)
+            .and_then(Option::as_mut)
+        else {
+            return;
+        };
+        let mut retransmissions = 0;
+        let mut finished = false;
+        for _ in 0..DRAIN_BUDGET {
+            let output = match session.poll_output() {
+                Ok(Some(o)) => o,
+                Ok(None) => {
+                    // poll_output errored: the session is unusable.
+                    self.to_close.push((peer, EndReason::Disconnected));
+                    finished = true;
+                    break;
+                }
+                Err(SessionBroken(msg)) => {
+                    tracing::error!(worker = %worker, session = %session.id, panic = %msg, "session panicked; closing it");
+                    self.to_close.push((peer, EndReason::Failed));
+                    finished = true;
+                    break;
+                }
+            };
+            match output {
+                Output::Timeout(t) => {
+                    if session.deadline != Some(t) {
+                        session.deadline = Some(t);
+                        self.timers.push(Reverse((t, peer)));
+                    }
+                    finished = true;
+                    break;
+                }
+                Output::Transmit(t) => {
+                    retransmissions += u64::from(session.is_retransmission(&t.contents));
+                    self.transmits.push_back(Transmit {
+                        destination: t.destination,
+                        contents: t.contents.into(),
+                    });
+                }
+                Output::Event(event) => match event {
+                    Event::Connected => {
+                        session.connected = true;
+                        tracing::debug!(worker = %worker, session = %session.id, "connected");
+                    }
+                    Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                        self.to_close.push((peer, EndReason::Disconnected));
+                    }
+                    Event::RtpPacket(packet) if session.kind == SessionKind::Publish => {
+                        match session.ingress_packet(worker, packet, now) {
+                            Ok(Some(p)) => self.media.push(Arc::new(p)),
+                            Ok(None) => {}
+                            Err(_) => {
+                                self.to_close.push((peer, EndReason::Failed));
+                                finished = true;
+                                break;
+                            }
+                        }
+                    }
+                    Event::KeyframeRequest(req) if session.kind == SessionKind::Subscribe => {
+                        let selection = session
+                            .tracks
+                            .iter()
+                            .find(|t| t.mid == req.mid)
+                            .and_then(|t| t.forwarder.current());
+                        if let Some(selection) = selection {
+                            self.keyframe_requests.push((session.room, selection));
+                        }
+                    }
+                    Event::MediaEgressStats(stats) => {
+                        self.metrics.add_feedback(session.egress_feedback(&stats));
+                    }
+                    Event::MediaIngressStats(stats) => {
+                        self.metrics.add_feedback(session.ingress_feedback(&stats));
+                    }
+                    _ => {}
+                },
+            }
+        }
+        WorkerMetrics::add(&self.metrics.rtx_sent, retransmissions);
+        if !finished {
+            // Still producing after the bound: come back in the next round.
+            self.mark_dirty(peer);
+        }
+    }
+
+    /// Send a keyframe request to the publisher of `selection`, wherever on the node it lives.
+    fn route_keyframe_request(&mut self, room: RoomKey, selection: Selection) {
+        let Some(origin) = self
+            .rooms
+            .get(&room)
+            .and_then(|r| r.track(selection.track))
+            .map(|t| t.origin)
+        else {
+            return;
+        };
+        if origin == self.id {
+            if let Some(&peer) = self.by_id.get(&selection.track.session) {
+                self.request_keyframe_local(peer, selection.track.index, selection.layer);
+            }
+        } else {
+            self.cross.push_back((
+                origin,
+                CrossWorker::KeyframeRequest {
+                    track: selection.track,
+                    layer: selection.layer,
+                },
+            ));
+        }
+    }
+
+    fn request_keyframe_local(&mut self, peer: PeerId, index: u16, layer: Layer) {
+        let now = self.now;
+        let Some(session) = self.session_mut(peer) else {
+            return;
+        };
+        match session.request_keyframe(index, layer, now) {
+            Ok(true) => {
+                WorkerMetrics::add(&self.metrics.keyframe_requests, 1);
+                self.mark_dirty(peer);
+            }
+            Ok(false) => {}
+            Err(_) => self.to_close.push((peer, EndReason::Failed)),
+        }
+    }
+
+    /// Deliver queued publisher packets to this worker's subscribers and, for packets of
+    /// tracks published here, one reference to every other worker with subscribers in the
+    /// room.
+    fn fan_out(&mut self) {
+        if self.media.is_empty() {
+            return;
+        }
+        let now = self.now;
+        let mut media = std::mem::take(&mut self.media);
+        for packet in media.drain(..) {
+            let Some(room) = self.rooms.get_mut(&packet.room) else {
+                continue;
+            };
+            if !room.observe(&packet.header, packet.arrival) {
+                continue;
+            }
+            if packet.origin == self.id {
+                for &w in &room.remote_workers {
+                    self.cross
+                        .push_back((w, CrossWorker::Media(packet.clone())));
+                }
+            }
+            let kind = packet.header.kind;
+            let track = packet.header.track;
+            // The common case (WHEP: newest other publisher, highest layer) computed once.
+            let newest = room::Subscription::new(Want::NewestOther);
+            let shared_target = room.target(kind, &newest, None, now);
+            for &sub_peer in &room.subscribers {
+                let Some(sub) = self
+                    .sessions
+                    .get_mut(sub_peer.0 as usize)
+                    .and_then(Option::as_mut)
+                else {
+                    continue;
+                };
+                if !sub.connected {
+                    continue;
+                }
+                let own = Some(sub.participant);
+                let mut written = false;
+                for index in 0..sub.tracks.len() {
+                    let slot = &sub.tracks[index];
+                    if slot.kind != kind {
+                        continue;
+                    }
+                    let subscription = slot.subscription;
+                    let target = match subscription.want {
+                        Want::Track(t) if t != track => continue,
+                        Want::NewestOther
+                            if !subscription.paused
+                                && subscription.max_layer == Layer::HIGH
+                                && shared_target.is_some_and(|t| Some(t.participant) != own) =>
+                        {
+                            shared_target
+                        }
+                        _ => room.target(kind, &subscription, own, now),
+                    };
+                    let target = target.map(|t| t.selection);
+                    let decision = sub.tracks[index]
+                        .forwarder
+                        .handle_packet(&packet, target, now);
+                    if let Some(request) = decision.keyframe_request {
+                        self.keyframe_requests.push((packet.room, request));
+                    }
+                    let Some(rewritten) = decision.forward else {
+                        continue;
+                    };
+                    match sub.write_forwarded(index, &packet, rewritten.seq, rewritten.timestamp) {
+                        Ok(Forwarded::Written) => {
+                            WorkerMetrics::add(&self.metrics.rtp_forwarded, 1);
+                            written = true;
+                        }
+                        Ok(Forwarded::Skipped) => {}
+                        Ok(Forwarded::CodecMismatch) => {
+                            self.metrics.drop_packet(DropReason::CodecMismatch)
+                        }
+                        Err(_) => self.to_close.push((sub_peer, EndReason::Failed)),
+                    }
+                }
+                if written {
+                    if let Some(q) = self.queued.get_mut(sub_peer.0 as usize) {
+                        if !*q {
+                            *q = true;
+                            self.dirty.push(sub_peer);
+                        }
+                    }
+                }
+            }
+        }
+        // Give the allocation back for the next batch.
+        self.media = media;
+    }
+}
