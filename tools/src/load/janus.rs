@@ -66,12 +66,7 @@ const VIDEOROOM_ERROR_NO_SUCH_FEED: u32 = 428;
 /// reduced to 53 bits (exact in JavaScript clients too) and never 0 (Janus reads 0 as "pick an
 /// id for me"). Deterministic across runs, processes and platforms.
 pub fn room_id(name: &str) -> u64 {
-    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    let hash = name
-        .bytes()
-        .fold(OFFSET, |h, b| (h ^ u64::from(b)).wrapping_mul(PRIME));
-    (hash & ((1 << 53) - 1)).max(1)
+    (crate::fnv::fnv1a_64(name.as_bytes()) & ((1 << 53) - 1)).max(1)
 }
 
 /// Ids Janus hands out (random 53-bit numbers) and the room ids we choose, kept apart by type.

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use crate::pattern::{
     self, HEADER_LEN, MAGIC, PatternHeader, PayloadKind, VideoCodec, VideoFraming, be_u32, be_u64,
-    fnv1a,
+    header_checksum,
 };
 use crate::source::{AUDIO_INTERVAL, MAX_VIDEO_PAYLOAD, Schedule};
 
@@ -438,7 +438,7 @@ pub fn decode_header(payload: &[u8]) -> Option<PacketInfo> {
     };
     let rest = payload.get(offset..)?;
     let head = rest.get(..HEADER_LEN)?;
-    if head[..4] != MAGIC || fnv1a(&head[..36]) != be_u32(&head[36..40]) {
+    if head[..4] != MAGIC || header_checksum(&head[..36]) != be_u32(&head[36..40]) {
         return None;
     }
     let kind = PayloadKind::from_byte(head[4])?;
