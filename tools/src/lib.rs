@@ -4,8 +4,11 @@
 //!
 //! # Run-loop contract
 //!
-//! Each peer owns one thread, one UDP socket and one str0m `Rtc` in RTP mode. The thread feeds
-//! the `Rtc` every datagram and timeout and drains `poll_output` after every input or write;
+//! Each test peer owns one thread, one UDP socket and one str0m `Rtc` in RTP mode (the
+//! [`load`] generator multiplexes many on a few threads instead); both kinds send the same
+//! [`source`]s through the same [`send::Sending`] and build their `Rtc`s the same way. The
+//! thread feeds the `Rtc` every datagram and timeout and drains `poll_output` after every
+//! input or write;
 //! it never blocks longer than a few milliseconds, so `close()` and drop are bounded. The pure
 //! parts (payload [`pattern`], media [`source`]s, [`reception`] analysis, [`token`]s, [`noise`],
 //! [`metrics`] parsing) take time as an input and are tested without sockets.
@@ -16,6 +19,7 @@
 //! left to str0m. A panic inside a peer thread is caught and reported through
 //! [`PeerState::error`]. HTTP exchanges are bounded by [`whip::HTTP_TIMEOUT`].
 
+pub mod fnv;
 pub mod load;
 pub mod metrics;
 pub mod noise;
@@ -23,6 +27,7 @@ pub mod pattern;
 pub mod peer;
 pub mod publisher;
 pub mod reception;
+pub mod send;
 mod session;
 pub mod source;
 pub mod subscriber;

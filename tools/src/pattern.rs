@@ -300,7 +300,7 @@ pub fn encode_pattern(header: &PatternHeader, out: &mut Vec<u8>) {
     out.extend_from_slice(&header.rtp_time.to_be_bytes());
     out.extend_from_slice(&header.sent_us.to_be_bytes());
     out.extend_from_slice(&header.body_len.to_be_bytes());
-    let checksum = fnv1a(&out[start..]);
+    let checksum = header_checksum(&out[start..]);
     out.extend_from_slice(&checksum.to_be_bytes());
     debug_assert_eq!(out.len() - start, HEADER_LEN);
     let body_start = out.len();
@@ -316,7 +316,7 @@ pub fn decode_pattern(bytes: &[u8]) -> Result<PatternHeader, PatternError> {
     if head[0..4] != MAGIC {
         return Err(PatternError::BadMagic);
     }
-    if fnv1a(&head[..36]) != be_u32(&head[36..40]) {
+    if header_checksum(&head[..36]) != be_u32(&head[36..40]) {
         return Err(PatternError::BadChecksum);
     }
     let kind = PayloadKind::from_byte(head[4]).ok_or(PatternError::BadKind)?;
@@ -599,11 +599,9 @@ fn fill_body(header: &PatternHeader, out: &mut [u8]) {
     }
 }
 
-/// FNV-1a, the header checksum.
-pub(crate) fn fnv1a(bytes: &[u8]) -> u32 {
-    bytes.iter().fold(0x811c_9dc5_u32, |h, b| {
-        (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
-    })
+/// The header checksum: FNV-1a 64 folded to 32 bits.
+pub(crate) fn header_checksum(bytes: &[u8]) -> u32 {
+    crate::fnv::fnv1a_32_folded(bytes)
 }
 
 fn be_u16(b: &[u8]) -> usize {

@@ -12,10 +12,12 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use str0m::crypto::CryptoProvider;
-use str0m::media::{Direction, MediaKind};
+use str0m::format::Codec;
+use str0m::media::{Direction, MediaKind, Mid, Pt};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcError};
 
+use crate::pattern::VideoCodec;
 use crate::reception::RawCapture;
 use crate::whip::Endpoint;
 
@@ -137,6 +139,53 @@ pub(crate) fn client_rtc(local: SocketAddr) -> Result<Rtc, RtcError> {
         .build(Instant::now());
     rtc.add_local_candidate(Candidate::host(local, "udp")?);
     Ok(rtc)
+}
+
+/// Payload type (and its RTX) a sending peer offers for H264: str0m's default for this profile.
+const H264_PT: u8 = 108;
+const H264_RTX_PT: u8 = 109;
+
+/// Constrained Baseline level 3.1, as browsers offer first.
+const H264_PROFILE_LEVEL_ID: u32 = 0x42e01f;
+
+/// An `Rtc` like [`client_rtc`]'s for a peer that sends: it offers Opus and only `codec` for
+/// video (H264 with packetization-mode 1 alone), so the server cannot pick another video
+/// codec than the one the payloads are framed for.
+pub(crate) fn sending_rtc(local: SocketAddr, codec: VideoCodec) -> Result<Rtc, RtcError> {
+    let mut config = Rtc::builder()
+        .set_rtp_mode(true)
+        .set_crypto_provider(crypto_provider())
+        .clear_codecs()
+        .enable_opus(true, false);
+    match codec {
+        VideoCodec::Vp8 => config = config.enable_vp8(true),
+        VideoCodec::H264 => config.codec_config().add_h264(
+            H264_PT.into(),
+            Some(H264_RTX_PT.into()),
+            true,
+            H264_PROFILE_LEVEL_ID,
+        ),
+    }
+    let mut rtc = config.build(Instant::now());
+    rtc.add_local_candidate(Candidate::host(local, "udp")?);
+    Ok(rtc)
+}
+
+/// The payload type the remote side accepted for `codec` on `mid`, or why there is none.
+pub(crate) fn accepted_pt(rtc: &Rtc, mid: Mid, codec: Codec) -> Result<Pt, String> {
+    let media = rtc
+        .media(mid)
+        .ok_or_else(|| format!("the answer dropped media {mid}"))?;
+    media
+        .remote_pts()
+        .iter()
+        .copied()
+        .find(|pt| {
+            rtc.codec_config()
+                .find(|p| p.pt() == *pt)
+                .is_some_and(|p| p.spec().codec == codec)
+        })
+        .ok_or_else(|| format!("the answer accepted no {codec:?} payload type on {mid}"))
 }
 
 /// Handle to a running peer thread. Dropping it stops the thread.
@@ -285,18 +334,9 @@ fn run<R: Role>(
                 if !role.accept_datagram(arrived, &mut rtc, &buf[..n]) {
                     continue;
                 }
-                let Ok(contents) = buf[..n].try_into() else {
+                let Some(input) = receive_input(arrived, source, local, &buf[..n]) else {
                     continue;
                 };
-                let input = Input::Receive(
-                    arrived,
-                    Receive {
-                        proto: Protocol::Udp,
-                        source,
-                        destination: local,
-                        contents,
-                    },
-                );
                 if let Err(e) = rtc.handle_input(input) {
                     tracing::debug!("rejected datagram from {source}: {e}");
                 }
@@ -351,8 +391,28 @@ fn drain<R: Role>(
     }
 }
 
-/// Microseconds since the Unix epoch: the send time written into test patterns.
-fn wallclock_us() -> u64 {
+/// The `Rtc` input for datagram `data` from `source` to `local`; `None` when str0m cannot
+/// take it (a datagram it does not recognise).
+pub(crate) fn receive_input(
+    now: Instant,
+    source: SocketAddr,
+    local: SocketAddr,
+    data: &[u8],
+) -> Option<Input<'_>> {
+    let contents = data.try_into().ok()?;
+    Some(Input::Receive(
+        now,
+        Receive {
+            proto: Protocol::Udp,
+            source,
+            destination: local,
+            contents,
+        },
+    ))
+}
+
+/// Microseconds since the Unix epoch: the send and arrival times of the test pattern.
+pub(crate) fn wallclock_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)

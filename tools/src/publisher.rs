@@ -9,15 +9,15 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind, Mid, Pt, Rid, Simulcast, SimulcastLayer};
-use str0m::rtp::RtpWrite;
-use str0m::{Candidate, Event, Rtc, RtcError};
+use str0m::{Event, Rtc};
 
 use crate::Error;
 use crate::pattern::PayloadKind;
 pub use crate::pattern::VideoCodec;
 use crate::peer::{self, PeerState, PeerThread, Role, lock};
+use crate::send::{SendLayer, SendTrack, Sending};
 use crate::session::ServerSession;
-use crate::source::{AudioSource, Source, VideoLayer, VideoSource};
+use crate::source::{AudioSource, FrameSizes, OutgoingPacket, Source, VideoLayer, VideoSource};
 use crate::whip::Endpoint;
 
 /// Video settings of a publisher.
@@ -28,7 +28,7 @@ pub struct VideoConfig {
     pub keyframe_interval: u32,
     /// Send three simulcast layers q, h, f instead of one.
     pub simulcast: bool,
-    /// Bytes of a delta frame of the full layer.
+    /// Bytes of a delta frame of the full layer (keyframes are twice as large).
     pub frame_bytes: usize,
     /// The one video codec offered and sent.
     pub codec: VideoCodec,
@@ -45,13 +45,6 @@ impl Default for VideoConfig {
         }
     }
 }
-
-/// Payload type (and its RTX) the publisher offers for H264: str0m's default for this profile.
-const H264_PT: u8 = 108;
-const H264_RTX_PT: u8 = 109;
-
-/// Constrained Baseline level 3.1, as browsers offer first.
-const H264_PROFILE_LEVEL_ID: u32 = 0x42e01f;
 
 /// How to reach the server and what to send.
 #[derive(Debug, Clone)]
@@ -133,13 +126,8 @@ impl Publisher {
         let socket = UdpSocket::bind(SocketAddr::new(config.bind_ip, 0))?;
         let local = socket.local_addr()?;
         let codec = config.video.as_ref().map_or(VideoCodec::Vp8, |v| v.codec);
-        let mut rtc = publisher_rtc(local, codec)?;
-
-        let layers = match &config.video {
-            Some(v) if v.simulcast => VideoLayer::simulcast(v.frame_bytes),
-            Some(v) => vec![VideoLayer::single(v.frame_bytes)],
-            None => Vec::new(),
-        };
+        let mut rtc = peer::sending_rtc(local, codec)?;
+        let layers = VideoLayer::all(config.video.as_ref().is_some_and(|v| v.simulcast));
 
         let mut change = rtc.sdp_api();
         let audio_mid = config
@@ -148,10 +136,8 @@ impl Publisher {
         let video_mid = config.video.as_ref().map(|v| {
             let simulcast = v.simulcast.then(|| {
                 let mut s = Simulcast::new();
-                for layer in &layers {
-                    if let Some(rid) = &layer.rid {
-                        s.add_send_layer(SimulcastLayer::new(rid));
-                    }
+                for rid in layers.iter().filter_map(|l| l.rid) {
+                    s.add_send_layer(SimulcastLayer::new(rid));
                 }
                 s
             });
@@ -177,43 +163,59 @@ impl Publisher {
         )?;
 
         let mut rng = rand::rng();
+        let mut tracks = Vec::new();
+        if let Some((mid, pt)) = audio {
+            let source =
+                AudioSource::new(rng.random_range(0..30_000), rng.random()).seeded(rng.random());
+            tracks.push(SendTrack {
+                mid,
+                pt,
+                layers: vec![SendLayer::new(None, Source::Audio(source))],
+            });
+        }
+        let video_layers = match (video, &config.video) {
+            (Some((mid, pt)), Some(v)) => {
+                let sources: Vec<SendLayer> = layers
+                    .into_iter()
+                    .map(|layer| {
+                        let rid = layer.rid.map(Rid::from);
+                        let floor = if v.simulcast {
+                            MIN_LAYER_FRAME_BYTES
+                        } else {
+                            0
+                        };
+                        let bytes = layer.share(v.frame_bytes as u32, floor);
+                        let sizes = FrameSizes::fixed(bytes as usize, v.keyframe_interval);
+                        let source = VideoSource::new(
+                            layer,
+                            sizes,
+                            v.fps,
+                            rng.random_range(0..30_000),
+                            rng.random(),
+                        )
+                        .with_codec(v.codec);
+                        SendLayer::new(rid, Source::Video(source))
+                    })
+                    .collect();
+                let n = sources.len();
+                tracks.push(SendTrack {
+                    mid,
+                    pt,
+                    layers: sources,
+                });
+                n
+            }
+            _ => 0,
+        };
         let stats = Arc::new(Mutex::new(PublisherStats {
-            video_packets: vec![0; layers.len()],
-            keyframes: vec![0; layers.len()],
-            paused: vec![false; layers.len()],
+            video_packets: vec![0; video_layers],
+            keyframes: vec![0; video_layers],
+            paused: vec![false; video_layers],
             ..PublisherStats::default()
         }));
         let role = PublisherRole {
-            audio: audio.map(|(mid, pt)| Track {
-                mid,
-                pt,
-                sources: vec![Layered::new(
-                    None,
-                    Source::Audio(AudioSource::new(rng.random_range(0..30_000), rng.random())),
-                )],
-            }),
-            video: video.map(|(mid, pt)| {
-                let v = config.video.clone().unwrap_or_default();
-                Track {
-                    mid,
-                    pt,
-                    sources: layers
-                        .into_iter()
-                        .map(|layer| {
-                            let rid = layer.rid.as_deref().map(Rid::from);
-                            let source = VideoSource::new(
-                                layer,
-                                v.fps,
-                                v.keyframe_interval,
-                                rng.random_range(0..30_000),
-                                rng.random(),
-                            )
-                            .with_codec(v.codec);
-                            Layered::new(rid, Source::Video(source))
-                        })
-                        .collect(),
-                }
-            }),
+            sending: Sending::new(tracks),
+            scratch: Vec::new(),
             stats: stats.clone(),
         };
         let thread = PeerThread::spawn("tools-publisher", rtc, socket, role)?;
@@ -301,27 +303,8 @@ impl Publisher {
     }
 }
 
-/// An `Rtc` like [`peer::client_rtc`]'s, but offering Opus and only `codec` for video (H264 with
-/// packetization-mode 1 alone), so the server cannot pick another video codec.
-fn publisher_rtc(local: SocketAddr, codec: VideoCodec) -> Result<Rtc, RtcError> {
-    let mut config = Rtc::builder()
-        .set_rtp_mode(true)
-        .set_crypto_provider(peer::crypto_provider())
-        .clear_codecs()
-        .enable_opus(true, false);
-    match codec {
-        VideoCodec::Vp8 => config = config.enable_vp8(true),
-        VideoCodec::H264 => config.codec_config().add_h264(
-            H264_PT.into(),
-            Some(H264_RTX_PT.into()),
-            true,
-            H264_PROFILE_LEVEL_ID,
-        ),
-    }
-    let mut rtc = config.build(Instant::now());
-    rtc.add_local_candidate(Candidate::host(local, "udp")?);
-    Ok(rtc)
-}
+/// Smallest delta frame of a simulcast layer, bytes.
+const MIN_LAYER_FRAME_BYTES: u32 = 200;
 
 fn str0m_codec(codec: VideoCodec) -> Codec {
     match codec {
@@ -332,72 +315,13 @@ fn str0m_codec(codec: VideoCodec) -> Codec {
 
 /// The payload type the answer accepted for `codec` on `mid`.
 fn negotiated_pt(rtc: &Rtc, mid: Mid, codec: Codec) -> Result<Pt, Error> {
-    accepted_pt(rtc, mid, codec).map_err(Error::Sdp)
-}
-
-/// The payload type the remote side accepted for `codec` on `mid`, or why there is none.
-pub(crate) fn accepted_pt(rtc: &Rtc, mid: Mid, codec: Codec) -> Result<Pt, String> {
-    let media = rtc
-        .media(mid)
-        .ok_or_else(|| format!("the answer dropped media {mid}"))?;
-    media
-        .remote_pts()
-        .iter()
-        .copied()
-        .find(|pt| {
-            rtc.codec_config()
-                .find(|p| p.pt() == *pt)
-                .is_some_and(|p| p.spec().codec == codec)
-        })
-        .ok_or_else(|| format!("the answer accepted no {codec:?} payload type on {mid}"))
-}
-
-/// One m-line: its sources, one per rid (a single `None` rid without simulcast).
-#[derive(Debug)]
-struct Track {
-    mid: Mid,
-    pt: Pt,
-    sources: Vec<Layered>,
-}
-
-/// A source and the rid it is sent under, with its pause state.
-#[derive(Debug)]
-struct Layered {
-    rid: Option<Rid>,
-    source: Source,
-    /// Asked to pause: no new frame starts.
-    pause: bool,
-    /// The last packet written ended a frame (or none was written yet).
-    at_frame_boundary: bool,
-}
-
-impl Layered {
-    fn new(rid: Option<Rid>, source: Source) -> Self {
-        Self {
-            rid,
-            source,
-            pause: false,
-            at_frame_boundary: true,
-        }
-    }
-
-    /// Paused and not in the middle of a frame: nothing to send.
-    fn silent(&self) -> bool {
-        self.pause && self.at_frame_boundary
-    }
-
-    fn layer(&self) -> Option<u8> {
-        match &self.source {
-            Source::Video(s) => Some(s.layer().index),
-            Source::Audio(_) => None,
-        }
-    }
+    peer::accepted_pt(rtc, mid, codec).map_err(Error::Sdp)
 }
 
 #[derive(Debug)]
 struct PublisherRole {
-    audio: Option<Track>,
-    video: Option<Track>,
+    sending: Sending,
+    scratch: Vec<OutgoingPacket>,
     stats: Arc<Mutex<PublisherStats>>,
 }
 
@@ -410,85 +334,51 @@ impl Role for PublisherRole {
             return;
         }
         let mut stats = lock(&self.stats);
-        for track in [&mut self.audio, &mut self.video].into_iter().flatten() {
-            for layered in &mut track.sources {
-                let rid = layered.rid;
-                while !layered.silent() {
-                    let Some(p) = layered.source.poll(now, wallclock_us) else {
-                        break;
-                    };
-                    layered.at_frame_boundary = p.kind == PayloadKind::Audio || p.marker;
-                    let mut api = rtc.direct_api();
-                    let Some(tx) = api.stream_tx_by_mid(track.mid, rid) else {
-                        stats.write_failures += 1;
-                        continue;
-                    };
-                    let layer = usize::from(p.layer);
-                    match p.kind {
-                        PayloadKind::Audio => stats.audio_packets += 1,
-                        PayloadKind::Video => {
-                            if let Some(n) = stats.video_packets.get_mut(layer) {
-                                *n += 1;
-                            }
+        let stats = &mut *stats;
+        self.sending
+            .write_due(rtc, now, wallclock_us, &mut self.scratch, |p, written| {
+                if !written {
+                    stats.write_failures += 1;
+                    return;
+                }
+                match p.kind {
+                    PayloadKind::Audio => stats.audio_packets += 1,
+                    PayloadKind::Video => {
+                        if let Some(n) = stats.video_packets.get_mut(usize::from(p.layer)) {
+                            *n += 1;
                         }
                     }
-                    stats.first_sent_at.get_or_insert(now);
-                    let write = RtpWrite::new(track.pt, p.seq.into(), p.rtp_time, now, p.payload)
-                        .marker(p.marker)
-                        .nackable(p.kind == PayloadKind::Video);
-                    tx.write_rtp(write);
                 }
-                if let Source::Video(s) = &layered.source {
-                    let layer = usize::from(s.layer().index);
-                    if let Some(n) = stats.keyframes.get_mut(layer) {
-                        *n = s.keyframes();
-                    }
-                    if let Some(paused) = stats.paused.get_mut(layer) {
-                        *paused = layered.silent();
-                    }
-                }
+                stats.first_sent_at.get_or_insert(now);
+            });
+        for layer in self.sending.layers() {
+            let Some(index) = layer.source.layer().map(usize::from) else {
+                continue;
+            };
+            if let Some(n) = stats.keyframes.get_mut(index) {
+                *n = layer.source.keyframes();
+            }
+            if let Some(paused) = stats.paused.get_mut(index) {
+                *paused = layer.paused;
             }
         }
     }
 
     fn next_due(&self) -> Option<Instant> {
-        [&self.audio, &self.video]
-            .into_iter()
-            .flatten()
-            .flat_map(|t| {
-                t.sources
-                    .iter()
-                    .filter(|s| !s.silent())
-                    .filter_map(|s| s.source.next_due())
-            })
-            .min()
+        self.sending.next_due()
     }
 
     fn on_event(&mut self, _now: Instant, _rtc: &mut Rtc, event: Event) {
-        let Event::KeyframeRequest(req) = event else {
-            return;
-        };
-        lock(&self.stats).keyframe_requests += 1;
-        let Some(video) = self.video.as_mut().filter(|v| v.mid == req.mid) else {
-            return;
-        };
-        for layered in &mut video.sources {
-            if let Source::Video(s) = &mut layered.source {
-                if req.rid.is_none() || req.rid == layered.rid {
-                    s.request_keyframe();
-                }
-            }
+        if let Event::KeyframeRequest(req) = event {
+            lock(&self.stats).keyframe_requests += 1;
+            self.sending.request_keyframe(&req);
         }
     }
 
     fn on_command(&mut self, _now: Instant, _rtc: &mut Rtc, command: PublisherCommand) {
-        let (layer, pause) = match command {
-            PublisherCommand::PauseLayer(layer) => (layer, true),
-            PublisherCommand::ResumeLayer(layer) => (layer, false),
-        };
-        let sources = self.video.iter_mut().flat_map(|v| v.sources.iter_mut());
-        for layered in sources.filter(|s| s.layer() == Some(layer)) {
-            layered.pause = pause;
+        match command {
+            PublisherCommand::PauseLayer(layer) => self.sending.pause_layer(layer, true),
+            PublisherCommand::ResumeLayer(layer) => self.sending.pause_layer(layer, false),
         }
     }
 }
@@ -498,7 +388,7 @@ mod tests {
     use super::*;
 
     fn video_offer(codec: VideoCodec) -> String {
-        let mut rtc = publisher_rtc(SocketAddr::from(([127, 0, 0, 1], 9)), codec).expect("rtc");
+        let mut rtc = peer::sending_rtc(SocketAddr::from(([127, 0, 0, 1], 9)), codec).expect("rtc");
         let mut change = rtc.sdp_api();
         change.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
         let (offer, _pending) = change.apply().expect("an offer");

@@ -1,8 +1,9 @@
 //! `sfu-load`: drives many synthetic WebRTC peers (WHIP publishers, WHEP subscribers) against
 //! an SFU and reports join times, one-way latency, loss and jitter. See `tools/README.md`.
 //!
-//! Exit codes: 0 the run met its criteria, 1 it did not, 2 invalid flags or scenario,
-//! 3 the run could not be carried out (threads, sockets, report directory).
+//! Exit codes: 0 the run met its criteria (or none were given), 1 it missed one or no peer
+//! connected, 2 invalid flags or scenario, 3 the run could not be carried out (threads,
+//! sockets, report directory).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -30,7 +31,9 @@ Examples:
   sfu-load --config scenario.toml --subscribers 200 --max-loss 1% --max-p99 50ms
 
 Against `control dev` no token flags are needed: tokens are minted with the dev key pair.
-Exit codes: 0 criteria met, 1 criteria missed, 2 invalid flags or scenario, 3 run failed.";
+Without --max-loss, --max-p99 or --min-connected the run has no verdict (neither PASS nor FAIL).
+Exit codes: 0 criteria met or none given, 1 a criterion missed or no peer connected,
+2 invalid flags or scenario, 3 run failed.";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -286,10 +289,10 @@ fn main() -> ExitCode {
             dir.join("report.html").display()
         );
     }
-    if report.verdict.passed {
-        ExitCode::SUCCESS
-    } else {
+    if report.verdict.failed() {
         ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

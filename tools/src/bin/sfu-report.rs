@@ -11,7 +11,7 @@ use clap::Parser;
 use serde_json::Value;
 use tools::load::Report;
 use tools::load::html;
-use tools::load::report::REPORT_VERSION;
+use tools::load::report::{OLDEST_READABLE_VERSION, REPORT_VERSION};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -183,7 +183,7 @@ fn load(path: &Path) -> Result<Report, Failure> {
             )
         })?,
     };
-    if version != u64::from(REPORT_VERSION) {
+    if !(u64::from(OLDEST_READABLE_VERSION)..=u64::from(REPORT_VERSION)).contains(&version) {
         let hint = if version > u64::from(REPORT_VERSION) {
             "written by a newer sfu-load; use the sfu-report of that release"
         } else {
@@ -192,8 +192,8 @@ fn load(path: &Path) -> Result<Report, Failure> {
         return Err(Failure::input(
             path,
             format!(
-                "report format version {version}, this sfu-report reads version \
-                 {REPORT_VERSION} ({hint})"
+                "report format version {version}, this sfu-report reads versions \
+                 {OLDEST_READABLE_VERSION} to {REPORT_VERSION} ({hint})"
             ),
         ));
     }
@@ -201,7 +201,7 @@ fn load(path: &Path) -> Result<Report, Failure> {
     serde_json::from_slice(&bytes).map_err(|e| {
         Failure::input(
             path,
-            format!("does not match report format version {REPORT_VERSION}: {e}"),
+            format!("does not match report format version {version}: {e}"),
         )
     })
 }
@@ -247,7 +247,7 @@ mod tests {
 
     use tools::load::Scenario;
     use tools::load::report::{
-        Jitter, JoinTimes, Latency, Packets, PeerCounts, ProcessUsage, Tick, Verdict,
+        Jitter, JoinTimes, Latency, Outcome, Packets, PeerCounts, ProcessUsage, Tick, Verdict,
     };
 
     use super::*;
@@ -316,7 +316,7 @@ mod tests {
                 })
                 .collect(),
             verdict: Verdict {
-                passed: true,
+                outcome: Outcome::Pass,
                 failures: Vec::new(),
             },
         }
@@ -391,6 +391,18 @@ mod tests {
         let page = fs::read_to_string(expected).expect("page written");
         assert!(page.contains("local sfu"));
         assert!(page.contains("<svg class=\"plot\""));
+    }
+
+    #[test]
+    fn reads_a_version_1_report_whose_verdict_says_passed() {
+        let dir = Scratch::new("v1");
+        let mut value: Value = serde_json::from_str(&json(&report("old run"))).expect("json");
+        value["version"] = Value::from(1);
+        value["verdict"] = serde_json::json!({"passed": false, "failures": ["loss 2% > max 1%"]});
+        let path = dir.write("report.json", &value.to_string());
+        let old = load(&path).expect("a version-1 report loads");
+        assert_eq!(old.verdict.outcome, Outcome::Fail);
+        assert_eq!(old.verdict.failures, vec!["loss 2% > max 1%".to_string()]);
     }
 
     #[test]

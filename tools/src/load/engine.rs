@@ -26,7 +26,7 @@ use super::peer::PeerEnd;
 use super::progress::{self, Progress, ProgressMode, Snapshot};
 use super::protocol::{Protocol, SessionHandle, TokenSource, WhipWhep};
 use super::report::{
-    Jitter, JoinTimes, Latency, Packets, PeerCounts, REPORT_VERSION, Report, Tick, Verdict,
+    Jitter, JoinTimes, Latency, Outcome, Packets, PeerCounts, REPORT_VERSION, Report, Tick, Verdict,
 };
 use super::sampler::ProcessSampler;
 use super::scenario::{Criteria, ProtocolKind, Scenario, ScenarioError};
@@ -979,7 +979,9 @@ fn jitter_summary(values_us: &[f64]) -> Jitter {
     }
 }
 
-/// Checks the criteria. A run where no peer connected never passes, criteria or not.
+/// Checks the criteria. Without any there is no verdict ([`Outcome::None`]): nothing was
+/// asked of the run, so it neither passes nor fails, except that a run where no peer
+/// connected fails, criteria or not (it measured nothing).
 pub fn verdict(
     criteria: &Criteria,
     peers: &PeerCounts,
@@ -1016,10 +1018,17 @@ pub fn verdict(
             ));
         }
     }
-    Verdict {
-        passed: failures.is_empty(),
-        failures,
-    }
+    let judged = criteria.max_loss_pct.is_some()
+        || criteria.max_p99_us.is_some()
+        || criteria.min_connected_pct.is_some();
+    let outcome = if !failures.is_empty() {
+        Outcome::Fail
+    } else if judged {
+        Outcome::Pass
+    } else {
+        Outcome::None
+    };
+    Verdict { outcome, failures }
 }
 
 #[cfg(test)]
@@ -1065,7 +1074,7 @@ mod tests {
         assert!(report.timeline.len() >= 2, "{:?}", report.timeline);
         assert!(report.timeline.windows(2).all(|w| w[0].t_s < w[1].t_s));
         assert!(!report.generator.samples.is_empty());
-        assert!(report.verdict.passed, "{:?}", report.verdict);
+        assert!(report.verdict.passed(), "{:?}", report.verdict);
         assert_eq!(report.version, REPORT_VERSION);
     }
 
@@ -1094,7 +1103,7 @@ mod tests {
         assert_eq!(report.peers.connected, 0);
         assert_eq!(report.peers.failed, 2);
         assert_eq!(report.peers.failures.get("ice_timeout"), Some(&2));
-        assert!(!report.verdict.passed);
+        assert!(report.verdict.failed(), "{:?}", report.verdict);
     }
 
     #[test]
@@ -1246,7 +1255,7 @@ mod tests {
             ..Latency::default()
         };
         let v = verdict(&criteria, &peers, &packets, &latency, 90);
-        assert!(!v.passed);
+        assert!(v.failed());
         assert_eq!(
             v.failures,
             vec![
@@ -1271,7 +1280,7 @@ mod tests {
             },
             90,
         );
-        assert!(ok.passed, "{ok:?}");
+        assert!(ok.passed(), "{ok:?}");
         // No criteria, but nobody connected: fail.
         let none = verdict(
             &Criteria::default(),
@@ -1283,7 +1292,22 @@ mod tests {
             &Latency::default(),
             5,
         );
-        assert!(!none.passed);
+        assert!(none.failed(), "{none:?}");
+        assert_eq!(none.failures, vec!["no peer connected (of 5)".to_string()]);
+        // No criteria and peers connected: no verdict, however much was lost.
+        let unjudged = verdict(
+            &Criteria::default(),
+            &good,
+            &Packets {
+                loss_pct: 47.0,
+                ..Packets::default()
+            },
+            &Latency::default(),
+            90,
+        );
+        assert_eq!(unjudged.outcome, Outcome::None, "{unjudged:?}");
+        assert!(!unjudged.passed() && !unjudged.failed());
+        assert!(unjudged.failures.is_empty());
     }
 
     #[test]

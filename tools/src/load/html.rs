@@ -9,7 +9,7 @@ use std::fmt::{self, Write as _};
 
 use serde_json::{Value, json};
 
-use super::report::{Latency, ProcessSample, ProcessUsage, Report};
+use super::report::{Latency, Outcome, ProcessSample, ProcessUsage, Report};
 use super::scenario::{Criteria, MediaModel, ProtocolKind, Scenario};
 
 /// Appends formatted text to a `String`, which cannot fail.
@@ -122,10 +122,10 @@ fn write_header(out: &mut String, runs: &[Run<'_>]) {
 /// The run's identity, scenario and verdict.
 fn write_card(out: &mut String, run: &Run<'_>) {
     let r = run.report;
-    let (class, word) = if r.verdict.passed {
-        ("pass", "PASS")
-    } else {
-        ("fail", "FAIL")
+    let (class, word) = match r.verdict.outcome {
+        Outcome::Pass => ("pass", "PASS"),
+        Outcome::Fail => ("fail", "FAIL"),
+        Outcome::None => ("none", "NO VERDICT"),
     };
     put!(
         out,
@@ -159,7 +159,7 @@ fn write_card(out: &mut String, run: &Run<'_>) {
             put!(out, "<li>{}</li>\n", Esc(reason));
         }
         out.push_str("</ul>\n");
-    } else if !r.verdict.passed {
+    } else if r.verdict.failed() {
         out.push_str("<p class=\"reasons\">failed; no reason recorded</p>\n");
     }
     match criteria_line(&r.scenario.criteria) {
@@ -489,22 +489,24 @@ fn summary_groups(runs: &[Run<'_>]) -> Vec<Group> {
         ..row(label, better, cell)
     };
 
-    let verdict = vec![row("verdict", Better::Neither, &|r| {
-        if r.verdict.passed {
-            Cell {
+    let verdict = vec![row(
+        "verdict",
+        Better::Neither,
+        &|r| match r.verdict.outcome {
+            Outcome::Pass => Cell {
                 class: Some("pass"),
                 ..Cell::text("PASS")
-            }
-        } else {
-            Cell {
+            },
+            Outcome::Fail => Cell {
                 class: Some("fail"),
                 ..Cell::text(format!(
                     "FAIL ({})",
                     plural(r.verdict.failures.len() as u64, "reason", "reasons")
                 ))
-            }
-        }
-    })];
+            },
+            Outcome::None => Cell::text("none (no criteria)"),
+        },
+    )];
 
     let reasons: BTreeSet<&str> = reports
         .iter()
@@ -2122,6 +2124,7 @@ h2{font-size:17px;margin:32px 0 12px}
 .badge{font-size:12px;font-weight:700;letter-spacing:.04em;padding:2px 9px;border-radius:999px}
 .badge.pass,td.pass{color:var(--pass);background:var(--pass-bg)}
 .badge.fail,td.fail{color:var(--fail);background:var(--fail-bg)}
+.badge.none{color:var(--muted);background:var(--soft)}
 td.pass,td.fail{font-weight:600}
 .reasons{color:var(--fail);margin:6px 0;padding-left:20px}
 details{margin-top:6px;font-size:13px}
@@ -2260,7 +2263,7 @@ mod tests {
 
     use super::*;
     use crate::load::report::{
-        Jitter, JoinTimes, Packets, PeerCounts, REPORT_VERSION, Tick, Verdict,
+        Jitter, JoinTimes, Outcome, Packets, PeerCounts, REPORT_VERSION, Tick, Verdict,
     };
 
     /// A plausible 60-second run; `seed` shifts the numbers so two reports differ.
@@ -2389,7 +2392,7 @@ mod tests {
             },
             timeline,
             verdict: Verdict {
-                passed: true,
+                outcome: Outcome::Pass,
                 failures: Vec::new(),
             },
         }
@@ -2413,7 +2416,7 @@ mod tests {
             generator: ProcessUsage::default(),
             timeline: Vec::new(),
             verdict: Verdict {
-                passed: false,
+                outcome: Outcome::Fail,
                 failures: vec!["connected 0.0% < min 99.0%".into()],
             },
         }
@@ -2498,6 +2501,17 @@ mod tests {
     }
 
     #[test]
+    fn a_run_without_criteria_shows_no_verdict() {
+        let mut report = sample("unjudged", 0);
+        report.scenario.criteria = Criteria::default();
+        report.verdict = Verdict::default();
+        let html = render(&[report.clone(), report]);
+        assert!(!html.contains("PASS") && !html.contains("FAIL"), "{html}");
+        assert!(html.contains("NO VERDICT") && html.contains("none (no criteria)"));
+        assert!(html.contains("no pass criteria set"));
+    }
+
+    #[test]
     fn no_reports_is_still_a_page() {
         let html = render(&[]);
         assert!(html.contains("no reports"));
@@ -2509,7 +2523,7 @@ mod tests {
         let mut report = sample("<script>alert(1)</script>", 0);
         report.scenario.url = "http://x/?a=1&b=\"2\"".into();
         report.verdict = Verdict {
-            passed: false,
+            outcome: Outcome::Fail,
             failures: vec!["p99 <b>6 ms</b> > 'max'".into()],
         };
         report

@@ -66,12 +66,7 @@ const VIDEOROOM_ERROR_NO_SUCH_FEED: u32 = 428;
 /// reduced to 53 bits (exact in JavaScript clients too) and never 0 (Janus reads 0 as "pick an
 /// id for me"). Deterministic across runs, processes and platforms.
 pub fn room_id(name: &str) -> u64 {
-    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    let hash = name
-        .bytes()
-        .fold(OFFSET, |h, b| (h ^ u64::from(b)).wrapping_mul(PRIME));
-    (hash & ((1 << 53) - 1)).max(1)
+    (crate::fnv::fnv1a_64(name.as_bytes()) & ((1 << 53) - 1)).max(1)
 }
 
 /// Ids Janus hands out (random 53-bit numbers) and the room ids we choose, kept apart by type.
@@ -1301,13 +1296,13 @@ mod live {
     use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
     use str0m::format::Codec;
     use str0m::media::{Direction, MediaKind, Mid, Pt, Rid, Simulcast, SimulcastLayer};
-    use str0m::rtp::RtpWrite;
-    use str0m::{Candidate, Event, Rtc};
+    use str0m::{Event, Rtc};
 
     use super::*;
     use crate::pattern::{self, PayloadKind, VideoCodec};
-    use crate::peer::{PeerThread, Role, client_rtc, crypto_provider, wait_until};
-    use crate::source::{AudioSource, Source, VideoLayer, VideoSource};
+    use crate::peer::{PeerThread, Role, accepted_pt, client_rtc, sending_rtc, wait_until};
+    use crate::send::{SendLayer, SendTrack, Sending};
+    use crate::source::{AudioSource, FrameSizes, OutgoingPacket, Source, VideoLayer, VideoSource};
 
     const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -1342,26 +1337,7 @@ mod live {
             let local = socket.local_addr().expect("local address");
             let rtc = match codec {
                 None => client_rtc(local).expect("rtc"),
-                Some(codec) => {
-                    let mut config = Rtc::builder()
-                        .set_rtp_mode(true)
-                        .set_crypto_provider(crypto_provider())
-                        .clear_codecs()
-                        .enable_opus(true, false);
-                    match codec {
-                        VideoCodec::Vp8 => config = config.enable_vp8(true),
-                        // Constrained Baseline 3.1, packetization-mode 1, as browsers offer.
-                        VideoCodec::H264 => config.codec_config().add_h264(
-                            108.into(),
-                            Some(109.into()),
-                            true,
-                            0x42e01f,
-                        ),
-                    }
-                    let mut rtc = config.build(Instant::now());
-                    rtc.add_local_candidate(Candidate::host(local, "udp").expect("candidate"));
-                    rtc
-                }
+                Some(codec) => sending_rtc(local, codec).expect("rtc"),
             };
             Client {
                 rtc,
@@ -1375,18 +1351,7 @@ mod live {
 
         /// The payload type Janus accepted for `codec` on `mid`.
         fn pt(&self, mid: Mid, codec: Codec) -> Pt {
-            let media = self.rtc.media(mid).expect("negotiated media");
-            media
-                .remote_pts()
-                .iter()
-                .copied()
-                .find(|pt| {
-                    self.rtc
-                        .codec_config()
-                        .find(|p| p.pt() == *pt)
-                        .is_some_and(|p| p.spec().codec == codec)
-                })
-                .expect("a payload type for the codec")
+            accepted_pt(&self.rtc, mid, codec).expect("a payload type for the codec")
         }
     }
 
@@ -1443,7 +1408,8 @@ mod live {
 
     /// Sends audio and VP8-framed video once connected; answers keyframe requests.
     struct Send {
-        sources: Vec<(Mid, Pt, Option<Rid>, Source)>,
+        sending: Sending,
+        scratch: Vec<OutgoingPacket>,
         sent: Arc<Mutex<u64>>,
         keyframe_requests: Arc<Mutex<u64>>,
     }
@@ -1455,35 +1421,21 @@ mod live {
             if !rtc.is_connected() {
                 return;
             }
-            for (mid, pt, rid, source) in &mut self.sources {
-                while let Some(p) = source.poll(now, wallclock_us) {
-                    let mut api = rtc.direct_api();
-                    let Some(tx) = api.stream_tx_by_mid(*mid, *rid) else {
-                        continue;
-                    };
-                    let write = RtpWrite::new(*pt, p.seq.into(), p.rtp_time, now, p.payload)
-                        .marker(p.marker)
-                        .nackable(p.kind == PayloadKind::Video);
-                    tx.write_rtp(write);
-                    *lock(&self.sent) += 1;
-                }
-            }
+            let mut sent = lock(&self.sent);
+            self.sending
+                .write_due(rtc, now, wallclock_us, &mut self.scratch, |_, written| {
+                    *sent += u64::from(written);
+                });
         }
 
         fn next_due(&self) -> Option<Instant> {
-            self.sources.iter().filter_map(|s| s.3.next_due()).min()
+            self.sending.next_due()
         }
 
         fn on_event(&mut self, _now: Instant, _rtc: &mut Rtc, event: Event) {
             if let Event::KeyframeRequest(req) = event {
                 *lock(&self.keyframe_requests) += 1;
-                for (mid, _, rid, source) in &mut self.sources {
-                    if let Source::Video(s) = source {
-                        if *mid == req.mid && (req.rid.is_none() || req.rid == *rid) {
-                            s.request_keyframe();
-                        }
-                    }
-                }
+                self.sending.request_keyframe(&req);
             }
         }
 
@@ -1550,21 +1502,31 @@ mod live {
             VideoCodec::H264 => Codec::H264,
         };
         let (audio_pt, video_pt) = (client.pt(audio, Codec::Opus), client.pt(video, video_codec));
-        let layers = if simulcast {
-            VideoLayer::simulcast(3000)
-        } else {
-            vec![VideoLayer::single(3000)]
-        };
-        let mut sources = vec![(audio, audio_pt, None, Source::Audio(AudioSource::new(1, 1)))];
-        for layer in layers {
-            let rid = layer.rid.as_deref().map(Rid::from);
-            let source = VideoSource::new(layer, 30, 30, 100, 1000).with_codec(codec);
-            sources.push((video, video_pt, rid, Source::Video(source)));
-        }
+        let audio_source = AudioSource::new(1, 1);
+        let mut tracks = vec![SendTrack {
+            mid: audio,
+            pt: audio_pt,
+            layers: vec![SendLayer::new(None, Source::Audio(audio_source))],
+        }];
+        let layers = VideoLayer::all(simulcast)
+            .into_iter()
+            .map(|layer| {
+                let rid = layer.rid.map(Rid::from);
+                let sizes = FrameSizes::fixed(layer.share(3000, 200) as usize, 30);
+                let source = VideoSource::new(layer, sizes, 30, 100, 1000).with_codec(codec);
+                SendLayer::new(rid, Source::Video(source))
+            })
+            .collect();
+        tracks.push(SendTrack {
+            mid: video,
+            pt: video_pt,
+            layers,
+        });
         let sent = Arc::new(Mutex::new(0));
         let keyframe_requests = Arc::new(Mutex::new(0));
         let role = Send {
-            sources,
+            sending: Sending::new(tracks),
+            scratch: Vec::new(),
             sent: sent.clone(),
             keyframe_requests: keyframe_requests.clone(),
         };

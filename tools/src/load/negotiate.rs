@@ -10,12 +10,15 @@ use quinn_udp::{UdpSockRef, UdpSocketState};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind, Mid, Pt, Rid, Simulcast, SimulcastLayer};
-use str0m::{Candidate, Rtc, RtcError};
+use str0m::{Rtc, RtcError};
 
-use super::media::{self, OpusLike, VideoLayerSource};
+use super::media;
 use super::protocol::{PeerFailure, Protocol, SdpClient, SessionHandle};
 use super::scenario::{MediaModel, Scenario};
+use crate::pattern::VideoCodec;
 use crate::peer;
+use crate::send::{SendLayer, SendTrack, Sending};
+use crate::source::{AudioSource, FrameSizes, Shape, Source, VideoLayer, VideoSource};
 
 /// A peer's number in the run plan (stable across churn rejoins).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -107,19 +110,11 @@ pub struct NewPeer {
     pub media: NewMedia,
 }
 
-/// A publisher's video layers, each with the rid it is sent under (`None` without simulcast).
-pub type VideoLayers = Vec<(Option<Rid>, VideoLayerSource)>;
-
 /// The media a peer sends or expects, as negotiated.
 #[derive(Debug)]
 pub enum NewMedia {
-    Publisher {
-        audio: Option<(Mid, Pt, OpusLike)>,
-        video: Option<(Mid, Pt, VideoLayers)>,
-    },
-    Subscriber {
-        expect_media: bool,
-    },
+    Publisher(Sending),
+    Subscriber { expect_media: bool },
 }
 
 /// Binds the socket, negotiates through `protocol` and returns the peer ready for a shard.
@@ -181,18 +176,10 @@ pub fn setup(
 /// candidate. Publishers offer Opus and VP8 only, so the answer cannot pick another codec
 /// for the VP8-framed payloads; subscribers take what the server sends.
 fn load_rtc(local: SocketAddr, role: PeerRole) -> Result<Rtc, RtcError> {
-    if role == PeerRole::Subscriber {
-        return peer::client_rtc(local);
+    match role {
+        PeerRole::Subscriber => peer::client_rtc(local),
+        PeerRole::Publisher => peer::sending_rtc(local, VideoCodec::Vp8),
     }
-    let mut rtc = Rtc::builder()
-        .set_rtp_mode(true)
-        .set_crypto_provider(peer::crypto_provider())
-        .clear_codecs()
-        .enable_opus(true, false)
-        .enable_vp8(true)
-        .build(Instant::now());
-    rtc.add_local_candidate(Candidate::host(local, "udp")?);
-    Ok(rtc)
 }
 
 /// The media sources of a publisher, for the payload types the answer accepted.
@@ -205,50 +192,48 @@ fn publisher_media(
 ) -> Result<NewMedia, PeerFailure> {
     // Random-looking but reproducible starting points per publisher.
     let seed = u64::from(plan.publisher) << 8 | u64::from(plan.generation);
-    let mut shape = media::Shape::new(seed);
-    let audio = match audio_mid {
-        Some(mid) => {
-            let pt = negotiated_pt(rtc, mid, Codec::Opus)?;
-            let source = OpusLike::new(
-                plan.publisher,
-                shape.range(0, 30_000) as u16,
-                shape.next_u64() as u32,
-                config.dtx,
-                shape.next_u64(),
-            );
-            Some((mid, pt, source))
-        }
-        None => None,
-    };
-    let video = match video_mid {
-        Some(mid) => {
-            let pt = negotiated_pt(rtc, mid, Codec::Vp8)?;
-            let layers = media::layers(config.media.simulcast(), config.video_kbps)
-                .into_iter()
-                .map(|spec| {
-                    let rid = spec.rid.map(Rid::from);
-                    let source = VideoLayerSource::new(
-                        spec,
-                        plan.publisher,
-                        config.fps,
-                        config.keyframe_interval_s,
-                        shape.range(0, 30_000) as u16,
-                        shape.next_u64() as u32,
-                        shape.next_u64(),
-                    );
-                    (rid, source)
-                })
-                .collect();
-            Some((mid, pt, layers))
-        }
-        None => None,
-    };
-    Ok(NewMedia::Publisher { audio, video })
+    let mut shape = Shape::new(seed);
+    let counter = media::counter_base(plan.publisher);
+    let mut tracks = Vec::new();
+    if let Some(mid) = audio_mid {
+        let pt = negotiated_pt(rtc, mid, Codec::Opus)?;
+        let source = AudioSource::new(shape.range(0, 30_000) as u16, shape.next_u64() as u32)
+            .counted_from(counter)
+            .seeded(shape.next_u64())
+            .with_dtx(config.dtx);
+        tracks.push(SendTrack {
+            mid,
+            pt,
+            layers: vec![SendLayer::new(None, Source::Audio(source))],
+        });
+    }
+    if let Some(mid) = video_mid {
+        let pt = negotiated_pt(rtc, mid, Codec::Vp8)?;
+        let layers = media::layers(config.media.simulcast(), config.video_kbps)
+            .into_iter()
+            .map(|(layer, kbps)| {
+                let rid = layer.rid.map(Rid::from);
+                let sizes = FrameSizes::for_bitrate(kbps, config.fps, config.keyframe_interval_s);
+                let source = VideoSource::new(
+                    layer,
+                    sizes,
+                    config.fps,
+                    shape.range(0, 30_000) as u16,
+                    shape.next_u64() as u32,
+                )
+                .counted_from(counter)
+                .varying(shape.next_u64());
+                SendLayer::new(rid, Source::Video(source))
+            })
+            .collect();
+        tracks.push(SendTrack { mid, pt, layers });
+    }
+    Ok(NewMedia::Publisher(Sending::new(tracks)))
 }
 
 /// The payload type the answer accepted for `codec` on `mid`.
 fn negotiated_pt(rtc: &Rtc, mid: Mid, codec: Codec) -> Result<Pt, PeerFailure> {
-    crate::publisher::accepted_pt(rtc, mid, codec).map_err(PeerFailure::BadSdp)
+    peer::accepted_pt(rtc, mid, codec).map_err(PeerFailure::BadSdp)
 }
 
 /// The [`SdpClient`] a protocol drives for one peer.
@@ -276,10 +261,8 @@ impl SdpClient for Negotiation<'_> {
             let simulcast =
                 (self.plan.role == PeerRole::Publisher && media.simulcast()).then(|| {
                     let mut s = Simulcast::new();
-                    for layer in media::layers(true, self.config.video_kbps) {
-                        if let Some(rid) = layer.rid {
-                            s.add_send_layer(SimulcastLayer::new(rid));
-                        }
+                    for rid in VideoLayer::all(true).iter().filter_map(|l| l.rid) {
+                        s.add_send_layer(SimulcastLayer::new(rid));
                     }
                     s
                 });

@@ -7,16 +7,17 @@ use std::time::{Duration, Instant};
 
 use mio::net::UdpSocket;
 use quinn_udp::UdpSocketState;
-use str0m::media::{Mid, Pt, Rid};
-use str0m::net::{Protocol as NetProtocol, Receive};
-use str0m::rtp::{RtpPacket, RtpWrite};
+use str0m::rtp::RtpPacket;
 use str0m::{Event, IceConnectionState, Input, Output, Rtc};
 
 use super::io::SendBatch;
-use super::media::{self, MediaPacket, OpusLike, VideoLayerSource};
+use super::media;
 use super::negotiate::{NewMedia, NewPeer, PeerPlan};
 use super::protocol::{PeerFailure, SessionHandle};
 use super::stats::{self, Interval, RxStream};
+use crate::peer::receive_input;
+use crate::send::Sending;
+use crate::source::OutgoingPacket;
 
 /// Why a peer ended: the report's failure key and a human-readable detail. `reason` is
 /// `None` for a peer that ended without failing (churn, end of the run).
@@ -44,7 +45,7 @@ pub struct Ctx<'a> {
     pub batch: &'a mut SendBatch,
     pub interval: &'a mut Interval,
     /// Scratch for one video frame's packets.
-    pub frame: &'a mut Vec<MediaPacket>,
+    pub frame: &'a mut Vec<OutgoingPacket>,
     pub counters: &'a mut PeerCounters,
 }
 
@@ -58,24 +59,9 @@ pub struct PeerCounters {
 }
 
 #[derive(Debug)]
-struct AudioTrack {
-    mid: Mid,
-    pt: Pt,
-    source: OpusLike,
-}
-
-#[derive(Debug)]
-struct VideoTrack {
-    mid: Mid,
-    pt: Pt,
-    layers: Vec<(Option<Rid>, VideoLayerSource)>,
-}
-
-#[derive(Debug)]
 enum Role {
     Publisher {
-        audio: Option<AudioTrack>,
-        video: Option<VideoTrack>,
+        sending: Sending,
         /// Sources have been polled once (they start on the first poll after connecting).
         started: bool,
     },
@@ -108,9 +94,8 @@ pub struct LivePeer {
 impl LivePeer {
     pub fn new(peer: NewPeer, connect_timeout: Duration) -> Self {
         let role = match peer.media {
-            NewMedia::Publisher { audio, video } => Role::Publisher {
-                audio: audio.map(|(mid, pt, source)| AudioTrack { mid, pt, source }),
-                video: video.map(|(mid, pt, layers)| VideoTrack { mid, pt, layers }),
+            NewMedia::Publisher(sending) => Role::Publisher {
+                sending,
                 started: false,
             },
             NewMedia::Subscriber { expect_media } => Role::Subscriber {
@@ -146,23 +131,12 @@ impl LivePeer {
         if !self.joined {
             wake = wake.min(self.deadline);
         }
-        if let Role::Publisher {
-            audio,
-            video,
-            started,
-            ..
-        } = &self.role
-        {
+        if let Role::Publisher { sending, started } = &self.role {
             if self.dtls_connected {
                 if !started {
                     return now;
                 }
-                let sources = audio.iter().filter_map(|a| a.source.next_due()).chain(
-                    video
-                        .iter()
-                        .flat_map(|v| v.layers.iter().filter_map(|(_, l)| l.next_due())),
-                );
-                for due in sources {
+                if let Some(due) = sending.next_due() {
                     wake = wake.min(due);
                 }
             }
@@ -177,19 +151,10 @@ impl LivePeer {
         source: SocketAddr,
         data: &[u8],
     ) -> Result<(), PeerEnd> {
-        let Ok(contents) = data.try_into() else {
+        let Some(input) = receive_input(ctx.now, source, self.local, data) else {
             ctx.counters.rejected += 1;
             return Ok(());
         };
-        let input = Input::Receive(
-            ctx.now,
-            Receive {
-                proto: NetProtocol::Udp,
-                source,
-                destination: self.local,
-                contents,
-            },
-        );
         if self.rtc.handle_input(input).is_err() {
             ctx.counters.rejected += 1;
         }
@@ -231,31 +196,25 @@ impl LivePeer {
     }
 
     fn write_media(&mut self, ctx: &mut Ctx<'_>) {
-        let Role::Publisher {
-            audio,
-            video,
-            started,
-        } = &mut self.role
-        else {
+        let Role::Publisher { sending, started } = &mut self.role else {
             return;
         };
         *started = true;
-        if let Some(a) = audio {
-            while let Some(p) = a.source.poll(ctx.now, ctx.wallclock_us) {
-                write(&mut self.rtc, a.mid, None, a.pt, p, false, ctx);
-            }
-        }
-        if let Some(v) = video {
-            for (rid, layer) in &mut v.layers {
-                ctx.frame.clear();
-                layer.poll_frame(ctx.now, ctx.wallclock_us, ctx.frame);
-                let mut frame = std::mem::take(ctx.frame);
-                for p in frame.drain(..) {
-                    write(&mut self.rtc, v.mid, *rid, v.pt, p, true, ctx);
+        let (interval, counters) = (&mut *ctx.interval, &mut *ctx.counters);
+        sending.write_due(
+            &mut self.rtc,
+            ctx.now,
+            ctx.wallclock_us,
+            ctx.frame,
+            |p, written| {
+                if written {
+                    interval.sent += 1;
+                    interval.bytes_sent += p.payload.len() as u64;
+                } else {
+                    counters.unsendable += 1;
                 }
-                *ctx.frame = frame;
-            }
-        }
+            },
+        );
     }
 
     /// Polls the `Rtc` until it asks for a timeout; sends transmits (GSO trains where the
@@ -313,14 +272,8 @@ impl LivePeer {
             }
             Event::RtpPacket(p) => self.on_rtp(ctx, &p),
             Event::KeyframeRequest(req) => {
-                if let Role::Publisher { video: Some(v), .. } = &mut self.role {
-                    if v.mid == req.mid {
-                        for (rid, layer) in &mut v.layers {
-                            if req.rid.is_none() || req.rid == *rid {
-                                layer.request_keyframe();
-                            }
-                        }
-                    }
+                if let Role::Publisher { sending, .. } = &mut self.role {
+                    sending.request_keyframe(&req);
                 }
             }
             _ => {}
@@ -366,27 +319,4 @@ impl LivePeer {
             self.just_joined = Some(now.saturating_duration_since(self.started));
         }
     }
-}
-
-/// Writes one packet on `mid`/`rid` and counts it.
-fn write(
-    rtc: &mut Rtc,
-    mid: Mid,
-    rid: Option<Rid>,
-    pt: Pt,
-    p: MediaPacket,
-    nackable: bool,
-    ctx: &mut Ctx<'_>,
-) {
-    let mut api = rtc.direct_api();
-    let Some(tx) = api.stream_tx_by_mid(mid, rid) else {
-        ctx.counters.unsendable += 1;
-        return;
-    };
-    ctx.interval.sent += 1;
-    ctx.interval.bytes_sent += p.payload.len() as u64;
-    let write = RtpWrite::new(pt, p.seq.into(), p.rtp_time, ctx.now, p.payload)
-        .marker(p.marker)
-        .nackable(nackable);
-    tx.write_rtp(write);
 }

@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 use std::io::Write as _;
 
-use super::report::Report;
+use super::report::{Outcome, Report};
 
 /// How progress is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -226,12 +226,18 @@ pub fn summary_table(r: &Report) -> String {
         "  generator   pid {}  cpu mean {:.0}%  max {:.0}%  rss max {:.0} MB",
         g.pid, g.cpu_pct_mean, g.cpu_pct_max, g.rss_mb_max
     );
-    if r.verdict.passed {
-        let _ = writeln!(t, "  verdict     PASS");
-    } else {
-        let _ = writeln!(t, "  verdict     FAIL");
-        for f in &r.verdict.failures {
-            let _ = writeln!(t, "                {f}");
+    match r.verdict.outcome {
+        Outcome::Pass => {
+            let _ = writeln!(t, "  verdict     PASS");
+        }
+        Outcome::None => {
+            let _ = writeln!(t, "  verdict     none (no pass criteria given)");
+        }
+        Outcome::Fail => {
+            let _ = writeln!(t, "  verdict     FAIL");
+            for f in &r.verdict.failures {
+                let _ = writeln!(t, "                {f}");
+            }
         }
     }
     t
@@ -265,6 +271,46 @@ mod tests {
         };
         assert!(progress_line(&quiet).contains("p99 -"));
         assert!(!progress_line(&quiet).contains("failed"));
+    }
+
+    #[test]
+    fn the_summary_names_a_verdict_only_when_there_are_criteria() {
+        use crate::load::Scenario;
+        use crate::load::report::{REPORT_VERSION, Verdict};
+        let mut r = Report {
+            version: REPORT_VERSION,
+            tool: "sfu-load test".into(),
+            label: "x".into(),
+            started_at_unix_ms: 0,
+            elapsed_s: 1.0,
+            scenario: Scenario::default(),
+            peers: Default::default(),
+            join_ms: Default::default(),
+            latency_us: Default::default(),
+            packets: Default::default(),
+            jitter_ms: Default::default(),
+            server: None,
+            generator: Default::default(),
+            timeline: Vec::new(),
+            verdict: Verdict::default(),
+        };
+        let none = summary_table(&r);
+        assert!(none.contains("verdict     none"), "{none}");
+        assert!(!none.contains("PASS") && !none.contains("FAIL"), "{none}");
+        r.verdict = Verdict {
+            outcome: Outcome::Fail,
+            failures: vec!["loss 2.10% > max 1.00%".into()],
+        };
+        let fail = summary_table(&r);
+        assert!(
+            fail.contains("verdict     FAIL\n                loss 2.10%"),
+            "{fail}"
+        );
+        r.verdict = Verdict {
+            outcome: Outcome::Pass,
+            failures: Vec::new(),
+        };
+        assert!(summary_table(&r).contains("verdict     PASS"));
     }
 
     #[test]

@@ -9,7 +9,11 @@ use serde::{Deserialize, Serialize};
 use super::scenario::Scenario;
 
 /// Bumped when a field changes meaning or is removed (adding fields does not bump it).
-pub const REPORT_VERSION: u32 = 1;
+/// Version 2 replaced `verdict.passed` with `verdict.outcome`.
+pub const REPORT_VERSION: u32 = 2;
+
+/// The oldest version this build still reads (a version-1 `passed` becomes an outcome).
+pub const OLDEST_READABLE_VERSION: u32 = 1;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
@@ -143,9 +147,88 @@ pub struct Tick {
     pub failures: u64,
 }
 
+/// What the run's pass criteria say about it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(from = "VerdictFields")]
 pub struct Verdict {
-    pub passed: bool,
+    pub outcome: Outcome,
     /// One line per missed criterion, e.g. `loss 2.10% > max 1.00%`.
     pub failures: Vec<String>,
+}
+
+impl Verdict {
+    /// Criteria were given and all were met.
+    pub fn passed(&self) -> bool {
+        self.outcome == Outcome::Pass
+    }
+
+    /// A criterion was missed, or no peer connected at all.
+    pub fn failed(&self) -> bool {
+        self.outcome == Outcome::Fail
+    }
+}
+
+/// `pass`, `fail`, or `none` when no criterion was given (there was nothing to pass).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Pass,
+    Fail,
+    #[default]
+    None,
+}
+
+/// A verdict as either version writes it: `outcome` (2), or `passed` (1).
+#[derive(Deserialize)]
+struct VerdictFields {
+    outcome: Option<Outcome>,
+    passed: Option<bool>,
+    #[serde(default)]
+    failures: Vec<String>,
+}
+
+impl From<VerdictFields> for Verdict {
+    fn from(v: VerdictFields) -> Self {
+        let outcome = v.outcome.unwrap_or(match v.passed {
+            Some(true) => Outcome::Pass,
+            Some(false) => Outcome::Fail,
+            None => Outcome::None,
+        });
+        Self {
+            outcome,
+            failures: v.failures,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdicts_of_both_versions_parse() {
+        let parse = |json: &str| serde_json::from_str::<Verdict>(json).expect("a verdict parses");
+        assert_eq!(
+            parse(r#"{"passed": true, "failures": []}"#).outcome,
+            Outcome::Pass
+        );
+        assert_eq!(
+            parse(r#"{"passed": false, "failures": ["x"]}"#).outcome,
+            Outcome::Fail
+        );
+        assert_eq!(
+            parse(r#"{"outcome": "none", "failures": []}"#).outcome,
+            Outcome::None
+        );
+        let fail = Verdict {
+            outcome: Outcome::Fail,
+            failures: vec!["loss 2.10% > max 1.00%".into()],
+        };
+        let json = serde_json::to_string(&fail).expect("serializes");
+        assert_eq!(
+            json,
+            r#"{"outcome":"fail","failures":["loss 2.10% > max 1.00%"]}"#
+        );
+        assert_eq!(parse(&json), fail);
+    }
 }

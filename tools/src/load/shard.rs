@@ -10,17 +10,18 @@ use std::io::ErrorKind;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use crossbeam::channel::{Receiver, Sender, TryRecvError};
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::io::{RECV_BATCH, RecvBuffers, SendBatch};
-use super::media::MediaPacket;
 use super::negotiate::{NewPeer, PeerId, PeerPlan};
 use super::peer::{Ctx, LivePeer, PeerCounters, PeerEnd};
 use super::protocol::SessionHandle;
 use super::stats::{Interval, ShardTotals};
+use crate::peer::wallclock_us;
+use crate::source::OutgoingPacket;
 
 /// Commands handled per pass.
 const COMMAND_BUDGET: usize = 256;
@@ -202,7 +203,7 @@ struct Shard {
     timers: Timers,
     batch: SendBatch,
     recv: RecvBuffers,
-    frame: Vec<MediaPacket>,
+    frame: Vec<OutgoingPacket>,
     interval: Interval,
     totals: ShardTotals,
     counters: PeerCounters,
@@ -483,14 +484,6 @@ fn guarded(f: impl FnOnce() -> Result<(), PeerEnd>) -> Step {
             format!("peer panicked: {}", crate::peer::panic_message(&*panic)),
         )),
     }
-}
-
-/// Microseconds since the Unix epoch: send and arrival times of the test pattern.
-pub fn wallclock_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]
