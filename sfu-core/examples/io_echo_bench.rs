@@ -10,6 +10,8 @@
 //! cargo run --release -p sfu-core --example io_echo_bench -- --backend io_uring --seconds 5
 //! ```
 
+#![allow(clippy::disallowed_methods)]
+
 use std::cell::Cell;
 use std::net::{SocketAddr, UdpSocket};
 use std::rc::Rc;

@@ -28,6 +28,8 @@ pub mod io;
 pub mod mailbox;
 pub mod metrics;
 pub mod node;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
 pub mod worker;
 
 pub use config::NodeConfig;

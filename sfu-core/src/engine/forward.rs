@@ -207,6 +207,8 @@ impl TrackForwarder {
 }
 
 #[cfg(test)]
+// Tests take a real instant as the origin of their simulated time.
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use sfu_proto::{Codec, FormatParams, ParticipantId, SessionId};
 

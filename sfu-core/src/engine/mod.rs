@@ -158,6 +158,21 @@ pub struct Engine {
     transmits: VecDeque<Transmit>,
     cross: VecDeque<(WorkerId, CrossWorker)>,
     events: VecDeque<NodeEvent>,
+    /// Every packet written to a subscriber, for the test kit's invariants.
+    #[cfg(any(test, feature = "testkit"))]
+    forwarded: Vec<ForwardRecord>,
+}
+
+/// One packet the engine wrote to a subscriber track (test kit only).
+#[cfg(any(test, feature = "testkit"))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForwardRecord {
+    pub session: SessionId,
+    pub slot: u16,
+    /// The subscriber's (rewritten) sequence number.
+    pub seq: u64,
+    pub track: TrackId,
+    pub layer: Layer,
 }
 
 impl std::fmt::Debug for Engine {
@@ -197,7 +212,15 @@ impl Engine {
             transmits: VecDeque::with_capacity(512),
             cross: VecDeque::new(),
             events: VecDeque::new(),
+            #[cfg(any(test, feature = "testkit"))]
+            forwarded: Vec::new(),
         }
+    }
+
+    /// What was written to subscribers since the last call (test kit only).
+    #[cfg(any(test, feature = "testkit"))]
+    pub fn take_forwarded(&mut self) -> Vec<ForwardRecord> {
+        std::mem::take(&mut self.forwarded)
     }
 
     pub fn id(&self) -> WorkerId {
@@ -212,6 +235,11 @@ impl Engine {
     /// Rooms this worker keeps state for.
     pub fn room_count(&self) -> usize {
         self.rooms.len()
+    }
+
+    /// Every room this worker keeps state for.
+    pub fn rooms(&self) -> impl Iterator<Item = (&RoomKey, &Room)> {
+        self.rooms.iter()
     }
 
     /// The room as this worker sees it, if it keeps state for it.
@@ -988,6 +1016,14 @@ impl Engine {
                         Ok(Forwarded::Written) => {
                             WorkerMetrics::add(&self.metrics.rtp_forwarded, 1);
                             written = true;
+                            #[cfg(any(test, feature = "testkit"))]
+                            self.forwarded.push(ForwardRecord {
+                                session: sub.id,
+                                slot: index as u16,
+                                seq: rewritten.seq,
+                                track,
+                                layer: packet.header.layer,
+                            });
                         }
                         Ok(Forwarded::Skipped) => {}
                         Ok(Forwarded::CodecMismatch) => {

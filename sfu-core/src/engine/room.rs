@@ -208,6 +208,8 @@ impl Room {
 }
 
 #[cfg(test)]
+// Tests take a real instant as the origin of their simulated time.
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use sfu_proto::{Codec, FormatParams, SessionId};
 

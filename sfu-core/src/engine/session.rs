@@ -685,6 +685,8 @@ pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
 }
 
 #[cfg(test)]
+// Tests take a real instant as the origin of their simulated time.
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use sfu_proto::SubscribePolicy;
     use str0m::change::SdpAnswer;

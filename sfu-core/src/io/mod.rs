@@ -6,6 +6,9 @@
 //! This is the only place (with [`waker`]) where system calls for media happen, and the only
 //! place allowed to contain `unsafe` (`poll`, `uring`, `gso`, `waker`).
 
+// The system-call layer: waits and deadlines are real time.
+#![allow(clippy::disallowed_methods)]
+
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Instant;

@@ -1,0 +1,499 @@
+//! A deterministic test kit for the media engine: a simulated clock, a seeded in-memory
+//! network with delay, jitter and loss ([`net`]), any number of nodes of any number of
+//! engines, and str0m client peers ([`peer`]), all in one thread. Nothing sleeps and nothing
+//! reads the clock after the kit is built: a test runs simulated minutes in seconds and the
+//! same seed gives the same run. Cross-worker messages go straight to the other engine of the
+//! same node (rings never overflow here); nodes share nothing but the network.
+//!
+//! Built for tests only (`cfg(test)` or the `testkit` feature).
+
+pub mod net;
+pub mod peer;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sfu_proto::{
+    NodeError, NodeEvent, NodeResponse, RoomId, SessionCreated, SessionId, SessionKind,
+    SubscribePolicy, WorkerId,
+};
+use str0m::config::DtlsCert;
+
+use crate::engine::session::{Session, SessionSpec};
+use crate::engine::{Command, Engine, EngineConfig};
+use crate::ids::RoomKey;
+use crate::metrics::WorkerMetrics;
+use net::{Datagram, Net, NetConfig};
+use peer::{Peer, PublishMedia, SubscribeMedia};
+
+/// Longest simulated step: peers and engines are looked at least this often.
+const MAX_STEP: Duration = Duration::from_millis(5);
+/// Shortest simulated step.
+pub const PROGRESS_STEP: Duration = Duration::from_micros(10);
+
+/// Whether a datagram was sent by a node (the kit's nodes live in 10.0.0.0/16): for
+/// [`NetConfig::lossy`] when only the downlink should lose packets.
+pub fn sent_by_node(d: &Datagram) -> bool {
+    matches!(d.from.ip(), IpAddr::V4(ip) if ip.octets()[..2] == [10, 0])
+}
+
+/// The kit peers' video payload type (str0m's default for VP8) and its repair type.
+pub const VIDEO_PT: u8 = 96;
+pub const VIDEO_RTX_PT: u8 = 97;
+
+/// The RTP payload type of a datagram, read from the clear-text SRTP header; `None` for
+/// anything else (RTCP's packet types 200-206 included).
+pub fn rtp_payload_type(d: &Datagram) -> Option<u8> {
+    let (&first, &second) = (d.contents.first()?, d.contents.get(1)?);
+    let pt = second & 0x7f;
+    (first >> 6 == 2 && !(72..=79).contains(&pt)).then_some(pt)
+}
+
+/// Video a node sends for the first time (not a retransmission): for [`NetConfig::lossy`]
+/// when losses must be repairable by construction, so that a hole a subscriber keeps is the
+/// engine's doing, never a retransmission lost again.
+pub fn node_video_first_sends(d: &Datagram) -> bool {
+    sent_by_node(d) && rtp_payload_type(d) == Some(VIDEO_PT)
+}
+
+/// A peer in the kit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PeerRef(pub usize);
+
+/// A node: engines that share rooms through cross-worker messages.
+#[derive(Debug)]
+pub struct SimNode {
+    pub engines: Vec<Engine>,
+    pub metrics: Vec<Arc<WorkerMetrics>>,
+    addrs: Vec<SocketAddr>,
+    certificates: Vec<Option<DtlsCert>>,
+    rooms: HashMap<RoomId, RoomKey>,
+    next_room: u32,
+    next_order: u64,
+    sessions: HashMap<SessionId, WorkerId>,
+    /// Events the node's engines emitted, in order.
+    pub events: Vec<NodeEvent>,
+    /// What the node's engines wrote to each subscriber track: (session, slot) → sequence
+    /// numbers, in the order written.
+    pub forwarded: HashMap<(SessionId, u16), Vec<u64>>,
+}
+
+impl SimNode {
+    /// Sessions the kit's directory still holds for this node (removed on `SessionEnded`).
+    pub fn directory_len(&self) -> usize {
+        self.sessions.len()
+    }
+}
+
+/// A kit peer and where it is.
+#[derive(Debug)]
+pub struct KitPeer {
+    pub peer: Peer,
+    pub node: usize,
+    pub session: SessionId,
+    /// Gone from the network (closed tab): nothing it sends arrives, nothing reaches it.
+    pub gone: bool,
+    pub created: SessionCreated,
+}
+
+/// The kit.
+#[derive(Debug)]
+pub struct Kit {
+    origin: Instant,
+    now: Instant,
+    pub net: Net,
+    pub nodes: Vec<SimNode>,
+    pub peers: Vec<KitPeer>,
+    next_peer_addr: u32,
+}
+
+impl Kit {
+    /// Nodes with `workers[i]` engines each.
+    pub fn new(workers: &[usize], net: NetConfig) -> Self {
+        Self::with_config(workers, net, |_| {})
+    }
+
+    /// As [`Kit::new`], with a chance to change each engine's configuration.
+    pub fn with_config(
+        workers: &[usize],
+        net: NetConfig,
+        configure: impl Fn(&mut EngineConfig),
+    ) -> Self {
+        // The kit's only clock reading: the origin of simulated time.
+        #[allow(clippy::disallowed_methods)]
+        let now = Instant::now();
+        let nodes = workers
+            .iter()
+            .enumerate()
+            .map(|(n, &count)| {
+                let mut config = EngineConfig {
+                    workers: count,
+                    max_sessions: 4096,
+                    connect_timeout: Duration::from_secs(20),
+                    ice_timeout: Duration::from_secs(10),
+                    publisher_remb_kbps: 10_000,
+                };
+                configure(&mut config);
+                let metrics: Vec<Arc<WorkerMetrics>> = (0..count)
+                    .map(|_| Arc::new(WorkerMetrics::default()))
+                    .collect();
+                SimNode {
+                    engines: (0..count)
+                        .map(|w| {
+                            Engine::new(WorkerId(w as u16), config.clone(), metrics[w].clone(), now)
+                        })
+                        .collect(),
+                    metrics,
+                    addrs: (0..count)
+                        .map(|w| {
+                            SocketAddr::new(
+                                IpAddr::V4(Ipv4Addr::new(10, 0, n as u8, 1)),
+                                50_000 + w as u16,
+                            )
+                        })
+                        .collect(),
+                    certificates: (0..count)
+                        .map(|_| {
+                            str0m::crypto::from_feature_flags()
+                                .dtls_provider
+                                .generate_certificate()
+                        })
+                        .collect(),
+                    rooms: HashMap::new(),
+                    next_room: 0,
+                    next_order: 0,
+                    sessions: HashMap::new(),
+                    events: Vec::new(),
+                    forwarded: HashMap::new(),
+                }
+            })
+            .collect();
+        Self {
+            origin: now,
+            now,
+            net: Net::new(net),
+            nodes,
+            peers: Vec::new(),
+            next_peer_addr: 1,
+        }
+    }
+
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    fn next_addr(&mut self) -> SocketAddr {
+        let n = self.next_peer_addr;
+        self.next_peer_addr += 1;
+        SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::new(10, 1, (n >> 8) as u8, n as u8)),
+            40_000,
+        )
+    }
+
+    /// A publisher joins `room` on worker `worker` of node `node`.
+    pub fn publish(
+        &mut self,
+        node: usize,
+        worker: usize,
+        room: &str,
+        identity: &str,
+        media: PublishMedia,
+    ) -> Result<PeerRef, NodeError> {
+        let addr = self.next_addr();
+        let tag = self.peers.len() as u32 + 1;
+        let (peer, offer, pending) = Peer::publisher(addr, tag, media, self.origin, self.now);
+        self.join(
+            node,
+            worker,
+            room,
+            identity,
+            SessionKind::Publish,
+            SubscribePolicy::NewestOther,
+            peer,
+            offer,
+            pending,
+        )
+    }
+
+    /// A subscriber joins `room` on worker `worker` of node `node`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn subscribe(
+        &mut self,
+        node: usize,
+        worker: usize,
+        room: &str,
+        identity: &str,
+        media: SubscribeMedia,
+        policy: SubscribePolicy,
+    ) -> Result<PeerRef, NodeError> {
+        let addr = self.next_addr();
+        let tag = self.peers.len() as u32 + 1;
+        let (peer, offer, pending) = Peer::subscriber(addr, tag, media, self.origin, self.now);
+        self.join(
+            node,
+            worker,
+            room,
+            identity,
+            SessionKind::Subscribe,
+            policy,
+            peer,
+            offer,
+            pending,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn join(
+        &mut self,
+        node: usize,
+        worker: usize,
+        room: &str,
+        identity: &str,
+        kind: SessionKind,
+        policy: SubscribePolicy,
+        mut peer: Peer,
+        offer: String,
+        pending: str0m::change::SdpPendingOffer,
+    ) -> Result<PeerRef, NodeError> {
+        let session = SessionId::random();
+        let room_id: RoomId = room
+            .parse()
+            .map_err(|e| NodeError::BadRequest(format!("{e}")))?;
+        let n = &mut self.nodes[node];
+        let key = match n.rooms.get(&room_id) {
+            Some(k) => *k,
+            None => {
+                let k = RoomKey(n.next_room);
+                n.next_room += 1;
+                n.rooms.insert(room_id.clone(), k);
+                k
+            }
+        };
+        n.next_order += 1;
+        let spec = SessionSpec {
+            id: session,
+            room: key,
+            room_id,
+            kind,
+            identity: identity.to_string(),
+            policy,
+        };
+        let mut seq = session.as_u128() as u16;
+        let (accepted, answer) = Session::accept(
+            spec,
+            &offer,
+            n.addrs[worker],
+            n.certificates[worker].clone(),
+            move || {
+                seq = seq.wrapping_mul(31).wrapping_add(7);
+                seq
+            },
+            self.now,
+        )?;
+        let response = n.engines[worker].handle_command(
+            self.now,
+            Command::Adopt {
+                session: Box::new(accepted),
+                answer_sdp: answer.clone(),
+                order: n.next_order,
+            },
+        );
+        let created = match response {
+            NodeResponse::SessionCreated(c) => c,
+            NodeResponse::Error(e) => return Err(e),
+            other => return Err(NodeError::SessionFailed(format!("{other:?}"))),
+        };
+        n.sessions.insert(session, WorkerId(worker as u16));
+        peer.accept_answer(pending, &answer);
+        self.peers.push(KitPeer {
+            peer,
+            node,
+            session,
+            gone: false,
+            created,
+        });
+        self.flush();
+        Ok(PeerRef(self.peers.len() - 1))
+    }
+
+    /// A node API call for the session of `peer` (or any session id) on its node.
+    pub fn command(&mut self, node: usize, session: SessionId, command: Command) -> NodeResponse {
+        let Some(worker) = self.nodes[node].sessions.get(&session).copied() else {
+            return NodeResponse::Error(NodeError::UnknownSession);
+        };
+        let now = self.now;
+        let response = self.nodes[node].engines[worker.index()].handle_command(now, command);
+        self.flush();
+        response
+    }
+
+    /// Control closes `peer`'s session; the peer goes away too.
+    pub fn close(&mut self, peer: PeerRef) -> NodeResponse {
+        let (node, session) = (self.peers[peer.0].node, self.peers[peer.0].session);
+        self.peers[peer.0].gone = true;
+        self.command(node, session, Command::Close { session })
+    }
+
+    /// The peer vanishes without a word (closed tab): the node must notice on its own.
+    pub fn vanish(&mut self, peer: PeerRef) {
+        self.peers[peer.0].gone = true;
+    }
+
+    pub fn peer(&self, peer: PeerRef) -> &Peer {
+        &self.peers[peer.0].peer
+    }
+
+    pub fn peer_mut(&mut self, peer: PeerRef) -> &mut Peer {
+        &mut self.peers[peer.0].peer
+    }
+
+    pub fn session(&self, peer: PeerRef) -> SessionId {
+        self.peers[peer.0].session
+    }
+
+    /// Run simulated time forward by `duration`.
+    pub fn run_for(&mut self, duration: Duration) {
+        let until = self.now + duration;
+        while self.now < until {
+            self.step(until);
+        }
+    }
+
+    /// Run until `done` holds (checked after every step) or `limit` of simulated time passed.
+    /// Returns whether `done` held.
+    pub fn run_until(&mut self, limit: Duration, mut done: impl FnMut(&Kit) -> bool) -> bool {
+        let until = self.now + limit;
+        while self.now < until {
+            if done(self) {
+                return true;
+            }
+            self.step(until);
+        }
+        done(self)
+    }
+
+    fn step(&mut self, until: Instant) {
+        let mut next = (self.now + MAX_STEP).min(until);
+        if let Some(t) = self.net.next_arrival() {
+            next = next.min(t);
+        }
+        for node in &mut self.nodes {
+            for engine in &mut node.engines {
+                next = next.min(engine.poll_timeout());
+            }
+        }
+        for p in self.peers.iter().filter(|p| !p.gone) {
+            if let Some(t) = p.peer.poll_timeout() {
+                next = next.min(t);
+            }
+        }
+        self.now = next.max(self.now);
+        let now = self.now;
+        while let Some(d) = self.net.pop_due(now) {
+            self.deliver(d);
+        }
+        for node in &mut self.nodes {
+            for engine in &mut node.engines {
+                engine.handle_timeout(now);
+            }
+        }
+        for p in self.peers.iter_mut().filter(|p| !p.gone) {
+            if p.peer.poll_timeout().is_some_and(|t| t <= now) {
+                p.peer.handle_timeout(now);
+                let from = p.peer.addr;
+                let net = &mut self.net;
+                p.peer
+                    .drain(|to, contents| net.send(now, Datagram { from, to, contents }));
+            }
+        }
+        self.flush();
+        // Guarantee progress when something asks for `now` again (str0m's pacer hands out a
+        // packet written now only at its next timeout).
+        if self.now == now && next <= now {
+            self.now = now + PROGRESS_STEP;
+        }
+    }
+
+    fn deliver(&mut self, d: Datagram) {
+        let now = self.now;
+        for node in &mut self.nodes {
+            if let Some(w) = node.addrs.iter().position(|a| *a == d.to) {
+                node.engines[w].handle_datagram(now, d.from, d.to, &d.contents);
+                return;
+            }
+        }
+        if let Some(p) = self
+            .peers
+            .iter_mut()
+            .find(|p| p.peer.addr == d.to && !p.gone)
+        {
+            p.peer.handle_datagram(now, d.from, &d.contents);
+            // str0m wants draining after every input (it does not queue what it received).
+            let from = p.peer.addr;
+            let net = &mut self.net;
+            p.peer
+                .drain(|to, contents| net.send(now, Datagram { from, to, contents }));
+        }
+    }
+
+    /// Carry every output away until everything is quiet: engines' datagrams to the network,
+    /// cross-worker messages to the other engines, events to the node's log; peers'
+    /// datagrams to the network.
+    fn flush(&mut self) {
+        let now = self.now;
+        loop {
+            let mut moved = false;
+            for node in &mut self.nodes {
+                for w in 0..node.engines.len() {
+                    let from = node.addrs[w];
+                    while let Some(t) = node.engines[w].poll_transmit() {
+                        moved = true;
+                        self.net.send(
+                            now,
+                            Datagram {
+                                from,
+                                to: t.destination,
+                                contents: t.contents,
+                            },
+                        );
+                    }
+                    while let Some((to, message)) = node.engines[w].poll_cross_worker() {
+                        moved = true;
+                        if let Some(engine) = node.engines.get_mut(to.index()) {
+                            engine.handle_cross_worker(now, message);
+                        }
+                    }
+                    for f in node.engines[w].take_forwarded() {
+                        node.forwarded
+                            .entry((f.session, f.slot))
+                            .or_default()
+                            .push(f.seq);
+                    }
+                    while let Some(event) = node.engines[w].poll_event() {
+                        moved = true;
+                        if let NodeEvent::SessionEnded { session, .. } = &event {
+                            node.sessions.remove(session);
+                        }
+                        node.events.push(event);
+                    }
+                }
+            }
+            for p in self.peers.iter_mut() {
+                let from = p.peer.addr;
+                let gone = p.gone;
+                let net = &mut self.net;
+                p.peer.drain(|to, contents| {
+                    if !gone {
+                        net.send(now, Datagram { from, to, contents });
+                    }
+                });
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,438 @@
+//! Client peers for the test kit: str0m `Rtc`s in RTP mode that publish test media (audio and
+//! VP8-framed video, optionally three simulcast layers) or receive and record what a node
+//! sends them. Payloads carry the publisher's tag and layer, so a subscriber can tell whose
+//! packet it got.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use str0m::change::{SdpAnswer, SdpPendingOffer};
+use str0m::format::Codec;
+use str0m::media::{Direction, MediaKind, Mid, Pt, Rid, Simulcast, SimulcastLayer};
+use str0m::net::{Protocol, Receive};
+use str0m::rtp::RtpWrite;
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
+
+/// Audio packet interval.
+pub const AUDIO_INTERVAL: Duration = Duration::from_millis(20);
+/// Video frame interval.
+pub const VIDEO_INTERVAL: Duration = Duration::from_millis(33);
+/// Packets per video frame.
+pub const PACKETS_PER_FRAME: usize = 2;
+/// Video payload size: large enough for the kit's network to lose.
+pub const VIDEO_PAYLOAD: usize = 900;
+/// Simulcast rids, lowest first.
+pub const RIDS: [&str; 3] = ["q", "h", "f"];
+
+/// What a publisher sends.
+#[derive(Debug, Clone, Copy)]
+pub struct PublishMedia {
+    pub audio: bool,
+    /// 0 = no video, 1 = one layer, 3 = simulcast q/h/f.
+    pub video_layers: usize,
+}
+
+/// What a subscriber asks for: one audio slot and this many video slots.
+#[derive(Debug, Clone, Copy)]
+pub struct SubscribeMedia {
+    pub audio: bool,
+    pub video_slots: usize,
+}
+
+/// One RTP packet a subscriber received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Received {
+    /// Extended sequence number on the subscriber's stream.
+    pub seq: u64,
+    pub timestamp: u32,
+    /// Tag of the publisher that sent it (see [`Peer::tag`]).
+    pub publisher: u32,
+    /// Simulcast layer it was sent on (0 without simulcast).
+    pub layer: u8,
+    /// From the publisher writing it to this peer reading it, in simulated time.
+    pub latency: Duration,
+}
+
+#[derive(Debug)]
+struct SendLayer {
+    rid: Option<Rid>,
+    index: u8,
+    seq: u64,
+    timestamp: u32,
+    keyframe_pending: bool,
+    paused: bool,
+}
+
+#[derive(Debug)]
+struct SendTrack {
+    mid: Mid,
+    kind: MediaKind,
+    pt: Option<Pt>,
+    layers: Vec<SendLayer>,
+    next: Instant,
+}
+
+/// A client peer.
+#[derive(Debug)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// The kit's time origin: payloads carry their send time as an offset from it.
+    origin: Instant,
+    pub tag: u32,
+    pub rtc: Rtc,
+    tracks: Vec<SendTrack>,
+    /// A subscriber's receiving mids in offer order (slot order on the node).
+    pub recv_mids: Vec<(Mid, MediaKind)>,
+    /// What a subscriber received, per mid.
+    pub received: HashMap<Mid, Vec<Received>>,
+    pub connected: bool,
+    pub failed: bool,
+    /// Keyframe requests a publisher got from the node.
+    pub keyframe_requests: u64,
+    deadline: Option<Instant>,
+    /// Time of the latest input.
+    now: Instant,
+}
+
+impl Peer {
+    fn rtc(addr: SocketAddr, now: Instant) -> Rtc {
+        // Every peer shares the kit's simulated clock; nothing here reads a real one.
+        let mut rtc = Rtc::builder()
+            .set_rtp_mode(true)
+            .clear_codecs()
+            .enable_opus(true, false)
+            .enable_vp8(true)
+            .build(now);
+        rtc.add_local_candidate(Candidate::host(addr, "udp").expect("a host candidate"));
+        rtc
+    }
+
+    /// A publisher and its offer.
+    pub fn publisher(
+        addr: SocketAddr,
+        tag: u32,
+        media: PublishMedia,
+        origin: Instant,
+        now: Instant,
+    ) -> (Peer, String, SdpPendingOffer) {
+        let mut rtc = Self::rtc(addr, now);
+        let mut change = rtc.sdp_api();
+        let mut tracks = Vec::new();
+        if media.audio {
+            let mid = change.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
+            tracks.push((mid, MediaKind::Audio, vec![None]));
+        }
+        if media.video_layers > 0 {
+            let (simulcast, rids) = if media.video_layers > 1 {
+                let mut s = Simulcast::new();
+                for rid in RIDS {
+                    s.add_send_layer(SimulcastLayer::new(rid));
+                }
+                (Some(s), RIDS.iter().map(|r| Some(Rid::from(*r))).collect())
+            } else {
+                (None, vec![None])
+            };
+            let mid =
+                change.add_media(MediaKind::Video, Direction::SendOnly, None, None, simulcast);
+            tracks.push((mid, MediaKind::Video, rids));
+        }
+        let (offer, pending) = change.apply().expect("an offer");
+        let tracks = tracks
+            .into_iter()
+            .map(|(mid, kind, rids)| SendTrack {
+                mid,
+                kind,
+                pt: None,
+                layers: rids
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, rid)| SendLayer {
+                        rid,
+                        index: i as u8,
+                        seq: 1000 * (i as u64 + 1),
+                        timestamp: 0,
+                        keyframe_pending: true,
+                        paused: false,
+                    })
+                    .collect(),
+                next: now,
+            })
+            .collect();
+        let peer = Peer {
+            addr,
+            origin,
+            tag,
+            rtc,
+            tracks,
+            recv_mids: Vec::new(),
+            received: HashMap::new(),
+            connected: false,
+            failed: false,
+            keyframe_requests: 0,
+            deadline: Some(now),
+            now,
+        };
+        (peer, offer.to_sdp_string(), pending)
+    }
+
+    /// A subscriber and its offer.
+    pub fn subscriber(
+        addr: SocketAddr,
+        tag: u32,
+        media: SubscribeMedia,
+        origin: Instant,
+        now: Instant,
+    ) -> (Peer, String, SdpPendingOffer) {
+        let mut rtc = Self::rtc(addr, now);
+        let mut change = rtc.sdp_api();
+        let mut recv_mids = Vec::new();
+        if media.audio {
+            let mid = change.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
+            recv_mids.push((mid, MediaKind::Audio));
+        }
+        for _ in 0..media.video_slots {
+            let mid = change.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+            recv_mids.push((mid, MediaKind::Video));
+        }
+        let (offer, pending) = change.apply().expect("an offer");
+        let peer = Peer {
+            addr,
+            origin,
+            tag,
+            rtc,
+            tracks: Vec::new(),
+            recv_mids,
+            received: HashMap::new(),
+            connected: false,
+            failed: false,
+            keyframe_requests: 0,
+            deadline: Some(now),
+            now,
+        };
+        (peer, offer.to_sdp_string(), pending)
+    }
+
+    /// Take the node's answer.
+    pub fn accept_answer(&mut self, pending: SdpPendingOffer, answer: &str) {
+        let answer = SdpAnswer::from_sdp_string(answer).expect("the node's answer parses");
+        self.rtc
+            .sdp_api()
+            .accept_answer(pending, answer)
+            .expect("the client takes the answer");
+        for track in &mut self.tracks {
+            let codec = match track.kind {
+                MediaKind::Audio => Codec::Opus,
+                MediaKind::Video => Codec::Vp8,
+            };
+            track.pt = accepted_pt(&self.rtc, track.mid, codec);
+        }
+    }
+
+    /// Stop (or resume) sending simulcast layer `index` of the video track.
+    pub fn pause_layer(&mut self, index: u8, paused: bool) {
+        for track in &mut self.tracks {
+            for layer in &mut track.layers {
+                if track.kind == MediaKind::Video && layer.index == index {
+                    layer.paused = paused;
+                    layer.keyframe_pending |= !paused;
+                }
+            }
+        }
+    }
+
+    /// When this peer next needs [`Peer::handle_timeout`].
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let media = self
+            .tracks
+            .iter()
+            .filter(|t| self.connected && t.pt.is_some())
+            .map(|t| t.next)
+            .min();
+        match (self.deadline, media) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, contents: &[u8]) {
+        self.now = now;
+        let Ok(contents) = contents.try_into() else {
+            return;
+        };
+        let input = Input::Receive(
+            now,
+            Receive {
+                proto: Protocol::Udp,
+                source: from,
+                destination: self.addr,
+                contents,
+            },
+        );
+        if self.rtc.handle_input(input).is_err() {
+            self.failed = true;
+        }
+    }
+
+    /// Time passed: send due media, let str0m run its timers.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = now;
+        if self.connected {
+            self.send_due(now);
+        }
+        if self.rtc.handle_input(Input::Timeout(now)).is_err() {
+            self.failed = true;
+        }
+    }
+
+    fn send_due(&mut self, now: Instant) {
+        let tag = self.tag;
+        let origin = self.origin;
+        for track in &mut self.tracks {
+            let Some(pt) = track.pt else { continue };
+            while track.next <= now {
+                let at = track.next;
+                let sent = at.saturating_duration_since(origin).as_micros() as u64;
+                let (interval, ticks) = match track.kind {
+                    MediaKind::Audio => (AUDIO_INTERVAL, 960),
+                    MediaKind::Video => (VIDEO_INTERVAL, 3000),
+                };
+                track.next += interval;
+                for layer in track.layers.iter_mut().filter(|l| !l.paused) {
+                    layer.timestamp = layer.timestamp.wrapping_add(ticks);
+                    let packets = match track.kind {
+                        MediaKind::Audio => 1,
+                        MediaKind::Video => PACKETS_PER_FRAME,
+                    };
+                    let keyframe = std::mem::take(&mut layer.keyframe_pending);
+                    for i in 0..packets {
+                        layer.seq += 1;
+                        let payload = match track.kind {
+                            MediaKind::Audio => media_payload(&[], tag, layer.index, sent, 60),
+                            MediaKind::Video => {
+                                // VP8 payload descriptor: S=1 on the frame's first packet;
+                                // then the VP8 header whose P bit is 0 on a keyframe.
+                                let first = if i == 0 { 0x10 } else { 0x00 };
+                                let header = if keyframe { 0x00 } else { 0x01 };
+                                media_payload(
+                                    &[first, header],
+                                    tag,
+                                    layer.index,
+                                    sent,
+                                    VIDEO_PAYLOAD,
+                                )
+                            }
+                        };
+                        let mut api = self.rtc.direct_api();
+                        let Some(tx) = api.stream_tx_by_mid(track.mid, layer.rid) else {
+                            continue;
+                        };
+                        let write =
+                            RtpWrite::new(pt, layer.seq.into(), layer.timestamp, at, payload)
+                                .marker(i + 1 == packets)
+                                .nackable(track.kind == MediaKind::Video);
+                        tx.write_rtp(write);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Drain str0m's outputs: datagrams to send go to `transmit`.
+    pub fn drain(&mut self, mut transmit: impl FnMut(SocketAddr, Vec<u8>)) {
+        loop {
+            match self.rtc.poll_output() {
+                Ok(Output::Timeout(t)) => {
+                    self.deadline = Some(t);
+                    return;
+                }
+                Ok(Output::Transmit(t)) => transmit(t.destination, t.contents.into()),
+                Ok(Output::Event(event)) => self.handle_event(event),
+                Err(_) => {
+                    self.failed = true;
+                    self.deadline = None;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn handle_event(&mut self, event: Event) {
+        match event {
+            Event::Connected => self.connected = true,
+            Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                self.connected = false
+            }
+            Event::KeyframeRequest(req) => {
+                self.keyframe_requests += 1;
+                for track in self.tracks.iter_mut().filter(|t| t.mid == req.mid) {
+                    for layer in &mut track.layers {
+                        if req.rid.is_none() || req.rid == layer.rid {
+                            layer.keyframe_pending = true;
+                        }
+                    }
+                }
+            }
+            Event::RtpPacket(packet) => {
+                let mid = self
+                    .rtc
+                    .direct_api()
+                    .stream_rx(&packet.header.ssrc)
+                    .map(|s| s.mid());
+                let Some(mid) = mid else { return };
+                let Some((publisher, layer, sent)) = read_tag(&packet.payload) else {
+                    return;
+                };
+                let arrived = self.now.saturating_duration_since(self.origin);
+                self.received.entry(mid).or_default().push(Received {
+                    seq: *packet.seq_no,
+                    timestamp: packet.header.timestamp,
+                    publisher,
+                    layer,
+                    latency: arrived.saturating_sub(Duration::from_micros(sent)),
+                });
+            }
+            _ => {}
+        }
+    }
+
+    /// What the subscriber received on its `slot`-th receiving track.
+    pub fn received_on(&self, slot: usize) -> &[Received] {
+        self.recv_mids
+            .get(slot)
+            .and_then(|(mid, _)| self.received.get(mid))
+            .map_or(&[], Vec::as_slice)
+    }
+}
+
+/// Marker that starts the tag inside a payload (after any codec header).
+const TAG_MAGIC: [u8; 2] = [0xA5, 0x5A];
+
+fn media_payload(header: &[u8], tag: u32, layer: u8, sent: u64, len: usize) -> Arc<[u8]> {
+    let mut p = Vec::with_capacity(len);
+    p.extend_from_slice(header);
+    p.extend_from_slice(&TAG_MAGIC);
+    p.extend_from_slice(&tag.to_be_bytes());
+    p.push(layer);
+    p.extend_from_slice(&sent.to_be_bytes());
+    p.resize(len.max(p.len()), 0x42);
+    p.into()
+}
+
+fn read_tag(payload: &[u8]) -> Option<(u32, u8, u64)> {
+    let start = payload.windows(2).position(|w| w == TAG_MAGIC)? + 2;
+    let tag: [u8; 4] = payload.get(start..start + 4)?.try_into().ok()?;
+    let layer = *payload.get(start + 4)?;
+    let sent: [u8; 8] = payload.get(start + 5..start + 13)?.try_into().ok()?;
+    Some((u32::from_be_bytes(tag), layer, u64::from_be_bytes(sent)))
+}
+
+fn accepted_pt(rtc: &Rtc, mid: Mid, codec: Codec) -> Option<Pt> {
+    let media = rtc.media(mid)?;
+    media.remote_pts().iter().copied().find(|pt| {
+        rtc.codec_config()
+            .find(|p| p.pt() == *pt)
+            .is_some_and(|p| p.spec().codec == codec)
+    })
+}
