@@ -17,7 +17,13 @@ type Series = (
 /// `control_sessions` is the number of sessions in control's store.
 pub fn render(stats: &NodeStats, workers_up: &[bool], control_sessions: usize) -> String {
     let mut out = String::with_capacity(4096);
-    let series: [Series; 13] = [
+    let series: [Series; 14] = [
+        (
+            "sfu_tracks",
+            "gauge",
+            "Tracks published by the worker's sessions",
+            |w| w.published_tracks,
+        ),
         (
             "sfu_packets_in_total",
             "counter",

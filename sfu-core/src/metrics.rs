@@ -79,6 +79,8 @@ impl std::ops::AddAssign for FeedbackCounts {
 #[derive(Debug, Default)]
 pub struct WorkerMetrics {
     pub publish_sessions: AtomicU64,
+    /// Tracks published by this worker's sessions.
+    pub published_tracks: AtomicU64,
     pub subscribe_sessions: AtomicU64,
     pub packets_in: AtomicU64,
     pub bytes_in: AtomicU64,
@@ -134,6 +136,7 @@ impl WorkerMetrics {
             worker,
             port,
             publish_sessions: load(&self.publish_sessions),
+            published_tracks: load(&self.published_tracks),
             subscribe_sessions: load(&self.subscribe_sessions),
             packets_in: load(&self.packets_in),
             bytes_in: load(&self.bytes_in),

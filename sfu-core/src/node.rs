@@ -303,6 +303,7 @@ impl Node {
             }
         }
         drop(engine_events);
+        backend_names.sort_unstable();
         backend_names.dedup();
         node.io_backend = backend_names.join(",");
 
@@ -594,7 +595,14 @@ fn run_event_pump(
                 let _ = out.send(NodeEvent::WorkerStopped {
                     worker: WorkerId(i as u16),
                 });
-                // Its sessions are gone with it.
+                // Its sessions are gone with it. Take in what it reported before it stopped
+                // first (it cannot report more), so that no end is reported twice.
+                while let Ok(event) = events.try_recv() {
+                    if let NodeEvent::SessionEnded { session, room, .. } = &event {
+                        shared.directory().remove(*session, room);
+                    }
+                    let _ = out.send(event);
+                }
                 let lost: Vec<(SessionId, RoomId)> = {
                     let mut dir = shared.directory();
                     let lost: Vec<(SessionId, RoomId)> = dir
@@ -625,6 +633,7 @@ fn run_event_pump(
         for w in shared.workers.iter() {
             let s = w.metrics.snapshot(w.id.0, w.port);
             load.sessions += s.publish_sessions + s.subscribe_sessions;
+            load.tracks += s.published_tracks;
             load.packets_in += s.packets_in;
             load.packets_out += s.packets_out;
         }

@@ -120,6 +120,16 @@ fn subscribers_on_every_worker_get_the_publishers_media() {
             &format!("subscriber {i} audio"),
         );
     }
+    let tracks: Vec<u64> = kit.nodes[0]
+        .metrics
+        .iter()
+        .map(|m| m.snapshot(0, 0).published_tracks)
+        .collect();
+    assert_eq!(
+        tracks,
+        vec![2, 0, 0],
+        "audio and video, published on worker 0"
+    );
     // One reference per interested worker: each of the other two workers knows the room.
     for w in 1..3 {
         assert_eq!(kit.nodes[0].engines[w].room_count(), 1);
@@ -582,7 +592,17 @@ fn random_rooms_keep_every_stream_contiguous_and_leak_nothing() {
             .count();
         assert_eq!(published, unpublished, "seed {seed}");
         for m in &node.metrics {
-            assert_eq!(m.snapshot(0, 0).session_panics, 0);
+            let stats = m.snapshot(0, 0);
+            assert_eq!(stats.session_panics, 0);
+            assert_eq!(
+                (
+                    stats.publish_sessions,
+                    stats.subscribe_sessions,
+                    stats.published_tracks
+                ),
+                (0, 0, 0),
+                "seed {seed}: gauges back to zero"
+            );
         }
     }
 }

@@ -257,6 +257,8 @@ pub struct WorkerStats {
     pub port: u16,
     pub publish_sessions: u64,
     pub subscribe_sessions: u64,
+    /// Tracks published by the worker's sessions (a gauge).
+    pub published_tracks: u64,
     pub packets_in: u64,
     pub bytes_in: u64,
     pub packets_out: u64,

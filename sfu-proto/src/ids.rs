@@ -186,6 +186,13 @@ impl FromStr for TrackId {
 
     fn from_str(s: &str) -> Result<Self, IdError> {
         let (session, index) = s.split_once('-').ok_or(IdError::BadTrackId)?;
+        // Plain decimal, no sign and no leading zeros: one text form per id.
+        let canonical = !index.is_empty()
+            && index.bytes().all(|b| b.is_ascii_digit())
+            && (index == "0" || !index.starts_with('0'));
+        if !canonical {
+            return Err(IdError::BadTrackId);
+        }
         Ok(TrackId {
             session: session.parse()?,
             index: index.parse().map_err(|_| IdError::BadTrackId)?,
@@ -313,7 +320,16 @@ mod tests {
             index: 3,
         };
         assert_eq!(t.to_string().parse::<TrackId>(), Ok(t));
-        assert!("7-3".parse::<TrackId>().is_err());
+        let s = t.session;
+        for bad in [
+            "7-3".to_string(),
+            format!("{s}-+3"),
+            format!("{s}-03"),
+            format!("{s}-"),
+            format!("{s}-99999"),
+        ] {
+            assert!(bad.parse::<TrackId>().is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -568,6 +568,7 @@ impl Engine {
                     });
                 }
                 WorkerMetrics::add(&self.metrics.publish_sessions, 1);
+                WorkerMetrics::add(&self.metrics.published_tracks, tracks.len() as u64);
             }
             SessionKind::Subscribe => {
                 room.subscribers.push(peer);
@@ -712,6 +713,10 @@ impl Engine {
         match session.kind {
             SessionKind::Publish => {
                 WorkerMetrics::sub(&self.metrics.publish_sessions, 1);
+                WorkerMetrics::sub(
+                    &self.metrics.published_tracks,
+                    session.published.len() as u64,
+                );
                 for media in &session.published {
                     let track = TrackId {
                         session: session.id,

@@ -3,8 +3,9 @@
 //! worker's wake-up eventfd; it knows nothing about sessions. Both send runs of datagrams to one
 //! destination as one UDP GSO send where the kernel allows it ([`gso`]).
 //!
-//! This is the only place (with [`waker`]) where system calls for media happen, and the only
-//! place allowed to contain `unsafe` (`poll`, `uring`, `gso`, `waker`).
+//! This is the only place (with [`waker`]) where system calls for media happen, and with
+//! [`crate::affinity`] (CPU pinning, thread priority) the only place in sfu-core allowed to
+//! contain `unsafe` (`poll`, `uring`, `gso`, `waker`).
 
 // The system-call layer: waits and deadlines are real time.
 #![allow(clippy::disallowed_methods)]
