@@ -4,34 +4,8 @@
 use std::collections::BTreeMap;
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use serde::{Deserialize, Serialize};
-
-/// The public development key pair `control dev` trusts. Anyone can mint tokens with it.
-pub const DEV_API_KEY: &str = "devkey";
-pub const DEV_API_SECRET: &str = "devsecret";
-
-/// What a token allows.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Grants {
-    pub publish: bool,
-    pub subscribe: bool,
-    pub admin: bool,
-}
-
-/// Token claims.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Claims {
-    /// The API key that signed it.
-    pub iss: String,
-    /// Identity of the participant.
-    pub sub: String,
-    pub room: String,
-    pub iat: u64,
-    pub exp: u64,
-    #[serde(default)]
-    pub grants: Grants,
-}
+/// The claims, grants and development key pair, shared with every token minter.
+pub use sfu_core::proto::token::{Claims, DEV_API_KEY, DEV_API_SECRET, Grants};
 
 /// Why a request is not authorized. `401` variants are about the token itself, `403` about
 /// what it allows.
@@ -196,14 +170,7 @@ pub fn mint(
         kid: Some(api_key.to_string()),
         ..Header::new(Algorithm::HS256)
     };
-    let claims = Claims {
-        iss: api_key.to_string(),
-        sub: identity.to_string(),
-        room: room.to_string(),
-        iat: now,
-        exp: now + ttl_secs,
-        grants,
-    };
+    let claims = Claims::new(api_key, room, identity, grants, now, ttl_secs);
     jsonwebtoken::encode(
         &header,
         &claims,

@@ -13,7 +13,7 @@ use rand::rngs::StdRng;
 use support::{Server, candidate_ports, expect_media};
 use tools::PayloadKind::{Audio, Video};
 use tools::noise::{self, NoiseKind};
-use tools::token::{self, Claims, DEV_API_KEY, DEV_API_SECRET, Grants, dev_token};
+use tools::token::{self, DEV_API_KEY, DEV_API_SECRET, Grants, dev_token};
 use tools::whip::{Endpoint, HttpRequest, HttpResponse, Method};
 use tools::{VideoConfig, sample_offer};
 
@@ -142,7 +142,7 @@ fn missing_bad_or_expired_token_is_401() {
     assert_status(&r, 401, "garbage token");
 
     let now = SystemTime::now();
-    let claims = Claims::new(
+    let claims = token::claims_at(
         DEV_API_KEY,
         "r",
         "alice",
@@ -161,7 +161,7 @@ fn missing_bad_or_expired_token_is_401() {
     assert_status(&r, 401, "bad signature");
 
     let issued = now - Duration::from_secs(7200);
-    let expired = Claims::new(
+    let expired = token::claims_at(
         DEV_API_KEY,
         "r",
         "alice",

@@ -4,78 +4,24 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use serde::{Deserialize, Serialize};
 
-/// API key that `control dev` trusts.
-pub const DEV_API_KEY: &str = "devkey";
+/// The claims, grants and development key pair, as control verifies them.
+pub use sfu_proto::token::{Claims, DEV_API_KEY, DEV_API_SECRET, Grants};
 
-/// Secret of [`DEV_API_KEY`].
-pub const DEV_API_SECRET: &str = "devsecret";
-
-/// What a token allows.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Grants {
-    pub publish: bool,
-    pub subscribe: bool,
-    pub admin: bool,
-}
-
-impl Grants {
-    pub const PUBLISH: Grants = Grants {
-        publish: true,
-        subscribe: false,
-        admin: false,
-    };
-    pub const SUBSCRIBE: Grants = Grants {
-        publish: false,
-        subscribe: true,
-        admin: false,
-    };
-    pub const PUBLISH_SUBSCRIBE: Grants = Grants {
-        publish: true,
-        subscribe: true,
-        admin: false,
-    };
-}
-
-/// The claims of a token.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Claims {
-    /// API key of the issuer.
-    pub iss: String,
-    /// Identity of the participant.
-    pub sub: String,
-    pub room: String,
-    /// Issued at, seconds since the Unix epoch.
-    pub iat: u64,
-    /// Expiry, seconds since the Unix epoch.
-    pub exp: u64,
-    pub grants: Grants,
-}
-
-impl Claims {
-    /// Claims issued by `api_key` at `now`, valid for `ttl`.
-    pub fn new(
-        api_key: &str,
-        room: &str,
-        identity: &str,
-        grants: Grants,
-        now: SystemTime,
-        ttl: Duration,
-    ) -> Self {
-        let iat = now
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        Self {
-            iss: api_key.to_string(),
-            sub: identity.to_string(),
-            room: room.to_string(),
-            iat,
-            exp: iat + ttl.as_secs(),
-            grants,
-        }
-    }
+/// Claims issued by `api_key` at `now`, valid for `ttl`.
+pub fn claims_at(
+    api_key: &str,
+    room: &str,
+    identity: &str,
+    grants: Grants,
+    now: SystemTime,
+    ttl: Duration,
+) -> Claims {
+    let iat = now
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    Claims::new(api_key, room, identity, grants, iat, ttl.as_secs())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -109,7 +55,7 @@ fn install_crypto_provider() {
 
 /// A token signed with the development key pair, valid for an hour from now.
 pub fn dev_token(room: &str, identity: &str, grants: Grants) -> Result<String, TokenError> {
-    let claims = Claims::new(
+    let claims = claims_at(
         DEV_API_KEY,
         room,
         identity,
@@ -151,7 +97,7 @@ mod tests {
 
     #[test]
     fn claims_serialize_with_the_documented_names() {
-        let c = Claims::new(
+        let c = claims_at(
             "k",
             "r",
             "i",

@@ -6,7 +6,7 @@
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
-use crate::token::{self, Claims, Grants};
+use crate::token::{self, Grants};
 use crate::whip::{Endpoint, SignalError, SignalingClient};
 
 /// The `Rtc` side of a negotiation, implemented by the engine for each peer.
@@ -147,7 +147,8 @@ impl TokenSource {
                 api_secret,
                 ttl,
             } => {
-                let claims = Claims::new(api_key, room, identity, grants, SystemTime::now(), *ttl);
+                let claims =
+                    token::claims_at(api_key, room, identity, grants, SystemTime::now(), *ttl);
                 token::mint(&claims, api_key, api_secret)
                     .map_err(|e| PeerFailure::Token(e.to_string()))
             }
