@@ -1,13 +1,12 @@
-//! Session and process lifecycle: peers that vanish or never connect are reaped on the
-//! configured timeouts, two dev nodes run side by side, SIGTERM/SIGINT stop the server
+//! Process lifecycle: two dev nodes run side by side, SIGTERM/SIGINT stop the server
 //! gracefully, invalid configuration stops start-up naming the key, the `token` subcommand, and
-//! the DELETE contract.
+//! the DELETE contract. (Reaping is tested on simulated time in sfu-core/tests/engine.rs and,
+//! through control's store, in reap.rs.)
 
 mod support;
 
 use std::collections::BTreeSet;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::{
     CONNECT_TIMEOUT, Server, TempFile, candidate_ports, expect_media, run_control, wait_until,
@@ -17,26 +16,8 @@ use tools::token::{Grants, dev_token};
 use tools::whip::{Endpoint, HttpRequest, HttpResponse, Method};
 use tools::{Publisher, PublisherConfig, VideoConfig, sample_offer};
 
-/// The reaping timeouts the tests configure (seconds), far below the defaults (10 s / 20 s) so
-/// that reaping within [`REAP_DEADLINE`] shows the override took effect.
-const TIMEOUT_SECS: &str = "2";
-
-/// How long after the peer goes silent its session must be gone: the 2 s timeout plus the
-/// node's timer slack and a loaded machine's scheduling.
-const REAP_DEADLINE: Duration = Duration::from_secs(6);
-
 /// How long a `control` run that should fail at start-up may take.
 const EXIT_DEADLINE: Duration = Duration::from_secs(10);
-
-fn sessions(server: &Server, kind: &str) -> f64 {
-    server
-        .metrics()
-        .sum_where("sfu_sessions", &[("kind", kind)])
-}
-
-fn reaped(server: &Server) -> f64 {
-    server.metrics().sum("sfu_sessions_reaped_total")
-}
 
 fn delete(server: &Server, target: &str, token: &str) -> HttpResponse {
     server
@@ -49,118 +30,6 @@ fn delete(server: &Server, target: &str, token: &str) -> HttpResponse {
             body: &[],
         })
         .unwrap_or_else(|e| panic!("DELETE {target}: {e}"))
-}
-
-#[test]
-fn a_publisher_that_vanishes_is_reaped_and_its_subscriber_stays() {
-    let server = Server::start_with(2, &[("SFU__NODE__ICE_TIMEOUT_SECS", TIMEOUT_SECS)], &[]);
-    let publisher = server.publish("vanish", true, Some(VideoConfig::default()));
-    let sub = server.subscribe("vanish");
-    expect_media(&sub, Audio, "subscriber");
-    expect_media(&sub, Video, "subscriber");
-    assert_eq!(sessions(&server, "publish"), 1.0);
-    assert_eq!(sessions(&server, "subscribe"), 1.0);
-    let reaped_before = reaped(&server);
-
-    // Dropping a `Publisher` stops its socket thread and sends nothing, DELETE included: to the
-    // node it just goes silent.
-    drop(publisher);
-    let vanished = Instant::now();
-    let gone = wait_until(REAP_DEADLINE, || {
-        sessions(&server, "publish") == 0.0 && reaped(&server) > reaped_before
-    });
-    let m = server.metrics();
-    assert!(
-        gone,
-        "{REAP_DEADLINE:?} after the publisher went silent (ice_timeout_secs = {TIMEOUT_SECS}): \
-         sfu_sessions{{kind=\"publish\"}} = {}, sfu_sessions_reaped_total = {} (was {reaped_before})",
-        m.sum_where("sfu_sessions", &[("kind", "publish")]),
-        m.sum("sfu_sessions_reaped_total"),
-    );
-    let reaped_after = vanished.elapsed();
-    assert_eq!(
-        m.sum_where("sfu_sessions", &[("kind", "subscribe")]),
-        1.0,
-        "the subscriber's session was reaped with the publisher's ({reaped_after:?} after the \
-         publisher vanished), although the subscriber keeps sending RTCP and STUN"
-    );
-
-    // The subscriber outlives another full ICE timeout and follows the room's next publisher.
-    thread::sleep(Duration::from_millis(2500));
-    assert_eq!(
-        sessions(&server, "subscribe"),
-        1.0,
-        "the subscriber was reaped while it kept sending RTCP and STUN"
-    );
-    assert!(sub.ice_connected(), "the subscriber lost ICE");
-    let audio_before = sub.packets(Audio);
-    let video_before = sub.packets(Video);
-    let next = server.publish("vanish", true, Some(VideoConfig::default()));
-    assert!(
-        sub.wait_packets(Audio, audio_before + 10, Duration::from_secs(3))
-            && sub.wait_packets(Video, video_before + 10, Duration::from_secs(3)),
-        "the surviving subscriber gets no media from the next publisher (audio {} -> {}, \
-         video {} -> {})",
-        audio_before,
-        sub.packets(Audio),
-        video_before,
-        sub.packets(Video)
-    );
-    next.close().expect("DELETE next publisher");
-    sub.close().expect("DELETE subscriber");
-}
-
-#[test]
-fn sessions_that_never_connect_are_reaped() {
-    let server = Server::start_with(2, &[("SFU__NODE__CONNECT_TIMEOUT_SECS", TIMEOUT_SECS)], &[]);
-    let token = dev_token("silent", "ghost", Grants::PUBLISH_SUBSCRIBE).expect("token");
-    let created = Instant::now();
-    // Valid offers, but no ICE will ever follow: the offering `Rtc`s are gone.
-    let locations: Vec<String> = [Endpoint::Whip, Endpoint::Whep]
-        .into_iter()
-        .map(|endpoint| {
-            let offer = sample_offer(endpoint).expect("sample offer");
-            server
-                .client
-                .offer(endpoint, "silent", &token, &offer)
-                .unwrap_or_else(|e| panic!("{endpoint:?} offer: {e}"))
-                .location
-        })
-        .collect();
-    let m = server.metrics();
-    assert_eq!(
-        (
-            m.sum_where("sfu_sessions", &[("kind", "publish")]),
-            m.sum_where("sfu_sessions", &[("kind", "subscribe")])
-        ),
-        (1.0, 1.0),
-        "both sessions should exist until the connect timeout"
-    );
-
-    let gone = wait_until(REAP_DEADLINE, || {
-        let m = server.metrics();
-        m.sum("sfu_sessions") == 0.0 && m.sum("sfu_sessions_reaped_total") >= 2.0
-    });
-    let age = created.elapsed();
-    let m = server.metrics();
-    assert!(
-        gone,
-        "sessions without ICE still there {age:?} after creation (connect_timeout_secs = \
-         {TIMEOUT_SECS}): sfu_sessions = {}, sfu_sessions_reaped_total = {}",
-        m.sum("sfu_sessions"),
-        m.sum("sfu_sessions_reaped_total"),
-    );
-    assert!(
-        age >= Duration::from_millis(1500),
-        "sessions reaped after {age:?}, before the {TIMEOUT_SECS} s connect timeout"
-    );
-    for location in &locations {
-        let r = delete(&server, location, &token);
-        assert_eq!(
-            r.status, 404,
-            "DELETE of a reaped session {location}: {r:?}"
-        );
-    }
 }
 
 #[test]

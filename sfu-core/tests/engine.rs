@@ -176,6 +176,84 @@ fn keyframe_requests_reach_the_publisher_at_most_once_per_layer_per_interval() {
 }
 
 #[test]
+fn a_storm_of_subscriber_plis_reaches_the_publisher_throttled() {
+    // Three subscribers on three workers each send a PLI every 50 ms for 2 s (120 in all);
+    // the publisher's layer is asked at most once per 500 ms, and every subscriber gets the
+    // keyframes that answer.
+    let mut kit = Kit::new(&[3], NetConfig::default());
+    let publisher = kit.publish(0, 0, "r", "alice", AV).expect("publish");
+    let subs: Vec<PeerRef> = (0..3)
+        .map(|i| {
+            kit.subscribe(
+                0,
+                i,
+                "r",
+                &format!("v{i}"),
+                WATCH,
+                SubscribePolicy::NewestOther,
+            )
+            .expect("subscribe")
+        })
+        .collect();
+    let mut all = subs.clone();
+    all.push(publisher);
+    assert!(kit.run_until(Duration::from_secs(5), |k| connected(k, &all)));
+    // Let the join-time requests age past the throttle window.
+    kit.run_for(Duration::from_secs(1));
+    let before = kit.peer(publisher).keyframe_requests;
+    let mut sent = 0;
+    for _ in 0..40 {
+        for s in &subs {
+            sent += u32::from(kit.peer_mut(*s).request_keyframe(1));
+        }
+        kit.run_for(Duration::from_millis(50));
+    }
+    kit.run_for(Duration::from_millis(300));
+    let forwarded = kit.peer(publisher).keyframe_requests - before;
+    assert_eq!(sent, 120, "every subscriber had a stream to ask on");
+    assert!(
+        (3..=5).contains(&forwarded),
+        "{forwarded} keyframe requests reached the publisher for {sent} PLIs in 2 s"
+    );
+    let received: u64 = (0..3)
+        .map(|w| kit.nodes[0].metrics[w].snapshot(0, 0))
+        .map(|m| m.plis_received)
+        .sum();
+    assert!(received >= 100, "the node counted {received} PLIs");
+}
+
+#[test]
+fn a_subscriber_outlives_a_vanished_publisher_and_follows_the_next_one() {
+    let mut kit = Kit::with_config(&[2], NetConfig::default(), |c| {
+        c.ice_timeout = Duration::from_secs(2);
+    });
+    let first = kit.publish(0, 0, "r", "alice", AV).expect("publish");
+    let sub = kit
+        .subscribe(0, 1, "r", "bob", WATCH, SubscribePolicy::NewestOther)
+        .expect("subscribe");
+    assert!(kit.run_until(Duration::from_secs(5), |k| connected(k, &[first, sub])));
+    kit.run_for(Duration::from_secs(1));
+    kit.vanish(first);
+    assert!(kit.run_until(Duration::from_secs(10), |k| {
+        k.nodes[0].engines[0].session_count() == 0
+    }));
+    // Two more ICE timeouts: the subscriber, which keeps sending RTCP and STUN, stays.
+    kit.run_for(Duration::from_secs(4));
+    assert_eq!(kit.nodes[0].engines[1].session_count(), 1);
+    let before = kit.peer(sub).received_on(1).len();
+    let next = kit.publish(0, 0, "r", "carol", AV).expect("publish");
+    assert!(kit.run_until(Duration::from_secs(5), |k| connected(k, &[next])));
+    kit.run_for(Duration::from_secs(2));
+    let video = kit.peer(sub).received_on(1);
+    assert!(
+        video.len() > before + 30,
+        "no media from the next publisher"
+    );
+    assert_eq!(video.last().map(|r| r.publisher), Some(kit.peer(next).tag));
+    assert_contiguous(video, "video across the change of publisher");
+}
+
+#[test]
 fn vanished_peers_are_reaped_and_every_end_is_reported() {
     let mut kit = Kit::with_config(&[2], NetConfig::default(), |c| {
         c.ice_timeout = Duration::from_secs(3);

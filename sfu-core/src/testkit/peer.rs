@@ -397,6 +397,19 @@ impl Peer {
         }
     }
 
+    /// A subscriber asks for a keyframe (PLI) on its `slot`-th receiving track, as a decoder
+    /// that lost its picture would. Returns whether str0m had a stream to ask on.
+    pub fn request_keyframe(&mut self, slot: usize) -> bool {
+        let Some((mid, _)) = self.recv_mids.get(slot).copied() else {
+            return false;
+        };
+        self.rtc
+            .direct_api()
+            .stream_rx_by_mid(mid, None)
+            .map(|s| s.request_keyframe(str0m::media::KeyframeRequestKind::Pli))
+            .is_some()
+    }
+
     /// What the subscriber received on its `slot`-th receiving track.
     pub fn received_on(&self, slot: usize) -> &[Received] {
         self.recv_mids
