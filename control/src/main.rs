@@ -10,6 +10,9 @@ use control::config::Config;
 use control::server::Server;
 use control::watchdog::{self, WorkersStopped};
 
+/// Scheduling priority (nice) of control's signaling threads, below the media workers' 0.
+const SIGNALING_NICE: i32 = 5;
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -172,6 +175,14 @@ fn run(args: ServeArgs, dev: bool) -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .thread_name("control")
+        // Signaling shares the cores with the embedded node's media workers: when both want a
+        // core, forwarding goes first (a flood of offers measurably raised forwarding p99
+        // latency at equal priority; bench/RESULTS.md).
+        .on_thread_start(|| {
+            if let Err(e) = sfu_core::affinity::lower_current_thread_priority(SIGNALING_NICE) {
+                tracing::debug!(error = %e, "could not lower a signaling thread's priority");
+            }
+        })
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {

@@ -794,7 +794,10 @@ impl Engine {
         for (index, slot) in self.sessions.iter_mut().enumerate() {
             let Some(s) = slot else { continue };
             let peer = PeerId(index as u32);
-            let reason = if !s.is_alive() {
+            let reason = if !s.is_alive() && !s.connected {
+                // str0m gave up on ICE before our own deadline: it never connected.
+                Some(EndReason::ConnectTimeout)
+            } else if !s.is_alive() {
                 Some(EndReason::Disconnected)
             } else if !s.connected && now.saturating_duration_since(s.created) > connect_timeout {
                 Some(EndReason::ConnectTimeout)

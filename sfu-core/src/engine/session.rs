@@ -49,6 +49,18 @@ struct IngressStream {
     kind: MediaKind,
     layer: Layer,
     last_timestamp: Option<u32>,
+    /// The payload type of the last packet and what it maps to, so that a stream whose
+    /// payload type does not change (nearly all) looks its format up once.
+    format: Option<(Pt, Option<IngressFormat>)>,
+}
+
+/// What a payload type maps to on an incoming stream.
+#[derive(Debug, Clone, Copy)]
+struct IngressFormat {
+    codec: Codec,
+    proto: sfu_proto::Codec,
+    format: sfu_proto::FormatParams,
+    clock_rate: u32,
 }
 
 /// A track a publisher sends: one per receiving media section of its offer.
@@ -406,21 +418,41 @@ impl Session {
                     kind,
                     layer: Layer::from_rid(rid.as_deref()),
                     last_timestamp: None,
+                    format: None,
                 })
             }
         };
         let (index, kind, layer) = (entry.index, entry.kind, entry.layer);
         let frame_start = entry.last_timestamp != Some(packet.header.timestamp);
         entry.last_timestamp = Some(packet.header.timestamp);
-        let params = self.guard(|rtc| {
-            rtc.codec_config()
-                .find(|p| p.pt() == pt)
-                .map(|p| (p.spec().codec, p.spec().format, p.spec().clock_rate.get()))
-        })?;
-        let Some((codec, format, clock_rate)) = params else {
-            return Ok(None);
+        let cached = entry.format.filter(|(p, _)| *p == pt).map(|(_, f)| f);
+        let found = match cached {
+            Some(found) => found,
+            None => {
+                let found = self.guard(|rtc| {
+                    let params = rtc.codec_config().find(|p| p.pt() == pt)?;
+                    let spec = params.spec();
+                    Some(IngressFormat {
+                        codec: spec.codec,
+                        proto: codec::to_proto(spec.codec)?,
+                        format: codec::format_to_proto(&spec.format),
+                        clock_rate: spec.clock_rate.get(),
+                    })
+                })?;
+                if let Some(entry) = self.ingress.get_mut(&ssrc) {
+                    entry.format = Some((pt, found));
+                }
+                found
+            }
         };
-        let Some(proto_codec) = codec::to_proto(codec) else {
+        // A payload type without a format, or a codec the node does not forward.
+        let Some(IngressFormat {
+            codec,
+            proto: proto_codec,
+            format,
+            clock_rate,
+        }) = found
+        else {
             return Ok(None);
         };
         let keyframe =
@@ -438,7 +470,7 @@ impl Session {
                 kind: proto_kind(kind),
                 layer,
                 codec: proto_codec,
-                format: codec::format_to_proto(&format),
+                format,
                 clock_rate,
                 seq: *packet.seq_no,
                 timestamp: packet.header.timestamp,
