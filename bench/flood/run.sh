@@ -14,11 +14,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-OLD_BIN=${OLD_BIN:-/work/wt-old-target/release}
-NEW_BIN=${NEW_BIN:-/work/wt-bench-target/release}
+# Release directories: NEW_BIN defaults to this checkout's; OLD_BIN (a build of the commit to
+# compare with, e.g. from a `git worktree`) must be given for `old` runs.
+NEW_BIN=${NEW_BIN:-target/release}
+OLD_BIN=${OLD_BIN:-}
 build=$1 name=$2 port=$3 subs=$4 dur=$5 flood_start=${6:-} flood_secs=${7:-30}
 case $build in
-  old) bin=$OLD_BIN; limits=() ;;
+  old) bin=${OLD_BIN:?set OLD_BIN to the release directory of the build to compare with}; limits=() ;;
   new) bin=$NEW_BIN; limits=(SFU__LIMITS__SIGNALING_RATE_PER_SEC=0 SFU__LIMITS__MAX_SESSIONS_PER_IDENTITY=0) ;;
   *) echo "BUILD must be old or new" >&2; exit 2 ;;
 esac
