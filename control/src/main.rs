@@ -171,6 +171,9 @@ fn run(args: ServeArgs, dev: bool) -> anyhow::Result<()> {
     }
     config.validate()?;
 
+    // Started here, before the runtime, so that the media workers keep the process's normal
+    // priority: threads inherit their creator's, and the runtime's threads run lower.
+    let node = Server::start_node(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -186,7 +189,7 @@ fn run(args: ServeArgs, dev: bool) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let server = Server::bind(config).await?;
+        let server = Server::bind(config, node).await?;
         println!("SFU ready: http://{}/", server.http_addr);
         tracing::info!(
             http = %server.http_addr,

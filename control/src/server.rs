@@ -24,18 +24,20 @@ pub struct Server {
 }
 
 impl Server {
-    /// Start the node and bind the HTTP listener (does not serve yet; see [`Server::serve`]).
-    pub async fn bind(config: Config) -> anyhow::Result<Server> {
+    /// Start the in-process node. Call it from a thread at the process's normal priority
+    /// (not from the async runtime, whose threads run at a lower one): the media workers
+    /// inherit the priority of the thread that starts them.
+    pub fn start_node(config: &Config) -> anyhow::Result<sfu_core::Node> {
+        sfu_core::Node::start(config.node.clone()).context("cannot start the media node")
+    }
+
+    /// Bind the HTTP listener around a started node (does not serve yet; see
+    /// [`Server::serve`]).
+    pub async fn bind(config: Config, node: sfu_core::Node) -> anyhow::Result<Server> {
         let listener = TcpListener::bind(config.http.listen)
             .await
             .with_context(|| format!("cannot listen on http.listen = {}", config.http.listen))?;
         let http_addr = listener.local_addr()?;
-        let node_config = config.node.clone();
-        // Node start-up binds sockets and spawns threads: keep it off the async workers.
-        let node = tokio::task::spawn_blocking(move || sfu_core::Node::start(node_config))
-            .await
-            .context("node start-up task failed")?
-            .context("cannot start the media node")?;
         let node = InProcessNode::new(config.node.id.clone(), node);
         let media_ports = node.ports();
         let events = node
