@@ -39,6 +39,10 @@ pub struct NodeConfig {
     pub max_sessions_per_worker: usize,
     /// A session that has not completed ICE within this many seconds is closed.
     pub connect_timeout_secs: u64,
+    /// A session that has received no datagram at all within this many seconds is closed
+    /// (a client starts ICE as soon as it has the answer; one that never does, or a flood of
+    /// offers nobody follows up, should not hold a session for the whole connect timeout).
+    pub first_contact_timeout_secs: u64,
     /// A connected session that receives nothing for this many seconds is closed.
     pub ice_timeout_secs: u64,
     /// REMB value sent to publishers that negotiated `goog-remb` (a ceiling; TWCC drives
@@ -61,6 +65,7 @@ impl Default for NodeConfig {
             ring_capacity: 8192,
             max_sessions_per_worker: 4096,
             connect_timeout_secs: 20,
+            first_contact_timeout_secs: 5,
             ice_timeout_secs: 10,
             publisher_remb_kbps: 10_000,
         }
@@ -83,6 +88,10 @@ impl NodeConfig {
         } else {
             self.workers
         }
+    }
+
+    pub fn first_contact_timeout(&self) -> Duration {
+        Duration::from_secs(self.first_contact_timeout_secs)
     }
 
     pub fn connect_timeout(&self) -> Duration {
@@ -126,6 +135,14 @@ impl NodeConfig {
         if self.connect_timeout_secs == 0 {
             return err("node.connect_timeout_secs", "must be at least 1");
         }
+        if self.first_contact_timeout_secs == 0
+            || self.first_contact_timeout_secs > self.connect_timeout_secs
+        {
+            return err(
+                "node.first_contact_timeout_secs",
+                "must be at least 1 and at most node.connect_timeout_secs",
+            );
+        }
         if self.ice_timeout_secs == 0 {
             return err("node.ice_timeout_secs", "must be at least 1");
         }
@@ -133,5 +150,33 @@ impl NodeConfig {
             return err("node.publisher_remb_kbps", "must be at least 100");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_are_valid_and_bad_timeouts_name_their_key() {
+        NodeConfig::default()
+            .validate()
+            .expect("defaults are valid");
+        let late_first_contact = NodeConfig {
+            first_contact_timeout_secs: 30,
+            ..NodeConfig::default()
+        };
+        let e = late_first_contact
+            .validate()
+            .expect_err("above the connect timeout");
+        assert_eq!(e.key, "node.first_contact_timeout_secs");
+        let zero = NodeConfig {
+            connect_timeout_secs: 0,
+            ..NodeConfig::default()
+        };
+        assert_eq!(
+            zero.validate().expect_err("zero").key,
+            "node.connect_timeout_secs"
+        );
     }
 }

@@ -234,6 +234,7 @@ impl Node {
         let engine_config = EngineConfig {
             workers: count,
             max_sessions: config.max_sessions_per_worker,
+            first_contact_timeout: config.first_contact_timeout(),
             connect_timeout: config.connect_timeout(),
             ice_timeout: config.ice_timeout(),
             publisher_remb_kbps: config.publisher_remb_kbps,

@@ -254,6 +254,42 @@ fn a_subscriber_outlives_a_vanished_publisher_and_follows_the_next_one() {
 }
 
 #[test]
+fn a_session_nobody_contacts_is_reaped_long_before_the_connect_timeout() {
+    // Defaults: first contact 5 s, connect timeout 20 s. An offer nobody follows up with ICE
+    // (a closed tab, or a flood of offers) holds its session 5 s, not 20.
+    let mut kit = Kit::new(&[1], NetConfig::default());
+    let silent = kit
+        .subscribe(0, 0, "r", "ghost", WATCH, SubscribePolicy::NewestOther)
+        .expect("subscribe");
+    kit.vanish(silent);
+    let slow_but_alive = kit
+        .subscribe(0, 0, "r", "bob", WATCH, SubscribePolicy::NewestOther)
+        .expect("subscribe");
+    let start = kit.now();
+    assert!(kit.run_until(Duration::from_secs(20), |k| {
+        k.nodes[0].engines[0].session_count() == 1
+    }));
+    let after = kit.now() - start;
+    assert!(
+        after > Duration::from_secs(5) && after < Duration::from_secs(6),
+        "reaped {after:?} after set-up"
+    );
+    let reasons: Vec<EndReason> = kit.nodes[0]
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            NodeEvent::SessionEnded { reason, .. } => Some(*reason),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reasons, vec![EndReason::ConnectTimeout]);
+    assert!(
+        kit.peer(slow_but_alive).connected,
+        "the peer that did ICE stays"
+    );
+}
+
+#[test]
 fn vanished_peers_are_reaped_and_every_end_is_reported() {
     let mut kit = Kit::with_config(&[2], NetConfig::default(), |c| {
         c.ice_timeout = Duration::from_secs(3);

@@ -58,6 +58,8 @@ pub struct EngineConfig {
     /// Workers on the node (for announcements to every other worker).
     pub workers: usize,
     pub max_sessions: usize,
+    /// No datagram at all by then: the client never started ICE.
+    pub first_contact_timeout: Duration,
     pub connect_timeout: Duration,
     pub ice_timeout: Duration,
     pub publisher_remb_kbps: u64,
@@ -788,6 +790,7 @@ impl Engine {
 
     fn housekeeping(&mut self, now: Instant) {
         let connect_timeout = self.config.connect_timeout;
+        let first_contact_timeout = self.config.first_contact_timeout;
         let ice_timeout = self.config.ice_timeout;
         let remb = str0m::bwe::Bitrate::kbps(self.config.publisher_remb_kbps);
         let mut remb_sent = Vec::new();
@@ -799,7 +802,11 @@ impl Engine {
                 Some(EndReason::ConnectTimeout)
             } else if !s.is_alive() {
                 Some(EndReason::Disconnected)
-            } else if !s.connected && now.saturating_duration_since(s.created) > connect_timeout {
+            } else if !s.connected
+                && (now.saturating_duration_since(s.created) > connect_timeout
+                    || (!s.contacted
+                        && now.saturating_duration_since(s.created) > first_contact_timeout))
+            {
                 Some(EndReason::ConnectTimeout)
             } else if s.connected && now.saturating_duration_since(s.last_input) > ice_timeout {
                 Some(EndReason::IceTimeout)

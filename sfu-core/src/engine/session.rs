@@ -121,6 +121,8 @@ pub struct Session {
     pub last_input: Instant,
     /// ICE + DTLS done; media may flow.
     pub connected: bool,
+    /// A datagram from the client has arrived (at least its first STUN check).
+    pub contacted: bool,
     /// Next time str0m wants a `Timeout` input (`None` while it is being recomputed).
     pub deadline: Option<Instant>,
     /// A publisher's tracks.
@@ -204,6 +206,7 @@ impl Session {
             created: now,
             last_input: now,
             connected: false,
+            contacted: false,
             deadline: None,
             published: Vec::new(),
             ingress: HashMap::new(),
@@ -293,6 +296,7 @@ impl Session {
         datagram: &[u8],
     ) -> Result<bool, SessionBroken> {
         self.last_input = now;
+        self.contacted = true;
         self.guard(|rtc| {
             let Ok(contents) = datagram.try_into() else {
                 return false;

@@ -131,6 +131,7 @@ impl Kit {
                 let mut config = EngineConfig {
                     workers: count,
                     max_sessions: 4096,
+                    first_contact_timeout: Duration::from_secs(5),
                     connect_timeout: Duration::from_secs(20),
                     ice_timeout: Duration::from_secs(10),
                     publisher_remb_kbps: 10_000,
