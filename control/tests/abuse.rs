@@ -13,19 +13,6 @@ use tools::sample_offer;
 use tools::token::{Grants, dev_token};
 use tools::whip::{Endpoint, HttpRequest, HttpResponse, Method};
 
-fn delete(server: &Server, target: &str, token: &str) -> HttpResponse {
-    server
-        .client
-        .request(&HttpRequest {
-            method: Method::Delete,
-            target,
-            content_type: None,
-            bearer: Some(token),
-            body: &[],
-        })
-        .unwrap_or_else(|e| panic!("DELETE {target}: {e}"))
-}
-
 /// Another identity with a valid token for the room cannot end a session (403, media keeps
 /// flowing); the creator and an admin of the room can.
 #[test]
@@ -42,7 +29,7 @@ fn only_the_creator_or_a_room_admin_may_delete_a_session() {
 
     let mallory = dev_token("own", "mallory", Grants::PUBLISH_SUBSCRIBE).expect("token");
     for target in [publisher.location(), sub.location()] {
-        let r = delete(&server, target, &mallory);
+        let r = server.delete(target, &mallory);
         assert_eq!(r.status, 403, "DELETE {target} by another identity: {r:?}");
         assert!(
             r.body.contains("another identity"),
@@ -58,7 +45,7 @@ fn only_the_creator_or_a_room_admin_may_delete_a_session() {
         },
     )
     .expect("token");
-    let r = delete(&server, publisher.location(), &admin_elsewhere);
+    let r = server.delete(publisher.location(), &admin_elsewhere);
     assert_eq!(r.status, 403, "an admin of another room: {r:?}");
 
     // The refused DELETEs ended nothing: both sessions exist and media still arrives.
@@ -81,7 +68,7 @@ fn only_the_creator_or_a_room_admin_may_delete_a_session() {
         },
     )
     .expect("token");
-    let r = delete(&server, sub.location(), &admin);
+    let r = server.delete(sub.location(), &admin);
     assert_eq!(r.status, 200, "DELETE by the room's admin: {r:?}");
     publisher.close().expect("the creator ends its own session");
     assert!(
@@ -322,7 +309,7 @@ fn session_caps_per_identity_room_and_node() {
 
     // Alice ends one of hers: she, room a and the server each have a place again.
     let token = dev_token("a", "alice", Grants::SUBSCRIBE).expect("token");
-    let r = delete(&server, &alice_1, &token);
+    let r = server.delete(&alice_1, &token);
     assert_eq!(r.status, 200, "{r:?}");
     created(
         &offer_status(&server, Endpoint::Whep, "a", "alice"),

@@ -13,24 +13,11 @@ use support::{
 };
 use tools::PayloadKind::{Audio, Video};
 use tools::token::{Grants, dev_token};
-use tools::whip::{Endpoint, HttpRequest, HttpResponse, Method};
+use tools::whip::Endpoint;
 use tools::{Publisher, PublisherConfig, VideoConfig, sample_offer};
 
 /// How long a `control` run that should fail at start-up may take.
 const EXIT_DEADLINE: Duration = Duration::from_secs(10);
-
-fn delete(server: &Server, target: &str, token: &str) -> HttpResponse {
-    server
-        .client
-        .request(&HttpRequest {
-            method: Method::Delete,
-            target,
-            content_type: None,
-            bearer: Some(token),
-            body: &[],
-        })
-        .unwrap_or_else(|e| panic!("DELETE {target}: {e}"))
-}
 
 #[test]
 fn two_dev_nodes_run_side_by_side() {
@@ -234,19 +221,19 @@ fn delete_checks_kind_room_and_existence() {
 
     // A WHEP session is not a WHIP resource.
     let via_whip = whep.replacen("/whep/", "/whip/", 1);
-    let r = delete(&server, &via_whip, &token);
+    let r = server.delete(&via_whip, &token);
     assert_eq!(r.status, 404, "DELETE {via_whip} (a WHEP session): {r:?}");
 
     // A token for another room may not end this room's sessions ...
     let elsewhere = dev_token("elsewhere", "mallory", Grants::PUBLISH_SUBSCRIBE).expect("token");
-    let r = delete(&server, &whep, &elsewhere);
+    let r = server.delete(&whep, &elsewhere);
     assert_eq!(
         r.status, 403,
         "DELETE {whep} with a token for another room: {r:?}"
     );
     // ... nor reach them through its own room's path.
     let other_room = whep.replacen("/whep/r/", "/whep/elsewhere/", 1);
-    let r = delete(&server, &other_room, &elsewhere);
+    let r = server.delete(&other_room, &elsewhere);
     assert_eq!(
         r.status, 404,
         "DELETE {other_room} (session is in room r): {r:?}"
@@ -257,22 +244,22 @@ fn delete_checks_kind_room_and_existence() {
         "a refused DELETE ended the session anyway"
     );
 
-    let r = delete(&server, &whep, &token);
+    let r = server.delete(&whep, &token);
     assert_eq!(r.status, 200, "DELETE {whep}: {r:?}");
     assert!(
         wait_until(Duration::from_secs(1), || session_count() == 0.0),
         "DELETE answered 200 but the session lives"
     );
-    let r = delete(&server, &whep, &token);
+    let r = server.delete(&whep, &token);
     assert_eq!(r.status, 404, "second DELETE {whep}: {r:?}");
 
     // The same for a WHIP session, through the WHEP path.
     let whip = offer(Endpoint::Whip);
     let via_whep = whip.replacen("/whip/", "/whep/", 1);
-    let r = delete(&server, &via_whep, &token);
+    let r = server.delete(&via_whep, &token);
     assert_eq!(r.status, 404, "DELETE {via_whep} (a WHIP session): {r:?}");
-    let r = delete(&server, &whip, &token);
+    let r = server.delete(&whip, &token);
     assert_eq!(r.status, 200, "DELETE {whip}: {r:?}");
-    let r = delete(&server, &whip, &token);
+    let r = server.delete(&whip, &token);
     assert_eq!(r.status, 404, "second DELETE {whip}: {r:?}");
 }

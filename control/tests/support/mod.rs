@@ -16,7 +16,7 @@ use tools::metrics::Metrics;
 use tools::publisher::{Publisher, PublisherConfig, PublisherStats, VideoConfig};
 use tools::subscriber::{Subscriber, SubscriberConfig};
 use tools::token::{Grants, dev_token};
-use tools::whip::{SignalingClient, candidate_addrs};
+use tools::whip::{HttpRequest, HttpResponse, Method, SignalingClient, candidate_addrs};
 use tools::{PayloadKind, Reception};
 
 /// How long the server may take to print its ready line.
@@ -41,6 +41,20 @@ pub struct Server {
 }
 
 impl Server {
+    /// `DELETE target` with `token`, whatever the status.
+    #[allow(dead_code)] // not every test binary deletes
+    pub fn delete(&self, target: &str, token: &str) -> HttpResponse {
+        self.client
+            .request(&HttpRequest {
+                method: Method::Delete,
+                target,
+                content_type: None,
+                bearer: Some(token),
+                body: &[],
+            })
+            .unwrap_or_else(|e| panic!("DELETE {target}: {e}"))
+    }
+
     /// `control dev --http 127.0.0.1:0 --workers 2`.
     pub fn start() -> Self {
         Self::start_with_workers(2)

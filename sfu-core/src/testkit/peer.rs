@@ -109,6 +109,31 @@ impl Peer {
         rtc
     }
 
+    fn new(
+        addr: SocketAddr,
+        origin: Instant,
+        tag: u32,
+        rtc: Rtc,
+        tracks: Vec<SendTrack>,
+        recv_mids: Vec<(Mid, MediaKind)>,
+        now: Instant,
+    ) -> Peer {
+        Peer {
+            addr,
+            origin,
+            tag,
+            rtc,
+            tracks,
+            recv_mids,
+            received: HashMap::new(),
+            connected: false,
+            failed: false,
+            keyframe_requests: 0,
+            deadline: Some(now),
+            now,
+        }
+    }
+
     /// A publisher and its offer.
     pub fn publisher(
         addr: SocketAddr,
@@ -160,20 +185,7 @@ impl Peer {
                 next: now,
             })
             .collect();
-        let peer = Peer {
-            addr,
-            origin,
-            tag,
-            rtc,
-            tracks,
-            recv_mids: Vec::new(),
-            received: HashMap::new(),
-            connected: false,
-            failed: false,
-            keyframe_requests: 0,
-            deadline: Some(now),
-            now,
-        };
+        let peer = Self::new(addr, origin, tag, rtc, tracks, Vec::new(), now);
         (peer, offer.to_sdp_string(), pending)
     }
 
@@ -197,20 +209,7 @@ impl Peer {
             recv_mids.push((mid, MediaKind::Video));
         }
         let (offer, pending) = change.apply().expect("an offer");
-        let peer = Peer {
-            addr,
-            origin,
-            tag,
-            rtc,
-            tracks: Vec::new(),
-            recv_mids,
-            received: HashMap::new(),
-            connected: false,
-            failed: false,
-            keyframe_requests: 0,
-            deadline: Some(now),
-            now,
-        };
+        let peer = Self::new(addr, origin, tag, rtc, Vec::new(), recv_mids, now);
         (peer, offer.to_sdp_string(), pending)
     }
 
