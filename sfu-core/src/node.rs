@@ -484,13 +484,6 @@ impl Node {
         rx.await.map_err(|_| NodeError::Stopped)
     }
 
-    /// End a session.
-    pub async fn close_session(&self, session: SessionId) -> Result<(), NodeError> {
-        self.on_worker_of(session, Command::Close { session })
-            .await
-            .map(|_| ())
-    }
-
     /// The node's counters.
     pub fn stats(&self) -> NodeStats {
         NodeStats {
@@ -515,16 +508,6 @@ impl Node {
     /// Whether every worker thread is still running.
     pub fn is_healthy(&self) -> bool {
         self.health().is_healthy()
-    }
-
-    /// Sessions the node's directory holds (sessions being set up included).
-    pub fn session_count(&self) -> usize {
-        self.shared.directory().sessions.len()
-    }
-
-    /// Per worker (index = worker id), whether its thread is still running.
-    pub fn workers_up(&self) -> Vec<bool> {
-        self.threads.iter().map(|t| !t.is_finished()).collect()
     }
 
     /// Stop the workers and wait for them.
