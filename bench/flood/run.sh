@@ -11,6 +11,9 @@
 # sfu-load and sends 200 POST/s for FLOOD_SECS (default 30). Results: bench/results/load/NAME/
 # (report.json, summary.txt, flood.json, metrics.txt, threads.txt; node.log is not kept).
 # THREADS="DELAY WINDOW" in the environment adds per-thread CPU of the node over that window.
+# CONTROL_CPUS (default 0) is control's CPU list: with `0,1` the node pins its one worker to
+# CPU 0 and runs signaling and set-up on CPU 1 (node.pin_workers; README: Configuration), so
+# they share CPU 1 with sfu-load and the flood instead of sharing CPU 0 with the worker.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -39,7 +42,7 @@ if builds; then echo "WARNING: a build is running at the start of $name" | tee "
 watch=$!
 echo "loadavg before $name: $(cat /proc/loadavg)" > "$out/env.txt"
 
-env "${limits[@]}" taskset -c 0 "$bin/control" dev --http "127.0.0.1:$port" --workers 1 \
+env "${limits[@]}" taskset -c "${CONTROL_CPUS:-0}" "$bin/control" dev --http "127.0.0.1:$port" --workers 1 \
   >"$out/node.log" 2>&1 &
 node=$!
 cleanup() { kill -TERM "$node" "$watch" 2>/dev/null || true; [ -n "${flood:-}" ] && kill -TERM "$flood" 2>/dev/null || true; }

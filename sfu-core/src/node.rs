@@ -22,8 +22,9 @@ use sfu_proto::{
 use str0m::config::DtlsCert;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::affinity::CpuPlan;
 use crate::config::{ConfigError, NodeConfig};
-use crate::engine::session::{Session, SessionSpec};
+use crate::engine::session::{Offer, Session, SessionSpec};
 use crate::engine::{Command, Engine, EngineConfig};
 use crate::ids::RoomKey;
 use crate::io::{self, Waker};
@@ -174,6 +175,7 @@ pub struct Node {
     candidates: Vec<SocketAddr>,
     certificates: Vec<Option<DtlsCert>>,
     io_backend: String,
+    cpus: CpuPlan,
     stopping: Arc<AtomicBool>,
 }
 
@@ -184,9 +186,9 @@ impl Node {
         let count = config.worker_count();
         let sockets = bind_sockets(&config, count)?;
         let cpus = if config.pin_workers {
-            crate::affinity::allowed_cpus().unwrap_or_default()
+            CpuPlan::new(&crate::affinity::allowed_cpus().unwrap_or_default(), count)
         } else {
-            Vec::new()
+            CpuPlan::default()
         };
 
         let mut handles = Vec::with_capacity(count);
@@ -249,6 +251,7 @@ impl Node {
             candidates,
             certificates,
             io_backend: String::new(),
+            cpus: cpus.clone(),
             stopping: Arc::new(AtomicBool::new(false)),
         };
         let mut backend_names = Vec::new();
@@ -265,7 +268,7 @@ impl Node {
             );
             let worker = Worker::new(engine, local, workers.clone(), rx, engine_events.clone());
             let waker = workers[i].waker.clone();
-            let cpu = cpus.get(i % cpus.len().max(1)).copied();
+            let cpu = cpus.worker.get(i).copied();
             let backend = config.io_backend;
             let udp_gso = config.udp_gso;
             let alive = AliveGuard(alive[i].clone());
@@ -313,7 +316,13 @@ impl Node {
         node.helpers.push(
             std::thread::Builder::new()
                 .name("sfu-setup".into())
-                .spawn(move || run_setup(setup_rx))
+                .spawn({
+                    let cpus = cpus.clone();
+                    move || {
+                        cpus.confine_to_spare("sfu-setup");
+                        run_setup(setup_rx)
+                    }
+                })
                 .map_err(|source| StartError::Io { worker: 0, source })?,
         );
         let (events_tx, events_rx) = mpsc::unbounded_channel();
@@ -323,7 +332,10 @@ impl Node {
         node.helpers.push(
             std::thread::Builder::new()
                 .name("sfu-events".into())
-                .spawn(move || run_event_pump(pump_shared, engine_events_rx, events_tx, stopping))
+                .spawn(move || {
+                    cpus.confine_to_spare("sfu-events");
+                    run_event_pump(pump_shared, engine_events_rx, events_tx, stopping)
+                })
                 .map_err(|source| StartError::Io { worker: 0, source })?,
         );
         tracing::info!(
@@ -331,9 +343,18 @@ impl Node {
             ports = ?node.ports(),
             io = %node.io_backend,
             advertise_ip = %config.advertise_ip,
+            worker_cpus = ?node.cpus.worker,
+            other_cpus = ?node.cpus.spare,
             "media node started"
         );
         Ok(node)
+    }
+
+    /// Which CPU each worker is pinned to, and the spare CPUs the node's other threads run on
+    /// (empty: they share the workers' cores at a lower priority). Whoever embeds the node
+    /// should keep its own threads on the spare CPUs too ([`CpuPlan::confine_to_spare`]).
+    pub fn cpus(&self) -> &CpuPlan {
+        &self.cpus
     }
 
     /// UDP port of each worker.
@@ -375,13 +396,15 @@ impl Node {
 
     /// Answer an offer with a new session on the least-loaded worker.
     pub async fn create_session(&self, create: CreateSession) -> Result<SessionCreated, NodeError> {
+        // Garbage is refused here, before it holds a directory entry or a set-up queue place.
+        let offer = Offer::parse(&create.offer_sdp)?;
         let (entry, order) = self
             .shared
             .directory()
             .insert(create.session, &create.room)?;
         let session = create.session;
         let room = create.room.clone();
-        let result = self.set_up_and_adopt(create, entry, order).await;
+        let result = self.set_up_and_adopt(create, offer, entry, order).await;
         if result.is_err() {
             self.shared.directory().remove(session, &room);
         }
@@ -391,6 +414,7 @@ impl Node {
     async fn set_up_and_adopt(
         &self,
         create: CreateSession,
+        offer: Offer,
         entry: SessionEntry,
         order: u64,
     ) -> Result<SessionCreated, NodeError> {
@@ -405,7 +429,6 @@ impl Node {
             identity: create.identity,
             policy: create.policy,
         };
-        let offer = create.offer_sdp;
         let (done, accepted) = oneshot::channel();
         let job: SetupJob = Box::new(move || {
             let mut rng = rand::random::<u64>() | 1;
@@ -417,7 +440,7 @@ impl Node {
             };
             let result = Session::accept(
                 spec,
-                &offer,
+                offer,
                 candidate,
                 certificate,
                 initial_seq,

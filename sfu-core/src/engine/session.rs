@@ -94,6 +94,29 @@ pub enum Forwarded {
     CodecMismatch,
 }
 
+/// An SDP offer that parsed. Parsing is cheap next to building a session (DTLS key shares), so
+/// the node parses where the request arrives and rejects garbage before it takes a place in
+/// the set-up queue.
+#[derive(Debug)]
+pub struct Offer {
+    sdp: SdpOffer,
+    /// The offer lists `goog-remb` (a publisher that understands REMB gets our estimate).
+    remb: bool,
+}
+
+impl Offer {
+    /// Parse an offer; the error is the one the client sees (400).
+    pub fn parse(sdp: &str) -> Result<Offer, NodeError> {
+        let remb = sdp.contains("goog-remb");
+        let parsed = catch_unwind(|| SdpOffer::from_sdp_string(sdp))
+            .map_err(|panic| {
+                NodeError::BadOffer(format!("SDP parser failed: {}", panic_message(&panic)))
+            })?
+            .map_err(|e| NodeError::BadOffer(format!("SDP does not parse: {e}")))?;
+        Ok(Offer { sdp: parsed, remb })
+    }
+}
+
 /// Who a new session is and where it belongs; everything [`Session::accept`] needs besides
 /// the offer.
 #[derive(Debug, Clone)]
@@ -143,17 +166,16 @@ impl Session {
     /// (SDP parsing, codec negotiation): the node runs it off the media workers.
     pub fn accept(
         spec: SessionSpec,
-        offer_sdp: &str,
+        offer: Offer,
         candidate_addr: SocketAddr,
         dtls_cert: Option<DtlsCert>,
         initial_seq: impl FnMut() -> u16,
         now: Instant,
     ) -> Result<(Session, String), NodeError> {
-        let remb = spec.kind == SessionKind::Publish && offer_sdp.contains("goog-remb");
-        let offer = SdpOffer::from_sdp_string(offer_sdp)
-            .map_err(|e| NodeError::BadOffer(format!("SDP does not parse: {e}")))?;
+        let Offer { sdp, remb } = offer;
+        let remb = remb && spec.kind == SessionKind::Publish;
         let result = catch_unwind(AssertUnwindSafe(|| {
-            Self::accept_parsed(spec, offer, candidate_addr, dtls_cert, initial_seq, now)
+            Self::accept_parsed(spec, sdp, candidate_addr, dtls_cert, initial_seq, now)
         }));
         match result {
             Ok(r) => r.map(|(mut session, answer)| {
@@ -764,7 +786,7 @@ mod tests {
 
         let (session, answer) = Session::accept(
             spec(SessionKind::Subscribe),
-            &offer.to_sdp_string(),
+            Offer::parse(&offer.to_sdp_string()).expect("the offer parses"),
             SocketAddr::from(([127, 0, 0, 1], 6000)),
             None,
             || 100,
@@ -842,7 +864,7 @@ mod tests {
             let (offer, pending) = change.apply().expect("an offer");
             let (session, answer) = Session::accept(
                 spec(kind),
-                &offer.to_sdp_string(),
+                Offer::parse(&offer.to_sdp_string()).expect("the offer parses"),
                 SERVER,
                 None,
                 || 1000,

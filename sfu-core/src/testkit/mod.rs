@@ -21,7 +21,7 @@ use sfu_proto::{
 };
 use str0m::config::DtlsCert;
 
-use crate::engine::session::{Session, SessionSpec};
+use crate::engine::session::{Offer, Session, SessionSpec};
 use crate::engine::{Command, Engine, EngineConfig};
 use crate::ids::RoomKey;
 use crate::metrics::WorkerMetrics;
@@ -285,7 +285,7 @@ impl Kit {
         let mut seq = session.as_u128() as u16;
         let (accepted, answer) = Session::accept(
             spec,
-            &offer,
+            Offer::parse(&offer)?,
             n.addrs[worker],
             n.certificates[worker].clone(),
             move || {
