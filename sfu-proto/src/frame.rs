@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::api::{NodeEvent, NodeRequest, NodeResponse};
+use crate::cluster::{NONCE_LEN, Registration};
 use crate::ids::{NodeId, RequestId};
 
 /// The protocol version this crate speaks. Peers exchange it in [`Frame::Hello`] and refuse
@@ -24,6 +25,21 @@ pub enum Frame {
     Hello {
         version: u16,
         node: Option<NodeId>,
+    },
+    /// Control → node, after its `Hello`: prove you know the cluster secret.
+    Challenge {
+        nonce: [u8; NONCE_LEN],
+    },
+    /// Node → control: who it is, and the proof over the challenge.
+    Register {
+        registration: Registration,
+        proof: [u8; NONCE_LEN],
+    },
+    /// Control → node: registered; requests follow.
+    Registered,
+    /// Control → node: not registered, and why. Control closes the link after it.
+    Refused {
+        reason: String,
     },
     Request {
         id: RequestId,

@@ -7,6 +7,7 @@
 //! - [`media`]: the header of a forwarded packet, as plain data.
 //! - [`frame`]: the envelope on a node link (hello with the protocol version, request with
 //!   its id, response, event) and its length-framed binary codec with a size limit.
+//! - [`cluster`]: what a node tells control when it joins (registration, held sessions).
 //! - [`token`]: access-token claims.
 //!
 //! # Panic policy
@@ -16,6 +17,7 @@
 #![deny(unsafe_code)]
 
 pub mod api;
+pub mod cluster;
 pub mod frame;
 pub mod ids;
 pub mod media;
@@ -26,6 +28,7 @@ pub use api::{
     NodeResponse, NodeStats, SessionCreated, SessionKind, SetSubscription, Subscribe,
     SubscribePolicy, TrackInfo, WorkerStats,
 };
+pub use cluster::{HeldSession, Registration};
 pub use frame::{CodecError, Frame, FrameDecoder, PROTOCOL_VERSION};
 pub use ids::{
     IdError, Layer, NodeId, ParticipantId, RequestId, RoomId, SessionId, TrackId, WorkerId,

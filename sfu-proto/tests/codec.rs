@@ -188,7 +188,49 @@ fn any_frame() -> impl Strategy<Value = Frame> {
             response
         }),
         event().prop_map(Frame::Event),
+        any::<[u8; 32]>().prop_map(|nonce| Frame::Challenge { nonce }),
+        (registration(), any::<[u8; 32]>()).prop_map(|(registration, proof)| Frame::Register {
+            registration,
+            proof
+        }),
+        Just(Frame::Registered),
+        ".{0,40}".prop_map(|reason| Frame::Refused { reason }),
     ]
+}
+
+fn registration() -> impl Strategy<Value = Registration> {
+    let held = (session(), room(), any::<bool>(), ".{0,12}").prop_map(
+        |(session, room, publish, identity)| HeldSession {
+            session,
+            room,
+            kind: if publish {
+                SessionKind::Publish
+            } else {
+                SessionKind::Subscribe
+            },
+            identity,
+        },
+    );
+    (
+        name(NodeId::MAX_LEN),
+        any::<u64>(),
+        proptest::option::of("[a-z0-9-]{1,12}"),
+        any::<std::net::IpAddr>(),
+        proptest::collection::vec(any::<u16>(), 0..4),
+        any::<u64>(),
+        proptest::collection::vec(held, 0..3),
+    )
+        .prop_map(
+            |(node, incarnation, region, media_ip, media_ports, capacity, sessions)| Registration {
+                node: node.parse().expect("valid"),
+                incarnation,
+                region,
+                media_ip,
+                media_ports,
+                capacity,
+                sessions,
+            },
+        )
 }
 
 proptest! {
