@@ -10,4 +10,4 @@ pub mod node_client;
 pub mod ratelimit;
 pub mod server;
 pub mod store;
-pub mod watchdog;
+pub use sfu_core::watchdog;

@@ -30,6 +30,8 @@ pub mod metrics;
 pub mod node;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
+pub mod uplink;
+pub mod watchdog;
 pub mod worker;
 
 pub use config::NodeConfig;

@@ -1,12 +1,16 @@
-//! `sfu`: the media node binary. Until control drives remote nodes over QUIC, a node runs
-//! inside `control` (`control dev` / `control serve`); this binary checks that a host can run
-//! one: it validates the `[node]` configuration, binds every worker's port, starts the workers
-//! on their cores and reports which I/O backend each got (io_uring or the portable fallback).
+//! `sfu`: the media node binary. `sfu run` starts a node that joins control over QUIC
+//! (README: Several hosts); `sfu check` checks that a host can run one: it validates the
+//! `[node]` configuration, binds every worker's port, starts the workers on their cores and
+//! reports which I/O backend each got (io_uring or the portable fallback).
 
-use std::path::PathBuf;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use sfu_core::uplink::{self, UplinkConfig};
+use sfu_core::watchdog;
 use sfu_core::{Node, NodeConfig};
 
 #[global_allocator]
@@ -21,6 +25,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a media node that joins control's cluster over QUIC and serves its sessions.
+    Run(RunArgs),
     /// Validate the node configuration and start (then stop) the workers once, printing what
     /// each got: port, CPU pinning and I/O backend. Exits non-zero on any problem.
     Check {
@@ -33,10 +39,67 @@ enum Command {
     },
 }
 
-#[derive(Debug, serde::Deserialize)]
+/// `sfu run`'s flags; each also reads an `SFU__SECTION__KEY` variable and overrides the
+/// configuration file's `[node]` / `[cluster]` key of the same name.
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// TOML file with `[node]` and `[cluster]` tables.
+    #[arg(long, env = "SFU_CONFIG")]
+    config: Option<PathBuf>,
+    /// Control's cluster address, HOST:PORT (cluster.control).
+    #[arg(long, env = "SFU__CLUSTER__CONTROL")]
+    control: Option<String>,
+    /// This node's name, unique in the cluster (node.id).
+    #[arg(long, env = "SFU__NODE__ID")]
+    node_id: Option<String>,
+    /// The cluster secret, at least 16 bytes (cluster.secret).
+    #[arg(long, env = "SFU__CLUSTER__SECRET", hide_env_values = true)]
+    cluster_secret: Option<String>,
+    /// Control's certificate, PEM (cluster.control_cert); the only one this node accepts.
+    #[arg(long, env = "SFU__CLUSTER__CONTROL_CERT")]
+    control_cert: Option<PathBuf>,
+    /// Where this node is; clients may ask for a region (cluster.region).
+    #[arg(long, env = "SFU__CLUSTER__REGION")]
+    region: Option<String>,
+    /// Address put in ICE candidates (node.advertise_ip); media binds to it unless
+    /// node.media_bind says otherwise.
+    #[arg(long, env = "SFU__NODE__ADVERTISE_IP")]
+    advertise_ip: Option<IpAddr>,
+    /// UDP port of worker 0 (node.media_port_base).
+    #[arg(long, env = "SFU__NODE__MEDIA_PORT_BASE")]
+    media_port_base: Option<u16>,
+    /// Media worker threads, 0 = one per allowed CPU (node.workers).
+    #[arg(long, env = "SFU__NODE__WORKERS")]
+    workers: Option<usize>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 struct File {
     #[serde(default)]
     node: NodeConfig,
+    #[serde(default)]
+    cluster: ClusterFile,
+}
+
+/// `[cluster]` as the node reads it.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClusterFile {
+    control: Option<String>,
+    secret: Option<String>,
+    control_cert: Option<PathBuf>,
+    region: Option<String>,
+}
+
+fn read_file(path: Option<&Path>) -> anyhow::Result<File> {
+    let Some(path) = path else {
+        return Ok(File::default());
+    };
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    toml::from_str::<File>(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.message()))
 }
 
 fn main() {
@@ -56,17 +119,9 @@ fn main() {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Run(args) => run_node(args),
         Command::Check { config, workers } => {
-            let mut node = match config {
-                Some(path) => {
-                    let text = std::fs::read_to_string(&path)
-                        .with_context(|| format!("cannot read {}", path.display()))?;
-                    toml::from_str::<File>(&text)
-                        .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.message()))?
-                        .node
-                }
-                None => NodeConfig::default(),
-            };
+            let mut node = read_file(config.as_deref())?.node;
             if let Some(w) = workers {
                 node.workers = w;
             }
@@ -80,6 +135,107 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("ok");
             Ok(())
         }
+    }
+}
+
+fn run_node(args: RunArgs) -> anyhow::Result<()> {
+    let File { mut node, cluster } = read_file(args.config.as_deref())?;
+    if let Some(id) = args.node_id {
+        node.id = id
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--node-id {id:?}: {e}"))?;
+    }
+    if let Some(ip) = args.advertise_ip {
+        node.advertise_ip = ip;
+        node.media_bind = ip;
+    }
+    if let Some(port) = args.media_port_base {
+        node.media_port_base = port;
+    }
+    if let Some(w) = args.workers {
+        node.workers = w;
+    }
+    let missing = |flag: &str, key: &str| anyhow::anyhow!("give {flag} or set cluster.{key}");
+    let uplink = UplinkConfig {
+        control: args
+            .control
+            .or(cluster.control)
+            .ok_or_else(|| missing("--control HOST:PORT", "control"))?,
+        secret: args
+            .cluster_secret
+            .or(cluster.secret)
+            .ok_or_else(|| missing("--cluster-secret", "secret"))?,
+        control_cert: args
+            .control_cert
+            .or(cluster.control_cert)
+            .ok_or_else(|| missing("--control-cert PEM_FILE", "control_cert"))?,
+        region: args.region.or(cluster.region),
+    };
+    if node.id.as_str() == NodeConfig::default().id.as_str() {
+        anyhow::bail!("give the node a name unique in the cluster: --node-id or node.id");
+    }
+
+    // The node starts first, on this thread, so its workers keep the normal priority; what
+    // follows (the link to control) runs on the spare CPUs, if any, and below the workers.
+    let node = Arc::new(Node::start(node).context("node cannot start")?);
+    node.cpus().confine_to_spare("uplink");
+    if let Err(e) = sfu_core::affinity::lower_current_thread_priority(5) {
+        tracing::debug!(error = %e, "could not lower the uplink thread's priority");
+    }
+    let events = node
+        .take_events()
+        .context("the node's event stream is already taken")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let result = runtime.block_on(async {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let link = tokio::spawn(uplink::run(node.clone(), uplink, events, stop_rx));
+        let watched = node.clone();
+        let watchdog = watchdog::watch(
+            move || {
+                let health = watched.health();
+                async move { health.workers_up }
+            },
+            watchdog::PERIOD,
+        );
+        let outcome = tokio::select! {
+            stopped = watchdog => Err(anyhow::Error::new(stopped)),
+            signal = shutdown_signal() => {
+                tracing::info!(signal, "stopping");
+                Ok(())
+            }
+            ended = link => match ended {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(anyhow::Error::new(e)),
+                Err(e) => Err(anyhow::anyhow!("the uplink task failed: {e}")),
+            },
+        };
+        let _ = stop_tx.send(true);
+        outcome
+    });
+    drop(runtime);
+    if let Err(e) = &result {
+        if e.is::<watchdog::WorkersStopped>() {
+            eprintln!("error: {e:#}");
+            std::process::exit(watchdog::EXIT_CODE);
+        }
+    }
+    result
+}
+
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
     }
 }
 

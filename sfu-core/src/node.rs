@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam::channel::{Receiver, Sender, TrySendError};
 use sfu_proto::{
-    CreateSession, EndReason, LoadReport, NodeError, NodeEvent, NodeHealth, NodeRequest,
-    NodeResponse, NodeStats, RoomId, SessionCreated, SessionId, WorkerId,
+    CreateSession, EndReason, HeldSession, LoadReport, NodeError, NodeEvent, NodeHealth, NodeId,
+    NodeRequest, NodeResponse, NodeStats, RoomId, SessionCreated, SessionId, SessionKind, WorkerId,
 };
 use str0m::config::DtlsCert;
 use tokio::sync::{mpsc, oneshot};
@@ -65,6 +65,8 @@ struct SessionEntry {
     worker: WorkerId,
     room: RoomKey,
     room_id: RoomId,
+    kind: SessionKind,
+    identity: String,
 }
 
 /// Which worker has which session, and the rooms' keys. Control path only.
@@ -84,6 +86,8 @@ impl Directory {
         &mut self,
         session: SessionId,
         room: &RoomId,
+        kind: SessionKind,
+        identity: &str,
     ) -> Result<(SessionEntry, u64), NodeError> {
         if self.sessions.contains_key(&session) {
             return Err(NodeError::DuplicateSession);
@@ -106,6 +110,8 @@ impl Directory {
             worker: WorkerId(worker as u16),
             room: key,
             room_id: room.clone(),
+            kind,
+            identity: identity.to_string(),
         };
         self.sessions.insert(session, entry.clone());
         self.next_order += 1;
@@ -176,6 +182,8 @@ pub struct Node {
     certificates: Vec<Option<DtlsCert>>,
     io_backend: String,
     cpus: CpuPlan,
+    max_sessions_per_worker: usize,
+    id: NodeId,
     stopping: Arc<AtomicBool>,
 }
 
@@ -252,6 +260,8 @@ impl Node {
             certificates,
             io_backend: String::new(),
             cpus: cpus.clone(),
+            max_sessions_per_worker: config.max_sessions_per_worker,
+            id: config.id.clone(),
             stopping: Arc::new(AtomicBool::new(false)),
         };
         let mut backend_names = Vec::new();
@@ -357,6 +367,39 @@ impl Node {
         &self.cpus
     }
 
+    /// The sessions this node holds (also those still being set up), as it reports them when
+    /// it registers with control.
+    pub fn held_sessions(&self) -> Vec<HeldSession> {
+        self.shared
+            .directory()
+            .sessions
+            .iter()
+            .map(|(id, entry)| HeldSession {
+                session: *id,
+                room: entry.room_id.clone(),
+                kind: entry.kind,
+                identity: entry.identity.clone(),
+            })
+            .collect()
+    }
+
+    /// The node's name (`node.id`).
+    pub fn id(&self) -> &NodeId {
+        &self.id
+    }
+
+    /// Sessions the node accepts at most, all workers together.
+    pub fn capacity(&self) -> u64 {
+        (self.shared.workers.len() * self.max_sessions_per_worker) as u64
+    }
+
+    /// The address ICE candidates name.
+    pub fn advertise_ip(&self) -> std::net::IpAddr {
+        self.candidates
+            .first()
+            .map_or(std::net::Ipv4Addr::LOCALHOST.into(), |c| c.ip())
+    }
+
     /// UDP port of each worker.
     pub fn ports(&self) -> Vec<u16> {
         self.shared.workers.iter().map(|w| w.port).collect()
@@ -398,10 +441,12 @@ impl Node {
     pub async fn create_session(&self, create: CreateSession) -> Result<SessionCreated, NodeError> {
         // Garbage is refused here, before it holds a directory entry or a set-up queue place.
         let offer = Offer::parse(&create.offer_sdp)?;
-        let (entry, order) = self
-            .shared
-            .directory()
-            .insert(create.session, &create.room)?;
+        let (entry, order) = self.shared.directory().insert(
+            create.session,
+            &create.room,
+            create.kind,
+            &create.identity,
+        )?;
         let session = create.session;
         let room = create.room.clone();
         let result = self.set_up_and_adopt(create, offer, entry, order).await;

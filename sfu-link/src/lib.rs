@@ -26,6 +26,8 @@ pub mod requests;
 pub mod stream;
 pub mod tls;
 
+pub use quinn;
+
 use sfu_proto::CodecError;
 
 /// Why a link failed or refused to come up.
