@@ -3,6 +3,7 @@
 //! this process with in-memory state.
 
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod metrics;
