@@ -1,11 +1,15 @@
-//! The cluster head's decisions, free of I/O: what state each media node is in ([`health`]).
-//! The links to the nodes and the shared store feed these with data and the time, and carry
-//! out what they decide.
+//! The cluster head's decisions, free of I/O: where a room goes ([`placement`]) and what state
+//! each media node is in ([`health`]). The links to the nodes and the shared store feed these
+//! with data and the time, and carry out what they decide.
 
 pub mod health;
+pub mod placement;
 
 pub use health::{
     Cause, HealthConfig, HealthError, HealthEvent, HealthTable, Incarnation, NodeHealth, NodeState,
+};
+pub use placement::{
+    Decision, NodeSnapshot, PlaceError, Placed, Placement, PlacementConfig, RoomRequest,
 };
 
 /// A cluster setting out of range; `key` is the setting's name within its section, so the
