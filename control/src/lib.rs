@@ -11,4 +11,5 @@ pub mod node_client;
 pub mod ratelimit;
 pub mod server;
 pub mod store;
+pub mod turn;
 pub mod watchdog;
