@@ -164,7 +164,8 @@ enum Liveness {
 
 #[derive(Debug, Clone, Copy)]
 struct Drain {
-    deadline: Instant,
+    /// `None`: a timeout too long to represent, never reached.
+    deadline: Option<Instant>,
     expiry_reported: bool,
 }
 
@@ -249,7 +250,7 @@ impl NodeHealth {
         }
         let from = self.state();
         self.drain = Some(Drain {
-            deadline: now + self.config.drain_timeout,
+            deadline: now.checked_add(self.config.drain_timeout),
             expiry_reported: false,
         });
         events.extend(self.changed(from, Cause::Drain));
@@ -277,15 +278,10 @@ impl NodeHealth {
         // Each pass applies the earliest due deadline, so a late tick reports them in the
         // order they fell due; there are at most three (suspect, dead, drain).
         while let Some(due) = self.poll_timeout().filter(|&t| t <= now) {
-            let silence_due = match self.liveness {
-                Liveness::Alive => self.last_heard + self.config.suspect_after,
-                Liveness::Suspect => self.last_heard + self.config.dead_after,
-                Liveness::Dead => break,
-            };
             let from = self.state();
             // On a tie the node's silence goes first: a node that dies at its drain deadline
             // has no sessions left to end.
-            if silence_due <= due {
+            if self.silence_deadline().is_some_and(|s| s <= due) {
                 let (liveness, after) = match self.liveness {
                     Liveness::Alive => (Liveness::Suspect, self.config.suspect_after),
                     _ => (Liveness::Dead, self.config.dead_after),
@@ -316,18 +312,27 @@ impl NodeHealth {
         self.changed(from, cause).into_iter().collect()
     }
 
-    /// The next time `tick` has something to do; `None` once the node is dead.
+    /// The next time `tick` has something to do; `None` once the node is dead (or when
+    /// nothing will ever be due).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let next_silence = match self.liveness {
-            Liveness::Alive => self.last_heard + self.config.suspect_after,
-            Liveness::Suspect => self.last_heard + self.config.dead_after,
-            Liveness::Dead => return None,
-        };
+        if self.liveness == Liveness::Dead {
+            return None;
+        }
         let drain = self
             .drain
             .filter(|d| !d.expiry_reported)
-            .map(|d| d.deadline);
-        Some(drain.map_or(next_silence, |d| d.min(next_silence)))
+            .and_then(|d| d.deadline);
+        [self.silence_deadline(), drain].into_iter().flatten().min()
+    }
+
+    /// When the current silence moves the node on (to `Suspect`, or to `Dead`). `None` when
+    /// dead, or when a timeout is too long to represent (it is never reached).
+    fn silence_deadline(&self) -> Option<Instant> {
+        match self.liveness {
+            Liveness::Alive => self.last_heard.checked_add(self.config.suspect_after),
+            Liveness::Suspect => self.last_heard.checked_add(self.config.dead_after),
+            Liveness::Dead => None,
+        }
     }
 
     fn changed(&self, from: NodeState, cause: Cause) -> Option<HealthEvent> {
@@ -831,6 +836,24 @@ mod tests {
         let mut h = NodeHealth::new(id("n1"), Incarnation(1), config, t0);
         h.drain(t0);
         assert_eq!(expired(&h.tick(t0 + 10 * S)), 0);
+    }
+
+    /// Timeouts too long to represent are never reached; nothing overflows.
+    #[test]
+    fn huge_timeouts_do_not_overflow() {
+        let t0 = t0();
+        let config = HealthConfig {
+            suspect_after: Duration::MAX / 2,
+            dead_after: Duration::MAX,
+            drain_timeout: Duration::MAX,
+        };
+        assert_eq!(config.validate(), Ok(()));
+        let mut h = NodeHealth::new(id("n1"), Incarnation(1), config, t0);
+        assert_eq!(changes(&h.drain(t0)), [(Up, Draining, Cause::Drain)]);
+        assert_eq!(h.tick(t0 + 1000 * S), []);
+        assert_eq!(h.handle_heartbeat(t0 + 2000 * S), []);
+        assert_eq!(h.poll_timeout(), None);
+        assert_eq!(h.state(), Draining);
     }
 
     #[test]
