@@ -19,6 +19,8 @@ pub struct Config {
     pub auth: AuthConfig,
     pub limits: LimitsConfig,
     pub node: NodeConfig,
+    /// `[turn]`: TURN credentials handed to clients; off unless a secret and URLs are set.
+    pub turn: crate::turn::TurnConfig,
 }
 
 /// `[http]`
@@ -199,6 +201,7 @@ impl Config {
                     .into(),
             });
         }
+        self.turn.validate()?;
         for (key, secret) in &self.auth.keys {
             if secret.len() < 16 {
                 return Err(ConfigError::Invalid {

@@ -20,6 +20,7 @@ use crate::auth::{self, AuthError, Grant, Grants, Verifier};
 use crate::node_client::{self, NodeClient};
 use crate::ratelimit::{RetryAfter, SignalingLimiter};
 use crate::store::{CapExceeded, Caps, SessionStore};
+use crate::turn::TurnIssuer;
 
 /// What every handler can reach.
 #[derive(Debug)]
@@ -36,6 +37,8 @@ pub struct AppState {
     pub limiter: Option<SignalingLimiter>,
     /// Session caps per identity, per room and in total.
     pub caps: Caps,
+    /// TURN credentials for clients (`[turn]`); `None` when not configured.
+    pub turn: Option<TurnIssuer>,
 }
 
 /// Build the router.
@@ -47,6 +50,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/style.css", get(style_css))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .route("/api/turn", get(turn_credentials).options(preflight))
         .route("/whip/{room}", post(whip_post).options(preflight))
         .route(
             "/whip/{room}/{session}",
@@ -371,7 +375,40 @@ async fn offer(
     if let Ok(v) = HeaderValue::from_str(&etag) {
         h.insert(header::ETAG, v);
     }
+    if let Some(turn) = &state.turn {
+        for link in turn.issue(&claims.sub, auth::unix_now()).link_headers() {
+            if let Ok(v) = HeaderValue::from_str(&link) {
+                h.append(header::LINK, v);
+            }
+        }
+    }
     response
+}
+
+/// `GET /api/turn`: TURN credentials for the token's identity (any valid token), for clients
+/// that configure their ICE servers before they make the offer the WHIP/WHEP answer would
+/// carry them on.
+async fn turn_credentials(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let claims = match state.verifier.verify_header(
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok()),
+    ) {
+        Ok(c) => c,
+        Err(e) => return auth_error(e),
+    };
+    let Some(turn) = &state.turn else {
+        return text(
+            StatusCode::NOT_FOUND,
+            "TURN is not configured on this server (turn.secret, turn.urls)",
+        );
+    };
+    let credentials = turn.issue(&claims.sub, auth::unix_now());
+    (
+        [(header::CACHE_CONTROL, "no-store")],
+        axum::Json(credentials),
+    )
+        .into_response()
 }
 
 async fn whip_delete(

@@ -3,6 +3,7 @@
 //! this process with in-memory state.
 
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod metrics;
@@ -10,4 +11,5 @@ pub mod node_client;
 pub mod ratelimit;
 pub mod server;
 pub mod store;
+pub mod turn;
 pub use sfu_core::watchdog;

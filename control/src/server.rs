@@ -59,6 +59,7 @@ impl Server {
                 per_room: config.limits.max_sessions_per_room,
                 total: config.limits.max_sessions,
             },
+            turn: crate::turn::TurnIssuer::new(&config.turn),
         });
         if state.limiter.is_none() {
             tracing::warn!(

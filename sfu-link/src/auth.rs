@@ -3,7 +3,7 @@
 //! encrypted and control's certificate pinned, so the proof shows the node knows the secret
 //! without the secret ever being sent, and a recorded proof is worthless on another link.
 
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use sfu_proto::NodeId;
 use sfu_proto::cluster::NONCE_LEN;
 use sha2::Sha256;
@@ -36,7 +36,7 @@ pub fn verify(
 
 fn mac(secret: &[u8], nonce: &[u8; NONCE_LEN], node: &NodeId) -> Hmac<Sha256> {
     // HMAC takes keys of any length; `new_from_slice` cannot fail for it.
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret)
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret)
         .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
     mac.update(DOMAIN);
     mac.update(nonce);
