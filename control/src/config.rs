@@ -21,6 +21,63 @@ pub struct Config {
     pub node: NodeConfig,
     /// `[turn]`: TURN credentials handed to clients; off unless a secret and URLs are set.
     pub turn: crate::turn::TurnConfig,
+    /// `[cluster]`: media nodes on other hosts join over QUIC; off unless `listen` is set.
+    pub cluster: ClusterConfig,
+}
+
+/// `[cluster]`: control as the head of media nodes that run `sfu run` on other hosts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// QUIC address nodes connect to (`HOST:PORT`); unset = no remote nodes.
+    pub listen: Option<SocketAddr>,
+    /// Shared secret nodes prove they know (at least 16 bytes; never sent over the link).
+    pub secret: String,
+    /// Control's certificate (PEM) and key. When the files do not exist, a self-signed pair
+    /// is generated at start and written there; give nodes the certificate file.
+    pub tls_cert: std::path::PathBuf,
+    pub tls_key: std::path::PathBuf,
+    /// Also run the in-process node with `[cluster]` set (`control dev` always does).
+    pub embedded_node: bool,
+    /// A node silent this long is suspect (no new rooms), then dead (its rooms move).
+    pub suspect_after_ms: u64,
+    pub dead_after_ms: u64,
+    /// How far above the average load (as a fraction) a node may go before new rooms skip
+    /// it (bounded-load consistent hashing).
+    pub load_slack: f64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            secret: String::new(),
+            tls_cert: "control-cert.pem".into(),
+            tls_key: "control-key.pem".into(),
+            embedded_node: false,
+            suspect_after_ms: 3000,
+            dead_after_ms: 5000,
+            load_slack: 0.25,
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// The health timings.
+    pub fn health(&self) -> crate::cluster::HealthConfig {
+        crate::cluster::HealthConfig {
+            suspect_after: std::time::Duration::from_millis(self.suspect_after_ms),
+            dead_after: std::time::Duration::from_millis(self.dead_after_ms),
+            ..crate::cluster::HealthConfig::default()
+        }
+    }
+
+    /// The placement policy's settings.
+    pub fn placement(&self) -> crate::cluster::PlacementConfig {
+        crate::cluster::PlacementConfig {
+            load_slack: self.load_slack,
+        }
+    }
 }
 
 /// `[http]`
@@ -202,6 +259,23 @@ impl Config {
             });
         }
         self.turn.validate()?;
+        if self.cluster.listen.is_some()
+            && self.cluster.secret.len() < sfu_link::auth::MIN_SECRET_LEN
+        {
+            return Err(ConfigError::Invalid {
+                key: "cluster.secret".into(),
+                reason: format!(
+                    "must be at least {} bytes when cluster.listen is set",
+                    sfu_link::auth::MIN_SECRET_LEN
+                ),
+            });
+        }
+        let setting = |e: crate::cluster::SettingError| ConfigError::Invalid {
+            key: format!("cluster.{}", e.key),
+            reason: e.reason,
+        };
+        self.cluster.health().validate().map_err(setting)?;
+        self.cluster.placement().validate().map_err(setting)?;
         for (key, secret) in &self.auth.keys {
             if secret.len() < 16 {
                 return Err(ConfigError::Invalid {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -17,7 +17,8 @@ use sfu_core::proto::{CreateSession, SubscribePolicy};
 use sfu_core::{NodeError, NodeRequest, NodeResponse, SessionCreated, SessionKind};
 
 use crate::auth::{self, AuthError, Grant, Grants, Verifier};
-use crate::node_client::{self, NodeClient};
+use crate::cluster::nodes::Nodes;
+use crate::node_client;
 use crate::ratelimit::{RetryAfter, SignalingLimiter};
 use crate::store::{CapExceeded, Caps, SessionStore};
 use crate::turn::TurnIssuer;
@@ -25,8 +26,8 @@ use crate::turn::TurnIssuer;
 /// What every handler can reach.
 #[derive(Debug)]
 pub struct AppState {
-    /// The media node, reached only through the node API.
-    pub node: Arc<dyn NodeClient>,
+    /// The media nodes (embedded and remote), reached only through the node API.
+    pub nodes: Arc<Nodes>,
     /// Sessions control created (room, kind, identity), for `DELETE` checks and the caps.
     pub sessions: SessionStore,
     pub verifier: Verifier,
@@ -183,7 +184,11 @@ async fn style_css() -> Response {
 
 /// 503 from the moment a worker stops until the watchdog (within a second) ends the process.
 async fn healthz(State(state): State<Arc<AppState>>) -> Response {
-    let health = node_client::health(state.node.as_ref()).await;
+    // Liveness is this process and its own workers; remote nodes and the store do not count.
+    let Some(node) = state.nodes.embedded() else {
+        return text(StatusCode::OK, "ok");
+    };
+    let health = node_client::health(node.as_ref()).await;
     let stopped = crate::watchdog::stopped_workers(&health.workers_up);
     if stopped.is_empty() {
         text(StatusCode::OK, "ok")
@@ -196,11 +201,15 @@ async fn healthz(State(state): State<Arc<AppState>>) -> Response {
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    let stats = node_client::stats(state.node.as_ref())
-        .await
-        .unwrap_or_default();
-    let health = node_client::health(state.node.as_ref()).await;
-    let body = crate::metrics::render(&stats, &health.workers_up, state.sessions.len());
+    let (stats, workers_up) = match state.nodes.embedded() {
+        Some(node) => (
+            node_client::stats(node.as_ref()).await.unwrap_or_default(),
+            node_client::health(node.as_ref()).await.workers_up,
+        ),
+        None => Default::default(),
+    };
+    let mut body = crate::metrics::render(&stats, &workers_up, state.sessions.len());
+    crate::metrics::render_cluster(&mut body, &state.nodes.count_by_state());
     (
         [(
             header::CONTENT_TYPE,
@@ -235,24 +244,33 @@ fn node_error(e: NodeError) -> Response {
 async fn whip_post(
     state: State<Arc<AppState>>,
     room: Path<String>,
+    query: Query<OfferQuery>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    offer(state, room, headers, body, SessionKind::Publish).await
+    offer(state, room, query, headers, body, SessionKind::Publish).await
 }
 
 async fn whep_post(
     state: State<Arc<AppState>>,
     room: Path<String>,
+    query: Query<OfferQuery>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    offer(state, room, headers, body, SessionKind::Subscribe).await
+    offer(state, room, query, headers, body, SessionKind::Subscribe).await
+}
+
+/// `?region=NAME` on WHIP/WHEP: prefer media nodes of that region.
+#[derive(Debug, Default, Deserialize)]
+pub struct OfferQuery {
+    region: Option<String>,
 }
 
 async fn offer(
     State(state): State<Arc<AppState>>,
     Path(room): Path<String>,
+    Query(query): Query<OfferQuery>,
     headers: HeaderMap,
     body: Bytes,
     kind: SessionKind,
@@ -302,9 +320,20 @@ async fn offer(
     // is chosen here: 128 random bits, unique across nodes, and the secret part of the
     // session's URL.
     let session = SessionId::random();
+    let (node_id, node) =
+        match state
+            .nodes
+            .place(&room_id, query.region.as_deref(), &state.sessions)
+        {
+            Ok(placed) => placed,
+            Err(e) => {
+                tracing::warn!(%room, error = %e, "no media node for an offer");
+                return text(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+            }
+        };
     let reservation = match state.sessions.reserve(
         session,
-        state.node.id(),
+        &node_id,
         &room,
         kind,
         &claims.sub,
@@ -330,7 +359,7 @@ async fn offer(
         offer_sdp: sdp,
         policy: SubscribePolicy::NewestOther,
     });
-    let created: Result<SessionCreated, NodeError> = match state.node.call(request).await {
+    let created: Result<SessionCreated, NodeError> = match node.call(request).await {
         NodeResponse::SessionCreated(c) => Ok(c),
         NodeResponse::Error(e) => Err(e),
         other => Err(NodeError::SessionFailed(format!(
@@ -477,7 +506,14 @@ async fn delete(
         Ok(owned) => owned,
         Err(response) => return response,
     };
-    let reply = state.node.call(NodeRequest::CloseSession { session }).await;
+    let node = state
+        .sessions
+        .get(session)
+        .and_then(|record| state.nodes.client(&record.node));
+    let reply = match node {
+        Some(node) => node.call(NodeRequest::CloseSession { session }).await,
+        None => NodeResponse::Error(NodeError::UnknownSession),
+    };
     // Whatever the node says, control forgets the session: either it just ended, or it had
     // already ended on its own (ICE timeout) and the node no longer knows it.
     state.sessions.remove(session);

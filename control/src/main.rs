@@ -173,10 +173,17 @@ fn run(args: ServeArgs, dev: bool) -> anyhow::Result<()> {
 
     // Started here, before the runtime, so that the media workers keep the process's normal
     // priority: threads inherit their creator's, and the runtime's threads run lower.
-    let node = Server::start_node(&config)?;
-    // Signaling runs on the CPUs no media worker is pinned to, when there are any (e.g.
-    // `--workers 1` on two cores); the runtime's threads inherit this thread's CPUs.
-    node.cpus().confine_to_spare("control");
+    // Without [cluster], or in `dev`, or when asked, media runs in this process too.
+    let embedded = dev || config.cluster.listen.is_none() || config.cluster.embedded_node;
+    let node = if embedded {
+        let node = Server::start_node(&config)?;
+        // Signaling runs on the CPUs no media worker is pinned to, when there are any (e.g.
+        // `--workers 1` on two cores); the runtime's threads inherit this thread's CPUs.
+        node.cpus().confine_to_spare("control");
+        Some(node)
+    } else {
+        None
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

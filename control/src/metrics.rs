@@ -183,6 +183,17 @@ pub fn render(stats: &NodeStats, workers_up: &[bool], control_sessions: usize) -
     out
 }
 
+/// Append the cluster's series: media nodes by state (the embedded node counts as up).
+pub fn render_cluster(out: &mut String, nodes_by_state: &std::collections::BTreeMap<&str, usize>) {
+    let _ = writeln!(
+        out,
+        "# HELP sfu_cluster_nodes Media nodes control knows, by state.\n# TYPE sfu_cluster_nodes gauge"
+    );
+    for (state, count) in nodes_by_state {
+        let _ = writeln!(out, "sfu_cluster_nodes{{state=\"{state}\"}} {count}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

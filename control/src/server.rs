@@ -4,9 +4,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
+use sfu_core::NodeEvent;
+use sfu_core::ids::NodeId;
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 
 use crate::auth::Verifier;
+use crate::cluster::link::{self, FromNode};
+use crate::cluster::nodes::Nodes;
+use crate::cluster::{HealthEvent, NodeState, Placement};
 use crate::config::Config;
 use crate::http::{AppState, router};
 use crate::node_client::{self, InProcessNode, NodeClient};
@@ -18,6 +24,8 @@ use crate::watchdog;
 #[derive(Debug)]
 pub struct Server {
     pub http_addr: SocketAddr,
+    /// Where nodes connect (`[cluster] listen`), if set.
+    pub cluster_addr: Option<SocketAddr>,
     pub media_ports: Vec<u16>,
     state: Arc<AppState>,
     listener: Option<TcpListener>,
@@ -33,19 +41,33 @@ impl Server {
 
     /// Bind the HTTP listener around a started node (does not serve yet; see
     /// [`Server::serve`]).
-    pub async fn bind(config: Config, node: sfu_core::Node) -> anyhow::Result<Server> {
+    pub async fn bind(config: Config, node: Option<sfu_core::Node>) -> anyhow::Result<Server> {
         let listener = TcpListener::bind(config.http.listen)
             .await
             .with_context(|| format!("cannot listen on http.listen = {}", config.http.listen))?;
         let http_addr = listener.local_addr()?;
-        let node = InProcessNode::new(config.node.id.clone(), node);
-        let media_ports = node.ports();
-        let events = node
-            .take_events()
-            .context("the node's event stream was taken before control started")?;
-        let node: Arc<dyn NodeClient> = Arc::new(node);
+        let placement = Placement::new(config.cluster.placement())
+            .map_err(|e| anyhow::anyhow!("cluster.{e}"))?;
+        let nodes = Arc::new(Nodes::new(placement, config.cluster.health()));
+        let (messages, messages_rx) = mpsc::unbounded_channel();
+        let mut media_ports = Vec::new();
+        if let Some(node) = node {
+            let capacity = (node.ports().len() * config.node.max_sessions_per_worker) as u64;
+            let node = InProcessNode::new(config.node.id.clone(), node);
+            media_ports = node.ports();
+            let events = node
+                .take_events()
+                .context("the node's event stream was taken before control started")?;
+            let id = config.node.id.clone();
+            tokio::spawn(forward_embedded_events(id, events, messages.clone()));
+            nodes.add_embedded(Arc::new(node), capacity);
+        }
+        let cluster_addr = match config.cluster.listen {
+            Some(listen) => Some(start_cluster(&config, listen, nodes.clone(), messages).await?),
+            None => None,
+        };
         let state = Arc::new(AppState {
-            node,
+            nodes,
             sessions: crate::store::SessionStore::default(),
             verifier: Verifier::new(&config.auth.keys, config.auth.dev, config.auth.leeway_secs),
             dev: config.auth.dev,
@@ -69,9 +91,11 @@ impl Server {
         if config.auth.keys.is_empty() && !config.auth.dev {
             tracing::warn!("no API keys configured ([auth.keys]): every request will get 401");
         }
-        tokio::spawn(apply_node_events(Arc::downgrade(&state), events));
+        tokio::spawn(apply_node_events(Arc::downgrade(&state), messages_rx));
+        tokio::spawn(watch_health(Arc::downgrade(&state)));
         Ok(Server {
             http_addr,
+            cluster_addr,
             media_ports,
             state,
             listener: Some(listener),
@@ -95,11 +119,16 @@ impl Server {
         if self.state.limiter.is_some() {
             tokio::spawn(sweep_buckets(Arc::downgrade(&self.state)));
         }
-        let node = self.state.node.clone();
+        let node = self.state.nodes.embedded();
         let watchdog = watchdog::watch(
             move || {
                 let node = node.clone();
-                async move { node_client::health(node.as_ref()).await.workers_up }
+                async move {
+                    match node {
+                        Some(node) => node_client::health(node.as_ref()).await.workers_up,
+                        None => Vec::new(),
+                    }
+                }
             },
             watchdog::PERIOD,
         );
@@ -113,22 +142,86 @@ impl Server {
     }
 }
 
-/// Keeps control's store in step with the node: a session the node ended on its own (closed
-/// tab, ICE timeout, failure) is forgotten, so it no longer counts against the caps. Ends
-/// with the node's event stream or the server.
-async fn apply_node_events(
-    state: std::sync::Weak<AppState>,
-    mut events: tokio::sync::mpsc::UnboundedReceiver<sfu_core::NodeEvent>,
+/// Open the QUIC endpoint nodes join, with control's certificate (generated and written on
+/// first start), and accept links on it.
+async fn start_cluster(
+    config: &Config,
+    listen: SocketAddr,
+    nodes: Arc<Nodes>,
+    messages: link::NodeMessages,
+) -> anyhow::Result<SocketAddr> {
+    let cluster = &config.cluster;
+    let mut names = vec![
+        "localhost".to_string(),
+        sfu_link::tls::SERVER_NAME.to_string(),
+    ];
+    if !listen.ip().is_unspecified() {
+        names.push(listen.ip().to_string());
+    }
+    let (identity, generated) =
+        sfu_link::tls::Identity::load_or_generate(&cluster.tls_cert, &cluster.tls_key, names)
+            .context("cluster.tls_cert / cluster.tls_key")?;
+    if generated {
+        tracing::info!(
+            cert = %cluster.tls_cert.display(),
+            key = %cluster.tls_key.display(),
+            "generated a self-signed cluster certificate; give nodes the certificate file (--control-cert)"
+        );
+    }
+    let endpoint = sfu_link::quinn::Endpoint::server(
+        sfu_link::tls::server_config(&identity).context("cluster TLS")?,
+        listen,
+    )
+    .with_context(|| format!("cannot listen on cluster.listen = {listen}"))?;
+    let addr = endpoint.local_addr()?;
+    tracing::info!(%addr, "cluster listening for media nodes (QUIC)");
+    tokio::spawn(link::serve(
+        endpoint,
+        Arc::new(cluster.secret.clone()),
+        nodes,
+        messages,
+    ));
+    Ok(addr)
+}
+
+/// The embedded node's events, into the same stream as remote nodes'.
+async fn forward_embedded_events(
+    node: NodeId,
+    mut events: mpsc::UnboundedReceiver<NodeEvent>,
+    messages: link::NodeMessages,
 ) {
     while let Some(event) = events.recv().await {
+        if messages
+            .send((node.clone(), FromNode::Event(event)))
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// Keeps control's store in step with the nodes: a session a node ended on its own (closed
+/// tab, ICE timeout, failure) is forgotten, so it no longer counts against the caps; a node
+/// that registers again is reconciled with what it says it holds. Ends with the server.
+async fn apply_node_events(
+    state: std::sync::Weak<AppState>,
+    mut messages: mpsc::UnboundedReceiver<(NodeId, FromNode)>,
+) {
+    while let Some((node, message)) = messages.recv().await {
         let Some(state) = state.upgrade() else { return };
-        let node = state.node.id();
-        match event {
-            sfu_core::NodeEvent::SessionEnded {
+        match message {
+            FromNode::Registered { held, .. } => {
+                let (forgotten, adopted) = state.sessions.reconcile(&node, &held);
+                if forgotten + adopted > 0 {
+                    tracing::info!(%node, held = held.len(), forgotten, adopted, "reconciled the node's sessions");
+                }
+            }
+            FromNode::Event(NodeEvent::SessionEnded {
                 session, reason, ..
-            } => {
-                if let Some(record) = state.sessions.remove_ended(node, session) {
+            }) => {
+                if let Some(record) = state.sessions.remove_ended(&node, session) {
                     tracing::debug!(
+                        %node,
                         %session,
                         room = %record.room,
                         identity = %record.identity,
@@ -137,10 +230,37 @@ async fn apply_node_events(
                     );
                 }
             }
-            sfu_core::NodeEvent::WorkerStopped { worker } => {
+            FromNode::Event(NodeEvent::WorkerStopped { worker }) => {
                 tracing::error!(%node, %worker, "media worker stopped");
             }
-            _ => {}
+            FromNode::Event(_) => {}
+        }
+    }
+}
+
+/// How often silence is checked for (a node is suspect after `suspect_after_ms`).
+const HEALTH_TICK: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Turns silence into suspect and dead nodes. A dead node's sessions are forgotten, so their
+/// resources answer 404 and their clients post again, landing on a live node.
+async fn watch_health(state: std::sync::Weak<AppState>) {
+    let mut interval = tokio::time::interval(HEALTH_TICK);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let Some(state) = state.upgrade() else { return };
+        let changes = state.nodes.tick(std::time::Instant::now());
+        link::log_changes(&changes);
+        for change in changes {
+            if let HealthEvent::Changed {
+                node,
+                to: NodeState::Dead,
+                ..
+            } = change
+            {
+                let released = state.sessions.remove_node(&node);
+                tracing::warn!(%node, released, "node is dead; its rooms will be placed on live nodes");
+            }
         }
     }
 }

@@ -4,11 +4,12 @@
 //! never missed) until the client deletes it or the node reports that it ended. This is the
 //! in-memory state of the embedded default.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use sfu_core::SessionKind;
 use sfu_core::ids::{NodeId, SessionId, WorkerId};
+use sfu_core::proto::HeldSession;
 
 /// One session as control knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,24 +61,54 @@ struct Inner {
     /// are removed, so the maps hold only rooms and identities with sessions.
     by_room: HashMap<String, usize>,
     by_identity: HashMap<String, usize>,
+    /// Per room, its sessions on each node (placement keeps a room where it lives).
+    room_nodes: HashMap<String, HashMap<NodeId, usize>>,
+    per_node: HashMap<NodeId, usize>,
     total: usize,
 }
 
 impl Inner {
-    fn count(&mut self, room: &str, identity: &str) {
-        *self.by_room.entry(room.to_string()).or_default() += 1;
-        *self.by_identity.entry(identity.to_string()).or_default() += 1;
+    fn count(&mut self, record: &SessionRecord) {
+        *self.by_room.entry(record.room.clone()).or_default() += 1;
+        *self.by_identity.entry(record.identity.clone()).or_default() += 1;
+        *self
+            .room_nodes
+            .entry(record.room.clone())
+            .or_default()
+            .entry(record.node.clone())
+            .or_default() += 1;
+        *self.per_node.entry(record.node.clone()).or_default() += 1;
         self.total += 1;
     }
 
-    fn uncount(&mut self, room: &str, identity: &str) {
-        decrement(&mut self.by_room, room);
-        decrement(&mut self.by_identity, identity);
+    fn uncount(&mut self, record: &SessionRecord) {
+        decrement(&mut self.by_room, &record.room);
+        decrement(&mut self.by_identity, &record.identity);
+        if let Some(nodes) = self.room_nodes.get_mut(&record.room) {
+            decrement(nodes, &record.node);
+            if nodes.is_empty() {
+                self.room_nodes.remove(&record.room);
+            }
+        }
+        decrement(&mut self.per_node, &record.node);
         self.total = self.total.saturating_sub(1);
+    }
+
+    fn insert(&mut self, id: SessionId, record: SessionRecord) {
+        self.count(&record);
+        if let Some(old) = self.sessions.insert(id, record) {
+            // Ids are 128 random bits; should one repeat, keep the counts equal to the
+            // sessions held.
+            self.uncount(&old);
+        }
     }
 }
 
-fn decrement(map: &mut HashMap<String, usize>, key: &str) {
+fn decrement<K, Q>(map: &mut HashMap<K, usize>, key: &Q)
+where
+    K: std::borrow::Borrow<Q> + std::hash::Hash + Eq,
+    Q: std::hash::Hash + Eq + ?Sized,
+{
     if let Some(n) = map.get_mut(key) {
         *n = n.saturating_sub(1);
         if *n == 0 {
@@ -131,12 +162,7 @@ impl SessionStore {
             identity: identity.to_string(),
             worker: None,
         };
-        if let Some(old) = inner.sessions.insert(id, record) {
-            // Ids are 128 random bits; should one repeat, keep the counts equal to the
-            // sessions held.
-            inner.uncount(&old.room, &old.identity);
-        }
-        inner.count(room, identity);
+        inner.insert(id, record);
         Ok(Reservation {
             store: self,
             id,
@@ -152,7 +178,7 @@ impl SessionStore {
     pub fn remove(&self, id: SessionId) -> Option<SessionRecord> {
         let mut inner = self.lock();
         let record = inner.sessions.remove(&id)?;
-        inner.uncount(&record.room, &record.identity);
+        inner.uncount(&record);
         Some(record)
     }
 
@@ -163,7 +189,7 @@ impl SessionStore {
             return None;
         }
         let record = inner.sessions.remove(&id)?;
-        inner.uncount(&record.room, &record.identity);
+        inner.uncount(&record);
         Some(record)
     }
 
@@ -178,10 +204,75 @@ impl SessionStore {
             .collect();
         for id in &ids {
             if let Some(record) = inner.sessions.remove(id) {
-                inner.uncount(&record.room, &record.identity);
+                inner.uncount(&record);
             }
         }
         ids.len()
+    }
+
+    /// Make control's view of `node` what the node says it holds (it registered again after
+    /// a lost link): forget what it no longer has, adopt what control did not know (control
+    /// restarted). Returns (forgotten, adopted).
+    pub fn reconcile(&self, node: &NodeId, held: &[HeldSession]) -> (usize, usize) {
+        let mut inner = self.lock();
+        let holds: HashSet<SessionId> = held.iter().map(|h| h.session).collect();
+        let gone: Vec<SessionId> = inner
+            .sessions
+            .iter()
+            .filter(|(id, r)| r.node == *node && !holds.contains(id))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &gone {
+            if let Some(record) = inner.sessions.remove(id) {
+                inner.uncount(&record);
+            }
+        }
+        let mut adopted = 0;
+        for h in held {
+            if inner.sessions.contains_key(&h.session) {
+                continue;
+            }
+            let record = SessionRecord {
+                node: node.clone(),
+                room: h.room.as_str().to_string(),
+                kind: h.kind,
+                identity: h.identity.clone(),
+                worker: None,
+            };
+            inner.insert(h.session, record);
+            adopted += 1;
+        }
+        (gone.len(), adopted)
+    }
+
+    /// The nodes holding sessions of `room`, with how many each.
+    pub fn room_nodes(&self, room: &str) -> Vec<(NodeId, usize)> {
+        self.lock()
+            .room_nodes
+            .get(room)
+            .map(|nodes| nodes.iter().map(|(n, c)| (n.clone(), *c)).collect())
+            .unwrap_or_default()
+    }
+
+    /// Sessions and reservations on `node`.
+    pub fn node_count(&self, node: &NodeId) -> usize {
+        self.lock().per_node.get(node).copied().unwrap_or(0)
+    }
+
+    /// Rooms and the nodes they are on.
+    pub fn rooms(&self) -> Vec<(String, Vec<NodeId>)> {
+        let inner = self.lock();
+        let mut rooms: Vec<(String, Vec<NodeId>)> = inner
+            .room_nodes
+            .iter()
+            .map(|(room, nodes)| {
+                let mut nodes: Vec<NodeId> = nodes.keys().cloned().collect();
+                nodes.sort();
+                (room.clone(), nodes)
+            })
+            .collect();
+        rooms.sort();
+        rooms
     }
 
     /// Sessions recorded, those being answered included.

@@ -3,6 +3,8 @@
 //! with data and the time, and carry out what they decide.
 
 pub mod health;
+pub mod link;
+pub mod nodes;
 pub mod placement;
 
 pub use health::{

@@ -1,0 +1,302 @@
+//! The media nodes control knows: the embedded one (if any) and those registered over QUIC,
+//! each with its client, region, capacity and health. Placement asks it for a node per room;
+//! the links feed it registrations and heartbeats; a periodic tick turns silence into
+//! `suspect` and `dead`.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use sfu_core::ids::{NodeId, RoomId};
+use sfu_core::proto::{LoadReport, Registration};
+
+use super::{
+    HealthConfig, HealthEvent, HealthTable, Incarnation, NodeSnapshot, NodeState, PlaceError,
+    Placement, RoomRequest,
+};
+use crate::node_client::NodeClient;
+use crate::store::SessionStore;
+
+/// One node as control holds it.
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub client: Arc<dyn NodeClient>,
+    pub region: Option<String>,
+    pub capacity: u64,
+    /// Runs inside this process: always up while the process runs.
+    pub embedded: bool,
+    /// `None` for the embedded node.
+    pub incarnation: Option<Incarnation>,
+    pub media_ip: Option<std::net::IpAddr>,
+    pub load: LoadReport,
+}
+
+/// What the admin API shows of a node.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NodeView {
+    pub id: String,
+    pub state: &'static str,
+    pub region: Option<String>,
+    pub embedded: bool,
+    pub sessions: usize,
+    pub rooms: usize,
+    pub capacity: u64,
+    pub load: LoadView,
+}
+
+/// The node's last load report.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LoadView {
+    pub sessions: u64,
+    pub tracks: u64,
+    pub packets_in: u64,
+    pub packets_out: u64,
+    pub workers_up: u16,
+    pub workers: u16,
+}
+
+/// All nodes, their health and the placement policy.
+#[derive(Debug)]
+pub struct Nodes {
+    inner: Mutex<Inner>,
+    placement: Placement,
+}
+
+#[derive(Debug)]
+struct Inner {
+    members: BTreeMap<NodeId, Member>,
+    health: HealthTable,
+}
+
+impl Nodes {
+    pub fn new(placement: Placement, health: HealthConfig) -> Self {
+        Self {
+            inner: Mutex::new(Inner {
+                members: BTreeMap::new(),
+                health: HealthTable::new(health),
+            }),
+            placement,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Add the in-process node.
+    pub fn add_embedded(&self, client: Arc<dyn NodeClient>, capacity: u64) {
+        let id = client.id().clone();
+        self.lock().members.insert(
+            id,
+            Member {
+                client,
+                region: None,
+                capacity,
+                embedded: true,
+                incarnation: None,
+                media_ip: None,
+                load: LoadReport::default(),
+            },
+        );
+    }
+
+    /// Whether `node` may register now: refused while a live incarnation of the same id (or
+    /// the embedded node) holds it.
+    pub fn admit(&self, node: &NodeId) -> Result<(), String> {
+        let inner = self.lock();
+        if inner.members.get(node).is_some_and(|m| m.embedded) {
+            return Err(format!("node id {node} is control's embedded node"));
+        }
+        match inner.health.state(node) {
+            Some((_, NodeState::Up | NodeState::Draining)) => Err(format!(
+                "node id {node} is held by a node that is up; a second node cannot take it"
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// A node registered (first time, after a lost link, or after a restart). Returns its
+    /// incarnation in control and the health changes (an old incarnation ends).
+    pub fn register(
+        &self,
+        registration: &Registration,
+        client: Arc<dyn NodeClient>,
+        now: Instant,
+    ) -> (Incarnation, Vec<HealthEvent>) {
+        let mut inner = self.lock();
+        let (incarnation, events) = inner.health.register(registration.node.clone(), now);
+        inner.members.insert(
+            registration.node.clone(),
+            Member {
+                client,
+                region: registration.region.clone(),
+                capacity: registration.capacity,
+                embedded: false,
+                incarnation: Some(incarnation),
+                media_ip: Some(registration.media_ip),
+                load: LoadReport::default(),
+            },
+        );
+        (incarnation, events)
+    }
+
+    /// A node's load report arrived: it is alive.
+    pub fn heartbeat(
+        &self,
+        node: &NodeId,
+        incarnation: Incarnation,
+        load: Option<LoadReport>,
+        now: Instant,
+    ) -> Vec<HealthEvent> {
+        let mut inner = self.lock();
+        if let (Some(load), Some(member)) = (load, inner.members.get_mut(node)) {
+            if member.incarnation == Some(incarnation) {
+                member.load = load;
+            }
+        }
+        inner
+            .health
+            .handle_heartbeat(node, incarnation, now)
+            .unwrap_or_default()
+    }
+
+    /// Let time pass: silent nodes become suspect, then dead.
+    pub fn tick(&self, now: Instant) -> Vec<HealthEvent> {
+        self.lock().health.tick(now)
+    }
+
+    /// Stop sending new rooms and sessions to `node`.
+    pub fn drain(&self, node: &NodeId, now: Instant) -> Option<Vec<HealthEvent>> {
+        self.lock().health.drain(node, now).ok()
+    }
+
+    /// Return a drained node to service.
+    pub fn undrain(&self, node: &NodeId, now: Instant) -> Option<Vec<HealthEvent>> {
+        self.lock().health.undrain(node, now).ok()
+    }
+
+    /// The client of `node`, whatever its state (a dead node's client answers `Stopped`).
+    pub fn client(&self, node: &NodeId) -> Option<Arc<dyn NodeClient>> {
+        self.lock().members.get(node).map(|m| m.client.clone())
+    }
+
+    /// Every node's client (for stats and health across the cluster).
+    pub fn clients(&self) -> Vec<Arc<dyn NodeClient>> {
+        self.lock()
+            .members
+            .values()
+            .map(|m| m.client.clone())
+            .collect()
+    }
+
+    /// The embedded node's client, if control runs one.
+    pub fn embedded(&self) -> Option<Arc<dyn NodeClient>> {
+        self.lock()
+            .members
+            .values()
+            .find(|m| m.embedded)
+            .map(|m| m.client.clone())
+    }
+
+    /// `node`'s state (`Up` for the embedded node).
+    pub fn state(&self, node: &NodeId) -> Option<NodeState> {
+        let inner = self.lock();
+        state_of(&inner, node)
+    }
+
+    /// The node for a new session of `room`: where the room lives if that node is up or
+    /// draining, else a placement over the nodes that are up.
+    pub fn place(
+        &self,
+        room: &RoomId,
+        region: Option<&str>,
+        store: &SessionStore,
+    ) -> Result<(NodeId, Arc<dyn NodeClient>), PlaceError> {
+        let inner = self.lock();
+        let snapshots: Vec<NodeSnapshot> = inner
+            .members
+            .iter()
+            .map(|(id, m)| NodeSnapshot {
+                id: id.clone(),
+                state: state_of(&inner, id).unwrap_or(NodeState::Dead),
+                region: m.region.clone(),
+                load: store.node_count(id) as u64,
+                capacity: m.capacity,
+            })
+            .collect();
+        // Where the room lives now: the node with most of its sessions.
+        let current = store
+            .room_nodes(room.as_str())
+            .into_iter()
+            .max_by_key(|(node, count)| (*count, std::cmp::Reverse(node.clone())))
+            .map(|(node, _)| node);
+        let mut request = RoomRequest::new(room);
+        if let Some(node) = &current {
+            request = request.on(node);
+        }
+        if let Some(region) = region {
+            request = request.in_region(region);
+        }
+        let decision = self.placement.place(&snapshots, &request)?;
+        let client = inner
+            .members
+            .get(&decision.node)
+            .map(|m| m.client.clone())
+            .ok_or(PlaceError::NoNodes)?;
+        Ok((decision.node, client))
+    }
+
+    /// What the admin API shows.
+    pub fn views(&self, store: &SessionStore) -> Vec<NodeView> {
+        let inner = self.lock();
+        let rooms = store.rooms();
+        inner
+            .members
+            .iter()
+            .map(|(id, m)| NodeView {
+                id: id.to_string(),
+                state: state_of(&inner, id).unwrap_or(NodeState::Dead).as_str(),
+                region: m.region.clone(),
+                embedded: m.embedded,
+                sessions: store.node_count(id),
+                rooms: rooms.iter().filter(|(_, nodes)| nodes.contains(id)).count(),
+                capacity: m.capacity,
+                load: LoadView {
+                    sessions: m.load.sessions,
+                    tracks: m.load.tracks,
+                    packets_in: m.load.packets_in,
+                    packets_out: m.load.packets_out,
+                    workers_up: m.load.workers_up,
+                    workers: m.load.workers,
+                },
+            })
+            .collect()
+    }
+
+    /// How many nodes are in each state.
+    pub fn count_by_state(&self) -> BTreeMap<&'static str, usize> {
+        let inner = self.lock();
+        let mut counts = BTreeMap::new();
+        for state in [
+            NodeState::Up,
+            NodeState::Suspect,
+            NodeState::Dead,
+            NodeState::Draining,
+        ] {
+            counts.insert(state.as_str(), 0);
+        }
+        for id in inner.members.keys() {
+            let state = state_of(&inner, id).unwrap_or(NodeState::Dead);
+            *counts.entry(state.as_str()).or_default() += 1;
+        }
+        counts
+    }
+}
+
+fn state_of(inner: &Inner, node: &NodeId) -> Option<NodeState> {
+    let member = inner.members.get(node)?;
+    if member.embedded {
+        return Some(NodeState::Up);
+    }
+    inner.health.state(node).map(|(_, state)| state)
+}
