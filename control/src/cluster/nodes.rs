@@ -41,18 +41,8 @@ pub struct NodeView {
     pub sessions: usize,
     pub rooms: usize,
     pub capacity: u64,
-    pub load: LoadView,
-}
-
-/// The node's last load report.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct LoadView {
-    pub sessions: u64,
-    pub tracks: u64,
-    pub packets_in: u64,
-    pub packets_out: u64,
-    pub workers_up: u16,
-    pub workers: u16,
+    /// The node's last load report.
+    pub load: LoadReport,
 }
 
 /// All nodes, their health and the placement policy.
@@ -261,14 +251,7 @@ impl Nodes {
                 sessions: store.node_count(id),
                 rooms: rooms.iter().filter(|(_, nodes)| nodes.contains(id)).count(),
                 capacity: m.capacity,
-                load: LoadView {
-                    sessions: m.load.sessions,
-                    tracks: m.load.tracks,
-                    packets_in: m.load.packets_in,
-                    packets_out: m.load.packets_out,
-                    workers_up: m.load.workers_up,
-                    workers: m.load.workers,
-                },
+                load: m.load.clone(),
             })
             .collect()
     }
