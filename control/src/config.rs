@@ -270,6 +270,13 @@ impl Config {
                 ),
             });
         }
+        // A node reports its load (its heartbeat) every second.
+        if self.cluster.suspect_after_ms < 1500 {
+            return Err(ConfigError::Invalid {
+                key: "cluster.suspect_after_ms".into(),
+                reason: "must be at least 1500: nodes send a heartbeat every second".into(),
+            });
+        }
         let setting = |e: crate::cluster::SettingError| ConfigError::Invalid {
             key: format!("cluster.{}", e.key),
             reason: e.reason,

@@ -200,6 +200,9 @@ fn run(args: ServeArgs, dev: bool) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let server = Server::bind(config, node).await?;
+        if let Some(cluster) = server.cluster_addr {
+            println!("cluster: {cluster}");
+        }
         println!("SFU ready: http://{}/", server.http_addr);
         tracing::info!(
             http = %server.http_addr,

@@ -67,11 +67,24 @@ impl Server {
     /// `control dev --http 127.0.0.1:0 --workers N [extra_args]` with `env` set for the process
     /// (e.g. `SFU__NODE__ICE_TIMEOUT_SECS`).
     pub fn start_with(workers: usize, env: &[(&str, &str)], extra_args: &[&str]) -> Self {
+        let workers = workers.to_string();
+        let mut args = vec!["dev", "--http", "127.0.0.1:0", "--workers", &workers];
+        args.extend_from_slice(extra_args);
+        Self::spawn(&args, env)
+    }
+
+    /// `control serve --http 127.0.0.1:0 [extra_args]` with `env` (no in-process node unless
+    /// the configuration asks for one).
+    pub fn start_serve(env: &[(&str, &str)], extra_args: &[&str]) -> Self {
+        let mut args = vec!["serve", "--http", "127.0.0.1:0"];
+        args.extend_from_slice(extra_args);
+        Self::spawn(&args, env)
+    }
+
+    fn spawn(args: &[&str], env: &[(&str, &str)]) -> Self {
         let rust_log = std::env::var("SFU_TEST_LOG").unwrap_or_else(|_| "info".into());
         let mut child = Command::new(env!("CARGO_BIN_EXE_control"))
-            .args(["dev", "--http", "127.0.0.1:0", "--workers"])
-            .arg(workers.to_string())
-            .args(extra_args)
+            .args(args)
             .env("RUST_LOG", rust_log)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
@@ -201,6 +214,19 @@ impl Server {
 
     pub fn log_tail(&self, lines: usize) -> String {
         tail(&self.log, lines)
+    }
+
+    /// The first kept output line that starts with `prefix`, without it.
+    pub fn log_line(&self, prefix: &str) -> Option<String> {
+        let log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        log.iter()
+            .find_map(|line| line.trim().strip_prefix(prefix).map(str::to_string))
+    }
+
+    /// Whether some kept output line contains `text`.
+    pub fn logged(&self, text: &str) -> bool {
+        let log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        log.iter().any(|line| line.contains(text))
     }
 }
 

@@ -1,0 +1,254 @@
+//! control as cluster head over real QUIC links: `control serve` with `[cluster]` and no media
+//! of its own, media nodes (the library's node and uplink, as `sfu run` runs them) that join
+//! it, rooms spread over them, a node that stops, and nodes that must be refused.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use sfu_core::uplink::{self, UplinkConfig};
+use sfu_core::{Node, NodeConfig};
+use support::{Server, candidate_ports, expect_media, wait_until};
+use tokio::sync::watch;
+use tools::PayloadKind::{Audio, Video};
+use tools::VideoConfig;
+use tools::token::{Grants, dev_token};
+use tools::whip::{Endpoint, HttpRequest, Method};
+
+const SECRET: &str = "cluster secret for the tests";
+/// Silence before a node is suspect / dead, shortened for the test (nodes report load every
+/// second).
+const SUSPECT_MS: &str = "1500";
+const DEAD_MS: &str = "2500";
+
+/// A media node in this process, joined to control like `sfu run`.
+struct TestNode {
+    ports: BTreeSet<u16>,
+    stop: watch::Sender<bool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl TestNode {
+    fn start(id: &str, control: &str, cert: &Path, secret: &str) -> TestNode {
+        let config = NodeConfig {
+            id: id.parse().expect("node id"),
+            workers: 1,
+            media_port_base: 53000,
+            media_port_scan: true,
+            pin_workers: false,
+            ..NodeConfig::default()
+        };
+        let node = Arc::new(Node::start(config).expect("node starts"));
+        let ports = node.ports().into_iter().collect();
+        let events = node.take_events().expect("events");
+        let uplink = UplinkConfig {
+            control: control.to_string(),
+            secret: secret.to_string(),
+            control_cert: cert.to_path_buf(),
+            region: None,
+        };
+        let (stop, stop_rx) = watch::channel(false);
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                uplink::run(node, uplink, events, stop_rx)
+                    .await
+                    .expect("uplink runs");
+            });
+        });
+        TestNode {
+            ports,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for TestNode {
+    /// Stops the link and the node at once, without telling control (as a crash would).
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+struct Cluster {
+    server: Server,
+    control: String,
+    cert: PathBuf,
+    _dir: TempDir,
+}
+
+fn cluster() -> Cluster {
+    let dir = TempDir::new();
+    let cert = dir.0.join("cert.pem");
+    let key = dir.0.join("key.pem");
+    let (cert_s, key_s) = (cert.display().to_string(), key.display().to_string());
+    let server = Server::start_serve(
+        &[
+            ("SFU__AUTH__DEV", "true"),
+            ("SFU__CLUSTER__LISTEN", "127.0.0.1:0"),
+            ("SFU__CLUSTER__SECRET", SECRET),
+            ("SFU__CLUSTER__TLS_CERT", &cert_s),
+            ("SFU__CLUSTER__TLS_KEY", &key_s),
+            ("SFU__CLUSTER__SUSPECT_AFTER_MS", SUSPECT_MS),
+            ("SFU__CLUSTER__DEAD_AFTER_MS", DEAD_MS),
+        ],
+        &[],
+    );
+    let control = server
+        .log_line("cluster: ")
+        .expect("control prints its cluster address before it is ready");
+    assert!(cert.exists(), "control wrote its generated certificate");
+    Cluster {
+        server,
+        control,
+        cert,
+        _dir: dir,
+    }
+}
+
+fn nodes_in(server: &Server, state: &str) -> f64 {
+    server
+        .metrics()
+        .sum_where("sfu_cluster_nodes", &[("state", state)])
+}
+
+#[test]
+fn rooms_spread_over_joined_nodes_and_move_off_a_dead_one() {
+    let c = cluster();
+    // No media node yet: an offer gets 503 that says so.
+    let token = dev_token("early", "alice", Grants::PUBLISH).expect("token");
+    let offer = tools::sample_offer(Endpoint::Whip).expect("offer");
+    let early = c
+        .server
+        .client
+        .request(&HttpRequest {
+            method: Method::Post,
+            target: "/whip/early",
+            content_type: Some("application/sdp"),
+            bearer: Some(&token),
+            body: offer.as_bytes(),
+        })
+        .expect("POST");
+    assert_eq!(early.status, 503, "{early:?}");
+    assert!(early.body.contains("no media node"), "{early:?}");
+
+    let n1 = TestNode::start("n1", &c.control, &c.cert, SECRET);
+    let n2 = TestNode::start("n2", &c.control, &c.cert, SECRET);
+    assert!(
+        wait_until(Duration::from_secs(10), || nodes_in(&c.server, "up") == 2.0),
+        "both nodes registered: {}",
+        c.server.log_tail(20)
+    );
+
+    // Six rooms, each with a publisher and a subscriber; every room's sessions are on one
+    // node, and both nodes get rooms.
+    let mut rooms = Vec::new();
+    for i in 0..6 {
+        let room = format!("room-{i}");
+        let publisher = c.server.publish(&room, true, Some(VideoConfig::default()));
+        let subscriber = c.server.subscribe(&room);
+        expect_media(&subscriber, Audio, &room);
+        expect_media(&subscriber, Video, &room);
+        let ports = candidate_ports(publisher.answer());
+        assert_eq!(
+            ports,
+            candidate_ports(subscriber.answer()),
+            "{room}: one node"
+        );
+        let on_n1 = ports.is_subset(&n1.ports);
+        assert!(on_n1 || ports.is_subset(&n2.ports), "{room}: {ports:?}");
+        rooms.push((room, on_n1, publisher, subscriber));
+    }
+    let on_n1 = rooms.iter().filter(|r| r.1).count();
+    assert!(
+        (1..6).contains(&on_n1),
+        "rooms spread over both nodes ({on_n1} of 6 on n1)"
+    );
+
+    // n1 stops without a word: dead after the timeout, its sessions forgotten (404), and its
+    // rooms start again on n2.
+    let (n1_room, _, n1_publisher, _) = rooms
+        .iter()
+        .find(|r| r.1)
+        .map(|(room, on, p, s)| (room.clone(), *on, p.location().to_string(), s))
+        .expect("a room on n1");
+    drop(n1);
+    assert!(
+        wait_until(Duration::from_secs(10), || nodes_in(&c.server, "dead")
+            == 1.0),
+        "n1 declared dead: {}",
+        c.server.log_tail(20)
+    );
+    let token = dev_token(&n1_room, "alice", Grants::PUBLISH).expect("token");
+    assert_eq!(c.server.delete(&n1_publisher, &token).status, 404);
+    let publisher = c
+        .server
+        .publish(&n1_room, true, Some(VideoConfig::default()));
+    let subscriber = c.server.subscribe(&n1_room);
+    assert!(candidate_ports(publisher.answer()).is_subset(&n2.ports));
+    expect_media(&subscriber, Audio, "re-placed room");
+    expect_media(&subscriber, Video, "re-placed room");
+    // The rooms that were on n2 kept their media throughout.
+    for (room, on_n1, _, subscriber) in &rooms {
+        if !on_n1 {
+            let before = subscriber.packets(Audio);
+            assert!(
+                subscriber.wait_packets(Audio, before + 25, Duration::from_secs(5)),
+                "{room} on n2 kept forwarding"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_wrong_secret_and_a_taken_id_are_refused() {
+    let c = cluster();
+    let n1 = TestNode::start("n1", &c.control, &c.cert, SECRET);
+    assert!(wait_until(Duration::from_secs(10), || nodes_in(
+        &c.server, "up"
+    ) == 1.0));
+    let _intruder = TestNode::start("n2", &c.control, &c.cert, "not the cluster secret");
+    let _twin = TestNode::start("n1", &c.control, &c.cert, SECRET);
+    assert!(
+        wait_until(Duration::from_secs(10), || c
+            .server
+            .logged("wrong cluster secret")
+            && c.server.logged("held by a node that is up")),
+        "both refusals logged: {}",
+        c.server.log_tail(30)
+    );
+    assert_eq!(nodes_in(&c.server, "up"), 1.0);
+    drop(n1);
+}
+
+/// A directory removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> TempDir {
+        let path = std::env::temp_dir().join(format!(
+            "control-cluster-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(&path).expect("temp dir");
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
