@@ -34,9 +34,6 @@ pub mod subscriber;
 pub mod token;
 pub mod whip;
 
-#[cfg(test)]
-mod mock_sfu;
-
 pub use metrics::Metrics;
 pub use pattern::PayloadKind;
 pub use peer::{PeerState, sample_offer, wait_until};
