@@ -19,7 +19,6 @@
 //! left to str0m. A panic inside a peer thread is caught and reported through
 //! [`PeerState::error`]. HTTP exchanges are bounded by [`whip::HTTP_TIMEOUT`].
 
-pub mod fnv;
 pub mod load;
 pub mod metrics;
 pub mod noise;

@@ -66,7 +66,7 @@ const VIDEOROOM_ERROR_NO_SUCH_FEED: u32 = 428;
 /// reduced to 53 bits (exact in JavaScript clients too) and never 0 (Janus reads 0 as "pick an
 /// id for me"). Deterministic across runs, processes and platforms.
 pub fn room_id(name: &str) -> u64 {
-    (crate::fnv::fnv1a_64(name.as_bytes()) & ((1 << 53) - 1)).max(1)
+    (sfu_proto::ids::fnv1a(name.as_bytes()) & ((1 << 53) - 1)).max(1)
 }
 
 /// Ids Janus hands out (random 53-bit numbers) and the room ids we choose, kept apart by type.

@@ -11,7 +11,6 @@ use str0m::rtp::RtpPacket;
 use str0m::{Event, IceConnectionState, Input, Output, Rtc};
 
 use super::io::SendBatch;
-use super::media;
 use super::negotiate::{NewMedia, NewPeer, PeerPlan};
 use super::protocol::{PeerFailure, SessionHandle};
 use super::stats::{self, Interval, RxStream};
@@ -287,7 +286,7 @@ impl LivePeer {
         };
         let interval = &mut *ctx.interval;
         interval.counts.bytes += p.payload.len() as u64;
-        let Some(info) = media::decode_header(&p.payload) else {
+        let Some(info) = crate::pattern::decode_header(&p.payload) else {
             interval.counts.corrupt += 1;
             return;
         };
