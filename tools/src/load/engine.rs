@@ -865,7 +865,7 @@ impl Signaler {
     fn join(&self, plan: PeerPlan) {
         let room = &self.rooms[plan.room as usize];
         let result = catch_unwind(AssertUnwindSafe(|| {
-            negotiate::setup(&plan, &self.setup, &*self.protocol, room)
+            negotiate::setup_load(&plan, &self.setup, &*self.protocol, room)
         }));
         let failure = match result {
             Ok(Ok(peer)) => {
