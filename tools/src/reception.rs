@@ -105,7 +105,8 @@ impl Receiving {
         self
     }
 
-    /// Also loses packets on arrival as `loss` says.
+    /// Also loses packets on arrival as `loss` says. Only a logged receiver classifies
+    /// datagrams, so only it loses any; each drop is recorded in its log.
     pub fn losing(mut self, loss: Vec<IncomingLoss>) -> Self {
         self.loss = loss;
         self
