@@ -75,7 +75,7 @@ fn subscribe_h264(server: &Server, room: &str) -> Subscriber {
     let sub = server.subscribe(room);
     assert!(
         !video_pts(sub.answer(), "H264").is_empty(),
-        "the subscriber's answer maps no H264 payload type: did its offer (tools::peer::client_rtc) \
+        "the subscriber's answer maps no H264 payload type: did its offer (tools::load::negotiate::offering_rtc) \
          include H264?\n{}",
         sub.answer()
     );

@@ -1,19 +1,22 @@
 //! `sfu-load` against `control dev`: a short multi-room run reports plausible figures and
 //! writes both report files; an impairment relay with a known drop rate and delay shows up as
-//! exactly that loss and latency; servers that cannot be reached or refuse the token are
-//! counted per reason while the run goes on.
+//! exactly that loss and latency; servers that cannot be reached or refuse the token, and peers
+//! whose ICE never connects, are counted per reason while the run goes on.
 
 mod support;
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use support::Server;
+use tools::load::negotiate::rewrite_candidates;
 use tools::load::relay::{Relay, RelayConfig};
+use tools::load::report::REPORT_VERSION;
 use tools::load::{
-    Criteria, MediaModel, ProgressMode, Report, RunOptions, Scenario, TokenSource, run,
-    write_report,
+    Criteria, MediaModel, PeerFailure, ProgressMode, Protocol, Report, RunOptions, Scenario,
+    SdpClient, SessionHandle, TokenSource, WhipWhep, run, write_report,
 };
 
 /// A scenario small enough for a loaded CI machine: one generator thread, fast ramp.
@@ -84,7 +87,7 @@ fn a_short_multi_room_run_reports_plausible_figures_and_writes_both_files() {
     // Every subscriber gets its own room's publisher only: it cannot receive more than was
     // sent into its room, and it joined within the ramp, so it saw most of the run.
     let p = &report.packets;
-    assert!(p.sent > 0 && p.bytes_sent > 0, "{p:?}");
+    assert!(p.sent > 100 && p.bytes_sent > 0, "{p:?}");
     let subscriber_share = p.sent * 4; // each packet is wanted by 4 subscribers
     assert!(p.received <= subscriber_share, "{p:?}");
     assert!(
@@ -116,6 +119,7 @@ fn a_short_multi_room_run_reports_plausible_figures_and_writes_both_files() {
         "a tick per second: {}",
         report.timeline.len()
     );
+    assert!(report.timeline.windows(2).all(|w| w[0].t_s < w[1].t_s));
     assert!(report.timeline.iter().any(|t| t.pps_in > 0));
     let server_usage = report
         .server
@@ -125,6 +129,7 @@ fn a_short_multi_room_run_reports_plausible_figures_and_writes_both_files() {
     assert!(!server_usage.samples.is_empty() && server_usage.rss_mb_max > 1.0);
     assert!(!report.generator.samples.is_empty());
     assert!(report.verdict.passed(), "{:?}", report.verdict);
+    assert_eq!(report.version, REPORT_VERSION);
 
     let dir = report_dir("short");
     write_report(&dir, &report).expect("write the report");
@@ -236,4 +241,107 @@ fn unreachable_servers_and_refused_tokens_are_counted_per_reason() {
         report.peers
     );
     assert_eq!(report.peers.connected, 0);
+}
+
+#[test]
+fn peers_that_never_connect_are_counted_and_the_run_ends() {
+    let server = load_server(1);
+    let mut s = scenario(&server.base_url, 1, 1, MediaModel::AudioVideo, 0.5);
+    s.connect_timeout_s = 1.0;
+    // Every candidate in the answers is rewritten to a socket nobody reads, as
+    // `--remote-override` would send to a relay, so ICE cannot complete.
+    let black_hole = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let hole = black_hole.local_addr().expect("addr");
+    let options = RunOptions {
+        protocol: Some(Arc::new(Redirect {
+            inner: WhipWhep::new(&server.base_url, TokenSource::dev()),
+            to: hole,
+        })),
+        ..RunOptions::default()
+    };
+    let report = run_ok(&s, &options);
+    assert_eq!(report.peers.connected, 0);
+    assert_eq!(report.peers.failed, 2);
+    assert_eq!(
+        report.peers.failures.get("ice_timeout"),
+        Some(&2),
+        "{:?}",
+        report.peers
+    );
+    assert!(report.verdict.failed(), "{:?}", report.verdict);
+}
+
+/// WHIP/WHEP whose answers' candidates all point at `to` (a socket nobody reads), as a remote
+/// override would, to make ICE fail.
+#[derive(Debug)]
+struct Redirect {
+    inner: WhipWhep,
+    to: SocketAddr,
+}
+
+struct RedirectClient<'a> {
+    inner: &'a mut dyn SdpClient,
+    to: SocketAddr,
+}
+
+impl SdpClient for RedirectClient<'_> {
+    fn create_offer(&mut self) -> Result<String, PeerFailure> {
+        self.inner.create_offer()
+    }
+
+    fn accept_answer(&mut self, answer: &str) -> Result<(), PeerFailure> {
+        // The server's candidate port is its worker's: read it, then override it.
+        let from = answer.lines().find_map(|l| {
+            let f: Vec<&str> = l.strip_prefix("a=candidate:")?.split(' ').collect();
+            Some(SocketAddr::new(
+                f.get(4)?.parse().ok()?,
+                f.get(5)?.parse().ok()?,
+            ))
+        });
+        let overrides: Vec<(SocketAddr, SocketAddr)> =
+            from.map(|f| (f, self.to)).into_iter().collect();
+        let rewritten = rewrite_candidates(answer, &overrides);
+        assert_ne!(rewritten, answer, "the answer names a candidate");
+        self.inner.accept_answer(&rewritten)
+    }
+
+    fn answer_offer(&mut self, offer: &str) -> Result<String, PeerFailure> {
+        self.inner.answer_offer(offer)
+    }
+}
+
+impl Protocol for Redirect {
+    fn name(&self) -> &'static str {
+        "redirect"
+    }
+
+    fn publish(
+        &self,
+        room: &str,
+        identity: &str,
+        client: &mut dyn SdpClient,
+    ) -> Result<SessionHandle, PeerFailure> {
+        let mut c = RedirectClient {
+            inner: client,
+            to: self.to,
+        };
+        self.inner.publish(room, identity, &mut c)
+    }
+
+    fn subscribe(
+        &self,
+        room: &str,
+        identity: &str,
+        client: &mut dyn SdpClient,
+    ) -> Result<SessionHandle, PeerFailure> {
+        let mut c = RedirectClient {
+            inner: client,
+            to: self.to,
+        };
+        self.inner.subscribe(room, identity, &mut c)
+    }
+
+    fn leave(&self, session: &SessionHandle) -> Result<(), PeerFailure> {
+        self.inner.leave(session)
+    }
 }

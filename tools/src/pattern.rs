@@ -310,6 +310,35 @@ pub fn encode_pattern(header: &PatternHeader, out: &mut Vec<u8>) {
 
 /// Decodes a test-pattern header and checks its body. `bytes` must hold exactly one pattern.
 pub fn decode_pattern(bytes: &[u8]) -> Result<PatternHeader, PatternError> {
+    let (header, body) = split_pattern(bytes)?;
+    let mut expected = vec![0; body.len()];
+    fill_body(&header, &mut expected);
+    if let Some(offset) = body.iter().zip(&expected).position(|(a, b)| a != b) {
+        return Err(PatternError::BadBody { offset });
+    }
+    Ok(header)
+}
+
+/// Reads the test-pattern header of an RTP payload (audio, or VP8/H264-framed video) without
+/// checking the body: codec framing, magic, header checksum and length only. The light receive
+/// path of the load generator; `None`: not an intact pattern as far as the header tells.
+pub fn decode_header(payload: &[u8]) -> Option<PatternHeader> {
+    let offset = if payload.starts_with(&MAGIC) {
+        0
+    } else {
+        let framing = match sniff_video_codec(*payload.first()?) {
+            VideoCodec::Vp8 => parse_vp8(payload).ok()?,
+            VideoCodec::H264 => parse_h264(payload).ok()?,
+        };
+        framing.data_offset
+    };
+    split_pattern(payload.get(offset..)?)
+        .ok()
+        .map(|(header, _)| header)
+}
+
+/// The header of one pattern, checked (magic, checksum, kind, length), and its body unchecked.
+fn split_pattern(bytes: &[u8]) -> Result<(PatternHeader, &[u8]), PatternError> {
     let Some((head, body)) = bytes.split_at_checked(HEADER_LEN) else {
         return Err(PatternError::Truncated);
     };
@@ -338,12 +367,7 @@ pub fn decode_pattern(bytes: &[u8]) -> Result<PatternHeader, PatternError> {
             actual: body.len(),
         });
     }
-    let mut expected = vec![0; body.len()];
-    fill_body(&header, &mut expected);
-    if let Some(offset) = body.iter().zip(&expected).position(|(a, b)| a != b) {
-        return Err(PatternError::BadBody { offset });
-    }
-    Ok(header)
+    Ok((header, body))
 }
 
 /// Decodes a whole RTP payload of the given kind: codec framing for video (VP8 or H264, told
@@ -599,20 +623,22 @@ fn fill_body(header: &PatternHeader, out: &mut [u8]) {
     }
 }
 
-/// The header checksum: FNV-1a 64 folded to 32 bits.
-pub(crate) fn header_checksum(bytes: &[u8]) -> u32 {
-    crate::fnv::fnv1a_32_folded(bytes)
+/// The header checksum: FNV-1a 64 (the workspace's one, from `sfu-proto`) xor-folded to 32
+/// bits, as the FNV authors suggest for narrower hashes. Stable across builds and hosts.
+fn header_checksum(bytes: &[u8]) -> u32 {
+    let h = sfu_proto::ids::fnv1a(bytes);
+    (h >> 32) as u32 ^ h as u32
 }
 
 fn be_u16(b: &[u8]) -> usize {
     usize::from(u16::from_be_bytes([b[0], b[1]]))
 }
 
-pub(crate) fn be_u32(b: &[u8]) -> u32 {
+fn be_u32(b: &[u8]) -> u32 {
     u32::from_be_bytes([b[0], b[1], b[2], b[3]])
 }
 
-pub(crate) fn be_u64(b: &[u8]) -> u64 {
+fn be_u64(b: &[u8]) -> u64 {
     let mut a = [0; 8];
     a.copy_from_slice(&b[..8]);
     u64::from_be_bytes(a)
@@ -635,6 +661,14 @@ mod tests {
             sent_us: 1_700_000_000_000_000,
             body_len,
         }
+    }
+
+    #[test]
+    fn the_header_checksum_is_fnv1a_64_folded() {
+        // Published FNV-1a 64 test vectors, folded high ^ low.
+        assert_eq!(header_checksum(b""), 0xcbf2_9ce4 ^ 0x8422_2325);
+        assert_eq!(header_checksum(b"a"), 0xaf63_dc4c ^ 0x8601_ec8c);
+        assert_eq!(header_checksum(b"foobar"), 0x8594_4171 ^ 0xf739_67e8);
     }
 
     #[test]

@@ -1,19 +1,304 @@
-//! What a subscriber received: totals per kind, optionally every RTP packet with its decoded
-//! test pattern, the per-stream sequence and timestamp analysis tests assert on, and an opt-in
-//! [`RawCapture`] of the datagrams as they came off the socket (for wire-format checks with
-//! parsers other than str0m's).
+//! The receive side of every synthetic subscriber, test or load: [`Receiving`] takes each
+//! datagram off the socket (raw capture, loss on purpose) and each RTP packet the `Rtc`
+//! delivers, checks its test pattern and accounts it: per stream loss, duplicates, reordering
+//! and jitter from the pattern counters, latency from the send time (what the load report
+//! needs), and, when the owner asked for one, a [`Reception`] log: totals per kind, every packet
+//! with its decoded pattern, and the per-stream sequence and timestamp analysis tests assert on.
+//! An opt-in [`RawCapture`] keeps the datagrams as they came off the socket (for wire-format
+//! checks with parsers other than str0m's).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use str0m::media::Pt;
-use str0m::rtp::Ssrc;
+use str0m::Rtc;
+use str0m::media::{KeyframeRequestKind, Mid, Pt};
+use str0m::rtp::{RtpPacket, Ssrc};
 
-use crate::pattern::{Decoded, PatternError, PayloadKind};
+use crate::load::stats::{self, Interval, RxStream};
+use crate::pattern::{self, Decoded, PatternError, PatternHeader, PayloadKind};
 use crate::peer::lock;
+
+/// The media lines a peer negotiated.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Mids {
+    pub audio: Option<Mid>,
+    pub video: Option<Mid>,
+}
+
+impl Mids {
+    fn kind_of(&self, mid: Option<Mid>) -> Option<PayloadKind> {
+        match mid {
+            Some(m) if Some(m) == self.audio => Some(PayloadKind::Audio),
+            Some(m) if Some(m) == self.video => Some(PayloadKind::Video),
+            _ => None,
+        }
+    }
+}
+
+/// Packets of one kind a subscriber loses on purpose, as a lossy network would: the datagram
+/// is discarded before SRTP, so str0m's receive side sees a sequence gap and, for video,
+/// asks for a retransmission (NACK). Packets are counted per kind, 1-based, in arrival order,
+/// on the stream's main SSRC only: retransmissions (RTX) are never lost. Packet `n` is lost
+/// when `n >= every` and `n % every < burst`; `every: 20, burst: 1` loses the 20th, 40th, ...;
+/// `every: 50, burst: 3` loses 50-52, 100-102, ...
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IncomingLoss {
+    pub kind: PayloadKind,
+    pub every: u64,
+    pub burst: u64,
+}
+
+impl IncomingLoss {
+    /// Loses every `every`-th packet of `kind`.
+    pub fn every(kind: PayloadKind, every: u64) -> Self {
+        Self {
+            kind,
+            every,
+            burst: 1,
+        }
+    }
+
+    /// Whether the `position`-th (1-based) packet of the kind is lost.
+    pub fn loses(&self, position: u64) -> bool {
+        self.every > 0 && position >= self.every && position % self.every < self.burst
+    }
+}
+
+/// The receive side of one subscriber.
+#[derive(Debug)]
+pub struct Receiving {
+    mids: Mids,
+    /// Per received SSRC: the counter windows and jitter the load report is made of.
+    streams: Vec<RxStream>,
+    /// The owner's log (tests); `None` for load peers, which only count.
+    log: Option<Arc<Mutex<Reception>>>,
+    /// Keep every packet in the log, not only totals.
+    keep_packets: bool,
+    loss: Vec<IncomingLoss>,
+    /// Packets seen on the main SSRC, per kind (audio, video): the positions `loss` counts.
+    positions: [u64; 2],
+    capture: Option<Arc<RawCapture>>,
+}
+
+impl Receiving {
+    /// Counting only, with the light (header-only) pattern check.
+    pub fn new(mids: Mids) -> Self {
+        Self {
+            mids,
+            streams: Vec::new(),
+            log: None,
+            keep_packets: false,
+            loss: Vec::new(),
+            positions: [0; 2],
+            capture: None,
+        }
+    }
+
+    /// Also checks every payload in full and records it in `log` (every packet when
+    /// `keep_packets`, totals otherwise).
+    pub fn logged(mut self, log: Arc<Mutex<Reception>>, keep_packets: bool) -> Self {
+        self.log = Some(log);
+        self.keep_packets = keep_packets;
+        self
+    }
+
+    /// Also loses packets on arrival as `loss` says. Only a logged receiver classifies
+    /// datagrams, so only it loses any; each drop is recorded in its log.
+    pub fn losing(mut self, loss: Vec<IncomingLoss>) -> Self {
+        self.loss = loss;
+        self
+    }
+
+    /// Also copies received datagrams into `capture` until it is full.
+    pub fn capturing(mut self, capture: Option<Arc<RawCapture>>) -> Self {
+        self.capture = capture;
+        self
+    }
+
+    /// A datagram as it came off the socket, before the `Rtc` sees it: copied into the raw
+    /// capture, classified for the log, and lost on purpose if the configured loss says so.
+    /// False: drop it.
+    pub fn admit(&mut self, rtc: &mut Rtc, now: Instant, source: SocketAddr, data: &[u8]) -> bool {
+        if let Some(capture) = &self.capture {
+            capture.record(now, source, data);
+        }
+        let Some(log) = &self.log else {
+            return true;
+        };
+        match classify(rtc, self.mids, data) {
+            Carries::Media(kind, ssrc, seq) => {
+                let position = &mut self.positions[usize::from(kind == PayloadKind::Video)];
+                *position += 1;
+                let n = *position;
+                let lost = self.loss.iter().any(|l| l.kind == kind && l.loses(n));
+                if lost {
+                    lock(log).dropped.push(DroppedPacket {
+                        at: now,
+                        kind,
+                        ssrc,
+                        seq,
+                    });
+                }
+                !lost
+            }
+            Carries::Repair(kind) => {
+                let mut r = lock(log);
+                match kind {
+                    PayloadKind::Audio => r.audio.repairs += 1,
+                    PayloadKind::Video => r.video.repairs += 1,
+                }
+                true
+            }
+            Carries::Other => true,
+        }
+    }
+
+    /// One RTP packet the `Rtc` delivered, arrived at `now` (`wallclock_us` on the wall
+    /// clock): checked, logged, and accounted into `interval`. True when its pattern header
+    /// is intact.
+    pub fn on_rtp(
+        &mut self,
+        rtc: &mut Rtc,
+        now: Instant,
+        wallclock_us: u64,
+        p: &RtpPacket,
+        interval: &mut Interval,
+    ) -> bool {
+        let header = match &self.log {
+            Some(log) => {
+                let mid = rtc
+                    .direct_api()
+                    .stream_rx(&p.header.ssrc)
+                    .map(|s| s.mid())
+                    .or(p.header.ext_vals.mid);
+                match self.mids.kind_of(mid) {
+                    Some(kind) => {
+                        let pattern = pattern::decode_payload(kind, &p.payload);
+                        let header = pattern.as_ref().ok().map(|d| d.header);
+                        let packet = ReceivedPacket {
+                            at: now,
+                            kind,
+                            ssrc: p.header.ssrc,
+                            pt: p.header.payload_type,
+                            seq: p.header.sequence_number,
+                            ext_seq: *p.seq_no,
+                            rtp_time: p.header.timestamp,
+                            marker: p.header.marker,
+                            payload_len: p.payload.len(),
+                            pattern,
+                        };
+                        lock(log).record(packet, self.keep_packets);
+                        header
+                    }
+                    None => {
+                        lock(log).unknown_media += 1;
+                        pattern::decode_header(&p.payload)
+                    }
+                }
+            }
+            None => pattern::decode_header(&p.payload),
+        };
+        interval.counts.bytes += p.payload.len() as u64;
+        let Some(header) = header else {
+            interval.counts.corrupt += 1;
+            return false;
+        };
+        self.account(*p.header.ssrc, &header, wallclock_us, interval);
+        true
+    }
+
+    fn account(
+        &mut self,
+        ssrc: u32,
+        header: &PatternHeader,
+        wallclock_us: u64,
+        interval: &mut Interval,
+    ) {
+        let stream = match self.streams.iter().position(|s| s.ssrc == ssrc) {
+            Some(i) => &mut self.streams[i],
+            None => {
+                self.streams.push(RxStream::new(ssrc));
+                self.streams.last_mut().expect("just pushed")
+            }
+        };
+        let counts = stream.record(header, wallclock_us);
+        interval.counts.add(&counts);
+        if counts.received > 0 {
+            stats::record_latency(
+                &mut interval.latency,
+                wallclock_us.saturating_sub(header.sent_us),
+            );
+        }
+    }
+
+    /// Sends a PLI for the video stream, if there is one yet.
+    pub fn request_keyframe(&mut self, rtc: &mut Rtc) {
+        let Some(mid) = self.mids.video else {
+            return;
+        };
+        if let Some(rx) = rtc.direct_api().stream_rx_by_mid(mid, None) {
+            rx.request_keyframe(KeyframeRequestKind::Pli);
+            if let Some(log) = &self.log {
+                lock(log).keyframe_requests_sent += 1;
+            }
+        }
+    }
+
+    /// Final jitter of each received stream, µs.
+    pub fn stream_jitter_us(&self) -> Vec<f64> {
+        self.streams.iter().map(RxStream::jitter_us).collect()
+    }
+}
+
+/// What an SRTP datagram carries, from its clear-text RTP header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Carries {
+    /// Media on the main SSRC of a stream of this kind.
+    Media(PayloadKind, Ssrc, u16),
+    /// A retransmission on the repair (RTX) SSRC of a stream of this kind.
+    Repair(PayloadKind),
+    /// Not RTP, or RTP of no stream we know yet.
+    Other,
+}
+
+fn classify(rtc: &mut Rtc, mids: Mids, datagram: &[u8]) -> Carries {
+    let Some((ssrc, seq)) = rtp_ssrc_and_seq(datagram) else {
+        return Carries::Other;
+    };
+    let mut api = rtc.direct_api();
+    for (kind, mid) in [
+        (PayloadKind::Audio, mids.audio),
+        (PayloadKind::Video, mids.video),
+    ] {
+        let Some(stream) = mid.and_then(|mid| api.stream_rx_by_mid(mid, None)) else {
+            continue;
+        };
+        if stream.ssrc() == ssrc {
+            return Carries::Media(kind, ssrc, seq);
+        }
+        if stream.rtx() == Some(ssrc) {
+            return Carries::Repair(kind);
+        }
+    }
+    Carries::Other
+}
+
+/// SSRC and sequence number of an (S)RTP datagram (RFC 7983 first byte, RFC 5761 RTCP
+/// payload types excluded); `None` for anything else.
+fn rtp_ssrc_and_seq(datagram: &[u8]) -> Option<(Ssrc, u16)> {
+    let header = datagram.get(..12)?;
+    let rtp_or_rtcp = (128..=191).contains(&header[0]);
+    let rtcp = (192..=223).contains(&header[1]);
+    if !rtp_or_rtcp || rtcp {
+        return None;
+    }
+    let seq = u16::from_be_bytes([header[2], header[3]]);
+    let ssrc = u32::from_be_bytes([header[8], header[9], header[10], header[11]]);
+    Some((ssrc.into(), seq))
+}
 
 /// One received RTP packet.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -330,7 +615,45 @@ fn stream_report(ssrc: Ssrc, packets: &[&ReceivedPacket]) -> StreamReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pattern::PatternHeader;
+
+    #[test]
+    fn loss_pattern_positions() {
+        let every = IncomingLoss::every(PayloadKind::Video, 20);
+        let lost: Vec<u64> = (1..=100).filter(|n| every.loses(*n)).collect();
+        assert_eq!(lost, vec![20, 40, 60, 80, 100]);
+
+        let bursts = IncomingLoss {
+            kind: PayloadKind::Video,
+            every: 50,
+            burst: 3,
+        };
+        let lost: Vec<u64> = (1..=110).filter(|n| bursts.loses(*n)).collect();
+        assert_eq!(lost, vec![50, 51, 52, 100, 101, 102]);
+
+        let off = IncomingLoss::every(PayloadKind::Audio, 0);
+        assert!((1..=100).all(|n| !off.loses(n)));
+    }
+
+    #[test]
+    fn rtp_headers_are_told_from_rtcp_and_the_rest() {
+        let mut rtp = vec![
+            0x80, 96, 0x12, 0x34, 0, 0, 0, 1, 0xde, 0xad, 0xbe, 0xef, 0xff,
+        ];
+        assert_eq!(
+            rtp_ssrc_and_seq(&rtp),
+            Some((0xdead_beef_u32.into(), 0x1234))
+        );
+        rtp[1] = 0x80 | 96; // marker bit set: still RTP
+        assert!(rtp_ssrc_and_seq(&rtp).is_some());
+        let rtcp = [0x81, 201, 0, 7, 0, 0, 0, 1, 0, 0, 0, 2];
+        assert_eq!(rtp_ssrc_and_seq(&rtcp), None, "a receiver report");
+        assert_eq!(
+            rtp_ssrc_and_seq(&[22, 254, 253, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+            None,
+            "DTLS"
+        );
+        assert_eq!(rtp_ssrc_and_seq(&rtp[..11]), None, "too short");
+    }
 
     fn packet(ext_seq: u64, counter: u64, rtp_time: u32) -> ReceivedPacket {
         let header =

@@ -55,16 +55,6 @@ pub enum SignalError {
     MissingLocation { url: String },
 }
 
-impl SignalError {
-    /// The HTTP status when the server answered with an unexpected one.
-    pub fn status(&self) -> Option<u16> {
-        match self {
-            SignalError::Status { status, .. } => Some(*status),
-            _ => None,
-        }
-    }
-}
-
 /// HTTP method for [`SignalingClient::request`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {

@@ -66,7 +66,7 @@ const VIDEOROOM_ERROR_NO_SUCH_FEED: u32 = 428;
 /// reduced to 53 bits (exact in JavaScript clients too) and never 0 (Janus reads 0 as "pick an
 /// id for me"). Deterministic across runs, processes and platforms.
 pub fn room_id(name: &str) -> u64 {
-    (crate::fnv::fnv1a_64(name.as_bytes()) & ((1 << 53) - 1)).max(1)
+    (sfu_proto::ids::fnv1a(name.as_bytes()) & ((1 << 53) - 1)).max(1)
 }
 
 /// Ids Janus hands out (random 53-bit numbers) and the room ids we choose, kept apart by type.
@@ -1291,18 +1291,13 @@ mod tests {
 #[cfg(test)]
 mod live {
     use std::collections::BTreeMap;
-    use std::net::{IpAddr, SocketAddr, UdpSocket};
-
-    use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
-    use str0m::format::Codec;
-    use str0m::media::{Direction, MediaKind, Mid, Pt, Rid, Simulcast, SimulcastLayer};
-    use str0m::{Event, Rtc};
+    use std::net::IpAddr;
 
     use super::*;
-    use crate::pattern::{self, PayloadKind, VideoCodec};
-    use crate::peer::{PeerThread, Role, accepted_pt, client_rtc, sending_rtc, wait_until};
-    use crate::send::{SendLayer, SendTrack, Sending};
-    use crate::source::{AudioSource, FrameSizes, OutgoingPacket, Source, VideoLayer, VideoSource};
+    use crate::pattern::{PayloadKind, VideoCodec};
+    use crate::publisher::{Publisher, PublisherConfig, VideoConfig};
+    use crate::reception::Reception;
+    use crate::subscriber::{Subscriber, SubscriberConfig};
 
     const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -1318,131 +1313,56 @@ mod live {
         Some((url, bind))
     }
 
-    /// The engine's side of a negotiation, reduced to one peer: audio + VP8 video to publish
-    /// (optionally simulcast q/h/f), or whatever Janus offers to subscribe.
-    struct Client {
-        rtc: Rtc,
-        socket: UdpSocket,
+    /// Audio and `codec`-framed video at 30 fps, 3000-byte frames at the top layer and a
+    /// keyframe a second, optionally simulcast q/h/f.
+    fn publish(
+        janus: &Arc<JanusVideoRoom>,
+        room: &str,
+        bind: IpAddr,
+        codec: VideoCodec,
         simulcast: bool,
-        pending: Option<SdpPendingOffer>,
-        audio: Option<Mid>,
-        video: Option<Mid>,
+    ) -> Publisher {
+        let config = PublisherConfig {
+            bind_ip: bind,
+            ..PublisherConfig::new("", room, "")
+        }
+        .video(Some(VideoConfig {
+            fps: 30,
+            keyframe_interval: 30,
+            simulcast,
+            frame_bytes: 3000,
+            codec,
+        }));
+        Publisher::connect_via(janus.clone(), "pub-0", &config)
+            .expect("janus accepts the publisher")
     }
 
-    impl Client {
-        /// A publisher offering Opus and only `codec` for video (`None`: a subscriber
-        /// accepting Opus, VP8 and H264).
-        fn new(bind: IpAddr, simulcast: bool, codec: Option<VideoCodec>) -> Client {
-            let socket = UdpSocket::bind(SocketAddr::new(bind, 0)).expect("bind the peer socket");
-            let local = socket.local_addr().expect("local address");
-            let rtc = match codec {
-                None => client_rtc(local).expect("rtc"),
-                Some(codec) => sending_rtc(local, codec).expect("rtc"),
-            };
-            Client {
-                rtc,
-                socket,
-                simulcast,
-                pending: None,
-                audio: None,
-                video: None,
-            }
-        }
-
-        /// The payload type Janus accepted for `codec` on `mid`.
-        fn pt(&self, mid: Mid, codec: Codec) -> Pt {
-            accepted_pt(&self.rtc, mid, codec).expect("a payload type for the codec")
-        }
+    struct Subscribed {
+        sub: Subscriber,
+        /// From the `subscribe` call to Janus's `started`.
+        signaled: Duration,
     }
 
-    impl SdpClient for Client {
-        fn create_offer(&mut self) -> Result<String, PeerFailure> {
-            let mut change = self.rtc.sdp_api();
-            self.audio =
-                Some(change.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None));
-            let simulcast = self.simulcast.then(|| {
-                let mut s = Simulcast::new();
-                for rid in ["q", "h", "f"] {
-                    s.add_send_layer(SimulcastLayer::new(rid));
-                }
-                s
-            });
-            self.video = Some(change.add_media(
-                MediaKind::Video,
-                Direction::SendOnly,
-                None,
-                None,
-                simulcast,
-            ));
-            let (offer, pending) = change
-                .apply()
-                .ok_or_else(|| PeerFailure::BadSdp("nothing to offer".into()))?;
-            self.pending = Some(pending);
-            Ok(offer.to_sdp_string())
-        }
-
-        fn accept_answer(&mut self, answer: &str) -> Result<(), PeerFailure> {
-            let answer = SdpAnswer::from_sdp_string(answer)
-                .map_err(|e| PeerFailure::BadSdp(e.to_string()))?;
-            let pending = self
-                .pending
-                .take()
-                .ok_or_else(|| PeerFailure::BadSdp("no offer pending".into()))?;
-            self.rtc
-                .sdp_api()
-                .accept_answer(pending, answer)
-                .map_err(|e| PeerFailure::BadSdp(e.to_string()))
-        }
-
-        fn answer_offer(&mut self, offer: &str) -> Result<String, PeerFailure> {
-            let offer =
-                SdpOffer::from_sdp_string(offer).map_err(|e| PeerFailure::BadSdp(e.to_string()))?;
-            let answer = self
-                .rtc
-                .sdp_api()
-                .accept_offer(offer)
-                .map_err(|e| PeerFailure::BadSdp(e.to_string()))?;
-            Ok(answer.to_sdp_string())
+    fn subscribe(
+        janus: &Arc<JanusVideoRoom>,
+        room: &str,
+        bind: IpAddr,
+        identity: &str,
+    ) -> Subscribed {
+        let config = SubscriberConfig {
+            bind_ip: bind,
+            ..SubscriberConfig::new("", room, "")
+        };
+        let started = Instant::now();
+        let sub = Subscriber::connect_via(janus.clone(), identity, config)
+            .expect("janus accepts the subscriber");
+        Subscribed {
+            sub,
+            signaled: started.elapsed(),
         }
     }
 
-    /// Sends audio and VP8-framed video once connected; answers keyframe requests.
-    struct Send {
-        sending: Sending,
-        scratch: Vec<OutgoingPacket>,
-        sent: Arc<Mutex<u64>>,
-        keyframe_requests: Arc<Mutex<u64>>,
-    }
-
-    impl Role for Send {
-        type Command = ();
-
-        fn drive(&mut self, now: Instant, wallclock_us: u64, rtc: &mut Rtc) {
-            if !rtc.is_connected() {
-                return;
-            }
-            let mut sent = lock(&self.sent);
-            self.sending
-                .write_due(rtc, now, wallclock_us, &mut self.scratch, |_, written| {
-                    *sent += u64::from(written);
-                });
-        }
-
-        fn next_due(&self) -> Option<Instant> {
-            self.sending.next_due()
-        }
-
-        fn on_event(&mut self, _now: Instant, _rtc: &mut Rtc, event: Event) {
-            if let Event::KeyframeRequest(req) = event {
-                *lock(&self.keyframe_requests) += 1;
-                self.sending.request_keyframe(&req);
-            }
-        }
-
-        fn on_command(&mut self, _now: Instant, _rtc: &mut Rtc, _command: ()) {}
-    }
-
-    /// What a subscriber received, per kind.
+    /// What a subscriber received since `from` (an earlier copy of its reception).
     #[derive(Debug, Default, Clone)]
     struct Received {
         packets: BTreeMap<&'static str, u64>,
@@ -1452,130 +1372,25 @@ mod live {
         video_layers: BTreeMap<u8, u64>,
     }
 
-    struct Receive(Arc<Mutex<Received>>);
-
-    impl Role for Receive {
-        type Command = ();
-
-        fn drive(&mut self, _now: Instant, _wallclock_us: u64, _rtc: &mut Rtc) {}
-
-        fn next_due(&self) -> Option<Instant> {
-            None
+    fn received_since(r: &Reception, from: &Reception) -> Received {
+        let mut got = Received::default();
+        for (name, kind) in [("audio", PayloadKind::Audio), ("video", PayloadKind::Video)] {
+            let packets = r.totals(kind).intact - from.totals(kind).intact;
+            got.packets.insert(name, packets);
         }
-
-        fn on_event(&mut self, _now: Instant, _rtc: &mut Rtc, event: Event) {
-            let Event::RtpPacket(p) = event else {
-                return;
+        let undecodable = r.audio.corrupt + r.video.corrupt + r.unknown_media
+            - (from.audio.corrupt + from.video.corrupt + from.unknown_media);
+        if undecodable > 0 {
+            got.packets.insert("undecodable", undecodable);
+        }
+        for p in &r.packets[from.packets.len()..] {
+            let Some(d) = p.decoded().filter(|_| p.kind == PayloadKind::Video) else {
+                continue;
             };
-            let mut r = lock(&self.0);
-            if let Ok(d) = pattern::decode_payload(PayloadKind::Video, &p.payload) {
-                *r.packets.entry("video").or_default() += 1;
-                if d.starts_keyframe() {
-                    r.video_keyframes += 1;
-                }
-                *r.video_layers.entry(d.header.layer).or_default() += 1;
-            } else if pattern::decode_payload(PayloadKind::Audio, &p.payload).is_ok() {
-                *r.packets.entry("audio").or_default() += 1;
-            } else {
-                *r.packets.entry("undecodable").or_default() += 1;
-            }
+            got.video_keyframes += u64::from(d.starts_keyframe());
+            *got.video_layers.entry(d.header.layer).or_default() += 1;
         }
-
-        fn on_command(&mut self, _now: Instant, _rtc: &mut Rtc, _command: ()) {}
-    }
-
-    fn publish(
-        janus: &JanusVideoRoom,
-        room: &str,
-        bind: IpAddr,
-        codec: VideoCodec,
-        simulcast: bool,
-    ) -> Publishing {
-        let mut client = Client::new(bind, simulcast, Some(codec));
-        let session = janus
-            .publish(room, "pub-0", &mut client)
-            .expect("janus accepts the publisher");
-        let audio = client.audio.expect("audio mid");
-        let video = client.video.expect("video mid");
-        let video_codec = match codec {
-            VideoCodec::Vp8 => Codec::Vp8,
-            VideoCodec::H264 => Codec::H264,
-        };
-        let (audio_pt, video_pt) = (client.pt(audio, Codec::Opus), client.pt(video, video_codec));
-        let audio_source = AudioSource::new(1, 1);
-        let mut tracks = vec![SendTrack {
-            mid: audio,
-            pt: audio_pt,
-            layers: vec![SendLayer::new(None, Source::Audio(audio_source))],
-        }];
-        let layers = VideoLayer::all(simulcast)
-            .into_iter()
-            .map(|layer| {
-                let rid = layer.rid.map(Rid::from);
-                let sizes = FrameSizes::fixed(layer.share(3000, 200) as usize, 30);
-                let source = VideoSource::new(layer, sizes, 30, 100, 1000).with_codec(codec);
-                SendLayer::new(rid, Source::Video(source))
-            })
-            .collect();
-        tracks.push(SendTrack {
-            mid: video,
-            pt: video_pt,
-            layers,
-        });
-        let sent = Arc::new(Mutex::new(0));
-        let keyframe_requests = Arc::new(Mutex::new(0));
-        let role = Send {
-            sending: Sending::new(tracks),
-            scratch: Vec::new(),
-            sent: sent.clone(),
-            keyframe_requests: keyframe_requests.clone(),
-        };
-        let thread = PeerThread::spawn("janus-pub", client.rtc, client.socket, role)
-            .expect("publisher thread");
-        Publishing {
-            session,
-            thread,
-            sent,
-            keyframe_requests,
-        }
-    }
-
-    struct Publishing {
-        session: SessionHandle,
-        thread: PeerThread<()>,
-        sent: Arc<Mutex<u64>>,
-        keyframe_requests: Arc<Mutex<u64>>,
-    }
-
-    struct Subscribed {
-        session: SessionHandle,
-        thread: PeerThread<()>,
-        received: Arc<Mutex<Received>>,
-        /// From the `subscribe` call to Janus's `started`.
-        signaled: Duration,
-    }
-
-    fn subscribe(janus: &JanusVideoRoom, room: &str, bind: IpAddr, identity: &str) -> Subscribed {
-        let mut client = Client::new(bind, false, None);
-        let started = Instant::now();
-        let session = janus
-            .subscribe(room, identity, &mut client)
-            .expect("janus accepts the subscriber");
-        let signaled = started.elapsed();
-        let received = Arc::new(Mutex::new(Received::default()));
-        let thread = PeerThread::spawn(
-            "janus-sub",
-            client.rtc,
-            client.socket,
-            Receive(received.clone()),
-        )
-        .expect("subscriber thread");
-        Subscribed {
-            session,
-            thread,
-            received,
-            signaled,
-        }
+        got
     }
 
     /// How long media is measured: `JANUS_LIVE_SECONDS` (default 4; set it above Janus's
@@ -1593,7 +1408,7 @@ mod live {
         let Some((url, bind)) = janus() else {
             return;
         };
-        let janus = JanusVideoRoom::new(&url);
+        let janus = Arc::new(JanusVideoRoom::new(&url));
         let room = format!("live-{}", rand::random::<u32>());
         let media_time = media_time();
 
@@ -1614,9 +1429,9 @@ mod live {
             let publisher = publish(&janus, &room, bind, codec, simulcast);
             eprintln!("publisher signaled in {:?}", started.elapsed());
             assert!(
-                wait_until(CONNECT_TIMEOUT, || publisher.thread.state().connected()),
+                publisher.wait_connected(CONNECT_TIMEOUT),
                 "publisher ICE+DTLS to Janus: {:?}",
-                publisher.thread.state().error()
+                publisher.state().error()
             );
             eprintln!("publisher connected in {:?}", started.elapsed());
             let subs: Vec<Subscribed> = early_subs
@@ -1626,11 +1441,11 @@ mod live {
                 .collect();
             (publisher, subs)
         });
-        for sub in &subs {
+        for s in &subs {
             assert!(
-                wait_until(CONNECT_TIMEOUT, || sub.thread.state().connected()),
+                s.sub.wait_connected(CONNECT_TIMEOUT),
                 "subscriber ICE+DTLS to Janus: {:?}",
-                sub.thread.state().error()
+                s.sub.state().error()
             );
         }
         eprintln!(
@@ -1640,18 +1455,17 @@ mod live {
             subs.iter().map(|s| s.signaled).max().unwrap_or_default(),
             started.elapsed()
         );
-        for sub in &subs {
-            // Count from here: what arrived before connecting everyone is not compared.
-            *lock(&sub.received) = Received::default();
-        }
+        // Count from here: what arrived before connecting everyone is not compared.
+        let from: Vec<Reception> = subs.iter().map(|s| s.sub.reception()).collect();
         std::thread::sleep(media_time);
-        let sent = *lock(&publisher.sent);
-        for sub in &subs {
-            let got = lock(&sub.received).clone();
+        let stats = publisher.stats();
+        let sent = stats.audio_packets + stats.video_packets.iter().sum::<u64>();
+        for (s, from) in subs.iter().zip(&from) {
+            let got = received_since(&s.sub.reception(), from);
             eprintln!(
-                "{codec:?} simulcast={simulcast}: received {got:?} in {media_time:?} (publisher: {sent} \
-                 packets sent in all, {} keyframe requests)",
-                lock(&publisher.keyframe_requests)
+                "{codec:?} simulcast={simulcast}: received {got:?} in {media_time:?} (publisher: \
+                 {sent} packets sent in all, {} keyframe requests)",
+                stats.keyframe_requests
             );
             let expect = media_time.as_secs();
             // 50 audio packets a second, at least 30 video packets (one per frame).
@@ -1668,14 +1482,18 @@ mod live {
         }
         assert_eq!(janus.live_sessions(), subs.len() + 1);
 
-        for sub in &subs {
-            janus.leave(&sub.session).expect("subscriber leaves");
+        for s in subs {
+            s.sub.close().expect("subscriber leaves");
         }
-        janus.leave(&publisher.session).expect("publisher leaves");
+        let publisher_session = SessionHandle {
+            id: publisher.location().to_string(),
+            token: None,
+        };
+        publisher.close().expect("publisher leaves");
         assert_eq!(janus.live_sessions(), 0);
         // Leaving twice is harmless.
         janus
-            .leave(&publisher.session)
+            .leave(&publisher_session)
             .expect("already gone counts as left");
     }
 
@@ -1704,12 +1522,14 @@ mod live {
         let Some((url, bind)) = janus() else {
             return;
         };
-        let janus = JanusVideoRoom::new(&url).negotiation_timeout(Duration::from_secs(1));
-        let mut client = Client::new(bind, false, None);
+        let janus = Arc::new(JanusVideoRoom::new(&url).negotiation_timeout(Duration::from_secs(1)));
         let room = format!("live-empty-{}", rand::random::<u32>());
-        let err = janus
-            .subscribe(&room, "sub-0", &mut client)
-            .expect_err("nobody publishes");
+        let config = SubscriberConfig {
+            bind_ip: bind,
+            ..SubscriberConfig::new("", &room, "")
+        };
+        let err =
+            Subscriber::connect_via(janus.clone(), "sub-0", config).expect_err("nobody publishes");
         assert!(err.to_string().contains("no publisher"), "{err}");
         assert_eq!(janus.live_sessions(), 0);
     }

@@ -1,16 +1,11 @@
 //! What the load generator adds to the [`source`](crate::source)s: run-wide counters that
-//! name the publisher, the one thing a load subscriber reads back, and the packet rates a
-//! scenario implies. Sans-IO.
+//! name the publisher, and the packet rates a scenario implies. Sans-IO.
 //!
 //! - [`counter_base`]: a stream's first pattern counter. Its top bits name the publisher, so a
 //!   subscriber whose track moves from one publisher to another, or between simulcast layers,
 //!   sees a new stream instead of a jump in one.
-//! - [`decode_header`]: the light receive path, the test-pattern header alone.
 //! - [`publisher_pps`], [`kbps_for_target_pps`]: packet rates for `--target-pps`.
 
-use crate::pattern::{
-    self, HEADER_LEN, MAGIC, PayloadKind, VideoCodec, VideoFraming, be_u32, be_u64, header_checksum,
-};
 use crate::source::{
     AUDIO_PPS, DTX_SILENCE_EVERY, DTX_SILENCE_TICKS, DTX_TALK_TICKS, FrameSizes, VideoLayer,
     packets_per_frame,
@@ -44,45 +39,6 @@ pub fn layers(simulcast: bool, top_kbps: u32) -> Vec<(VideoLayer, u32)> {
             (layer, kbps)
         })
         .collect()
-}
-
-/// What the light receive path needs from a payload.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PacketInfo {
-    pub kind: PayloadKind,
-    pub layer: u8,
-    pub counter: u64,
-    pub sent_us: u64,
-}
-
-/// Reads the test-pattern header of an RTP payload (audio, or VP8/H264-framed video) without
-/// checking the body: magic, header checksum and length only. `None`: not an intact pattern.
-pub fn decode_header(payload: &[u8]) -> Option<PacketInfo> {
-    let offset = if payload.starts_with(&MAGIC) {
-        0
-    } else {
-        let framing: VideoFraming = match pattern::sniff_video_codec(*payload.first()?) {
-            VideoCodec::Vp8 => pattern::parse_vp8(payload).ok()?,
-            VideoCodec::H264 => pattern::parse_h264(payload).ok()?,
-        };
-        framing.data_offset
-    };
-    let rest = payload.get(offset..)?;
-    let head = rest.get(..HEADER_LEN)?;
-    if head[..4] != MAGIC || header_checksum(&head[..36]) != be_u32(&head[36..40]) {
-        return None;
-    }
-    let kind = PayloadKind::from_byte(head[4])?;
-    let body_len = be_u32(&head[32..36]) as usize;
-    if rest.len() != HEADER_LEN + body_len {
-        return None;
-    }
-    Some(PacketInfo {
-        kind,
-        layer: head[5],
-        counter: be_u64(&head[8..16]),
-        sent_us: be_u64(&head[24..32]),
-    })
 }
 
 /// Average packets per second audio sends: 50, or under DTX the talk share of 50 plus one
@@ -198,6 +154,7 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use super::*;
+    use crate::pattern::{self, HEADER_LEN, PayloadKind, decode_header};
     use crate::source::{
         AudioSource, KEYFRAME_RATIO, MAX_VIDEO_PAYLOAD, OutgoingPacket, VideoSource,
     };

@@ -1,5 +1,7 @@
 //! The load generator behind `sfu-load`: many synthetic WebRTC peers multiplexed on a few
-//! threads, driven by a [`Scenario`], measured into a [`Report`].
+//! threads, driven by a [`Scenario`], measured into a [`Report`]. Its runtime ([`shard`],
+//! [`peer`], [`negotiate`], [`io`]) is also what every test [`Publisher`](crate::Publisher)
+//! and [`Subscriber`](crate::Subscriber) runs on, one peer to a shard.
 
 pub mod engine;
 pub mod html;

@@ -1,24 +1,29 @@
-//! Setting a peer up, on a signaling thread: its socket and `Rtc`, the [`SdpClient`] the
-//! protocol negotiates through, the address overrides a test relay needs, and what media the
-//! answer accepted. The result, a [`NewPeer`], is handed to a shard.
+//! Setting a peer up, on a signaling thread (load) or its owner's (test peers): its socket and
+//! `Rtc`, the offer for the media it sends or wants, the [`SdpClient`] the protocol negotiates
+//! through, the address overrides a test relay needs, and the media built from what the answer
+//! accepted. The result, a [`NewPeer`], is handed to a shard.
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use quinn_udp::{UdpSockRef, UdpSocketState};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::crypto::CryptoProvider;
 use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind, Mid, Pt, Rid, Simulcast, SimulcastLayer};
-use str0m::{Rtc, RtcError};
+use str0m::{Candidate, Rtc, RtcError};
 
 use super::media;
+use super::peer::PeerMedia;
 use super::protocol::{PeerFailure, Protocol, SdpClient, SessionHandle};
 use super::scenario::{MediaModel, Scenario};
 use crate::pattern::VideoCodec;
-use crate::peer;
+use crate::peer::PeerState;
+use crate::reception::{Mids, Receiving};
 use crate::send::{SendLayer, SendTrack, Sending};
 use crate::source::{AudioSource, FrameSizes, Shape, Source, VideoLayer, VideoSource};
+use crate::whip::Endpoint;
 
 /// A peer's number in the run plan (stable across churn rejoins).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -64,7 +69,49 @@ impl PeerPlan {
     }
 }
 
-/// What the setup needs besides the plan.
+/// What a peer offers: which media lines and, for a publisher, simulcast and its one video
+/// codec (a subscriber accepts Opus, VP8 and H264).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Offer {
+    pub role: PeerRole,
+    pub audio: bool,
+    pub video: bool,
+    pub simulcast: bool,
+    pub codec: VideoCodec,
+}
+
+impl Offer {
+    /// A load peer's offer: the scenario's media, VP8 for publishers.
+    pub fn load(role: PeerRole, media: MediaModel) -> Self {
+        Self {
+            role,
+            audio: media.has_audio(),
+            video: media.has_video(),
+            simulcast: role == PeerRole::Publisher && media.simulcast(),
+            codec: VideoCodec::Vp8,
+        }
+    }
+}
+
+/// Where a peer's datagrams go: the address its socket binds to, and `(from, to)` pairs
+/// telling it to send to `to` where the server's SDP names candidate `from`.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub bind_ip: IpAddr,
+    pub remote_overrides: Arc<[(SocketAddr, SocketAddr)]>,
+}
+
+impl Route {
+    /// Straight to the server, from a socket on `bind_ip`.
+    pub fn direct(bind_ip: IpAddr) -> Self {
+        Self {
+            bind_ip,
+            remote_overrides: Arc::from(Vec::new()),
+        }
+    }
+}
+
+/// What a load peer's setup needs besides the plan.
 #[derive(Debug, Clone)]
 pub struct SetupConfig {
     pub media: MediaModel,
@@ -72,9 +119,7 @@ pub struct SetupConfig {
     pub fps: u32,
     pub keyframe_interval_s: f64,
     pub dtx: bool,
-    pub bind_ip: IpAddr,
-    /// `(from, to)`: where the server's SDP names candidate `from`, send to `to` instead.
-    pub remote_overrides: Arc<[(SocketAddr, SocketAddr)]>,
+    pub route: Route,
     /// Subscribers count as joined at their first media packet when the room has publishers,
     /// otherwise when DTLS is up.
     pub room_has_publishers: bool,
@@ -88,8 +133,10 @@ impl SetupConfig {
             fps: s.video_fps,
             keyframe_interval_s: s.keyframe_interval_s,
             dtx: s.audio_dtx,
-            bind_ip,
-            remote_overrides: overrides.into(),
+            route: Route {
+                bind_ip,
+                remote_overrides: overrides.into(),
+            },
             room_has_publishers: s.publishers > 0,
         }
     }
@@ -107,53 +154,72 @@ pub struct NewPeer {
     /// When the signaling request started (join time counts from here).
     pub started: Instant,
     pub session: SessionHandle,
-    pub media: NewMedia,
+    /// The SDP the server sent: its answer, or its offer where the server offers.
+    pub server_sdp: String,
+    pub media: PeerMedia,
+    /// What the peer shows its owner while it runs.
+    pub state: Arc<PeerState>,
 }
 
-/// The media a peer sends or expects, as negotiated.
-#[derive(Debug)]
-pub enum NewMedia {
-    Publisher(Sending),
-    Subscriber { expect_media: bool },
-}
-
-/// Binds the socket, negotiates through `protocol` and returns the peer ready for a shard.
-/// On failure after the server created a session, the session is deleted (best effort).
-pub fn setup(
+/// Sets a load peer up: the scenario's media, sources numbered after the plan.
+pub fn setup_load(
     plan: &PeerPlan,
     config: &SetupConfig,
     protocol: &dyn Protocol,
     room: &str,
 ) -> Result<NewPeer, PeerFailure> {
+    let offer = Offer::load(plan.role, config.media);
+    setup(
+        plan,
+        &plan.identity(),
+        room,
+        &offer,
+        &config.route,
+        protocol,
+        |rtc, mids| match plan.role {
+            PeerRole::Subscriber => Ok(PeerMedia::Subscriber {
+                receiving: Receiving::new(mids),
+                expect_media: config.room_has_publishers,
+            }),
+            PeerRole::Publisher => publisher_media(rtc, plan, config, mids),
+        },
+    )
+}
+
+/// Binds the socket, negotiates `offer` through `protocol` for `identity` in `room`, and builds
+/// the peer's media with `media` from the negotiated `Rtc` and media lines. If the media cannot
+/// be built, the session the server created is deleted again (best effort).
+pub fn setup(
+    plan: &PeerPlan,
+    identity: &str,
+    room: &str,
+    offer: &Offer,
+    route: &Route,
+    protocol: &dyn Protocol,
+    media: impl FnOnce(&Rtc, Mids) -> Result<PeerMedia, PeerFailure>,
+) -> Result<NewPeer, PeerFailure> {
     let socket_err = |e: std::io::Error| PeerFailure::Socket(e.to_string());
-    let socket = UdpSocket::bind(SocketAddr::new(config.bind_ip, 0)).map_err(socket_err)?;
+    let socket = UdpSocket::bind(SocketAddr::new(route.bind_ip, 0)).map_err(socket_err)?;
     socket.set_nonblocking(true).map_err(socket_err)?;
     let local = socket.local_addr().map_err(socket_err)?;
     // Socket options for batched I/O (GRO, packet info); GSO support is probed once.
     let udp = UdpSocketState::new(UdpSockRef::from(&socket)).map_err(socket_err)?;
-    let mut rtc = load_rtc(local, plan.role).map_err(|e| PeerFailure::BadSdp(e.to_string()))?;
+    let mut rtc = offering_rtc(local, offer).map_err(|e| PeerFailure::BadSdp(e.to_string()))?;
     let mut client = Negotiation {
         rtc: &mut rtc,
-        plan,
-        config,
+        offer,
+        overrides: &route.remote_overrides,
         pending: None,
-        audio_mid: None,
-        video_mid: None,
+        mids: Mids::default(),
+        server_sdp: String::new(),
     };
-    let identity = plan.identity();
     let started = Instant::now();
-    let session = match plan.role {
-        PeerRole::Publisher => protocol.publish(room, &identity, &mut client)?,
-        PeerRole::Subscriber => protocol.subscribe(room, &identity, &mut client)?,
+    let session = match offer.role {
+        PeerRole::Publisher => protocol.publish(room, identity, &mut client)?,
+        PeerRole::Subscriber => protocol.subscribe(room, identity, &mut client)?,
     };
-    let (audio_mid, video_mid) = (client.audio_mid, client.video_mid);
-    let media = match plan.role {
-        PeerRole::Subscriber => Ok(NewMedia::Subscriber {
-            expect_media: config.room_has_publishers,
-        }),
-        PeerRole::Publisher => publisher_media(&rtc, plan, config, audio_mid, video_mid),
-    };
-    let media = match media {
+    let (mids, server_sdp) = (client.mids, client.server_sdp);
+    let media = match media(&rtc, mids) {
         Ok(m) => m,
         Err(e) => {
             let _ = protocol.leave(&session);
@@ -168,35 +234,115 @@ pub fn setup(
         rtc,
         started,
         session,
+        server_sdp,
         media,
+        state: Arc::new(PeerState::default()),
     })
 }
 
-/// The `Rtc` of a load peer: the offering, ICE-controlling side, RTP mode, one host
-/// candidate. Publishers offer Opus and VP8 only, so the answer cannot pick another codec
-/// for the VP8-framed payloads; subscribers take what the server sends.
-fn load_rtc(local: SocketAddr, role: PeerRole) -> Result<Rtc, RtcError> {
-    match role {
-        PeerRole::Subscriber => peer::client_rtc(local),
-        PeerRole::Publisher => peer::sending_rtc(local, VideoCodec::Vp8),
-    }
+/// The crypto provider all peers of this process share.
+fn crypto_provider() -> Arc<CryptoProvider> {
+    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
+    PROVIDER
+        .get_or_init(|| Arc::new(str0m::crypto::from_feature_flags()))
+        .clone()
 }
 
-/// The media sources of a publisher, for the payload types the answer accepted.
+/// Payload type (and its RTX) a sending peer offers for H264: str0m's default for this profile.
+const H264_PT: u8 = 108;
+const H264_RTX_PT: u8 = 109;
+
+/// Constrained Baseline level 3.1, as browsers offer first.
+const H264_PROFILE_LEVEL_ID: u32 = 0x42e01f;
+
+/// The `Rtc` of a synthetic peer: the offering, ICE-controlling side, in RTP mode, with one
+/// host candidate for its socket. A subscriber accepts Opus, VP8 and H264; a publisher offers
+/// Opus and only its one video codec (H264 with packetization-mode 1 alone), so the server
+/// cannot pick another video codec than the one the payloads are framed for.
+fn offering_rtc(local: SocketAddr, offer: &Offer) -> Result<Rtc, RtcError> {
+    let mut config = Rtc::builder()
+        .set_rtp_mode(true)
+        .set_crypto_provider(crypto_provider())
+        .clear_codecs()
+        .enable_opus(true, false);
+    match (offer.role, offer.codec) {
+        (PeerRole::Subscriber, _) => config = config.enable_vp8(true).enable_h264(true),
+        (PeerRole::Publisher, VideoCodec::Vp8) => config = config.enable_vp8(true),
+        (PeerRole::Publisher, VideoCodec::H264) => config.codec_config().add_h264(
+            H264_PT.into(),
+            Some(H264_RTX_PT.into()),
+            true,
+            H264_PROFILE_LEVEL_ID,
+        ),
+    }
+    let mut rtc = config.build(Instant::now());
+    rtc.add_local_candidate(Candidate::host(local, "udp")?);
+    Ok(rtc)
+}
+
+/// The payload type the answer accepted for `codec` on `mid`.
+pub fn accepted_pt(rtc: &Rtc, mid: Mid, codec: Codec) -> Result<Pt, PeerFailure> {
+    let media = rtc
+        .media(mid)
+        .ok_or_else(|| PeerFailure::BadSdp(format!("the answer dropped media {mid}")))?;
+    media
+        .remote_pts()
+        .iter()
+        .copied()
+        .find(|pt| {
+            rtc.codec_config()
+                .find(|p| p.pt() == *pt)
+                .is_some_and(|p| p.spec().codec == codec)
+        })
+        .ok_or_else(|| {
+            PeerFailure::BadSdp(format!(
+                "the answer accepted no {codec:?} payload type on {mid}"
+            ))
+        })
+}
+
+/// A well-formed SDP offer as a publisher (`Whip`: sendonly) or subscriber (`Whep`: recvonly)
+/// would send, audio and video, Opus, VP8 and H264, for requests that are meant to fail for
+/// other reasons. The offering `Rtc` is thrown away, so no media will ever follow.
+pub fn sample_offer(endpoint: Endpoint) -> Result<String, PeerFailure> {
+    let dir = match endpoint {
+        Endpoint::Whip => Direction::SendOnly,
+        Endpoint::Whep => Direction::RecvOnly,
+    };
+    // A subscriber's `Rtc` accepts every codec the tools know.
+    let every_codec = Offer {
+        role: PeerRole::Subscriber,
+        audio: true,
+        video: true,
+        simulcast: false,
+        codec: VideoCodec::Vp8,
+    };
+    let local = SocketAddr::from(([127, 0, 0, 1], 9));
+    let mut rtc =
+        offering_rtc(local, &every_codec).map_err(|e| PeerFailure::BadSdp(e.to_string()))?;
+    let mut change = rtc.sdp_api();
+    change.add_media(MediaKind::Audio, dir, None, None, None);
+    change.add_media(MediaKind::Video, dir, None, None, None);
+    let (offer, _pending) = change
+        .apply()
+        .ok_or_else(|| PeerFailure::BadSdp("nothing to offer".into()))?;
+    Ok(offer.to_sdp_string())
+}
+
+/// The media sources of a load publisher, for the payload types the answer accepted.
 fn publisher_media(
     rtc: &Rtc,
     plan: &PeerPlan,
     config: &SetupConfig,
-    audio_mid: Option<Mid>,
-    video_mid: Option<Mid>,
-) -> Result<NewMedia, PeerFailure> {
+    mids: Mids,
+) -> Result<PeerMedia, PeerFailure> {
     // Random-looking but reproducible starting points per publisher.
     let seed = u64::from(plan.publisher) << 8 | u64::from(plan.generation);
     let mut shape = Shape::new(seed);
     let counter = media::counter_base(plan.publisher);
     let mut tracks = Vec::new();
-    if let Some(mid) = audio_mid {
-        let pt = negotiated_pt(rtc, mid, Codec::Opus)?;
+    if let Some(mid) = mids.audio {
+        let pt = accepted_pt(rtc, mid, Codec::Opus)?;
         let source = AudioSource::new(shape.range(0, 30_000) as u16, shape.next_u64() as u32)
             .counted_from(counter)
             .seeded(shape.next_u64())
@@ -207,8 +353,8 @@ fn publisher_media(
             layers: vec![SendLayer::new(None, Source::Audio(source))],
         });
     }
-    if let Some(mid) = video_mid {
-        let pt = negotiated_pt(rtc, mid, Codec::Vp8)?;
+    if let Some(mid) = mids.video {
+        let pt = accepted_pt(rtc, mid, Codec::Vp8)?;
         let layers = media::layers(config.media.simulcast(), config.video_kbps)
             .into_iter()
             .map(|(layer, kbps)| {
@@ -228,49 +374,46 @@ fn publisher_media(
             .collect();
         tracks.push(SendTrack { mid, pt, layers });
     }
-    Ok(NewMedia::Publisher(Sending::new(tracks)))
-}
-
-/// The payload type the answer accepted for `codec` on `mid`.
-fn negotiated_pt(rtc: &Rtc, mid: Mid, codec: Codec) -> Result<Pt, PeerFailure> {
-    peer::accepted_pt(rtc, mid, codec).map_err(PeerFailure::BadSdp)
+    Ok(PeerMedia::Publisher {
+        sending: Sending::new(tracks),
+        stats: None,
+    })
 }
 
 /// The [`SdpClient`] a protocol drives for one peer.
 struct Negotiation<'a> {
     rtc: &'a mut Rtc,
-    plan: &'a PeerPlan,
-    config: &'a SetupConfig,
+    offer: &'a Offer,
+    overrides: &'a [(SocketAddr, SocketAddr)],
     pending: Option<SdpPendingOffer>,
-    audio_mid: Option<Mid>,
-    video_mid: Option<Mid>,
+    mids: Mids,
+    server_sdp: String,
 }
 
 impl SdpClient for Negotiation<'_> {
     fn create_offer(&mut self) -> Result<String, PeerFailure> {
-        let media = self.config.media;
-        let dir = match self.plan.role {
+        let offer = self.offer;
+        let dir = match offer.role {
             PeerRole::Publisher => Direction::SendOnly,
             PeerRole::Subscriber => Direction::RecvOnly,
         };
         let mut change = self.rtc.sdp_api();
-        if media.has_audio() {
-            self.audio_mid = Some(change.add_media(MediaKind::Audio, dir, None, None, None));
+        if offer.audio {
+            self.mids.audio = Some(change.add_media(MediaKind::Audio, dir, None, None, None));
         }
-        if media.has_video() {
-            let simulcast =
-                (self.plan.role == PeerRole::Publisher && media.simulcast()).then(|| {
-                    let mut s = Simulcast::new();
-                    for rid in VideoLayer::all(true).iter().filter_map(|l| l.rid) {
-                        s.add_send_layer(SimulcastLayer::new(rid));
-                    }
-                    s
-                });
-            self.video_mid = Some(change.add_media(MediaKind::Video, dir, None, None, simulcast));
+        if offer.video {
+            let simulcast = offer.simulcast.then(|| {
+                let mut s = Simulcast::new();
+                for rid in VideoLayer::all(true).iter().filter_map(|l| l.rid) {
+                    s.add_send_layer(SimulcastLayer::new(rid));
+                }
+                s
+            });
+            self.mids.video = Some(change.add_media(MediaKind::Video, dir, None, None, simulcast));
         }
         let (offer, pending) = change
             .apply()
-            .ok_or_else(|| PeerFailure::BadSdp("nothing to offer".into()))?;
+            .ok_or_else(|| PeerFailure::BadSdp("nothing to offer: no audio and no video".into()))?;
         self.pending = Some(pending);
         Ok(offer.to_sdp_string())
     }
@@ -280,7 +423,8 @@ impl SdpClient for Negotiation<'_> {
             .pending
             .take()
             .ok_or_else(|| PeerFailure::Signaling("an answer without an offer".into()))?;
-        let answer = rewrite_candidates(answer, &self.config.remote_overrides);
+        self.server_sdp = answer.to_string();
+        let answer = rewrite_candidates(answer, self.overrides);
         let answer = SdpAnswer::from_sdp_string(&answer)
             .map_err(|e| PeerFailure::BadSdp(format!("the answer does not parse: {e}")))?;
         self.rtc
@@ -290,7 +434,8 @@ impl SdpClient for Negotiation<'_> {
     }
 
     fn answer_offer(&mut self, offer: &str) -> Result<String, PeerFailure> {
-        let offer_text = rewrite_candidates(offer, &self.config.remote_overrides);
+        self.server_sdp = offer.to_string();
+        let offer_text = rewrite_candidates(offer, self.overrides);
         let offer = SdpOffer::from_sdp_string(&offer_text)
             .map_err(|e| PeerFailure::BadSdp(format!("the offer does not parse: {e}")))?;
         let answer = self
@@ -301,8 +446,8 @@ impl SdpClient for Negotiation<'_> {
         // The server chose the media lines; remember the first of each kind.
         for (kind, mid) in media_mids(&offer_text) {
             match kind {
-                MediaKind::Audio => self.audio_mid = self.audio_mid.or(Some(mid)),
-                MediaKind::Video => self.video_mid = self.video_mid.or(Some(mid)),
+                MediaKind::Audio => self.mids.audio = self.mids.audio.or(Some(mid)),
+                MediaKind::Video => self.mids.video = self.mids.video.or(Some(mid)),
             }
         }
         Ok(answer.to_sdp_string())
@@ -443,39 +588,66 @@ mod tests {
 
     #[test]
     fn offers_carry_the_planned_media() {
-        let config = SetupConfig {
-            media: MediaModel::AudioVideoSimulcast,
-            video_kbps: 1000,
-            fps: 30,
-            keyframe_interval_s: 3.0,
-            dtx: false,
-            bind_ip: IpAddr::from([127, 0, 0, 1]),
-            remote_overrides: Arc::from(Vec::new()),
-            room_has_publishers: true,
-        };
-        let plan = PeerPlan {
-            id: PeerId(0),
-            role: PeerRole::Publisher,
-            room: 0,
-            publisher: 0,
-            generation: 0,
-        };
+        let offer = Offer::load(PeerRole::Publisher, MediaModel::AudioVideoSimulcast);
         let local: SocketAddr = "127.0.0.1:9".parse().expect("addr");
-        let mut rtc = load_rtc(local, plan.role).expect("rtc");
+        let mut rtc = offering_rtc(local, &offer).expect("rtc");
         let mut client = Negotiation {
             rtc: &mut rtc,
-            plan: &plan,
-            config: &config,
+            offer: &offer,
+            overrides: &[],
             pending: None,
-            audio_mid: None,
-            video_mid: None,
+            mids: Mids::default(),
+            server_sdp: String::new(),
         };
-        let offer = client.create_offer().expect("offer");
-        assert!(offer.contains("m=audio"), "{offer}");
-        assert!(offer.contains("m=video"), "{offer}");
-        assert!(offer.contains("a=simulcast:send q;h;f"), "{offer}");
-        assert!(offer.contains("a=sendonly"), "{offer}");
-        assert!(!offer.contains("H264"), "{offer}");
+        let sdp = client.create_offer().expect("offer");
+        assert!(sdp.contains("m=audio"), "{sdp}");
+        assert!(sdp.contains("m=video"), "{sdp}");
+        assert!(sdp.contains("a=simulcast:send q;h;f"), "{sdp}");
+        assert!(sdp.contains("a=sendonly"), "{sdp}");
+        assert!(!sdp.contains("H264"), "{sdp}");
         assert!(client.accept_answer("garbage").is_err());
+    }
+
+    #[test]
+    fn a_publisher_offers_only_its_video_codec() {
+        let offer = |codec| {
+            let offer = Offer {
+                role: PeerRole::Publisher,
+                audio: false,
+                video: true,
+                simulcast: false,
+                codec,
+            };
+            let local: SocketAddr = "127.0.0.1:9".parse().expect("addr");
+            let mut rtc = offering_rtc(local, &offer).expect("rtc");
+            let mut change = rtc.sdp_api();
+            change.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
+            let (offer, _pending) = change.apply().expect("an offer");
+            offer.to_sdp_string()
+        };
+        let h264 = offer(VideoCodec::H264);
+        assert!(h264.contains("H264/90000"), "{h264}");
+        assert!(!h264.contains("VP8/90000"), "{h264}");
+        assert!(h264.contains("packetization-mode=1"), "{h264}");
+        assert!(!h264.contains("packetization-mode=0"), "{h264}");
+        assert!(h264.contains("profile-level-id=42e01f"), "{h264}");
+
+        let vp8 = offer(VideoCodec::Vp8);
+        assert!(vp8.contains("VP8/90000"), "{vp8}");
+        assert!(!vp8.contains("H264/90000"), "{vp8}");
+    }
+
+    #[test]
+    fn sample_offers_have_the_endpoint_direction() {
+        let whip = sample_offer(Endpoint::Whip).expect("offer");
+        assert!(whip.contains("a=sendonly") && !whip.contains("a=recvonly"));
+        let whep = sample_offer(Endpoint::Whep).expect("offer");
+        assert!(whep.contains("a=recvonly") && !whep.contains("a=sendonly"));
+        for sdp in [whip, whep] {
+            assert!(
+                sdp.contains("H264/90000") && sdp.contains("VP8/90000"),
+                "{sdp}"
+            );
+        }
     }
 }

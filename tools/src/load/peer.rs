@@ -1,22 +1,24 @@
-//! One synthetic peer inside a shard: its socket, its `Rtc`, and what it does with media. A
-//! publisher writes its sources' packets when they are due; a subscriber reads each packet's
-//! pattern header and accounts it. Every input is followed by a drain of `poll_output`.
+//! One synthetic peer inside a shard, load or test alike: its socket, its `Rtc`, and what it
+//! does with media. A publisher writes its sources' packets when they are due; a subscriber
+//! hands each datagram and packet to its [`Receiving`]. Every input (datagram, timeout, the
+//! owner's command) is followed by a drain of `poll_output`.
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mio::net::UdpSocket;
 use quinn_udp::UdpSocketState;
-use str0m::rtp::RtpPacket;
+use str0m::net::{Protocol, Receive};
 use str0m::{Event, IceConnectionState, Input, Output, Rtc};
 
 use super::io::SendBatch;
-use super::media;
-use super::negotiate::{NewMedia, NewPeer, PeerPlan};
+use super::negotiate::{NewPeer, PeerPlan};
 use super::protocol::{PeerFailure, SessionHandle};
-use super::stats::{self, Interval, RxStream};
-use crate::peer::receive_input;
-use crate::send::Sending;
+use super::stats::Interval;
+use crate::peer::{PeerState, lock};
+use crate::reception::Receiving;
+use crate::send::{PublisherStats, Sending};
 use crate::source::OutgoingPacket;
 
 /// Why a peer ended: the report's failure key and a human-readable detail. `reason` is
@@ -58,17 +60,30 @@ pub struct PeerCounters {
     pub unsendable: u64,
 }
 
+/// What a peer does with media: send its sources, or receive and check.
 #[derive(Debug)]
-enum Role {
+pub enum PeerMedia {
     Publisher {
         sending: Sending,
-        /// Sources have been polled once (they start on the first poll after connecting).
-        started: bool,
+        /// Where the owner of a test peer reads what was sent; `None` for load peers.
+        stats: Option<Arc<Mutex<PublisherStats>>>,
     },
     Subscriber {
-        streams: Vec<RxStream>,
+        receiving: Receiving,
+        /// Joined at the first media packet (the room has publishers), not when DTLS is up.
         expect_media: bool,
     },
+}
+
+/// What the owner of a peer can ask of it while it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerCommand {
+    /// Stop sending one video layer (by index) at the next frame boundary.
+    PauseLayer(u8),
+    /// Send the layer again, from the next frame due.
+    ResumeLayer(u8),
+    /// Send a PLI for the video stream.
+    RequestKeyframe,
 }
 
 #[derive(Debug)]
@@ -79,13 +94,19 @@ pub struct LivePeer {
     pub udp: UdpSocketState,
     local: SocketAddr,
     rtc: Rtc,
-    role: Role,
+    media: PeerMedia,
+    /// What the peer's owner sees (only test peers have an owner watching).
+    state: Arc<PeerState>,
     started: Instant,
     /// Not joined by then: failed.
     deadline: Instant,
     rtc_due: Instant,
+    /// ICE connected at some point (tells an ICE timeout from a DTLS one).
     ice_connected: bool,
     dtls_connected: bool,
+    /// A publisher's sources have been polled once (they start on the first poll after
+    /// connecting).
+    sending_started: bool,
     joined: bool,
     /// Set when the peer joins during a call; the shard takes it.
     pub just_joined: Option<Duration>,
@@ -93,16 +114,6 @@ pub struct LivePeer {
 
 impl LivePeer {
     pub fn new(peer: NewPeer, connect_timeout: Duration) -> Self {
-        let role = match peer.media {
-            NewMedia::Publisher(sending) => Role::Publisher {
-                sending,
-                started: false,
-            },
-            NewMedia::Subscriber { expect_media } => Role::Subscriber {
-                streams: Vec::new(),
-                expect_media,
-            },
-        };
         Self {
             plan: peer.plan,
             session: peer.session,
@@ -110,12 +121,14 @@ impl LivePeer {
             udp: peer.udp,
             local: peer.local,
             rtc: peer.rtc,
-            role,
+            media: peer.media,
+            state: peer.state,
             started: peer.started,
             deadline: peer.started + connect_timeout,
             rtc_due: peer.started,
             ice_connected: false,
             dtls_connected: false,
+            sending_started: false,
             joined: false,
             just_joined: None,
         }
@@ -131,9 +144,9 @@ impl LivePeer {
         if !self.joined {
             wake = wake.min(self.deadline);
         }
-        if let Role::Publisher { sending, started } = &self.role {
+        if let PeerMedia::Publisher { sending, .. } = &self.media {
             if self.dtls_connected {
-                if !started {
+                if !self.sending_started {
                     return now;
                 }
                 if let Some(due) = sending.next_due() {
@@ -144,6 +157,11 @@ impl LivePeer {
         wake
     }
 
+    /// The peer ended (`failure`: on a failure); its owner, if any, sees it.
+    pub fn report_end(&self, failure: Option<&PeerEnd>) {
+        self.state.end(failure.map(|f| f.detail.clone()));
+    }
+
     /// Feeds one received datagram and drains.
     pub fn handle_datagram(
         &mut self,
@@ -151,6 +169,12 @@ impl LivePeer {
         source: SocketAddr,
         data: &[u8],
     ) -> Result<(), PeerEnd> {
+        self.state.count_in();
+        if let PeerMedia::Subscriber { receiving, .. } = &mut self.media {
+            if !receiving.admit(&mut self.rtc, ctx.now, source, data) {
+                return Ok(());
+            }
+        }
         let Some(input) = receive_input(ctx.now, source, self.local, data) else {
             ctx.counters.rejected += 1;
             return Ok(());
@@ -187,19 +211,52 @@ impl LivePeer {
         Ok(())
     }
 
+    /// Carries out the owner's `command`, and drains.
+    pub fn handle_command(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        command: PeerCommand,
+    ) -> Result<(), PeerEnd> {
+        match (&mut self.media, command) {
+            (PeerMedia::Publisher { sending, .. }, PeerCommand::PauseLayer(layer)) => {
+                sending.pause_layer(layer, true);
+            }
+            (PeerMedia::Publisher { sending, .. }, PeerCommand::ResumeLayer(layer)) => {
+                sending.pause_layer(layer, false);
+            }
+            (PeerMedia::Subscriber { receiving, .. }, PeerCommand::RequestKeyframe) => {
+                receiving.request_keyframe(&mut self.rtc);
+            }
+            _ => {}
+        }
+        self.share_stats();
+        self.drain(ctx)
+    }
+
     /// Final jitter of each received stream, µs.
     pub fn stream_jitter_us(&self) -> Vec<f64> {
-        match &self.role {
-            Role::Subscriber { streams, .. } => streams.iter().map(RxStream::jitter_us).collect(),
-            Role::Publisher { .. } => Vec::new(),
+        match &self.media {
+            PeerMedia::Subscriber { receiving, .. } => receiving.stream_jitter_us(),
+            PeerMedia::Publisher { .. } => Vec::new(),
+        }
+    }
+
+    /// Hands a test publisher's owner what was sent so far.
+    fn share_stats(&self) {
+        if let PeerMedia::Publisher {
+            sending,
+            stats: Some(shared),
+        } = &self.media
+        {
+            *lock(shared) = sending.stats();
         }
     }
 
     fn write_media(&mut self, ctx: &mut Ctx<'_>) {
-        let Role::Publisher { sending, started } = &mut self.role else {
+        let PeerMedia::Publisher { sending, .. } = &mut self.media else {
             return;
         };
-        *started = true;
+        self.sending_started = true;
         let (interval, counters) = (&mut *ctx.interval, &mut *ctx.counters);
         sending.write_due(
             &mut self.rtc,
@@ -215,6 +272,7 @@ impl LivePeer {
                 }
             },
         );
+        self.share_stats();
     }
 
     /// Polls the `Rtc` until it asks for a timeout; sends transmits (GSO trains where the
@@ -227,6 +285,7 @@ impl LivePeer {
                     break Ok(());
                 }
                 Ok(Output::Transmit(t)) => {
+                    self.state.count_out();
                     ctx.batch
                         .push(&self.socket, &self.udp, t.destination, &t.contents);
                 }
@@ -248,69 +307,54 @@ impl LivePeer {
 
     fn on_event(&mut self, ctx: &mut Ctx<'_>, event: Event) -> Result<(), PeerEnd> {
         match event {
-            Event::IceConnectionStateChange(state) => match state {
-                IceConnectionState::Connected | IceConnectionState::Completed => {
-                    self.ice_connected = true;
-                }
-                IceConnectionState::Disconnected if self.joined => {
+            Event::IceConnectionStateChange(state) => {
+                let up = matches!(
+                    state,
+                    IceConnectionState::Connected | IceConnectionState::Completed
+                );
+                self.state.set_ice_connected(up);
+                self.ice_connected |= up;
+                if state == IceConnectionState::Disconnected && self.joined {
                     return Err(PeerEnd::failed(
                         "disconnected",
                         "ICE disconnected (consent checks failed)",
                     ));
                 }
-                _ => {}
-            },
+            }
             Event::Connected => {
                 self.dtls_connected = true;
-                let joins_now = match &self.role {
-                    Role::Publisher { .. } => true,
-                    Role::Subscriber { expect_media, .. } => !expect_media,
+                self.state.set_connected();
+                let joins_now = match &self.media {
+                    PeerMedia::Publisher { .. } => true,
+                    PeerMedia::Subscriber { expect_media, .. } => !expect_media,
                 };
                 if joins_now {
                     self.join(ctx.now);
                 }
             }
-            Event::RtpPacket(p) => self.on_rtp(ctx, &p),
+            Event::RtpPacket(p) => {
+                if let PeerMedia::Subscriber { receiving, .. } = &mut self.media {
+                    let intact = receiving.on_rtp(
+                        &mut self.rtc,
+                        ctx.now,
+                        ctx.wallclock_us,
+                        &p,
+                        ctx.interval,
+                    );
+                    if intact {
+                        self.join(ctx.now);
+                    }
+                }
+            }
             Event::KeyframeRequest(req) => {
-                if let Role::Publisher { sending, .. } = &mut self.role {
+                if let PeerMedia::Publisher { sending, .. } = &mut self.media {
                     sending.request_keyframe(&req);
                 }
+                self.share_stats();
             }
             _ => {}
         }
         Ok(())
-    }
-
-    fn on_rtp(&mut self, ctx: &mut Ctx<'_>, p: &RtpPacket) {
-        let Role::Subscriber { streams, .. } = &mut self.role else {
-            return;
-        };
-        let interval = &mut *ctx.interval;
-        interval.counts.bytes += p.payload.len() as u64;
-        let Some(info) = media::decode_header(&p.payload) else {
-            interval.counts.corrupt += 1;
-            return;
-        };
-        let ssrc = *p.header.ssrc;
-        let stream = match streams.iter().position(|s| s.ssrc == ssrc) {
-            Some(i) => &mut streams[i],
-            None => {
-                streams.push(RxStream::new(ssrc));
-                streams.last_mut().expect("just pushed")
-            }
-        };
-        let counts = stream.record(&info, ctx.wallclock_us);
-        let new = counts.received > 0;
-        interval.counts.add(&counts);
-        if new {
-            stats::record_latency(
-                &mut interval.latency,
-                ctx.wallclock_us.saturating_sub(info.sent_us),
-            );
-        }
-        if !self.joined {
-            self.join(ctx.now);
-        }
     }
 
     fn join(&mut self, now: Instant) {
@@ -319,4 +363,24 @@ impl LivePeer {
             self.just_joined = Some(now.saturating_duration_since(self.started));
         }
     }
+}
+
+/// The `Rtc` input for datagram `data` from `source` to `local`; `None` when str0m cannot
+/// take it (a datagram it does not recognise).
+fn receive_input(
+    now: Instant,
+    source: SocketAddr,
+    local: SocketAddr,
+    data: &[u8],
+) -> Option<Input<'_>> {
+    let contents = data.try_into().ok()?;
+    Some(Input::Receive(
+        now,
+        Receive {
+            proto: Protocol::Udp,
+            source,
+            destination: local,
+            contents,
+        },
+    ))
 }

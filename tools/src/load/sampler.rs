@@ -1,34 +1,13 @@
-//! CPU and memory of a process, sampled from `/proc` once a second: the server under test
-//! (`--server-pid`) and the generator itself. CPU is `utime + stime` from `/proc/PID/stat`
-//! (clock ticks of `USER_HZ`, 100 on every Linux ABI) over wall time, in percent of one core;
-//! RSS is `VmRSS` from `/proc/PID/status`.
+//! CPU and memory of a process, sampled from `/proc` once a second (read with `procfs`): the
+//! server under test (`--server-pid`) and the generator itself. CPU is `utime + stime` from
+//! `/proc/PID/stat` (clock ticks) over wall time, in percent of one core; RSS is `VmRSS` from
+//! `/proc/PID/status`.
 
 use std::time::Instant;
 
+use procfs::process::Process;
+
 use super::report::{ProcessSample, ProcessUsage};
-
-/// Clock ticks per second of `/proc/PID/stat` times (`USER_HZ`, fixed by the kernel ABI).
-const USER_HZ: f64 = 100.0;
-
-/// `utime + stime` in clock ticks, from the text of `/proc/PID/stat`.
-pub fn parse_stat_cpu_ticks(stat: &str) -> Option<u64> {
-    // The command name (field 2) is in parentheses and may itself hold spaces or ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut fields = rest.split_whitespace();
-    // After the name: state (3), ppid (4), ... utime is field 14, stime field 15.
-    let utime: u64 = fields.nth(11)?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    Some(utime + stime)
-}
-
-/// Resident set size in KiB, from the text of `/proc/PID/status`.
-pub fn parse_status_rss_kb(status: &str) -> Option<u64> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-}
 
 /// Samples one process.
 #[derive(Debug)]
@@ -59,14 +38,15 @@ impl ProcessSampler {
         self.pid
     }
 
+    /// `utime + stime` in clock ticks.
     fn read_ticks(&self) -> Option<u64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).ok()?;
-        parse_stat_cpu_ticks(&stat)
+        let stat = Process::new(self.pid as i32).ok()?.stat().ok()?;
+        Some(stat.utime + stat.stime)
     }
 
+    /// Resident set size in KiB.
     fn read_rss_kb(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
-        parse_status_rss_kb(&status)
+        Process::new(self.pid as i32).ok()?.status().ok()?.vmrss
     }
 
     /// Takes a sample at `t_s` seconds into the run.
@@ -80,7 +60,8 @@ impl ProcessSampler {
             Some((at, before)) => {
                 let wall = now.duration_since(at).as_secs_f64();
                 if wall > 0.0 {
-                    ticks.saturating_sub(before) as f64 / USER_HZ / wall * 100.0
+                    ticks.saturating_sub(before) as f64 / procfs::ticks_per_second() as f64 / wall
+                        * 100.0
                 } else {
                     0.0
                 }
@@ -116,21 +97,6 @@ pub fn usage(pid: u32, samples: &[ProcessSample]) -> ProcessUsage {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn stat_parsing_survives_odd_process_names() {
-        let stat = "4242 (my (odd) proc) S 1 4242 4242 0 -1 4194560 1000 0 0 0 250 75 0 0 20 0 3 0 100 1000000 500 18446744073709551615";
-        assert_eq!(parse_stat_cpu_ticks(stat), Some(325));
-        assert_eq!(parse_stat_cpu_ticks("garbage"), None);
-        assert_eq!(parse_stat_cpu_ticks("1 (x) S 1 2"), None);
-    }
-
-    #[test]
-    fn status_parsing_reads_vmrss() {
-        let status = "Name:\tcontrol\nVmPeak:\t  200000 kB\nVmRSS:\t   51234 kB\nThreads:\t5\n";
-        assert_eq!(parse_status_rss_kb(status), Some(51234));
-        assert_eq!(parse_status_rss_kb("Name: x\n"), None);
-    }
 
     #[test]
     fn own_process_can_be_sampled() {

@@ -10,17 +10,16 @@ use std::io::ErrorKind;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam::channel::{Receiver, Sender, TryRecvError};
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::io::{RECV_BATCH, RecvBuffers, SendBatch};
 use super::negotiate::{NewPeer, PeerId, PeerPlan};
-use super::peer::{Ctx, LivePeer, PeerCounters, PeerEnd};
+use super::peer::{Ctx, LivePeer, PeerCommand, PeerCounters, PeerEnd};
 use super::protocol::SessionHandle;
 use super::stats::{Interval, ShardTotals};
-use crate::peer::wallclock_us;
 use crate::source::OutgoingPacket;
 
 /// Commands handled per pass.
@@ -46,6 +45,8 @@ pub enum ShardCommand {
     Add(Box<NewPeer>),
     /// End a peer without failure (churn); its session handle comes back in `Ended`.
     Leave(PeerId),
+    /// Something the peer's owner asks of it.
+    Peer(PeerId, PeerCommand),
     /// Close interval `n` and report it.
     Tick(u64),
     /// Stop, report totals and the sessions still open.
@@ -145,6 +146,12 @@ impl ShardHandle {
         if let Some(join) = self.join.take() {
             let _ = join.join();
         }
+    }
+
+    /// Stops the shard and waits for it (bounded: a pass handles commands first).
+    pub fn stop(&mut self) {
+        let _ = self.sender.send(ShardCommand::Stop);
+        self.join();
     }
 }
 
@@ -277,6 +284,11 @@ impl Shard {
                         );
                     }
                 }
+                Ok(ShardCommand::Peer(id, command)) => {
+                    if let Some(&slot) = self.by_id.get(&id) {
+                        self.command_peer(slot, command);
+                    }
+                }
                 Ok(ShardCommand::Tick(tick)) => {
                     let interval = std::mem::take(&mut self.interval);
                     self.totals.add_interval(&interval);
@@ -308,11 +320,13 @@ impl Shard {
                 .register(&mut peer.socket, Token(slot), Interest::READABLE)
         {
             self.free.push(slot);
+            let end = PeerEnd::failed("socket", format!("cannot poll the socket: {e}"));
+            peer.report_end(Some(&end));
             let _ = self.notices.send(Notice::Ended {
                 plan: peer.plan.clone(),
                 session: Some(peer.session.clone()),
                 joined: false,
-                end: PeerEnd::failed("socket", format!("cannot poll the socket: {e}")),
+                end,
             });
             return;
         }
@@ -375,6 +389,22 @@ impl Shard {
         self.after_call(slot, step);
     }
 
+    fn command_peer(&mut self, slot: usize, command: PeerCommand) {
+        let Some(peer) = self.slots[slot].peer.as_deref_mut() else {
+            return;
+        };
+        let mut ctx = Ctx {
+            now: Instant::now(),
+            wallclock_us: wallclock_us(),
+            batch: &mut self.batch,
+            interval: &mut self.interval,
+            frame: &mut self.frame,
+            counters: &mut self.counters,
+        };
+        let step = guarded(|| peer.handle_command(&mut ctx, command));
+        self.after_call(slot, step);
+    }
+
     fn run_timers(&mut self) {
         let now = Instant::now();
         for _ in 0..TIMER_BUDGET {
@@ -434,6 +464,7 @@ impl Shard {
         self.by_id.remove(&peer.plan.id);
         let _ = self.poll.registry().deregister(&mut peer.socket);
         self.totals.stream_jitter_us.extend(peer.stream_jitter_us());
+        peer.report_end(end.reason.is_some().then_some(&end));
         let _ = self.notices.send(Notice::Ended {
             plan: peer.plan.clone(),
             session: Some(peer.session.clone()),
@@ -455,12 +486,14 @@ impl Shard {
         for s in &mut self.slots {
             if let Some(peer) = s.peer.take() {
                 self.totals.stream_jitter_us.extend(peer.stream_jitter_us());
+                peer.report_end(None);
                 sessions.push(peer.session.clone());
             }
         }
         // Peers handed over after the stop was queued: their sessions still need deleting.
         while let Ok(command) = self.commands.try_recv() {
             if let ShardCommand::Add(peer) = command {
+                peer.state.end(None);
                 sessions.push(peer.session);
             }
         }
@@ -481,9 +514,26 @@ fn guarded(f: impl FnOnce() -> Result<(), PeerEnd>) -> Step {
         Ok(Err(end)) => Step::End(end),
         Err(panic) => Step::End(PeerEnd::failed(
             "panic",
-            format!("peer panicked: {}", crate::peer::panic_message(&*panic)),
+            format!("peer panicked: {}", panic_message(&*panic)),
         )),
     }
+}
+
+/// The text a panic was raised with (empty when it carried something other than a string).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_default()
+}
+
+/// Microseconds since the Unix epoch: the send and arrival times of the test pattern.
+fn wallclock_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

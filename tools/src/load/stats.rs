@@ -5,9 +5,9 @@
 
 use hdrhistogram::Histogram;
 
-use crate::pattern::PayloadKind;
+use crate::pattern::{PatternHeader, PayloadKind};
 
-use super::media::{self, PacketInfo};
+use super::media;
 
 /// Counters further than this behind the newest are too late to tell duplicates from late
 /// arrivals; they are counted as reordered and not as received.
@@ -189,7 +189,7 @@ impl RxStream {
     }
 
     /// Accounts one packet; returns what changed, for the caller's running totals.
-    pub fn record(&mut self, info: &PacketInfo, arrival_us: u64) -> Counts {
+    pub fn record(&mut self, info: &PatternHeader, arrival_us: u64) -> Counts {
         let key = SourceKey {
             kind: info.kind,
             layer: info.layer,
@@ -440,12 +440,11 @@ mod tests {
         assert_eq!(c.received, 3);
     }
 
-    fn info(layer: u8, publisher: u32, n: u64, sent_us: u64) -> PacketInfo {
-        PacketInfo {
+    fn info(layer: u8, publisher: u32, n: u64, sent_us: u64) -> PatternHeader {
+        PatternHeader {
             kind: PayloadKind::Video,
             layer,
-            counter: media::counter_base(publisher) + n,
-            sent_us,
+            ..PatternHeader::audio(media::counter_base(publisher) + n, 0, 0, sent_us, 0)
         }
     }
 
