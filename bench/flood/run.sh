@@ -14,6 +14,8 @@
 # CONTROL_CPUS (default 0) is control's CPU list: with `0,1` the node pins its one worker to
 # CPU 0 and runs signaling and set-up on CPU 1 (node.pin_workers; README: Configuration), so
 # they share CPU 1 with sfu-load and the flood instead of sharing CPU 0 with the worker.
+# GEN_RT=1 runs sfu-load under SCHED_FIFO (chrt -f 10), so that on a shared CPU the node's
+# signaling threads cannot delay the generator's own send and receive timestamps.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -49,7 +51,8 @@ cleanup() { kill -TERM "$node" "$watch" 2>/dev/null || true; [ -n "${flood:-}" ]
 trap cleanup EXIT
 for _ in $(seq 100); do curl -fs "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
 
-taskset -c 1 "$NEW_BIN/sfu-load" --url "http://127.0.0.1:$port" --server-pid "$node" -q \
+gen_prio=(); [ -n "${GEN_RT:-}" ] && gen_prio=(chrt -f 10)
+"${gen_prio[@]}" taskset -c 1 "$NEW_BIN/sfu-load" --url "http://127.0.0.1:$port" --server-pid "$node" -q \
   --rooms 1 --publishers 1 --subscribers "$subs" --media audio-video --video-kbps 1000 \
   --duration "${dur}s" --ramp 100/s --label "$name" --report "$out" >"$out/summary.txt" 2>&1 &
 load=$!
