@@ -107,7 +107,8 @@ impl Verifier {
 
 /// Check that `claims` allow `grant` in `room`.
 pub fn authorize(claims: &Claims, room: &str, grant: Grant) -> Result<(), AuthError> {
-    if claims.room != room && !claims.grants.admin {
+    // A token acts in its own room; only an admin token for every room acts in any room.
+    if claims.room != room && !is_cluster_admin(claims) {
         return Err(AuthError::WrongRoom {
             token_room: claims.room.clone(),
             room: room.to_string(),
@@ -128,13 +129,25 @@ pub fn authorize(claims: &Claims, room: &str, grant: Grant) -> Result<(), AuthEr
 /// Check that `claims` may act on a session in `room` created by `owner` (its token `sub`):
 /// the same identity, or a token for that room with the admin grant. Call after [`authorize`].
 pub fn authorize_owner(claims: &Claims, room: &str, owner: &str) -> Result<(), AuthError> {
-    if claims.sub == owner || (claims.grants.admin && claims.room == room) {
+    if claims.sub == owner
+        || (claims.grants.admin && claims.room == room)
+        || is_cluster_admin(claims)
+    {
         Ok(())
     } else {
         Err(AuthError::NotOwner {
             room: room.to_string(),
         })
     }
+}
+
+/// The room name an admin token carries to act in every room and on the cluster
+/// (`control token --admin` without `--room`).
+pub const EVERY_ROOM: &str = "*";
+
+/// Whether `claims` is an admin token for every room (the admin API needs one).
+pub fn is_cluster_admin(claims: &Claims) -> bool {
+    claims.grants.admin && claims.room == EVERY_ROOM
 }
 
 /// A grant a request needs.
@@ -199,6 +212,30 @@ mod tests {
             subscribe,
             admin: false,
         }
+    }
+
+    #[test]
+    fn a_room_admin_acts_only_in_its_room_and_an_every_room_admin_everywhere() {
+        let now = unix_now();
+        let admin = Grants {
+            admin: true,
+            ..grants(false, false)
+        };
+        let claims = |room: &str| {
+            let t = mint(DEV_API_KEY, DEV_API_SECRET, room, "root", admin, now, 60).expect("mint");
+            verifier()
+                .verify_header(Some(&format!("Bearer {t}")))
+                .expect("valid")
+        };
+        let room_admin = claims("r1");
+        assert!(authorize(&room_admin, "r1", Grant::Publish).is_ok());
+        assert!(authorize(&room_admin, "r2", Grant::Publish).is_err());
+        assert!(authorize_owner(&room_admin, "r2", "alice").is_err());
+        assert!(!is_cluster_admin(&room_admin));
+        let everywhere = claims(EVERY_ROOM);
+        assert!(authorize(&everywhere, "r2", Grant::Subscribe).is_ok());
+        assert!(authorize_owner(&everywhere, "r2", "alice").is_ok());
+        assert!(is_cluster_admin(&everywhere));
     }
 
     #[test]

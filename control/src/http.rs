@@ -52,6 +52,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/api/turn", get(turn_credentials).options(preflight))
+        .route("/api/nodes", get(crate::admin::nodes))
+        .route("/api/nodes/{node}/drain", post(crate::admin::drain))
+        .route("/api/nodes/{node}/undrain", post(crate::admin::undrain))
+        .route("/api/rooms", get(crate::admin::rooms))
+        .route(
+            "/api/rooms/{room}",
+            get(crate::admin::room).delete(crate::admin::delete_room),
+        )
         .route("/whip/{room}", post(whip_post).options(preflight))
         .route(
             "/whip/{room}/{session}",
@@ -147,7 +155,7 @@ async fn preflight() -> Response {
         .into_response()
 }
 
-fn text(status: StatusCode, message: impl Into<String>) -> Response {
+pub(crate) fn text(status: StatusCode, message: impl Into<String>) -> Response {
     let mut message = message.into();
     message.push('\n');
     (
@@ -220,6 +228,19 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
+/// The request's bearer token, verified; the `401` to send otherwise.
+#[allow(clippy::result_large_err)] // the error is the response, sent as it is
+pub(crate) fn bearer(state: &AppState, headers: &HeaderMap) -> Result<auth::Claims, Response> {
+    state
+        .verifier
+        .verify_header(
+            headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok()),
+        )
+        .map_err(auth_error)
+}
+
 fn auth_error(e: AuthError) -> Response {
     let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED);
     let mut response = text(status, e.to_string());
@@ -281,13 +302,9 @@ async fn offer(
             "room names are 1-128 characters of A-Z a-z 0-9 . _ -",
         );
     };
-    let claims = match state.verifier.verify_header(
-        headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok()),
-    ) {
+    let claims = match bearer(&state, &headers) {
         Ok(c) => c,
-        Err(e) => return auth_error(e),
+        Err(response) => return response,
     };
     let grant = match kind {
         SessionKind::Publish => Grant::Publish,
@@ -418,13 +435,9 @@ async fn offer(
 /// that configure their ICE servers before they make the offer the WHIP/WHEP answer would
 /// carry them on.
 async fn turn_credentials(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    let claims = match state.verifier.verify_header(
-        headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok()),
-    ) {
+    let claims = match bearer(&state, &headers) {
         Ok(c) => c,
-        Err(e) => return auth_error(e),
+        Err(response) => return response,
     };
     let Some(turn) = &state.turn else {
         return text(
@@ -468,14 +481,7 @@ fn owned_session(
     session: &str,
     kind: SessionKind,
 ) -> Result<(SessionId, auth::Claims), Response> {
-    let claims = state
-        .verifier
-        .verify_header(
-            headers
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok()),
-        )
-        .map_err(auth_error)?;
+    let claims = bearer(state, headers)?;
     auth::authorize(&claims, room, Grant::Any).map_err(auth_error)?;
     let not_found = || text(StatusCode::NOT_FOUND, "no such session");
     let session = session.parse::<SessionId>().map_err(|_| not_found())?;

@@ -2,6 +2,7 @@
 //! driving a media node through the node API of `sfu-core`. In `control dev` the node runs in
 //! this process with in-memory state.
 
+pub mod admin;
 pub mod auth;
 pub mod cluster;
 pub mod config;

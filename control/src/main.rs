@@ -63,8 +63,10 @@ struct ServeArgs {
 
 #[derive(Debug, Args)]
 struct TokenArgs {
-    #[arg(long)]
-    room: String,
+    /// The room the token is for; an `--admin` token without a room acts in every room and
+    /// on the admin API.
+    #[arg(long, required_unless_present = "admin")]
+    room: Option<String>,
     #[arg(long)]
     identity: String,
     #[arg(long)]
@@ -125,7 +127,7 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
     let token = auth::mint(
         &key,
         &secret,
-        &args.room,
+        args.room.as_deref().unwrap_or(auth::EVERY_ROOM),
         &args.identity,
         grants,
         auth::unix_now(),

@@ -230,6 +230,12 @@ async fn apply_node_events(
                     );
                 }
             }
+            FromNode::Event(NodeEvent::TrackPublished(track)) => {
+                state.sessions.track_published(&node, track);
+            }
+            FromNode::Event(NodeEvent::TrackUnpublished { track, .. }) => {
+                state.sessions.track_unpublished(&node, track);
+            }
             FromNode::Event(NodeEvent::WorkerStopped { worker }) => {
                 tracing::error!(%node, %worker, "media worker stopped");
             }

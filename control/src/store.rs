@@ -8,8 +8,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use sfu_core::SessionKind;
+use sfu_core::ids::TrackId;
 use sfu_core::ids::{NodeId, SessionId, WorkerId};
-use sfu_core::proto::HeldSession;
+use sfu_core::proto::{HeldSession, TrackInfo};
 
 /// One session as control knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +65,8 @@ struct Inner {
     /// Per room, its sessions on each node (placement keeps a room where it lives).
     room_nodes: HashMap<String, HashMap<NodeId, usize>>,
     per_node: HashMap<NodeId, usize>,
+    /// Tracks the sessions published, as their nodes reported them.
+    tracks: HashMap<SessionId, Vec<TrackInfo>>,
     total: usize,
 }
 
@@ -92,6 +95,13 @@ impl Inner {
         }
         decrement(&mut self.per_node, &record.node);
         self.total = self.total.saturating_sub(1);
+    }
+
+    fn take(&mut self, id: &SessionId) -> Option<SessionRecord> {
+        let record = self.sessions.remove(id)?;
+        self.uncount(&record);
+        self.tracks.remove(id);
+        Some(record)
     }
 
     fn insert(&mut self, id: SessionId, record: SessionRecord) {
@@ -177,9 +187,7 @@ impl SessionStore {
     /// Forget a session and release its place in the counts.
     pub fn remove(&self, id: SessionId) -> Option<SessionRecord> {
         let mut inner = self.lock();
-        let record = inner.sessions.remove(&id)?;
-        inner.uncount(&record);
-        Some(record)
+        inner.take(&id)
     }
 
     /// Forget a session `node` says it ended. A node can only end its own sessions.
@@ -188,9 +196,7 @@ impl SessionStore {
         if inner.sessions.get(&id).is_none_or(|r| r.node != *node) {
             return None;
         }
-        let record = inner.sessions.remove(&id)?;
-        inner.uncount(&record);
-        Some(record)
+        inner.take(&id)
     }
 
     /// Forget every session on `node` (it stopped); returns how many.
@@ -203,9 +209,7 @@ impl SessionStore {
             .map(|(id, _)| *id)
             .collect();
         for id in &ids {
-            if let Some(record) = inner.sessions.remove(id) {
-                inner.uncount(&record);
-            }
+            inner.take(id);
         }
         ids.len()
     }
@@ -223,9 +227,7 @@ impl SessionStore {
             .map(|(id, _)| *id)
             .collect();
         for id in &gone {
-            if let Some(record) = inner.sessions.remove(id) {
-                inner.uncount(&record);
-            }
+            inner.take(id);
         }
         let mut adopted = 0;
         for h in held {
@@ -243,6 +245,51 @@ impl SessionStore {
             adopted += 1;
         }
         (gone.len(), adopted)
+    }
+
+    /// A node says a session published a track.
+    pub fn track_published(&self, node: &NodeId, track: TrackInfo) {
+        let mut inner = self.lock();
+        let session = track.track.session;
+        if inner
+            .sessions
+            .get(&session)
+            .is_some_and(|r| r.node == *node)
+        {
+            inner.tracks.entry(session).or_default().push(track);
+        }
+    }
+
+    /// A node says a track ended.
+    pub fn track_unpublished(&self, node: &NodeId, track: TrackId) {
+        let mut inner = self.lock();
+        if inner
+            .sessions
+            .get(&track.session)
+            .is_none_or(|r| r.node != *node)
+        {
+            return;
+        }
+        if let Some(tracks) = inner.tracks.get_mut(&track.session) {
+            tracks.retain(|t| t.track != track);
+        }
+    }
+
+    /// The sessions of `room` and the tracks they publish.
+    pub fn room(&self, room: &str) -> (Vec<(SessionId, SessionRecord)>, Vec<TrackInfo>) {
+        let inner = self.lock();
+        let mut sessions: Vec<(SessionId, SessionRecord)> = inner
+            .sessions
+            .iter()
+            .filter(|(_, r)| r.room == room)
+            .map(|(id, r)| (*id, r.clone()))
+            .collect();
+        sessions.sort_by_key(|(id, _)| *id);
+        let tracks = sessions
+            .iter()
+            .flat_map(|(id, _)| inner.tracks.get(id).into_iter().flatten().cloned())
+            .collect();
+        (sessions, tracks)
     }
 
     /// The nodes holding sessions of `room`, with how many each.

@@ -211,6 +211,129 @@ fn rooms_spread_over_joined_nodes_and_move_off_a_dead_one() {
     }
 }
 
+fn api(c: &Cluster, method: Method, target: &str, token: &str) -> (u16, serde_json::Value) {
+    let r = c
+        .server
+        .client
+        .request(&HttpRequest {
+            method,
+            target,
+            content_type: None,
+            bearer: Some(token),
+            body: b"",
+        })
+        .unwrap_or_else(|e| panic!("{target}: {e}"));
+    let json = serde_json::from_str(&r.body).unwrap_or(serde_json::Value::Null);
+    (r.status, json)
+}
+
+fn admin_token() -> String {
+    let admin = Grants {
+        admin: true,
+        ..Grants::default()
+    };
+    dev_token("*", "operator", admin).expect("token")
+}
+
+#[test]
+fn the_admin_api_shows_nodes_and_rooms_and_a_drained_node_takes_no_new_room() {
+    let c = cluster();
+    let n1 = TestNode::start("n1", &c.control, &c.cert, SECRET);
+    let n2 = TestNode::start("n2", &c.control, &c.cert, SECRET);
+    assert!(wait_until(Duration::from_secs(10), || nodes_in(
+        &c.server, "up"
+    ) == 2.0));
+    let admin = admin_token();
+
+    // Only an admin token for every room may use the API.
+    let room_admin = dev_token(
+        "room-a",
+        "mallory",
+        Grants {
+            admin: true,
+            ..Grants::default()
+        },
+    )
+    .expect("token");
+    assert_eq!(api(&c, Method::Get, "/api/nodes", &room_admin).0, 403);
+    assert_eq!(api(&c, Method::Get, "/api/nodes", "garbage").0, 401);
+
+    let publisher = c
+        .server
+        .publish("room-a", true, Some(VideoConfig::default()));
+    let subscriber = c.server.subscribe("room-a");
+    expect_media(&subscriber, Video, "room-a");
+    let a_on_n1 = candidate_ports(publisher.answer()).is_subset(&n1.ports);
+    let (a_node, other, other_ports) = if a_on_n1 {
+        ("n1", "n2", &n2.ports)
+    } else {
+        ("n2", "n1", &n1.ports)
+    };
+
+    let (status, nodes) = api(&c, Method::Get, "/api/nodes", &admin);
+    assert_eq!(status, 200);
+    let nodes = nodes.as_array().expect("an array").clone();
+    assert_eq!(nodes.len(), 2, "{nodes:?}");
+    for n in &nodes {
+        assert_eq!(n["state"], "up", "{n}");
+        let expected = if n["id"] == a_node { 2 } else { 0 };
+        assert_eq!(n["sessions"], expected, "{n}");
+    }
+    let (status, rooms) = api(&c, Method::Get, "/api/rooms", &admin);
+    assert_eq!(status, 200);
+    assert_eq!(
+        rooms,
+        serde_json::json!([{ "room": "room-a", "nodes": [a_node] }])
+    );
+    let (status, room) = api(&c, Method::Get, "/api/rooms/room-a", &admin);
+    assert_eq!(status, 200);
+    assert_eq!(room["sessions"].as_array().map(Vec::len), Some(2), "{room}");
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            let (_, room) = api(&c, Method::Get, "/api/rooms/room-a", &admin);
+            room["tracks"].as_array().map(Vec::len) == Some(2)
+        }),
+        "the publisher's audio and video tracks are listed"
+    );
+    assert_eq!(api(&c, Method::Get, "/api/rooms/nowhere", &admin).0, 404);
+
+    // Drain the node that does not hold room-a: every new room goes to the other node, and
+    // room-a keeps its media.
+    let (status, drained) = api(
+        &c,
+        Method::Post,
+        &format!("/api/nodes/{other}/drain"),
+        &admin,
+    );
+    assert_eq!((status, drained["state"].clone()), (200, "draining".into()));
+    assert_eq!(
+        api(&c, Method::Post, "/api/nodes/ghost/drain", &admin).0,
+        404
+    );
+    for i in 0..5 {
+        let p = c.server.publish(&format!("new-{i}"), true, None);
+        assert!(
+            !candidate_ports(p.answer()).is_subset(other_ports),
+            "new-{i} was placed on the draining node {other}"
+        );
+    }
+    let before = subscriber.packets(Audio);
+    assert!(subscriber.wait_packets(Audio, before + 25, Duration::from_secs(5)));
+    let (status, undrained) = api(
+        &c,
+        Method::Post,
+        &format!("/api/nodes/{other}/undrain"),
+        &admin,
+    );
+    assert_eq!((status, undrained["state"].clone()), (200, "up".into()));
+
+    // Ending the room ends its sessions on the node.
+    let (status, ended) = api(&c, Method::Delete, "/api/rooms/room-a", &admin);
+    assert_eq!((status, ended["ended"].clone()), (200, 2.into()), "{ended}");
+    assert_eq!(api(&c, Method::Get, "/api/rooms/room-a", &admin).0, 404);
+    drop((n1, n2));
+}
+
 #[test]
 fn a_wrong_secret_and_a_taken_id_are_refused() {
     let c = cluster();

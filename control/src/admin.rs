@@ -1,0 +1,219 @@
+//! The admin API (`/api/nodes`, `/api/rooms`): what the cluster holds, and draining nodes and
+//! ending rooms. Every call needs an admin token for every room (`control token --admin`
+//! without `--room`); docs/http-api.md describes each.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use sfu_core::ids::{NodeId, SessionId};
+use sfu_core::proto::{NodeRequest, NodeResponse};
+
+use crate::auth;
+use crate::cluster::link::log_changes;
+use crate::http::{AppState, bearer, text};
+
+/// A room as the admin API shows it.
+#[derive(Debug, Serialize)]
+struct RoomView {
+    room: String,
+    nodes: Vec<String>,
+}
+
+/// One room with its sessions and tracks.
+#[derive(Debug, Serialize)]
+struct RoomDetail {
+    room: String,
+    nodes: Vec<String>,
+    sessions: Vec<SessionView>,
+    tracks: Vec<TrackView>,
+}
+
+#[derive(Debug, Serialize)]
+struct SessionView {
+    session: String,
+    kind: &'static str,
+    identity: String,
+    node: String,
+}
+
+#[derive(Debug, Serialize)]
+struct TrackView {
+    track: String,
+    identity: String,
+    kind: &'static str,
+    layers: u8,
+}
+
+/// The caller's token if it is an admin token for every room; the response otherwise.
+#[allow(clippy::result_large_err)] // the error is the response, sent as it is
+fn admin(state: &AppState, headers: &HeaderMap) -> Result<auth::Claims, Response> {
+    let claims = bearer(state, headers)?;
+    if !auth::is_cluster_admin(&claims) {
+        return Err(text(
+            StatusCode::FORBIDDEN,
+            "the admin API needs an admin token for every room (control token --admin, without --room)",
+        ));
+    }
+    Ok(claims)
+}
+
+/// `GET /api/nodes`
+pub async fn nodes(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Err(r) = admin(&state, &headers) {
+        return r;
+    }
+    Json(state.nodes.views(&state.sessions)).into_response()
+}
+
+/// `GET /api/rooms`
+pub async fn rooms(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Err(r) = admin(&state, &headers) {
+        return r;
+    }
+    let rooms: Vec<RoomView> = state
+        .sessions
+        .rooms()
+        .into_iter()
+        .map(|(room, nodes)| RoomView {
+            room,
+            nodes: nodes.iter().map(ToString::to_string).collect(),
+        })
+        .collect();
+    Json(rooms).into_response()
+}
+
+/// `GET /api/rooms/{room}`
+pub async fn room(
+    State(state): State<Arc<AppState>>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = admin(&state, &headers) {
+        return r;
+    }
+    let (sessions, tracks) = state.sessions.room(&room);
+    if sessions.is_empty() {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("no session in room {room:?}"),
+        );
+    }
+    let mut nodes: Vec<String> = sessions.iter().map(|(_, r)| r.node.to_string()).collect();
+    nodes.sort();
+    nodes.dedup();
+    Json(RoomDetail {
+        room,
+        nodes,
+        sessions: sessions
+            .into_iter()
+            .map(|(id, r)| SessionView {
+                session: id.to_string(),
+                kind: r.kind.as_str(),
+                identity: r.identity,
+                node: r.node.to_string(),
+            })
+            .collect(),
+        tracks: tracks
+            .into_iter()
+            .map(|t| TrackView {
+                track: t.track.to_string(),
+                identity: t.identity,
+                kind: t.kind.as_str(),
+                layers: t.layers,
+            })
+            .collect(),
+    })
+    .into_response()
+}
+
+/// `DELETE /api/rooms/{room}`: end every session of the room.
+pub async fn delete_room(
+    State(state): State<Arc<AppState>>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let claims = match admin(&state, &headers) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let (sessions, _) = state.sessions.room(&room);
+    if sessions.is_empty() {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("no session in room {room:?}"),
+        );
+    }
+    let mut ended = 0;
+    for (session, record) in &sessions {
+        if close(&state, *session, &record.node).await {
+            ended += 1;
+        }
+        state.sessions.remove(*session);
+    }
+    tracing::info!(%room, ended, admin = %claims.sub, "room ended by an admin");
+    Json(serde_json::json!({ "room": room, "ended": ended })).into_response()
+}
+
+async fn close(state: &AppState, session: SessionId, node: &NodeId) -> bool {
+    let Some(client) = state.nodes.client(node) else {
+        return false;
+    };
+    matches!(
+        client.call(NodeRequest::CloseSession { session }).await,
+        NodeResponse::Done
+    )
+}
+
+/// `POST /api/nodes/{id}/drain`: no new rooms on the node; its rooms continue.
+pub async fn drain(
+    State(state): State<Arc<AppState>>,
+    Path(node): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    set_draining(state, node, headers, true).await
+}
+
+/// `POST /api/nodes/{id}/undrain`: back in service.
+pub async fn undrain(
+    State(state): State<Arc<AppState>>,
+    Path(node): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    set_draining(state, node, headers, false).await
+}
+
+async fn set_draining(
+    state: Arc<AppState>,
+    node: String,
+    headers: HeaderMap,
+    drain: bool,
+) -> Response {
+    let claims = match admin(&state, &headers) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let Ok(id) = node.parse::<NodeId>() else {
+        return text(StatusCode::NOT_FOUND, format!("no node {node:?}"));
+    };
+    let now = Instant::now();
+    let changes = if drain {
+        state.nodes.drain(&id, now)
+    } else {
+        state.nodes.undrain(&id, now)
+    };
+    let Some(changes) = changes else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("no remote node {node:?} (the embedded node cannot be drained)"),
+        );
+    };
+    log_changes(&changes);
+    tracing::info!(%node, drain, admin = %claims.sub, "node drain changed by an admin");
+    let state_name = state.nodes.state(&id).map_or("unknown", |s| s.as_str());
+    Json(serde_json::json!({ "node": node, "state": state_name })).into_response()
+}
