@@ -236,6 +236,11 @@ async fn apply_node_events(
             FromNode::Event(NodeEvent::TrackUnpublished { track, .. }) => {
                 state.sessions.track_unpublished(&node, track);
             }
+            FromNode::Event(NodeEvent::Draining) => {
+                if let Some(changes) = state.nodes.drain(&node, std::time::Instant::now()) {
+                    link::log_changes(&changes);
+                }
+            }
             FromNode::Event(NodeEvent::WorkerStopped { worker }) => {
                 tracing::error!(%node, %worker, "media worker stopped");
             }

@@ -27,6 +27,7 @@ const DEAD_MS: &str = "2500";
 
 /// A media node in this process, joined to control like `sfu run`.
 struct TestNode {
+    node: Arc<Node>,
     ports: BTreeSet<u16>,
     stop: watch::Sender<bool>,
     thread: Option<JoinHandle<()>>,
@@ -52,6 +53,7 @@ impl TestNode {
             region: None,
         };
         let (stop, stop_rx) = watch::channel(false);
+        let handle = node.clone();
         let thread = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -64,6 +66,7 @@ impl TestNode {
             });
         });
         TestNode {
+            node: handle,
             ports,
             stop,
             thread: Some(thread),
@@ -331,6 +334,25 @@ fn the_admin_api_shows_nodes_and_rooms_and_a_drained_node_takes_no_new_room() {
     let (status, ended) = api(&c, Method::Delete, "/api/rooms/room-a", &admin);
     assert_eq!((status, ended["ended"].clone()), (200, 2.into()), "{ended}");
     assert_eq!(api(&c, Method::Get, "/api/rooms/room-a", &admin).0, 404);
+
+    // A node that drains itself (`sfu run` on SIGTERM) tells control, which stops placing
+    // rooms on it.
+    n1.node.drain();
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            let (_, nodes) = api(&c, Method::Get, "/api/nodes", &admin);
+            nodes
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|n| n["id"] == "n1" && n["state"] == "draining")
+        }),
+        "n1 shows as draining"
+    );
+    for i in 0..3 {
+        let p = c.server.publish(&format!("late-{i}"), true, None);
+        assert!(candidate_ports(p.answer()).is_subset(&n2.ports));
+    }
     drop((n1, n2));
 }
 
@@ -352,7 +374,19 @@ fn a_wrong_secret_and_a_taken_id_are_refused() {
         c.server.log_tail(30)
     );
     assert_eq!(nodes_in(&c.server, "up"), 1.0);
+
+    // The node itself restarting at once is no impostor: its link closed, so it registers
+    // again straight away as a new incarnation.
     drop(n1);
+    let _n1 = TestNode::start("n1", &c.control, &c.cert, SECRET);
+    assert!(
+        wait_until(Duration::from_secs(10), || c
+            .server
+            .logged("node registered node=n1 incarnation=2")),
+        "the restarted node registered again: {}",
+        c.server.log_tail(30)
+    );
+    assert_eq!(nodes_in(&c.server, "up"), 1.0);
 }
 
 /// A directory removed on drop.

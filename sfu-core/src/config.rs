@@ -48,6 +48,9 @@ pub struct NodeConfig {
     /// REMB value sent to publishers that negotiated `goog-remb` (a ceiling; TWCC drives
     /// the actual estimate).
     pub publisher_remb_kbps: u64,
+    /// `sfu run` on SIGTERM: drain (control places no new rooms here) and wait this long for
+    /// the sessions to end before stopping with the rest. A second signal stops at once.
+    pub drain_timeout_secs: u64,
 }
 
 impl Default for NodeConfig {
@@ -68,6 +71,7 @@ impl Default for NodeConfig {
             first_contact_timeout_secs: 5,
             ice_timeout_secs: 10,
             publisher_remb_kbps: 10_000,
+            drain_timeout_secs: 300,
         }
     }
 }

@@ -61,10 +61,13 @@ struct RunArgs {
     /// Where this node is; clients may ask for a region (cluster.region).
     #[arg(long, env = "SFU__CLUSTER__REGION")]
     region: Option<String>,
-    /// Address put in ICE candidates (node.advertise_ip); media binds to it unless
-    /// node.media_bind says otherwise.
+    /// Address put in ICE candidates (node.advertise_ip); media binds to it too unless
+    /// --media-bind or node.media_bind says otherwise.
     #[arg(long, env = "SFU__NODE__ADVERTISE_IP")]
     advertise_ip: Option<IpAddr>,
+    /// Address the media sockets bind to (node.media_bind), e.g. 0.0.0.0 behind 1:1 NAT.
+    #[arg(long, env = "SFU__NODE__MEDIA_BIND")]
+    media_bind: Option<IpAddr>,
     /// UDP port of worker 0 (node.media_port_base).
     #[arg(long, env = "SFU__NODE__MEDIA_PORT_BASE")]
     media_port_base: Option<u16>,
@@ -140,6 +143,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn run_node(args: RunArgs) -> anyhow::Result<()> {
     let File { mut node, cluster } = read_file(args.config.as_deref())?;
+    let drain_timeout = std::time::Duration::from_secs(node.drain_timeout_secs);
     if let Some(id) = args.node_id {
         node.id = id
             .parse()
@@ -147,6 +151,12 @@ fn run_node(args: RunArgs) -> anyhow::Result<()> {
     }
     if let Some(ip) = args.advertise_ip {
         node.advertise_ip = ip;
+        // Bind where we advertise, unless the file chose another bind address.
+        if node.media_bind == NodeConfig::default().media_bind {
+            node.media_bind = ip;
+        }
+    }
+    if let Some(ip) = args.media_bind {
         node.media_bind = ip;
     }
     if let Some(port) = args.media_port_base {
@@ -202,7 +212,7 @@ fn run_node(args: RunArgs) -> anyhow::Result<()> {
         );
         let outcome = tokio::select! {
             stopped = watchdog => Err(anyhow::Error::new(stopped)),
-            signal = shutdown_signal() => {
+            signal = drain_then_stop(&node, drain_timeout) => {
                 tracing::info!(signal, "stopping");
                 Ok(())
             }
@@ -223,6 +233,42 @@ fn run_node(args: RunArgs) -> anyhow::Result<()> {
         }
     }
     result
+}
+
+/// On the first SIGTERM or SIGINT, drain: control places no new rooms here, and the node
+/// waits until its sessions have ended or `timeout` has passed (their clients then re-POST
+/// and land elsewhere). A second signal stops at once.
+async fn drain_then_stop(node: &Node, timeout: std::time::Duration) -> &'static str {
+    let first = shutdown_signal().await;
+    node.drain();
+    let held = node.held_sessions().len();
+    tracing::info!(
+        signal = first,
+        sessions = held,
+        timeout_secs = timeout.as_secs(),
+        "draining"
+    );
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            second = shutdown_signal() => {
+                tracing::warn!(signal = second, sessions = node.held_sessions().len(), "second signal: stopping without waiting");
+                return second;
+            }
+            _ = tick.tick() => {
+                let held = node.held_sessions().len();
+                if held == 0 {
+                    tracing::info!("drained: no session left");
+                    return first;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    tracing::warn!(sessions = held, "drain timeout (node.drain_timeout_secs): ending the remaining sessions");
+                    return first;
+                }
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() -> &'static str {

@@ -184,6 +184,9 @@ pub struct Node {
     cpus: CpuPlan,
     max_sessions_per_worker: usize,
     id: NodeId,
+    /// The node's own events (draining) join the workers' here.
+    events_out: Option<mpsc::UnboundedSender<NodeEvent>>,
+    draining: AtomicBool,
     stopping: Arc<AtomicBool>,
 }
 
@@ -262,6 +265,8 @@ impl Node {
             cpus: cpus.clone(),
             max_sessions_per_worker: config.max_sessions_per_worker,
             id: config.id.clone(),
+            events_out: None,
+            draining: AtomicBool::new(false),
             stopping: Arc::new(AtomicBool::new(false)),
         };
         let mut backend_names = Vec::new();
@@ -337,6 +342,7 @@ impl Node {
         );
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         *node.events.lock().unwrap_or_else(|e| e.into_inner()) = Some(events_rx);
+        node.events_out = Some(events_tx.clone());
         let pump_shared = shared.clone();
         let stopping = node.stopping.clone();
         node.helpers.push(
@@ -381,6 +387,22 @@ impl Node {
                 identity: entry.identity.clone(),
             })
             .collect()
+    }
+
+    /// Start draining: tell control (event `Draining`) to send no new rooms here. Sessions
+    /// go on; the caller decides how long to wait for them ([`Node::held_sessions`]).
+    pub fn drain(&self) {
+        if !self.draining.swap(true, Ordering::AcqRel) {
+            tracing::info!("draining: no new rooms; waiting for the sessions to end");
+        }
+        if let Some(out) = &self.events_out {
+            let _ = out.send(NodeEvent::Draining);
+        }
+    }
+
+    /// Whether [`Node::drain`] was called.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
     }
 
     /// The node's name (`node.id`).

@@ -149,6 +149,10 @@ async fn connect_and_serve(
     tracing::info!(control = %config.control, held, "registered with control");
     let (tx, mut writer) = spawn_writer(sender);
     *outbox.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx.clone());
+    if node.is_draining() {
+        // Control may not have heard it before the link was lost (or may be a new instance).
+        let _ = tx.send(Frame::Event(NodeEvent::Draining)).await;
+    }
 
     let error = loop {
         let frame = tokio::select! {

@@ -216,6 +216,9 @@ pub enum NodeEvent {
     WorkerStopped {
         worker: WorkerId,
     },
+    /// The node is draining (it was asked to stop): give it no new rooms; its sessions go on
+    /// until they end or its drain timeout passes.
+    Draining,
 }
 
 /// A node's load.

@@ -168,6 +168,7 @@ fn event() -> impl Strategy<Value = NodeEvent> {
         any::<u16>().prop_map(|w| NodeEvent::WorkerStopped {
             worker: WorkerId(w)
         }),
+        Just(NodeEvent::Draining),
     ]
 }
 

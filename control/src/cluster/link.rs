@@ -139,6 +139,7 @@ async fn run_link(
         }
     };
     remote.requests.fail_all();
+    nodes.link_lost(&node, incarnation);
     writer.abort();
     connection.close(1u32.into(), b"link closed");
     tracing::warn!(%node, incarnation = incarnation.0, error = %error, "node link lost");

@@ -29,6 +29,8 @@ pub struct Member {
     pub incarnation: Option<Incarnation>,
     pub media_ip: Option<std::net::IpAddr>,
     pub load: LoadReport,
+    /// The node's link is up (always, for the embedded node).
+    pub linked: bool,
 }
 
 /// What the admin API shows of a node.
@@ -86,6 +88,7 @@ impl Nodes {
                 incarnation: None,
                 media_ip: None,
                 load: LoadReport::default(),
+                linked: true,
             },
         );
     }
@@ -97,11 +100,25 @@ impl Nodes {
         if inner.members.get(node).is_some_and(|m| m.embedded) {
             return Err(format!("node id {node} is control's embedded node"));
         }
+        let linked = inner.members.get(node).is_some_and(|m| m.linked);
         match inner.health.state(node) {
-            Some((_, NodeState::Up | NodeState::Draining)) => Err(format!(
-                "node id {node} is held by a node that is up; a second node cannot take it"
-            )),
+            Some((_, NodeState::Up | NodeState::Draining | NodeState::Suspect)) if linked => {
+                Err(format!(
+                    "node id {node} is held by a node that is up; a second node cannot take it"
+                ))
+            }
             _ => Ok(()),
+        }
+    }
+
+    /// `node`'s link (of `incarnation`) closed. Its health runs on (silence makes it suspect,
+    /// then dead), but the id is free again: the node itself may register anew at once.
+    pub fn link_lost(&self, node: &NodeId, incarnation: Incarnation) {
+        let mut inner = self.lock();
+        if let Some(member) = inner.members.get_mut(node) {
+            if member.incarnation == Some(incarnation) {
+                member.linked = false;
+            }
         }
     }
 
@@ -125,6 +142,7 @@ impl Nodes {
                 incarnation: Some(incarnation),
                 media_ip: Some(registration.media_ip),
                 load: LoadReport::default(),
+                linked: true,
             },
         );
         (incarnation, events)
