@@ -217,7 +217,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         None => Default::default(),
     };
     let mut body = crate::metrics::render(&stats, &workers_up, state.sessions.len());
-    crate::metrics::render_cluster(&mut body, &state.nodes.count_by_state());
+    crate::metrics::render_cluster(&mut body, &state.nodes);
     (
         [(
             header::CONTENT_TYPE,

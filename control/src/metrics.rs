@@ -183,14 +183,48 @@ pub fn render(stats: &NodeStats, workers_up: &[bool], control_sessions: usize) -
     out
 }
 
-/// Append the cluster's series: media nodes by state (the embedded node counts as up).
-pub fn render_cluster(out: &mut String, nodes_by_state: &std::collections::BTreeMap<&str, usize>) {
+/// Append the cluster's series: media nodes by state (the embedded node counts as up),
+/// placements, failovers and each node link's round-trip time.
+pub fn render_cluster(out: &mut String, nodes: &crate::cluster::nodes::Nodes) {
+    use std::sync::atomic::Ordering::Relaxed;
     let _ = writeln!(
         out,
         "# HELP sfu_cluster_nodes Media nodes control knows, by state.\n# TYPE sfu_cluster_nodes gauge"
     );
-    for (state, count) in nodes_by_state {
+    for (state, count) in nodes.count_by_state() {
         let _ = writeln!(out, "sfu_cluster_nodes{{state=\"{state}\"}} {count}");
+    }
+    let c = nodes.counters();
+    let _ = writeln!(
+        out,
+        "# HELP sfu_cluster_placements_total Rooms given a node: new (lived nowhere), kept (stayed on its node), moved (its node was dead).\n# TYPE sfu_cluster_placements_total counter"
+    );
+    for (placed, n) in [
+        ("new", &c.placed_new),
+        ("kept", &c.placed_kept),
+        ("moved", &c.placed_moved),
+    ] {
+        let _ = writeln!(
+            out,
+            "sfu_cluster_placements_total{{placed=\"{placed}\"}} {}",
+            n.load(Relaxed)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP sfu_cluster_failovers_total Media nodes declared dead (their rooms move to live nodes).\n# TYPE sfu_cluster_failovers_total counter\nsfu_cluster_failovers_total {}",
+        c.failovers.load(Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP sfu_cluster_link_rtt_seconds Round-trip time of each node's QUIC link.\n# TYPE sfu_cluster_link_rtt_seconds gauge"
+    );
+    for (node, rtt) in nodes.link_rtts() {
+        let _ = writeln!(
+            out,
+            "sfu_cluster_link_rtt_seconds{{node=\"{node}\"}} {:.6}",
+            rtt.as_secs_f64()
+        );
     }
 }
 

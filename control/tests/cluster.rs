@@ -173,6 +173,26 @@ fn rooms_spread_over_joined_nodes_and_move_off_a_dead_one() {
         assert!(on_n1 || ports.is_subset(&n2.ports), "{room}: {ports:?}");
         rooms.push((room, on_n1, publisher, subscriber));
     }
+    // Every node's link reports its round-trip time, and each room was placed once (its
+    // subscriber joined it where it was).
+    assert!(
+        wait_until(Duration::from_secs(5), || c
+            .server
+            .metrics()
+            .select("sfu_cluster_link_rtt_seconds", &[])
+            .count()
+            == 2),
+        "link RTT of both nodes in /metrics"
+    );
+    let m = c.server.metrics();
+    assert_eq!(
+        m.sum_where("sfu_cluster_placements_total", &[("placed", "new")]),
+        6.0
+    );
+    assert_eq!(
+        m.sum_where("sfu_cluster_placements_total", &[("placed", "kept")]),
+        6.0
+    );
     let on_n1 = rooms.iter().filter(|r| r.1).count();
     assert!(
         (1..6).contains(&on_n1),
@@ -193,6 +213,7 @@ fn rooms_spread_over_joined_nodes_and_move_off_a_dead_one() {
         "n1 declared dead: {}",
         c.server.log_tail(20)
     );
+    assert_eq!(c.server.metrics().sum("sfu_cluster_failovers_total"), 1.0);
     let token = dev_token(&n1_room, "alice", Grants::PUBLISH).expect("token");
     assert_eq!(c.server.delete(&n1_publisher, &token).status, 404);
     let publisher = c

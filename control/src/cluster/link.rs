@@ -128,7 +128,8 @@ async fn run_link(
                     NodeEvent::Load(load) => Some(load.clone()),
                     _ => None,
                 };
-                log_changes(&nodes.heartbeat(&node, incarnation, load, Instant::now()));
+                let rtt = connection.rtt();
+                log_changes(&nodes.heartbeat(&node, incarnation, load, rtt, Instant::now()));
                 let _ = messages.send((node.clone(), FromNode::Event(event)));
             }
             Ok(_) => {

@@ -4,6 +4,7 @@
 //! `suspect` and `dead`.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -12,7 +13,7 @@ use sfu_core::proto::{LoadReport, Registration};
 
 use super::{
     HealthConfig, HealthEvent, HealthTable, Incarnation, NodeSnapshot, NodeState, PlaceError,
-    Placement, RoomRequest,
+    Placed, Placement, RoomRequest,
 };
 use crate::node_client::NodeClient;
 use crate::store::SessionStore;
@@ -31,6 +32,8 @@ pub struct Member {
     pub load: LoadReport,
     /// The node's link is up (always, for the embedded node).
     pub linked: bool,
+    /// Round-trip time of the node's link, as QUIC measures it.
+    pub rtt: Option<std::time::Duration>,
 }
 
 /// What the admin API shows of a node.
@@ -52,6 +55,19 @@ pub struct NodeView {
 pub struct Nodes {
     inner: Mutex<Inner>,
     placement: Placement,
+    counters: Counters,
+}
+
+/// Cluster counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Placements of a room that lived nowhere, that stayed on its node, that moved off a
+    /// dead one.
+    pub placed_new: AtomicU64,
+    pub placed_kept: AtomicU64,
+    pub placed_moved: AtomicU64,
+    /// Nodes declared dead.
+    pub failovers: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -68,7 +84,22 @@ impl Nodes {
                 health: HealthTable::new(health),
             }),
             placement,
+            counters: Counters::default(),
         }
+    }
+
+    /// The cluster's counters.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Each linked node's id and link round-trip time.
+    pub fn link_rtts(&self) -> Vec<(NodeId, std::time::Duration)> {
+        self.lock()
+            .members
+            .iter()
+            .filter_map(|(id, m)| Some((id.clone(), m.rtt.filter(|_| m.linked)?)))
+            .collect()
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -89,6 +120,7 @@ impl Nodes {
                 media_ip: None,
                 load: LoadReport::default(),
                 linked: true,
+                rtt: None,
             },
         );
     }
@@ -143,6 +175,7 @@ impl Nodes {
                 media_ip: Some(registration.media_ip),
                 load: LoadReport::default(),
                 linked: true,
+                rtt: None,
             },
         );
         (incarnation, events)
@@ -154,12 +187,16 @@ impl Nodes {
         node: &NodeId,
         incarnation: Incarnation,
         load: Option<LoadReport>,
+        rtt: std::time::Duration,
         now: Instant,
     ) -> Vec<HealthEvent> {
         let mut inner = self.lock();
-        if let (Some(load), Some(member)) = (load, inner.members.get_mut(node)) {
+        if let Some(member) = inner.members.get_mut(node) {
             if member.incarnation == Some(incarnation) {
-                member.load = load;
+                member.rtt = Some(rtt);
+                if let Some(load) = load {
+                    member.load = load;
+                }
             }
         }
         inner
@@ -170,7 +207,19 @@ impl Nodes {
 
     /// Let time pass: silent nodes become suspect, then dead.
     pub fn tick(&self, now: Instant) -> Vec<HealthEvent> {
-        self.lock().health.tick(now)
+        let changes = self.lock().health.tick(now);
+        for change in &changes {
+            if matches!(
+                change,
+                HealthEvent::Changed {
+                    to: NodeState::Dead,
+                    ..
+                }
+            ) {
+                self.counters.failovers.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        changes
     }
 
     /// Stop sending new rooms and sessions to `node`.
@@ -246,6 +295,12 @@ impl Nodes {
             request = request.in_region(region);
         }
         let decision = self.placement.place(&snapshots, &request)?;
+        let counter = match decision.placed {
+            Placed::New => &self.counters.placed_new,
+            Placed::Kept => &self.counters.placed_kept,
+            Placed::Moved { .. } => &self.counters.placed_moved,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
         let client = inner
             .members
             .get(&decision.node)
