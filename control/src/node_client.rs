@@ -24,6 +24,11 @@ pub trait NodeClient: Send + Sync + std::fmt::Debug {
 
     /// The node's event stream; the first caller takes it.
     fn take_events(&self) -> Option<mpsc::UnboundedReceiver<NodeEvent>>;
+
+    /// Drop the link to the node (control declared it dead while its link lingered): the
+    /// node notices, reconnects and registers again as a new incarnation. Nothing to do for
+    /// a node in this process.
+    fn disconnect(&self, _reason: &str) {}
 }
 
 /// The node's counters, through the API.

@@ -270,6 +270,12 @@ async fn watch_health(state: std::sync::Weak<AppState>) {
             } = change
             {
                 let released = state.sessions.remove_node(&node);
+                // A link that outlived the silence (a network cut shorter than QUIC's idle
+                // timeout) would keep a dead incarnation: close it, so the node registers
+                // again when it can.
+                if let Some(client) = state.nodes.client(&node) {
+                    client.disconnect("declared dead: no heartbeat");
+                }
                 tracing::warn!(%node, released, "node is dead; its rooms will be placed on live nodes");
             }
         }

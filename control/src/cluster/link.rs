@@ -36,6 +36,7 @@ pub type NodeMessages = mpsc::UnboundedSender<(NodeId, FromNode)>;
 pub struct RemoteNode {
     id: NodeId,
     requests: Requests,
+    connection: quinn::Connection,
 }
 
 impl NodeClient for RemoteNode {
@@ -50,6 +51,10 @@ impl NodeClient for RemoteNode {
     fn take_events(&self) -> Option<mpsc::UnboundedReceiver<NodeEvent>> {
         // A remote node's events arrive through `NodeMessages`.
         None
+    }
+
+    fn disconnect(&self, reason: &str) {
+        self.connection.close(2u32.into(), reason.as_bytes());
     }
 }
 
@@ -94,6 +99,7 @@ async fn run_link(
     let remote = Arc::new(RemoteNode {
         id: node.clone(),
         requests: Requests::new(outbox),
+        connection: connection.clone(),
     });
     let (incarnation, changes) = nodes.register(&registration, remote.clone(), Instant::now());
     log_changes(&changes);
