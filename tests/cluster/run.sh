@@ -155,8 +155,8 @@ remove_stale() {
   } | sort -u)
   for id in $ids; do
     [ "$id" = "$ID" ] && continue
-    if kill -0 "$id" 2>/dev/null && grep -q 'tests/cluster/run.sh' "/proc/$id/cmdline" 2>/dev/null; then
-      continue # a parallel run
+    if kill -0 "$id" 2>/dev/null && tr '\0' ' ' <"/proc/$id/cmdline" 2>/dev/null | grep -q 'run\.sh'; then
+      continue # a parallel run (or a reused pid running some run.sh: leave it alone too)
     fi
     log "removing namespaces left by run $id"
     remove_hosts "$id"
@@ -208,8 +208,8 @@ cleanup() {
     echo "cluster test: FAILED (exit $rc); logs, reports and figures in $OUT_DIR" >&2
     for name in control n1 n2 n3; do
       [ -s "$OUT_DIR/$name.log" ] || continue
-      echo "---- last lines of $name.log ----" >&2
-      tail -n 15 "$OUT_DIR/$name.log" >&2
+      echo "---- last lines of $name.log (without per-session lines) ----" >&2
+      grep -v 'INFO sfu_core::engine\|INFO control::http' "$OUT_DIR/$name.log" | tail -n 12 >&2 || true
     done
   else
     echo "cluster test: logs, reports and figures.json in $OUT_DIR"
@@ -552,8 +552,9 @@ scenario_blip() {
   local deadline=$(($(now_ms) + 40000))
   until state_is "$victim" up; do
     if [ "$(now_ms)" -ge "$deadline" ]; then
-      fail "$victim stayed '$(node_state "$victim")' for 40 s after a $((t_up - t_cut)) ms link cut ended" \
-        "(its load reports reach control again on the same QUIC connection, which did not idle out)"
+      fail "$victim stayed '$(node_state "$victim")' for 40 s after a $((t_up - t_cut)) ms link cut" \
+        "ended; its log shows $(link_losses "$victim") lost link(s): its QUIC link outlived the cut" \
+        "(idle timeout 10 s) and control ignores the load reports of a node it declared dead"
     fi
     sleep 0.1
   done
