@@ -92,13 +92,16 @@ mkdir -p "$OUT_DIR"
 OUT_DIR=$(cd "$OUT_DIR" && pwd)
 
 # --- processes ----------------------------------------------------------------------------------
-declare -A PID=()   # name -> pid of what this script started (control, n1.., load runs)
+declare -A PID=()     # name -> pid of what this script started (control, n1.., load runs)
+declare -A STARTED=() # names started before in this run: a restart appends to the log
 
-# start NAME HOST CMD...   runs CMD in HOST's namespace, output to $OUT_DIR/NAME.log.
+# start NAME HOST CMD...   runs CMD in HOST's namespace, output to $OUT_DIR/NAME.log (emptied
+# at the first start, so that an OUT_DIR used before holds no stale lines to wait for).
 # `ip netns exec` execs CMD, so the pid recorded is CMD's own.
 start() {
   local name=$1 host=$2; shift 2
-  touch "$OUT_DIR/$name.log"
+  [ -n "${STARTED[$name]:-}" ] || : >"$OUT_DIR/$name.log"
+  STARTED[$name]=1
   ip netns exec "$(ns_of "$host")" "$@" </dev/null >>"$OUT_DIR/$name.log" 2>&1 &
   PID[$name]=$!
 }
@@ -300,8 +303,7 @@ start_control() {
 # share this machine's cores, and pinning would put every node's worker on the first one.
 start_node() {
   local n=$1
-  [ -s "$OUT_DIR/node.toml" ] || printf '[node]\npin_workers = false\n' >"$OUT_DIR/node.toml"
-  echo "---- start $(date -u +%T.%N) ----" >>"$OUT_DIR/$n.log"
+  printf '[node]\npin_workers = false\n' >"$OUT_DIR/node.toml"
   start "$n" "$n" env NO_COLOR=1 RUST_LOG="${RUST_LOG:-info}" \
     "$BIN_DIR/sfu" run --config "$OUT_DIR/node.toml" --control "$CTL_ADDR:$CLUSTER_PORT" --node-id "$n" \
     --cluster-secret "$SECRET" --control-cert "$OUT_DIR/control-cert.pem" \
@@ -313,6 +315,7 @@ start_node() {
 # report goes to $OUT_DIR/NAME/.
 load() {
   local name=$1; shift
+  rm -f "$OUT_DIR/$name/report.json" "$OUT_DIR/$name/report.html"
   start "$name" lg "$BIN_DIR/sfu-load" --url "$URL" --bind "$LG_ADDR" --threads 1 \
     --report "$OUT_DIR/$name" "$@"
 }
