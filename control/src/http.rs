@@ -243,7 +243,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         None => Default::default(),
     };
     // A store that does not answer shows in sfu_store_up; the session count is then unknown.
-    let sessions = state.sessions.len().await.unwrap_or(0);
+    let sessions = state.sessions.session_count().await.unwrap_or(0);
     let mut body = crate::metrics::render(&stats, &workers_up, sessions);
     crate::metrics::render_cluster(&mut body, &state.nodes.count_by_state());
     let (errors, up) = state.sessions.health();

@@ -90,6 +90,8 @@ pub struct PlacementView {
 
 /// The session store: in memory, or shared through Redis.
 #[derive(Debug)]
+// One `Store` per process, never moved after start: boxing the larger variant buys nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Store {
     Memory(SessionStore),
     Redis(redis::RedisStore),
@@ -308,7 +310,7 @@ impl Store {
     }
 
     /// Sessions recorded, those being answered included.
-    pub async fn len(&self) -> Result<usize, StoreError> {
+    pub async fn session_count(&self) -> Result<usize, StoreError> {
         match self {
             Store::Memory(m) => Ok(m.len()),
             Store::Redis(r) => r.total().await,
