@@ -15,7 +15,7 @@ use sfu_core::proto::{NodeRequest, NodeResponse};
 
 use crate::auth;
 use crate::cluster::link::log_changes;
-use crate::http::{AppState, bearer, text};
+use crate::http::{AppState, bearer, store_unavailable, text};
 
 /// A room as the admin API shows it.
 #[derive(Debug, Serialize)]
@@ -67,7 +67,14 @@ pub async fn nodes(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Re
     if let Err(r) = admin(&state, &headers) {
         return r;
     }
-    Json(state.nodes.views(&state.sessions)).into_response()
+    let (counts, rooms) = match (
+        state.sessions.node_counts().await,
+        state.sessions.rooms().await,
+    ) {
+        (Ok(counts), Ok(rooms)) => (counts, rooms),
+        (Err(e), _) | (_, Err(e)) => return store_unavailable(e),
+    };
+    Json(state.nodes.views(&counts, &rooms)).into_response()
 }
 
 /// `GET /api/rooms`
@@ -75,9 +82,11 @@ pub async fn rooms(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Re
     if let Err(r) = admin(&state, &headers) {
         return r;
     }
-    let rooms: Vec<RoomView> = state
-        .sessions
-        .rooms()
+    let rooms = match state.sessions.rooms().await {
+        Ok(rooms) => rooms,
+        Err(e) => return store_unavailable(e),
+    };
+    let rooms: Vec<RoomView> = rooms
         .into_iter()
         .map(|(room, nodes)| RoomView {
             room,
@@ -96,7 +105,10 @@ pub async fn room(
     if let Err(r) = admin(&state, &headers) {
         return r;
     }
-    let (sessions, tracks) = state.sessions.room(&room);
+    let (sessions, tracks) = match state.sessions.room(&room).await {
+        Ok(room) => room,
+        Err(e) => return store_unavailable(e),
+    };
     if sessions.is_empty() {
         return text(
             StatusCode::NOT_FOUND,
@@ -141,7 +153,10 @@ pub async fn delete_room(
         Ok(c) => c,
         Err(r) => return r,
     };
-    let (sessions, _) = state.sessions.room(&room);
+    let (sessions, _) = match state.sessions.room(&room).await {
+        Ok(room) => room,
+        Err(e) => return store_unavailable(e),
+    };
     if sessions.is_empty() {
         return text(
             StatusCode::NOT_FOUND,
@@ -153,7 +168,9 @@ pub async fn delete_room(
         if close(&state, *session, &record.node).await {
             ended += 1;
         }
-        state.sessions.remove(*session);
+        if let Err(e) = state.sessions.remove(*session).await {
+            tracing::warn!(%session, error = %e, "cannot forget an ended session");
+        }
     }
     tracing::info!(%room, ended, admin = %claims.sub, "room ended by an admin");
     Json(serde_json::json!({ "room": room, "ended": ended })).into_response()

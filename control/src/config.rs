@@ -23,6 +23,32 @@ pub struct Config {
     pub turn: crate::turn::TurnConfig,
     /// `[cluster]`: media nodes on other hosts join over QUIC; off unless `listen` is set.
     pub cluster: ClusterConfig,
+    /// `[store]`: where control keeps its state; in memory unless `redis_url` is set.
+    pub store: StoreConfig,
+}
+
+/// `[store]`: state shared by several control instances (Redis), or kept in this process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `redis://HOST:PORT[/DB]`: share sessions, rooms and nodes with the other control
+    /// instances using the same Redis. Unset = in memory (one control instance).
+    pub redis_url: Option<String>,
+    /// How long a node's registry entry lives unless its holding instance refreshes it (it
+    /// does every third of this): a node held by an instance that died is gone after it.
+    pub node_ttl_ms: u64,
+    /// How long a request forwarded to the instance holding a node may take.
+    pub forward_timeout_ms: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            redis_url: None,
+            node_ttl_ms: 6000,
+            forward_timeout_ms: 5000,
+        }
+    }
 }
 
 /// `[cluster]`: control as the head of media nodes that run `sfu run` on other hosts.
@@ -259,6 +285,26 @@ impl Config {
             });
         }
         self.turn.validate()?;
+        if let Some(url) = &self.store.redis_url {
+            if !url.starts_with("redis://") {
+                return Err(ConfigError::Invalid {
+                    key: "store.redis_url".into(),
+                    reason: format!("{url:?} is not a redis:// URL"),
+                });
+            }
+        }
+        if self.store.node_ttl_ms < 1500 {
+            return Err(ConfigError::Invalid {
+                key: "store.node_ttl_ms".into(),
+                reason: "must be at least 1500 (entries are refreshed every third of it)".into(),
+            });
+        }
+        if self.store.forward_timeout_ms == 0 {
+            return Err(ConfigError::Invalid {
+                key: "store.forward_timeout_ms".into(),
+                reason: "must be above 0".into(),
+            });
+        }
         if self.cluster.listen.is_some()
             && self.cluster.secret.len() < sfu_link::auth::MIN_SECRET_LEN
         {

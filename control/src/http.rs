@@ -20,7 +20,7 @@ use crate::auth::{self, AuthError, Grant, Grants, Verifier};
 use crate::cluster::nodes::Nodes;
 use crate::node_client;
 use crate::ratelimit::{RetryAfter, SignalingLimiter};
-use crate::store::{CapExceeded, Caps, SessionStore};
+use crate::store::{CapExceeded, Caps, ReserveError, Store, StoreError};
 use crate::turn::TurnIssuer;
 
 /// What every handler can reach.
@@ -28,8 +28,11 @@ use crate::turn::TurnIssuer;
 pub struct AppState {
     /// The media nodes (embedded and remote), reached only through the node API.
     pub nodes: Arc<Nodes>,
-    /// Sessions control created (room, kind, identity), for `DELETE` checks and the caps.
-    pub sessions: SessionStore,
+    /// Sessions control created (room, kind, identity), for `DELETE` checks and the caps;
+    /// shared with other control instances when the store is Redis.
+    pub sessions: Store,
+    /// `[cluster]` is on: readiness needs a node that is up.
+    pub cluster: bool,
     pub verifier: Verifier,
     /// Serve `POST /dev/token` (development only).
     pub dev: bool,
@@ -50,6 +53,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/app.js", get(app_js))
         .route("/style.css", get(style_css))
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/api/turn", get(turn_credentials).options(preflight))
         .route("/api/nodes", get(crate::admin::nodes))
@@ -208,6 +212,28 @@ async fn healthz(State(state): State<Arc<AppState>>) -> Response {
     }
 }
 
+/// The store failed: 503 with what the operator needs to know.
+pub(crate) fn store_unavailable(e: StoreError) -> Response {
+    tracing::warn!(error = %e, "state store call failed");
+    text(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+}
+
+/// Readiness: whether a new session could be served now. The store must answer and, with
+/// `[cluster]`, a node must be up (the embedded node always is). Unlike `/healthz`, a load
+/// balancer should take an instance that is not ready out of rotation, not restart it.
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    if let Err(e) = state.sessions.ping().await {
+        return text(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+    }
+    if state.cluster && state.nodes.embedded().is_none() && !state.nodes.any_up() {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no media node is up: none has joined (cluster.listen) or all are suspect, dead or draining",
+        );
+    }
+    text(StatusCode::OK, "ready")
+}
+
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let (stats, workers_up) = match state.nodes.embedded() {
         Some(node) => (
@@ -216,8 +242,12 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         ),
         None => Default::default(),
     };
-    let mut body = crate::metrics::render(&stats, &workers_up, state.sessions.len());
+    // A store that does not answer shows in sfu_store_up; the session count is then unknown.
+    let sessions = state.sessions.session_count().await.unwrap_or(0);
+    let mut body = crate::metrics::render(&stats, &workers_up, sessions);
     crate::metrics::render_cluster(&mut body, &state.nodes);
+    let (errors, up) = state.sessions.health();
+    crate::metrics::render_store(&mut body, errors, up);
     (
         [(
             header::CONTENT_TYPE,
@@ -337,27 +367,25 @@ async fn offer(
     // is chosen here: 128 random bits, unique across nodes, and the secret part of the
     // session's URL.
     let session = SessionId::random();
-    let (node_id, node) =
-        match state
-            .nodes
-            .place(&room_id, query.region.as_deref(), &state.sessions)
-        {
-            Ok(placed) => placed,
-            Err(e) => {
-                tracing::warn!(%room, error = %e, "no media node for an offer");
-                return text(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
-            }
-        };
-    let reservation = match state.sessions.reserve(
-        session,
-        &node_id,
-        &room,
-        kind,
-        &claims.sub,
-        state.caps,
-    ) {
-        Ok(r) => r,
+    let view = match state.sessions.placement_view(&room).await {
+        Ok(view) => view,
+        Err(e) => return store_unavailable(e),
+    };
+    let (node_id, node) = match state.nodes.place(&room_id, query.region.as_deref(), &view) {
+        Ok(placed) => placed,
         Err(e) => {
+            tracing::warn!(%room, error = %e, "no media node for an offer");
+            return text(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+        }
+    };
+    let reservation = match state
+        .sessions
+        .reserve(session, &node_id, &room, kind, &claims.sub, state.caps)
+        .await
+    {
+        Ok(r) => r,
+        Err(ReserveError::Store(e)) => return store_unavailable(e),
+        Err(ReserveError::Cap(e)) => {
             tracing::info!(%room, kind = kind.as_str(), identity = %claims.sub, error = %e, "offer refused");
             let status = match e {
                 CapExceeded::Identity { .. } | CapExceeded::Room { .. } => {
@@ -385,7 +413,7 @@ async fn offer(
     };
     let created = match created {
         Ok(c) => {
-            if !reservation.commit(c.worker) {
+            if !reservation.commit(c.worker).await {
                 tracing::info!(%room, %session, "session ended before its answer was sent");
             }
             c
@@ -474,21 +502,22 @@ async fn whep_delete(
 /// token's identity or acted on by the room's admin (403).
 // The error is the response, sent as it is, once per request: boxing it buys nothing.
 #[allow(clippy::result_large_err)]
-fn owned_session(
+async fn owned_session(
     state: &AppState,
     headers: &HeaderMap,
     room: &str,
     session: &str,
     kind: SessionKind,
-) -> Result<(SessionId, auth::Claims), Response> {
+) -> Result<(SessionId, auth::Claims, crate::store::SessionRecord), Response> {
     let claims = bearer(state, headers)?;
     auth::authorize(&claims, room, Grant::Any).map_err(auth_error)?;
     let not_found = || text(StatusCode::NOT_FOUND, "no such session");
     let session = session.parse::<SessionId>().map_err(|_| not_found())?;
     // The session must be of this kind and in this room.
-    let record = match state.sessions.get(session) {
-        Some(record) if record.kind == kind && record.room == room => record,
-        _ => return Err(not_found()),
+    let record = match state.sessions.get(session).await {
+        Ok(Some(record)) if record.kind == kind && record.room == room => record,
+        Ok(_) => return Err(not_found()),
+        Err(e) => return Err(store_unavailable(e)),
     };
     if let Err(e) = auth::authorize_owner(&claims, room, &record.identity) {
         tracing::info!(
@@ -499,7 +528,7 @@ fn owned_session(
         );
         return Err(auth_error(e));
     }
-    Ok((session, claims))
+    Ok((session, claims, record))
 }
 
 async fn delete(
@@ -508,21 +537,21 @@ async fn delete(
     headers: HeaderMap,
     kind: SessionKind,
 ) -> Response {
-    let (session, claims) = match owned_session(&state, &headers, &room, &session, kind) {
-        Ok(owned) => owned,
-        Err(response) => return response,
-    };
-    let node = state
-        .sessions
-        .get(session)
-        .and_then(|record| state.nodes.client(&record.node));
+    let (session, claims, record) =
+        match owned_session(&state, &headers, &room, &session, kind).await {
+            Ok(owned) => owned,
+            Err(response) => return response,
+        };
+    let node = state.nodes.client(&record.node);
     let reply = match node {
         Some(node) => node.call(NodeRequest::CloseSession { session }).await,
         None => NodeResponse::Error(NodeError::UnknownSession),
     };
     // Whatever the node says, control forgets the session: either it just ended, or it had
     // already ended on its own (ICE timeout) and the node no longer knows it.
-    state.sessions.remove(session);
+    if let Err(e) = state.sessions.remove(session).await {
+        tracing::warn!(%session, error = %e, "cannot forget a deleted session");
+    }
     match reply {
         NodeResponse::Done => {
             tracing::info!(%room, %session, identity = %claims.sub, "session deleted");
@@ -559,7 +588,7 @@ async fn patch(
     headers: HeaderMap,
     kind: SessionKind,
 ) -> Response {
-    if let Err(response) = owned_session(&state, &headers, &room, &session, kind) {
+    if let Err(response) = owned_session(&state, &headers, &room, &session, kind).await {
         return response;
     }
     let mut response = text(

@@ -228,6 +228,19 @@ pub fn render_cluster(out: &mut String, nodes: &crate::cluster::nodes::Nodes) {
     }
 }
 
+/// The state store: failed calls so far, and whether its last call answered (always 1 in
+/// memory).
+pub fn render_store(out: &mut String, errors: u64, up: bool) {
+    let _ = writeln!(
+        out,
+        "# HELP sfu_store_errors_total State store calls that failed (Redis unreachable or bad data).\n\
+         # TYPE sfu_store_errors_total counter\nsfu_store_errors_total {errors}\n\
+         # HELP sfu_store_up Whether the state store answered its last call.\n\
+         # TYPE sfu_store_up gauge\nsfu_store_up {}",
+        u8::from(up)
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

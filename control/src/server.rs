@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use sfu_core::NodeEvent;
@@ -12,12 +13,14 @@ use tokio::sync::mpsc;
 use crate::auth::Verifier;
 use crate::cluster::link::{self, FromNode};
 use crate::cluster::nodes::Nodes;
+use crate::cluster::shared;
 use crate::cluster::{HealthEvent, NodeState, Placement};
 use crate::config::Config;
 use crate::http::{AppState, router};
 use crate::node_client::{self, InProcessNode, NodeClient};
 use crate::ratelimit::{self, SignalingLimiter};
-use crate::store::Caps;
+use crate::store::redis::RedisStore;
+use crate::store::{Caps, Store};
 use crate::watchdog;
 
 /// A running control server.
@@ -66,9 +69,31 @@ impl Server {
             Some(listen) => Some(start_cluster(&config, listen, nodes.clone(), messages).await?),
             None => None,
         };
+        let sessions = match &config.store.redis_url {
+            Some(url) => {
+                let instance = format!("{:016x}", rand::random::<u64>());
+                let redis = RedisStore::open(url, instance.clone())
+                    .map_err(|e| anyhow::anyhow!("store.redis_url: {e}"))?;
+                tracing::info!(%instance, "state shared through Redis (store.redis_url)");
+                tokio::spawn(
+                    redis
+                        .clone()
+                        .serve_forwarded(shared::forward_handler(Arc::downgrade(&nodes))),
+                );
+                tokio::spawn(shared::sync_registry(
+                    redis.clone(),
+                    Arc::downgrade(&nodes),
+                    Duration::from_millis(config.store.node_ttl_ms),
+                    Duration::from_millis(config.store.forward_timeout_ms),
+                ));
+                Store::Redis(redis)
+            }
+            None => Store::default(),
+        };
         let state = Arc::new(AppState {
+            cluster: config.cluster.listen.is_some(),
             nodes,
-            sessions: crate::store::SessionStore::default(),
+            sessions,
             verifier: Verifier::new(&config.auth.keys, config.auth.dev, config.auth.leeway_secs),
             dev: config.auth.dev,
             max_body_bytes: config.http.max_body_bytes,
@@ -211,15 +236,24 @@ async fn apply_node_events(
         let Some(state) = state.upgrade() else { return };
         match message {
             FromNode::Registered { held, .. } => {
-                let (forgotten, adopted) = state.sessions.reconcile(&node, &held);
-                if forgotten + adopted > 0 {
-                    tracing::info!(%node, held = held.len(), forgotten, adopted, "reconciled the node's sessions");
+                match state.sessions.reconcile(&node, &held).await {
+                    Ok((forgotten, adopted)) if forgotten + adopted > 0 => {
+                        tracing::info!(%node, held = held.len(), forgotten, adopted, "reconciled the node's sessions");
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(%node, error = %e, "cannot reconcile the node's sessions")
+                    }
                 }
             }
             FromNode::Event(NodeEvent::SessionEnded {
                 session, reason, ..
             }) => {
-                if let Some(record) = state.sessions.remove_ended(&node, session) {
+                let removed = state.sessions.remove_ended(&node, session).await;
+                if let Err(e) = &removed {
+                    tracing::warn!(%node, %session, error = %e, "cannot forget an ended session");
+                }
+                if let Ok(Some(record)) = removed {
                     tracing::debug!(
                         %node,
                         %session,
@@ -231,10 +265,14 @@ async fn apply_node_events(
                 }
             }
             FromNode::Event(NodeEvent::TrackPublished(track)) => {
-                state.sessions.track_published(&node, track);
+                if let Err(e) = state.sessions.track_published(&node, track).await {
+                    tracing::debug!(%node, error = %e, "cannot record a published track");
+                }
             }
             FromNode::Event(NodeEvent::TrackUnpublished { track, .. }) => {
-                state.sessions.track_unpublished(&node, track);
+                if let Err(e) = state.sessions.track_unpublished(&node, track).await {
+                    tracing::debug!(%node, error = %e, "cannot record an unpublished track");
+                }
             }
             FromNode::Event(NodeEvent::Draining) => {
                 if let Some(changes) = state.nodes.drain(&node, std::time::Instant::now()) {
@@ -269,14 +307,20 @@ async fn watch_health(state: std::sync::Weak<AppState>) {
                 ..
             } = change
             {
-                let released = state.sessions.remove_node(&node);
                 // A link that outlived the silence (a network cut shorter than QUIC's idle
                 // timeout) would keep a dead incarnation: close it, so the node registers
                 // again when it can.
                 if let Some(client) = state.nodes.client(&node) {
                     client.disconnect("declared dead: no heartbeat");
                 }
-                tracing::warn!(%node, released, "node is dead; its rooms will be placed on live nodes");
+                match state.sessions.remove_node(&node).await {
+                    Ok(released) => {
+                        tracing::warn!(%node, released, "node is dead; its rooms will be placed on live nodes")
+                    }
+                    Err(e) => {
+                        tracing::warn!(%node, error = %e, "node is dead; cannot release its sessions in the store")
+                    }
+                }
             }
         }
     }

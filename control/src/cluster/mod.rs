@@ -6,6 +6,7 @@ pub mod health;
 pub mod link;
 pub mod nodes;
 pub mod placement;
+pub mod shared;
 
 pub use health::{
     Cause, HealthConfig, HealthError, HealthEvent, HealthTable, Incarnation, NodeHealth, NodeState,

@@ -16,7 +16,8 @@ use super::{
     Placed, Placement, RoomRequest,
 };
 use crate::node_client::NodeClient;
-use crate::store::SessionStore;
+use crate::store::PlacementView;
+use crate::store::redis::RegistryEntry;
 
 /// One node as control holds it.
 #[derive(Debug, Clone)]
@@ -34,6 +35,9 @@ pub struct Member {
     pub linked: bool,
     /// Round-trip time of the node's link, as QUIC measures it.
     pub rtt: Option<std::time::Duration>,
+    /// A node whose link another control instance holds (shared store): that instance's
+    /// name, and the node's state as it announced it. `None` for the nodes held here.
+    pub shared: Option<(String, NodeState)>,
 }
 
 /// What the admin API shows of a node.
@@ -121,6 +125,7 @@ impl Nodes {
                 load: LoadReport::default(),
                 linked: true,
                 rtt: None,
+                shared: None,
             },
         );
     }
@@ -176,6 +181,7 @@ impl Nodes {
                 load: LoadReport::default(),
                 linked: true,
                 rtt: None,
+                shared: None,
             },
         );
         (incarnation, events)
@@ -246,6 +252,108 @@ impl Nodes {
             .collect()
     }
 
+    /// The client of `node` if this instance holds its link (or runs it).
+    pub fn local_client(&self, node: &NodeId) -> Option<Arc<dyn NodeClient>> {
+        self.lock()
+            .members
+            .get(node)
+            .filter(|m| m.shared.is_none())
+            .map(|m| m.client.clone())
+    }
+
+    /// The nodes this instance holds and that are not dead, as the shared registry lists
+    /// them under `holder`.
+    pub fn local_entries(&self, holder: &str) -> Vec<RegistryEntry> {
+        let inner = self.lock();
+        inner
+            .members
+            .iter()
+            .filter(|(_, m)| m.shared.is_none())
+            .filter_map(|(id, m)| {
+                let state = state_of(&inner, id)?;
+                (state != NodeState::Dead).then(|| RegistryEntry {
+                    node: id.clone(),
+                    holder: holder.to_string(),
+                    region: m.region.clone(),
+                    capacity: m.capacity,
+                    state,
+                })
+            })
+            .collect()
+    }
+
+    /// Take the shared registry's view of the nodes other instances hold: add or update them
+    /// (with a client from `client_for`), and drop those no longer listed. Nodes held here
+    /// always win over an entry of another instance for the same id.
+    pub fn sync_shared(
+        &self,
+        entries: &[RegistryEntry],
+        me: &str,
+        client_for: impl Fn(&RegistryEntry) -> Arc<dyn NodeClient>,
+    ) {
+        let mut inner = self.lock();
+        let listed: std::collections::HashSet<&NodeId> = entries
+            .iter()
+            .filter(|e| e.holder != me)
+            .map(|e| &e.node)
+            .collect();
+        inner
+            .members
+            .retain(|id, m| m.shared.is_none() || listed.contains(id));
+        for entry in entries.iter().filter(|e| e.holder != me) {
+            let local = inner
+                .members
+                .get(&entry.node)
+                .is_some_and(|m| m.shared.is_none())
+                && inner
+                    .health
+                    .state(&entry.node)
+                    .is_none_or(|(_, s)| s != NodeState::Dead);
+            if local {
+                continue;
+            }
+            let same_holder = inner
+                .members
+                .get(&entry.node)
+                .and_then(|m| m.shared.as_ref())
+                .is_some_and(|(h, _)| *h == entry.holder);
+            if same_holder {
+                if let Some(m) = inner.members.get_mut(&entry.node) {
+                    m.region = entry.region.clone();
+                    m.capacity = entry.capacity;
+                    m.shared = Some((entry.holder.clone(), entry.state));
+                }
+                continue;
+            }
+            inner.members.insert(
+                entry.node.clone(),
+                Member {
+                    client: client_for(entry),
+                    region: entry.region.clone(),
+                    capacity: entry.capacity,
+                    embedded: false,
+                    incarnation: None,
+                    media_ip: None,
+                    load: LoadReport::default(),
+                    // Its link is on the holding instance, not here.
+                    linked: false,
+                    rtt: None,
+                    shared: Some((entry.holder.clone(), entry.state)),
+                },
+            );
+        }
+    }
+
+    /// Whether any node can take a new room: the embedded one, or one that is up (here or
+    /// on another instance).
+    pub fn any_up(&self) -> bool {
+        let inner = self.lock();
+        inner
+            .members
+            .keys()
+            .any(|id| state_of(&inner, id) == Some(NodeState::Up))
+    }
+
     /// The embedded node's client, if control runs one.
     pub fn embedded(&self) -> Option<Arc<dyn NodeClient>> {
         self.lock()
@@ -267,7 +375,7 @@ impl Nodes {
         &self,
         room: &RoomId,
         region: Option<&str>,
-        store: &SessionStore,
+        view: &PlacementView,
     ) -> Result<(NodeId, Arc<dyn NodeClient>), PlaceError> {
         let inner = self.lock();
         let snapshots: Vec<NodeSnapshot> = inner
@@ -277,16 +385,16 @@ impl Nodes {
                 id: id.clone(),
                 state: state_of(&inner, id).unwrap_or(NodeState::Dead),
                 region: m.region.clone(),
-                load: store.node_count(id) as u64,
+                load: view.node_counts.get(id).copied().unwrap_or(0) as u64,
                 capacity: m.capacity,
             })
             .collect();
         // Where the room lives now: the node with most of its sessions.
-        let current = store
-            .room_nodes(room.as_str())
-            .into_iter()
+        let current = view
+            .room_nodes
+            .iter()
             .max_by_key(|(node, count)| (*count, std::cmp::Reverse(node.clone())))
-            .map(|(node, _)| node);
+            .map(|(node, _)| node.clone());
         let mut request = RoomRequest::new(room);
         if let Some(node) = &current {
             request = request.on(node);
@@ -310,9 +418,12 @@ impl Nodes {
     }
 
     /// What the admin API shows.
-    pub fn views(&self, store: &SessionStore) -> Vec<NodeView> {
+    pub fn views(
+        &self,
+        counts: &std::collections::HashMap<NodeId, usize>,
+        rooms: &[(String, Vec<NodeId>)],
+    ) -> Vec<NodeView> {
         let inner = self.lock();
-        let rooms = store.rooms();
         inner
             .members
             .iter()
@@ -321,7 +432,7 @@ impl Nodes {
                 state: state_of(&inner, id).unwrap_or(NodeState::Dead).as_str(),
                 region: m.region.clone(),
                 embedded: m.embedded,
-                sessions: store.node_count(id),
+                sessions: counts.get(id).copied().unwrap_or(0),
                 rooms: rooms.iter().filter(|(_, nodes)| nodes.contains(id)).count(),
                 capacity: m.capacity,
                 load: m.load.clone(),
@@ -353,6 +464,9 @@ fn state_of(inner: &Inner, node: &NodeId) -> Option<NodeState> {
     let member = inner.members.get(node)?;
     if member.embedded {
         return Some(NodeState::Up);
+    }
+    if let Some((_, state)) = &member.shared {
+        return Some(*state);
     }
     inner.health.state(node).map(|(_, state)| state)
 }

@@ -1,8 +1,5 @@
-//! Control's own record of the sessions it created: which node, room and kind, whose token,
-//! and how many each room and identity holds (for the session caps). A session is recorded
-//! from the moment control sends its offer to a node (so an end the node reports at once is
-//! never missed) until the client deletes it or the node reports that it ended. This is the
-//! in-memory state of the embedded default.
+//! The in-memory backend of the [store](super): one control instance's sessions, counts and
+//! tracks behind one mutex. The embedded default; nothing to install.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -12,41 +9,7 @@ use sfu_core::ids::TrackId;
 use sfu_core::ids::{NodeId, SessionId, WorkerId};
 use sfu_core::proto::{HeldSession, TrackInfo};
 
-/// One session as control knows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SessionRecord {
-    pub node: NodeId,
-    pub room: String,
-    pub kind: SessionKind,
-    pub identity: String,
-    /// The worker the node put it on; `None` while the node is still answering the offer.
-    pub worker: Option<WorkerId>,
-}
-
-/// Session caps (`[limits]`); 0 means no cap.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Caps {
-    pub per_identity: usize,
-    pub per_room: usize,
-    pub total: usize,
-}
-
-/// Which cap a new session would exceed. The message names the cap's configuration key.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum CapExceeded {
-    #[error(
-        "identity {identity:?} already has {limit} sessions, the most one identity may hold \
-         (limits.max_sessions_per_identity); end one first"
-    )]
-    Identity { identity: String, limit: usize },
-    #[error("room {room:?} is full: it has {limit} sessions (limits.max_sessions_per_room)")]
-    Room { room: String, limit: usize },
-    #[error(
-        "this server is at its session limit of {limit} (limits.max_sessions); try again later \
-         or another server"
-    )]
-    Node { limit: usize },
-}
+use super::{CapExceeded, Caps, SessionRecord};
 
 /// Sessions by id, with live counts per room, per identity and in total. A mutex is fine: this
 /// is touched once per signaling request, and every operation is O(1).
@@ -299,6 +262,11 @@ impl SessionStore {
             .get(room)
             .map(|nodes| nodes.iter().map(|(n, c)| (n.clone(), *c)).collect())
             .unwrap_or_default()
+    }
+
+    /// Sessions and reservations per node.
+    pub fn node_counts(&self) -> HashMap<NodeId, usize> {
+        self.lock().per_node.clone()
     }
 
     /// Sessions and reservations on `node`.

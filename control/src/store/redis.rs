@@ -1,0 +1,926 @@
+//! The Redis backend of the [store](super): several control instances share the session
+//! index, the caps' counts, the room → node map and the node registry, and forward node
+//! requests to the instance holding a node's link over pub/sub.
+//!
+//! Key layout (one Redis, no cluster mode: the scripts touch several keys):
+//! - `sfu:session:{id}` — the session record (JSON, versioned: [`encode_record`]).
+//! - `sfu:count:identity`, `sfu:count:room`, `sfu:count:node` — hashes name → sessions;
+//!   `sfu:count:total` — sessions in all.
+//! - `sfu:room:{room}:nodes` — hash node → sessions of the room there (placement).
+//! - `sfu:room:{room}:sessions`, `sfu:node:{node}:sessions` — sets of session ids.
+//! - `sfu:rooms` — set of rooms with sessions; `sfu:tracks:{id}` — hash track → JSON.
+//! - `sfu:registry` — set of node ids; `sfu:nodeinfo:{node}` — [`RegistryEntry`] (JSON)
+//!   with a TTL, refreshed by the instance holding the node's link.
+//! - channel `sfu:instance:{instance}` — [`Envelope`]s for that instance.
+//!
+//! Every value read back is parsed; a value control did not write is
+//! [`StoreError::Corrupt`], never a panic.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use redis::AsyncCommands;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use serde::{Deserialize, Serialize};
+use sfu_core::SessionKind;
+use sfu_core::ids::{NodeId, SessionId, TrackId, WorkerId};
+use sfu_core::proto::{HeldSession, NodeError, NodeRequest, NodeResponse, TrackInfo};
+use tokio::sync::oneshot;
+
+use super::{
+    CapExceeded, Caps, PlacementView, ReserveError, SessionRecord, StoreError, StoreHealth,
+};
+use crate::cluster::NodeState;
+
+/// How long one Redis command may take before the store counts as unreachable.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Version of the values control writes; another version reads as corrupt.
+const VERSION: u8 = 1;
+
+/// Record a session, if no cap is reached: checks and counts in one step.
+const RESERVE: &str = r#"
+local function at(cap, n) return cap > 0 and n >= cap end
+if at(tonumber(ARGV[6]) or 0, tonumber(redis.call('HGET', KEYS[2], ARGV[2]) or '0') or 0) then return 'identity' end
+if at(tonumber(ARGV[7]) or 0, tonumber(redis.call('HGET', KEYS[3], ARGV[3]) or '0') or 0) then return 'room' end
+if at(tonumber(ARGV[8]) or 0, tonumber(redis.call('GET', KEYS[4]) or '0') or 0) then return 'total' end
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX') then return 'exists' end
+redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
+redis.call('HINCRBY', KEYS[3], ARGV[3], 1)
+redis.call('INCR', KEYS[4])
+redis.call('HINCRBY', KEYS[5], ARGV[4], 1)
+redis.call('HINCRBY', KEYS[6], ARGV[4], 1)
+redis.call('SADD', KEYS[7], ARGV[5])
+redis.call('SADD', KEYS[8], ARGV[5])
+redis.call('SADD', KEYS[9], ARGV[3])
+return 'ok'
+"#;
+
+/// Forget a session and release its counts, once: only the caller whose DEL removed the
+/// record releases them.
+const REMOVE: &str = r#"
+if redis.call('DEL', KEYS[1]) == 0 then return 0 end
+local function down(key, field)
+  if redis.call('HINCRBY', key, field, -1) <= 0 then redis.call('HDEL', key, field) end
+end
+down(KEYS[2], ARGV[2])
+down(KEYS[3], ARGV[3])
+if redis.call('DECR', KEYS[4]) < 0 then redis.call('SET', KEYS[4], 0) end
+down(KEYS[5], ARGV[4])
+down(KEYS[6], ARGV[4])
+redis.call('SREM', KEYS[7], ARGV[5])
+redis.call('SREM', KEYS[8], ARGV[5])
+if redis.call('EXISTS', KEYS[6]) == 0 then redis.call('SREM', KEYS[9], ARGV[3]) end
+redis.call('DEL', KEYS[10])
+return 1
+"#;
+
+const COUNT_IDENTITY: &str = "sfu:count:identity";
+const COUNT_ROOM: &str = "sfu:count:room";
+const COUNT_TOTAL: &str = "sfu:count:total";
+const COUNT_NODE: &str = "sfu:count:node";
+const ROOMS: &str = "sfu:rooms";
+const REGISTRY: &str = "sfu:registry";
+
+fn session_key(id: SessionId) -> String {
+    format!("sfu:session:{id}")
+}
+fn room_nodes_key(room: &str) -> String {
+    format!("sfu:room:{room}:nodes")
+}
+fn room_sessions_key(room: &str) -> String {
+    format!("sfu:room:{room}:sessions")
+}
+fn node_sessions_key(node: &NodeId) -> String {
+    format!("sfu:node:{node}:sessions")
+}
+fn tracks_key(id: SessionId) -> String {
+    format!("sfu:tracks:{id}")
+}
+fn node_info_key(node: &str) -> String {
+    format!("sfu:nodeinfo:{node}")
+}
+/// The pub/sub channel of control instance `instance`.
+pub fn instance_channel(instance: &str) -> String {
+    format!("sfu:instance:{instance}")
+}
+
+/// The session record as stored.
+#[derive(Debug, Serialize, Deserialize)]
+struct WireRecord {
+    v: u8,
+    node: String,
+    room: String,
+    kind: SessionKind,
+    identity: String,
+    worker: Option<WorkerId>,
+}
+
+/// A session record as written to Redis.
+pub fn encode_record(record: &SessionRecord) -> String {
+    let wire = WireRecord {
+        v: VERSION,
+        node: record.node.to_string(),
+        room: record.room.clone(),
+        kind: record.kind,
+        identity: record.identity.clone(),
+        worker: record.worker,
+    };
+    serde_json::to_string(&wire).unwrap_or_default()
+}
+
+/// A session record read from Redis; anything control did not write is an error.
+pub fn decode_record(bytes: &[u8]) -> Result<SessionRecord, StoreError> {
+    let wire: WireRecord = serde_json::from_slice(bytes)
+        .map_err(|e| StoreError::Corrupt(format!("session record: {e}")))?;
+    if wire.v != VERSION {
+        return Err(StoreError::Corrupt(format!(
+            "session record version {} (this control writes {VERSION})",
+            wire.v
+        )));
+    }
+    let node = wire
+        .node
+        .parse::<NodeId>()
+        .map_err(|e| StoreError::Corrupt(format!("session record node: {e}")))?;
+    Ok(SessionRecord {
+        node,
+        room: wire.room,
+        kind: wire.kind,
+        identity: wire.identity,
+        worker: wire.worker,
+    })
+}
+
+/// A count read from Redis (a decimal integer; a negative one reads as 0).
+pub fn decode_count(bytes: &[u8]) -> Result<usize, StoreError> {
+    std::str::from_utf8(bytes)
+        .ok()
+        .and_then(|s| s.trim().parse::<i64>().ok())
+        .map(|n| usize::try_from(n).unwrap_or(0))
+        .ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "a count is not a number: {:?}",
+                String::from_utf8_lossy(&bytes[..bytes.len().min(40)])
+            ))
+        })
+}
+
+fn decode_node(bytes: &[u8]) -> Result<NodeId, StoreError> {
+    std::str::from_utf8(bytes)
+        .ok()
+        .and_then(|s| s.parse::<NodeId>().ok())
+        .ok_or_else(|| StoreError::Corrupt("a node id is not one".into()))
+}
+
+fn decode_session_id(bytes: &[u8]) -> Result<SessionId, StoreError> {
+    std::str::from_utf8(bytes)
+        .ok()
+        .and_then(|s| s.parse::<SessionId>().ok())
+        .ok_or_else(|| StoreError::Corrupt("a session id is not one".into()))
+}
+
+/// One node in the shared registry: which instance holds its link, and what placement needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryEntry {
+    pub node: NodeId,
+    /// The control instance holding the node's link.
+    pub holder: String,
+    pub region: Option<String>,
+    pub capacity: u64,
+    pub state: NodeState,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct WireEntry {
+    v: u8,
+    node: String,
+    holder: String,
+    region: Option<String>,
+    capacity: u64,
+    state: String,
+}
+
+pub fn encode_entry(entry: &RegistryEntry) -> String {
+    serde_json::to_string(&WireEntry {
+        v: VERSION,
+        node: entry.node.to_string(),
+        holder: entry.holder.clone(),
+        region: entry.region.clone(),
+        capacity: entry.capacity,
+        state: entry.state.as_str().to_string(),
+    })
+    .unwrap_or_default()
+}
+
+pub fn decode_entry(bytes: &[u8]) -> Result<RegistryEntry, StoreError> {
+    let wire: WireEntry = serde_json::from_slice(bytes)
+        .map_err(|e| StoreError::Corrupt(format!("registry entry: {e}")))?;
+    if wire.v != VERSION {
+        return Err(StoreError::Corrupt(format!(
+            "registry entry version {}",
+            wire.v
+        )));
+    }
+    let state = [
+        NodeState::Up,
+        NodeState::Suspect,
+        NodeState::Dead,
+        NodeState::Draining,
+    ]
+    .into_iter()
+    .find(|s| s.as_str() == wire.state)
+    .ok_or_else(|| StoreError::Corrupt(format!("registry entry state {:?}", wire.state)))?;
+    Ok(RegistryEntry {
+        node: wire
+            .node
+            .parse()
+            .map_err(|e| StoreError::Corrupt(format!("registry entry node: {e}")))?,
+        holder: wire.holder,
+        region: wire.region,
+        capacity: wire.capacity,
+        state,
+    })
+}
+
+/// A message on an instance's channel: a node request to carry out, or the answer to one.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Envelope {
+    Request {
+        id: u64,
+        /// The channel to publish the response on.
+        reply: String,
+        node: NodeId,
+        request: NodeRequest,
+    },
+    Response {
+        id: u64,
+        response: NodeResponse,
+    },
+}
+
+pub fn decode_envelope(bytes: &[u8]) -> Result<Envelope, StoreError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| StoreError::Corrupt(format!("forwarded message: {e}")))
+}
+
+fn store_error(e: redis::RedisError) -> StoreError {
+    match e.kind() {
+        redis::ErrorKind::Parse | redis::ErrorKind::UnexpectedReturnType => {
+            StoreError::Corrupt(e.to_string())
+        }
+        _ => StoreError::Unreachable(e.to_string()),
+    }
+}
+
+/// Serves node requests forwarded from other instances: (node, request) → response.
+pub type ForwardHandler = Arc<
+    dyn Fn(NodeId, NodeRequest) -> std::pin::Pin<Box<dyn Future<Output = NodeResponse> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// The Redis store; cheap to clone (one connection shared, reconnecting by itself).
+#[derive(Debug, Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: redis::Client,
+    conn: ConnectionManager,
+    /// This control instance's name (random per start) and its channel.
+    instance: String,
+    health: StoreHealth,
+    pending: Mutex<HashMap<u64, oneshot::Sender<NodeResponse>>>,
+    next_request: AtomicU64,
+    reserve: redis::Script,
+    remove: redis::Script,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("instance", &self.instance)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStore {
+    /// A store on `url` (`redis://HOST:PORT[/DB]`). Connects lazily: control starts even while
+    /// Redis is down, and every call until it answers is [`StoreError::Unreachable`].
+    pub fn open(url: &str, instance: String) -> Result<Self, StoreError> {
+        let client = redis::Client::open(url)
+            .map_err(|e| StoreError::Unreachable(format!("bad URL {url:?}: {e}")))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(COMMAND_TIMEOUT))
+            .set_response_timeout(Some(COMMAND_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let conn =
+            ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(store_error)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                client,
+                conn,
+                instance,
+                health: StoreHealth::default(),
+                pending: Mutex::new(HashMap::new()),
+                next_request: AtomicU64::new(1),
+                reserve: redis::Script::new(RESERVE),
+                remove: redis::Script::new(REMOVE),
+            }),
+        })
+    }
+
+    /// This control instance's name in the registry.
+    pub fn instance(&self) -> &str {
+        &self.inner.instance
+    }
+
+    pub fn health(&self) -> &StoreHealth {
+        &self.inner.health
+    }
+
+    fn conn(&self) -> ConnectionManager {
+        self.inner.conn.clone()
+    }
+
+    /// Note a call's outcome in the health figures and pass it on.
+    fn noted<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        self.inner.health.note(&result);
+        if let Err(e) = &result {
+            tracing::debug!(error = %e, "store call failed");
+        }
+        result
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let result: Result<String, _> = redis::cmd("PING").query_async(&mut self.conn()).await;
+        self.noted(result.map(|_| ()).map_err(store_error))
+    }
+
+    pub(super) async fn reserve(
+        &self,
+        id: SessionId,
+        record: SessionRecord,
+        caps: Caps,
+    ) -> Result<Reservation, ReserveError> {
+        let outcome = self.run_reserve(id, &record, caps).await;
+        let outcome = self.noted(outcome)?;
+        match outcome.as_str() {
+            "ok" | "exists" => Ok(Reservation {
+                store: self.clone(),
+                id,
+                record: Some(record),
+            }),
+            "identity" => Err(CapExceeded::Identity {
+                identity: record.identity,
+                limit: caps.per_identity,
+            }
+            .into()),
+            "room" => Err(CapExceeded::Room {
+                room: record.room,
+                limit: caps.per_room,
+            }
+            .into()),
+            "total" => Err(CapExceeded::Node { limit: caps.total }.into()),
+            other => Err(StoreError::Corrupt(format!("reserve answered {other:?}")).into()),
+        }
+    }
+
+    async fn run_reserve(
+        &self,
+        id: SessionId,
+        record: &SessionRecord,
+        caps: Caps,
+    ) -> Result<String, StoreError> {
+        self.inner
+            .reserve
+            .key(session_key(id))
+            .key(COUNT_IDENTITY)
+            .key(COUNT_ROOM)
+            .key(COUNT_TOTAL)
+            .key(COUNT_NODE)
+            .key(room_nodes_key(&record.room))
+            .key(room_sessions_key(&record.room))
+            .key(node_sessions_key(&record.node))
+            .key(ROOMS)
+            .arg(encode_record(record))
+            .arg(&record.identity)
+            .arg(&record.room)
+            .arg(record.node.to_string())
+            .arg(id.to_string())
+            .arg(caps.per_identity)
+            .arg(caps.per_room)
+            .arg(caps.total)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(store_error)
+    }
+
+    pub(super) async fn get(&self, id: SessionId) -> Result<Option<SessionRecord>, StoreError> {
+        let result: Result<Option<Vec<u8>>, _> = self.conn().get(session_key(id)).await;
+        let result = result
+            .map_err(store_error)
+            .and_then(|v| v.map(|b| decode_record(&b)).transpose());
+        self.noted(result)
+    }
+
+    /// Forget `id` (only if it is on `node`, when given).
+    pub(super) async fn remove(
+        &self,
+        id: SessionId,
+        node: Option<&NodeId>,
+    ) -> Result<Option<SessionRecord>, StoreError> {
+        let Some(record) = self.get(id).await? else {
+            return Ok(None);
+        };
+        if node.is_some_and(|n| *n != record.node) {
+            return Ok(None);
+        }
+        let removed: Result<i64, _> = self
+            .inner
+            .remove
+            .key(session_key(id))
+            .key(COUNT_IDENTITY)
+            .key(COUNT_ROOM)
+            .key(COUNT_TOTAL)
+            .key(COUNT_NODE)
+            .key(room_nodes_key(&record.room))
+            .key(room_sessions_key(&record.room))
+            .key(node_sessions_key(&record.node))
+            .key(ROOMS)
+            .key(tracks_key(id))
+            .arg(&record.identity)
+            .arg(&record.room)
+            .arg(record.node.to_string())
+            .arg(id.to_string())
+            .invoke_async(&mut self.conn())
+            .await;
+        let removed = self.noted(removed.map_err(store_error))?;
+        Ok((removed == 1).then_some(record))
+    }
+
+    async fn members(&self, key: String) -> Result<Vec<Vec<u8>>, StoreError> {
+        let result: Result<Vec<Vec<u8>>, _> = self.conn().smembers(key).await;
+        self.noted(result.map_err(store_error))
+    }
+
+    async fn node_sessions(&self, node: &NodeId) -> Result<Vec<SessionId>, StoreError> {
+        self.members(node_sessions_key(node))
+            .await?
+            .iter()
+            .map(|b| decode_session_id(b))
+            .collect()
+    }
+
+    pub(super) async fn remove_node(&self, node: &NodeId) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        for id in self.node_sessions(node).await? {
+            if self.remove(id, Some(node)).await?.is_some() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    pub(super) async fn reconcile(
+        &self,
+        node: &NodeId,
+        held: &[HeldSession],
+    ) -> Result<(usize, usize), StoreError> {
+        let holds: HashSet<SessionId> = held.iter().map(|h| h.session).collect();
+        let known = self.node_sessions(node).await?;
+        let mut forgotten = 0;
+        for id in known.iter().filter(|id| !holds.contains(id)) {
+            if self.remove(*id, Some(node)).await?.is_some() {
+                forgotten += 1;
+            }
+        }
+        let known: HashSet<SessionId> = known.into_iter().collect();
+        let mut adopted = 0;
+        for h in held.iter().filter(|h| !known.contains(&h.session)) {
+            let record = SessionRecord {
+                node: node.clone(),
+                room: h.room.as_str().to_string(),
+                kind: h.kind,
+                identity: h.identity.clone(),
+                worker: None,
+            };
+            if self
+                .run_reserve(h.session, &record, Caps::default())
+                .await?
+                == "ok"
+            {
+                adopted += 1;
+            }
+        }
+        Ok((forgotten, adopted))
+    }
+
+    pub(super) async fn track_published(
+        &self,
+        node: &NodeId,
+        track: TrackInfo,
+    ) -> Result<(), StoreError> {
+        let session = track.track.session;
+        if self.get(session).await?.is_none_or(|r| r.node != *node) {
+            return Ok(());
+        }
+        let json = serde_json::to_string(&track).unwrap_or_default();
+        let result: Result<(), _> = self
+            .conn()
+            .hset(tracks_key(session), track.track.to_string(), json)
+            .await;
+        self.noted(result.map_err(store_error))
+    }
+
+    pub(super) async fn track_unpublished(
+        &self,
+        node: &NodeId,
+        track: TrackId,
+    ) -> Result<(), StoreError> {
+        if self
+            .get(track.session)
+            .await?
+            .is_none_or(|r| r.node != *node)
+        {
+            return Ok(());
+        }
+        let result: Result<(), _> = self
+            .conn()
+            .hdel(tracks_key(track.session), track.to_string())
+            .await;
+        self.noted(result.map_err(store_error))
+    }
+
+    pub(super) async fn room(
+        &self,
+        room: &str,
+    ) -> Result<(Vec<(SessionId, SessionRecord)>, Vec<TrackInfo>), StoreError> {
+        let mut sessions = Vec::new();
+        let mut tracks = Vec::new();
+        let mut ids: Vec<SessionId> = self
+            .members(room_sessions_key(room))
+            .await?
+            .iter()
+            .map(|b| decode_session_id(b))
+            .collect::<Result<_, _>>()?;
+        ids.sort();
+        for id in ids {
+            let Some(record) = self.get(id).await? else {
+                continue;
+            };
+            let values: Result<Vec<Vec<u8>>, _> = self.conn().hvals(tracks_key(id)).await;
+            for value in self.noted(values.map_err(store_error))? {
+                tracks.push(
+                    serde_json::from_slice::<TrackInfo>(&value)
+                        .map_err(|e| StoreError::Corrupt(format!("track: {e}")))?,
+                );
+            }
+            sessions.push((id, record));
+        }
+        Ok((sessions, tracks))
+    }
+
+    async fn counts(&self, key: String) -> Result<Vec<(NodeId, usize)>, StoreError> {
+        let result: Result<Vec<(Vec<u8>, Vec<u8>)>, _> = self.conn().hgetall(key).await;
+        self.noted(result.map_err(store_error))?
+            .iter()
+            .map(|(node, count)| Ok((decode_node(node)?, decode_count(count)?)))
+            .collect()
+    }
+
+    pub(super) async fn placement_view(&self, room: &str) -> Result<PlacementView, StoreError> {
+        let room_nodes = if room.is_empty() {
+            Vec::new()
+        } else {
+            self.counts(room_nodes_key(room)).await?
+        };
+        let node_counts = self
+            .counts(COUNT_NODE.to_string())
+            .await?
+            .into_iter()
+            .collect();
+        Ok(PlacementView {
+            room_nodes,
+            node_counts,
+        })
+    }
+
+    pub(super) async fn rooms(&self) -> Result<Vec<(String, Vec<NodeId>)>, StoreError> {
+        let mut rooms = Vec::new();
+        for room in self.members(ROOMS.to_string()).await? {
+            let room = String::from_utf8(room)
+                .map_err(|_| StoreError::Corrupt("a room name is not UTF-8".into()))?;
+            let mut nodes: Vec<NodeId> = self
+                .counts(room_nodes_key(&room))
+                .await?
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect();
+            if nodes.is_empty() {
+                continue;
+            }
+            nodes.sort();
+            rooms.push((room, nodes));
+        }
+        rooms.sort();
+        Ok(rooms)
+    }
+
+    pub(super) async fn total(&self) -> Result<usize, StoreError> {
+        let result: Result<Option<Vec<u8>>, _> = self.conn().get(COUNT_TOTAL).await;
+        let result = result
+            .map_err(store_error)
+            .and_then(|v| v.map_or(Ok(0), |b| decode_count(&b)));
+        self.noted(result)
+    }
+
+    /// Announce the nodes this instance holds, each for `ttl` (refresh well before it ends).
+    pub async fn publish_nodes(
+        &self,
+        entries: &[RegistryEntry],
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return self.ping().await;
+        }
+        let mut pipe = redis::pipe();
+        for entry in entries {
+            let id = entry.node.to_string();
+            pipe.cmd("SET")
+                .arg(node_info_key(&id))
+                .arg(encode_entry(entry))
+                .arg("PX")
+                .arg(ttl.as_millis().max(1) as u64)
+                .ignore()
+                .sadd(REGISTRY, &id)
+                .ignore();
+        }
+        let result: Result<(), _> = pipe.query_async(&mut self.conn()).await;
+        self.noted(result.map_err(store_error))
+    }
+
+    /// Every node some instance announced and whose announcement has not expired. Entries
+    /// that cannot be read are skipped (and logged): one bad value must not hide the others.
+    pub async fn registry(&self) -> Result<Vec<RegistryEntry>, StoreError> {
+        let ids = self.members(REGISTRY.to_string()).await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = ids
+            .iter()
+            .map(|id| node_info_key(&String::from_utf8_lossy(id)))
+            .collect();
+        let values: Result<Vec<Option<Vec<u8>>>, _> = redis::cmd("MGET")
+            .arg(&keys)
+            .query_async(&mut self.conn())
+            .await;
+        let values = self.noted(values.map_err(store_error))?;
+        let mut entries = Vec::new();
+        let mut expired = Vec::new();
+        for (id, value) in ids.iter().zip(values) {
+            match value.map(|v| decode_entry(&v)) {
+                Some(Ok(entry)) => entries.push(entry),
+                Some(Err(e)) => {
+                    self.inner.health.note::<()>(&Err(e.clone()));
+                    tracing::warn!(error = %e, "skipping a node registry entry");
+                }
+                None => expired.push(id.clone()),
+            }
+        }
+        if !expired.is_empty() {
+            let result: Result<(), _> = self.conn().srem(REGISTRY, expired).await;
+            self.noted(result.map_err(store_error))?;
+        }
+        Ok(entries)
+    }
+
+    /// Carry `request` to `node` through the instance `holder` that holds its link, and wait
+    /// up to `timeout` for the answer. Failures come back as `NodeError::Stopped`, as from a
+    /// lost link.
+    pub async fn forward(
+        &self,
+        holder: &str,
+        node: &NodeId,
+        request: NodeRequest,
+        timeout: Duration,
+    ) -> NodeResponse {
+        let id = self.inner.next_request.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.lock_pending().insert(id, tx);
+        let envelope = Envelope::Request {
+            id,
+            reply: instance_channel(&self.inner.instance),
+            node: node.clone(),
+            request,
+        };
+        let sent = self.publish(&instance_channel(holder), &envelope).await;
+        let response = match sent {
+            Ok(0) => {
+                tracing::warn!(%node, holder, "no control instance listens on the node holder's channel");
+                None
+            }
+            Ok(_) => tokio::time::timeout(timeout, rx)
+                .await
+                .ok()
+                .and_then(Result::ok),
+            Err(e) => {
+                tracing::warn!(%node, holder, error = %e, "cannot forward a node request");
+                None
+            }
+        };
+        self.lock_pending().remove(&id);
+        response.unwrap_or(NodeResponse::Error(NodeError::Stopped))
+    }
+
+    fn lock_pending(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<NodeResponse>>> {
+        self.inner.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn publish(&self, channel: &str, envelope: &Envelope) -> Result<usize, StoreError> {
+        let payload = serde_json::to_vec(envelope).unwrap_or_default();
+        let result: Result<usize, _> = self.conn().publish(channel, payload).await;
+        self.noted(result.map_err(store_error))
+    }
+
+    /// Listen on this instance's channel until the process ends: requests forwarded by other
+    /// instances go to `handler` and are answered on their reply channel; answers to this
+    /// instance's forwards go to their waiting callers. Reconnects by itself.
+    pub async fn serve_forwarded(self, handler: ForwardHandler) {
+        let channel = instance_channel(&self.inner.instance);
+        loop {
+            let pubsub = match self.inner.client.get_async_pubsub().await {
+                Ok(mut pubsub) => match pubsub.subscribe(&channel).await {
+                    Ok(()) => Some(pubsub),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "cannot subscribe to the instance channel");
+                        None
+                    }
+                },
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot open a pub/sub connection");
+                    None
+                }
+            };
+            let Some(pubsub) = pubsub else {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            };
+            tracing::info!(%channel, "listening for forwarded node requests");
+            let mut messages = pubsub.into_on_message();
+            while let Some(message) = messages.next().await {
+                match decode_envelope(message.get_payload_bytes()) {
+                    Ok(Envelope::Request {
+                        id,
+                        reply,
+                        node,
+                        request,
+                    }) => {
+                        let (store, handler) = (self.clone(), handler.clone());
+                        tokio::spawn(async move {
+                            let response = handler(node, request).await;
+                            let _ = store
+                                .publish(&reply, &Envelope::Response { id, response })
+                                .await;
+                        });
+                    }
+                    Ok(Envelope::Response { id, response }) => {
+                        if let Some(tx) = self.lock_pending().remove(&id) {
+                            let _ = tx.send(response);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "dropping a message on the instance channel")
+                    }
+                }
+            }
+            tracing::warn!(%channel, "pub/sub connection lost; reconnecting");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
+
+/// A session reserved in Redis; released (in a task) when dropped uncommitted.
+#[derive(Debug)]
+pub struct Reservation {
+    store: RedisStore,
+    id: SessionId,
+    /// `None` once committed.
+    record: Option<SessionRecord>,
+}
+
+impl Reservation {
+    pub(super) async fn commit(mut self, worker: WorkerId) -> bool {
+        let Some(mut record) = self.record.take() else {
+            return false;
+        };
+        record.worker = Some(worker);
+        // XX: only if the record is still there (the node may have ended it already).
+        let result: Result<Option<String>, _> = redis::cmd("SET")
+            .arg(session_key(self.id))
+            .arg(encode_record(&record))
+            .arg("XX")
+            .query_async(&mut self.store.conn())
+            .await;
+        matches!(self.store.noted(result.map_err(store_error)), Ok(Some(_)))
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.record.take().is_some() {
+            let (store, id) = (self.store.clone(), self.id);
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    if let Err(e) = store.remove(id, None).await {
+                        tracing::warn!(session = %id, error = %e, "cannot release a reservation");
+                    }
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn record() -> SessionRecord {
+        SessionRecord {
+            node: "n1".parse().expect("node id"),
+            room: "room-1".into(),
+            kind: SessionKind::Subscribe,
+            identity: "alice \"|\" ✓".into(),
+            worker: Some(WorkerId(3)),
+        }
+    }
+
+    #[test]
+    fn a_record_reads_back_as_written() {
+        assert_eq!(
+            decode_record(encode_record(&record()).as_bytes()),
+            Ok(record())
+        );
+    }
+
+    #[test]
+    fn another_version_or_a_bad_node_is_an_error() {
+        let text = encode_record(&record()).replace("\"v\":1", "\"v\":9");
+        assert!(matches!(
+            decode_record(text.as_bytes()),
+            Err(StoreError::Corrupt(_))
+        ));
+        let text = encode_record(&record()).replace("\"n1\"", "\"bad node id!\"");
+        assert!(matches!(
+            decode_record(text.as_bytes()),
+            Err(StoreError::Corrupt(_))
+        ));
+        assert!(decode_count(b"12x").is_err());
+        assert_eq!(decode_count(b"-3"), Ok(0));
+        assert_eq!(decode_count(b"42"), Ok(42));
+    }
+
+    #[test]
+    fn a_registry_entry_reads_back_as_written() {
+        let entry = RegistryEntry {
+            node: "n2".parse().expect("node id"),
+            holder: "abc".into(),
+            region: Some("eu".into()),
+            capacity: 100,
+            state: NodeState::Draining,
+        };
+        assert_eq!(decode_entry(encode_entry(&entry).as_bytes()), Ok(entry));
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = decode_record(&bytes);
+            let _ = decode_entry(&bytes);
+            let _ = decode_envelope(&bytes);
+            let _ = decode_count(&bytes);
+            let _ = decode_node(&bytes);
+            let _ = decode_session_id(&bytes);
+        }
+
+        #[test]
+        fn mangled_records_never_panic(cut in 0usize..200, byte in any::<u8>()) {
+            let mut bytes = encode_record(&record()).into_bytes();
+            let at = cut.min(bytes.len().saturating_sub(1));
+            bytes[at] = byte;
+            let _ = decode_record(&bytes);
+            bytes.truncate(cut);
+            let _ = decode_record(&bytes);
+        }
+    }
+}

@@ -1,0 +1,356 @@
+//! Two control instances sharing one Redis (`[store] redis_url`) behave as one: a session
+//! created through one is deleted through the other, a subscriber through the other reaches a
+//! room whose node holds its link to the first, and a Redis outage refuses new sessions
+//! (503 naming the store, `/readyz` 503, `/healthz` 200) while existing media continues, until
+//! Redis answers again. Needs `redis-server` (Debian package `redis-server`).
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use sfu_core::ids::SessionId;
+use sfu_core::uplink::{self, UplinkConfig};
+use sfu_core::{Node, NodeConfig};
+use support::{Server, candidate_ports, expect_media, wait_until};
+use tokio::sync::watch;
+use tools::PayloadKind::{Audio, Video};
+use tools::VideoConfig;
+use tools::token::{Grants, dev_token};
+use tools::whip::{Endpoint, HttpRequest, HttpResponse, Method};
+
+const SECRET: &str = "cluster secret for the tests";
+
+/// A `redis-server` on a fixed port, without persistence; killed on drop.
+struct Redis {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let mut redis = Redis { port, child: None };
+        redis.restart();
+        redis
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Start (again) on the same port.
+    fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run redis-server ({e}): this test needs it; install it with \
+                     `apt-get install redis-server`"
+                )
+            });
+        self.child = Some(child);
+        assert!(
+            wait_until(Duration::from_secs(10), || self.answers()),
+            "redis-server did not answer PING on port {} within 10 s",
+            self.port
+        );
+    }
+
+    fn answers(&self) -> bool {
+        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+        let mut reply = [0u8; 7];
+        stream.write_all(b"PING\r\n").is_ok()
+            && stream.read_exact(&mut reply).is_ok()
+            && &reply == b"+PONG\r\n"
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A media node in this process, joined to one control instance like `sfu run`.
+struct TestNode {
+    node: Arc<Node>,
+    ports: std::collections::BTreeSet<u16>,
+    stop: watch::Sender<bool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl TestNode {
+    fn start(id: &str, control: &str, cert: &Path) -> TestNode {
+        let config = NodeConfig {
+            id: id.parse().expect("node id"),
+            workers: 1,
+            media_port_base: 54000,
+            media_port_scan: true,
+            pin_workers: false,
+            ..NodeConfig::default()
+        };
+        let node = Arc::new(Node::start(config).expect("node starts"));
+        let ports = node.ports().into_iter().collect();
+        let events = node.take_events().expect("events");
+        let uplink = UplinkConfig {
+            control: control.to_string(),
+            secret: SECRET.to_string(),
+            control_cert: cert.to_path_buf(),
+            region: None,
+        };
+        let (stop, stop_rx) = watch::channel(false);
+        let running = node.clone();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                uplink::run(running, uplink, events, stop_rx)
+                    .await
+                    .expect("uplink runs");
+            });
+        });
+        TestNode {
+            node,
+            ports,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn holds(&self, session: SessionId) -> bool {
+        self.node
+            .held_sessions()
+            .iter()
+            .any(|h| h.session == session)
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> TempDir {
+        let path = std::env::temp_dir().join(format!(
+            "control-store-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(&path).expect("temp dir");
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A `control serve` with `[cluster]` and `[store] redis_url`; both instances use the same
+/// certificate files, so a node trusts either.
+fn instance(redis: &Redis, dir: &TempDir) -> Server {
+    let cert = dir.0.join("cert.pem").display().to_string();
+    let key = dir.0.join("key.pem").display().to_string();
+    let url = redis.url();
+    Server::start_serve(
+        &[
+            ("SFU__AUTH__DEV", "true"),
+            ("SFU__CLUSTER__LISTEN", "127.0.0.1:0"),
+            ("SFU__CLUSTER__SECRET", SECRET),
+            ("SFU__CLUSTER__TLS_CERT", &cert),
+            ("SFU__CLUSTER__TLS_KEY", &key),
+            ("SFU__STORE__REDIS_URL", &url),
+            ("SFU__STORE__NODE_TTL_MS", "3000"),
+            // The test makes many offers from one address.
+            ("SFU__LIMITS__SIGNALING_RATE_PER_SEC", "0"),
+        ],
+        &[],
+    )
+}
+
+fn offer(server: &Server, room: &str) -> HttpResponse {
+    let token = dev_token(room, "late", Grants::PUBLISH).expect("token");
+    let sdp = tools::sample_offer(Endpoint::Whip).expect("offer");
+    server
+        .client
+        .request(&HttpRequest {
+            method: Method::Post,
+            target: &format!("/whip/{room}"),
+            content_type: Some("application/sdp"),
+            bearer: Some(&token),
+            body: sdp.as_bytes(),
+        })
+        .expect("POST")
+}
+
+fn get(server: &Server, path: &str) -> HttpResponse {
+    server
+        .client
+        .request(&HttpRequest {
+            method: Method::Get,
+            target: path,
+            content_type: None,
+            bearer: None,
+            body: &[],
+        })
+        .expect("GET")
+}
+
+fn up_nodes(server: &Server) -> f64 {
+    server
+        .metrics()
+        .sum_where("sfu_cluster_nodes", &[("state", "up")])
+}
+
+fn session_of(location: &str) -> SessionId {
+    location
+        .rsplit('/')
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no session id in {location:?}"))
+}
+
+#[test]
+fn two_instances_share_sessions_and_ride_out_a_redis_restart() {
+    let mut redis = Redis::start();
+    let dir = TempDir::new();
+    let a = instance(&redis, &dir);
+    let b = instance(&redis, &dir);
+    let control_a = a
+        .log_line("cluster: ")
+        .expect("A prints its cluster address");
+    let node = TestNode::start("n1", &control_a, &dir.0.join("cert.pem"));
+    assert!(
+        wait_until(Duration::from_secs(15), || up_nodes(&a) == 1.0
+            && up_nodes(&b) == 1.0),
+        "n1 is up on A (its link) and on B (through the registry): A {} / B {}\n{}",
+        up_nodes(&a),
+        up_nodes(&b),
+        b.log_tail(30)
+    );
+    assert_eq!(get(&a, "/readyz").status, 200);
+    assert_eq!(get(&b, "/readyz").status, 200);
+
+    // A room published through A, watched through B: B forwards the offer to A's node.
+    let publisher = a.publish("shared", true, Some(VideoConfig::default()));
+    let subscriber = b.subscribe("shared");
+    expect_media(&subscriber, Audio, "subscriber through B");
+    expect_media(&subscriber, Video, "subscriber through B");
+    assert!(candidate_ports(subscriber.answer()).is_subset(&node.ports));
+    assert!(candidate_ports(publisher.answer()).is_subset(&node.ports));
+
+    // A session created through A is deleted through B.
+    let doomed = a.publish("doomed", true, None);
+    let session = session_of(doomed.location());
+    assert!(node.holds(session));
+    let token = dev_token("doomed", "publisher", Grants::PUBLISH).expect("token");
+    let deleted = b.delete(doomed.location(), &token);
+    assert_eq!(deleted.status, 200, "{deleted:?}\n{}", b.log_tail(30));
+    assert!(
+        wait_until(Duration::from_secs(5), || !node.holds(session)),
+        "the node ended the session B deleted"
+    );
+    assert_eq!(
+        a.delete(doomed.location(), &token).status,
+        404,
+        "gone for A too"
+    );
+
+    // Redis stops: new sessions are refused with a message naming the store, liveness holds,
+    // readiness does not, and the media already flowing continues.
+    redis.stop();
+    let refused = offer(&a, "later");
+    assert_eq!(refused.status, 503, "{refused:?}");
+    assert!(
+        refused
+            .body
+            .contains("state store is unreachable (store.redis_url)"),
+        "{refused:?}"
+    );
+    assert_eq!(offer(&b, "later").status, 503);
+    assert_eq!(get(&a, "/healthz").status, 200);
+    assert_eq!(get(&b, "/healthz").status, 200);
+    let not_ready = get(&a, "/readyz");
+    assert_eq!(not_ready.status, 503, "{not_ready:?}");
+    assert!(not_ready.body.contains("state store"), "{not_ready:?}");
+    let metrics = a.metrics();
+    assert_eq!(metrics.sum_where("sfu_store_up", &[]), 0.0);
+    assert!(metrics.sum_where("sfu_store_errors_total", &[]) > 0.0);
+    let before = subscriber.packets(Audio);
+    assert!(
+        wait_until(Duration::from_secs(5), || subscriber.packets(Audio)
+            > before + 20),
+        "media continues while Redis is down"
+    );
+    // A few registry periods pass: the node is not dropped for the outage.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(up_nodes(&a), 1.0);
+    assert_eq!(up_nodes(&b), 1.0);
+
+    // Redis is back (empty): both instances serve new sessions again by themselves.
+    redis.restart();
+    for (name, server) in [("A", &a), ("B", &b)] {
+        let mut last = None;
+        let served = wait_until(Duration::from_secs(30), || {
+            let response = offer(server, "after");
+            let ok = response.status == 201;
+            last = Some(response);
+            ok
+        });
+        assert!(
+            served,
+            "{name} serves offers after Redis restarted: {last:?}\n{}",
+            server.log_tail(30)
+        );
+    }
+    assert_eq!(get(&a, "/readyz").status, 200);
+    assert!(a.metrics().sum_where("sfu_store_up", &[]) == 1.0);
+    let after = subscriber.packets(Audio);
+    assert!(
+        wait_until(Duration::from_secs(5), || subscriber.packets(Audio) > after),
+        "media still flows after the outage"
+    );
+    drop(publisher);
+}
