@@ -4,16 +4,11 @@
 
 mod support;
 
-use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use sfu_core::uplink::{self, UplinkConfig};
-use sfu_core::{Node, NodeConfig};
+use support::cluster::{TempDir, TestNode};
 use support::{Server, candidate_ports, expect_media, wait_until};
-use tokio::sync::watch;
 use tools::PayloadKind::{Audio, Video};
 use tools::VideoConfig;
 use tools::token::{Grants, dev_token};
@@ -24,65 +19,6 @@ const SECRET: &str = "cluster secret for the tests";
 /// second).
 const SUSPECT_MS: &str = "1500";
 const DEAD_MS: &str = "2500";
-
-/// A media node in this process, joined to control like `sfu run`.
-struct TestNode {
-    node: Arc<Node>,
-    ports: BTreeSet<u16>,
-    stop: watch::Sender<bool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl TestNode {
-    fn start(id: &str, control: &str, cert: &Path, secret: &str) -> TestNode {
-        let config = NodeConfig {
-            id: id.parse().expect("node id"),
-            workers: 1,
-            media_port_base: 53000,
-            media_port_scan: true,
-            pin_workers: false,
-            ..NodeConfig::default()
-        };
-        let node = Arc::new(Node::start(config).expect("node starts"));
-        let ports = node.ports().into_iter().collect();
-        let events = node.take_events().expect("events");
-        let uplink = UplinkConfig {
-            control: control.to_string(),
-            secret: secret.to_string(),
-            control_cert: cert.to_path_buf(),
-            region: None,
-        };
-        let (stop, stop_rx) = watch::channel(false);
-        let handle = node.clone();
-        let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async move {
-                uplink::run(node, uplink, events, stop_rx)
-                    .await
-                    .expect("uplink runs");
-            });
-        });
-        TestNode {
-            node: handle,
-            ports,
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for TestNode {
-    /// Stops the link and the node at once, without telling control (as a crash would).
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
 
 struct Cluster {
     server: Server,
@@ -408,25 +344,4 @@ fn a_wrong_secret_and_a_taken_id_are_refused() {
         c.server.log_tail(30)
     );
     assert_eq!(nodes_in(&c.server, "up"), 1.0);
-}
-
-/// A directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        let path = std::env::temp_dir().join(format!(
-            "control-cluster-{}-{}",
-            std::process::id(),
-            rand::random::<u64>()
-        ));
-        std::fs::create_dir_all(&path).expect("temp dir");
-        TempDir(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }

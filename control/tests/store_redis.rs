@@ -8,17 +8,12 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use sfu_core::ids::SessionId;
-use sfu_core::uplink::{self, UplinkConfig};
-use sfu_core::{Node, NodeConfig};
+use support::cluster::{TempDir, TestNode};
 use support::{Server, candidate_ports, expect_media, wait_until};
-use tokio::sync::watch;
 use tools::PayloadKind::{Audio, Video};
 use tools::VideoConfig;
 use tools::token::{Grants, dev_token};
@@ -103,91 +98,6 @@ impl Drop for Redis {
     }
 }
 
-/// A media node in this process, joined to one control instance like `sfu run`.
-struct TestNode {
-    node: Arc<Node>,
-    ports: std::collections::BTreeSet<u16>,
-    stop: watch::Sender<bool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl TestNode {
-    fn start(id: &str, control: &str, cert: &Path) -> TestNode {
-        let config = NodeConfig {
-            id: id.parse().expect("node id"),
-            workers: 1,
-            media_port_base: 54000,
-            media_port_scan: true,
-            pin_workers: false,
-            ..NodeConfig::default()
-        };
-        let node = Arc::new(Node::start(config).expect("node starts"));
-        let ports = node.ports().into_iter().collect();
-        let events = node.take_events().expect("events");
-        let uplink = UplinkConfig {
-            control: control.to_string(),
-            secret: SECRET.to_string(),
-            control_cert: cert.to_path_buf(),
-            region: None,
-        };
-        let (stop, stop_rx) = watch::channel(false);
-        let running = node.clone();
-        let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async move {
-                uplink::run(running, uplink, events, stop_rx)
-                    .await
-                    .expect("uplink runs");
-            });
-        });
-        TestNode {
-            node,
-            ports,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    fn holds(&self, session: SessionId) -> bool {
-        self.node
-            .held_sessions()
-            .iter()
-            .any(|h| h.session == session)
-    }
-}
-
-impl Drop for TestNode {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        let path = std::env::temp_dir().join(format!(
-            "control-store-{}-{}",
-            std::process::id(),
-            rand::random::<u64>()
-        ));
-        std::fs::create_dir_all(&path).expect("temp dir");
-        TempDir(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// A `control serve` with `[cluster]` and `[store] redis_url`; both instances use the same
 /// certificate files, so a node trusts either.
 fn instance(redis: &Redis, dir: &TempDir) -> Server {
@@ -261,7 +171,7 @@ fn two_instances_share_sessions_and_ride_out_a_redis_restart() {
     let control_a = a
         .log_line("cluster: ")
         .expect("A prints its cluster address");
-    let node = TestNode::start("n1", &control_a, &dir.0.join("cert.pem"));
+    let node = TestNode::start("n1", &control_a, &dir.0.join("cert.pem"), SECRET);
     assert!(
         wait_until(Duration::from_secs(15), || up_nodes(&a) == 1.0
             && up_nodes(&b) == 1.0),

@@ -2,6 +2,8 @@
 //! the `tools` peers with the test's timeouts and assertions.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod cluster;
+
 use std::collections::{BTreeSet, VecDeque};
 use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
