@@ -11,11 +11,12 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use sfu_core::ids::{NodeId, SessionId};
-use sfu_core::proto::{NodeRequest, NodeResponse};
+use sfu_core::proto::{NodeRequest, NodeResponse, TrackInfo};
 
 use crate::auth;
 use crate::cluster::link::log_changes;
 use crate::http::{AppState, bearer, store_unavailable, text};
+use crate::store::SessionRecord;
 
 /// A room as the admin API shows it.
 #[derive(Debug, Serialize)]
@@ -105,16 +106,10 @@ pub async fn room(
     if let Err(r) = admin(&state, &headers) {
         return r;
     }
-    let (sessions, tracks) = match state.sessions.room(&room).await {
-        Ok(room) => room,
-        Err(e) => return store_unavailable(e),
+    let (sessions, tracks) = match room_sessions(&state, &room).await {
+        Ok(found) => found,
+        Err(response) => return response,
     };
-    if sessions.is_empty() {
-        return text(
-            StatusCode::NOT_FOUND,
-            format!("no session in room {room:?}"),
-        );
-    }
     let mut nodes: Vec<String> = sessions.iter().map(|(_, r)| r.node.to_string()).collect();
     nodes.sort();
     nodes.dedup();
@@ -143,6 +138,22 @@ pub async fn room(
     .into_response()
 }
 
+/// The sessions and tracks of `room`; `404` when it has none, `503` when the store does not
+/// answer.
+async fn room_sessions(
+    state: &AppState,
+    room: &str,
+) -> Result<(Vec<(SessionId, SessionRecord)>, Vec<TrackInfo>), Response> {
+    let (sessions, tracks) = state.sessions.room(room).await.map_err(store_unavailable)?;
+    if sessions.is_empty() {
+        return Err(text(
+            StatusCode::NOT_FOUND,
+            format!("no session in room {room:?}"),
+        ));
+    }
+    Ok((sessions, tracks))
+}
+
 /// `DELETE /api/rooms/{room}`: end every session of the room.
 pub async fn delete_room(
     State(state): State<Arc<AppState>>,
@@ -153,16 +164,10 @@ pub async fn delete_room(
         Ok(c) => c,
         Err(r) => return r,
     };
-    let (sessions, _) = match state.sessions.room(&room).await {
-        Ok(room) => room,
-        Err(e) => return store_unavailable(e),
+    let (sessions, _) = match room_sessions(&state, &room).await {
+        Ok(found) => found,
+        Err(response) => return response,
     };
-    if sessions.is_empty() {
-        return text(
-            StatusCode::NOT_FOUND,
-            format!("no session in room {room:?}"),
-        );
-    }
     let mut ended = 0;
     for (session, record) in &sessions {
         if close(&state, *session, &record.node).await {
