@@ -207,6 +207,31 @@ fn two_instances_share_sessions_and_ride_out_a_redis_restart() {
         404,
         "gone for A too"
     );
+    // Its counts went with it: the room is no longer listed on either instance.
+    let admin = dev_token(
+        "*",
+        "operator",
+        Grants {
+            admin: true,
+            ..Grants::default()
+        },
+    )
+    .expect("token");
+    for server in [&a, &b] {
+        let rooms = server
+            .client
+            .request(&HttpRequest {
+                method: Method::Get,
+                target: "/api/rooms",
+                content_type: None,
+                bearer: Some(&admin),
+                body: b"",
+            })
+            .expect("GET /api/rooms");
+        assert_eq!(rooms.status, 200, "{rooms:?}");
+        assert!(rooms.body.contains("\"shared\""), "{rooms:?}");
+        assert!(!rooms.body.contains("\"doomed\""), "{rooms:?}");
+    }
 
     // Redis stops: new sessions are refused with a message naming the store, liveness holds,
     // readiness does not, and the media already flowing continues.

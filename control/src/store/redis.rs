@@ -59,6 +59,33 @@ redis.call('SADD', KEYS[9], ARGV[3])
 return 'ok'
 "#;
 
+/// An invocation of [`RESERVE`] or [`REMOVE`] for session `id`: both scripts read the same
+/// KEYS[1..9] (the record, the counts, the room's and node's sets, the room list) and ARGV[1..5]
+/// (the record, identity, room, node, session id); each adds its own after them.
+fn session_script<'a>(
+    script: &'a redis::Script,
+    id: SessionId,
+    record: &SessionRecord,
+) -> redis::ScriptInvocation<'a> {
+    let mut invocation = script.prepare_invoke();
+    invocation
+        .key(session_key(id))
+        .key(COUNT_IDENTITY)
+        .key(COUNT_ROOM)
+        .key(COUNT_TOTAL)
+        .key(COUNT_NODE)
+        .key(room_nodes_key(&record.room))
+        .key(room_sessions_key(&record.room))
+        .key(node_sessions_key(&record.node))
+        .key(ROOMS)
+        .arg(encode_record(record))
+        .arg(&record.identity)
+        .arg(&record.room)
+        .arg(record.node.to_string())
+        .arg(id.to_string());
+    invocation
+}
+
 /// Forget a session and release its counts, once: only the caller whose DEL removed the
 /// record releases them.
 const REMOVE: &str = r#"
@@ -399,22 +426,7 @@ impl RedisStore {
         record: &SessionRecord,
         caps: Caps,
     ) -> Result<String, StoreError> {
-        self.inner
-            .reserve
-            .key(session_key(id))
-            .key(COUNT_IDENTITY)
-            .key(COUNT_ROOM)
-            .key(COUNT_TOTAL)
-            .key(COUNT_NODE)
-            .key(room_nodes_key(&record.room))
-            .key(room_sessions_key(&record.room))
-            .key(node_sessions_key(&record.node))
-            .key(ROOMS)
-            .arg(encode_record(record))
-            .arg(&record.identity)
-            .arg(&record.room)
-            .arg(record.node.to_string())
-            .arg(id.to_string())
+        session_script(&self.inner.reserve, id, record)
             .arg(caps.per_identity)
             .arg(caps.per_room)
             .arg(caps.total)
@@ -443,23 +455,8 @@ impl RedisStore {
         if node.is_some_and(|n| *n != record.node) {
             return Ok(None);
         }
-        let removed: Result<i64, _> = self
-            .inner
-            .remove
-            .key(session_key(id))
-            .key(COUNT_IDENTITY)
-            .key(COUNT_ROOM)
-            .key(COUNT_TOTAL)
-            .key(COUNT_NODE)
-            .key(room_nodes_key(&record.room))
-            .key(room_sessions_key(&record.room))
-            .key(node_sessions_key(&record.node))
-            .key(ROOMS)
+        let removed: Result<i64, _> = session_script(&self.inner.remove, id, &record)
             .key(tracks_key(id))
-            .arg(&record.identity)
-            .arg(&record.room)
-            .arg(record.node.to_string())
-            .arg(id.to_string())
             .invoke_async(&mut self.conn())
             .await;
         let removed = self.noted(removed.map_err(store_error))?;
