@@ -15,6 +15,7 @@ use sfu_core::proto::{NodeRequest, NodeResponse, TrackInfo};
 
 use crate::auth;
 use crate::cluster::link::log_changes;
+use crate::cluster::nodes::ForgetError;
 use crate::http::{AppState, bearer, store_unavailable, text};
 use crate::store::SessionRecord;
 
@@ -170,25 +171,64 @@ pub async fn delete_room(
     };
     let mut ended = 0;
     for (session, record) in &sessions {
-        if close(&state, *session, &record.node).await {
+        if end_session(&state, *session, &record.node).await {
             ended += 1;
-        }
-        if let Err(e) = state.sessions.remove(*session).await {
-            tracing::warn!(%session, error = %e, "cannot forget an ended session");
         }
     }
     tracing::info!(%room, ended, admin = %claims.sub, "room ended by an admin");
     Json(serde_json::json!({ "room": room, "ended": ended })).into_response()
 }
 
-async fn close(state: &AppState, session: SessionId, node: &NodeId) -> bool {
-    let Some(client) = state.nodes.client(node) else {
-        return false;
+/// End `session` on `node` and forget it; whether the node ended it (its client then gets
+/// 404 on the resource and posts again).
+pub(crate) async fn end_session(state: &AppState, session: SessionId, node: &NodeId) -> bool {
+    let ended = match state.nodes.client(node) {
+        Some(client) => matches!(
+            client.call(NodeRequest::CloseSession { session }).await,
+            NodeResponse::Done
+        ),
+        None => false,
     };
-    matches!(
-        client.call(NodeRequest::CloseSession { session }).await,
-        NodeResponse::Done
-    )
+    if let Err(e) = state.sessions.remove(session).await {
+        tracing::warn!(%session, error = %e, "cannot forget an ended session");
+    }
+    ended
+}
+
+/// The caller's admin token and the node `node` names; the response otherwise (`404` for a
+/// name that is no node id).
+#[allow(clippy::result_large_err)] // the error is the response, sent as it is
+fn admin_on_node(
+    state: &AppState,
+    headers: &HeaderMap,
+    node: &str,
+) -> Result<(auth::Claims, NodeId), Response> {
+    let claims = admin(state, headers)?;
+    let id = node
+        .parse::<NodeId>()
+        .map_err(|_| text(StatusCode::NOT_FOUND, format!("no node {node:?}")))?;
+    Ok((claims, id))
+}
+
+/// `DELETE /api/nodes/{id}`: forget a dead node (`404` unknown, `409` alive or held by
+/// another control instance).
+pub async fn forget_node(
+    State(state): State<Arc<AppState>>,
+    Path(node): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let (claims, id) = match admin_on_node(&state, &headers, &node) {
+        Ok(found) => found,
+        Err(r) => return r,
+    };
+    match state.nodes.forget(&id) {
+        Ok(()) => {
+            tracing::info!(%node, admin = %claims.sub, "dead node forgotten by an admin");
+            Json(serde_json::json!({ "node": node, "forgotten": true })).into_response()
+        }
+        Err(e @ ForgetError::Unknown) => text(StatusCode::NOT_FOUND, format!("node {node:?}: {e}")),
+        Err(e) => text(StatusCode::CONFLICT, format!("node {node:?}: {e}")),
+    }
 }
 
 /// `POST /api/nodes/{id}/drain`: no new rooms on the node; its rooms continue.
@@ -215,12 +255,9 @@ async fn set_draining(
     headers: HeaderMap,
     drain: bool,
 ) -> Response {
-    let claims = match admin(&state, &headers) {
-        Ok(c) => c,
+    let (claims, id) = match admin_on_node(&state, &headers, &node) {
+        Ok(found) => found,
         Err(r) => return r,
-    };
-    let Ok(id) = node.parse::<NodeId>() else {
-        return text(StatusCode::NOT_FOUND, format!("no node {node:?}"));
     };
     let now = Instant::now();
     let changes = if drain {

@@ -89,12 +89,12 @@ impl Default for ClusterConfig {
 }
 
 impl ClusterConfig {
-    /// The health timings.
-    pub fn health(&self) -> crate::cluster::HealthConfig {
+    /// The health timings; `drain_timeout_secs` (`node.drain_timeout_secs`) bounds a drain.
+    pub fn health(&self, drain_timeout_secs: u64) -> crate::cluster::HealthConfig {
         crate::cluster::HealthConfig {
             suspect_after: std::time::Duration::from_millis(self.suspect_after_ms),
             dead_after: std::time::Duration::from_millis(self.dead_after_ms),
-            ..crate::cluster::HealthConfig::default()
+            drain_timeout: std::time::Duration::from_secs(drain_timeout_secs),
         }
     }
 
@@ -327,7 +327,10 @@ impl Config {
             key: format!("cluster.{}", e.key),
             reason: e.reason,
         };
-        self.cluster.health().validate().map_err(setting)?;
+        self.cluster
+            .health(self.node.drain_timeout_secs)
+            .validate()
+            .map_err(setting)?;
         self.cluster.placement().validate().map_err(setting)?;
         for (key, secret) in &self.auth.keys {
             if secret.len() < 16 {

@@ -57,6 +57,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/turn", get(turn_credentials).options(preflight))
         .route("/api/nodes", get(crate::admin::nodes))
+        .route(
+            "/api/nodes/{node}",
+            axum::routing::delete(crate::admin::forget_node),
+        )
         .route("/api/nodes/{node}/drain", post(crate::admin::drain))
         .route("/api/nodes/{node}/undrain", post(crate::admin::undrain))
         .route("/api/rooms", get(crate::admin::rooms))

@@ -197,7 +197,7 @@ pub fn render_cluster(out: &mut String, nodes: &crate::cluster::nodes::Nodes) {
     let c = nodes.counters();
     let _ = writeln!(
         out,
-        "# HELP sfu_cluster_placements_total Rooms given a node: new (lived nowhere), kept (stayed on its node), moved (its node was dead).\n# TYPE sfu_cluster_placements_total counter"
+        "# HELP sfu_cluster_placements_total Sessions given a node: new (their room lived nowhere), kept (joined the room on its node), moved (the room's node was dead, gone or draining).\n# TYPE sfu_cluster_placements_total counter"
     );
     for (placed, n) in [
         ("new", &c.placed_new),
@@ -226,7 +226,56 @@ pub fn render_cluster(out: &mut String, nodes: &crate::cluster::nodes::Nodes) {
             rtt.as_secs_f64()
         );
     }
+    // Each linked node's last load report: remote nodes serve no HTTP of their own, so their
+    // figures are scraped here, from the control instance that holds their link.
+    let loads = nodes.linked_loads();
+    let series: [LoadSeries; 5] = [
+        (
+            "sfu_cluster_node_sessions",
+            "gauge",
+            "Sessions on each linked node.",
+            |l| l.sessions.to_string(),
+        ),
+        (
+            "sfu_cluster_node_tracks",
+            "gauge",
+            "Tracks published on each linked node.",
+            |l| l.tracks.to_string(),
+        ),
+        (
+            "sfu_cluster_node_cpu_cores",
+            "gauge",
+            "CPU each linked node's process used over its last report interval, in cores.",
+            |l| format!("{:.3}", f64::from(l.cpu_millicores) / 1000.0),
+        ),
+        (
+            "sfu_cluster_node_packets_in_total",
+            "counter",
+            "UDP datagrams each linked node received.",
+            |l| l.packets_in.to_string(),
+        ),
+        (
+            "sfu_cluster_node_packets_out_total",
+            "counter",
+            "UDP datagrams each linked node sent.",
+            |l| l.packets_out.to_string(),
+        ),
+    ];
+    for (name, kind, help, value) in series {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (node, load) in &loads {
+            let _ = writeln!(out, "{name}{{node=\"{node}\"}} {}", value(load));
+        }
+    }
 }
+
+/// One series taken from nodes' load reports: name, type, help, the value of one report.
+type LoadSeries = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&sfu_core::proto::LoadReport) -> String,
+);
 
 /// The state store: failed calls so far, and whether its last call answered (always 1 in
 /// memory).

@@ -51,7 +51,10 @@ impl Server {
         let http_addr = listener.local_addr()?;
         let placement = Placement::new(config.cluster.placement())
             .map_err(|e| anyhow::anyhow!("cluster.{e}"))?;
-        let nodes = Arc::new(Nodes::new(placement, config.cluster.health()));
+        let nodes = Arc::new(Nodes::new(
+            placement,
+            config.cluster.health(config.node.drain_timeout_secs),
+        ));
         let (messages, messages_rx) = mpsc::unbounded_channel();
         let mut media_ports = Vec::new();
         if let Some(node) = node {
@@ -301,6 +304,9 @@ async fn watch_health(state: std::sync::Weak<AppState>) {
         let changes = state.nodes.tick(std::time::Instant::now());
         link::log_changes(&changes);
         for change in changes {
+            if let HealthEvent::DrainExpired { node, .. } = &change {
+                end_drained_sessions(&state, node).await;
+            }
             if let HealthEvent::Changed {
                 node,
                 to: NodeState::Dead,
@@ -324,6 +330,25 @@ async fn watch_health(state: std::sync::Weak<AppState>) {
             }
         }
     }
+}
+
+/// A drain reached `node.drain_timeout_secs`: end the sessions the node still holds, so their
+/// clients post again and land on a node that is up. The node stays draining.
+async fn end_drained_sessions(state: &AppState, node: &NodeId) {
+    let sessions = match state.sessions.node_sessions(node).await {
+        Ok(sessions) => sessions,
+        Err(e) => {
+            tracing::warn!(%node, error = %e, "drain timeout: cannot list the node's sessions");
+            return;
+        }
+    };
+    let mut ended = 0;
+    for session in &sessions {
+        if crate::admin::end_session(state, *session, node).await {
+            ended += 1;
+        }
+    }
+    tracing::warn!(%node, ended, held = sessions.len(), "drain timeout (node.drain_timeout_secs): ended the node's remaining sessions");
 }
 
 /// Keeps the rate limiter's memory bounded: every [`ratelimit::SWEEP_PERIOD`] it forgets the

@@ -28,22 +28,26 @@ struct Cluster {
 }
 
 fn cluster() -> Cluster {
+    cluster_with(&[])
+}
+
+/// A cluster head with `extra` environment overrides.
+fn cluster_with(extra: &[(&str, &str)]) -> Cluster {
     let dir = TempDir::new();
     let cert = dir.0.join("cert.pem");
     let key = dir.0.join("key.pem");
     let (cert_s, key_s) = (cert.display().to_string(), key.display().to_string());
-    let server = Server::start_serve(
-        &[
-            ("SFU__AUTH__DEV", "true"),
-            ("SFU__CLUSTER__LISTEN", "127.0.0.1:0"),
-            ("SFU__CLUSTER__SECRET", SECRET),
-            ("SFU__CLUSTER__TLS_CERT", &cert_s),
-            ("SFU__CLUSTER__TLS_KEY", &key_s),
-            ("SFU__CLUSTER__SUSPECT_AFTER_MS", SUSPECT_MS),
-            ("SFU__CLUSTER__DEAD_AFTER_MS", DEAD_MS),
-        ],
-        &[],
-    );
+    let mut env = vec![
+        ("SFU__AUTH__DEV", "true"),
+        ("SFU__CLUSTER__LISTEN", "127.0.0.1:0"),
+        ("SFU__CLUSTER__SECRET", SECRET),
+        ("SFU__CLUSTER__TLS_CERT", &cert_s),
+        ("SFU__CLUSTER__TLS_KEY", &key_s),
+        ("SFU__CLUSTER__SUSPECT_AFTER_MS", SUSPECT_MS),
+        ("SFU__CLUSTER__DEAD_AFTER_MS", DEAD_MS),
+    ];
+    env.extend_from_slice(extra);
+    let server = Server::start_serve(&env, &[]);
     let control = server
         .log_line("cluster: ")
         .expect("control prints its cluster address before it is ready");
@@ -257,12 +261,19 @@ fn the_admin_api_shows_nodes_and_rooms_and_a_drained_node_takes_no_new_room() {
     );
     assert_eq!(api(&c, Method::Get, "/api/rooms/nowhere", &admin).0, 404);
 
-    // Drain the node that does not hold room-a: every new room goes to the other node, and
-    // room-a keeps its media.
+    // A node that is alive cannot be forgotten; an unknown one is not found.
+    assert_eq!(
+        api(&c, Method::Delete, &format!("/api/nodes/{a_node}"), &admin).0,
+        409
+    );
+    assert_eq!(api(&c, Method::Delete, "/api/nodes/ghost", &admin).0, 404);
+
+    // Drain the node that holds room-a: nothing new lands there, not even a session of
+    // room-a (it goes to the other node), and room-a's sessions keep their media.
     let (status, drained) = api(
         &c,
         Method::Post,
-        &format!("/api/nodes/{other}/drain"),
+        &format!("/api/nodes/{a_node}/drain"),
         &admin,
     );
     assert_eq!((status, drained["state"].clone()), (200, "draining".into()));
@@ -273,23 +284,37 @@ fn the_admin_api_shows_nodes_and_rooms_and_a_drained_node_takes_no_new_room() {
     for i in 0..5 {
         let p = c.server.publish(&format!("new-{i}"), true, None);
         assert!(
-            !candidate_ports(p.answer()).is_subset(other_ports),
-            "new-{i} was placed on the draining node {other}"
+            candidate_ports(p.answer()).is_subset(other_ports),
+            "new-{i} was not placed on {other} while {a_node} drains"
         );
     }
+    let late = c.server.subscribe("room-a");
+    assert!(
+        candidate_ports(late.answer()).is_subset(other_ports),
+        "a new session of room-a landed on the draining node {a_node}"
+    );
+    let (_, room) = api(&c, Method::Get, "/api/rooms/room-a", &admin);
+    let mut on = room["nodes"].as_array().cloned().unwrap_or_default();
+    on.sort_by_key(|n| n.to_string());
+    assert_eq!(
+        on,
+        vec![serde_json::json!("n1"), serde_json::json!("n2")],
+        "{room}"
+    );
     let before = subscriber.packets(Audio);
     assert!(subscriber.wait_packets(Audio, before + 25, Duration::from_secs(5)));
     let (status, undrained) = api(
         &c,
         Method::Post,
-        &format!("/api/nodes/{other}/undrain"),
+        &format!("/api/nodes/{a_node}/undrain"),
         &admin,
     );
     assert_eq!((status, undrained["state"].clone()), (200, "up".into()));
 
-    // Ending the room ends its sessions on the node.
+    // Ending the room ends its sessions on both nodes.
     let (status, ended) = api(&c, Method::Delete, "/api/rooms/room-a", &admin);
-    assert_eq!((status, ended["ended"].clone()), (200, 2.into()), "{ended}");
+    assert_eq!((status, ended["ended"].clone()), (200, 3.into()), "{ended}");
+    drop(late);
     assert_eq!(api(&c, Method::Get, "/api/rooms/room-a", &admin).0, 404);
 
     // A node that drains itself (`sfu run` on SIGTERM) tells control, which stops placing
@@ -311,6 +336,69 @@ fn the_admin_api_shows_nodes_and_rooms_and_a_drained_node_takes_no_new_room() {
         assert!(candidate_ports(p.answer()).is_subset(&n2.ports));
     }
     drop((n1, n2));
+}
+
+#[test]
+fn a_drain_that_outlasts_its_timeout_ends_the_sessions_and_a_dead_node_can_be_forgotten() {
+    let c = cluster_with(&[("SFU__NODE__DRAIN_TIMEOUT_SECS", "2")]);
+    let n1 = TestNode::start("n1", &c.control, &c.cert, SECRET);
+    assert!(wait_until(Duration::from_secs(10), || nodes_in(
+        &c.server, "up"
+    ) == 1.0));
+    let admin = admin_token();
+    let publisher = c.server.publish("long", true, None);
+    let subscriber = c.server.subscribe("long");
+    expect_media(&subscriber, Audio, "long");
+
+    // The node's load reports reach /metrics: its sessions, and the CPU its process uses
+    // (this test's process: it forwards the room, so it is busy).
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            let m = c.server.metrics();
+            m.sum_where("sfu_cluster_node_sessions", &[("node", "n1")]) == 2.0
+                && m.sum_where("sfu_cluster_node_packets_in_total", &[("node", "n1")]) > 0.0
+                && m.select("sfu_cluster_node_cpu_cores", &[("node", "n1")])
+                    .count()
+                    == 1
+        }),
+        "n1's load in /metrics"
+    );
+
+    // Drained with sessions that do not end: after node.drain_timeout_secs control ends
+    // them, so their clients post again elsewhere; the node stays draining.
+    let (status, _) = api(&c, Method::Post, "/api/nodes/n1/drain", &admin);
+    assert_eq!(status, 200);
+    assert!(
+        wait_until(Duration::from_secs(15), || n1
+            .node
+            .held_sessions()
+            .is_empty()),
+        "the drain timeout ended n1's sessions: {}",
+        c.server.log_tail(20)
+    );
+    assert!(
+        c.server
+            .logged("drain timeout (node.drain_timeout_secs): ended")
+    );
+    let token = dev_token("long", "alice", Grants::PUBLISH).expect("token");
+    assert_eq!(c.server.delete(publisher.location(), &token).status, 404);
+    let (_, nodes) = api(&c, Method::Get, "/api/nodes", &admin);
+    assert_eq!(nodes[0]["state"], "draining", "{nodes}");
+    assert_eq!(nodes[0]["sessions"], 0, "{nodes}");
+
+    // Stopped, it is dead; then an admin may forget it.
+    drop(n1);
+    assert!(
+        wait_until(Duration::from_secs(10), || nodes_in(&c.server, "dead")
+            == 1.0),
+        "n1 declared dead"
+    );
+    let (status, forgotten) = api(&c, Method::Delete, "/api/nodes/n1", &admin);
+    assert_eq!((status, forgotten["forgotten"].clone()), (200, true.into()));
+    let (_, nodes) = api(&c, Method::Get, "/api/nodes", &admin);
+    assert_eq!(nodes, serde_json::json!([]));
+    assert_eq!(nodes_in(&c.server, "dead"), 0.0);
+    drop(subscriber);
 }
 
 #[test]

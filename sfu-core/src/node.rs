@@ -644,6 +644,7 @@ fn run_event_pump(
 ) {
     let mut reported_down = vec![false; shared.alive.len()];
     let mut next_load = Instant::now() + LOAD_INTERVAL;
+    let mut cpu = CpuMeter::start();
     loop {
         let wait = next_load.saturating_duration_since(Instant::now());
         match events.recv_timeout(wait) {
@@ -702,6 +703,7 @@ fn run_event_pump(
         let mut load = LoadReport {
             workers: up.len() as u16,
             workers_up: up.iter().filter(|u| **u).count() as u16,
+            cpu_millicores: cpu.millicores(),
             ..LoadReport::default()
         };
         for w in shared.workers.iter() {
@@ -713,6 +715,45 @@ fn run_event_pump(
         }
         let _ = out.send(NodeEvent::Load(load));
     }
+}
+
+/// The process's CPU use between two readings (user + system time of all its threads, from
+/// `/proc/self/stat`), for the load report.
+struct CpuMeter {
+    at: Instant,
+    used: Duration,
+}
+
+impl CpuMeter {
+    fn start() -> Self {
+        Self {
+            at: Instant::now(),
+            used: process_cpu_time().unwrap_or_default(),
+        }
+    }
+
+    /// Thousandths of a core used since the previous call (0 if `/proc` cannot be read).
+    fn millicores(&mut self) -> u32 {
+        let Some(used) = process_cpu_time() else {
+            return 0;
+        };
+        let at = Instant::now();
+        let wall = at.saturating_duration_since(self.at).as_secs_f64();
+        let busy = used.saturating_sub(self.used).as_secs_f64();
+        (self.at, self.used) = (at, used);
+        if wall <= 0.0 {
+            return 0;
+        }
+        (busy / wall * 1000.0).round().min(f64::from(u32::MAX)) as u32
+    }
+}
+
+fn process_cpu_time() -> Option<Duration> {
+    let stat = procfs::process::Process::myself().ok()?.stat().ok()?;
+    let ticks = stat.utime + stat.stime;
+    Some(Duration::from_secs_f64(
+        ticks as f64 / procfs::ticks_per_second() as f64,
+    ))
 }
 
 /// Bind `count` consecutive ports from the configured base (or, with `media_port_scan`, the

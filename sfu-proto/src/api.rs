@@ -230,6 +230,9 @@ pub struct LoadReport {
     pub packets_out: u64,
     pub workers_up: u16,
     pub workers: u16,
+    /// CPU the node's process used since its previous report, in thousandths of a core
+    /// (2000: two cores busy all the time).
+    pub cpu_millicores: u32,
 }
 
 /// Whether a node's workers run.

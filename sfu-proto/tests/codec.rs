@@ -157,14 +157,17 @@ fn event() -> impl Strategy<Value = NodeEvent> {
         }),
         track_info().prop_map(NodeEvent::TrackPublished),
         (track(), room()).prop_map(|(track, room)| NodeEvent::TrackUnpublished { track, room }),
-        (any::<u64>(), any::<u64>(), any::<u16>()).prop_map(|(sessions, packets_in, workers)| {
-            NodeEvent::Load(LoadReport {
-                sessions,
-                packets_in,
-                workers,
-                ..LoadReport::default()
-            })
-        }),
+        (any::<u64>(), any::<u64>(), any::<u16>(), any::<u32>()).prop_map(
+            |(sessions, packets_in, workers, cpu_millicores)| {
+                NodeEvent::Load(LoadReport {
+                    sessions,
+                    packets_in,
+                    workers,
+                    cpu_millicores,
+                    ..LoadReport::default()
+                })
+            }
+        ),
         any::<u16>().prop_map(|w| NodeEvent::WorkerStopped {
             worker: WorkerId(w)
         }),

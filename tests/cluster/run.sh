@@ -14,7 +14,8 @@
 #
 # Scenarios (CLUSTER_SCENARIOS, in this order by default; each leaves three nodes up):
 #   spread  rooms of one run land on every node; placement of SPREAD_ROOMS rooms counted
-#   drain   a drained node gets none of the new rooms and its live sessions keep their media
+#   drain   a drained node gets no new session (not even of its own rooms) and its live
+#           sessions keep their media
 #   kill    kill -9 a node with rooms: dead within dead_after + 1 s, its rooms re-placed, new
 #           WHIP + WHEP sessions for them get media through a survivor; the node restarts
 #   link    `ip link set down` a node's bridge port: the same; the link comes back after the
@@ -244,6 +245,7 @@ nodes_json() { api GET /api/nodes; }
 rooms_json() { api GET /api/rooms; }
 node_state() { nodes_json | jq -r --arg n "$1" '.[] | select(.id == $n) | .state'; }
 state_is() { [ "$(node_state "$1")" = "$2" ]; }
+node_sessions() { nodes_json | jq -r --arg n "$1" '.[] | select(.id == $n) | .sessions'; }
 packets_out() { nodes_json | jq -r --arg n "$1" '.[] | select(.id == $n) | .load.packets_out // 0'; }
 # rooms_on NODE PREFIX: names of the rooms starting with PREFIX that NODE holds, one a line.
 rooms_on() {
@@ -352,6 +354,16 @@ sessions_placed() {
     [ "$(count_rooms "$prefix")" -ge "$3" ]
 }
 
+# Wait until the rooms with PREFIX hold at least N sessions together (GET /api/rooms/{room}).
+sessions_in_rooms() {
+  local prefix=$1 want=$2 room n total=0
+  for room in $(rooms_json | jq -r --arg p "$prefix" '.[] | select(.room | startswith($p)) | .room'); do
+    n=$(api GET "/api/rooms/$room" | jq '.sessions | length') || true # 404: the room just emptied
+    total=$((total + ${n:-0}))
+  done
+  [ "$total" -ge "$want" ]
+}
+
 # --- scenarios ----------------------------------------------------------------------------------
 
 # Rooms spread over the nodes: SPREAD_ROOMS rooms with one audio publisher each; every node must
@@ -420,6 +432,16 @@ scenario_drain() {
   local rc=0
   finish drain-new 60 || rc=$?
   [ "$rc" -eq 0 ] || fail "new rooms beside the draining node lost media (exit $rc; $OUT_DIR/drain-new.log)"
+  # Nothing new lands on the draining node, not even a new session of one of its rooms: one
+  # more subscriber in every dk- room, and the victim's session count stays as it was.
+  local victim_sessions
+  victim_sessions=$(node_sessions "$victim")
+  load drain-join --room-prefix dk- --rooms "$keep" --publishers 0 --subscribers 1 --media audio \
+    --ramp 100/s --duration 300s
+  wait_for "the drain-join sessions placed" 60 sessions_in_rooms dk- $((3 * keep))
+  [ "$(node_sessions "$victim")" -eq "$victim_sessions" ] ||
+    fail "new sessions of $victim's rooms landed on it while it drains: $(nodes_json | jq -c '[.[] | {id, sessions}]')"
+  stop drain-join || true
   # The rooms already there stay there, with media.
   [ "$(rooms_on "$victim" dk- | wc -l)" -eq "$held" ] || fail "$victim's rooms moved during the drain"
   wait_for "media through draining $victim" 30 media_flows "$victim"

@@ -54,6 +54,17 @@ pub struct NodeView {
     pub load: LoadReport,
 }
 
+/// Why a node cannot be forgotten.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ForgetError {
+    #[error("no such node")]
+    Unknown,
+    #[error("the node is {0}: only a dead node can be forgotten (drain and stop it first)")]
+    Alive(&'static str),
+    #[error("the node's link is held by control instance {0}: ask that instance")]
+    HeldElsewhere(String),
+}
+
 /// All nodes, their health and the placement policy.
 #[derive(Debug)]
 pub struct Nodes {
@@ -103,6 +114,16 @@ impl Nodes {
             .members
             .iter()
             .filter_map(|(id, m)| Some((id.clone(), m.rtt.filter(|_| m.linked)?)))
+            .collect()
+    }
+
+    /// The last load report of each node whose link this instance holds.
+    pub fn linked_loads(&self) -> Vec<(NodeId, LoadReport)> {
+        self.lock()
+            .members
+            .iter()
+            .filter(|(_, m)| m.linked)
+            .map(|(id, m)| (id.clone(), m.load.clone()))
             .collect()
     }
 
@@ -197,10 +218,14 @@ impl Nodes {
         now: Instant,
     ) -> Vec<HealthEvent> {
         let mut inner = self.lock();
+        let draining = inner.health.state(node) == Some((incarnation, NodeState::Draining));
         if let Some(member) = inner.members.get_mut(node) {
             if member.incarnation == Some(incarnation) {
                 member.rtt = Some(rtt);
                 if let Some(load) = load {
+                    if draining && member.load.sessions > 0 && load.sessions == 0 {
+                        tracing::info!(%node, "draining node is empty: it can be stopped");
+                    }
                     member.load = load;
                 }
             }
@@ -250,6 +275,26 @@ impl Nodes {
             .values()
             .map(|m| m.client.clone())
             .collect()
+    }
+
+    /// Forget a dead node this instance held (`DELETE /api/nodes/{id}`): it leaves the admin
+    /// API and `/metrics`. A node that is alive, or held by another control instance, stays.
+    pub fn forget(&self, node: &NodeId) -> Result<(), ForgetError> {
+        let mut inner = self.lock();
+        let member = inner.members.get(node).ok_or(ForgetError::Unknown)?;
+        if member.embedded {
+            return Err(ForgetError::Alive("up (it is the embedded node)"));
+        }
+        if let Some((holder, _)) = &member.shared {
+            return Err(ForgetError::HeldElsewhere(holder.clone()));
+        }
+        match state_of(&inner, node) {
+            Some(NodeState::Dead) | None => {}
+            Some(state) => return Err(ForgetError::Alive(state.as_str())),
+        }
+        inner.members.remove(node);
+        inner.health.remove(node);
+        Ok(())
     }
 
     /// The client of `node` if this instance holds its link (or runs it).
@@ -369,8 +414,8 @@ impl Nodes {
         state_of(&inner, node)
     }
 
-    /// The node for a new session of `room`: where the room lives if that node is up or
-    /// draining, else a placement over the nodes that are up.
+    /// The node for a new session of `room`: where the room lives if that node is up, else a
+    /// placement over the nodes that are up (never a draining one).
     pub fn place(
         &self,
         room: &RoomId,
@@ -389,11 +434,19 @@ impl Nodes {
                 capacity: m.capacity,
             })
             .collect();
-        // Where the room lives now: the node with most of its sessions.
+        // Where the room lives now: of the nodes holding its sessions, one that is up (new
+        // sessions join it there), else one not answering (wait rather than split), else a
+        // draining or dead one (new sessions go elsewhere); among equals, the one with most.
+        let rank = |node: &NodeId| match state_of(&inner, node) {
+            Some(NodeState::Up) => 3,
+            Some(NodeState::Suspect) => 2,
+            Some(NodeState::Draining) => 1,
+            Some(NodeState::Dead) | None => 0,
+        };
         let current = view
             .room_nodes
             .iter()
-            .max_by_key(|(node, count)| (*count, std::cmp::Reverse(node.clone())))
+            .max_by_key(|(node, count)| (rank(node), *count, std::cmp::Reverse(node.clone())))
             .map(|(node, _)| node.clone());
         let mut request = RoomRequest::new(room);
         if let Some(node) = &current {

@@ -7,7 +7,9 @@
 //! it first; removing one moves only its own rooms. A node loaded past `(1 + load_slack)` times
 //! the average, or without room left below its capacity, is passed over for the next in the
 //! room's order, so a few hot rooms cannot pile onto one node. A room that already lives on a
-//! node stays there while the node is up or draining.
+//! node stays there while the node is up. A draining node takes nothing new: its sessions go
+//! on, and the room's new sessions are placed as if it lived nowhere (until rooms cascade
+//! between nodes, they meet the room's media only once it re-publishes there).
 
 use sfu_core::ids::{NodeId, RoomId};
 
@@ -49,7 +51,8 @@ impl PlacementConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeSnapshot {
     pub id: NodeId,
-    /// Only `Up` nodes take new rooms; `Draining` ones keep theirs.
+    /// Only `Up` nodes take new sessions; a `Draining` node's sessions go on, nothing new
+    /// lands there.
     pub state: NodeState,
     /// Where the node runs (`"eu-west"`), if the operator said.
     pub region: Option<String>,
@@ -109,11 +112,12 @@ impl<'a> RoomRequest<'a> {
 /// How a room got its node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Placed {
-    /// It already lived there, and the node is up or draining.
+    /// It already lived there, and the node is up.
     Kept,
     /// It lived nowhere.
     New,
-    /// Its node is dead or gone: it starts again here.
+    /// Its node is dead, gone or draining: its new sessions go here (a draining node's
+    /// sessions go on there until they end).
     Moved { from: NodeId },
 }
 
@@ -168,12 +172,14 @@ impl Placement {
 
     /// Where `request`'s room goes, given every node as it is now.
     ///
-    /// A room on a node that is `Up` or `Draining` stays there (a drain lets rooms finish;
-    /// moving a live room would split it), whatever the load. A room on a `Suspect` node gets
-    /// [`PlaceError::NodeSuspect`]. A room on a `Dead` or unlisted node, or on none, goes to the
-    /// first `Up` node in its rendezvous order that has room below its capacity and is not
-    /// above the load bound, preferring the requested region: the nodes of that region
-    /// first (the bound's average taken among them), then the others.
+    /// A room on a node that is `Up` stays there, whatever the load. A room on a `Suspect`
+    /// node gets [`PlaceError::NodeSuspect`] (placing it elsewhere now would split it if the
+    /// node answers again). A room on a `Draining`, `Dead` or unlisted node, or on none, goes
+    /// to the first `Up` node in its rendezvous order that has room below its capacity and is
+    /// not above the load bound, preferring the requested region: the nodes of that region
+    /// first (the bound's average taken among them), then the others. A drain thus sends
+    /// nothing new to the node: the sessions it holds go on, the room's new ones land on an
+    /// `Up` node.
     pub fn place(
         &self,
         nodes: &[NodeSnapshot],
@@ -187,7 +193,7 @@ impl Placement {
         let mut placed = Placed::New;
         if let Some(current) = request.current {
             match nodes.iter().find(|n| &n.id == current) {
-                Some(node) if matches!(node.state, NodeState::Up | NodeState::Draining) => {
+                Some(node) if node.state == NodeState::Up => {
                     return Ok(Decision {
                         node: node.id.clone(),
                         placed: Placed::Kept,
@@ -457,7 +463,7 @@ mod tests {
     }
 
     #[test]
-    fn a_room_stays_on_its_node_while_it_is_up_or_draining() {
+    fn a_room_stays_on_its_node_while_it_is_up_and_leaves_a_draining_one() {
         let r = room("standup");
         let nodes = vec![
             with("a", NodeState::Up, None, 1000, 10),
@@ -472,12 +478,13 @@ mod tests {
             .place(&nodes, &RoomRequest::new(&r).on(&node("a")))
             .expect("kept");
         assert_eq!((d.node, d.placed), (node("a"), Placed::Kept));
+        // A draining node takes nothing new: the room's new sessions go to a node up.
         let d = p
-            .place(&nodes, &RoomRequest::new(&r).on(&node("b")).in_region("us"))
-            .expect("kept");
+            .place(&nodes, &RoomRequest::new(&r).on(&node("b")).in_region("eu"))
+            .expect("moved off the draining node");
         assert_eq!(
             (d.node, d.placed, d.outside_region),
-            (node("b"), Placed::Kept, true)
+            (node("e"), Placed::Moved { from: node("b") }, true)
         );
         // A suspect node's room waits rather than splits.
         let e = p
@@ -691,8 +698,8 @@ mod tests {
         }
 
         /// (b) No placement takes a node past its capacity, and `AllFull` only when no node
-        /// that is up has room. (d) New and moved rooms only go to nodes that are up; kept
-        /// rooms only stay on nodes that are up or draining.
+        /// that is up has room. (d) Every session goes to a node that is up: draining, suspect
+        /// and dead nodes are never chosen.
         #[test]
         fn placement_respects_capacity_and_state(
             mut nodes in cluster(),
@@ -714,11 +721,10 @@ mod tests {
                         let Some(chosen) = nodes.iter_mut().find(|n| n.id == d.node) else {
                             return Err(TestCaseError::fail(format!("{d:?} names no listed node")));
                         };
+                        prop_assert_eq!(chosen.state, NodeState::Up, "{:?}", d);
                         if d.placed == Placed::Kept {
                             prop_assert_eq!(Some(&chosen.id), current.as_ref());
-                            prop_assert!(matches!(chosen.state, NodeState::Up | NodeState::Draining));
                         } else {
-                            prop_assert_eq!(chosen.state, NodeState::Up, "{:?}", d);
                             prop_assert!(
                                 chosen.load + weight <= chosen.capacity,
                                 "{} over capacity: {} + {} > {}",

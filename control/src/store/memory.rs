@@ -162,15 +162,24 @@ impl SessionStore {
         inner.take(&id)
     }
 
-    /// Forget every session on `node` (it stopped); returns how many.
-    pub fn remove_node(&self, node: &NodeId) -> usize {
-        let mut inner = self.lock();
-        let ids: Vec<SessionId> = inner
+    /// The sessions recorded on `node`.
+    pub fn node_sessions(&self, node: &NodeId) -> Vec<SessionId> {
+        Self::on_node(&self.lock(), node)
+    }
+
+    fn on_node(inner: &Inner, node: &NodeId) -> Vec<SessionId> {
+        inner
             .sessions
             .iter()
             .filter(|(_, r)| r.node == *node)
             .map(|(id, _)| *id)
-            .collect();
+            .collect()
+    }
+
+    /// Forget every session on `node` (it stopped); returns how many.
+    pub fn remove_node(&self, node: &NodeId) -> usize {
+        let mut inner = self.lock();
+        let ids = Self::on_node(&inner, node);
         for id in &ids {
             inner.take(id);
         }

@@ -228,6 +228,14 @@ impl Store {
         }
     }
 
+    /// The sessions recorded on `node`.
+    pub async fn node_sessions(&self, node: &NodeId) -> Result<Vec<SessionId>, StoreError> {
+        match self {
+            Store::Memory(m) => Ok(m.node_sessions(node)),
+            Store::Redis(r) => r.node_sessions(node).await,
+        }
+    }
+
     /// Forget every session on `node` (it stopped); returns how many.
     pub async fn remove_node(&self, node: &NodeId) -> Result<usize, StoreError> {
         match self {

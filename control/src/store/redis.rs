@@ -468,7 +468,7 @@ impl RedisStore {
         self.noted(result.map_err(store_error))
     }
 
-    async fn node_sessions(&self, node: &NodeId) -> Result<Vec<SessionId>, StoreError> {
+    pub(super) async fn node_sessions(&self, node: &NodeId) -> Result<Vec<SessionId>, StoreError> {
         self.members(node_sessions_key(node))
             .await?
             .iter()
