@@ -5,9 +5,9 @@
 #   bench/flood/run.sh BUILD NAME PORT SUBSCRIBERS DURATION_S [FLOOD_START_S FLOOD_SECS]
 #
 # BUILD is `old` or `new`: which `control` runs (OLD_BIN / NEW_BIN, the release directories);
-# sfu-load is always NEW_BIN's, so both nodes face the same generator. The new node gets the
-# signaling rate limit and the per-identity session cap switched off (README: Limits); the old
-# one has neither. With FLOOD_START_S, bench/flood/flood.py starts that many seconds after
+# sfu-load is always NEW_BIN's, so both nodes face the same generator. Both nodes get the
+# signaling rate limit and the per-identity session cap switched off (README: Limits); for an
+# old build that predates those limits (it would refuse the unknown keys), set OLD_LIMITS=none. With FLOOD_START_S, bench/flood/flood.py starts that many seconds after
 # sfu-load and sends 200 POST/s for FLOOD_SECS (default 30). Results: bench/results/load/NAME/
 # (report.json, summary.txt, flood.json, metrics.txt, threads.txt; node.log is not kept).
 # THREADS="DELAY WINDOW" in the environment adds per-thread CPU of the node over that window.
@@ -25,10 +25,12 @@ NEW_BIN=${NEW_BIN:-target/release}
 OLD_BIN=${OLD_BIN:-}
 build=$1 name=$2 port=$3 subs=$4 dur=$5 flood_start=${6:-} flood_secs=${7:-30}
 case $build in
-  old) bin=${OLD_BIN:?set OLD_BIN to the release directory of the build to compare with}; limits=() ;;
-  new) bin=$NEW_BIN; limits=(SFU__LIMITS__SIGNALING_RATE_PER_SEC=0 SFU__LIMITS__MAX_SESSIONS_PER_IDENTITY=0) ;;
+  old) bin=${OLD_BIN:?set OLD_BIN to the release directory of the build to compare with} ;;
+  new) bin=$NEW_BIN ;;
   *) echo "BUILD must be old or new" >&2; exit 2 ;;
 esac
+limits=(SFU__LIMITS__SIGNALING_RATE_PER_SEC=0 SFU__LIMITS__MAX_SESSIONS_PER_IDENTITY=0)
+[ "$build" = old ] && [ "${OLD_LIMITS:-}" = none ] && limits=()
 out=bench/results/load/$name
 mkdir -p "$out"
 
