@@ -265,14 +265,38 @@ async fn set_draining(
     } else {
         state.nodes.undrain(&id, now)
     };
-    let Some(changes) = changes else {
-        return text(
-            StatusCode::NOT_FOUND,
-            format!("no remote node {node:?} (the embedded node cannot be drained)"),
-        );
+    let state_name = match changes {
+        Some(changes) => {
+            log_changes(&changes);
+            state.nodes.state(&id).map_or("unknown", |s| s.as_str())
+        }
+        None => {
+            // Held by another control instance (shared store), which runs the node's health
+            // machine: ask it.
+            let Some(client) = state.nodes.client(&id) else {
+                return text(StatusCode::NOT_FOUND, format!("no node {node:?}"));
+            };
+            let Some(call) = client.drain_through_holder(drain) else {
+                return text(
+                    StatusCode::NOT_FOUND,
+                    format!("no remote node {node:?} (the embedded node cannot be drained)"),
+                );
+            };
+            match call.await {
+                NodeResponse::Done if drain => "draining",
+                NodeResponse::Done => "up",
+                other => {
+                    return text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!(
+                            "node {node:?} is held by another control instance, which did not \
+                             carry out the request: {other:?}"
+                        ),
+                    );
+                }
+            }
+        }
     };
-    log_changes(&changes);
     tracing::info!(%node, drain, admin = %claims.sub, "node drain changed by an admin");
-    let state_name = state.nodes.state(&id).map_or("unknown", |s| s.as_str());
     Json(serde_json::json!({ "node": node, "state": state_name })).into_response()
 }

@@ -29,6 +29,13 @@ pub trait NodeClient: Send + Sync + std::fmt::Debug {
     /// node notices, reconnects and registers again as a new incarnation. Nothing to do for
     /// a node in this process.
     fn disconnect(&self, _reason: &str) {}
+
+    /// For a node whose link another control instance holds: ask that instance to drain
+    /// (`true`) or undrain it, since only it runs the node's health machine. `None` for the
+    /// nodes this instance drives.
+    fn drain_through_holder(&self, _drain: bool) -> Option<Call<'_>> {
+        None
+    }
 }
 
 /// The node's counters, through the API.

@@ -217,21 +217,48 @@ fn two_instances_share_sessions_and_ride_out_a_redis_restart() {
         },
     )
     .expect("token");
-    for server in [&a, &b] {
-        let rooms = server
+    let admin_call = |server: &Server, method: Method, target: &str| {
+        server
             .client
             .request(&HttpRequest {
-                method: Method::Get,
-                target: "/api/rooms",
+                method,
+                target,
                 content_type: None,
                 bearer: Some(&admin),
                 body: b"",
             })
-            .expect("GET /api/rooms");
+            .unwrap_or_else(|e| panic!("{target}: {e}"))
+    };
+    for server in [&a, &b] {
+        let rooms = admin_call(server, Method::Get, "/api/rooms");
         assert_eq!(rooms.status, 200, "{rooms:?}");
         assert!(rooms.body.contains("\"shared\""), "{rooms:?}");
         assert!(!rooms.body.contains("\"doomed\""), "{rooms:?}");
     }
+
+    // An admin call may reach either instance: B passes a drain of A's node to A, which
+    // runs the node's health; nothing new lands on it, through either instance.
+    let drained = admin_call(&b, Method::Post, "/api/nodes/n1/drain");
+    assert_eq!(drained.status, 200, "{drained:?}\n{}", b.log_tail(20));
+    assert!(drained.body.contains("\"draining\""), "{drained:?}");
+    let on_a = admin_call(&a, Method::Get, "/api/nodes");
+    assert!(on_a.body.contains("\"draining\""), "{on_a:?}");
+    assert!(
+        wait_until(Duration::from_secs(10), || offer(&b, "while-drained")
+            .status
+            == 503),
+        "B places nothing on the draining node (it learns the state from the registry)"
+    );
+    assert_eq!(offer(&a, "while-drained").status, 503);
+    let forget = admin_call(&b, Method::Delete, "/api/nodes/n1");
+    assert_eq!(forget.status, 409, "{forget:?}");
+    let undrained = admin_call(&b, Method::Post, "/api/nodes/n1/undrain");
+    assert_eq!(undrained.status, 200, "{undrained:?}");
+    assert!(
+        wait_until(Duration::from_secs(10), || up_nodes(&a) == 1.0
+            && up_nodes(&b) == 1.0),
+        "n1 up again on both instances"
+    );
 
     // Redis stops: new sessions are refused with a message naming the store, liveness holds,
     // readiness does not, and the media already flowing continues.

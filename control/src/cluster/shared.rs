@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 use super::nodes::Nodes;
 use crate::node_client::{Call, NodeClient};
-use crate::store::redis::{ForwardHandler, RedisStore};
+use crate::store::redis::{ForwardHandler, Forwarded, RedisStore};
 
 /// A node whose link another control instance holds.
 #[derive(Debug)]
@@ -30,15 +30,26 @@ impl NodeClient for ForwardedNode {
     }
 
     fn call(&self, request: NodeRequest) -> Call<'_> {
-        Box::pin(
-            self.store
-                .forward(&self.holder, &self.id, request, self.timeout),
-        )
+        Box::pin(self.store.forward(
+            &self.holder,
+            &self.id,
+            Forwarded::Node(request),
+            self.timeout,
+        ))
     }
 
     fn take_events(&self) -> Option<mpsc::UnboundedReceiver<NodeEvent>> {
         // The holding instance applies the node's events to the shared store.
         None
+    }
+
+    fn drain_through_holder(&self, drain: bool) -> Option<Call<'_>> {
+        Some(Box::pin(self.store.forward(
+            &self.holder,
+            &self.id,
+            Forwarded::SetDraining(drain),
+            self.timeout,
+        )))
     }
 }
 
@@ -47,10 +58,30 @@ pub fn forward_handler(nodes: Weak<Nodes>) -> ForwardHandler {
     Arc::new(move |node, request| {
         let nodes = nodes.clone();
         Box::pin(async move {
-            let client = nodes.upgrade().and_then(|n| n.local_client(&node));
-            match client {
-                Some(client) => client.call(request).await,
-                None => NodeResponse::Error(NodeError::Stopped),
+            let Some(nodes) = nodes.upgrade() else {
+                return NodeResponse::Error(NodeError::Stopped);
+            };
+            match request {
+                Forwarded::Node(request) => match nodes.local_client(&node) {
+                    Some(client) => client.call(request).await,
+                    None => NodeResponse::Error(NodeError::Stopped),
+                },
+                Forwarded::SetDraining(drain) => {
+                    let now = std::time::Instant::now();
+                    let changes = if drain {
+                        nodes.drain(&node, now)
+                    } else {
+                        nodes.undrain(&node, now)
+                    };
+                    match changes {
+                        Some(changes) => {
+                            super::link::log_changes(&changes);
+                            tracing::info!(%node, drain, "node drain changed through another control instance");
+                            NodeResponse::Done
+                        }
+                        None => NodeResponse::Error(NodeError::Stopped),
+                    }
+                }
             }
         })
     })

@@ -273,7 +273,19 @@ pub fn decode_entry(bytes: &[u8]) -> Result<RegistryEntry, StoreError> {
     })
 }
 
-/// A message on an instance's channel: a node request to carry out, or the answer to one.
+/// What one instance asks the instance holding a node's link to do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Forwarded {
+    /// Carry a node API request to the node.
+    Node(NodeRequest),
+    /// An admin drained (`true`) or undrained the node through another instance: only the
+    /// holder runs the node's health machine. Answered `Done`, or `Error(Stopped)` when the
+    /// holder no longer holds the node.
+    SetDraining(bool),
+}
+
+/// A message on an instance's channel: a request to carry out, or the answer to one.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Envelope {
@@ -282,7 +294,7 @@ pub enum Envelope {
         /// The channel to publish the response on.
         reply: String,
         node: NodeId,
-        request: NodeRequest,
+        request: Forwarded,
     },
     Response {
         id: u64,
@@ -306,7 +318,7 @@ fn store_error(e: redis::RedisError) -> StoreError {
 
 /// Serves node requests forwarded from other instances: (node, request) → response.
 pub type ForwardHandler = Arc<
-    dyn Fn(NodeId, NodeRequest) -> std::pin::Pin<Box<dyn Future<Output = NodeResponse> + Send>>
+    dyn Fn(NodeId, Forwarded) -> std::pin::Pin<Box<dyn Future<Output = NodeResponse> + Send>>
         + Send
         + Sync,
 >;
@@ -699,14 +711,14 @@ impl RedisStore {
         Ok(entries)
     }
 
-    /// Carry `request` to `node` through the instance `holder` that holds its link, and wait
-    /// up to `timeout` for the answer. Failures come back as `NodeError::Stopped`, as from a
+    /// Carry `request` for `node` to the instance `holder` that holds its link, and wait up
+    /// to `timeout` for the answer. Failures come back as `NodeError::Stopped`, as from a
     /// lost link.
     pub async fn forward(
         &self,
         holder: &str,
         node: &NodeId,
-        request: NodeRequest,
+        request: Forwarded,
         timeout: Duration,
     ) -> NodeResponse {
         let id = self.inner.next_request.fetch_add(1, Ordering::Relaxed);
