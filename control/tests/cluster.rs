@@ -377,8 +377,10 @@ fn a_drain_that_outlasts_its_timeout_ends_the_sessions_and_a_dead_node_can_be_fo
         c.server.log_tail(20)
     );
     assert!(
-        c.server
-            .logged("drain timeout (node.drain_timeout_secs): ended")
+        wait_until(Duration::from_secs(5), || c
+            .server
+            .logged("drain timeout (node.drain_timeout_secs): ended")),
+        "control logs the sessions it ended"
     );
     let token = dev_token("long", "alice", Grants::PUBLISH).expect("token");
     assert_eq!(c.server.delete(publisher.location(), &token).status, 404);

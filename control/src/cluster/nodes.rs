@@ -89,6 +89,21 @@ pub struct Counters {
 struct Inner {
     members: BTreeMap<NodeId, Member>,
     health: HealthTable,
+    /// Drain expiries the health machines reported outside [`Nodes::tick`] (a heartbeat or a
+    /// drain can be the first input past a deadline), held for the next tick: the task that
+    /// ticks is the one that ends the sessions, so it must see every expiry.
+    expired: Vec<HealthEvent>,
+}
+
+impl Inner {
+    /// `events` without the drain expiries, which wait for the next tick.
+    fn defer_expiries(&mut self, events: Vec<HealthEvent>) -> Vec<HealthEvent> {
+        let (expired, rest) = events
+            .into_iter()
+            .partition(|e| matches!(e, HealthEvent::DrainExpired { .. }));
+        self.expired.extend::<Vec<_>>(expired);
+        rest
+    }
 }
 
 impl Nodes {
@@ -97,6 +112,7 @@ impl Nodes {
             inner: Mutex::new(Inner {
                 members: BTreeMap::new(),
                 health: HealthTable::new(health),
+                expired: Vec::new(),
             }),
             placement,
             counters: Counters::default(),
@@ -205,7 +221,7 @@ impl Nodes {
                 shared: None,
             },
         );
-        (incarnation, events)
+        (incarnation, inner.defer_expiries(events))
     }
 
     /// A node's load report arrived: it is alive.
@@ -230,15 +246,22 @@ impl Nodes {
                 }
             }
         }
-        inner
+        let events = inner
             .health
             .handle_heartbeat(node, incarnation, now)
-            .unwrap_or_default()
+            .unwrap_or_default();
+        inner.defer_expiries(events)
     }
 
-    /// Let time pass: silent nodes become suspect, then dead.
+    /// Let time pass: silent nodes become suspect, then dead, and drains expire. Every
+    /// [`HealthEvent::DrainExpired`] is reported here, whichever input passed the deadline.
     pub fn tick(&self, now: Instant) -> Vec<HealthEvent> {
-        let changes = self.lock().health.tick(now);
+        let changes = {
+            let mut inner = self.lock();
+            let mut changes = std::mem::take(&mut inner.expired);
+            changes.extend(inner.health.tick(now));
+            changes
+        };
         for change in &changes {
             if matches!(
                 change,
@@ -255,12 +278,16 @@ impl Nodes {
 
     /// Stop sending new rooms and sessions to `node`.
     pub fn drain(&self, node: &NodeId, now: Instant) -> Option<Vec<HealthEvent>> {
-        self.lock().health.drain(node, now).ok()
+        let mut inner = self.lock();
+        let events = inner.health.drain(node, now).ok()?;
+        Some(inner.defer_expiries(events))
     }
 
     /// Return a drained node to service.
     pub fn undrain(&self, node: &NodeId, now: Instant) -> Option<Vec<HealthEvent>> {
-        self.lock().health.undrain(node, now).ok()
+        let mut inner = self.lock();
+        let events = inner.health.undrain(node, now).ok()?;
+        Some(inner.defer_expiries(events))
     }
 
     /// The client of `node`, whatever its state (a dead node's client answers `Stopped`).
@@ -522,4 +549,83 @@ fn state_of(inner: &Inner, node: &NodeId) -> Option<NodeState> {
         return Some(*state);
     }
     inner.health.state(node).map(|(_, state)| state)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use sfu_core::proto::NodeRequest;
+
+    use super::*;
+    use crate::cluster::PlacementConfig;
+    use crate::node_client::Call;
+
+    #[derive(Debug)]
+    struct Silent(NodeId);
+
+    impl NodeClient for Silent {
+        fn id(&self) -> &NodeId {
+            &self.0
+        }
+        fn call(&self, _: NodeRequest) -> Call<'_> {
+            Box::pin(async { sfu_core::proto::NodeResponse::Done })
+        }
+        fn take_events(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<sfu_core::NodeEvent>> {
+            None
+        }
+    }
+
+    /// Whichever input first passes a drain's deadline, the expiry comes out of `tick`: the
+    /// task that ticks is the one that ends the drained node's sessions.
+    #[test]
+    fn a_drain_expiry_is_reported_by_the_next_tick_whatever_passed_the_deadline() {
+        let s = Duration::from_secs(1);
+        let health = HealthConfig {
+            suspect_after: 3 * s,
+            dead_after: 5 * s,
+            drain_timeout: 2 * s,
+        };
+        let placement = Placement::new(PlacementConfig::default()).expect("default placement");
+        let nodes = Nodes::new(placement, health);
+        let id: NodeId = "n1".parse().expect("node id");
+        let registration = Registration {
+            node: id.clone(),
+            incarnation: 7,
+            region: None,
+            media_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+            media_ports: vec![50000],
+            capacity: 100,
+            sessions: Vec::new(),
+        };
+        let t0 = Instant::now();
+        let (incarnation, _) = nodes.register(&registration, Arc::new(Silent(id.clone())), t0);
+        assert!(nodes.drain(&id, t0).is_some());
+        let expired = |events: &[HealthEvent]| {
+            events
+                .iter()
+                .filter(|e| matches!(e, HealthEvent::DrainExpired { .. }))
+                .count()
+        };
+        // A heartbeat is the first input past the deadline: it does not report the expiry...
+        let beat = nodes.heartbeat(&id, incarnation, None, s, t0 + 3 * s);
+        assert_eq!(expired(&beat), 0, "{beat:?}");
+        // ...the next tick does, once.
+        assert_eq!(expired(&nodes.tick(t0 + 3 * s)), 1);
+        assert_eq!(expired(&nodes.tick(t0 + 4 * s)), 0);
+        assert_eq!(nodes.state(&id), Some(NodeState::Draining));
+
+        // A drain that expires at once (timeout 0) is reported by the tick too.
+        let nodes = Nodes::new(
+            placement,
+            HealthConfig {
+                drain_timeout: Duration::ZERO,
+                ..health
+            },
+        );
+        nodes.register(&registration, Arc::new(Silent(id.clone())), t0);
+        let drained = nodes.drain(&id, t0).expect("registered");
+        assert_eq!(expired(&drained), 0, "{drained:?}");
+        assert_eq!(expired(&nodes.tick(t0)), 1);
+    }
 }
