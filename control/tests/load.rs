@@ -310,6 +310,16 @@ impl SdpClient for RedirectClient<'_> {
     }
 }
 
+impl Redirect {
+    /// `client`, with the node's candidates in its answers pointed at `self.to`.
+    fn redirect<'a>(&self, client: &'a mut dyn SdpClient) -> RedirectClient<'a> {
+        RedirectClient {
+            inner: client,
+            to: self.to,
+        }
+    }
+}
+
 impl Protocol for Redirect {
     fn name(&self) -> &'static str {
         "redirect"
@@ -321,11 +331,8 @@ impl Protocol for Redirect {
         identity: &str,
         client: &mut dyn SdpClient,
     ) -> Result<SessionHandle, PeerFailure> {
-        let mut c = RedirectClient {
-            inner: client,
-            to: self.to,
-        };
-        self.inner.publish(room, identity, &mut c)
+        self.inner
+            .publish(room, identity, &mut self.redirect(client))
     }
 
     fn subscribe(
@@ -334,11 +341,8 @@ impl Protocol for Redirect {
         identity: &str,
         client: &mut dyn SdpClient,
     ) -> Result<SessionHandle, PeerFailure> {
-        let mut c = RedirectClient {
-            inner: client,
-            to: self.to,
-        };
-        self.inner.subscribe(room, identity, &mut c)
+        self.inner
+            .subscribe(room, identity, &mut self.redirect(client))
     }
 
     fn leave(&self, session: &SessionHandle) -> Result<(), PeerFailure> {
