@@ -48,6 +48,10 @@ pub struct NodeConfig {
     /// REMB value sent to publishers that negotiated `goog-remb` (a ceiling; TWCC drives
     /// the actual estimate).
     pub publisher_remb_kbps: u64,
+    /// A simulcast layer silent this long counts as stopped: subscribers on it move to the
+    /// best layer still sending (and back up at a keyframe when it returns). Shorter reacts
+    /// faster to a publisher dropping a layer; longer switches less on frame-rate dips.
+    pub layer_timeout_ms: u64,
     /// `sfu run` on SIGTERM: drain (control places no new rooms here) and wait this long for
     /// the sessions to end before stopping with the rest. A second signal stops at once.
     pub drain_timeout_secs: u64,
@@ -71,6 +75,7 @@ impl Default for NodeConfig {
             first_contact_timeout_secs: 5,
             ice_timeout_secs: 10,
             publisher_remb_kbps: 10_000,
+            layer_timeout_ms: 500,
             drain_timeout_secs: 300,
         }
     }
@@ -153,6 +158,9 @@ impl NodeConfig {
         if self.publisher_remb_kbps < 100 {
             return err("node.publisher_remb_kbps", "must be at least 100");
         }
+        if !(50..=60_000).contains(&self.layer_timeout_ms) {
+            return err("node.layer_timeout_ms", "must be 50..=60000");
+        }
         Ok(())
     }
 }
@@ -182,5 +190,15 @@ mod tests {
             zero.validate().expect_err("zero").key,
             "node.connect_timeout_secs"
         );
+        for bad in [0, 49, 60_001] {
+            let layer = NodeConfig {
+                layer_timeout_ms: bad,
+                ..NodeConfig::default()
+            };
+            assert_eq!(
+                layer.validate().expect_err("out of range").key,
+                "node.layer_timeout_ms"
+            );
+        }
     }
 }

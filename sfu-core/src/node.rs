@@ -251,6 +251,7 @@ impl Node {
             connect_timeout: config.connect_timeout(),
             ice_timeout: config.ice_timeout(),
             publisher_remb_kbps: config.publisher_remb_kbps,
+            layer_timeout: Duration::from_millis(config.layer_timeout_ms),
         };
 
         let mut node = Node {

@@ -272,7 +272,7 @@ mod tests {
     impl SubscriberTrack {
         fn new(initial_seq: u16) -> Self {
             Self {
-                room: Room::new("r".parse().expect("room")),
+                room: Room::new("r".parse().expect("room"), LAYER_TIMEOUT),
                 fwd: TrackForwarder::new(MediaKind::Video, initial_seq),
             }
         }

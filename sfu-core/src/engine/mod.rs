@@ -63,6 +63,8 @@ pub struct EngineConfig {
     pub connect_timeout: Duration,
     pub ice_timeout: Duration,
     pub publisher_remb_kbps: u64,
+    /// A simulcast layer silent this long counts as stopped (`node.layer_timeout_ms`).
+    pub layer_timeout: Duration,
 }
 
 /// A datagram to send.
@@ -316,7 +318,10 @@ impl Engine {
                 if worker == self.id {
                     return;
                 }
-                let r = self.rooms.entry(room).or_insert_with(|| Room::new(room_id));
+                let r = self
+                    .rooms
+                    .entry(room)
+                    .or_insert_with(|| Room::new(room_id, self.config.layer_timeout));
                 r.remote_workers.retain(|w| *w != worker);
                 if interested {
                     r.remote_workers.push(worker);
@@ -330,7 +335,7 @@ impl Engine {
             } => {
                 self.rooms
                     .entry(room)
-                    .or_insert_with(|| Room::new(room_id))
+                    .or_insert_with(|| Room::new(room_id, self.config.layer_timeout))
                     .publish(track);
             }
             RoomNotice::TrackUnpublished { room, track } => self.track_ended(room, track),
@@ -543,7 +548,7 @@ impl Engine {
         let room = self
             .rooms
             .entry(key)
-            .or_insert_with(|| Room::new(room_id.clone()));
+            .or_insert_with(|| Room::new(room_id.clone(), self.config.layer_timeout));
         let mut tracks = Vec::new();
         let slots = session.tracks.iter().map(|t| t.kind).collect();
         match kind {

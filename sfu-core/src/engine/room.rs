@@ -10,7 +10,8 @@ use sfu_proto::{Layer, MediaHeader, MediaKind, ParticipantId, RoomId, TrackId, W
 use super::PeerId;
 use super::forward::Selection;
 
-/// A track's layer is considered stopped after this long without packets.
+/// A track's layer is considered stopped after this long without packets, unless the node
+/// says otherwise (`node.layer_timeout_ms`, whose default this is).
 pub const LAYER_TIMEOUT: Duration = Duration::from_millis(500);
 /// A track is considered silent after this long without packets on any layer; "newest
 /// publisher" subscriptions then follow the next newest one still sending.
@@ -58,9 +59,9 @@ impl PublishedTrack {
 
     /// The highest layer at most `max` still sending; if every layer is briefly silent (a
     /// frame-rate dip), the one heard from last.
-    fn best_layer(&self, max: Layer, now: Instant) -> Option<Layer> {
+    fn best_layer(&self, max: Layer, now: Instant, timeout: Duration) -> Option<Layer> {
         let alive = |l: usize| {
-            self.last_packet[l].is_some_and(|t| now.saturating_duration_since(t) < LAYER_TIMEOUT)
+            self.last_packet[l].is_some_and(|t| now.saturating_duration_since(t) < timeout)
         };
         (0..=max.index())
             .rev()
@@ -122,16 +123,19 @@ pub struct Room {
     pub subscribers: Vec<PeerId>,
     /// Other workers with subscribers in the room: where this worker's tracks' packets go.
     pub remote_workers: Vec<WorkerId>,
+    /// A layer silent this long counts as stopped.
+    layer_timeout: Duration,
 }
 
 impl Room {
-    pub fn new(id: RoomId) -> Self {
+    pub fn new(id: RoomId, layer_timeout: Duration) -> Self {
         Self {
             id,
             tracks: Vec::new(),
             publishers: Vec::new(),
             subscribers: Vec::new(),
             remote_workers: Vec::new(),
+            layer_timeout,
         }
     }
 
@@ -200,7 +204,7 @@ impl Room {
         Some(Target {
             selection: Selection {
                 track: track.id,
-                layer: track.best_layer(subscription.max_layer, now)?,
+                layer: track.best_layer(subscription.max_layer, now, self.layer_timeout)?,
             },
             participant: track.participant,
         })
@@ -246,7 +250,7 @@ mod tests {
     }
 
     fn room() -> Room {
-        Room::new("r".parse().expect("room"))
+        Room::new("r".parse().expect("room"), LAYER_TIMEOUT)
     }
 
     #[test]

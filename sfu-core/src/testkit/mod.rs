@@ -135,6 +135,7 @@ impl Kit {
                     connect_timeout: Duration::from_secs(20),
                     ice_timeout: Duration::from_secs(10),
                     publisher_remb_kbps: 10_000,
+                    layer_timeout: crate::engine::room::LAYER_TIMEOUT,
                 };
                 configure(&mut config);
                 let metrics: Vec<Arc<WorkerMetrics>> = (0..count)
