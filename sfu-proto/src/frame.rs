@@ -2,7 +2,12 @@
 //! encoded with postcard (a compact, stable serde format). A length above the decoder's
 //! maximum is refused before anything is buffered; a frame whose body does not decode is
 //! skipped with an error and the frames after it still decode. Nothing here panics on input.
+//! The same byte form carries the relay link's frames ([`crate::relay::RelayFrame`]): the
+//! codec is generic over the frame type, [`Frame`] by default.
 
+use std::marker::PhantomData;
+
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::api::{NodeEvent, NodeRequest, NodeResponse};
@@ -74,7 +79,7 @@ impl CodecError {
 
 /// Append `frame`'s byte form (length prefix and body) to `out`. Fails, leaving `out` as it
 /// was, if the body would be over `max` bytes.
-pub fn encode(frame: &Frame, max: usize, out: &mut Vec<u8>) -> Result<(), CodecError> {
+pub fn encode<F: Serialize>(frame: &F, max: usize, out: &mut Vec<u8>) -> Result<(), CodecError> {
     let start = out.len();
     out.extend_from_slice(&[0; LENGTH_BYTES]);
     let result = postcard::to_io(frame, &mut *out).map(|_| ());
@@ -97,15 +102,15 @@ pub fn encode(frame: &Frame, max: usize, out: &mut Vec<u8>) -> Result<(), CodecE
 }
 
 /// The byte form of one frame, as [`encode`] with the default limit.
-pub fn to_bytes(frame: &Frame) -> Result<Vec<u8>, CodecError> {
+pub fn to_bytes<F: Serialize>(frame: &F) -> Result<Vec<u8>, CodecError> {
     let mut out = Vec::new();
     encode(frame, DEFAULT_MAX_FRAME, &mut out)?;
     Ok(out)
 }
 
 /// Decode one frame body (without its length prefix). Trailing bytes are an error.
-pub fn decode_body(body: &[u8]) -> Result<Frame, CodecError> {
-    match postcard::take_from_bytes::<Frame>(body) {
+pub fn decode_body<F: DeserializeOwned>(body: &[u8]) -> Result<F, CodecError> {
+    match postcard::take_from_bytes::<F>(body) {
         Ok((frame, [])) => Ok(frame),
         Ok((_, rest)) => Err(CodecError::Malformed(format!(
             "{} bytes after the frame",
@@ -115,29 +120,31 @@ pub fn decode_body(body: &[u8]) -> Result<Frame, CodecError> {
     }
 }
 
-/// Reassembles frames from a byte stream that arrives in arbitrary pieces.
+/// Reassembles frames of type `F` from a byte stream that arrives in arbitrary pieces.
 #[derive(Debug)]
-pub struct FrameDecoder {
+pub struct FrameDecoder<F = Frame> {
     buf: Vec<u8>,
     /// Bytes of `buf` already consumed.
     read: usize,
     max: usize,
     failed: Option<CodecError>,
+    frames: PhantomData<fn() -> F>,
 }
 
-impl Default for FrameDecoder {
+impl<F> Default for FrameDecoder<F> {
     fn default() -> Self {
         Self::new(DEFAULT_MAX_FRAME)
     }
 }
 
-impl FrameDecoder {
+impl<F> FrameDecoder<F> {
     pub fn new(max: usize) -> Self {
         Self {
             buf: Vec::new(),
             read: 0,
             max,
             failed: None,
+            frames: PhantomData,
         }
     }
 
@@ -153,9 +160,16 @@ impl FrameDecoder {
         self.buf.extend_from_slice(bytes);
     }
 
+    /// Bytes received but not yet returned as frames.
+    pub fn buffered(&self) -> usize {
+        self.buf.len() - self.read
+    }
+}
+
+impl<F: DeserializeOwned> FrameDecoder<F> {
     /// The next complete frame, `Ok(None)` if more bytes are needed. After a fatal error
     /// every call returns that error again.
-    pub fn decode(&mut self) -> Result<Option<Frame>, CodecError> {
+    pub fn decode(&mut self) -> Result<Option<F>, CodecError> {
         if let Some(e) = &self.failed {
             return Err(e.clone());
         }
@@ -182,10 +196,5 @@ impl FrameDecoder {
             self.read = 0;
         }
         result.map(Some)
-    }
-
-    /// Bytes received but not yet returned as frames.
-    pub fn buffered(&self) -> usize {
-        self.buf.len() - self.read
     }
 }

@@ -8,6 +8,8 @@
 //! - [`frame`]: the envelope on a node link (hello with the protocol version, request with
 //!   its id, response, event) and its length-framed binary codec with a size limit.
 //! - [`cluster`]: what a node tells control when it joins (registration, held sessions).
+//! - [`relay`]: what two media nodes say on a relay link (rooms that span nodes): control
+//!   frames and media datagrams, fragmented when over the path's limit.
 //! - [`token`]: access-token claims.
 //!
 //! # Panic policy
@@ -21,6 +23,7 @@ pub mod cluster;
 pub mod frame;
 pub mod ids;
 pub mod media;
+pub mod relay;
 pub mod token;
 
 pub use api::{

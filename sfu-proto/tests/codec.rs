@@ -2,41 +2,12 @@
 //! stream; arbitrary bytes never panic the decoder; and whatever arbitrary bytes decode to
 //! encodes back to a frame that decodes the same.
 
+mod generate;
+
+use generate::*;
 use proptest::prelude::*;
 use sfu_proto::frame::{self, CodecError, DEFAULT_MAX_FRAME};
 use sfu_proto::*;
-
-fn name(max: usize) -> impl Strategy<Value = String> {
-    proptest::string::string_regex(&format!("[A-Za-z0-9._-]{{1,{max}}}")).expect("regex")
-}
-
-fn session() -> impl Strategy<Value = SessionId> {
-    any::<u128>().prop_map(SessionId::from_u128)
-}
-
-fn track() -> impl Strategy<Value = TrackId> {
-    (session(), any::<u16>()).prop_map(|(session, index)| TrackId { session, index })
-}
-
-fn kind() -> impl Strategy<Value = MediaKind> {
-    prop_oneof![Just(MediaKind::Audio), Just(MediaKind::Video)]
-}
-
-fn room() -> impl Strategy<Value = RoomId> {
-    name(RoomId::MAX_LEN).prop_map(|n| n.parse().expect("valid by construction"))
-}
-
-fn track_info() -> impl Strategy<Value = TrackInfo> {
-    (track(), room(), ".{0,40}", kind(), 1u8..=3).prop_map(
-        |(track, room, identity, kind, layers)| TrackInfo {
-            track,
-            room,
-            identity,
-            kind,
-            layers,
-        },
-    )
-}
 
 fn request() -> impl Strategy<Value = NodeRequest> {
     prop_oneof![
@@ -247,7 +218,7 @@ proptest! {
         for f in &frames {
             frame::encode(f, DEFAULT_MAX_FRAME, &mut bytes).expect("encode");
         }
-        let mut decoder = FrameDecoder::default();
+        let mut decoder = FrameDecoder::<Frame>::default();
         let mut out = Vec::new();
         let mut rest = &bytes[..];
         let mut cuts = cuts.into_iter();
@@ -267,11 +238,11 @@ proptest! {
     fn arbitrary_bytes_never_panic_and_what_decodes_re_encodes_the_same(
         bytes in proptest::collection::vec(any::<u8>(), 0..600),
     ) {
-        if let Ok(f) = frame::decode_body(&bytes) {
+        if let Ok(f) = frame::decode_body::<Frame>(&bytes) {
             let again = frame::to_bytes(&f).expect("a decoded frame encodes");
             prop_assert_eq!(frame::decode_body(&again[4..]), Ok(f));
         }
-        let mut decoder = FrameDecoder::new(256);
+        let mut decoder = FrameDecoder::<Frame>::new(256);
         decoder.extend(&bytes);
         for _ in 0..bytes.len() + 1 {
             match decoder.decode() {
@@ -290,7 +261,7 @@ proptest! {
         bytes.extend_from_slice(&(junk.len() as u32).to_be_bytes());
         bytes.extend_from_slice(&junk);
         frame::encode(&f, DEFAULT_MAX_FRAME, &mut bytes).expect("encode");
-        let mut decoder = FrameDecoder::default();
+        let mut decoder = FrameDecoder::<Frame>::default();
         decoder.extend(&bytes);
         let first = decoder.decode();
         let second = decoder.decode();
@@ -305,7 +276,7 @@ proptest! {
 
 #[test]
 fn an_oversized_length_is_refused_before_buffering_and_stays_refused() {
-    let mut decoder = FrameDecoder::new(1024);
+    let mut decoder = FrameDecoder::<Frame>::new(1024);
     decoder.extend(&u32::MAX.to_be_bytes());
     let e = decoder.decode().expect_err("too large");
     assert_eq!(
@@ -353,7 +324,7 @@ fn a_bad_name_inside_a_frame_is_a_decode_error() {
     })
     .expect("encode");
     assert!(matches!(
-        frame::decode_body(&body),
+        frame::decode_body::<Frame>(&body),
         Err(CodecError::Malformed(_))
     ));
 }
