@@ -242,16 +242,7 @@ proptest! {
             let again = frame::to_bytes(&f).expect("a decoded frame encodes");
             prop_assert_eq!(frame::decode_body(&again[4..]), Ok(f));
         }
-        let mut decoder = FrameDecoder::<Frame>::new(256);
-        decoder.extend(&bytes);
-        for _ in 0..bytes.len() + 1 {
-            match decoder.decode() {
-                Ok(Some(_)) => {}
-                Ok(None) => break,
-                Err(e) if e.is_fatal() => break,
-                Err(_) => {}
-            }
-        }
+        decode_all::<Frame>(&bytes);
     }
 
     #[test]

@@ -75,16 +75,7 @@ proptest! {
 
     #[test]
     fn arbitrary_bytes_never_panic_the_control_decoder(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
-        let mut decoder = FrameDecoder::<RelayFrame>::new(256);
-        decoder.extend(&bytes);
-        for _ in 0..bytes.len() + 1 {
-            match decoder.decode() {
-                Ok(Some(_)) => {}
-                Ok(None) => break,
-                Err(e) if e.is_fatal() => break,
-                Err(_) => {}
-            }
-        }
+        decode_all::<RelayFrame>(&bytes);
     }
 
     /// Whole or in fragments, in any order, a packet comes out as it went in; below the

@@ -84,3 +84,18 @@ pub fn media_header() -> impl Strategy<Value = MediaHeader> {
             },
         )
 }
+
+/// Feed `bytes` to a decoder with a 256-byte limit and decode until it needs more or fails
+/// for good: whatever the bytes, this must return (no panic, no endless loop).
+pub fn decode_all<F: serde::de::DeserializeOwned>(bytes: &[u8]) {
+    let mut decoder = FrameDecoder::<F>::new(256);
+    decoder.extend(bytes);
+    for _ in 0..bytes.len() + 1 {
+        match decoder.decode() {
+            Ok(Some(_)) => {}
+            Ok(None) => break,
+            Err(e) if e.is_fatal() => break,
+            Err(_) => {}
+        }
+    }
+}
