@@ -28,6 +28,7 @@ pub mod io;
 pub mod mailbox;
 pub mod metrics;
 pub mod node;
+pub mod relay;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 pub mod uplink;

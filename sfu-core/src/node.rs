@@ -252,6 +252,7 @@ impl Node {
             ice_timeout: config.ice_timeout(),
             publisher_remb_kbps: config.publisher_remb_kbps,
             layer_timeout: Duration::from_millis(config.layer_timeout_ms),
+            relay: None,
         };
 
         let mut node = Node {

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::api::TrackInfo;
-use crate::ids::{Layer, NodeId, RoomId, TrackId};
+use crate::ids::{Layer, NodeId, ParticipantId, RoomId, TrackId};
 use crate::media::MediaHeader;
 
 /// The relay protocol version; both ends send it in [`RelayFrame::Hello`].
@@ -53,6 +53,8 @@ pub const MAX_NACK: usize = 64;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RelayedTrack {
     pub info: TrackInfo,
+    /// Its publisher (what "newest other publisher" compares with a subscriber's own).
+    pub participant: ParticipantId,
     /// Publication order on the origin (newer publishers have larger numbers), so that
     /// "newest other publisher" picks the same track on both nodes.
     pub order: u64,

@@ -27,12 +27,16 @@ fn relay_frame() -> impl Strategy<Value = RelayFrame> {
         ".{0,40}".prop_map(|reason| RelayFrame::Refused { reason }),
         room().prop_map(|room| RelayFrame::Join { room }),
         room().prop_map(|room| RelayFrame::Leave { room }),
-        (room(), track_info(), any::<u64>()).prop_map(|(room, info, order)| {
-            RelayFrame::TrackPublished {
+        (room(), track_info(), any::<u64>(), any::<u64>()).prop_map(
+            |(room, info, participant, order)| RelayFrame::TrackPublished {
                 room,
-                track: RelayedTrack { info, order },
+                track: RelayedTrack {
+                    info,
+                    participant: ParticipantId(participant),
+                    order,
+                },
             }
-        }),
+        ),
         (room(), track()).prop_map(|(room, track)| RelayFrame::TrackUnpublished { room, track }),
         (track(), any::<u8>()).prop_map(|(track, mask)| RelayFrame::Layers { track, mask }),
         (track(), layer()).prop_map(|(track, layer)| RelayFrame::KeyframeRequest { track, layer }),

@@ -65,6 +65,9 @@ pub struct EngineConfig {
     pub publisher_remb_kbps: u64,
     /// A simulcast layer silent this long counts as stopped (`node.layer_timeout_ms`).
     pub layer_timeout: Duration,
+    /// The node's relay endpoint ([`crate::relay`]), if it has one: it gets every room notice
+    /// as a worker does.
+    pub relay: Option<WorkerId>,
 }
 
 /// A datagram to send.
@@ -509,8 +512,8 @@ impl Engine {
     }
 
     fn broadcast(&mut self, notice: impl Fn() -> RoomNotice) {
-        for w in 0..self.config.workers {
-            let worker = WorkerId(w as u16);
+        let workers = (0..self.config.workers).map(|w| WorkerId(w as u16));
+        for worker in workers.chain(self.config.relay) {
             if worker != self.id {
                 self.cross
                     .push_back((worker, CrossWorker::Room(Box::new(notice()))));

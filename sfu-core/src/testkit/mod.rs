@@ -10,13 +10,14 @@
 pub mod net;
 pub mod peer;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use sfu_proto::relay::RelayFrame;
 use sfu_proto::{
-    NodeError, NodeEvent, NodeResponse, RoomId, SessionCreated, SessionId, SessionKind,
+    NodeError, NodeEvent, NodeId, NodeResponse, RoomId, SessionCreated, SessionId, SessionKind,
     SubscribePolicy, WorkerId,
 };
 use str0m::config::DtlsCert;
@@ -25,6 +26,7 @@ use crate::engine::session::{Offer, Session, SessionSpec};
 use crate::engine::{Command, Engine, EngineConfig};
 use crate::ids::RoomKey;
 use crate::metrics::WorkerMetrics;
+use crate::relay::{RelayConfig, RelayEndpoint};
 use net::{Datagram, Net, NetConfig};
 use peer::{Peer, PublishMedia, SubscribeMedia};
 
@@ -32,6 +34,19 @@ use peer::{Peer, PublishMedia, SubscribeMedia};
 const MAX_STEP: Duration = Duration::from_millis(5);
 /// Shortest simulated step.
 pub const PROGRESS_STEP: Duration = Duration::from_micros(10);
+
+/// The UDP port of each node's relay endpoint (on the node's address 10.0.n.250).
+pub const RELAY_PORT: u16 = 7400;
+
+/// One-way delay of the frames on a relay link's stream (reliable and ordered: a cut link
+/// loses what it had in flight).
+pub const RELAY_STREAM_DELAY: Duration = Duration::from_millis(5);
+
+/// Whether a datagram crosses a relay link: for [`NetConfig::lossy`] when only the hop between
+/// nodes should lose packets.
+pub fn relay_datagram(d: &Datagram) -> bool {
+    d.to.port() == RELAY_PORT
+}
 
 /// Whether a datagram was sent by a node (the kit's nodes live in 10.0.0.0/16): for
 /// [`NetConfig::lossy`] when only the downlink should lose packets.
@@ -66,6 +81,10 @@ pub struct PeerRef(pub usize);
 #[derive(Debug)]
 pub struct SimNode {
     pub engines: Vec<Engine>,
+    /// The node's relay endpoint: the cross-worker id after the last engine's.
+    pub relay: RelayEndpoint,
+    pub id: NodeId,
+    relay_addr: SocketAddr,
     pub metrics: Vec<Arc<WorkerMetrics>>,
     addrs: Vec<SocketAddr>,
     certificates: Vec<Option<DtlsCert>>,
@@ -104,6 +123,10 @@ pub struct Kit {
     origin: Instant,
     now: Instant,
     pub net: Net,
+    /// Relay links that are up, as (node, node) index pairs with the smaller first.
+    links: Vec<(usize, usize)>,
+    /// Frames on relay links' streams: (arrival, from node, to node, frame).
+    frames: VecDeque<(Instant, usize, usize, RelayFrame)>,
     pub nodes: Vec<SimNode>,
     pub peers: Vec<KitPeer>,
     next_peer_addr: u32,
@@ -136,6 +159,7 @@ impl Kit {
                     ice_timeout: Duration::from_secs(10),
                     publisher_remb_kbps: 10_000,
                     layer_timeout: crate::engine::room::LAYER_TIMEOUT,
+                    relay: Some(WorkerId(count as u16)),
                 };
                 configure(&mut config);
                 let metrics: Vec<Arc<WorkerMetrics>> = (0..count)
@@ -147,6 +171,12 @@ impl Kit {
                             Engine::new(WorkerId(w as u16), config.clone(), metrics[w].clone(), now)
                         })
                         .collect(),
+                    relay: RelayEndpoint::new(count, RelayConfig::default(), now),
+                    id: format!("node-{n}").parse().expect("a valid node id"),
+                    relay_addr: SocketAddr::new(
+                        IpAddr::V4(Ipv4Addr::new(10, 0, n as u8, 250)),
+                        RELAY_PORT,
+                    ),
                     metrics,
                     addrs: (0..count)
                         .map(|w| {
@@ -176,6 +206,8 @@ impl Kit {
             origin: now,
             now,
             net: Net::new(net),
+            links: Vec::new(),
+            frames: VecDeque::new(),
             nodes,
             peers: Vec::new(),
             next_peer_addr: 1,
@@ -264,16 +296,8 @@ impl Kit {
         let room_id: RoomId = room
             .parse()
             .map_err(|e| NodeError::BadRequest(format!("{e}")))?;
+        let key = self.room_key(node, &room_id);
         let n = &mut self.nodes[node];
-        let key = match n.rooms.get(&room_id) {
-            Some(k) => *k,
-            None => {
-                let k = RoomKey(n.next_room);
-                n.next_room += 1;
-                n.rooms.insert(room_id.clone(), k);
-                k
-            }
-        };
         n.next_order += 1;
         let spec = SessionSpec {
             id: session,
@@ -319,6 +343,62 @@ impl Kit {
         });
         self.flush();
         Ok(PeerRef(self.peers.len() - 1))
+    }
+
+    /// The key of `room` on node `node`, assigned on first use as the node does.
+    fn room_key(&mut self, node: usize, room: &RoomId) -> RoomKey {
+        let n = &mut self.nodes[node];
+        match n.rooms.get(room) {
+            Some(k) => *k,
+            None => {
+                let k = RoomKey(n.next_room);
+                n.next_room += 1;
+                n.rooms.insert(room.clone(), k);
+                k
+            }
+        }
+    }
+
+    /// Bring up the relay link between nodes `a` and `b` (both ends see it come up).
+    pub fn link_relay(&mut self, a: usize, b: usize) {
+        let pair = (a.min(b), a.max(b));
+        if !self.links.contains(&pair) {
+            self.links.push(pair);
+        }
+        let now = self.now;
+        let (ida, idb) = (self.nodes[a].id.clone(), self.nodes[b].id.clone());
+        self.nodes[a].relay.link_up(now, &idb);
+        self.nodes[b].relay.link_up(now, &ida);
+        self.flush();
+    }
+
+    /// Cut the relay link between `a` and `b`: frames in flight are lost, datagrams no longer
+    /// cross, and both ends see the link go down.
+    pub fn cut_relay(&mut self, a: usize, b: usize) {
+        let pair = (a.min(b), a.max(b));
+        self.links.retain(|l| *l != pair);
+        self.frames
+            .retain(|(_, from, to, _)| (*from.min(to), *from.max(to)) != pair);
+        let now = self.now;
+        let (ida, idb) = (self.nodes[a].id.clone(), self.nodes[b].id.clone());
+        self.nodes[a].relay.link_down(now, &idb);
+        self.nodes[b].relay.link_down(now, &ida);
+        self.flush();
+    }
+
+    fn linked(&self, a: usize, b: usize) -> bool {
+        self.links.contains(&(a.min(b), a.max(b)))
+    }
+
+    /// Control asks node `node` to relay `room` from node `from`.
+    pub fn relay_room(&mut self, node: usize, room: &str, from: usize) {
+        let room_id: RoomId = room.parse().expect("a valid room name");
+        let key = self.room_key(node, &room_id);
+        let (now, from_id) = (self.now, self.nodes[from].id.clone());
+        self.nodes[node]
+            .relay
+            .relay_room(now, key, &room_id, &from_id);
+        self.flush();
     }
 
     /// A node API call for the session of `peer` (or any session id) on its node.
@@ -386,6 +466,12 @@ impl Kit {
             for engine in &mut node.engines {
                 next = next.min(engine.poll_timeout());
             }
+            if let Some(t) = node.relay.poll_timeout() {
+                next = next.min(t);
+            }
+        }
+        if let Some((t, ..)) = self.frames.front() {
+            next = next.min(*t);
         }
         for p in self.peers.iter().filter(|p| !p.gone) {
             if let Some(t) = p.peer.poll_timeout() {
@@ -397,10 +483,18 @@ impl Kit {
         while let Some(d) = self.net.pop_due(now) {
             self.deliver(d);
         }
+        while self.frames.front().is_some_and(|(t, ..)| *t <= now) {
+            let Some((_, from, to, frame)) = self.frames.pop_front() else {
+                break;
+            };
+            let from_id = self.nodes[from].id.clone();
+            self.nodes[to].relay.handle_frame(now, &from_id, frame);
+        }
         for node in &mut self.nodes {
             for engine in &mut node.engines {
                 engine.handle_timeout(now);
             }
+            node.relay.handle_timeout(now);
         }
         for p in self.peers.iter_mut().filter(|p| !p.gone) {
             if p.peer.poll_timeout().is_some_and(|t| t <= now) {
@@ -421,6 +515,19 @@ impl Kit {
 
     fn deliver(&mut self, d: Datagram) {
         let now = self.now;
+        if d.to.port() == RELAY_PORT {
+            let from = self.nodes.iter().position(|n| n.relay_addr == d.from);
+            let to = self.nodes.iter().position(|n| n.relay_addr == d.to);
+            if let (Some(from), Some(to)) = (from, to) {
+                if self.linked(from, to) {
+                    let from_id = self.nodes[from].id.clone();
+                    self.nodes[to]
+                        .relay
+                        .handle_datagram(now, &from_id, &d.contents);
+                }
+            }
+            return;
+        }
         for node in &mut self.nodes {
             if let Some(w) = node.addrs.iter().position(|a| *a == d.to) {
                 node.engines[w].handle_datagram(now, d.from, d.to, &d.contents);
@@ -448,7 +555,10 @@ impl Kit {
         let now = self.now;
         loop {
             let mut moved = false;
-            for node in &mut self.nodes {
+            let mut frames = Vec::new();
+            let mut relay_datagrams = Vec::new();
+            for (n, node) in self.nodes.iter_mut().enumerate() {
+                let relay_id = node.relay.id();
                 for w in 0..node.engines.len() {
                     let from = node.addrs[w];
                     while let Some(t) = node.engines[w].poll_transmit() {
@@ -464,7 +574,9 @@ impl Kit {
                     }
                     while let Some((to, message)) = node.engines[w].poll_cross_worker() {
                         moved = true;
-                        if let Some(engine) = node.engines.get_mut(to.index()) {
+                        if to == relay_id {
+                            node.relay.handle_cross_worker(now, message);
+                        } else if let Some(engine) = node.engines.get_mut(to.index()) {
                             engine.handle_cross_worker(now, message);
                         }
                     }
@@ -481,6 +593,37 @@ impl Kit {
                         }
                         node.events.push(event);
                     }
+                }
+                while let Some((to, message)) = node.relay.poll_cross_worker() {
+                    moved = true;
+                    if let Some(engine) = node.engines.get_mut(to.index()) {
+                        engine.handle_cross_worker(now, message);
+                    }
+                }
+                while let Some((peer, frame)) = node.relay.poll_frame() {
+                    moved = true;
+                    frames.push((n, peer, frame));
+                }
+                while let Some((peer, datagram)) = node.relay.poll_datagram() {
+                    moved = true;
+                    relay_datagrams.push((node.relay_addr, peer, datagram));
+                }
+            }
+            for (from, peer, frame) in frames {
+                let to = self.nodes.iter().position(|n| n.id == peer);
+                if let Some(to) = to.filter(|&to| self.linked(from, to)) {
+                    self.frames
+                        .push_back((now + RELAY_STREAM_DELAY, from, to, frame));
+                }
+            }
+            for (from, peer, contents) in relay_datagrams {
+                let to = self
+                    .nodes
+                    .iter()
+                    .find(|n| n.id == peer)
+                    .map(|n| n.relay_addr);
+                if let Some(to) = to {
+                    self.net.send(now, Datagram { from, to, contents });
                 }
             }
             for p in self.peers.iter_mut() {

@@ -1,0 +1,809 @@
+//! The node's end of its relay links (docs/cascade.md), as a sans-IO state machine: one more
+//! participant in the workers' cross-worker mesh, with the worker id after the last real
+//! worker. Inputs are the workers' messages (room notices, packets of rooms some other node
+//! joined, keyframe requests for relayed tracks), the frames and datagrams of peer nodes, link
+//! ups and downs and the time; outputs are messages for the workers and frames and datagrams
+//! for peer nodes. Like the engine it never reads the clock. A QUIC shell carries its frames
+//! on each link's stream and its datagrams as QUIC datagrams.
+//!
+//! As the **origin** of a room (it has the publisher), the endpoint declares interest in the
+//! room to the workers once a peer node joins it, announces the room's tracks published here
+//! and sends each packet to every joined peer; it keeps the last second of packets of each
+//! track to answer the hop's NACKs. As a **relay** of a room (control asked it to relay the
+//! room from an origin node), it joins the room at the origin when the link is up, announces
+//! the origin's tracks to the workers as tracks whose publisher is this endpoint, hands each
+//! packet to the workers with subscribers in the room, NACKs gaps and throttles keyframe
+//! requests. Only tracks published by this node's own sessions are ever sent to a peer: a
+//! relayed track is never relayed again, so rooms over any number of nodes have no loops.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sfu_proto::relay::{
+    DatagramError, MAX_NACK, Reassembler, RelayFrame, RelayedPacket, RelayedTrack, encode_media,
+};
+use sfu_proto::{Layer, NodeId, RoomId, TrackId, TrackInfo, WorkerId};
+
+use crate::engine::forward::MediaPacket;
+use crate::engine::room::PublishedTrack;
+use crate::engine::{CrossWorker, RoomNotice};
+use crate::ids::RoomKey;
+
+/// Keyframe requests for one (track, layer) go to the origin at most this often, however many
+/// subscribers ask.
+pub const KEYFRAME_INTERVAL: Duration = Duration::from_millis(500);
+
+/// How long the origin keeps a track's packets for the hop's NACKs.
+pub const RETAIN: Duration = Duration::from_secs(1);
+
+/// A packet NACKed on the hop and still missing is asked for again after this long (about
+/// two round trips of a link between regions), at most [`NACK_ATTEMPTS`] times in all: a
+/// repair can be lost too.
+pub const NACK_RETRY: Duration = Duration::from_millis(60);
+pub const NACK_ATTEMPTS: u8 = 4;
+
+/// Missing packets tracked per track and layer; a larger gap is a lost link, which a keyframe
+/// repairs better than retransmissions.
+const MAX_MISSING: usize = 256;
+
+/// Settings of the relay endpoint.
+#[derive(Debug, Clone, Copy)]
+pub struct RelayConfig {
+    /// Largest datagram the links carry (QUIC's current limit on the path); larger packets
+    /// are fragmented.
+    pub max_datagram: usize,
+    /// A relayed room with no subscriber on this node for this long is left.
+    pub idle: Duration,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            // QUIC's datagram limit at its initial 1200-byte MTU, less its own overhead.
+            max_datagram: 1100,
+            idle: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Counters of the relay endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RelayStats {
+    pub datagrams_out: u64,
+    pub datagrams_in: u64,
+    pub packets_out: u64,
+    pub packets_in: u64,
+    /// Packets too large for the datagrams' fragment limit.
+    pub dropped_size: u64,
+    /// Datagrams that were no packet of the protocol.
+    pub dropped_malformed: u64,
+    /// Packets resent for the peer's NACKs.
+    pub retransmitted: u64,
+    pub nacks_sent: u64,
+    pub keyframe_requests_sent: u64,
+}
+
+/// A track published by this node's sessions, as the origin side knows it.
+#[derive(Debug)]
+struct LocalTrack {
+    published: PublishedTrack,
+    info: TrackInfo,
+    /// Recent packets for NACKs, oldest first.
+    retained: VecDeque<Arc<MediaPacket>>,
+}
+
+/// A room as the endpoint knows it.
+#[derive(Debug)]
+struct Room {
+    id: RoomId,
+    /// Workers with subscribers in the room.
+    interested: HashSet<WorkerId>,
+    /// Tracks published here (origin side).
+    local: Vec<LocalTrack>,
+    /// Peer nodes that joined the room (origin side).
+    joined_by: Vec<NodeId>,
+    /// The origin node this endpoint relays the room from (relay side), and what it relays.
+    relayed: Option<Relayed>,
+    /// Since when no worker has had a subscriber in the room (relay side).
+    idle_since: Option<Instant>,
+}
+
+impl Room {
+    fn new(id: RoomId) -> Self {
+        Self {
+            id,
+            interested: HashSet::new(),
+            local: Vec::new(),
+            joined_by: Vec::new(),
+            relayed: None,
+            idle_since: None,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Relayed {
+    from: NodeId,
+    /// The origin's tracks, announced to the workers.
+    tracks: HashMap<TrackId, RelayedState>,
+}
+
+#[derive(Debug, Default)]
+struct RelayedState {
+    /// Next expected extended sequence number per layer.
+    next_seq: [Option<u64>; Layer::COUNT],
+    /// Per layer, packets NACKed and not yet arrived: when last asked, and how often.
+    missing: [BTreeMap<u64, (Instant, u8)>; Layer::COUNT],
+    /// When a keyframe request for each layer last went to the origin.
+    last_keyframe_request: [Option<Instant>; Layer::COUNT],
+}
+
+/// The node's end of all its relay links.
+#[derive(Debug)]
+pub struct RelayEndpoint {
+    /// This endpoint's id in the cross-worker mesh: one past the last real worker.
+    id: WorkerId,
+    workers: usize,
+    config: RelayConfig,
+    now: Instant,
+    rooms: HashMap<RoomKey, Room>,
+    by_name: HashMap<RoomId, RoomKey>,
+    links_up: HashSet<NodeId>,
+    /// Joins of rooms this node has not seen yet (no notice about them so far): applied when
+    /// the room's first notice arrives.
+    pending_joins: HashMap<RoomId, Vec<NodeId>>,
+    reassemblers: HashMap<NodeId, Reassembler>,
+    next_fragmented: u32,
+    cross: VecDeque<(WorkerId, CrossWorker)>,
+    frames: VecDeque<(NodeId, RelayFrame)>,
+    datagrams: VecDeque<(NodeId, Vec<u8>)>,
+    stats: RelayStats,
+}
+
+impl RelayEndpoint {
+    /// The endpoint of a node with `workers` workers; its own id is `workers`.
+    pub fn new(workers: usize, config: RelayConfig, now: Instant) -> Self {
+        Self {
+            id: WorkerId(workers as u16),
+            workers,
+            config,
+            now,
+            rooms: HashMap::new(),
+            by_name: HashMap::new(),
+            links_up: HashSet::new(),
+            pending_joins: HashMap::new(),
+            reassemblers: HashMap::new(),
+            next_fragmented: 0,
+            cross: VecDeque::new(),
+            frames: VecDeque::new(),
+            datagrams: VecDeque::new(),
+            stats: RelayStats::default(),
+        }
+    }
+
+    /// This endpoint's worker id (workers address it like another worker).
+    pub fn id(&self) -> WorkerId {
+        self.id
+    }
+
+    pub fn stats(&self) -> &RelayStats {
+        &self.stats
+    }
+
+    /// Rooms relayed from another node, with that node.
+    pub fn relayed_rooms(&self) -> impl Iterator<Item = (&RoomId, &NodeId)> {
+        self.rooms
+            .values()
+            .filter_map(|r| r.relayed.as_ref().map(|rel| (&r.id, &rel.from)))
+    }
+
+    /// The room `key`, created on first sight; joins waiting for it are applied then.
+    fn room_entry(&mut self, key: RoomKey, id: &RoomId) -> &mut Room {
+        if !self.rooms.contains_key(&key) {
+            self.by_name.insert(id.clone(), key);
+            self.rooms.insert(key, Room::new(id.clone()));
+            for peer in self.pending_joins.remove(id).unwrap_or_default() {
+                self.join(&peer, id);
+            }
+        }
+        self.rooms.get_mut(&key).expect("inserted above")
+    }
+
+    /// Control asks this node to relay room `id` (this node's key `key`) from node `from`.
+    /// Joins at once if the link to `from` is up, else when it comes up.
+    pub fn relay_room(&mut self, now: Instant, key: RoomKey, id: &RoomId, from: &NodeId) {
+        self.now = now;
+        let link_up = self.links_up.contains(from);
+        let room = self.room_entry(key, id);
+        if room.relayed.as_ref().is_some_and(|r| &r.from == from) {
+            return;
+        }
+        room.relayed = Some(Relayed {
+            from: from.clone(),
+            tracks: HashMap::new(),
+        });
+        room.idle_since = room.interested.is_empty().then_some(now);
+        if link_up {
+            self.frames
+                .push_back((from.clone(), RelayFrame::Join { room: id.clone() }));
+        }
+    }
+
+    /// The link to `peer` is up (again): join the rooms relayed from it.
+    pub fn link_up(&mut self, now: Instant, peer: &NodeId) {
+        self.now = now;
+        self.links_up.insert(peer.clone());
+        for room in self.rooms.values() {
+            if room.relayed.as_ref().is_some_and(|r| &r.from == peer) {
+                self.frames.push_back((
+                    peer.clone(),
+                    RelayFrame::Join {
+                        room: room.id.clone(),
+                    },
+                ));
+            }
+        }
+    }
+
+    /// The link to `peer` is gone: its relayed tracks end here (subscribers see their
+    /// publishers leave; they come back when the link does), and it no longer receives this
+    /// node's rooms.
+    pub fn link_down(&mut self, now: Instant, peer: &NodeId) {
+        self.now = now;
+        self.links_up.remove(peer);
+        self.reassemblers.remove(peer);
+        for waiting in self.pending_joins.values_mut() {
+            waiting.retain(|p| p != peer);
+        }
+        self.pending_joins.retain(|_, waiting| !waiting.is_empty());
+        let keys: Vec<RoomKey> = self.rooms.keys().copied().collect();
+        for key in keys {
+            self.unpublish_relayed(key, peer, None);
+            self.leave(key, peer);
+        }
+    }
+
+    /// A message from a worker.
+    pub fn handle_cross_worker(&mut self, now: Instant, message: CrossWorker) {
+        self.now = now;
+        match message {
+            CrossWorker::Media(packet) => self.send_media(&packet),
+            CrossWorker::KeyframeRequest { track, layer } => self.request_keyframe(track, layer),
+            CrossWorker::Room(notice) => self.handle_notice(*notice),
+        }
+    }
+
+    fn handle_notice(&mut self, notice: RoomNotice) {
+        match notice {
+            RoomNotice::Interest {
+                room,
+                room_id,
+                worker,
+                interested,
+            } => {
+                let now = self.now;
+                let r = self.room_entry(room, &room_id);
+                if interested {
+                    r.interested.insert(worker);
+                    r.idle_since = None;
+                } else {
+                    r.interested.remove(&worker);
+                    if r.interested.is_empty() {
+                        r.idle_since = Some(now);
+                    }
+                }
+            }
+            RoomNotice::TrackPublished {
+                room,
+                room_id,
+                track,
+            } => {
+                // Only this node's own tracks are sent on: a relayed one (ours) never is.
+                if track.origin == self.id {
+                    return;
+                }
+                let info = TrackInfo {
+                    track: track.id,
+                    room: room_id.clone(),
+                    // The workers' notice does not carry the identity; peers need only the
+                    // participant, which rides every packet header.
+                    identity: String::new(),
+                    kind: track.kind,
+                    layers: Layer::COUNT as u8,
+                };
+                let r = self.room_entry(room, &room_id);
+                if r.local.iter().any(|t| t.published.id == track.id) {
+                    return;
+                }
+                let announce = RelayFrame::TrackPublished {
+                    room: room_id.clone(),
+                    track: RelayedTrack {
+                        info: info.clone(),
+                        participant: track.participant,
+                        order: track.order,
+                    },
+                };
+                let peers = r.joined_by.clone();
+                r.local.push(LocalTrack {
+                    published: track,
+                    info,
+                    retained: VecDeque::new(),
+                });
+                for peer in peers {
+                    self.frames.push_back((peer, announce.clone()));
+                }
+            }
+            RoomNotice::TrackUnpublished { room, track } => {
+                let Some(r) = self.rooms.get_mut(&room) else {
+                    return;
+                };
+                let before = r.local.len();
+                r.local.retain(|t| t.published.id != track);
+                if r.local.len() != before {
+                    let frame = RelayFrame::TrackUnpublished {
+                        room: r.id.clone(),
+                        track,
+                    };
+                    for peer in r.joined_by.clone() {
+                        self.frames.push_back((peer, frame.clone()));
+                    }
+                }
+                self.drop_if_unused(room);
+            }
+        }
+    }
+
+    /// Origin side: a packet of a room some peer joined.
+    fn send_media(&mut self, packet: &Arc<MediaPacket>) {
+        let Some(room) = self.rooms.get_mut(&packet.room) else {
+            return;
+        };
+        let Some(track) = room
+            .local
+            .iter_mut()
+            .find(|t| t.published.id == packet.header.track)
+        else {
+            return;
+        };
+        track.retained.push_back(packet.clone());
+        let horizon = self.now.checked_sub(RETAIN);
+        while track
+            .retained
+            .front()
+            .is_some_and(|p| horizon.is_some_and(|h| p.arrival < h))
+        {
+            track.retained.pop_front();
+        }
+        let peers = room.joined_by.clone();
+        for peer in peers {
+            self.send_packet(&peer, packet);
+        }
+    }
+
+    fn send_packet(&mut self, peer: &NodeId, packet: &MediaPacket) {
+        let datagrams = match encode_media(
+            &packet.header,
+            &packet.payload,
+            self.config.max_datagram,
+            self.next_fragmented,
+        ) {
+            Ok(d) => d,
+            Err(DatagramError::TooLarge { .. }) => {
+                self.stats.dropped_size += 1;
+                return;
+            }
+            Err(_) => {
+                self.stats.dropped_malformed += 1;
+                return;
+            }
+        };
+        if datagrams.len() > 1 {
+            self.next_fragmented = self.next_fragmented.wrapping_add(1);
+        }
+        self.stats.packets_out += 1;
+        for d in datagrams {
+            self.stats.datagrams_out += 1;
+            self.datagrams.push_back((peer.clone(), d));
+        }
+    }
+
+    /// Relay side: a worker's subscriber needs a keyframe of a relayed track.
+    fn request_keyframe(&mut self, track: TrackId, layer: Layer) {
+        let now = self.now;
+        let Some((from, state)) = self.rooms.values_mut().find_map(|r| {
+            let rel = r.relayed.as_mut()?;
+            let from = rel.from.clone();
+            rel.tracks.get_mut(&track).map(|s| (from, s))
+        }) else {
+            return;
+        };
+        let last = &mut state.last_keyframe_request[layer.index()];
+        if last.is_some_and(|t| now.saturating_duration_since(t) < KEYFRAME_INTERVAL) {
+            return;
+        }
+        *last = Some(now);
+        self.stats.keyframe_requests_sent += 1;
+        self.frames
+            .push_back((from, RelayFrame::KeyframeRequest { track, layer }));
+    }
+
+    /// A frame from peer node `peer` on its link's stream.
+    pub fn handle_frame(&mut self, now: Instant, peer: &NodeId, frame: RelayFrame) {
+        self.now = now;
+        match frame {
+            RelayFrame::Join { room } => self.join(peer, &room),
+            RelayFrame::Leave { room } => {
+                if let Some(&key) = self.by_name.get(&room) {
+                    self.leave(key, peer);
+                }
+            }
+            RelayFrame::TrackPublished { room, track } => self.track_arrived(peer, &room, track),
+            RelayFrame::TrackUnpublished { room, track } => {
+                if let Some(&key) = self.by_name.get(&room) {
+                    self.unpublish_relayed(key, peer, Some(track));
+                }
+            }
+            RelayFrame::KeyframeRequest { track, layer } => {
+                // Origin side: to the worker whose session publishes the track.
+                let origin = self
+                    .rooms
+                    .values()
+                    .flat_map(|r| &r.local)
+                    .find(|t| t.published.id == track)
+                    .map(|t| t.published.origin);
+                if let Some(worker) = origin {
+                    self.cross
+                        .push_back((worker, CrossWorker::KeyframeRequest { track, layer }));
+                }
+            }
+            RelayFrame::Nack { track, layer, seqs } => self.resend(peer, track, layer, &seqs),
+            // Layer masks are not acted on yet: every layer crosses. Handshake frames are the
+            // shell's.
+            RelayFrame::Layers { .. } | RelayFrame::Hello { .. } | RelayFrame::Refused { .. } => {}
+        }
+    }
+
+    /// Origin side: `peer` wants room `room`.
+    fn join(&mut self, peer: &NodeId, room: &RoomId) {
+        let Some(&key) = self.by_name.get(room) else {
+            // No session of the room has told this endpoint about it yet (e.g. only
+            // subscribers so far, or the publisher is being set up): join once it does.
+            let waiting = self.pending_joins.entry(room.clone()).or_default();
+            if !waiting.contains(peer) {
+                waiting.push(peer.clone());
+            }
+            return;
+        };
+        let Some(r) = self.rooms.get_mut(&key) else {
+            return;
+        };
+        if r.joined_by.contains(peer) {
+            return;
+        }
+        r.joined_by.push(peer.clone());
+        let first = r.joined_by.len() == 1;
+        for t in &r.local {
+            self.frames.push_back((
+                peer.clone(),
+                RelayFrame::TrackPublished {
+                    room: room.clone(),
+                    track: RelayedTrack {
+                        info: t.info.clone(),
+                        participant: t.published.participant,
+                        order: t.published.order,
+                    },
+                },
+            ));
+        }
+        if first {
+            // The first peer: the workers start sending this room's packets here.
+            self.declare_interest(key, room, true);
+        }
+    }
+
+    /// Origin side: `peer` no longer wants the room.
+    fn leave(&mut self, key: RoomKey, peer: &NodeId) {
+        let Some(r) = self.rooms.get_mut(&key) else {
+            return;
+        };
+        let before = r.joined_by.len();
+        r.joined_by.retain(|p| p != peer);
+        if before > 0 && r.joined_by.is_empty() {
+            let id = r.id.clone();
+            self.declare_interest(key, &id, false);
+        }
+        self.drop_if_unused(key);
+    }
+
+    /// Tell the workers whether this endpoint wants room `key`'s packets.
+    fn declare_interest(&mut self, key: RoomKey, room: &RoomId, interested: bool) {
+        let worker = self.id;
+        self.tell_workers(|| RoomNotice::Interest {
+            room: key,
+            room_id: room.clone(),
+            worker,
+            interested,
+        });
+    }
+
+    /// Relay side: what room `key` relays, if it relays it from `peer`.
+    fn relayed_from(&mut self, key: RoomKey, peer: &NodeId) -> Option<&mut Relayed> {
+        self.rooms
+            .get_mut(&key)
+            .and_then(|r| r.relayed.as_mut())
+            .filter(|rel| &rel.from == peer)
+    }
+
+    /// Relay side: the origin announced a track of a room relayed from it.
+    fn track_arrived(&mut self, peer: &NodeId, room: &RoomId, track: RelayedTrack) {
+        let Some(&key) = self.by_name.get(room) else {
+            return;
+        };
+        let Some(rel) = self.relayed_from(key, peer) else {
+            return;
+        };
+        if rel.tracks.contains_key(&track.info.track) {
+            // Announced again after the link came back: known already, no duplicate.
+            return;
+        }
+        rel.tracks.insert(track.info.track, RelayedState::default());
+        let published = PublishedTrack::new(
+            track.info.track,
+            track.participant,
+            track.info.kind,
+            track.order,
+            self.id,
+        );
+        self.tell_workers(|| RoomNotice::TrackPublished {
+            room: key,
+            room_id: room.clone(),
+            track: published.clone(),
+        });
+    }
+
+    /// Relay side: tracks relayed from `peer` in room `key` end (one, or all of them).
+    fn unpublish_relayed(&mut self, key: RoomKey, peer: &NodeId, only: Option<TrackId>) {
+        let Some(rel) = self.relayed_from(key, peer) else {
+            return;
+        };
+        let ended: Vec<TrackId> = match only {
+            Some(t) => rel.tracks.remove(&t).map(|_| t).into_iter().collect(),
+            None => rel.tracks.drain().map(|(t, _)| t).collect(),
+        };
+        for track in ended {
+            self.tell_workers(|| RoomNotice::TrackUnpublished { room: key, track });
+        }
+    }
+
+    /// Origin side: resend what `peer` NACKed, if still retained.
+    fn resend(&mut self, peer: &NodeId, track: TrackId, layer: Layer, seqs: &[u64]) {
+        let wanted: HashSet<u64> = seqs.iter().take(MAX_NACK).copied().collect();
+        let found: Vec<Arc<MediaPacket>> = self
+            .rooms
+            .values()
+            .filter(|r| r.joined_by.contains(peer))
+            .flat_map(|r| &r.local)
+            .filter(|t| t.published.id == track)
+            .flat_map(|t| &t.retained)
+            .filter(|p| p.header.layer == layer && wanted.contains(&p.header.seq))
+            .cloned()
+            .collect();
+        for packet in found {
+            self.stats.retransmitted += 1;
+            self.send_packet(peer, &packet);
+        }
+    }
+
+    /// A datagram from peer node `peer`.
+    pub fn handle_datagram(&mut self, now: Instant, peer: &NodeId, datagram: &[u8]) {
+        self.now = now;
+        self.stats.datagrams_in += 1;
+        let packet = match self
+            .reassemblers
+            .entry(peer.clone())
+            .or_default()
+            .push(datagram)
+        {
+            Ok(Some(p)) => p,
+            Ok(None) => return,
+            Err(_) => {
+                self.stats.dropped_malformed += 1;
+                return;
+            }
+        };
+        self.packet_arrived(peer, packet);
+    }
+
+    /// Relay side: a packet of a relayed track.
+    fn packet_arrived(&mut self, peer: &NodeId, packet: RelayedPacket) {
+        let now = self.now;
+        let header = packet.header;
+        let Some((key, room)) = self.rooms.iter_mut().find(|(_, r)| {
+            r.relayed
+                .as_ref()
+                .is_some_and(|rel| &rel.from == peer && rel.tracks.contains_key(&header.track))
+        }) else {
+            return;
+        };
+        let key = *key;
+        let Some(state) = room
+            .relayed
+            .as_mut()
+            .and_then(|rel| rel.tracks.get_mut(&header.track))
+        else {
+            return;
+        };
+        self.stats.packets_in += 1;
+        // Gaps in the layer's sequence are NACKed to the origin (and again, see
+        // `handle_timeout`, until they arrive or give up).
+        let layer = header.layer.index();
+        let missing = &mut state.missing[layer];
+        let next = &mut state.next_seq[layer];
+        match *next {
+            Some(expected) if header.seq > expected => {
+                let gap: Vec<u64> = (expected..header.seq).take(MAX_NACK).collect();
+                for &seq in &gap {
+                    missing.insert(seq, (now, 1));
+                }
+                while missing.len() > MAX_MISSING {
+                    missing.pop_first();
+                }
+                self.stats.nacks_sent += 1;
+                self.frames.push_back((
+                    peer.clone(),
+                    RelayFrame::Nack {
+                        track: header.track,
+                        layer: header.layer,
+                        seqs: gap,
+                    },
+                ));
+                *next = Some(header.seq + 1);
+            }
+            // A repair, or a reordered packet.
+            Some(expected) if header.seq < expected => {
+                missing.remove(&header.seq);
+            }
+            _ => *next = Some(header.seq + 1),
+        }
+        let media = Arc::new(MediaPacket {
+            room: key,
+            origin: self.id,
+            header,
+            payload: packet.payload,
+            arrival: now,
+        });
+        let mut workers: Vec<WorkerId> = room.interested.iter().copied().collect();
+        workers.sort();
+        for w in workers {
+            self.cross.push_back((w, CrossWorker::Media(media.clone())));
+        }
+    }
+
+    /// Time passed: ask again for packets still missing, and leave relayed rooms that have
+    /// had no subscriber here for `idle`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = now;
+        self.renack(now);
+        let idle = self.config.idle;
+        let expired: Vec<RoomKey> = self
+            .rooms
+            .iter()
+            .filter(|(_, r)| {
+                r.relayed.is_some()
+                    && r.idle_since
+                        .is_some_and(|t| now.saturating_duration_since(t) >= idle)
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for key in expired {
+            let Some(from) = self
+                .rooms
+                .get(&key)
+                .and_then(|r| r.relayed.as_ref())
+                .map(|rel| rel.from.clone())
+            else {
+                continue;
+            };
+            self.unpublish_relayed(key, &from, None);
+            if let Some(r) = self.rooms.get_mut(&key) {
+                r.relayed = None;
+                r.idle_since = None;
+                if self.links_up.contains(&from) {
+                    self.frames
+                        .push_back((from, RelayFrame::Leave { room: r.id.clone() }));
+                }
+            }
+            self.drop_if_unused(key);
+        }
+    }
+
+    /// NACK again what is still missing after [`NACK_RETRY`]; give up after
+    /// [`NACK_ATTEMPTS`].
+    fn renack(&mut self, now: Instant) {
+        for room in self.rooms.values_mut() {
+            let Some(rel) = room.relayed.as_mut() else {
+                continue;
+            };
+            for (track, state) in &mut rel.tracks {
+                for (layer, missing) in state.missing.iter_mut().enumerate() {
+                    let mut again = Vec::new();
+                    missing.retain(|&seq, (asked, attempts)| {
+                        if now.saturating_duration_since(*asked) < NACK_RETRY {
+                            return true;
+                        }
+                        if *attempts >= NACK_ATTEMPTS {
+                            return false;
+                        }
+                        *asked = now;
+                        *attempts += 1;
+                        again.push(seq);
+                        true
+                    });
+                    for seqs in again.chunks(MAX_NACK) {
+                        self.stats.nacks_sent += 1;
+                        self.frames.push_back((
+                            rel.from.clone(),
+                            RelayFrame::Nack {
+                                track: *track,
+                                layer: Layer(layer as u8),
+                                seqs: seqs.to_vec(),
+                            },
+                        ));
+                    }
+                }
+            }
+        }
+    }
+
+    /// When [`RelayEndpoint::handle_timeout`] wants to run next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let relayed = self
+            .rooms
+            .values()
+            .filter_map(|r| Some((r, r.relayed.as_ref()?)));
+        let idle = relayed
+            .clone()
+            .filter_map(|(r, _)| r.idle_since.map(|t| t + self.config.idle));
+        let retries = relayed
+            .flat_map(|(_, rel)| rel.tracks.values())
+            .flat_map(|s| s.missing.iter())
+            .flat_map(|m| m.values())
+            .map(|(asked, _)| *asked + NACK_RETRY);
+        idle.chain(retries).min()
+    }
+
+    /// Tell every worker about a room (each gets its own copy of the notice).
+    fn tell_workers(&mut self, notice: impl Fn() -> RoomNotice) {
+        for w in 0..self.workers {
+            self.cross
+                .push_back((WorkerId(w as u16), CrossWorker::Room(Box::new(notice()))));
+        }
+    }
+
+    fn drop_if_unused(&mut self, key: RoomKey) {
+        let unused = self.rooms.get(&key).is_some_and(|r| {
+            r.local.is_empty()
+                && r.joined_by.is_empty()
+                && r.relayed.is_none()
+                && r.interested.is_empty()
+        });
+        if unused {
+            if let Some(r) = self.rooms.remove(&key) {
+                self.by_name.remove(&r.id);
+            }
+        }
+    }
+
+    pub fn poll_cross_worker(&mut self) -> Option<(WorkerId, CrossWorker)> {
+        self.cross.pop_front()
+    }
+
+    pub fn poll_frame(&mut self) -> Option<(NodeId, RelayFrame)> {
+        self.frames.pop_front()
+    }
+
+    pub fn poll_datagram(&mut self) -> Option<(NodeId, Vec<u8>)> {
+        self.datagrams.pop_front()
+    }
+}

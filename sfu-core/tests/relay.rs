@@ -1,0 +1,224 @@
+//! Rooms that span nodes, on the deterministic test kit: two (or three) nodes whose relay
+//! endpoints share a room over a simulated link (stream frames reliable, media datagrams on
+//! the seeded network). The subscriber on the relay node must see the origin's publisher as
+//! if it were local: contiguous sequence numbers, keyframes on request, repairs of a lossy hop,
+//! the publisher leaving when the origin goes away, and no loops with three nodes.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use sfu_core::proto::SubscribePolicy;
+use sfu_core::testkit::net::NetConfig;
+use sfu_core::testkit::peer::PublishMedia;
+use sfu_core::testkit::{Kit, PeerRef, relay_datagram};
+
+/// A publisher on node 0, a subscriber of the same room on node 1 that relays the room from
+/// node 0, both connected; the link between the nodes is up.
+fn relayed_room(kit: &mut Kit, media: PublishMedia) -> (PeerRef, PeerRef) {
+    kit.link_relay(0, 1);
+    let publisher = kit.publish(0, 0, "r", "alice", media).expect("publish");
+    kit.relay_room(1, "r", 0);
+    let sub = kit
+        .subscribe(1, 0, "r", "bob", WATCH, SubscribePolicy::NewestOther)
+        .expect("subscribe");
+    assert!(kit.run_until(Duration::from_secs(5), |k| connected(k, &[publisher, sub])));
+    (publisher, sub)
+}
+
+#[test]
+fn a_subscriber_on_another_node_gets_the_publisher_through_the_relay() {
+    let mut kit = Kit::new(&[1, 1], NetConfig::default());
+    let (publisher, sub) = relayed_room(&mut kit, AV);
+    kit.run_for(Duration::from_secs(3));
+    let tag = kit.peer(publisher).tag;
+    for (slot, what) in [(0, "audio"), (1, "video")] {
+        let received = kit.peer(sub).received_on(slot);
+        assert!(received.len() > 50, "{what}: {} packets", received.len());
+        assert_contiguous(received, what);
+        assert!(received.iter().all(|r| r.publisher == tag), "{what}");
+        // One more hop of 5 ms than a local subscriber's 10 ms, plus the kit's steps.
+        let late = received
+            .iter()
+            .skip(5)
+            .filter(|r| r.latency > Duration::from_micros(15_100))
+            .count();
+        assert_eq!(late, 0, "{what}: packets later than the two hops");
+    }
+    let origin = kit.nodes[0].relay.stats().clone();
+    let relay = kit.nodes[1].relay.stats().clone();
+    // Each packet crossed the link once, and arrived once.
+    assert!(origin.packets_out > 100, "{origin:?}");
+    assert_eq!(
+        origin.packets_out, relay.packets_in,
+        "{origin:?} / {relay:?}"
+    );
+    assert_eq!(relay.dropped_malformed, 0);
+}
+
+#[test]
+fn a_track_crosses_the_link_once_however_many_subscribers_it_has_there() {
+    let mut kit = Kit::new(&[1, 2], NetConfig::default());
+    let (_, first) = relayed_room(&mut kit, AV);
+    let mut subs = vec![first];
+    for i in 0..5 {
+        subs.push(
+            kit.subscribe(
+                1,
+                i % 2,
+                "r",
+                &format!("viewer{i}"),
+                WATCH,
+                SubscribePolicy::NewestOther,
+            )
+            .expect("subscribe"),
+        );
+    }
+    assert!(kit.run_until(Duration::from_secs(5), |k| connected(k, &subs)));
+    let before = kit.nodes[0].relay.stats().packets_out;
+    kit.run_for(Duration::from_secs(2));
+    let crossed = kit.nodes[0].relay.stats().packets_out - before;
+    let delivered: usize = subs.iter().map(|s| kit.peer(*s).received_on(1).len()).sum();
+    // Audio 50/s + video; six subscribers receive, but the link carries one copy.
+    assert!(
+        crossed > 100 && crossed < 2 * 400,
+        "{crossed} packets crossed"
+    );
+    assert!(delivered as u64 > 4 * crossed / 2, "{delivered} delivered");
+    for (i, s) in subs.iter().enumerate() {
+        assert_contiguous(kit.peer(*s).received_on(1), &format!("viewer {i} video"));
+    }
+}
+
+#[test]
+fn packets_lost_on_the_hop_are_repaired_from_the_origin() {
+    // 10 % of the datagrams between the nodes are lost (the peers' own legs are clean): the
+    // relay node NACKs the gaps and the origin resends, so the subscriber sees no hole.
+    let net = NetConfig {
+        seed: 7,
+        loss: 0.10,
+        loss_min_len: 0,
+        lossy: relay_datagram,
+        ..NetConfig::default()
+    };
+    let mut kit = Kit::new(&[1, 1], net);
+    let (_, sub) = relayed_room(&mut kit, AV);
+    kit.run_for(Duration::from_secs(4));
+    // Settle: the last NACKs and repairs land.
+    kit.net.set_loss(0.0);
+    kit.run_for(Duration::from_millis(500));
+    let relay = kit.nodes[1].relay.stats().clone();
+    let origin = kit.nodes[0].relay.stats().clone();
+    assert!(kit.net.lost > 20, "the hop lost {} datagrams", kit.net.lost);
+    assert!(
+        relay.nacks_sent > 0 && origin.retransmitted > 0,
+        "{relay:?} {origin:?}"
+    );
+    for (slot, what) in [(0, "audio"), (1, "video")] {
+        let received = kit.peer(sub).received_on(slot);
+        assert!(received.len() > 100, "{what}: {}", received.len());
+        assert_contiguous(received, what);
+    }
+}
+
+#[test]
+fn simulcast_layers_and_keyframes_work_through_the_relay() {
+    let mut kit = Kit::new(&[1, 1], NetConfig::default());
+    let (publisher, sub) = relayed_room(&mut kit, SIMULCAST);
+    kit.run_for(Duration::from_secs(3));
+    let video = kit.peer(sub).received_on(1);
+    assert_contiguous(video, "video");
+    // The highest layer is forwarded.
+    assert_eq!(video.last().map(|r| r.layer), Some(2));
+
+    // The subscriber asks for a keyframe: its node passes it to the origin, which asks the
+    // publisher.
+    let (asked, relayed) = (
+        kit.peer(publisher).keyframe_requests,
+        kit.nodes[1].relay.stats().keyframe_requests_sent,
+    );
+    assert!(kit.peer_mut(sub).request_keyframe(1));
+    kit.run_for(Duration::from_millis(600));
+    assert!(kit.nodes[1].relay.stats().keyframe_requests_sent > relayed);
+    assert!(kit.peer(publisher).keyframe_requests > asked);
+
+    // The top layer stops at the publisher: the subscriber moves down through the relay
+    // (layer timeout, then a keyframe of layer 1 asked through the link), without a hole.
+    let relayed = kit.nodes[1].relay.stats().keyframe_requests_sent;
+    kit.peer_mut(publisher).pause_layer(2, true);
+    kit.run_for(Duration::from_secs(3));
+    let video = kit.peer(sub).received_on(1);
+    assert_eq!(video.last().map(|r| r.layer), Some(1));
+    assert_contiguous(video, "video after the switch");
+    assert!(kit.nodes[1].relay.stats().keyframe_requests_sent > relayed);
+}
+
+#[test]
+fn the_origin_going_away_ends_the_relayed_tracks_and_a_new_link_brings_them_back() {
+    let mut kit = Kit::new(&[1, 1], NetConfig::default());
+    let (_, sub) = relayed_room(&mut kit, AV);
+    kit.run_for(Duration::from_secs(2));
+    kit.cut_relay(0, 1);
+    let before = kit.peer(sub).received_on(1).len();
+    kit.run_for(Duration::from_secs(2));
+    let during = kit.peer(sub).received_on(1).len() - before;
+    assert!(
+        during < 10,
+        "{during} video packets arrived while the link was cut"
+    );
+    assert!(
+        kit.nodes[1].engines[0]
+            .rooms()
+            .all(|(_, r)| r.tracks().is_empty()),
+        "the relayed tracks ended on the relay node"
+    );
+
+    // The link comes back: the room is joined again, the tracks are announced once more
+    // (the same ids: one track each, no duplicate) and media resumes with a keyframe.
+    kit.link_relay(0, 1);
+    kit.run_for(Duration::from_secs(2));
+    let after = kit.peer(sub).received_on(1).len() - before - during;
+    assert!(after > 30, "{after} video packets after the link came back");
+    let tracks: usize = kit.nodes[1].engines[0]
+        .rooms()
+        .map(|(_, r)| r.tracks().len())
+        .sum();
+    assert_eq!(tracks, 2, "audio and video, once each");
+}
+
+#[test]
+fn with_three_nodes_a_relayed_track_is_never_relayed_again() {
+    // Node 1 relays from 0, node 2 relays from 1 (a misconfiguration control never makes):
+    // node 1 has no track of its own, so nothing reaches node 2, and nothing loops back.
+    let mut kit = Kit::new(&[1, 1, 1], NetConfig::default());
+    let (_, _sub) = relayed_room(&mut kit, AV);
+    kit.link_relay(1, 2);
+    kit.relay_room(2, "r", 1);
+    let far = kit
+        .subscribe(2, 0, "r", "carol", WATCH, SubscribePolicy::NewestOther)
+        .expect("subscribe");
+    kit.run_for(Duration::from_secs(3));
+    assert!(kit.peer(far).received_on(1).is_empty());
+    assert_eq!(kit.nodes[1].relay.stats().packets_out, 0);
+    assert_eq!(kit.nodes[0].relay.stats().packets_in, 0);
+}
+
+#[test]
+fn a_relayed_room_without_subscribers_is_left_after_the_idle_time() {
+    let mut kit = Kit::new(&[1, 1], NetConfig::default());
+    let (_, sub) = relayed_room(&mut kit, AV);
+    kit.run_for(Duration::from_secs(1));
+    assert!(kit.nodes[0].relay.stats().packets_out > 0);
+    kit.close(sub);
+    // Idle for 30 s (the default): then the relay node leaves and the origin stops sending.
+    kit.run_for(Duration::from_secs(31));
+    assert_eq!(kit.nodes[1].relay.relayed_rooms().count(), 0);
+    let sent = kit.nodes[0].relay.stats().packets_out;
+    kit.run_for(Duration::from_secs(2));
+    assert_eq!(
+        kit.nodes[0].relay.stats().packets_out,
+        sent,
+        "the origin stopped"
+    );
+}
