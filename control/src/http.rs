@@ -382,6 +382,13 @@ async fn offer(
             return text(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
         }
     };
+    // The room also lives on other nodes (its node drains, ...): relay it between them and
+    // this one before the session starts, so its media flows from the first packet.
+    if view.room_nodes.iter().any(|(n, _)| *n != node_id) {
+        let others: Vec<sfu_core::ids::NodeId> =
+            view.room_nodes.iter().map(|(n, _)| n.clone()).collect();
+        crate::cluster::cascade::connect(&state.nodes, &room_id, &node_id, &others).await;
+    }
     let reservation = match state
         .sessions
         .reserve(session, &node_id, &room, kind, &claims.sub, state.caps)

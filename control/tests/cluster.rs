@@ -191,6 +191,18 @@ fn api(c: &Cluster, method: Method, target: &str, token: &str) -> (u16, serde_js
     (r.status, json)
 }
 
+/// Nodes n1 and n2 joined to `c`, both up.
+fn two_nodes(c: &Cluster) -> (TestNode, TestNode) {
+    let n1 = TestNode::start("n1", &c.control, &c.cert, SECRET);
+    let n2 = TestNode::start("n2", &c.control, &c.cert, SECRET);
+    assert!(
+        wait_until(Duration::from_secs(10), || nodes_in(&c.server, "up") == 2.0),
+        "n1 and n2 registered: {}",
+        c.server.log_tail(20)
+    );
+    (n1, n2)
+}
+
 fn admin_token() -> String {
     let admin = Grants {
         admin: true,
@@ -202,11 +214,7 @@ fn admin_token() -> String {
 #[test]
 fn the_admin_api_shows_nodes_and_rooms_and_a_drained_node_takes_no_new_room() {
     let c = cluster();
-    let n1 = TestNode::start("n1", &c.control, &c.cert, SECRET);
-    let n2 = TestNode::start("n2", &c.control, &c.cert, SECRET);
-    assert!(wait_until(Duration::from_secs(10), || nodes_in(
-        &c.server, "up"
-    ) == 2.0));
+    let (n1, n2) = two_nodes(&c);
     let admin = admin_token();
 
     // Only an admin token for every room may use the API.
@@ -401,6 +409,45 @@ fn a_drain_that_outlasts_its_timeout_ends_the_sessions_and_a_dead_node_can_be_fo
     assert_eq!(nodes, serde_json::json!([]));
     assert_eq!(nodes_in(&c.server, "dead"), 0.0);
     drop(subscriber);
+}
+
+#[test]
+fn a_session_placed_beside_a_draining_node_gets_the_room_through_a_relay() {
+    let c = cluster();
+    let (n1, n2) = two_nodes(&c);
+    let admin = admin_token();
+    let publisher = c
+        .server
+        .publish("spans", true, Some(VideoConfig::default()));
+    let on_n1 = candidate_ports(publisher.answer()).is_subset(&n1.ports);
+    let (origin, other_ports) = if on_n1 {
+        ("n1", &n2.ports)
+    } else {
+        ("n2", &n1.ports)
+    };
+    let (status, _) = api(
+        &c,
+        Method::Post,
+        &format!("/api/nodes/{origin}/drain"),
+        &admin,
+    );
+    assert_eq!(status, 200);
+    // The room's new session lands on the other node, which relays the room from the
+    // draining one: the subscriber gets the publisher's audio and video across the link.
+    let subscriber = c.server.subscribe("spans");
+    assert!(
+        candidate_ports(subscriber.answer()).is_subset(other_ports),
+        "the subscriber landed beside the draining node"
+    );
+    expect_media(&subscriber, Audio, "relayed room");
+    expect_media(&subscriber, Video, "relayed room");
+    let (_, room) = api(&c, Method::Get, "/api/rooms/spans", &admin);
+    assert_eq!(
+        room["nodes"].as_array().map(Vec::len),
+        Some(2),
+        "the room spans both nodes: {room}"
+    );
+    drop((n1, n2));
 }
 
 #[test]

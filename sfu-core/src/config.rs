@@ -52,6 +52,10 @@ pub struct NodeConfig {
     /// best layer still sending (and back up at a keyframe when it returns). Shorter reacts
     /// faster to a publisher dropping a layer; longer switches less on frame-rate dips.
     pub layer_timeout_ms: u64,
+    /// UDP port of the relay endpoint (QUIC links to other nodes for rooms that span nodes;
+    /// docs/cascade.md), bound on `media_bind`. Unset: no relay endpoint (one node alone);
+    /// `sfu run` uses 7402 unless told otherwise; 0 picks a free port.
+    pub relay_port: Option<u16>,
     /// `sfu run` on SIGTERM: drain (control places no new rooms here) and wait this long for
     /// the sessions to end before stopping with the rest. A second signal stops at once.
     pub drain_timeout_secs: u64,
@@ -76,6 +80,7 @@ impl Default for NodeConfig {
             ice_timeout_secs: 10,
             publisher_remb_kbps: 10_000,
             layer_timeout_ms: 500,
+            relay_port: None,
             drain_timeout_secs: 300,
         }
     }

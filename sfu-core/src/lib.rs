@@ -29,6 +29,7 @@ pub mod mailbox;
 pub mod metrics;
 pub mod node;
 pub mod relay;
+pub mod relay_link;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 pub mod uplink;

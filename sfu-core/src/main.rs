@@ -74,6 +74,10 @@ struct RunArgs {
     /// Media worker threads, 0 = one per allowed CPU (node.workers).
     #[arg(long, env = "SFU__NODE__WORKERS")]
     workers: Option<usize>,
+    /// UDP port of the relay endpoint for rooms that span nodes (node.relay_port; default
+    /// 7402, 0 = any free port).
+    #[arg(long, env = "SFU__NODE__RELAY_PORT")]
+    relay_port: Option<u16>,
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -141,6 +145,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// The relay endpoint's port when neither flag nor file says (docs/cascade.md).
+const DEFAULT_RELAY_PORT: u16 = 7402;
+
 fn run_node(args: RunArgs) -> anyhow::Result<()> {
     let File { mut node, cluster } = read_file(args.config.as_deref())?;
     let drain_timeout = std::time::Duration::from_secs(node.drain_timeout_secs);
@@ -165,6 +172,10 @@ fn run_node(args: RunArgs) -> anyhow::Result<()> {
     if let Some(w) = args.workers {
         node.workers = w;
     }
+    node.relay_port = args
+        .relay_port
+        .or(node.relay_port)
+        .or(Some(DEFAULT_RELAY_PORT));
     let missing = |flag: &str, key: &str| anyhow::anyhow!("give {flag} or set cluster.{key}");
     let uplink = UplinkConfig {
         control: args

@@ -7,7 +7,7 @@
 // Control path outside the engine: set-up and the event pump read the clock.
 #![allow(clippy::disallowed_methods)]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 use crossbeam::channel::{Receiver, Sender, TrySendError};
 use sfu_proto::{
     CreateSession, EndReason, HeldSession, LoadReport, NodeError, NodeEvent, NodeHealth, NodeId,
-    NodeRequest, NodeResponse, NodeStats, RoomId, SessionCreated, SessionId, SessionKind, WorkerId,
+    NodeRequest, NodeResponse, NodeStats, RelayAddress, RelayRoom, RoomId, SessionCreated,
+    SessionId, SessionKind, WorkerId,
 };
 use str0m::config::DtlsCert;
 use tokio::sync::{mpsc, oneshot};
@@ -30,6 +31,7 @@ use crate::ids::RoomKey;
 use crate::io::{self, Waker};
 use crate::mailbox::Mailbox;
 use crate::metrics::WorkerMetrics;
+use crate::relay_link::{RelayCommand, RelayHost};
 use crate::worker::{Worker, WorkerCommand, WorkerHandle};
 
 /// Offers waiting for the set-up thread; beyond this the node answers "no capacity" at once
@@ -58,6 +60,13 @@ pub enum StartError {
         worker: usize,
         source: std::io::Error,
     },
+    #[error(
+        "cannot start the relay endpoint on {addr}: {source} (set node.relay_port to a free port)"
+    )]
+    Relay {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -76,6 +85,8 @@ struct Directory {
     /// Room name → key and the number of sessions in it on this node.
     rooms: HashMap<RoomId, (RoomKey, usize)>,
     next_room: u32,
+    /// Rooms the relay endpoint was asked to relay (their keys stay).
+    relayed: HashSet<RoomId>,
     /// Publication order handed to publishers (larger = newer).
     next_order: u64,
     per_worker: Vec<usize>,
@@ -116,6 +127,22 @@ impl Directory {
         self.sessions.insert(session, entry.clone());
         self.next_order += 1;
         Ok((entry, self.next_order))
+    }
+
+    /// The key of `room` for the relay endpoint, assigned if the room has none yet. A relayed
+    /// room keeps its key from then on (the endpoint knows it by that key), so it is counted
+    /// as one more holder that never leaves.
+    fn relay_key(&mut self, room: &RoomId) -> RoomKey {
+        let next = RoomKey(self.next_room);
+        let (key, count) = self.rooms.entry(room.clone()).or_insert((next, 0));
+        if *key == next {
+            self.next_room = self.next_room.wrapping_add(1);
+        }
+        if !self.relayed.contains(room) {
+            self.relayed.insert(room.clone());
+            *count += 1;
+        }
+        *key
     }
 
     fn remove(&mut self, session: SessionId, room: &RoomId) {
@@ -160,6 +187,10 @@ impl Shared {
 /// A job for the set-up thread.
 type SetupJob = Box<dyn FnOnce() + Send>;
 
+fn no_relay() -> NodeError {
+    NodeError::BadRequest("this node runs no relay endpoint (node.relay_port is not set)".into())
+}
+
 /// Clears a worker's alive flag when its thread ends, however it ends.
 struct AliveGuard(Arc<AtomicBool>);
 
@@ -188,6 +219,8 @@ pub struct Node {
     events_out: Option<mpsc::UnboundedSender<NodeEvent>>,
     draining: AtomicBool,
     stopping: Arc<AtomicBool>,
+    /// The relay endpoint's shell, with `node.relay_port` set.
+    relay: Option<RelayHost>,
 }
 
 impl Node {
@@ -231,6 +264,28 @@ impl Node {
                     .generate_certificate(),
             );
         }
+        // The relay endpoint joins the workers' mesh as its last participant (docs/cascade.md).
+        let mut mesh = handles.clone();
+        let relay_messages = match config.relay_port {
+            Some(_) => {
+                let waker = Waker::new().map_err(|source| StartError::Io {
+                    worker: count,
+                    source,
+                })?;
+                let (tx, rx) = crossbeam::channel::unbounded();
+                mesh.push(WorkerHandle {
+                    id: WorkerId(count as u16),
+                    port: 0,
+                    commands: tx,
+                    mailbox: Arc::new(Mailbox::new(config.ring_capacity, waker.clone())),
+                    waker,
+                    metrics: Arc::new(WorkerMetrics::default()),
+                });
+                Some(rx)
+            }
+            None => None,
+        };
+        let mesh = Arc::new(mesh);
         let workers = Arc::new(handles);
         let alive: Vec<Arc<AtomicBool>> = (0..count)
             .map(|_| Arc::new(AtomicBool::new(true)))
@@ -252,7 +307,7 @@ impl Node {
             ice_timeout: config.ice_timeout(),
             publisher_remb_kbps: config.publisher_remb_kbps,
             layer_timeout: Duration::from_millis(config.layer_timeout_ms),
-            relay: None,
+            relay: relay_messages.is_some().then_some(WorkerId(count as u16)),
         };
 
         let mut node = Node {
@@ -270,6 +325,7 @@ impl Node {
             events_out: None,
             draining: AtomicBool::new(false),
             stopping: Arc::new(AtomicBool::new(false)),
+            relay: None,
         };
         let mut backend_names = Vec::new();
         for (i, (socket, rx)) in sockets.into_iter().zip(receivers).enumerate() {
@@ -283,7 +339,7 @@ impl Node {
                 workers[i].metrics.clone(),
                 Instant::now(),
             );
-            let worker = Worker::new(engine, local, workers.clone(), rx, engine_events.clone());
+            let worker = Worker::new(engine, local, mesh.clone(), rx, engine_events.clone());
             let waker = workers[i].waker.clone();
             let cpu = cpus.worker.get(i).copied();
             let backend = config.io_backend;
@@ -324,6 +380,19 @@ impl Node {
             }
         }
         drop(engine_events);
+        if let (Some(port), Some(messages)) = (config.relay_port, relay_messages) {
+            let addr = SocketAddr::new(config.media_bind, port);
+            let host = RelayHost::start(
+                config.id.clone(),
+                addr,
+                config.advertise_ip,
+                mesh.clone(),
+                count,
+                messages,
+            )
+            .map_err(|source| StartError::Relay { addr, source })?;
+            node.relay = Some(host);
+        }
         backend_names.sort_unstable();
         backend_names.dedup();
         node.io_backend = backend_names.join(",");
@@ -417,6 +486,30 @@ impl Node {
         (self.shared.workers.len() * self.max_sessions_per_worker) as u64
     }
 
+    /// Where other nodes reach this node's relay endpoint (`None` without `node.relay_port`).
+    pub fn relay_address(&self) -> Option<RelayAddress> {
+        self.relay.as_ref().map(|r| r.address().clone())
+    }
+
+    /// Relay `r.room` from another node (docs/cascade.md).
+    fn relay_room(&self, r: RelayRoom) -> Result<NodeResponse, NodeError> {
+        let relay = self.relay.as_ref().ok_or_else(no_relay)?;
+        let key = self.shared.directory().relay_key(&r.room);
+        let sent = relay.command(RelayCommand::RelayRoom {
+            key,
+            room: r.room,
+            origin: r.origin,
+            addr: r.addr,
+            cert: r.cert,
+            token: r.token,
+        });
+        if sent {
+            Ok(NodeResponse::Done)
+        } else {
+            Err(NodeError::Stopped)
+        }
+    }
+
     /// The address ICE candidates name.
     pub fn advertise_ip(&self) -> std::net::IpAddr {
         self.candidates
@@ -457,6 +550,14 @@ impl Node {
             }
             NodeRequest::Stats => Ok(NodeResponse::Stats(self.stats())),
             NodeRequest::Health => Ok(NodeResponse::Health(self.health())),
+            NodeRequest::RelayRoom(r) => self.relay_room(r),
+            NodeRequest::ExpectRelay { peer, token } => match &self.relay {
+                Some(relay) if relay.command(RelayCommand::Expect { peer, token }) => {
+                    Ok(NodeResponse::Done)
+                }
+                Some(_) => Err(NodeError::Stopped),
+                None => Err(no_relay()),
+            },
         };
         result.unwrap_or_else(NodeResponse::Error)
     }

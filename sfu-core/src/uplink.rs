@@ -136,6 +136,7 @@ async fn connect_and_serve(
         media_ports: node.ports(),
         capacity: node.capacity(),
         sessions: node.held_sessions(),
+        relay: node.relay_address(),
     };
     let held = registration.sessions.len();
     let secret = config.secret.as_bytes();

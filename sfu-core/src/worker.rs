@@ -46,8 +46,9 @@ pub enum WorkerCommand {
     Shutdown,
 }
 
-/// Handles the node and the other workers keep per worker.
-#[derive(Debug)]
+/// Handles the node and the other workers keep per worker (and for the relay endpoint, the
+/// mesh's last participant: no socket, port 0).
+#[derive(Debug, Clone)]
 pub struct WorkerHandle {
     pub id: WorkerId,
     pub port: u16,

@@ -18,6 +18,9 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 /// Application protocol of a node link.
 pub const ALPN: &[u8] = b"sfu-node/1";
 
+/// Application protocol of a relay link between two media nodes.
+pub const RELAY_ALPN: &[u8] = b"sfu-relay/1";
+
 /// The name a node uses when it connects. The certificate is pinned, so the name is not
 /// checked; it only has to be a valid DNS name.
 pub const SERVER_NAME: &str = "sfu-control";
@@ -134,11 +137,19 @@ pub fn read_certificate(path: &Path) -> Result<CertificateDer<'static>, TlsError
 
 /// QUIC server configuration for control's side of node links.
 pub fn server_config(identity: &Identity) -> Result<quinn::ServerConfig, TlsError> {
+    server_config_for(identity, ALPN)
+}
+
+/// QUIC server configuration speaking application protocol `alpn`.
+pub fn server_config_for(
+    identity: &Identity,
+    alpn: &[u8],
+) -> Result<quinn::ServerConfig, TlsError> {
     let mut crypto = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
         .with_single_cert(vec![identity.cert.clone()], identity.key.clone_key())?;
-    crypto.alpn_protocols = vec![ALPN.to_vec()];
+    crypto.alpn_protocols = vec![alpn.to_vec()];
     let crypto = QuicServerConfig::try_from(crypto).map_err(|e| TlsError::Quic(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(transport());
@@ -147,6 +158,14 @@ pub fn server_config(identity: &Identity) -> Result<quinn::ServerConfig, TlsErro
 
 /// QUIC client configuration for a node: accept only `pinned`.
 pub fn client_config(pinned: CertificateDer<'static>) -> Result<quinn::ClientConfig, TlsError> {
+    client_config_for(pinned, ALPN)
+}
+
+/// QUIC client configuration speaking `alpn` that accepts only `pinned`.
+pub fn client_config_for(
+    pinned: CertificateDer<'static>,
+    alpn: &[u8],
+) -> Result<quinn::ClientConfig, TlsError> {
     let provider = provider();
     let verifier = Pinned {
         cert: pinned,
@@ -157,11 +176,16 @@ pub fn client_config(pinned: CertificateDer<'static>) -> Result<quinn::ClientCon
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth();
-    crypto.alpn_protocols = vec![ALPN.to_vec()];
+    crypto.alpn_protocols = vec![alpn.to_vec()];
     let crypto = QuicClientConfig::try_from(crypto).map_err(|e| TlsError::Quic(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(transport());
     Ok(config)
+}
+
+/// As [`client_config_for`], the pinned certificate given as DER bytes.
+pub fn pinned_client_config(cert_der: &[u8], alpn: &[u8]) -> Result<quinn::ClientConfig, TlsError> {
+    client_config_for(CertificateDer::from(cert_der.to_vec()), alpn)
 }
 
 fn provider() -> Arc<CryptoProvider> {

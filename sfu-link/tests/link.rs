@@ -19,6 +19,7 @@ fn registration(node: &str) -> Registration {
         media_ports: vec![50000],
         capacity: 100,
         sessions: Vec::new(),
+        relay: None,
     }
 }
 
@@ -183,7 +184,7 @@ async fn malformed_frames_are_skipped_and_an_oversized_one_ends_the_stream() {
         .accept_bi()
         .await
         .expect("the raw stream");
-    let mut receiver = FrameReceiver::new(recv);
+    let mut receiver = FrameReceiver::<Frame>::new(recv);
     assert_eq!(
         receiver.next().await.expect("the valid frame"),
         Frame::Registered

@@ -73,6 +73,18 @@ pub struct SetSubscription {
     pub paused: bool,
 }
 
+/// Relay room `room`'s tracks from node `origin` to this node (docs/cascade.md): connect to
+/// `origin`'s relay endpoint at `addr`, accept exactly certificate `cert` (DER), and prove
+/// with `token` that control introduced the two.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayRoom {
+    pub room: RoomId,
+    pub origin: NodeId,
+    pub addr: std::net::SocketAddr,
+    pub cert: Vec<u8>,
+    pub token: [u8; 32],
+}
+
 /// A request to a node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -93,6 +105,13 @@ pub enum NodeRequest {
     Stats,
     /// Whether every worker runs.
     Health,
+    RelayRoom(RelayRoom),
+    /// Node `peer` will open a relay link to this node proving `token`: accept it (and, until
+    /// it comes, no other link claiming to be `peer`).
+    ExpectRelay {
+        peer: NodeId,
+        token: [u8; 32],
+    },
 }
 
 /// The answer to a [`NodeRequest`].

@@ -40,6 +40,16 @@ pub struct Registration {
     /// Sessions the node holds right now (empty on first start; after a lost link, what it
     /// kept forwarding meanwhile).
     pub sessions: Vec<HeldSession>,
+    /// Where other nodes reach its relay endpoint (rooms that span nodes), if it runs one.
+    pub relay: Option<RelayAddress>,
+}
+
+/// A node's relay endpoint: its QUIC address (an IPv6 scope id is not carried) and its
+/// (self-signed) certificate, DER.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayAddress {
+    pub addr: std::net::SocketAddr,
+    pub cert: Vec<u8>,
 }
 
 /// A session a node holds, as it reports it when it registers.

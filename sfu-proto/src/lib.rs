@@ -28,10 +28,10 @@ pub mod token;
 
 pub use api::{
     CreateSession, EndReason, LoadReport, NodeError, NodeEvent, NodeHealth, NodeRequest,
-    NodeResponse, NodeStats, SessionCreated, SessionKind, SetSubscription, Subscribe,
+    NodeResponse, NodeStats, RelayRoom, SessionCreated, SessionKind, SetSubscription, Subscribe,
     SubscribePolicy, TrackInfo, WorkerStats,
 };
-pub use cluster::{HeldSession, Registration};
+pub use cluster::{HeldSession, Registration, RelayAddress};
 pub use frame::{CodecError, Frame, FrameDecoder, PROTOCOL_VERSION};
 pub use ids::{
     IdError, Layer, NodeId, ParticipantId, RequestId, RoomId, SessionId, TrackId, WorkerId,

@@ -9,6 +9,12 @@ use proptest::prelude::*;
 use sfu_proto::frame::{self, CodecError, DEFAULT_MAX_FRAME};
 use sfu_proto::*;
 
+/// A socket address as the wire carries it: address and port (an IPv6 scope id and flow
+/// label are not part of it).
+fn socket_addr() -> impl Strategy<Value = std::net::SocketAddr> {
+    (any::<std::net::IpAddr>(), any::<u16>()).prop_map(std::net::SocketAddr::from)
+}
+
 fn request() -> impl Strategy<Value = NodeRequest> {
     prop_oneof![
         (
@@ -58,6 +64,28 @@ fn request() -> impl Strategy<Value = NodeRequest> {
             .prop_map(|(session, slot)| NodeRequest::Unsubscribe { session, slot }),
         Just(NodeRequest::Stats),
         Just(NodeRequest::Health),
+        (
+            room(),
+            name(NodeId::MAX_LEN),
+            socket_addr(),
+            proptest::collection::vec(any::<u8>(), 0..64),
+            any::<[u8; 32]>()
+        )
+            .prop_map(|(room, origin, addr, cert, token)| {
+                NodeRequest::RelayRoom(RelayRoom {
+                    room,
+                    origin: origin.parse().expect("valid"),
+                    addr,
+                    cert,
+                    token,
+                })
+            }),
+        (name(NodeId::MAX_LEN), any::<[u8; 32]>()).prop_map(|(peer, token)| {
+            NodeRequest::ExpectRelay {
+                peer: peer.parse().expect("valid"),
+                token,
+            }
+        }),
     ]
 }
 
@@ -194,16 +222,20 @@ fn registration() -> impl Strategy<Value = Registration> {
         proptest::collection::vec(any::<u16>(), 0..4),
         any::<u64>(),
         proptest::collection::vec(held, 0..3),
+        proptest::option::of((socket_addr(), proptest::collection::vec(any::<u8>(), 0..64))),
     )
         .prop_map(
-            |(node, incarnation, region, media_ip, media_ports, capacity, sessions)| Registration {
-                node: node.parse().expect("valid"),
-                incarnation,
-                region,
-                media_ip,
-                media_ports,
-                capacity,
-                sessions,
+            |(node, incarnation, region, media_ip, media_ports, capacity, sessions, relay)| {
+                Registration {
+                    node: node.parse().expect("valid"),
+                    incarnation,
+                    region,
+                    media_ip,
+                    media_ports,
+                    capacity,
+                    sessions,
+                    relay: relay.map(|(addr, cert)| RelayAddress { addr, cert }),
+                }
             },
         )
 }

@@ -2,6 +2,7 @@
 //! each media node is in ([`health`]). The links to the nodes and the shared store feed these
 //! with data and the time, and carry out what they decide.
 
+pub mod cascade;
 pub mod health;
 pub mod link;
 pub mod nodes;

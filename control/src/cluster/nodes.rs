@@ -3,13 +3,13 @@
 //! the links feed it registrations and heartbeats; a periodic tick turns silence into
 //! `suspect` and `dead`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use sfu_core::ids::{NodeId, RoomId};
-use sfu_core::proto::{LoadReport, Registration};
+use sfu_core::proto::{LoadReport, Registration, RelayAddress};
 
 use super::{
     HealthConfig, HealthEvent, HealthTable, Incarnation, NodeSnapshot, NodeState, PlaceError,
@@ -38,6 +38,8 @@ pub struct Member {
     /// A node whose link another control instance holds (shared store): that instance's
     /// name, and the node's state as it announced it. `None` for the nodes held here.
     pub shared: Option<(String, NodeState)>,
+    /// Where other nodes reach its relay endpoint, as it registered it.
+    pub relay: Option<RelayAddress>,
 }
 
 /// What the admin API shows of a node.
@@ -93,6 +95,8 @@ struct Inner {
     /// drain can be the first input past a deadline), held for the next tick: the task that
     /// ticks is the one that ends the sessions, so it must see every expiry.
     expired: Vec<HealthEvent>,
+    /// Relay link tokens by (relay node, origin node).
+    link_tokens: HashMap<(NodeId, NodeId), [u8; 32]>,
 }
 
 impl Inner {
@@ -113,6 +117,7 @@ impl Nodes {
                 members: BTreeMap::new(),
                 health: HealthTable::new(health),
                 expired: Vec::new(),
+                link_tokens: HashMap::new(),
             }),
             placement,
             counters: Counters::default(),
@@ -163,6 +168,7 @@ impl Nodes {
                 linked: true,
                 rtt: None,
                 shared: None,
+                relay: None,
             },
         );
     }
@@ -219,6 +225,7 @@ impl Nodes {
                 linked: true,
                 rtt: None,
                 shared: None,
+                relay: registration.relay.clone(),
             },
         );
         (incarnation, inner.defer_expiries(events))
@@ -411,6 +418,7 @@ impl Nodes {
                     linked: false,
                     rtt: None,
                     shared: Some((entry.holder.clone(), entry.state)),
+                    relay: None,
                 },
             );
         }
@@ -433,6 +441,21 @@ impl Nodes {
             .values()
             .find(|m| m.embedded)
             .map(|m| m.client.clone())
+    }
+
+    /// Where other nodes reach `node`'s relay endpoint, if it runs one and registered here.
+    pub fn relay_address(&self, node: &NodeId) -> Option<RelayAddress> {
+        self.lock().members.get(node)?.relay.clone()
+    }
+
+    /// The token that introduces `relay` to `origin` for relay links: minted on first use
+    /// and kept for the pair, so that a link reopened later proves the same.
+    pub fn link_token(&self, relay: &NodeId, origin: &NodeId) -> [u8; 32] {
+        let mut inner = self.lock();
+        *inner
+            .link_tokens
+            .entry((relay.clone(), origin.clone()))
+            .or_insert_with(rand::random)
     }
 
     /// `node`'s state (`Up` for the embedded node).
@@ -597,6 +620,7 @@ mod tests {
             media_ports: vec![50000],
             capacity: 100,
             sessions: Vec::new(),
+            relay: None,
         };
         let t0 = Instant::now();
         let (incarnation, _) = nodes.register(&registration, Arc::new(Silent(id.clone())), t0);

@@ -29,6 +29,7 @@ impl TestNode {
             media_port_base: 53000,
             media_port_scan: true,
             pin_workers: false,
+            relay_port: Some(0),
             ..NodeConfig::default()
         };
         let node = Arc::new(Node::start(config).expect("node starts"));

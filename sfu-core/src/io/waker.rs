@@ -89,4 +89,18 @@ impl Waker {
     pub fn raw_fd(&self) -> RawFd {
         self.inner.fd.as_raw_fd()
     }
+
+    /// The eventfd registered with the current tokio runtime, for a task to await: the relay
+    /// endpoint's shell waits on it beside its QUIC links.
+    pub fn async_fd(&self) -> io::Result<tokio::io::unix::AsyncFd<Waker>> {
+        // SAFETY: the `AsyncFd` owns a clone of this waker, whose `Arc` keeps the eventfd open
+        // for as long as the registration lives.
+        unsafe { tokio::io::unix::AsyncFd::register(self.clone()) }.map_err(|e| e.into())
+    }
+}
+
+impl AsRawFd for Waker {
+    fn as_raw_fd(&self) -> RawFd {
+        self.inner.fd.as_raw_fd()
+    }
 }

@@ -1,0 +1,596 @@
+//! The relay endpoint's I/O shell (docs/cascade.md): one thread with a tokio runtime that owns
+//! the node's QUIC endpoint for relay links, the sans-IO [`RelayEndpoint`] and its place in
+//! the workers' cross-worker mesh (a mailbox for packets and keyframe requests, a channel for
+//! room notices, an eventfd that wakes it).
+//!
+//! Links: one QUIC connection per pair of nodes, opened by the node that relays a room from
+//! the other. Its first bidirectional stream carries [`RelayFrame`]s: the opener's `Hello`
+//! with the token control gave both ends, the acceptor's `Hello` back (or `Refused`), then the
+//! endpoint's frames both ways; media rides QUIC datagrams. TLS pins the peer's certificate
+//! as control reported it (the acceptor does not authenticate the opener by certificate: the
+//! token does that).
+
+// The shell owns the clock for the endpoint (which takes time as an input).
+#![allow(clippy::disallowed_methods)]
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam::channel::Receiver;
+use sfu_link::quinn;
+use sfu_link::stream::{FrameReceiver, FrameSender};
+use sfu_link::tls::{self, Identity, RELAY_ALPN};
+use sfu_proto::relay::{LINK_TOKEN_LEN, RELAY_VERSION, RelayFrame};
+use sfu_proto::{NodeId, RelayAddress, RoomId};
+use tokio::sync::mpsc;
+
+use crate::ids::RoomKey;
+use crate::relay::{RelayConfig, RelayEndpoint};
+use crate::worker::{WorkerCommand, WorkerHandle};
+
+/// How long a link may take to open and exchange `Hello`s.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Frames queued for one link's stream before the endpoint's loop waits.
+const FRAME_QUEUE: usize = 1024;
+/// A relay link whose opening failed is tried again after this long.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// What the node asks of its relay shell.
+#[derive(Debug)]
+pub enum RelayCommand {
+    /// Relay room `room` (`key` on this node) from `origin`, reachable at `addr` with
+    /// certificate `cert`, proving `token`.
+    RelayRoom {
+        key: RoomKey,
+        room: RoomId,
+        origin: NodeId,
+        addr: SocketAddr,
+        cert: Vec<u8>,
+        token: [u8; LINK_TOKEN_LEN],
+    },
+    /// Node `peer` will open a link proving `token`.
+    Expect {
+        peer: NodeId,
+        token: [u8; LINK_TOKEN_LEN],
+    },
+}
+
+/// The running shell: where peers reach it, and how to give it commands.
+#[derive(Debug)]
+pub struct RelayHost {
+    address: RelayAddress,
+    commands: mpsc::UnboundedSender<RelayCommand>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl RelayHost {
+    /// Start the shell for node `node`, listening on `bind` and advertised at `advertise`
+    /// (the port is the bound one), as participant `mesh[me]` of the workers' mesh whose
+    /// lossless messages arrive on `peer_messages`.
+    pub fn start(
+        node: NodeId,
+        bind: SocketAddr,
+        advertise: std::net::IpAddr,
+        mesh: Arc<Vec<WorkerHandle>>,
+        me: usize,
+        peer_messages: Receiver<WorkerCommand>,
+    ) -> std::io::Result<RelayHost> {
+        let identity =
+            Identity::generate(vec!["sfu-relay".into()]).map_err(std::io::Error::other)?;
+        let server =
+            tls::server_config_for(&identity, RELAY_ALPN).map_err(std::io::Error::other)?;
+        let socket = std::net::UdpSocket::bind(bind)?;
+        let port = socket.local_addr()?.port();
+        let address = RelayAddress {
+            addr: SocketAddr::new(advertise, port),
+            cert: identity.cert.as_ref().to_vec(),
+        };
+        let (commands, commands_rx) = mpsc::unbounded_channel();
+        let (stop, stop_rx) = tokio::sync::oneshot::channel();
+        let thread = std::thread::Builder::new()
+            .name("sfu-relay".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::error!(error = %e, "relay links: cannot start a runtime");
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let endpoint = match quinn::Endpoint::new(
+                        quinn::EndpointConfig::default(),
+                        Some(server),
+                        socket,
+                        Arc::new(quinn::TokioRuntime),
+                    ) {
+                        Ok(e) => e,
+                        Err(e) => {
+                            tracing::error!(error = %e, "relay links: cannot open the QUIC endpoint");
+                            return;
+                        }
+                    };
+                    let shell = Shell::new(node, endpoint, mesh, me, peer_messages);
+                    shell.run(commands_rx, stop_rx).await;
+                });
+            })?;
+        Ok(RelayHost {
+            address,
+            commands,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    /// Where other nodes reach this node's relay endpoint.
+    pub fn address(&self) -> &RelayAddress {
+        &self.address
+    }
+
+    /// Hand the shell a command; `false` once it has stopped.
+    pub fn command(&self, command: RelayCommand) -> bool {
+        self.commands.send(command).is_ok()
+    }
+}
+
+impl Drop for RelayHost {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// What the link tasks tell the shell's loop.
+enum LinkEvent {
+    /// A link is up: its peer, the connection and the queue to its stream's writer.
+    Up {
+        peer: NodeId,
+        connection: quinn::Connection,
+        frames: mpsc::Sender<RelayFrame>,
+    },
+    Down {
+        peer: NodeId,
+        connection: quinn::Connection,
+    },
+    Frame(NodeId, RelayFrame),
+    Datagram(NodeId, bytes::Bytes),
+    /// An incoming link said hello: check its token, then answer.
+    Hello {
+        peer: NodeId,
+        token: [u8; LINK_TOKEN_LEN],
+        reply: tokio::sync::oneshot::Sender<bool>,
+    },
+}
+
+struct Link {
+    connection: quinn::Connection,
+    frames: mpsc::Sender<RelayFrame>,
+}
+
+struct Shell {
+    node: NodeId,
+    endpoint: quinn::Endpoint,
+    relay: RelayEndpoint,
+    mesh: Arc<Vec<WorkerHandle>>,
+    me: usize,
+    peer_messages: Receiver<WorkerCommand>,
+    links: HashMap<NodeId, Link>,
+    /// Tokens of links control announced, by the peer that will open them.
+    expected: HashMap<NodeId, [u8; LINK_TOKEN_LEN]>,
+    /// Links being opened.
+    dialing: HashSet<NodeId>,
+    /// How to reach each origin control named (address, certificate, token), to open its
+    /// link again after it dropped.
+    origins: HashMap<NodeId, (SocketAddr, Vec<u8>, [u8; LINK_TOKEN_LEN])>,
+    events_tx: mpsc::UnboundedSender<LinkEvent>,
+    events: mpsc::UnboundedReceiver<LinkEvent>,
+    to_wake: Vec<bool>,
+}
+
+impl Shell {
+    fn new(
+        node: NodeId,
+        endpoint: quinn::Endpoint,
+        mesh: Arc<Vec<WorkerHandle>>,
+        me: usize,
+        peer_messages: Receiver<WorkerCommand>,
+    ) -> Self {
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let count = mesh.len();
+        Self {
+            node,
+            endpoint,
+            relay: RelayEndpoint::new(me, RelayConfig::default(), Instant::now()),
+            mesh,
+            me,
+            peer_messages,
+            links: HashMap::new(),
+            expected: HashMap::new(),
+            dialing: HashSet::new(),
+            origins: HashMap::new(),
+            events_tx,
+            events,
+            to_wake: vec![false; count],
+        }
+    }
+
+    async fn run(
+        mut self,
+        mut commands: mpsc::UnboundedReceiver<RelayCommand>,
+        mut stop: tokio::sync::oneshot::Receiver<()>,
+    ) {
+        let waker = self.mesh[self.me].waker.clone();
+        let wake_fd = match waker.async_fd() {
+            Ok(fd) => fd,
+            Err(e) => {
+                tracing::error!(error = %e, "relay links: cannot wait on the mailbox");
+                return;
+            }
+        };
+        tokio::spawn(accept(
+            self.endpoint.clone(),
+            self.node.clone(),
+            self.events_tx.clone(),
+        ));
+        tracing::info!(addr = ?self.endpoint.local_addr().ok(), "relay endpoint listening (QUIC)");
+        loop {
+            self.take_mailbox();
+            self.flush();
+            waker.park();
+            if !self.mesh[self.me].mailbox.is_empty() || !self.peer_messages.is_empty() {
+                waker.unpark();
+                continue;
+            }
+            let deadline = self.relay.poll_timeout();
+            let sleep = async {
+                match deadline {
+                    Some(t) => tokio::time::sleep_until(t.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = &mut stop => break,
+                ready = wake_fd.readable() => {
+                    if let Ok(mut guard) = ready {
+                        waker.drain();
+                        guard.clear_ready();
+                    }
+                }
+                Some(command) = commands.recv() => self.command(command),
+                Some(event) = self.events.recv() => self.event(event),
+                () = sleep => self.relay.handle_timeout(Instant::now()),
+            }
+            waker.unpark();
+        }
+        for link in self.links.values() {
+            link.connection.close(0u32.into(), b"node stopping");
+        }
+        self.endpoint.close(0u32.into(), b"node stopping");
+    }
+
+    /// The workers' messages for the endpoint.
+    fn take_mailbox(&mut self) {
+        let now = Instant::now();
+        while let Ok(command) = self.peer_messages.try_recv() {
+            if let WorkerCommand::Peer(message) = command {
+                self.relay.handle_cross_worker(now, message);
+            }
+        }
+        let mailbox = self.mesh[self.me].mailbox.clone();
+        for _ in 0..4096 {
+            let Some(message) = mailbox.pop() else { break };
+            self.relay.handle_cross_worker(now, message);
+        }
+    }
+
+    fn command(&mut self, command: RelayCommand) {
+        let now = Instant::now();
+        match command {
+            RelayCommand::RelayRoom {
+                key,
+                room,
+                origin,
+                addr,
+                cert,
+                token,
+            } => {
+                self.relay.relay_room(now, key, &room, &origin);
+                self.origins
+                    .insert(origin.clone(), (addr, cert.clone(), token));
+                if !self.links.contains_key(&origin) && self.dialing.insert(origin.clone()) {
+                    self.dial(origin, addr, cert, token);
+                }
+            }
+            RelayCommand::Expect { peer, token } => {
+                self.expected.insert(peer, token);
+            }
+        }
+    }
+
+    fn dial(&self, peer: NodeId, addr: SocketAddr, cert: Vec<u8>, token: [u8; LINK_TOKEN_LEN]) {
+        let (endpoint, me, events) = (
+            self.endpoint.clone(),
+            self.node.clone(),
+            self.events_tx.clone(),
+        );
+        tokio::spawn(async move {
+            loop {
+                match open(&endpoint, &me, &peer, addr, &cert, token).await {
+                    Ok((connection, sender, receiver)) => {
+                        serve(peer, connection, sender, receiver, events).await;
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(%peer, %addr, error = %e, "relay link did not open; retrying");
+                        if events.is_closed() {
+                            return;
+                        }
+                        tokio::time::sleep(RETRY).await;
+                    }
+                }
+            }
+        });
+    }
+
+    fn event(&mut self, event: LinkEvent) {
+        let now = Instant::now();
+        match event {
+            LinkEvent::Up {
+                peer,
+                connection,
+                frames,
+            } => {
+                tracing::info!(%peer, remote = %connection.remote_address(), "relay link up");
+                self.dialing.remove(&peer);
+                if let Some(old) = self.links.insert(peer.clone(), Link { connection, frames }) {
+                    old.connection.close(0u32.into(), b"replaced");
+                }
+                self.relay.link_up(now, &peer);
+            }
+            LinkEvent::Down { peer, connection } => {
+                let current = self
+                    .links
+                    .get(&peer)
+                    .is_some_and(|l| l.connection.stable_id() == connection.stable_id());
+                if current {
+                    tracing::warn!(%peer, "relay link down");
+                    self.links.remove(&peer);
+                    self.relay.link_down(now, &peer);
+                    // Rooms relayed from it want it back: open it again with what control gave.
+                    let again = self.relay.relayed_rooms().any(|(_, from)| from == &peer);
+                    if again && self.dialing.insert(peer.clone()) {
+                        if let Some((addr, cert, token)) = self.origins.get(&peer).cloned() {
+                            self.dial(peer, addr, cert, token);
+                        }
+                    }
+                }
+            }
+            LinkEvent::Frame(peer, frame) => self.relay.handle_frame(now, &peer, frame),
+            LinkEvent::Datagram(peer, bytes) => self.relay.handle_datagram(now, &peer, &bytes),
+            LinkEvent::Hello { peer, token, reply } => {
+                let ok = self.expected.get(&peer).is_some_and(|t| *t == token);
+                if !ok {
+                    tracing::warn!(%peer, "relay link refused: no such link announced by control");
+                }
+                let _ = reply.send(ok);
+            }
+        }
+    }
+
+    /// The endpoint's outputs: messages to workers (then wake them), frames to links'
+    /// writers, datagrams to connections.
+    fn flush(&mut self) {
+        while let Some((worker, message)) = self.relay.poll_cross_worker() {
+            let Some(handle) = self.mesh.get(worker.index()) else {
+                continue;
+            };
+            if message.is_lossless() {
+                let _ = handle.commands.send(WorkerCommand::Peer(message));
+            } else if handle.mailbox.push(message).is_err() {
+                continue;
+            }
+            self.to_wake[worker.index()] = true;
+        }
+        for (worker, wake) in self.to_wake.iter_mut().enumerate() {
+            if std::mem::take(wake) {
+                self.mesh[worker].mailbox.wake();
+            }
+        }
+        while let Some((peer, frame)) = self.relay.poll_frame() {
+            if let Some(link) = self.links.get(&peer) {
+                if link.frames.try_send(frame).is_err() {
+                    tracing::warn!(%peer, "relay link's stream is backed up; closing it");
+                    link.connection.close(3u32.into(), b"stream backed up");
+                }
+            }
+        }
+        while let Some((peer, datagram)) = self.relay.poll_datagram() {
+            if let Some(link) = self.links.get(&peer) {
+                // Dropped when the path's limit shrank below it or the send buffer is full:
+                // the hop's NACK asks again.
+                let _ = link.connection.send_datagram(datagram.into());
+            }
+        }
+    }
+}
+
+/// Open a link to `peer` at `addr`: TLS pinned to `cert`, then the `Hello` exchange.
+async fn open(
+    endpoint: &quinn::Endpoint,
+    me: &NodeId,
+    peer: &NodeId,
+    addr: SocketAddr,
+    cert: &[u8],
+    token: [u8; LINK_TOKEN_LEN],
+) -> Result<
+    (
+        quinn::Connection,
+        FrameSender<RelayFrame>,
+        FrameReceiver<RelayFrame>,
+    ),
+    String,
+> {
+    let client = tls::pinned_client_config(cert, RELAY_ALPN).map_err(|e| e.to_string())?;
+    let handshake = async {
+        let connection = endpoint
+            .connect_with(client, addr, tls::SERVER_NAME)
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())?;
+        let (send, recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
+        let (mut sender, mut receiver) = (FrameSender::new(send), FrameReceiver::new(recv));
+        say_hello(&mut sender, me, token).await?;
+        match receiver.next().await.map_err(|e| e.to_string())? {
+            RelayFrame::Hello { version, node, .. }
+                if version == RELAY_VERSION && &node == peer =>
+            {
+                Ok((connection, sender, receiver))
+            }
+            RelayFrame::Refused { reason } => Err(format!("refused: {reason}")),
+            other => Err(format!("unexpected first frame {other:?}")),
+        }
+    };
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+        .await
+        .map_err(|_| "timed out".to_string())?
+}
+
+/// Send this node's `Hello` with `token`.
+async fn say_hello(
+    sender: &mut FrameSender<RelayFrame>,
+    me: &NodeId,
+    token: [u8; LINK_TOKEN_LEN],
+) -> Result<(), String> {
+    let hello = RelayFrame::Hello {
+        version: RELAY_VERSION,
+        node: me.clone(),
+        token,
+    };
+    sender.send(&hello).await.map_err(|e| e.to_string())
+}
+
+/// Accept links until the endpoint closes.
+async fn accept(endpoint: quinn::Endpoint, me: NodeId, events: mpsc::UnboundedSender<LinkEvent>) {
+    while let Some(incoming) = endpoint.accept().await {
+        let (me, events) = (me.clone(), events.clone());
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            let handshake = async {
+                let connection = incoming.await.map_err(|e| e.to_string())?;
+                let (send, recv) = connection.accept_bi().await.map_err(|e| e.to_string())?;
+                let (mut sender, mut receiver) = (
+                    FrameSender::<RelayFrame>::new(send),
+                    FrameReceiver::new(recv),
+                );
+                let RelayFrame::Hello {
+                    version,
+                    node,
+                    token,
+                } = receiver.next().await.map_err(|e| e.to_string())?
+                else {
+                    return Err("first frame is not Hello".to_string());
+                };
+                let refuse = |reason: String| RelayFrame::Refused { reason };
+                if version != RELAY_VERSION {
+                    let reason =
+                        format!("relay protocol {version}, this node speaks {RELAY_VERSION}");
+                    let _ = sender.send(&refuse(reason.clone())).await;
+                    return Err(reason);
+                }
+                let (reply, verdict) = tokio::sync::oneshot::channel();
+                events
+                    .send(LinkEvent::Hello {
+                        peer: node.clone(),
+                        token,
+                        reply,
+                    })
+                    .map_err(|_| "node stopping".to_string())?;
+                if !verdict.await.unwrap_or(false) {
+                    let _ = sender
+                        .send(&refuse("no such link announced by control".into()))
+                        .await;
+                    return Err(format!("{node}: unexpected token"));
+                }
+                say_hello(&mut sender, &me, token).await?;
+                Ok((node, connection, sender, receiver))
+            };
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+                Ok(Ok((peer, connection, sender, receiver))) => {
+                    serve(peer, connection, sender, receiver, events).await;
+                }
+                Ok(Err(e)) => tracing::warn!(%remote, error = %e, "relay link refused"),
+                Err(_) => tracing::warn!(%remote, "relay link handshake timed out"),
+            }
+        });
+    }
+}
+
+/// Carry a link that is up: its stream's frames and its datagrams to the shell, the shell's
+/// frames to its stream, until it closes.
+async fn serve(
+    peer: NodeId,
+    connection: quinn::Connection,
+    mut sender: FrameSender<RelayFrame>,
+    mut receiver: FrameReceiver<RelayFrame>,
+    events: mpsc::UnboundedSender<LinkEvent>,
+) {
+    let (frames, mut outbox) = mpsc::channel::<RelayFrame>(FRAME_QUEUE);
+    if events
+        .send(LinkEvent::Up {
+            peer: peer.clone(),
+            connection: connection.clone(),
+            frames,
+        })
+        .is_err()
+    {
+        return;
+    }
+    let writer = tokio::spawn(async move {
+        while let Some(frame) = outbox.recv().await {
+            if sender.send(&frame).await.is_err() {
+                return;
+            }
+        }
+    });
+    let datagrams = {
+        let (connection, events, peer) = (connection.clone(), events.clone(), peer.clone());
+        tokio::spawn(async move {
+            while let Ok(bytes) = connection.read_datagram().await {
+                if events
+                    .send(LinkEvent::Datagram(peer.clone(), bytes))
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        })
+    };
+    loop {
+        match receiver.next().await {
+            Ok(frame) => {
+                if events.send(LinkEvent::Frame(peer.clone(), frame)).is_err() {
+                    break;
+                }
+            }
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "relay link stream ended");
+                break;
+            }
+        }
+    }
+    writer.abort();
+    datagrams.abort();
+    connection.close(0u32.into(), b"link closed");
+    let _ = events.send(LinkEvent::Down { peer, connection });
+}
