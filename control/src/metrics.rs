@@ -197,12 +197,13 @@ pub fn render_cluster(out: &mut String, nodes: &crate::cluster::nodes::Nodes) {
     let c = nodes.counters();
     let _ = writeln!(
         out,
-        "# HELP sfu_cluster_placements_total Sessions given a node: new (their room lived nowhere), kept (joined the room on its node), moved (the room's node was dead, gone or draining).\n# TYPE sfu_cluster_placements_total counter"
+        "# HELP sfu_cluster_placements_total Sessions given a node: new (their room lived nowhere), kept (joined the room on its node), moved (the room's node was dead, gone or draining), spilled (beside the room's node, which was full or outside the region asked for).\n# TYPE sfu_cluster_placements_total counter"
     );
     for (placed, n) in [
         ("new", &c.placed_new),
         ("kept", &c.placed_kept),
         ("moved", &c.placed_moved),
+        ("spilled", &c.placed_spilled),
     ] {
         let _ = writeln!(
             out,

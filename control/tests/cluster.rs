@@ -413,6 +413,10 @@ fn a_drain_that_outlasts_its_timeout_ends_the_sessions_and_a_dead_node_can_be_fo
 
 #[test]
 fn a_session_placed_beside_a_draining_node_gets_the_room_through_a_relay() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("sfu_core=debug,sfu_link=debug")
+        .with_test_writer()
+        .try_init();
     let c = cluster();
     let (n1, n2) = two_nodes(&c);
     let admin = admin_token();

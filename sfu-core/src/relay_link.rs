@@ -33,10 +33,14 @@ use crate::worker::{WorkerCommand, WorkerHandle};
 
 /// How long a link may take to open and exchange `Hello`s.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Link events (frames, datagrams) handled per loop pass besides the one that woke it.
+const EVENT_BATCH: usize = 1024;
 /// Frames queued for one link's stream before the endpoint's loop waits.
 const FRAME_QUEUE: usize = 1024;
-/// A relay link whose opening failed is tried again after this long.
-const RETRY: Duration = Duration::from_secs(1);
+/// A relay link whose opening failed is tried again after this long, doubling up to
+/// [`RETRY_MAX`].
+const RETRY: Duration = Duration::from_millis(250);
+const RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// What the node asks of its relay shell.
 #[derive(Debug)]
@@ -153,11 +157,13 @@ impl Drop for RelayHost {
 
 /// What the link tasks tell the shell's loop.
 enum LinkEvent {
-    /// A link is up: its peer, the connection and the queue to its stream's writer.
+    /// A link is up: its peer, the connection, the queue to its stream's writer, and whether
+    /// this node opened it.
     Up {
         peer: NodeId,
         connection: quinn::Connection,
         frames: mpsc::Sender<RelayFrame>,
+        opened_here: bool,
     },
     Down {
         peer: NodeId,
@@ -176,6 +182,7 @@ enum LinkEvent {
 struct Link {
     connection: quinn::Connection,
     frames: mpsc::Sender<RelayFrame>,
+    opened_here: bool,
 }
 
 struct Shell {
@@ -261,17 +268,39 @@ impl Shell {
             };
             tokio::select! {
                 _ = &mut stop => break,
+                Some(command) = commands.recv() => self.command(command),
                 ready = wake_fd.readable() => {
                     if let Ok(mut guard) = ready {
                         waker.drain();
                         guard.clear_ready();
                     }
                 }
-                Some(command) = commands.recv() => self.command(command),
-                Some(event) = self.events.recv() => self.event(event),
+                Some(event) = self.events.recv() => {
+                    // Commands first (see below), even when the event won the race.
+                    while let Ok(command) = commands.try_recv() {
+                        self.command(command);
+                    }
+                    self.event(event);
+                }
                 () = sleep => self.relay.handle_timeout(Instant::now()),
             }
             waker.unpark();
+            // Whatever woke the loop, take everything else that is ready too: commands first,
+            // so that an `Expect` queued before the peer was told to connect is in place when
+            // the peer's `Hello` is looked at; then a bounded batch of link events (the
+            // mailbox is taken at the top of the loop).
+            while let Ok(command) = commands.try_recv() {
+                self.command(command);
+            }
+            for _ in 0..EVENT_BATCH {
+                let Ok(event) = self.events.try_recv() else {
+                    break;
+                };
+                self.event(event);
+            }
+            if deadline.is_some_and(|t| t <= Instant::now()) {
+                self.relay.handle_timeout(Instant::now());
+            }
         }
         for link in self.links.values() {
             link.connection.close(0u32.into(), b"node stopping");
@@ -325,10 +354,11 @@ impl Shell {
             self.events_tx.clone(),
         );
         tokio::spawn(async move {
+            let mut backoff = RETRY;
             loop {
                 match open(&endpoint, &me, &peer, addr, &cert, token).await {
                     Ok((connection, sender, receiver)) => {
-                        serve(peer, connection, sender, receiver, events).await;
+                        serve(peer, connection, sender, receiver, events, true).await;
                         return;
                     }
                     Err(e) => {
@@ -336,7 +366,8 @@ impl Shell {
                         if events.is_closed() {
                             return;
                         }
-                        tokio::time::sleep(RETRY).await;
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(RETRY_MAX);
                     }
                 }
             }
@@ -350,12 +381,32 @@ impl Shell {
                 peer,
                 connection,
                 frames,
+                opened_here,
             } => {
-                tracing::info!(%peer, remote = %connection.remote_address(), "relay link up");
                 self.dialing.remove(&peer);
-                if let Some(old) = self.links.insert(peer.clone(), Link { connection, frames }) {
-                    old.connection.close(0u32.into(), b"replaced");
+                // One connection per node pair. When both nodes opened one at once (each
+                // relays the room from the other), both keep the one opened by the node with
+                // the smaller id and close the other.
+                let opener_is_smaller =
+                    |here: bool| (here && self.node < peer) || (!here && peer < self.node);
+                if let Some(existing) = self.links.get(&peer) {
+                    if opener_is_smaller(existing.opened_here) || !opener_is_smaller(opened_here) {
+                        connection.close(0u32.into(), b"duplicate link");
+                        return;
+                    }
+                    existing.connection.close(0u32.into(), b"duplicate link");
                 }
+                tracing::info!(%peer, remote = %connection.remote_address(), opened_here, "relay link up");
+                self.links.insert(
+                    peer.clone(),
+                    Link {
+                        connection,
+                        frames,
+                        opened_here,
+                    },
+                );
+                // Again after a replacement too: joins are idempotent, and whatever was sent
+                // on the closed connection may not have arrived.
                 self.relay.link_up(now, &peer);
             }
             LinkEvent::Down { peer, connection } => {
@@ -527,7 +578,7 @@ async fn accept(endpoint: quinn::Endpoint, me: NodeId, events: mpsc::UnboundedSe
             };
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
                 Ok(Ok((peer, connection, sender, receiver))) => {
-                    serve(peer, connection, sender, receiver, events).await;
+                    serve(peer, connection, sender, receiver, events, false).await;
                 }
                 Ok(Err(e)) => tracing::warn!(%remote, error = %e, "relay link refused"),
                 Err(_) => tracing::warn!(%remote, "relay link handshake timed out"),
@@ -544,6 +595,7 @@ async fn serve(
     mut sender: FrameSender<RelayFrame>,
     mut receiver: FrameReceiver<RelayFrame>,
     events: mpsc::UnboundedSender<LinkEvent>,
+    opened_here: bool,
 ) {
     let (frames, mut outbox) = mpsc::channel::<RelayFrame>(FRAME_QUEUE);
     if events
@@ -551,6 +603,7 @@ async fn serve(
             peer: peer.clone(),
             connection: connection.clone(),
             frames,
+            opened_here,
         })
         .is_err()
     {

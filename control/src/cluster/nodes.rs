@@ -83,6 +83,8 @@ pub struct Counters {
     pub placed_new: AtomicU64,
     pub placed_kept: AtomicU64,
     pub placed_moved: AtomicU64,
+    /// Sessions of a room placed beside its full (or out-of-region) node.
+    pub placed_spilled: AtomicU64,
     /// Nodes declared dead.
     pub failovers: AtomicU64,
 }
@@ -510,6 +512,7 @@ impl Nodes {
             Placed::New => &self.counters.placed_new,
             Placed::Kept => &self.counters.placed_kept,
             Placed::Moved { .. } => &self.counters.placed_moved,
+            Placed::Spilled { .. } => &self.counters.placed_spilled,
         };
         counter.fetch_add(1, Ordering::Relaxed);
         let client = inner

@@ -119,6 +119,10 @@ pub enum Placed {
     /// Its node is dead, gone or draining: its new sessions go here (a draining node's
     /// sessions go on there until they end).
     Moved { from: NodeId },
+    /// Its node is up but full, or outside the region asked for while a node of that region
+    /// has room: this session goes here, and the room spans both nodes (relayed between
+    /// them, docs/cascade.md).
+    Spilled { from: NodeId },
 }
 
 /// Where a room goes.
@@ -172,7 +176,10 @@ impl Placement {
 
     /// Where `request`'s room goes, given every node as it is now.
     ///
-    /// A room on a node that is `Up` stays there, whatever the load. A room on a `Suspect`
+    /// A room on a node that is `Up` stays there, unless the node has no room left for the
+    /// session or a region is asked for that the node is not in and a node of that region has
+    /// room: then the session spills to the first node that can have it (as below), and the
+    /// room spans both. A room on a `Suspect`
     /// node gets [`PlaceError::NodeSuspect`] (placing it elsewhere now would split it if the
     /// node answers again). A room on a `Draining`, `Dead` or unlisted node, or on none, goes
     /// to the first `Up` node in its rendezvous order that has room below its capacity and is
@@ -194,11 +201,22 @@ impl Placement {
         if let Some(current) = request.current {
             match nodes.iter().find(|n| &n.id == current) {
                 Some(node) if node.state == NodeState::Up => {
-                    return Ok(Decision {
-                        node: node.id.clone(),
-                        placed: Placed::Kept,
-                        outside_region: outside(node),
-                    });
+                    let fits =
+                        |n: &NodeSnapshot| n.load.saturating_add(request.weight) <= n.capacity;
+                    let region_elsewhere = outside(node)
+                        && nodes
+                            .iter()
+                            .any(|n| n.state == NodeState::Up && !outside(n) && fits(n));
+                    if fits(node) && !region_elsewhere {
+                        return Ok(Decision {
+                            node: node.id.clone(),
+                            placed: Placed::Kept,
+                            outside_region: outside(node),
+                        });
+                    }
+                    placed = Placed::Spilled {
+                        from: current.clone(),
+                    };
                 }
                 Some(node) if node.state == NodeState::Suspect => {
                     return Err(PlaceError::NodeSuspect {
@@ -213,6 +231,22 @@ impl Placement {
                 }
             }
         }
+        self.choose_up(nodes, request, placed)
+    }
+
+    /// The first `Up` node in the room's rendezvous order that can have it, preferring the
+    /// requested region.
+    fn choose_up(
+        &self,
+        nodes: &[NodeSnapshot],
+        request: &RoomRequest<'_>,
+        placed: Placed,
+    ) -> Result<Decision, PlaceError> {
+        let outside = |node: &NodeSnapshot| {
+            request
+                .region
+                .is_some_and(|r| node.region.as_deref() != Some(r))
+        };
         if nodes.is_empty() {
             return Err(PlaceError::NoNodes);
         }
@@ -473,11 +507,19 @@ mod tests {
             with("e", NodeState::Up, None, 0, 10),
         ];
         let p = policy(0.25);
-        // Kept even over its capacity and bound: the room is already there.
+        // Its node is full: the session spills to a node that is up with room.
         let d = p
             .place(&nodes, &RoomRequest::new(&r).on(&node("a")))
+            .expect("spilled");
+        assert_eq!(
+            (d.node, d.placed),
+            (node("e"), Placed::Spilled { from: node("a") })
+        );
+        // Kept on its node while it has room, whatever the load bound says.
+        let e = p
+            .place(&nodes, &RoomRequest::new(&r).on(&node("e")))
             .expect("kept");
-        assert_eq!((d.node, d.placed), (node("a"), Placed::Kept));
+        assert_eq!((e.node, e.placed), (node("e"), Placed::Kept));
         // A draining node takes nothing new: the room's new sessions go to a node up.
         let d = p
             .place(&nodes, &RoomRequest::new(&r).on(&node("b")).in_region("eu"))
@@ -508,6 +550,36 @@ mod tests {
                 (node("e"), Placed::Moved { from: node(gone) })
             );
         }
+    }
+
+    #[test]
+    fn a_session_asking_for_another_region_spills_to_a_node_there() {
+        let r = room("webinar");
+        let nodes = vec![
+            with("a1", NodeState::Up, Some("a"), 5, 10),
+            with("b1", NodeState::Up, Some("b"), 0, 10),
+            with("b2", NodeState::Up, Some("b"), 0, 10),
+        ];
+        let p = policy(0.25);
+        let on_a = RoomRequest::new(&r).on(&nodes[0].id);
+        // Its own region, or one without a node: it stays.
+        for region in ["a", "c"] {
+            let d = p.place(&nodes, &on_a.in_region(region)).expect("kept");
+            assert_eq!(d.placed, Placed::Kept, "{region}");
+        }
+        // Region b: a node of b, the same one for every session of the room.
+        let d = p.place(&nodes, &on_a.in_region("b")).expect("spilled");
+        assert_eq!(d.placed, Placed::Spilled { from: node("a1") });
+        assert!(!d.outside_region);
+        let again = p.place(&nodes, &on_a.in_region("b")).expect("spilled");
+        assert_eq!(again.node, d.node);
+        // Region b full: the room stays on its node, outside the region asked for.
+        let full = vec![
+            nodes[0].clone(),
+            with("b1", NodeState::Up, Some("b"), 10, 10),
+        ];
+        let d = p.place(&full, &on_a.in_region("b")).expect("kept");
+        assert_eq!((d.placed, d.outside_region), (Placed::Kept, true));
     }
 
     #[test]
@@ -722,6 +794,12 @@ mod tests {
                             return Err(TestCaseError::fail(format!("{d:?} names no listed node")));
                         };
                         prop_assert_eq!(chosen.state, NodeState::Up, "{:?}", d);
+                        // Kept or not, a session never takes its node past capacity.
+                        prop_assert!(chosen.load + weight <= chosen.capacity, "{:?}", d);
+                        if let Placed::Spilled { from } = &d.placed {
+                            prop_assert_eq!(Some(from), current.as_ref());
+                            prop_assert_ne!(&chosen.id, from);
+                        }
                         if d.placed == Placed::Kept {
                             prop_assert_eq!(Some(&chosen.id), current.as_ref());
                         } else {
