@@ -433,15 +433,23 @@ scenario_drain() {
   finish drain-new 60 || rc=$?
   [ "$rc" -eq 0 ] || fail "new rooms beside the draining node lost media (exit $rc; $OUT_DIR/drain-new.log)"
   # Nothing new lands on the draining node, not even a new session of one of its rooms: one
-  # more subscriber in every dk- room, and the victim's session count stays as it was.
+  # more subscriber in every dk- room, and the victim's session count stays as it was. Those
+  # of the victim's rooms land beside it and get the room's media through a relay from it
+  # (docs/cascade.md).
   local victim_sessions
   victim_sessions=$(node_sessions "$victim")
-  load drain-join --room-prefix dk- --rooms "$keep" --publishers 0 --subscribers 1 --media audio \
-    --ramp 100/s --duration 300s
+  checked_load drain-join --room-prefix dk- --rooms "$keep" --publishers 0 --subscribers 1 \
+    --media audio --ramp 100/s --duration 300s
   wait_for "the drain-join sessions placed" 60 sessions_in_rooms dk- $((3 * keep))
   [ "$(node_sessions "$victim")" -eq "$victim_sessions" ] ||
     fail "new sessions of $victim's rooms landed on it while it drains: $(nodes_json | jq -c '[.[] | {id, sessions}]')"
-  stop drain-join || true
+  [ "$(rooms_on "$victim" dk- | wc -l)" -eq "$held" ] || fail "$victim's rooms moved during the drain"
+  wait_for "media through the relays from $victim" 30 media_flows "$victim"
+  rc=0
+  stop drain-join || rc=$?
+  [ "$rc" -eq 0 ] ||
+    fail "subscribers placed beside the draining node lost media (sfu-load exit $rc; $OUT_DIR/drain-join.log)"
+  figure drain_join_loss_pct "$(report drain-join .packets.loss_pct)"
   # The rooms already there stay there, with media.
   [ "$(rooms_on "$victim" dk- | wc -l)" -eq "$held" ] || fail "$victim's rooms moved during the drain"
   wait_for "media through draining $victim" 30 media_flows "$victim"
