@@ -268,6 +268,112 @@ pub fn render_cluster(out: &mut String, nodes: &crate::cluster::nodes::Nodes) {
             let _ = writeln!(out, "{name}{{node=\"{node}\"}} {}", value(load));
         }
     }
+    render_relays(out, &loads);
+}
+
+/// Each linked node's relay links (rooms that span nodes, docs/cascade.md), from its load
+/// report: `{node, peer}` per link, `direction` as the node sees it.
+fn render_relays(out: &mut String, loads: &[(sfu_core::ids::NodeId, sfu_core::proto::LoadReport)]) {
+    let links: Vec<(
+        &sfu_core::ids::NodeId,
+        &sfu_core::proto::RelayLinkStats,
+        String,
+    )> = loads
+        .iter()
+        .flat_map(|(node, load)| load.relays.iter().map(move |l| (node, l)))
+        .map(|(node, l)| {
+            let peer = l.peer.as_ref().map_or(String::new(), |p| p.to_string());
+            (node, l, peer)
+        })
+        .collect();
+    let _ = writeln!(
+        out,
+        "# HELP sfu_cluster_relay_up Whether each relay link between two nodes is up.\n# TYPE sfu_cluster_relay_up gauge"
+    );
+    for (node, l, peer) in &links {
+        let _ = writeln!(
+            out,
+            "sfu_cluster_relay_up{{node=\"{node}\",peer=\"{peer}\"}} {}",
+            u8::from(l.up)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP sfu_cluster_relay_rtt_seconds Round-trip time of each relay link, as QUIC measures it.\n# TYPE sfu_cluster_relay_rtt_seconds gauge"
+    );
+    for (node, l, peer) in &links {
+        let _ = writeln!(
+            out,
+            "sfu_cluster_relay_rtt_seconds{{node=\"{node}\",peer=\"{peer}\"}} {:.6}",
+            l.rtt_us as f64 / 1e6
+        );
+    }
+    type Pick = fn(&sfu_core::proto::RelayLinkStats) -> (u64, u64);
+    let directed: [(&str, &str, Pick); 3] = [
+        (
+            "sfu_cluster_relay_datagrams_total",
+            "QUIC datagrams on each relay link.",
+            |l| (l.datagrams_out, l.datagrams_in),
+        ),
+        (
+            "sfu_cluster_relay_bytes_total",
+            "Bytes of datagrams on each relay link.",
+            |l| (l.bytes_out, l.bytes_in),
+        ),
+        (
+            "sfu_cluster_relay_packets_total",
+            "Media packets on each relay link (before fragmentation).",
+            |l| (l.packets_out, l.packets_in),
+        ),
+    ];
+    for (name, help, pick) in directed {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (node, l, peer) in &links {
+            let (sent, received) = pick(l);
+            for (direction, v) in [("out", sent), ("in", received)] {
+                let _ = writeln!(
+                    out,
+                    "{name}{{node=\"{node}\",peer=\"{peer}\",direction=\"{direction}\"}} {v}"
+                );
+            }
+        }
+    }
+    type Split = fn(&sfu_core::proto::RelayLinkStats) -> [(&'static str, u64); 2];
+    let split: [(&str, &str, &str, Split); 2] = [
+        (
+            "sfu_cluster_relay_repairs_total",
+            "Hop repairs on each relay link: NACK frames sent, packets retransmitted.",
+            "kind",
+            |l| {
+                [
+                    ("nacks_sent", l.nacks_sent),
+                    ("retransmitted", l.retransmitted),
+                ]
+            },
+        ),
+        (
+            "sfu_cluster_relay_dropped_total",
+            "Packets a node could not send on a relay link: too large even in fragments (size), refused by QUIC (congestion).",
+            "reason",
+            |l| {
+                [
+                    ("size", l.dropped_size),
+                    ("congestion", l.dropped_congestion),
+                ]
+            },
+        ),
+    ];
+    for (name, help, label, pick) in split {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (node, l, peer) in &links {
+            for (value_label, v) in pick(l) {
+                let _ = writeln!(
+                    out,
+                    "{name}{{node=\"{node}\",peer=\"{peer}\",{label}=\"{value_label}\"}} {v}"
+                );
+            }
+        }
+    }
 }
 
 /// One series taken from nodes' load reports: name, type, help, the value of one report.

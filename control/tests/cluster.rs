@@ -451,6 +451,26 @@ fn a_session_placed_beside_a_draining_node_gets_the_room_through_a_relay() {
         Some(2),
         "the room spans both nodes: {room}"
     );
+    // The link's figures reach control's /metrics through the nodes' load reports: the
+    // origin sent the packets the other node received, and the link is up.
+    let relay = if origin == "n1" { "n2" } else { "n1" };
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let m = c.server.metrics();
+            let sent = m.sum_where(
+                "sfu_cluster_relay_packets_total",
+                &[("node", origin), ("peer", relay), ("direction", "out")],
+            );
+            let received = m.sum_where(
+                "sfu_cluster_relay_packets_total",
+                &[("node", relay), ("peer", origin), ("direction", "in")],
+            );
+            sent > 50.0
+                && received > 50.0
+                && m.sum_where("sfu_cluster_relay_up", &[("node", relay)]) == 1.0
+        }),
+        "relay figures in /metrics"
+    );
     drop((n1, n2));
 }
 

@@ -31,7 +31,7 @@ use crate::ids::RoomKey;
 use crate::io::{self, Waker};
 use crate::mailbox::Mailbox;
 use crate::metrics::WorkerMetrics;
-use crate::relay_link::{RelayCommand, RelayHost};
+use crate::relay_link::{RelayCommand, RelayHost, RelayStatsHandle};
 use crate::worker::{Worker, WorkerCommand, WorkerHandle};
 
 /// Offers waiting for the set-up thread; beyond this the node answers "no capacity" at once
@@ -416,12 +416,19 @@ impl Node {
         node.events_out = Some(events_tx.clone());
         let pump_shared = shared.clone();
         let stopping = node.stopping.clone();
+        let relay_stats = node.relay.as_ref().map(RelayHost::stats_handle);
         node.helpers.push(
             std::thread::Builder::new()
                 .name("sfu-events".into())
                 .spawn(move || {
                     cpus.confine_to_spare("sfu-events");
-                    run_event_pump(pump_shared, engine_events_rx, events_tx, stopping)
+                    run_event_pump(
+                        pump_shared,
+                        engine_events_rx,
+                        events_tx,
+                        stopping,
+                        relay_stats,
+                    )
                 })
                 .map_err(|source| StartError::Io { worker: 0, source })?,
         );
@@ -744,6 +751,7 @@ fn run_event_pump(
     events: Receiver<NodeEvent>,
     out: mpsc::UnboundedSender<NodeEvent>,
     stopping: Arc<AtomicBool>,
+    relay_stats: Option<RelayStatsHandle>,
 ) {
     let mut reported_down = vec![false; shared.alive.len()];
     let mut next_load = Instant::now() + LOAD_INTERVAL;
@@ -807,6 +815,10 @@ fn run_event_pump(
             workers: up.len() as u16,
             workers_up: up.iter().filter(|u| **u).count() as u16,
             cpu_millicores: cpu.millicores(),
+            relays: relay_stats
+                .as_ref()
+                .map(|s| s.snapshot())
+                .unwrap_or_default(),
             ..LoadReport::default()
         };
         for w in shared.workers.iter() {

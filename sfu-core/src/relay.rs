@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use sfu_proto::relay::{
     DatagramError, MAX_NACK, Reassembler, RelayFrame, RelayedPacket, RelayedTrack, encode_media,
 };
-use sfu_proto::{Layer, NodeId, RoomId, TrackId, TrackInfo, WorkerId};
+use sfu_proto::{Layer, NodeId, RelayLinkStats, RoomId, TrackId, TrackInfo, WorkerId};
 
 use crate::engine::forward::MediaPacket;
 use crate::engine::room::PublishedTrack;
@@ -159,6 +159,8 @@ pub struct RelayEndpoint {
     frames: VecDeque<(NodeId, RelayFrame)>,
     datagrams: VecDeque<(NodeId, Vec<u8>)>,
     stats: RelayStats,
+    /// Per peer node: what crossed its link (the shell adds RTT and QUIC's drops).
+    per_link: HashMap<NodeId, RelayLinkStats>,
 }
 
 impl RelayEndpoint {
@@ -179,6 +181,7 @@ impl RelayEndpoint {
             frames: VecDeque::new(),
             datagrams: VecDeque::new(),
             stats: RelayStats::default(),
+            per_link: HashMap::new(),
         }
     }
 
@@ -189,6 +192,30 @@ impl RelayEndpoint {
 
     pub fn stats(&self) -> &RelayStats {
         &self.stats
+    }
+
+    /// What crossed each link, with whether it is up now.
+    pub fn link_stats(&self) -> Vec<RelayLinkStats> {
+        let mut links: Vec<RelayLinkStats> = self
+            .per_link
+            .values()
+            .cloned()
+            .map(|mut l| {
+                l.up = l.peer.as_ref().is_some_and(|p| self.links_up.contains(p));
+                l
+            })
+            .collect();
+        links.sort_by(|a, b| a.peer.cmp(&b.peer));
+        links
+    }
+
+    fn link(&mut self, peer: &NodeId) -> &mut RelayLinkStats {
+        self.per_link
+            .entry(peer.clone())
+            .or_insert_with(|| RelayLinkStats {
+                peer: Some(peer.clone()),
+                ..RelayLinkStats::default()
+            })
     }
 
     /// Rooms relayed from another node, with that node.
@@ -391,6 +418,7 @@ impl RelayEndpoint {
             Ok(d) => d,
             Err(DatagramError::TooLarge { .. }) => {
                 self.stats.dropped_size += 1;
+                self.link(peer).dropped_size += 1;
                 return;
             }
             Err(_) => {
@@ -402,6 +430,10 @@ impl RelayEndpoint {
             self.next_fragmented = self.next_fragmented.wrapping_add(1);
         }
         self.stats.packets_out += 1;
+        let link = self.link(peer);
+        link.packets_out += 1;
+        link.datagrams_out += datagrams.len() as u64;
+        link.bytes_out += datagrams.iter().map(|d| d.len() as u64).sum::<u64>();
         for d in datagrams {
             self.stats.datagrams_out += 1;
             self.datagrams.push_back((peer.clone(), d));
@@ -591,6 +623,7 @@ impl RelayEndpoint {
             .collect();
         for packet in found {
             self.stats.retransmitted += 1;
+            self.link(peer).retransmitted += 1;
             self.send_packet(peer, &packet);
         }
     }
@@ -599,6 +632,9 @@ impl RelayEndpoint {
     pub fn handle_datagram(&mut self, now: Instant, peer: &NodeId, datagram: &[u8]) {
         self.now = now;
         self.stats.datagrams_in += 1;
+        let link = self.link(peer);
+        link.datagrams_in += 1;
+        link.bytes_in += datagram.len() as u64;
         let packet = match self
             .reassemblers
             .entry(peer.clone())
@@ -635,6 +671,7 @@ impl RelayEndpoint {
             return;
         };
         self.stats.packets_in += 1;
+        let mut nacked = false;
         // Gaps in the layer's sequence are NACKed to the origin (and again, see
         // `handle_timeout`, until they arrive or give up).
         let layer = header.layer.index();
@@ -650,6 +687,7 @@ impl RelayEndpoint {
                     missing.pop_first();
                 }
                 self.stats.nacks_sent += 1;
+                nacked = true;
                 self.frames.push_back((
                     peer.clone(),
                     RelayFrame::Nack {
@@ -678,6 +716,9 @@ impl RelayEndpoint {
         for w in workers {
             self.cross.push_back((w, CrossWorker::Media(media.clone())));
         }
+        let link = self.link(peer);
+        link.packets_in += 1;
+        link.nacks_sent += u64::from(nacked);
     }
 
     /// Time passed: ask again for packets still missing, and leave relayed rooms that have
@@ -721,6 +762,7 @@ impl RelayEndpoint {
     /// NACK again what is still missing after [`NACK_RETRY`]; give up after
     /// [`NACK_ATTEMPTS`].
     fn renack(&mut self, now: Instant) {
+        let mut sent: Vec<NodeId> = Vec::new();
         for room in self.rooms.values_mut() {
             let Some(rel) = room.relayed.as_mut() else {
                 continue;
@@ -742,6 +784,7 @@ impl RelayEndpoint {
                     });
                     for seqs in again.chunks(MAX_NACK) {
                         self.stats.nacks_sent += 1;
+                        sent.push(rel.from.clone());
                         self.frames.push_back((
                             rel.from.clone(),
                             RelayFrame::Nack {
@@ -753,6 +796,9 @@ impl RelayEndpoint {
                     }
                 }
             }
+        }
+        for peer in sent {
+            self.link(&peer).nacks_sent += 1;
         }
     }
 

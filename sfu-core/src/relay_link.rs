@@ -15,7 +15,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -24,7 +24,7 @@ use sfu_link::quinn;
 use sfu_link::stream::{FrameReceiver, FrameSender};
 use sfu_link::tls::{self, Identity, RELAY_ALPN};
 use sfu_proto::relay::{LINK_TOKEN_LEN, RELAY_VERSION, RelayFrame};
-use sfu_proto::{NodeId, RelayAddress, RoomId};
+use sfu_proto::{NodeId, RelayAddress, RelayLinkStats, RoomId};
 use tokio::sync::mpsc;
 
 use crate::ids::RoomKey;
@@ -62,9 +62,28 @@ pub enum RelayCommand {
     },
 }
 
+/// The relay links' figures as the shell last published them (about every
+/// [`STATS_INTERVAL`]), for the node's load report.
+#[derive(Debug, Clone, Default)]
+pub struct RelayStatsHandle(Arc<Mutex<Vec<RelayLinkStats>>>);
+
+impl RelayStatsHandle {
+    pub fn snapshot(&self) -> Vec<RelayLinkStats> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn publish(&self, links: Vec<RelayLinkStats>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = links;
+    }
+}
+
+/// How often the shell publishes its links' figures.
+const STATS_INTERVAL: Duration = Duration::from_millis(500);
+
 /// The running shell: where peers reach it, and how to give it commands.
 #[derive(Debug)]
 pub struct RelayHost {
+    stats: RelayStatsHandle,
     address: RelayAddress,
     commands: mpsc::UnboundedSender<RelayCommand>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -95,6 +114,8 @@ impl RelayHost {
         };
         let (commands, commands_rx) = mpsc::unbounded_channel();
         let (stop, stop_rx) = tokio::sync::oneshot::channel();
+        let stats = RelayStatsHandle::default();
+        let published = stats.clone();
         let thread = std::thread::Builder::new()
             .name("sfu-relay".into())
             .spawn(move || {
@@ -121,11 +142,12 @@ impl RelayHost {
                             return;
                         }
                     };
-                    let shell = Shell::new(node, endpoint, mesh, me, peer_messages);
+                    let shell = Shell::new(node, endpoint, mesh, me, peer_messages, published);
                     shell.run(commands_rx, stop_rx).await;
                 });
             })?;
         Ok(RelayHost {
+            stats,
             address,
             commands,
             stop: Some(stop),
@@ -136,6 +158,11 @@ impl RelayHost {
     /// Where other nodes reach this node's relay endpoint.
     pub fn address(&self) -> &RelayAddress {
         &self.address
+    }
+
+    /// Its links' figures, for the load report.
+    pub fn stats_handle(&self) -> RelayStatsHandle {
+        self.stats.clone()
     }
 
     /// Hand the shell a command; `false` once it has stopped.
@@ -203,6 +230,10 @@ struct Shell {
     events_tx: mpsc::UnboundedSender<LinkEvent>,
     events: mpsc::UnboundedReceiver<LinkEvent>,
     to_wake: Vec<bool>,
+    stats: RelayStatsHandle,
+    stats_published: Instant,
+    /// Datagrams QUIC refused, per peer.
+    refused: HashMap<NodeId, u64>,
 }
 
 impl Shell {
@@ -212,6 +243,7 @@ impl Shell {
         mesh: Arc<Vec<WorkerHandle>>,
         me: usize,
         peer_messages: Receiver<WorkerCommand>,
+        stats: RelayStatsHandle,
     ) -> Self {
         let (events_tx, events) = mpsc::unbounded_channel();
         let count = mesh.len();
@@ -229,6 +261,9 @@ impl Shell {
             events_tx,
             events,
             to_wake: vec![false; count],
+            stats,
+            stats_published: Instant::now(),
+            refused: HashMap::new(),
         }
     }
 
@@ -468,10 +503,31 @@ impl Shell {
         }
         while let Some((peer, datagram)) = self.relay.poll_datagram() {
             if let Some(link) = self.links.get(&peer) {
-                // Dropped when the path's limit shrank below it or the send buffer is full:
-                // the hop's NACK asks again.
-                let _ = link.connection.send_datagram(datagram.into());
+                // Refused when the path's limit shrank below it or the send buffer is full:
+                // counted, and the hop's NACK asks again.
+                if link.connection.send_datagram(datagram.into()).is_err() {
+                    *self.refused.entry(peer).or_default() += 1;
+                }
             }
+        }
+        if self.stats_published.elapsed() >= STATS_INTERVAL {
+            self.stats_published = Instant::now();
+            let links = self
+                .relay
+                .link_stats()
+                .into_iter()
+                .map(|mut l| {
+                    if let Some(peer) = &l.peer {
+                        l.rtt_us = self
+                            .links
+                            .get(peer)
+                            .map_or(0, |link| link.connection.rtt().as_micros() as u64);
+                        l.dropped_congestion = self.refused.get(peer).copied().unwrap_or(0);
+                    }
+                    l
+                })
+                .collect();
+            self.stats.publish(links);
         }
     }
 }

@@ -252,6 +252,32 @@ pub struct LoadReport {
     /// CPU the node's process used since its previous report, in thousandths of a core
     /// (2000: two cores busy all the time).
     pub cpu_millicores: u32,
+    /// The node's relay links (rooms that span nodes), one entry per peer node.
+    pub relays: Vec<RelayLinkStats>,
+}
+
+/// One relay link as its node sees it. Counters are totals since the node started.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayLinkStats {
+    pub peer: Option<NodeId>,
+    /// Whether the link is up now.
+    pub up: bool,
+    /// Round-trip time as QUIC measures it, in microseconds (0 when down).
+    pub rtt_us: u64,
+    pub datagrams_out: u64,
+    pub datagrams_in: u64,
+    pub bytes_out: u64,
+    pub bytes_in: u64,
+    /// Packets this node sent (whole, before fragmentation) and received on the link.
+    pub packets_out: u64,
+    pub packets_in: u64,
+    /// Packets resent for the peer's NACKs, and NACK frames sent to it.
+    pub retransmitted: u64,
+    pub nacks_sent: u64,
+    /// Packets too large for the datagram limit even in fragments.
+    pub dropped_size: u64,
+    /// Datagrams QUIC refused to send (larger than the path allows, or its buffer full).
+    pub dropped_congestion: u64,
 }
 
 /// Whether a node's workers run.
