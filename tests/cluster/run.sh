@@ -22,12 +22,17 @@
 #           node has noticed the loss, and the node registers again
 #   blip    the link comes back as soon as control has declared the node dead (before the
 #           QUIC link's idle timeout): the node must register again
+#   region  a publisher in region a (n1), REGION_SUBS subscribers asking for region b (n2, n3):
+#           they land on one node of b, which relays the room from n1 (one copy of each packet
+#           crosses the link, docs/cascade.md), with no loss; the same subscribers asking for
+#           region a give the local baseline for the hop's added latency
 #
 # Environment:
 #   SFU_BIN_DIR         where control, sfu and sfu-load are (default: target/release)
 #   OUT_DIR             logs, sfu-load reports, figures.json (default: a temp dir)
-#   CLUSTER_SCENARIOS   default "spread drain kill link blip"
+#   CLUSTER_SCENARIOS   default "spread drain kill link blip region"
 #   SPREAD_ROOMS        rooms of the placement count (default 1000; one audio publisher each)
+#   REGION_SUBS         subscribers of the region scenario (default 100, audio + video)
 #   SUSPECT_AFTER_MS / DEAD_AFTER_MS   control's cluster.suspect_after_ms / dead_after_ms
 #                       (default 1500 / 3000)
 #   MAX_LOSS            loss criterion of the media checks (default 2%)
@@ -40,7 +45,8 @@ export LC_ALL=C
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 BIN_DIR=${SFU_BIN_DIR:-$ROOT/target/release}
-SCENARIOS=${CLUSTER_SCENARIOS:-spread drain kill link blip}
+SCENARIOS=${CLUSTER_SCENARIOS:-spread drain kill link blip region}
+REGION_SUBS=${REGION_SUBS:-100}
 SPREAD_ROOMS=${SPREAD_ROOMS:-1000}
 SUSPECT_AFTER_MS=${SUSPECT_AFTER_MS:-1500}
 DEAD_AFTER_MS=${DEAD_AFTER_MS:-3000}
@@ -303,12 +309,14 @@ start_control() {
 
 # start_node NODE: `sfu run` in NODE's namespace. Workers are not pinned: the three "hosts"
 # share this machine's cores, and pinning would put every node's worker on the first one.
+# n1 is in region a, n2 and n3 in region b (only the region scenario asks for regions).
 start_node() {
-  local n=$1
+  local n=$1 region=b
+  [ "$n" = n1 ] && region=a
   printf '[node]\npin_workers = false\n' >"$OUT_DIR/node.toml"
   start "$n" "$n" env NO_COLOR=1 RUST_LOG="${RUST_LOG:-info}" \
     "$BIN_DIR/sfu" run --config "$OUT_DIR/node.toml" --control "$CTL_ADDR:$CLUSTER_PORT" --node-id "$n" \
-    --cluster-secret "$SECRET" --control-cert "$OUT_DIR/control-cert.pem" \
+    --cluster-secret "$SECRET" --control-cert "$OUT_DIR/control-cert.pem" --region "$region" \
     --advertise-ip "${NODE_ADDR[$n]}" --media-port-base "$MEDIA_PORT" --workers 1
 }
 
@@ -460,6 +468,60 @@ scenario_drain() {
 
   answer=$(api POST "/api/nodes/$victim/undrain") || fail "POST /api/nodes/$victim/undrain failed"
   wait_for "$victim up again after undrain" 10 state_is "$victim" up
+}
+
+# The value of a series in control's /metrics, summed over the lines that contain every
+# MATCH (e.g. 'node="n1"'): metric_sum NAME MATCH...
+metric_sum() {
+  local name=$1 line; shift
+  ip netns exec "$(ns_of lg)" curl -fsS --max-time 5 "$URL/metrics" | { grep "^$name{" || true; } |
+    while IFS= read -r line; do
+      local m ok=1
+      for m in "$@"; do [[ $line == *"$m"* ]] || ok=0; done
+      if [ "$ok" = 1 ]; then echo "${line##* }"; fi
+    done | awk '{ s += $1 } END { printf "%d", s }'
+}
+
+# Region: a publisher asking for region a lands on n1; REGION_SUBS subscribers of its room
+# asking for region b land on one node of b (n2 or n3), which relays the room from n1: all get
+# media with no loss, and n1 sends each packet over the link once, not once per subscriber.
+# The same subscribers asking for region a (local to the publisher) give the baseline for the
+# latency the hop adds.
+scenario_region() {
+  local subs=$REGION_SUBS
+  local media=(--media audio-video --video-kbps 300 --ramp 50/s --duration 10s --connect-timeout 60s)
+  checked_load region-local --room-prefix rl- --rooms 1 --publishers 1 --subscribers "$subs" \
+    --publisher-region a --subscriber-region a "${media[@]}"
+  finish region-local 180 || fail "local subscribers lost media ($OUT_DIR/region-local.log)"
+  local before
+  before=$(metric_sum sfu_cluster_relay_packets_total 'node="n1"' 'direction="out"')
+  checked_load region-relayed --room-prefix rr- --rooms 1 --publishers 1 --subscribers "$subs" \
+    --publisher-region a --subscriber-region b "${media[@]}"
+  wait_for "the region-relayed sessions placed" 120 sessions_in_rooms rr- $((subs + 1))
+  local room
+  room=$(api GET /api/rooms/rr-0)
+  local on_n1 on_b
+  on_n1=$(jq '[.sessions[] | select(.node == "n1")] | length' <<<"$room")
+  on_b=$(jq '[.sessions[] | select(.node != "n1")] | map(.node) | unique' <<<"$room")
+  [ "$on_n1" -eq 1 ] || fail "rr-0 has $on_n1 sessions on n1 (want the publisher only): $room"
+  [ "$(jq length <<<"$on_b")" -eq 1 ] || fail "rr-0's subscribers are spread over $on_b (want one node of region b)"
+  finish region-relayed 180 || fail "relayed subscribers lost media ($OUT_DIR/region-relayed.log)"
+  local crossed sent
+  sent=$(report region-relayed .packets.sent)
+  [ "$sent" -gt 0 ] || fail "the publisher sent nothing"
+  # Load reports reach control every second: wait until n1's count covers what was published.
+  relay_crossed() { echo $(( $(metric_sum sfu_cluster_relay_packets_total 'node="n1"' 'direction="out"') - before )); }
+  caught_up() { [ "$(relay_crossed)" -ge $((sent * 9 / 10)) ]; }
+  wait_for "n1's relay figures in /metrics" 15 caught_up
+  crossed=$(relay_crossed)
+  # One copy per packet (plus hop repairs), not one per subscriber.
+  [ "$crossed" -le $((sent * 12 / 10)) ] ||
+    fail "n1 sent $crossed packets over the relay link for $sent published ($subs subscribers)"
+  figure region_relayed_loss_pct "$(report region-relayed .packets.loss_pct)"
+  figure region_relay_packets_per_published "$(jq -n "$crossed / $sent * 1000 | round / 1000")"
+  figure region_relay_bytes "$(metric_sum sfu_cluster_relay_bytes_total 'node="n1"' 'direction="out"')"
+  figure region_local_latency_p50_p99_ms "$(report region-local -c '[.latency_us.p50, .latency_us.p99] | map(. / 1000 | . * 10 | round / 10)')"
+  figure region_relayed_latency_p50_p99_ms "$(report region-relayed -c '[.latency_us.p50, .latency_us.p99] | map(. / 1000 | . * 10 | round / 10)')"
 }
 
 # After a node is lost (killed or cut off): control must declare it dead within dead_after + 1 s

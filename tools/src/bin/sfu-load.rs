@@ -58,6 +58,12 @@ struct Cli {
     /// Room names are PREFIX0, PREFIX1, ... [default: load-].
     #[arg(long, value_name = "PREFIX")]
     room_prefix: Option<String>,
+    /// Ask for this region on publishers' WHIP offers (?region=NAME).
+    #[arg(long, value_name = "NAME")]
+    publisher_region: Option<String>,
+    /// Ask for this region on subscribers' WHEP offers (?region=NAME).
+    #[arg(long, value_name = "NAME")]
+    subscriber_region: Option<String>,
     /// Publishers per room [default: 1].
     #[arg(long)]
     publishers: Option<u32>,
@@ -169,6 +175,8 @@ impl Cli {
             protocol: self.protocol,
             rooms: self.rooms,
             room_prefix: self.room_prefix.clone(),
+            publisher_region: self.publisher_region.clone(),
+            subscriber_region: self.subscriber_region.clone(),
             publishers: self.publishers,
             subscribers: self.subscribers,
             media: self.media,

@@ -105,7 +105,12 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, LoadErro
     let protocol: Arc<dyn Protocol> = match &options.protocol {
         Some(p) => p.clone(),
         None => match scenario.protocol {
-            ProtocolKind::Whip => Arc::new(WhipWhep::new(&scenario.url, options.tokens.clone())),
+            ProtocolKind::Whip => Arc::new(
+                WhipWhep::new(&scenario.url, options.tokens.clone()).in_regions(
+                    scenario.publisher_region.clone(),
+                    scenario.subscriber_region.clone(),
+                ),
+            ),
             ProtocolKind::Janus => Arc::new(JanusVideoRoom::new(&scenario.url)),
         },
     };

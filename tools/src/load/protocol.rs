@@ -161,6 +161,8 @@ impl TokenSource {
 pub struct WhipWhep {
     http: SignalingClient,
     tokens: TokenSource,
+    /// `?region=` on WHIP and on WHEP offers.
+    regions: (Option<String>, Option<String>),
 }
 
 impl WhipWhep {
@@ -168,6 +170,15 @@ impl WhipWhep {
         WhipWhep {
             http: SignalingClient::new(base_url),
             tokens,
+            regions: (None, None),
+        }
+    }
+
+    /// Ask for `publish` on WHIP offers and `subscribe` on WHEP offers (`?region=NAME`).
+    pub fn in_regions(self, publish: Option<String>, subscribe: Option<String>) -> Self {
+        WhipWhep {
+            regions: (publish, subscribe),
+            ..self
         }
     }
 
@@ -181,7 +192,15 @@ impl WhipWhep {
     ) -> Result<SessionHandle, PeerFailure> {
         let token = self.tokens.token(room, identity, grants)?;
         let offer = client.create_offer()?;
-        let session = self.http.offer(endpoint, room, &token, &offer)?;
+        let region = match endpoint {
+            Endpoint::Whip => &self.regions.0,
+            Endpoint::Whep => &self.regions.1,
+        };
+        let target = match region {
+            Some(region) => format!("{room}?region={region}"),
+            None => room.to_string(),
+        };
+        let session = self.http.offer(endpoint, &target, &token, &offer)?;
         if let Err(e) = client.accept_answer(&session.answer) {
             // The server holds a session we cannot use; free it now rather than at its timeout.
             let _ = self.http.delete(&session.location, &token);

@@ -176,6 +176,12 @@ pub struct Scenario {
     /// Seconds between periodic video keyframes (keyframes requested by the server come on top).
     #[serde(default = "default_keyframe_interval_s")]
     pub keyframe_interval_s: f64,
+    /// Asked for on publishers' and subscribers' offers (`?region=NAME` on WHIP / WHEP): the
+    /// server places them on a node of that region when it can (docs/cascade.md).
+    #[serde(default)]
+    pub publisher_region: Option<String>,
+    #[serde(default)]
+    pub subscriber_region: Option<String>,
 }
 
 fn default_keyframe_interval_s() -> f64 {
@@ -203,6 +209,8 @@ impl Default for Scenario {
             criteria: Criteria::default(),
             target_pps: None,
             keyframe_interval_s: default_keyframe_interval_s(),
+            publisher_region: None,
+            subscriber_region: None,
         }
     }
 }
@@ -282,6 +290,30 @@ impl Scenario {
                     self.planned_peers()
                 ),
             ));
+        }
+        for (key, region) in [
+            ("publisher-region", &self.publisher_region),
+            ("subscriber-region", &self.subscriber_region),
+        ] {
+            if let Some(region) = region {
+                if self.protocol != ProtocolKind::Whip {
+                    return Err(ScenarioError::new(
+                        key,
+                        "regions are a WHIP / WHEP query; the janus protocol has none",
+                    ));
+                }
+                if region.is_empty()
+                    || region.len() > 64
+                    || !region
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                {
+                    return Err(ScenarioError::new(
+                        key,
+                        format!("\"{region}\" must be 1-64 letters, digits, '-', '_' or '.'"),
+                    ));
+                }
+            }
         }
         if self.room_prefix.is_empty()
             || !self
@@ -432,6 +464,8 @@ pub struct ScenarioPatch {
     pub max_loss_pct: Option<f64>,
     pub max_p99_us: Option<u64>,
     pub min_connected_pct: Option<f64>,
+    pub publisher_region: Option<String>,
+    pub subscriber_region: Option<String>,
     /// Legend in reports (not part of the scenario itself).
     pub label: Option<String>,
 }
@@ -463,6 +497,12 @@ impl ScenarioPatch {
         set(&mut s.audio_dtx, &self.audio_dtx);
         set(&mut s.threads, &self.threads);
         set(&mut s.connect_timeout_s, &self.connect_timeout_s);
+        if self.publisher_region.is_some() {
+            s.publisher_region = self.publisher_region.clone();
+        }
+        if self.subscriber_region.is_some() {
+            s.subscriber_region = self.subscriber_region.clone();
+        }
         if self.max_loss_pct.is_some() {
             s.criteria.max_loss_pct = self.max_loss_pct;
         }
@@ -498,6 +538,8 @@ impl ScenarioPatch {
             video_kbps,
             video_fps,
             keyframe_interval_s,
+            publisher_region,
+            subscriber_region,
             audio_dtx,
             threads,
             connect_timeout_s,
@@ -592,6 +634,8 @@ struct ScenarioFile {
     dtx: Option<bool>,
     threads: Option<u32>,
     connect_timeout: Option<NumOrStr>,
+    publisher_region: Option<String>,
+    subscriber_region: Option<String>,
     label: Option<String>,
     criteria: Option<CriteriaFile>,
 }
@@ -632,6 +676,8 @@ impl ScenarioFile {
                 .transpose()?,
             rooms: self.rooms,
             room_prefix: self.room_prefix,
+            publisher_region: self.publisher_region,
+            subscriber_region: self.subscriber_region,
             publishers: self.publishers,
             subscribers: self.subscribers,
             media: self
@@ -931,6 +977,21 @@ min-connected = 99
                     ..Default::default()
                 },
                 "room-prefix",
+            ),
+            (
+                ScenarioPatch {
+                    subscriber_region: Some("eu west".into()),
+                    ..Default::default()
+                },
+                "subscriber-region",
+            ),
+            (
+                ScenarioPatch {
+                    protocol: Some(ProtocolKind::Janus),
+                    publisher_region: Some("a".into()),
+                    ..Default::default()
+                },
+                "publisher-region",
             ),
             (
                 ScenarioPatch {
