@@ -25,6 +25,23 @@ pub struct Config {
     pub cluster: ClusterConfig,
     /// `[store]`: where control keeps its state; in memory unless `redis_url` is set.
     pub store: StoreConfig,
+    /// `[cascade]`: rooms that span nodes (docs/cascade.md).
+    pub cascade: CascadeConfig,
+}
+
+/// `[cascade]`: how rooms that span nodes are relayed between them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CascadeConfig {
+    /// A node relaying a room from another leaves it once the room has had no subscriber on
+    /// it for this long (the relay comes back with the room's next session there).
+    pub idle_secs: u32,
+}
+
+impl Default for CascadeConfig {
+    fn default() -> Self {
+        Self { idle_secs: 30 }
+    }
 }
 
 /// `[store]`: state shared by several control instances (Redis), or kept in this process.
@@ -297,6 +314,12 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "store.node_ttl_ms".into(),
                 reason: "must be at least 1500 (entries are refreshed every third of it)".into(),
+            });
+        }
+        if self.cascade.idle_secs == 0 {
+            return Err(ConfigError::Invalid {
+                key: "cascade.idle_secs".into(),
+                reason: "must be at least 1".into(),
             });
         }
         if self.store.forward_timeout_ms == 0 {

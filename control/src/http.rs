@@ -43,6 +43,8 @@ pub struct AppState {
     pub caps: Caps,
     /// TURN credentials for clients (`[turn]`); `None` when not configured.
     pub turn: Option<TurnIssuer>,
+    /// `cascade.idle_secs`, passed to nodes that relay a room.
+    pub relay_idle_secs: u32,
 }
 
 /// Build the router.
@@ -387,7 +389,14 @@ async fn offer(
     if view.room_nodes.iter().any(|(n, _)| *n != node_id) {
         let others: Vec<sfu_core::ids::NodeId> =
             view.room_nodes.iter().map(|(n, _)| n.clone()).collect();
-        crate::cluster::cascade::connect(&state.nodes, &room_id, &node_id, &others).await;
+        crate::cluster::cascade::connect(
+            &state.nodes,
+            &room_id,
+            &node_id,
+            &others,
+            state.relay_idle_secs,
+        )
+        .await;
     }
     let reservation = match state
         .sessions

@@ -110,6 +110,7 @@ impl Server {
                 total: config.limits.max_sessions,
             },
             turn: crate::turn::TurnIssuer::new(&config.turn),
+            relay_idle_secs: config.cascade.idle_secs,
         });
         if state.limiter.is_none() {
             tracing::warn!(

@@ -509,6 +509,7 @@ impl Node {
             addr: r.addr,
             cert: r.cert,
             token: r.token,
+            idle: Duration::from_secs(u64::from(r.idle_secs.max(1))),
         });
         if sent {
             Ok(NodeResponse::Done)

@@ -125,6 +125,8 @@ impl Room {
 #[derive(Debug)]
 struct Relayed {
     from: NodeId,
+    /// Left after this long without a subscriber here.
+    idle: Duration,
     /// The origin's tracks, announced to the workers.
     tracks: HashMap<TrackId, RelayedState>,
 }
@@ -237,17 +239,28 @@ impl RelayEndpoint {
         self.rooms.get_mut(&key).expect("inserted above")
     }
 
-    /// Control asks this node to relay room `id` (this node's key `key`) from node `from`.
-    /// Joins at once if the link to `from` is up, else when it comes up.
-    pub fn relay_room(&mut self, now: Instant, key: RoomKey, id: &RoomId, from: &NodeId) {
+    /// Control asks this node to relay room `id` (this node's key `key`) from node `from`,
+    /// and to leave it after `idle` without a subscriber here (`None`: the configured
+    /// default). Joins at once if the link to `from` is up, else when it comes up.
+    pub fn relay_room(
+        &mut self,
+        now: Instant,
+        key: RoomKey,
+        id: &RoomId,
+        from: &NodeId,
+        idle: Option<Duration>,
+    ) {
         self.now = now;
+        let idle = idle.unwrap_or(self.config.idle);
         let link_up = self.links_up.contains(from);
         let room = self.room_entry(key, id);
-        if room.relayed.as_ref().is_some_and(|r| &r.from == from) {
+        if let Some(r) = room.relayed.as_mut().filter(|r| &r.from == from) {
+            r.idle = idle;
             return;
         }
         room.relayed = Some(Relayed {
             from: from.clone(),
+            idle,
             tracks: HashMap::new(),
         });
         room.idle_since = room.interested.is_empty().then_some(now);
@@ -726,14 +739,14 @@ impl RelayEndpoint {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.now = now;
         self.renack(now);
-        let idle = self.config.idle;
         let expired: Vec<RoomKey> = self
             .rooms
             .iter()
             .filter(|(_, r)| {
-                r.relayed.is_some()
-                    && r.idle_since
-                        .is_some_and(|t| now.saturating_duration_since(t) >= idle)
+                r.relayed.as_ref().is_some_and(|rel| {
+                    r.idle_since
+                        .is_some_and(|t| now.saturating_duration_since(t) >= rel.idle)
+                })
             })
             .map(|(k, _)| *k)
             .collect();
@@ -810,7 +823,7 @@ impl RelayEndpoint {
             .filter_map(|r| Some((r, r.relayed.as_ref()?)));
         let idle = relayed
             .clone()
-            .filter_map(|(r, _)| r.idle_since.map(|t| t + self.config.idle));
+            .filter_map(|(r, rel)| r.idle_since.map(|t| t + rel.idle));
         let retries = relayed
             .flat_map(|(_, rel)| rel.tracks.values())
             .flat_map(|s| s.missing.iter())

@@ -54,6 +54,8 @@ pub enum RelayCommand {
         addr: SocketAddr,
         cert: Vec<u8>,
         token: [u8; LINK_TOKEN_LEN],
+        /// Leave the room after this long without a subscriber here.
+        idle: Duration,
     },
     /// Node `peer` will open a link proving `token`.
     Expect {
@@ -368,8 +370,9 @@ impl Shell {
                 addr,
                 cert,
                 token,
+                idle,
             } => {
-                self.relay.relay_room(now, key, &room, &origin);
+                self.relay.relay_room(now, key, &room, &origin, Some(idle));
                 self.origins
                     .insert(origin.clone(), (addr, cert.clone(), token));
                 if !self.links.contains_key(&origin) && self.dialing.insert(origin.clone()) {

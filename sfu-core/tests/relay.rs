@@ -205,6 +205,19 @@ fn with_three_nodes_a_relayed_track_is_never_relayed_again() {
 }
 
 #[test]
+fn the_idle_time_is_controls_to_choose() {
+    // Control passes `cascade.idle_secs` with each relay request: 5 s here.
+    let mut kit = Kit::new(&[1, 1], NetConfig::default());
+    kit.link_relay(0, 1);
+    let _publisher = kit.publish(0, 0, "r", "alice", AV).expect("publish");
+    kit.relay_room_idle(1, "r", 0, Some(Duration::from_secs(5)));
+    kit.run_for(Duration::from_secs(4));
+    assert_eq!(kit.nodes[1].relay.relayed_rooms().count(), 1);
+    kit.run_for(Duration::from_secs(2));
+    assert_eq!(kit.nodes[1].relay.relayed_rooms().count(), 0);
+}
+
+#[test]
 fn a_relayed_room_without_subscribers_is_left_after_the_idle_time() {
     let mut kit = Kit::new(&[1, 1], NetConfig::default());
     let (_, sub) = relayed_room(&mut kit, AV);
@@ -212,7 +225,9 @@ fn a_relayed_room_without_subscribers_is_left_after_the_idle_time() {
     assert!(kit.nodes[0].relay.stats().packets_out > 0);
     kit.close(sub);
     // Idle for 30 s (the default): then the relay node leaves and the origin stops sending.
-    kit.run_for(Duration::from_secs(31));
+    kit.run_for(Duration::from_secs(29));
+    assert_eq!(kit.nodes[1].relay.relayed_rooms().count(), 1, "not before");
+    kit.run_for(Duration::from_secs(2));
     assert_eq!(kit.nodes[1].relay.relayed_rooms().count(), 0);
     let sent = kit.nodes[0].relay.stats().packets_out;
     kit.run_for(Duration::from_secs(2));

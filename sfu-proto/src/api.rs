@@ -83,6 +83,9 @@ pub struct RelayRoom {
     pub addr: std::net::SocketAddr,
     pub cert: Vec<u8>,
     pub token: [u8; 32],
+    /// Leave the room once it has had no subscriber on this node for this long
+    /// (`cascade.idle_secs`).
+    pub idle_secs: u32,
 }
 
 /// A request to a node.

@@ -69,15 +69,17 @@ fn request() -> impl Strategy<Value = NodeRequest> {
             name(NodeId::MAX_LEN),
             socket_addr(),
             proptest::collection::vec(any::<u8>(), 0..64),
-            any::<[u8; 32]>()
+            any::<[u8; 32]>(),
+            any::<u32>()
         )
-            .prop_map(|(room, origin, addr, cert, token)| {
+            .prop_map(|(room, origin, addr, cert, token, idle_secs)| {
                 NodeRequest::RelayRoom(RelayRoom {
                     room,
                     origin: origin.parse().expect("valid"),
                     addr,
                     cert,
                     token,
+                    idle_secs,
                 })
             }),
         (name(NodeId::MAX_LEN), any::<[u8; 32]>()).prop_map(|(peer, token)| {

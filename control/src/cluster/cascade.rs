@@ -16,9 +16,16 @@ use super::NodeState;
 use super::nodes::Nodes;
 
 /// Make the room's nodes relay it to and from `node`, which is about to get a session of it;
-/// `room_nodes` are the nodes holding its sessions now. Returns how many directions are set
-/// up (a node without a relay endpoint, or one not answering, is skipped and logged).
-pub async fn connect(nodes: &Nodes, room: &RoomId, node: &NodeId, room_nodes: &[NodeId]) -> usize {
+/// `room_nodes` are the nodes holding its sessions now; a relay is left after `idle_secs`
+/// without subscribers (`cascade.idle_secs`). Returns how many directions are set up (a node
+/// without a relay endpoint, or one not answering, is skipped and logged).
+pub async fn connect(
+    nodes: &Nodes,
+    room: &RoomId,
+    node: &NodeId,
+    room_nodes: &[NodeId],
+    idle_secs: u32,
+) -> usize {
     let mut connected = 0;
     for other in room_nodes.iter().filter(|n| *n != node) {
         if !matches!(
@@ -28,7 +35,7 @@ pub async fn connect(nodes: &Nodes, room: &RoomId, node: &NodeId, room_nodes: &[
             continue;
         }
         for (relay, origin) in [(node, other), (other, node)] {
-            match relay_direction(nodes, room, relay, origin).await {
+            match relay_direction(nodes, room, relay, origin, idle_secs).await {
                 Ok(()) => connected += 1,
                 Err(reason) => {
                     tracing::warn!(%room, %relay, %origin, %reason, "room not relayed between nodes")
@@ -45,6 +52,7 @@ async fn relay_direction(
     room: &RoomId,
     relay: &NodeId,
     origin: &NodeId,
+    idle_secs: u32,
 ) -> Result<(), String> {
     let address = nodes
         .relay_address(origin)
@@ -68,6 +76,7 @@ async fn relay_direction(
         addr: address.addr,
         cert: address.cert,
         token,
+        idle_secs,
     });
     match relay_client.call(request).await {
         NodeResponse::Done => Ok(()),

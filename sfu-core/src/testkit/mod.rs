@@ -390,14 +390,26 @@ impl Kit {
         self.links.contains(&(a.min(b), a.max(b)))
     }
 
-    /// Control asks node `node` to relay `room` from node `from`.
+    /// Control asks node `node` to relay `room` from node `from` (left after the default
+    /// idle time without subscribers).
     pub fn relay_room(&mut self, node: usize, room: &str, from: usize) {
+        self.relay_room_idle(node, room, from, None);
+    }
+
+    /// As [`Kit::relay_room`], left after `idle` without subscribers when given.
+    pub fn relay_room_idle(
+        &mut self,
+        node: usize,
+        room: &str,
+        from: usize,
+        idle: Option<Duration>,
+    ) {
         let room_id: RoomId = room.parse().expect("a valid room name");
         let key = self.room_key(node, &room_id);
         let (now, from_id) = (self.now, self.nodes[from].id.clone());
         self.nodes[node]
             .relay
-            .relay_room(now, key, &room_id, &from_id);
+            .relay_room(now, key, &room_id, &from_id, idle);
         self.flush();
     }
 
