@@ -25,7 +25,9 @@
 #   region  a publisher in region a (n1), REGION_SUBS subscribers asking for region b (n2, n3):
 #           they land on one node of b, which relays the room from n1 (one copy of each packet
 #           crosses the link, docs/cascade.md), with no loss; the same subscribers asking for
-#           region a give the local baseline for the hop's added latency
+#           region a give the local baseline for the hop's added latency; then the origin n1
+#           is killed: a publisher posting again lands beside the relayed subscribers, which
+#           get its media
 #
 # Environment:
 #   SFU_BIN_DIR         where control, sfu and sfu-load are (default: target/release)
@@ -520,8 +522,38 @@ scenario_region() {
   figure region_relayed_loss_pct "$(report region-relayed .packets.loss_pct)"
   figure region_relay_packets_per_published "$(jq -n "$crossed / $sent * 1000 | round / 1000")"
   figure region_relay_bytes "$(metric_sum sfu_cluster_relay_bytes_total 'node="n1"' 'direction="out"')"
+  region_origin_lost
   figure region_local_latency_p50_p99_ms "$(report region-local -c '[.latency_us.p50, .latency_us.p99] | map(. / 1000 | . * 10 | round / 10)')"
   figure region_relayed_latency_p50_p99_ms "$(report region-relayed -c '[.latency_us.p50, .latency_us.p99] | map(. / 1000 | . * 10 | round / 10)')"
+}
+
+# The origin of a relayed room dies: the subscribers on the relay node stay, their publisher
+# is gone; a publisher posting again (asking for region a, where no node is left) lands beside
+# them, and they get its media. n1 comes back as a new incarnation afterwards.
+region_origin_lost() {
+  load region-watch --room-prefix ro- --rooms 1 --publishers 1 --subscribers 20 \
+    --publisher-region a --subscriber-region b --media audio --ramp 50/s --duration 300s
+  wait_for "the region-watch sessions placed" 60 sessions_in_rooms ro- 21
+  local watchers
+  watchers=$(api GET /api/rooms/ro-0 | jq -r '[.sessions[] | select(.node != "n1") | .node] | unique | .[0]')
+  [ -n "$watchers" ] && [ "$watchers" != null ] || fail "ro-0 has no subscribers beside n1"
+  wait_for "media relayed to $watchers" 30 media_flows "$watchers"
+  log "region: kill -9 n1, the origin of ro-0 (its subscribers are on $watchers)"
+  kill -KILL "${PID[n1]}"
+  wait "${PID[n1]}" 2>/dev/null || true
+  unset "PID[n1]"
+  wait_for "n1 declared dead" $((DEAD_AFTER_MS / 1000 + 20)) state_is n1 dead
+  checked_load region-repost --room-prefix ro- --rooms 1 --publishers 1 --subscribers 0 \
+    --publisher-region a --media audio --ramp 50/s --duration 5s
+  wait_for "the new publisher placed beside the watchers" 30 sessions_in_rooms ro- 21
+  local on
+  on=$(api GET /api/rooms/ro-0 | jq -r '[.sessions[] | select(.kind == "publish") | .node] | unique | join(",")')
+  [ "$on" = "$watchers" ] || fail "the new publisher of ro-0 landed on $on, not beside its subscribers on $watchers"
+  wait_for "the watchers get the new publisher" 30 media_flows "$watchers"
+  finish region-repost 60 || fail "the new publisher of ro-0 failed ($OUT_DIR/region-repost.log)"
+  stop region-watch || true
+  start_node n1
+  wait_for "n1 up again" 30 state_is n1 up
 }
 
 # After a node is lost (killed or cut off): control must declare it dead within dead_after + 1 s
