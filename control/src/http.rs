@@ -24,6 +24,9 @@ use crate::store::{CapExceeded, Caps, ReserveError, Store, StoreError};
 use crate::turn::TurnIssuer;
 
 /// What every handler can reach.
+/// Response header naming the media node that serves a new session.
+pub const NODE_HEADER: header::HeaderName = header::HeaderName::from_static("x-sfu-node");
+
 #[derive(Debug)]
 pub struct AppState {
     /// The media nodes (embedded and remote), reached only through the node API.
@@ -140,7 +143,7 @@ async fn cors(mut response: Response) -> Response {
     );
     h.insert(
         header::ACCESS_CONTROL_EXPOSE_HEADERS,
-        HeaderValue::from_static("Location, ETag, Link, Retry-After"),
+        HeaderValue::from_static("Location, ETag, Link, Retry-After, X-Sfu-Node"),
     );
     response
 }
@@ -468,6 +471,11 @@ async fn offer(
     }
     if let Ok(v) = HeaderValue::from_str(&etag) {
         h.insert(header::ETAG, v);
+    }
+    // Which media node serves the session: for operators' logs and load tools that split
+    // their figures by node (a node id is a config name, never a secret).
+    if let Ok(v) = HeaderValue::from_str(node_id.as_str()) {
+        h.insert(NODE_HEADER, v);
     }
     if let Some(turn) = &state.turn {
         for link in turn.issue(&claims.sub, auth::unix_now()).link_headers() {
