@@ -16,9 +16,11 @@
 //! requests. Only tracks published by this node's own sessions are ever sent to a peer: a
 //! relayed track is never relayed again, so rooms over any number of nodes have no loops.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use bytes::Bytes;
 
 use sfu_proto::relay::{
     DatagramError, MAX_NACK, Reassembler, RelayFrame, RelayedPacket, RelayedTrack, encode_media,
@@ -97,14 +99,15 @@ struct LocalTrack {
 #[derive(Debug)]
 struct Room {
     id: RoomId,
-    /// Workers with subscribers in the room.
-    interested: HashSet<WorkerId>,
+    /// Workers with subscribers in the room (in order: packets reach them in a stable order).
+    interested: BTreeSet<WorkerId>,
     /// Tracks published here (origin side).
     local: Vec<LocalTrack>,
     /// Peer nodes that joined the room (origin side).
     joined_by: Vec<NodeId>,
-    /// The origin node this endpoint relays the room from (relay side), and what it relays.
-    relayed: Option<Relayed>,
+    /// The origin nodes this endpoint relays the room from (relay side), and what it relays
+    /// from each: a room on several nodes is relayed from each of them (a full mesh).
+    relayed: Vec<Relayed>,
     /// Since when no worker has had a subscriber in the room (relay side).
     idle_since: Option<Instant>,
 }
@@ -113,10 +116,10 @@ impl Room {
     fn new(id: RoomId) -> Self {
         Self {
             id,
-            interested: HashSet::new(),
+            interested: BTreeSet::new(),
             local: Vec::new(),
             joined_by: Vec::new(),
-            relayed: None,
+            relayed: Vec::new(),
             idle_since: None,
         }
     }
@@ -151,6 +154,10 @@ pub struct RelayEndpoint {
     now: Instant,
     rooms: HashMap<RoomKey, Room>,
     by_name: HashMap<RoomId, RoomKey>,
+    /// The room of each track published here (origin side) and of each relayed track (relay
+    /// side): track ids are unique across nodes (they carry the publishing session's random
+    /// id), so one map serves both and every per-packet lookup is one hash.
+    track_rooms: HashMap<TrackId, RoomKey>,
     links_up: HashSet<NodeId>,
     /// Joins of rooms this node has not seen yet (no notice about them so far): applied when
     /// the room's first notice arrives.
@@ -159,7 +166,8 @@ pub struct RelayEndpoint {
     next_fragmented: u32,
     cross: VecDeque<(WorkerId, CrossWorker)>,
     frames: VecDeque<(NodeId, RelayFrame)>,
-    datagrams: VecDeque<(NodeId, Vec<u8>)>,
+    /// Datagrams for peers; one packet sent to several peers shares its encoding.
+    datagrams: VecDeque<(NodeId, Bytes)>,
     stats: RelayStats,
     /// Per peer node: what crossed its link (the shell adds RTT and QUIC's drops).
     per_link: HashMap<NodeId, RelayLinkStats>,
@@ -175,6 +183,7 @@ impl RelayEndpoint {
             now,
             rooms: HashMap::new(),
             by_name: HashMap::new(),
+            track_rooms: HashMap::new(),
             links_up: HashSet::new(),
             pending_joins: HashMap::new(),
             reassemblers: HashMap::new(),
@@ -212,19 +221,24 @@ impl RelayEndpoint {
     }
 
     fn link(&mut self, peer: &NodeId) -> &mut RelayLinkStats {
-        self.per_link
-            .entry(peer.clone())
-            .or_insert_with(|| RelayLinkStats {
-                peer: Some(peer.clone()),
-                ..RelayLinkStats::default()
-            })
+        // Per packet: look up before inserting, so the peer's name is cloned only once.
+        if !self.per_link.contains_key(peer) {
+            self.per_link.insert(
+                peer.clone(),
+                RelayLinkStats {
+                    peer: Some(peer.clone()),
+                    ..RelayLinkStats::default()
+                },
+            );
+        }
+        self.per_link.get_mut(peer).expect("inserted above")
     }
 
     /// Rooms relayed from another node, with that node.
     pub fn relayed_rooms(&self) -> impl Iterator<Item = (&RoomId, &NodeId)> {
         self.rooms
             .values()
-            .filter_map(|r| r.relayed.as_ref().map(|rel| (&r.id, &rel.from)))
+            .flat_map(|r| r.relayed.iter().map(|rel| (&r.id, &rel.from)))
     }
 
     /// The room `key`, created on first sight; joins waiting for it are applied then.
@@ -254,15 +268,16 @@ impl RelayEndpoint {
         let idle = idle.unwrap_or(self.config.idle);
         let link_up = self.links_up.contains(from);
         let room = self.room_entry(key, id);
-        if let Some(r) = room.relayed.as_mut().filter(|r| &r.from == from) {
+        if let Some(r) = room.relayed.iter_mut().find(|r| &r.from == from) {
             r.idle = idle;
             return;
         }
-        room.relayed = Some(Relayed {
+        room.relayed.push(Relayed {
             from: from.clone(),
             idle,
             tracks: HashMap::new(),
         });
+        // A new relay gets its full idle time for its subscriber's session to start.
         room.idle_since = room.interested.is_empty().then_some(now);
         if link_up {
             self.frames
@@ -275,7 +290,7 @@ impl RelayEndpoint {
         self.now = now;
         self.links_up.insert(peer.clone());
         for room in self.rooms.values() {
-            if room.relayed.as_ref().is_some_and(|r| &r.from == peer) {
+            if room.relayed.iter().any(|r| &r.from == peer) {
                 self.frames.push_back((
                     peer.clone(),
                     RelayFrame::Join {
@@ -352,10 +367,11 @@ impl RelayEndpoint {
                     kind: track.kind,
                     layers: Layer::COUNT as u8,
                 };
-                let r = self.room_entry(room, &room_id);
-                if r.local.iter().any(|t| t.published.id == track.id) {
+                if self.track_rooms.contains_key(&track.id) {
                     return;
                 }
+                self.track_rooms.insert(track.id, room);
+                let r = self.room_entry(room, &room_id);
                 let announce = RelayFrame::TrackPublished {
                     room: room_id.clone(),
                     track: RelayedTrack {
@@ -381,6 +397,7 @@ impl RelayEndpoint {
                 let before = r.local.len();
                 r.local.retain(|t| t.published.id != track);
                 if r.local.len() != before {
+                    self.track_rooms.remove(&track);
                     let frame = RelayFrame::TrackUnpublished {
                         room: r.id.clone(),
                         track,
@@ -415,13 +432,31 @@ impl RelayEndpoint {
         {
             track.retained.pop_front();
         }
-        let peers = room.joined_by.clone();
-        for peer in peers {
-            self.send_packet(&peer, packet);
+        if room.joined_by.is_empty() {
+            return;
+        }
+        // Encoded once, shared by every peer; the peer list is lent out, not cloned.
+        let peers = std::mem::take(&mut room.joined_by);
+        if let Some(datagrams) = self.encode(&peers[0], packet) {
+            for peer in &peers {
+                self.queue_packet(peer, &datagrams);
+            }
+        }
+        if let Some(room) = self.rooms.get_mut(&packet.room) {
+            room.joined_by = peers;
         }
     }
 
+    /// Sends one packet to one peer (a repair).
     fn send_packet(&mut self, peer: &NodeId, packet: &MediaPacket) {
+        if let Some(datagrams) = self.encode(peer, packet) {
+            self.queue_packet(peer, &datagrams);
+        }
+    }
+
+    /// A packet as the datagrams of the links; `None` (counted against `peer`'s link) when it
+    /// cannot cross.
+    fn encode(&mut self, peer: &NodeId, packet: &MediaPacket) -> Option<Vec<Bytes>> {
         let datagrams = match encode_media(
             &packet.header,
             &packet.payload,
@@ -432,35 +467,48 @@ impl RelayEndpoint {
             Err(DatagramError::TooLarge { .. }) => {
                 self.stats.dropped_size += 1;
                 self.link(peer).dropped_size += 1;
-                return;
+                return None;
             }
             Err(_) => {
                 self.stats.dropped_malformed += 1;
-                return;
+                return None;
             }
         };
         if datagrams.len() > 1 {
             self.next_fragmented = self.next_fragmented.wrapping_add(1);
         }
+        Some(datagrams.into_iter().map(Bytes::from).collect())
+    }
+
+    fn queue_packet(&mut self, peer: &NodeId, datagrams: &[Bytes]) {
         self.stats.packets_out += 1;
+        self.stats.datagrams_out += datagrams.len() as u64;
         let link = self.link(peer);
         link.packets_out += 1;
         link.datagrams_out += datagrams.len() as u64;
         link.bytes_out += datagrams.iter().map(|d| d.len() as u64).sum::<u64>();
         for d in datagrams {
-            self.stats.datagrams_out += 1;
-            self.datagrams.push_back((peer.clone(), d));
+            self.datagrams.push_back((peer.clone(), d.clone()));
         }
     }
 
     /// Relay side: a worker's subscriber needs a keyframe of a relayed track.
     fn request_keyframe(&mut self, track: TrackId, layer: Layer) {
         let now = self.now;
-        let Some((from, state)) = self.rooms.values_mut().find_map(|r| {
-            let rel = r.relayed.as_mut()?;
-            let from = rel.from.clone();
-            rel.tracks.get_mut(&track).map(|s| (from, s))
-        }) else {
+        let Some(rel) = self
+            .track_rooms
+            .get(&track)
+            .and_then(|key| self.rooms.get_mut(key))
+            .and_then(|r| {
+                r.relayed
+                    .iter_mut()
+                    .find(|rel| rel.tracks.contains_key(&track))
+            })
+        else {
+            return;
+        };
+        let from = rel.from.clone();
+        let Some(state) = rel.tracks.get_mut(&track) else {
             return;
         };
         let last = &mut state.last_keyframe_request[layer.index()];
@@ -490,12 +538,14 @@ impl RelayEndpoint {
                 }
             }
             RelayFrame::KeyframeRequest { track, layer } => {
-                // Origin side: to the worker whose session publishes the track.
+                // Origin side: to the worker whose session publishes the track, if the peer
+                // receives its room.
                 let origin = self
-                    .rooms
-                    .values()
-                    .flat_map(|r| &r.local)
-                    .find(|t| t.published.id == track)
+                    .track_rooms
+                    .get(&track)
+                    .and_then(|key| self.rooms.get(key))
+                    .filter(|r| r.joined_by.contains(peer))
+                    .and_then(|r| r.local.iter().find(|t| t.published.id == track))
                     .map(|t| t.published.origin);
                 if let Some(worker) = origin {
                     self.cross
@@ -576,8 +626,7 @@ impl RelayEndpoint {
     fn relayed_from(&mut self, key: RoomKey, peer: &NodeId) -> Option<&mut Relayed> {
         self.rooms
             .get_mut(&key)
-            .and_then(|r| r.relayed.as_mut())
-            .filter(|rel| &rel.from == peer)
+            .and_then(|r| r.relayed.iter_mut().find(|rel| &rel.from == peer))
     }
 
     /// Relay side: the origin announced a track of a room relayed from it.
@@ -592,7 +641,16 @@ impl RelayEndpoint {
             // Announced again after the link came back: known already, no duplicate.
             return;
         }
+        if self.track_rooms.contains_key(&track.info.track) {
+            // A track this node already has (published here, or relayed in another room):
+            // a confused peer, never a second copy.
+            return;
+        }
+        let Some(rel) = self.relayed_from(key, peer) else {
+            return;
+        };
         rel.tracks.insert(track.info.track, RelayedState::default());
+        self.track_rooms.insert(track.info.track, key);
         let published = PublishedTrack::new(
             track.info.track,
             track.participant,
@@ -617,6 +675,7 @@ impl RelayEndpoint {
             None => rel.tracks.drain().map(|(t, _)| t).collect(),
         };
         for track in ended {
+            self.track_rooms.remove(&track);
             self.tell_workers(|| RoomNotice::TrackUnpublished { room: key, track });
         }
     }
@@ -625,9 +684,11 @@ impl RelayEndpoint {
     fn resend(&mut self, peer: &NodeId, track: TrackId, layer: Layer, seqs: &[u64]) {
         let wanted: HashSet<u64> = seqs.iter().take(MAX_NACK).copied().collect();
         let found: Vec<Arc<MediaPacket>> = self
-            .rooms
-            .values()
+            .track_rooms
+            .get(&track)
+            .and_then(|key| self.rooms.get(key))
             .filter(|r| r.joined_by.contains(peer))
+            .into_iter()
             .flat_map(|r| &r.local)
             .filter(|t| t.published.id == track)
             .flat_map(|t| &t.retained)
@@ -668,17 +729,16 @@ impl RelayEndpoint {
     fn packet_arrived(&mut self, peer: &NodeId, packet: RelayedPacket) {
         let now = self.now;
         let header = packet.header;
-        let Some((key, room)) = self.rooms.iter_mut().find(|(_, r)| {
-            r.relayed
-                .as_ref()
-                .is_some_and(|rel| &rel.from == peer && rel.tracks.contains_key(&header.track))
-        }) else {
+        let Some(&key) = self.track_rooms.get(&header.track) else {
             return;
         };
-        let key = *key;
+        let Some(room) = self.rooms.get_mut(&key) else {
+            return;
+        };
         let Some(state) = room
             .relayed
-            .as_mut()
+            .iter_mut()
+            .find(|rel| &rel.from == peer)
             .and_then(|rel| rel.tracks.get_mut(&header.track))
         else {
             return;
@@ -724,9 +784,7 @@ impl RelayEndpoint {
             payload: packet.payload,
             arrival: now,
         });
-        let mut workers: Vec<WorkerId> = room.interested.iter().copied().collect();
-        workers.sort();
-        for w in workers {
+        for &w in &room.interested {
             self.cross.push_back((w, CrossWorker::Media(media.clone())));
         }
         let link = self.link(peer);
@@ -739,30 +797,24 @@ impl RelayEndpoint {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.now = now;
         self.renack(now);
-        let expired: Vec<RoomKey> = self
+        let expired: Vec<(RoomKey, NodeId)> = self
             .rooms
             .iter()
-            .filter(|(_, r)| {
-                r.relayed.as_ref().is_some_and(|rel| {
-                    r.idle_since
-                        .is_some_and(|t| now.saturating_duration_since(t) >= rel.idle)
-                })
+            .filter_map(|(key, r)| Some((key, r.idle_since?, &r.relayed)))
+            .flat_map(|(key, since, relayed)| {
+                relayed
+                    .iter()
+                    .filter(move |rel| now.saturating_duration_since(since) >= rel.idle)
+                    .map(move |rel| (*key, rel.from.clone()))
             })
-            .map(|(k, _)| *k)
             .collect();
-        for key in expired {
-            let Some(from) = self
-                .rooms
-                .get(&key)
-                .and_then(|r| r.relayed.as_ref())
-                .map(|rel| rel.from.clone())
-            else {
-                continue;
-            };
+        for (key, from) in expired {
             self.unpublish_relayed(key, &from, None);
             if let Some(r) = self.rooms.get_mut(&key) {
-                r.relayed = None;
-                r.idle_since = None;
+                r.relayed.retain(|rel| rel.from != from);
+                if r.relayed.is_empty() {
+                    r.idle_since = None;
+                }
                 if self.links_up.contains(&from) {
                     self.frames
                         .push_back((from, RelayFrame::Leave { room: r.id.clone() }));
@@ -776,10 +828,7 @@ impl RelayEndpoint {
     /// [`NACK_ATTEMPTS`].
     fn renack(&mut self, now: Instant) {
         let mut sent: Vec<NodeId> = Vec::new();
-        for room in self.rooms.values_mut() {
-            let Some(rel) = room.relayed.as_mut() else {
-                continue;
-            };
+        for rel in self.rooms.values_mut().flat_map(|r| &mut r.relayed) {
             for (track, state) in &mut rel.tracks {
                 for (layer, missing) in state.missing.iter_mut().enumerate() {
                     let mut again = Vec::new();
@@ -820,7 +869,7 @@ impl RelayEndpoint {
         let relayed = self
             .rooms
             .values()
-            .filter_map(|r| Some((r, r.relayed.as_ref()?)));
+            .flat_map(|r| r.relayed.iter().map(move |rel| (r, rel)));
         let idle = relayed
             .clone()
             .filter_map(|(r, rel)| r.idle_since.map(|t| t + rel.idle));
@@ -844,7 +893,7 @@ impl RelayEndpoint {
         let unused = self.rooms.get(&key).is_some_and(|r| {
             r.local.is_empty()
                 && r.joined_by.is_empty()
-                && r.relayed.is_none()
+                && r.relayed.is_empty()
                 && r.interested.is_empty()
         });
         if unused {
@@ -862,7 +911,7 @@ impl RelayEndpoint {
         self.frames.pop_front()
     }
 
-    pub fn poll_datagram(&mut self) -> Option<(NodeId, Vec<u8>)> {
+    pub fn poll_datagram(&mut self) -> Option<(NodeId, Bytes)> {
         self.datagrams.pop_front()
     }
 }

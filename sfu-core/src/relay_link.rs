@@ -508,7 +508,7 @@ impl Shell {
             if let Some(link) = self.links.get(&peer) {
                 // Refused when the path's limit shrank below it or the send buffer is full:
                 // counted, and the hop's NACK asks again.
-                if link.connection.send_datagram(datagram.into()).is_err() {
+                if link.connection.send_datagram(datagram).is_err() {
                     *self.refused.entry(peer).or_default() += 1;
                 }
             }

@@ -205,6 +205,37 @@ fn with_three_nodes_a_relayed_track_is_never_relayed_again() {
 }
 
 #[test]
+fn a_room_on_three_nodes_is_relayed_from_each_of_the_others() {
+    // What control does when a room's third node gets a session: node 2 relays the room
+    // from node 0 (the publisher's) and from node 1 (a subscriber's). Relaying from one more
+    // node adds that node's tracks; it must not replace what comes from the first.
+    let mut kit = Kit::new(&[1, 1, 1], NetConfig::default());
+    let (publisher, _sub) = relayed_room(&mut kit, AV);
+    kit.link_relay(0, 2);
+    kit.link_relay(1, 2);
+    kit.relay_room(2, "r", 0);
+    let far = kit
+        .subscribe(2, 0, "r", "carol", WATCH, SubscribePolicy::NewestOther)
+        .expect("subscribe");
+    assert!(kit.run_until(Duration::from_secs(5), |k| connected(k, &[far])));
+    kit.relay_room(2, "r", 1);
+    kit.relay_room(1, "r", 2);
+    kit.relay_room(0, "r", 2);
+    kit.run_for(Duration::from_secs(1));
+    let before = kit.peer(far).received_on(1).len();
+    kit.run_for(Duration::from_secs(2));
+    let video = kit.peer(far).received_on(1);
+    assert!(video.len() > before + 50, "{before} -> {}", video.len());
+    assert_contiguous(video, "video");
+    let tag = kit.peer(publisher).tag;
+    assert!(video.iter().all(|r| r.publisher == tag));
+    assert_eq!(kit.nodes[2].relay.relayed_rooms().count(), 2);
+    // Nodes 1 and 2 publish nothing, so nothing crosses from them.
+    assert_eq!(kit.nodes[1].relay.stats().packets_out, 0);
+    assert_eq!(kit.nodes[2].relay.stats().packets_out, 0);
+}
+
+#[test]
 fn the_idle_time_is_controls_to_choose() {
     // Control passes `cascade.idle_secs` with each relay request: 5 s here.
     let mut kit = Kit::new(&[1, 1], NetConfig::default());

@@ -635,7 +635,14 @@ impl Kit {
                     .find(|n| n.id == peer)
                     .map(|n| n.relay_addr);
                 if let Some(to) = to {
-                    self.net.send(now, Datagram { from, to, contents });
+                    self.net.send(
+                        now,
+                        Datagram {
+                            from,
+                            to,
+                            contents: contents.to_vec(),
+                        },
+                    );
                 }
             }
             for p in self.peers.iter_mut() {
