@@ -84,6 +84,18 @@ pub struct RelayStats {
     pub retransmitted: u64,
     pub nacks_sent: u64,
     pub keyframe_requests_sent: u64,
+    /// Packets sent to peers, per layer (origin side).
+    pub packets_out_by_layer: [u64; Layer::COUNT],
+    /// Layer masks sent to origins (relay side).
+    pub layer_updates_sent: u64,
+}
+
+/// Every layer: what crosses for a track before the relay node says otherwise.
+pub const ALL_LAYERS: u8 = (1 << Layer::COUNT) - 1;
+
+/// The layers up to `max` as a mask (bit n: layer n); none for `None`.
+pub fn layers_up_to(max: Option<Layer>) -> u8 {
+    max.map_or(0, |l| ((1u16 << (l.index() + 1)) - 1) as u8)
 }
 
 /// A track published by this node's sessions, as the origin side knows it.
@@ -93,6 +105,16 @@ struct LocalTrack {
     info: TrackInfo,
     /// Recent packets for NACKs, oldest first.
     retained: VecDeque<Arc<MediaPacket>>,
+    /// Layers each peer asked for (a `Layers` frame); a peer not listed gets every layer.
+    masks: Vec<(NodeId, u8)>,
+}
+
+/// The layers `peer` asked for, in a track's masks.
+fn mask_of(masks: &[(NodeId, u8)], peer: &NodeId) -> u8 {
+    masks
+        .iter()
+        .find(|(p, _)| p == peer)
+        .map_or(ALL_LAYERS, |(_, m)| *m)
 }
 
 /// A room as the endpoint knows it.
@@ -134,7 +156,7 @@ struct Relayed {
     tracks: HashMap<TrackId, RelayedState>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct RelayedState {
     /// Next expected extended sequence number per layer.
     next_seq: [Option<u64>; Layer::COUNT],
@@ -142,6 +164,22 @@ struct RelayedState {
     missing: [BTreeMap<u64, (Instant, u8)>; Layer::COUNT],
     /// When a keyframe request for each layer last went to the origin.
     last_keyframe_request: [Option<Instant>; Layer::COUNT],
+    /// Per worker, the highest layer its subscriptions may follow (absent: none).
+    wanted: Vec<(WorkerId, Layer)>,
+    /// The layers the origin was last asked for: all, until a worker reports.
+    mask: u8,
+}
+
+impl RelayedState {
+    fn new() -> Self {
+        Self {
+            next_seq: [None; Layer::COUNT],
+            missing: Default::default(),
+            last_keyframe_request: [None; Layer::COUNT],
+            wanted: Vec::new(),
+            mask: ALL_LAYERS,
+        }
+    }
 }
 
 /// The node's end of all its relay links.
@@ -385,6 +423,7 @@ impl RelayEndpoint {
                     published: track,
                     info,
                     retained: VecDeque::new(),
+                    masks: Vec::new(),
                 });
                 for peer in peers {
                     self.frames.push_back((peer, announce.clone()));
@@ -408,7 +447,54 @@ impl RelayEndpoint {
                 }
                 self.drop_if_unused(room);
             }
+            RoomNotice::Layers {
+                room,
+                track,
+                worker,
+                max,
+            } => self.layers_wanted(room, track, worker, max),
         }
+    }
+
+    /// Relay side: a worker's subscriptions may follow relayed `track` up to layer `max`.
+    /// When the union over workers changes, the origin is told; layers dropped from it
+    /// stop being tracked for NACKs (their sequence resumes anywhere when they return).
+    fn layers_wanted(
+        &mut self,
+        room: RoomKey,
+        track: TrackId,
+        worker: WorkerId,
+        max: Option<Layer>,
+    ) {
+        let Some(rel) = self.rooms.get_mut(&room).and_then(|r| {
+            r.relayed
+                .iter_mut()
+                .find(|rel| rel.tracks.contains_key(&track))
+        }) else {
+            return;
+        };
+        let from = rel.from.clone();
+        let Some(state) = rel.tracks.get_mut(&track) else {
+            return;
+        };
+        state.wanted.retain(|(w, _)| *w != worker);
+        if let Some(layer) = max {
+            state.wanted.push((worker, layer));
+        }
+        let mask = layers_up_to(state.wanted.iter().map(|(_, l)| *l).max());
+        if mask == state.mask {
+            return;
+        }
+        for layer in 0..Layer::COUNT {
+            if mask & (1 << layer) == 0 {
+                state.next_seq[layer] = None;
+                state.missing[layer].clear();
+            }
+        }
+        state.mask = mask;
+        self.stats.layer_updates_sent += 1;
+        self.frames
+            .push_back((from, RelayFrame::Layers { track, mask }));
     }
 
     /// Origin side: a packet of a room some peer joined.
@@ -432,18 +518,31 @@ impl RelayEndpoint {
         {
             track.retained.pop_front();
         }
-        if room.joined_by.is_empty() {
-            return;
-        }
-        // Encoded once, shared by every peer; the peer list is lent out, not cloned.
-        let peers = std::mem::take(&mut room.joined_by);
-        if let Some(datagrams) = self.encode(&peers[0], packet) {
-            for peer in &peers {
-                self.queue_packet(peer, &datagrams);
+        let layer = packet.header.layer.index();
+        // Encoded once, for the first peer that wants its layer, and shared by the others;
+        // the peer list and the masks are lent out, not cloned.
+        let peers: Vec<NodeId> = std::mem::take(&mut room.joined_by);
+        let masks = std::mem::take(&mut track.masks);
+        let mut encoded: Option<Option<Vec<Bytes>>> = None;
+        for peer in &peers {
+            if mask_of(&masks, peer) & (1 << layer) == 0 {
+                continue;
+            }
+            let datagrams = encoded.get_or_insert_with(|| self.encode(peer, packet));
+            if let Some(datagrams) = datagrams {
+                self.queue_packet(peer, datagrams);
+                self.stats.packets_out_by_layer[layer] += 1;
             }
         }
         if let Some(room) = self.rooms.get_mut(&packet.room) {
             room.joined_by = peers;
+            if let Some(track) = room
+                .local
+                .iter_mut()
+                .find(|t| t.published.id == packet.header.track)
+            {
+                track.masks = masks;
+            }
         }
     }
 
@@ -553,9 +652,21 @@ impl RelayEndpoint {
                 }
             }
             RelayFrame::Nack { track, layer, seqs } => self.resend(peer, track, layer, &seqs),
-            // Layer masks are not acted on yet: every layer crosses. Handshake frames are the
-            // shell's.
-            RelayFrame::Layers { .. } | RelayFrame::Hello { .. } | RelayFrame::Refused { .. } => {}
+            RelayFrame::Layers { track, mask } => {
+                // Origin side: only these layers of the track go to the peer from now on.
+                let local = self
+                    .track_rooms
+                    .get(&track)
+                    .and_then(|key| self.rooms.get_mut(key))
+                    .filter(|r| r.joined_by.contains(peer))
+                    .and_then(|r| r.local.iter_mut().find(|t| t.published.id == track));
+                if let Some(t) = local {
+                    t.masks.retain(|(p, _)| p != peer);
+                    t.masks.push((peer.clone(), mask & ALL_LAYERS));
+                }
+            }
+            // Handshake frames are the shell's.
+            RelayFrame::Hello { .. } | RelayFrame::Refused { .. } => {}
         }
     }
 
@@ -604,6 +715,9 @@ impl RelayEndpoint {
         };
         let before = r.joined_by.len();
         r.joined_by.retain(|p| p != peer);
+        for t in &mut r.local {
+            t.masks.retain(|(p, _)| p != peer);
+        }
         if before > 0 && r.joined_by.is_empty() {
             let id = r.id.clone();
             self.declare_interest(key, &id, false);
@@ -649,7 +763,7 @@ impl RelayEndpoint {
         let Some(rel) = self.relayed_from(key, peer) else {
             return;
         };
-        rel.tracks.insert(track.info.track, RelayedState::default());
+        rel.tracks.insert(track.info.track, RelayedState::new());
         self.track_rooms.insert(track.info.track, key);
         let published = PublishedTrack::new(
             track.info.track,
@@ -913,5 +1027,18 @@ impl RelayEndpoint {
 
     pub fn poll_datagram(&mut self) -> Option<(NodeId, Bytes)> {
         self.datagrams.pop_front()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layer_masks_cover_the_layers_up_to_the_maximum() {
+        assert_eq!(layers_up_to(None), 0);
+        assert_eq!(layers_up_to(Some(Layer(0))), 0b001);
+        assert_eq!(layers_up_to(Some(Layer(1))), 0b011);
+        assert_eq!(layers_up_to(Some(Layer::HIGH)), ALL_LAYERS);
     }
 }

@@ -9,7 +9,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use sfu_core::proto::SubscribePolicy;
+use sfu_core::engine::Command;
+use sfu_core::proto::{Layer, NodeResponse, SetSubscription, SubscribePolicy};
 use sfu_core::testkit::net::NetConfig;
 use sfu_core::testkit::peer::PublishMedia;
 use sfu_core::testkit::{Kit, PeerRef, relay_datagram};
@@ -152,6 +153,71 @@ fn simulcast_layers_and_keyframes_work_through_the_relay() {
     assert_eq!(video.last().map(|r| r.layer), Some(1));
     assert_contiguous(video, "video after the switch");
     assert!(kit.nodes[1].relay.stats().keyframe_requests_sent > relayed);
+}
+
+/// The subscriber's video slot (1) follows its track up to `max_layer`, or pauses.
+fn limit_video(kit: &mut Kit, sub: PeerRef, max_layer: Layer, paused: bool) {
+    let session = kit.session(sub);
+    let command = Command::SetSubscription(SetSubscription {
+        session,
+        slot: 1,
+        max_layer,
+        paused,
+    });
+    assert_eq!(kit.command(1, session, command), NodeResponse::Done);
+}
+
+#[test]
+fn only_the_layers_the_relay_nodes_subscribers_may_follow_cross_the_link() {
+    let mut kit = Kit::new(&[1, 1], NetConfig::default());
+    let (_, sub) = relayed_room(&mut kit, SIMULCAST);
+    kit.run_for(Duration::from_secs(2));
+    let by_layer = |kit: &Kit| kit.nodes[0].relay.stats().packets_out_by_layer;
+    assert!(
+        by_layer(&kit).iter().all(|&n| n > 0),
+        "{:?}",
+        by_layer(&kit)
+    );
+
+    // The only subscriber wants the lowest layer: the upper two stop crossing.
+    limit_video(&mut kit, sub, Layer(0), false);
+    kit.run_for(Duration::from_millis(500));
+    let before = by_layer(&kit);
+    kit.run_for(Duration::from_secs(2));
+    let after = by_layer(&kit);
+    assert_eq!(after[1..], before[1..], "layers 1 and 2 still crossed");
+    assert!(after[0] > before[0] + 50, "{before:?} -> {after:?}");
+    let video = kit.peer(sub).received_on(1);
+    assert_eq!(video.last().map(|r| r.layer), Some(0));
+    assert_contiguous(video, "video down to layer 0");
+
+    // Back to every layer: they cross again and the subscriber climbs to the top one.
+    limit_video(&mut kit, sub, Layer::HIGH, false);
+    kit.run_for(Duration::from_secs(2));
+    let back = by_layer(&kit);
+    assert!(
+        back[1] > after[1] && back[2] > after[2],
+        "{after:?} -> {back:?}"
+    );
+    let video = kit.peer(sub).received_on(1);
+    assert_eq!(video.last().map(|r| r.layer), Some(2));
+    assert_contiguous(video, "video back up to layer 2");
+
+    // Paused: no video crosses, only the audio the subscriber still gets.
+    limit_video(&mut kit, sub, Layer::HIGH, true);
+    kit.run_for(Duration::from_millis(500));
+    let (sent, heard) = (
+        kit.nodes[0].relay.stats().packets_out,
+        kit.peer(sub).received_on(0).len(),
+    );
+    kit.run_for(Duration::from_secs(2));
+    let sent = kit.nodes[0].relay.stats().packets_out - sent;
+    let heard = kit.peer(sub).received_on(0).len() - heard;
+    assert!(heard > 50, "audio still flows: {heard}");
+    assert!(
+        sent.abs_diff(heard as u64) <= 2,
+        "{sent} sent for {heard} audio packets"
+    );
 }
 
 #[test]

@@ -107,6 +107,15 @@ pub enum RoomNotice {
     },
     /// A track published on the sending worker ended.
     TrackUnpublished { room: RoomKey, track: TrackId },
+    /// Worker → relay endpoint: the highest layer of relayed track `track` that the sending
+    /// worker's subscriptions may follow (`None`: none follows it). Only layers some worker
+    /// may follow cross the link from the origin (docs/cascade.md).
+    Layers {
+        room: RoomKey,
+        track: TrackId,
+        worker: WorkerId,
+        max: Option<Layer>,
+    },
 }
 
 impl CrossWorker {
@@ -160,6 +169,9 @@ pub struct Engine {
     /// Fresh publisher packets waiting for fan-out.
     media: Vec<Arc<MediaPacket>>,
     keyframe_requests: Vec<(RoomKey, Selection)>,
+    /// Rooms whose subscriptions changed: the layers they want of relayed tracks are
+    /// reported to the relay endpoint.
+    layers_dirty: Vec<RoomKey>,
     to_close: Vec<(PeerId, EndReason)>,
 
     transmits: VecDeque<Transmit>,
@@ -215,6 +227,7 @@ impl Engine {
             next_housekeeping: now + HOUSEKEEPING_INTERVAL,
             media: Vec::with_capacity(64),
             keyframe_requests: Vec::new(),
+            layers_dirty: Vec::new(),
             to_close: Vec::new(),
             transmits: VecDeque::with_capacity(512),
             cross: VecDeque::new(),
@@ -336,12 +349,18 @@ impl Engine {
                 room_id,
                 track,
             } => {
+                let relayed = Some(track.origin) == self.config.relay;
                 self.rooms
                     .entry(room)
                     .or_insert_with(|| Room::new(room_id, self.config.layer_timeout))
                     .publish(track);
+                if relayed {
+                    self.layers_changed(room);
+                }
             }
             RoomNotice::TrackUnpublished { room, track } => self.track_ended(room, track),
+            // The relay endpoint's; a worker never gets one.
+            RoomNotice::Layers { .. } => {}
         }
     }
 
@@ -451,6 +470,7 @@ impl Engine {
 
     fn has_pending_work(&self) -> bool {
         !self.dirty.is_empty()
+            || !self.layers_dirty.is_empty()
             || !self.media.is_empty()
             || !self.keyframe_requests.is_empty()
             || !self.to_close.is_empty()
@@ -488,6 +508,59 @@ impl Engine {
             let closing = std::mem::take(&mut self.to_close);
             for (peer, reason) in closing {
                 self.end_session(peer, reason);
+            }
+            self.report_relay_layers();
+        }
+    }
+
+    /// Room `room`'s subscriptions (or its relayed tracks) changed.
+    fn layers_changed(&mut self, room: RoomKey) {
+        if self.config.relay.is_some() && !self.layers_dirty.contains(&room) {
+            self.layers_dirty.push(room);
+        }
+    }
+
+    /// Tell the relay endpoint, per relayed track of the rooms whose subscriptions changed,
+    /// the highest layer this worker's subscriptions may follow, when it changed.
+    fn report_relay_layers(&mut self) {
+        let dirty = std::mem::take(&mut self.layers_dirty);
+        let Some(relay) = self.config.relay else {
+            return;
+        };
+        for key in dirty {
+            let Some(room) = self.rooms.get_mut(&key) else {
+                continue;
+            };
+            let sessions = &self.sessions;
+            let slots = || {
+                room.subscribers
+                    .iter()
+                    .filter_map(|p| sessions.get(p.0 as usize).and_then(Option::as_ref))
+                    .flat_map(|s| s.tracks.iter())
+                    .map(|slot| (slot.kind, slot.subscription))
+            };
+            let changes: Vec<(TrackId, Option<Layer>)> = room
+                .tracks()
+                .iter()
+                .filter(|t| t.origin == relay)
+                .map(|t| (t.id, room::wanted_layer(t, slots())))
+                .filter(|&(track, max)| room.relay_layers.get(&track).copied() != max)
+                .collect();
+            for (track, max) in changes {
+                match max {
+                    Some(layer) => room.relay_layers.insert(track, layer),
+                    None => room.relay_layers.remove(&track),
+                };
+                let worker = self.id;
+                self.cross.push_back((
+                    relay,
+                    CrossWorker::Room(Box::new(RoomNotice::Layers {
+                        room: key,
+                        track,
+                        worker,
+                        max,
+                    })),
+                ));
             }
         }
     }
@@ -591,6 +664,9 @@ impl Engine {
             .filter_map(|t: &TrackInfo| room.track(t.track).cloned())
             .collect();
         self.sessions[peer.0 as usize] = Some(session);
+        if kind == SessionKind::Subscribe {
+            self.layers_changed(key);
+        }
         for track in announced {
             self.broadcast(|| RoomNotice::TrackPublished {
                 room: key,
@@ -669,6 +745,8 @@ impl Engine {
         let slot = &mut session.tracks[index];
         slot.subscription.want = Want::Track(s.track);
         slot.subscription.max_layer = s.max_layer;
+        let room = session.room;
+        self.layers_changed(room);
         Ok(())
     }
 
@@ -681,6 +759,8 @@ impl Engine {
             slot.forwarder.reset();
         }
         slot.subscription.paused = s.paused;
+        let room = session.room;
+        self.layers_changed(room);
         Ok(())
     }
 
@@ -690,6 +770,8 @@ impl Engine {
         let slot = &mut session.tracks[index];
         slot.subscription.want = Want::Nothing;
         slot.forwarder.reset();
+        let room = session.room;
+        self.layers_changed(room);
         Ok(())
     }
 
@@ -742,6 +824,7 @@ impl Engine {
             }
             SessionKind::Subscribe => {
                 WorkerMetrics::sub(&self.metrics.subscribe_sessions, 1);
+                self.layers_changed(key);
                 if last_subscriber {
                     let room_id = session.room_id.clone();
                     let worker = self.id;

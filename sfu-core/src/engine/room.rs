@@ -3,6 +3,7 @@
 //! in it, and which other workers have subscribers in it. It answers the forwarding question
 //! "what should this subscriber track follow now?" for every subscription policy.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use sfu_proto::{Layer, MediaHeader, MediaKind, ParticipantId, RoomId, TrackId, WorkerId};
@@ -105,6 +106,28 @@ impl Subscription {
     }
 }
 
+/// The highest layer of `track` that any of `subscriptions` (subscriber tracks' kinds and
+/// subscriptions) may follow: a paused or empty subscription follows nothing, a "newest
+/// other" one may follow any track of its kind, an explicit one its track; each up to its
+/// maximum layer. `None` when none may follow the track.
+pub fn wanted_layer(
+    track: &PublishedTrack,
+    subscriptions: impl Iterator<Item = (MediaKind, Subscription)>,
+) -> Option<Layer> {
+    subscriptions
+        .filter(|(kind, s)| {
+            *kind == track.kind
+                && !s.paused
+                && match s.want {
+                    Want::Nothing => false,
+                    Want::NewestOther => true,
+                    Want::Track(id) => id == track.id,
+                }
+        })
+        .map(|(_, s)| s.max_layer)
+        .max()
+}
+
 /// A [`Room::target`] answer: what to follow, and whose it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Target {
@@ -125,6 +148,9 @@ pub struct Room {
     pub remote_workers: Vec<WorkerId>,
     /// A layer silent this long counts as stopped.
     layer_timeout: Duration,
+    /// Per relayed track, the highest layer this worker last told the relay endpoint its
+    /// subscriptions may follow (absent: none).
+    pub relay_layers: HashMap<TrackId, Layer>,
 }
 
 impl Room {
@@ -136,6 +162,7 @@ impl Room {
             subscribers: Vec::new(),
             remote_workers: Vec::new(),
             layer_timeout,
+            relay_layers: HashMap::new(),
         }
     }
 
@@ -166,6 +193,7 @@ impl Room {
     pub fn unpublish(&mut self, id: TrackId) -> bool {
         let before = self.tracks.len();
         self.tracks.retain(|t| t.id != id);
+        self.relay_layers.remove(&id);
         self.tracks.len() != before
     }
 
@@ -324,6 +352,45 @@ mod tests {
         );
         // A track of the other kind never fills the slot.
         assert_eq!(room.target(MediaKind::Audio, &sub, None, later), None);
+    }
+
+    #[test]
+    fn the_wanted_layer_is_the_highest_any_subscription_may_follow() {
+        let a = track(1, 1, MediaKind::Video, 1);
+        let b = track(2, 2, MediaKind::Video, 2);
+        let sub = |want, max, paused| {
+            (
+                MediaKind::Video,
+                Subscription {
+                    want,
+                    max_layer: Layer(max),
+                    paused,
+                },
+            )
+        };
+        let wanted = |subs: &[(MediaKind, Subscription)]| wanted_layer(&a, subs.iter().copied());
+        assert_eq!(wanted(&[]), None);
+        assert_eq!(wanted(&[sub(Want::Track(a.id), 0, false)]), Some(Layer(0)));
+        // Another track's subscription, a paused one and an empty one want nothing of it.
+        assert_eq!(
+            wanted(&[
+                sub(Want::Track(b.id), 2, false),
+                sub(Want::Track(a.id), 2, true),
+                sub(Want::Nothing, 2, false),
+            ]),
+            None
+        );
+        // "Newest other" may follow any video track; the highest maximum wins.
+        assert_eq!(
+            wanted(&[
+                sub(Want::Track(a.id), 0, false),
+                sub(Want::NewestOther, 1, false)
+            ]),
+            Some(Layer(1))
+        );
+        // An audio slot never follows a video track.
+        let audio = (MediaKind::Audio, Subscription::new(Want::NewestOther));
+        assert_eq!(wanted(&[audio]), None);
     }
 
     #[test]
