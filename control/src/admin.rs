@@ -10,7 +10,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use sfu_core::ids::{NodeId, SessionId};
+use sfu_core::ids::{NodeId, RoomId, SessionId};
 use sfu_core::proto::{NodeRequest, NodeResponse, TrackInfo};
 
 use crate::auth;
@@ -33,6 +33,24 @@ struct RoomDetail {
     nodes: Vec<String>,
     sessions: Vec<SessionView>,
     tracks: Vec<TrackView>,
+    /// What each of the room's nodes relays of it, as the nodes answer now.
+    relays: Vec<RelayView>,
+}
+
+/// What one node relays of a room.
+#[derive(Debug, Serialize)]
+struct RelayView {
+    node: String,
+    /// Tracks it receives, per origin node; `None` when the node did not answer.
+    from: Option<Vec<RelayedFromView>>,
+    /// Nodes it sends its own tracks of the room to.
+    to: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct RelayedFromView {
+    node: String,
+    tracks: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -49,6 +67,8 @@ struct TrackView {
     identity: String,
     kind: &'static str,
     layers: u8,
+    /// Nodes that receive the track over a relay link.
+    relayed_to: Vec<String>,
 }
 
 /// The caller's token if it is an admin token for every room; the response otherwise.
@@ -111,9 +131,39 @@ pub async fn room(
         Ok(found) => found,
         Err(response) => return response,
     };
-    let mut nodes: Vec<String> = sessions.iter().map(|(_, r)| r.node.to_string()).collect();
-    nodes.sort();
-    nodes.dedup();
+    let mut node_ids: Vec<NodeId> = sessions.iter().map(|(_, r)| r.node.clone()).collect();
+    node_ids.sort();
+    node_ids.dedup();
+    let relays = match room.parse() {
+        Ok(room_id) => room_relays(&state, &room_id, &node_ids).await,
+        Err(_) => Vec::new(),
+    };
+    let relayed_to = |track: &str| -> Vec<String> {
+        relays
+            .iter()
+            .filter(|r| {
+                r.from
+                    .iter()
+                    .flatten()
+                    .any(|f| f.tracks.iter().any(|t| t == track))
+            })
+            .map(|r| r.node.clone())
+            .collect()
+    };
+    let tracks: Vec<TrackView> = tracks
+        .into_iter()
+        .map(|t| {
+            let track = t.track.to_string();
+            TrackView {
+                relayed_to: relayed_to(&track),
+                track,
+                identity: t.identity,
+                kind: t.kind.as_str(),
+                layers: t.layers,
+            }
+        })
+        .collect();
+    let nodes = node_ids.iter().map(ToString::to_string).collect();
     Json(RoomDetail {
         room,
         nodes,
@@ -126,17 +176,45 @@ pub async fn room(
                 node: r.node.to_string(),
             })
             .collect(),
-        tracks: tracks
-            .into_iter()
-            .map(|t| TrackView {
-                track: t.track.to_string(),
-                identity: t.identity,
-                kind: t.kind.as_str(),
-                layers: t.layers,
-            })
-            .collect(),
+        tracks,
+        relays,
     })
     .into_response()
+}
+
+/// Ask each of `nodes` what it relays of `room`, all at once.
+async fn room_relays(state: &AppState, room: &RoomId, nodes: &[NodeId]) -> Vec<RelayView> {
+    let asks = nodes.iter().map(|node| async move {
+        let answer = match state.nodes.client(node) {
+            Some(client) => {
+                client
+                    .call(NodeRequest::RoomRelays { room: room.clone() })
+                    .await
+            }
+            None => NodeResponse::Error(sfu_core::NodeError::Stopped),
+        };
+        match answer {
+            NodeResponse::RoomRelays(r) => RelayView {
+                node: node.to_string(),
+                from: Some(
+                    r.from
+                        .into_iter()
+                        .map(|f| RelayedFromView {
+                            node: f.node.to_string(),
+                            tracks: f.tracks.iter().map(ToString::to_string).collect(),
+                        })
+                        .collect(),
+                ),
+                to: r.to.iter().map(ToString::to_string).collect(),
+            },
+            _ => RelayView {
+                node: node.to_string(),
+                from: None,
+                to: Vec::new(),
+            },
+        }
+    });
+    futures_util::future::join_all(asks).await
 }
 
 /// The sessions and tracks of `room`; `404` when it has none, `503` when the store does not

@@ -451,9 +451,30 @@ fn a_session_placed_beside_a_draining_node_gets_the_room_through_a_relay() {
         Some(2),
         "the room spans both nodes: {room}"
     );
+    // Both nodes say what they relay: the other node receives the publisher's two tracks
+    // from the origin, which sends the room to it.
+    let relay = if origin == "n1" { "n2" } else { "n1" };
+    let node_relays = |room: &serde_json::Value, node: &str| {
+        room["relays"]
+            .as_array()
+            .and_then(|r| r.iter().find(|r| r["node"] == node).cloned())
+            .unwrap_or_default()
+    };
+    let at_relay = node_relays(&room, relay);
+    assert_eq!(at_relay["from"][0]["node"], origin, "{room}");
+    assert_eq!(
+        at_relay["from"][0]["tracks"].as_array().map(Vec::len),
+        Some(2),
+        "{room}"
+    );
+    assert_eq!(node_relays(&room, origin)["to"], serde_json::json!([relay]));
+    let tracks = room["tracks"].as_array().cloned().unwrap_or_default();
+    assert_eq!(tracks.len(), 2, "{room}");
+    for t in &tracks {
+        assert_eq!(t["relayed_to"], serde_json::json!([relay]), "{room}");
+    }
     // The link's figures reach control's /metrics through the nodes' load reports: the
     // origin sent the packets the other node received, and the link is up.
-    let relay = if origin == "n1" { "n2" } else { "n1" };
     assert!(
         wait_until(Duration::from_secs(10), || {
             let m = c.server.metrics();

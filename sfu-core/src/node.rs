@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use crossbeam::channel::{Receiver, Sender, TrySendError};
 use sfu_proto::{
     CreateSession, EndReason, HeldSession, LoadReport, NodeError, NodeEvent, NodeHealth, NodeId,
-    NodeRequest, NodeResponse, NodeStats, RelayAddress, RelayRoom, RoomId, SessionCreated,
-    SessionId, SessionKind, WorkerId,
+    NodeRequest, NodeResponse, NodeStats, RelayAddress, RelayRoom, RoomId, RoomRelays,
+    SessionCreated, SessionId, SessionKind, WorkerId,
 };
 use str0m::config::DtlsCert;
 use tokio::sync::{mpsc, oneshot};
@@ -518,6 +518,21 @@ impl Node {
         }
     }
 
+    /// What this node relays of `room` (nothing without a relay endpoint).
+    async fn room_relays(&self, room: RoomId) -> Result<NodeResponse, NodeError> {
+        let Some(relay) = &self.relay else {
+            return Ok(NodeResponse::RoomRelays(RoomRelays::default()));
+        };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if !relay.command(RelayCommand::Status { room, reply }) {
+            return Err(NodeError::Stopped);
+        }
+        match tokio::time::timeout(Duration::from_secs(2), answer).await {
+            Ok(Ok(relays)) => Ok(NodeResponse::RoomRelays(relays)),
+            _ => Err(NodeError::Stopped),
+        }
+    }
+
     /// The address ICE candidates name.
     pub fn advertise_ip(&self) -> std::net::IpAddr {
         self.candidates
@@ -566,6 +581,7 @@ impl Node {
                 Some(_) => Err(NodeError::Stopped),
                 None => Err(no_relay()),
             },
+            NodeRequest::RoomRelays { room } => self.room_relays(room).await,
         };
         result.unwrap_or_else(NodeResponse::Error)
     }

@@ -25,7 +25,9 @@ use bytes::Bytes;
 use sfu_proto::relay::{
     DatagramError, MAX_NACK, Reassembler, RelayFrame, RelayedPacket, RelayedTrack, encode_media,
 };
-use sfu_proto::{Layer, NodeId, RelayLinkStats, RoomId, TrackId, TrackInfo, WorkerId};
+use sfu_proto::{
+    Layer, NodeId, RelayLinkStats, RelayedFrom, RoomId, RoomRelays, TrackId, TrackInfo, WorkerId,
+};
 
 use crate::engine::forward::MediaPacket;
 use crate::engine::room::PublishedTrack;
@@ -277,6 +279,30 @@ impl RelayEndpoint {
         self.rooms
             .values()
             .flat_map(|r| r.relayed.iter().map(|rel| (&r.id, &rel.from)))
+    }
+
+    /// What this node relays of room `id`: the tracks it receives per origin node (sorted),
+    /// and the peers it sends the room's own tracks to.
+    pub fn room_relays(&self, id: &RoomId) -> RoomRelays {
+        let Some(room) = self.by_name.get(id).and_then(|key| self.rooms.get(key)) else {
+            return RoomRelays::default();
+        };
+        let mut from: Vec<RelayedFrom> = room
+            .relayed
+            .iter()
+            .map(|rel| {
+                let mut tracks: Vec<TrackId> = rel.tracks.keys().copied().collect();
+                tracks.sort();
+                RelayedFrom {
+                    node: rel.from.clone(),
+                    tracks,
+                }
+            })
+            .collect();
+        from.sort_by(|a, b| a.node.cmp(&b.node));
+        let mut to = room.joined_by.clone();
+        to.sort();
+        RoomRelays { from, to }
     }
 
     /// The room `key`, created on first sight; joins waiting for it are applied then.

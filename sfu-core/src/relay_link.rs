@@ -24,7 +24,7 @@ use sfu_link::quinn;
 use sfu_link::stream::{FrameReceiver, FrameSender};
 use sfu_link::tls::{self, Identity, RELAY_ALPN};
 use sfu_proto::relay::{LINK_TOKEN_LEN, RELAY_VERSION, RelayFrame};
-use sfu_proto::{NodeId, RelayAddress, RelayLinkStats, RoomId};
+use sfu_proto::{NodeId, RelayAddress, RelayLinkStats, RoomId, RoomRelays};
 use tokio::sync::mpsc;
 
 use crate::ids::RoomKey;
@@ -61,6 +61,11 @@ pub enum RelayCommand {
     Expect {
         peer: NodeId,
         token: [u8; LINK_TOKEN_LEN],
+    },
+    /// Answer what the node relays of `room`.
+    Status {
+        room: RoomId,
+        reply: tokio::sync::oneshot::Sender<RoomRelays>,
     },
 }
 
@@ -381,6 +386,9 @@ impl Shell {
             }
             RelayCommand::Expect { peer, token } => {
                 self.expected.insert(peer, token);
+            }
+            RelayCommand::Status { room, reply } => {
+                let _ = reply.send(self.relay.room_relays(&room));
             }
         }
     }

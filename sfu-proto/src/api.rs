@@ -115,6 +115,10 @@ pub enum NodeRequest {
         peer: NodeId,
         token: [u8; 32],
     },
+    /// What the node relays of room `room`: answered with [`NodeResponse::RoomRelays`].
+    RoomRelays {
+        room: RoomId,
+    },
 }
 
 /// The answer to a [`NodeRequest`].
@@ -127,6 +131,22 @@ pub enum NodeResponse {
     Stats(NodeStats),
     Health(NodeHealth),
     Error(NodeError),
+    RoomRelays(RoomRelays),
+}
+
+/// What a node relays of one room (docs/cascade.md): the tracks it receives from other nodes,
+/// and the nodes it sends its own tracks of the room to.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomRelays {
+    pub from: Vec<RelayedFrom>,
+    pub to: Vec<NodeId>,
+}
+
+/// Tracks a node receives from one origin node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayedFrom {
+    pub node: NodeId,
+    pub tracks: Vec<TrackId>,
 }
 
 /// A session the node accepted.

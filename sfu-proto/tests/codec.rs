@@ -88,6 +88,7 @@ fn request() -> impl Strategy<Value = NodeRequest> {
                 token,
             }
         }),
+        room().prop_map(|room| NodeRequest::RoomRelays { room }),
     ]
 }
 
@@ -110,6 +111,31 @@ fn response() -> impl Strategy<Value = NodeResponse> {
                 })
             }),
         Just(NodeResponse::Done),
+        (
+            proptest::collection::vec(
+                (
+                    name(NodeId::MAX_LEN),
+                    proptest::collection::vec(session(), 0..3)
+                ),
+                0..3
+            ),
+            proptest::collection::vec(name(NodeId::MAX_LEN), 0..3)
+        )
+            .prop_map(|(from, to)| {
+                NodeResponse::RoomRelays(RoomRelays {
+                    from: from
+                        .into_iter()
+                        .map(|(node, sessions)| RelayedFrom {
+                            node: node.parse().expect("valid"),
+                            tracks: sessions
+                                .into_iter()
+                                .map(|session| TrackId { session, index: 0 })
+                                .collect(),
+                        })
+                        .collect(),
+                    to: to.into_iter().map(|n| n.parse().expect("valid")).collect(),
+                })
+            }),
         ".{0,100}".prop_map(|s| NodeResponse::Error(NodeError::BadOffer(s))),
         Just(NodeResponse::Error(NodeError::NoCapacity)),
         (any::<u16>(), any::<u16>())
