@@ -466,11 +466,12 @@ check("deploy/k8s manifests (structure, hostNetwork, hostIP env, probes, Secret 
 def host_port(addr):  # "control:7400" -> ("control", 7400)
     h, _, port = str(addr).rpartition(":")
     return h, int(port)
-def node_ports(cfg, args):  # the node's UDP ports, flags over file
+def node_ports(cfg, args):  # the node's UDP ports (media, and the relay port `sfu run` binds), flags over file
     n = dict(cfg.get("node", {}))
-    for flag, key in (("--media-port-base", "media_port_base"), ("--workers", "workers")):
+    for flag, key in (("--media-port-base", "media_port_base"), ("--workers", "workers"),
+                      ("--relay-port", "relay_port")):
         if flag in args: n[key] = int(args[args.index(flag) + 1])
-    return media_ports({"node": n})
+    return media_ports({"node": n}) | {int(n.get("relay_port", 7402))}
 def published_udp(service):
     out = set()
     for p in service.get("ports", []):
