@@ -23,10 +23,10 @@ use crate::ratelimit::{RetryAfter, SignalingLimiter};
 use crate::store::{CapExceeded, Caps, ReserveError, Store, StoreError};
 use crate::turn::TurnIssuer;
 
-/// What every handler can reach.
 /// Response header naming the media node that serves a new session.
 pub const NODE_HEADER: header::HeaderName = header::HeaderName::from_static("x-sfu-node");
 
+/// What every handler can reach.
 #[derive(Debug)]
 pub struct AppState {
     /// The media nodes (embedded and remote), reached only through the node API.

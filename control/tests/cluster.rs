@@ -454,6 +454,9 @@ fn a_session_placed_beside_a_draining_node_gets_the_room_through_a_relay() {
     // Both nodes say what they relay: the other node receives the publisher's two tracks
     // from the origin, which sends the room to it.
     let relay = if origin == "n1" { "n2" } else { "n1" };
+    // Each answer named the node that serves it (X-Sfu-Node).
+    assert_eq!(publisher.node(), Some(origin));
+    assert_eq!(subscriber.node(), Some(relay));
     let node_relays = |room: &serde_json::Value, node: &str| {
         room["relays"]
             .as_array()

@@ -488,13 +488,20 @@ metric_sum() {
 # asking for region b land on one node of b (n2 or n3), which relays the room from n1: all get
 # media with no loss, and n1 sends each packet over the link once, not once per subscriber.
 # The same subscribers asking for region a (local to the publisher) give the baseline for the
-# latency the hop adds.
+# latency the hop adds. sfu-load's report says where each peer landed (X-Sfu-Node) and splits
+# its latency by local and relayed packets: both runs must agree with the placement.
 scenario_region() {
   local subs=$REGION_SUBS
   local media=(--media audio-video --video-kbps 300 --ramp 50/s --duration 10s --connect-timeout 60s)
   checked_load region-local --room-prefix rl- --rooms 1 --publishers 1 --subscribers "$subs" \
     --publisher-region a --subscriber-region a "${media[@]}"
   finish region-local 180 || fail "local subscribers lost media ($OUT_DIR/region-local.log)"
+  # shellcheck disable=SC2016 # $s is jq's
+  report region-local -e --argjson s "$subs" '
+      (.nodes | keys) == ["n1"] and .nodes.n1.publishers == 1 and .nodes.n1.subscribers == $s
+      and .packets_local.subscribers == $s and .packets_relayed.subscribers == 0
+      and .latency_us.count > 0 and .latency_local_us.count == .latency_us.count' >/dev/null ||
+    fail "region-local: want the publisher and all $subs subscribers on n1, every packet local; the report says nodes $(report region-local -c .nodes), local $(report region-local -c .packets_local), relayed $(report region-local -c .packets_relayed)"
   local before
   before=$(metric_sum sfu_cluster_relay_packets_total 'node="n1"' 'direction="out"')
   checked_load region-relayed --room-prefix rr- --rooms 1 --publishers 1 --subscribers "$subs" \
@@ -508,6 +515,15 @@ scenario_region() {
   [ "$on_n1" -eq 1 ] || fail "rr-0 has $on_n1 sessions on n1 (want the publisher only): $room"
   [ "$(jq length <<<"$on_b")" -eq 1 ] || fail "rr-0's subscribers are spread over $on_b (want one node of region b)"
   finish region-relayed 180 || fail "relayed subscribers lost media ($OUT_DIR/region-relayed.log)"
+  # shellcheck disable=SC2016 # $s is jq's
+  report region-relayed -e --argjson s "$subs" '
+      .nodes.n1.publishers == 1 and .nodes.n1.subscribers == 0
+      and ([.nodes[].publishers] | add) == 1
+      and ([.nodes | to_entries[] | select(.value.subscribers > 0)]
+        | length == 1 and .[0].key != "n1" and .[0].value.subscribers == $s)
+      and .packets_relayed.subscribers == $s and .packets_local.subscribers == 0
+      and .latency_us.count > 0 and .latency_relayed_us.count == .latency_us.count' >/dev/null ||
+    fail "region-relayed: want the publisher on n1 and all $subs subscribers on one other node, every packet relayed; the report says nodes $(report region-relayed -c .nodes), local $(report region-relayed -c .packets_local), relayed $(report region-relayed -c .packets_relayed)"
   local crossed sent
   sent=$(report region-relayed .packets.sent)
   [ "$sent" -gt 0 ] || fail "the publisher sent nothing"

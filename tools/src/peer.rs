@@ -183,6 +183,11 @@ impl PeerHandle {
         &self.session.id
     }
 
+    /// The media node serving the session, when the server names it (`X-Sfu-Node`).
+    pub(crate) fn node(&self) -> Option<&str> {
+        self.session.node.as_deref()
+    }
+
     /// The SDP the server sent: its answer, or its offer where the server offers.
     pub(crate) fn server_sdp(&self) -> &str {
         &self.server_sdp

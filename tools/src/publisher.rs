@@ -140,6 +140,11 @@ impl Publisher {
         self.peer.location()
     }
 
+    /// The media node serving the session, when the server names it (`X-Sfu-Node`).
+    pub fn node(&self) -> Option<&str> {
+        self.peer.node()
+    }
+
     /// The SDP answer.
     pub fn answer(&self) -> &str {
         self.peer.server_sdp()

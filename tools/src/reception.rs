@@ -2,7 +2,8 @@
 //! datagram off the socket (raw capture, loss on purpose) and each RTP packet the `Rtc`
 //! delivers, checks its test pattern and accounts it: per stream loss, duplicates, reordering
 //! and jitter from the pattern counters, latency from the send time (what the load report
-//! needs), and, when the owner asked for one, a [`Reception`] log: totals per kind, every packet
+//! needs, split by the packet's path when the nodes are known), and, when the owner asked for
+//! one, a [`Reception`] log: totals per kind, every packet
 //! with its decoded pattern, and the per-stream sequence and timestamp analysis tests assert on.
 //! An opt-in [`RawCapture`] keeps the datagrams as they came off the socket (for wire-format
 //! checks with parsers other than str0m's).
@@ -17,6 +18,8 @@ use str0m::Rtc;
 use str0m::media::{KeyframeRequestKind, Mid, Pt};
 use str0m::rtp::{RtpPacket, Ssrc};
 
+use crate::load::media;
+use crate::load::placement::SubscriberPaths;
 use crate::load::stats::{self, Interval, RxStream};
 use crate::pattern::{self, Decoded, PatternError, PatternHeader, PayloadKind};
 use crate::peer::lock;
@@ -81,6 +84,8 @@ pub struct Receiving {
     /// Packets seen on the main SSRC, per kind (audio, video): the positions `loss` counts.
     positions: [u64; 2],
     capture: Option<Arc<RawCapture>>,
+    /// Tells local from relayed packets (load subscribers on a server that names its nodes).
+    paths: Option<SubscriberPaths>,
 }
 
 impl Receiving {
@@ -94,7 +99,13 @@ impl Receiving {
             loss: Vec::new(),
             positions: [0; 2],
             capture: None,
+            paths: None,
         }
+    }
+
+    /// Also counts each packet under its path (local or relayed) as `paths` tells it.
+    pub fn set_paths(&mut self, paths: Option<SubscriberPaths>) {
+        self.paths = paths;
     }
 
     /// Also checks every payload in full and records it in `log` (every packet when
@@ -226,11 +237,16 @@ impl Receiving {
         };
         let counts = stream.record(header, wallclock_us);
         interval.counts.add(&counts);
-        if counts.received > 0 {
-            stats::record_latency(
-                &mut interval.latency,
-                wallclock_us.saturating_sub(header.sent_us),
-            );
+        let latency_us = (counts.received > 0).then(|| wallclock_us.saturating_sub(header.sent_us));
+        if let Some(us) = latency_us {
+            stats::record_latency(&mut interval.latency, us);
+        }
+        // The packet's own publisher decides its path, whatever else the room holds.
+        if let Some(paths) = &self.paths {
+            let path = paths.path_from(media::publisher_of(header.counter));
+            if let Some(figures) = interval.path_mut(path) {
+                figures.record(&counts, latency_us);
+            }
         }
     }
 
@@ -742,6 +758,71 @@ mod tests {
             .collect();
         assert_eq!(unrepaired, vec![3, 6]);
         assert_eq!(r.dropped_of(PayloadKind::Video).count(), 0);
+    }
+
+    #[test]
+    fn packets_are_split_by_the_node_of_their_own_publisher() {
+        use crate::load::negotiate::{PeerId, PeerPlan, PeerRole};
+        use crate::load::placement::Placements;
+
+        // One room, publisher 0 on n1 and publisher 1 on n2; the subscriber is on n2.
+        let placements = Arc::new(Placements::new(3, 2));
+        let plan = |id, role, publisher| PeerPlan {
+            id: PeerId(id),
+            role,
+            room: 0,
+            publisher,
+            generation: 0,
+        };
+        placements.land(&plan(0, PeerRole::Publisher, 0), Some("n1"));
+        placements.land(&plan(1, PeerRole::Publisher, 1), Some("n2"));
+        let landing = placements.land(&plan(2, PeerRole::Subscriber, 0), Some("n2"));
+        let mut rx = Receiving::new(Mids::default());
+        rx.set_paths(placements.paths_for(landing));
+        let mut interval = Interval::new();
+        let header = |publisher, n: u64, sent_us| {
+            PatternHeader::audio(media::counter_base(publisher) + n, 0, 0, sent_us, 0)
+        };
+        // Publisher 0 (relayed): 0, 1, 3 arrive 5 ms after sending, 2 is lost, 3 comes twice.
+        for n in [0, 1, 3, 3] {
+            rx.account(1, &header(0, n, 1_000_000), 1_005_000, &mut interval);
+        }
+        // Publisher 1 (local): 0..4, 1 ms each. A counter of no load publisher: unknown.
+        for n in 0..4 {
+            rx.account(2, &header(1, n, 2_000_000), 2_001_000, &mut interval);
+        }
+        rx.account(
+            3,
+            &PatternHeader::audio(7, 0, 0, 0, 100),
+            100,
+            &mut interval,
+        );
+
+        let (local, relayed) = (&interval.local, &interval.relayed);
+        assert_eq!((relayed.counts.received, relayed.counts.lost()), (3, 1));
+        assert_eq!(relayed.counts.duplicates, 1);
+        assert_eq!((local.counts.received, local.counts.lost()), (4, 0));
+        let latency = |f: &stats::PathFigures| {
+            let h = f.latency().expect("samples");
+            (h.len(), h.min(), h.max())
+        };
+        assert_eq!(latency(relayed).0, 3, "duplicates have no latency sample");
+        assert!((4_990..=5_010).contains(&latency(relayed).1));
+        assert_eq!(latency(local).0, 4);
+        assert!((995..=1_005).contains(&latency(local).2));
+        assert_eq!(interval.latency.len(), 8, "the totals have every sample");
+        assert_eq!(interval.counts.received, 8);
+    }
+
+    #[test]
+    fn without_paths_nothing_is_split() {
+        let mut rx = Receiving::new(Mids::default());
+        let mut interval = Interval::new();
+        let header = PatternHeader::audio(media::counter_base(0), 0, 0, 1_000, 0);
+        rx.account(1, &header, 2_000, &mut interval);
+        assert_eq!(interval.counts.received, 1);
+        assert_eq!(interval.local.counts, stats::Counts::default());
+        assert_eq!(interval.relayed.counts, stats::Counts::default());
     }
 
     #[test]

@@ -129,6 +129,11 @@ impl Subscriber {
         self.peer.location()
     }
 
+    /// The media node serving the session, when the server names it (`X-Sfu-Node`).
+    pub fn node(&self) -> Option<&str> {
+        self.peer.node()
+    }
+
     /// The SDP answer (the server's offer, where the server offers).
     pub fn answer(&self) -> &str {
         self.peer.server_sdp()

@@ -7,6 +7,10 @@ use std::time::Duration;
 /// Bound on every HTTP exchange (connect, send, receive).
 pub const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Response header of a `201 Created` naming the media node that serves the new session (our
+/// control; other WHIP/WHEP servers do not send it).
+pub const NODE_HEADER: &str = "x-sfu-node";
+
 /// Which signaling resource a session lives under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
@@ -33,6 +37,9 @@ pub struct SessionResource {
     pub etag: Option<String>,
     /// The SDP answer.
     pub answer: String,
+    /// The media node serving the session ([`NODE_HEADER`]); `None` when the server does not
+    /// say.
+    pub node: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +101,8 @@ pub struct HttpResponse {
     pub location: Option<String>,
     pub content_type: Option<String>,
     pub etag: Option<String>,
+    /// [`NODE_HEADER`], if the server sent it.
+    pub node: Option<String>,
     pub body: String,
 }
 
@@ -167,6 +176,7 @@ impl SignalingClient {
             location: self.url(&location),
             etag: response.etag,
             answer: response.body,
+            node: response.node,
         })
     }
 
@@ -261,6 +271,7 @@ impl SignalingClient {
         let location = header("location");
         let content_type = header("content-type");
         let etag = header("etag");
+        let node = header(NODE_HEADER).filter(|n| !n.is_empty());
         let status = response.status().as_u16();
         let body = response
             .body_mut()
@@ -273,6 +284,7 @@ impl SignalingClient {
             location,
             content_type,
             etag,
+            node,
             body,
         })
     }
@@ -305,6 +317,80 @@ mod tests {
         assert_eq!(c.url("/whip/r"), "http://127.0.0.1:9/whip/r");
         assert_eq!(c.url("whip/r"), "http://127.0.0.1:9/whip/r");
         assert_eq!(c.url("http://x:1/a"), "http://x:1/a");
+    }
+
+    /// Answers the first request on a loopback port with `response`; returns the base URL.
+    fn answer_once(response: &'static str) -> (String, std::thread::JoinHandle<()>) {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let server = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().expect("a request");
+            let mut reader = BufReader::new(stream);
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).expect("a header line");
+                let line = line.trim_end();
+                if line.is_empty() {
+                    break;
+                }
+                if let Some((name, value)) = line.split_once(':') {
+                    if name.eq_ignore_ascii_case("content-length") {
+                        length = value.trim().parse().expect("a length");
+                    }
+                }
+            }
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).expect("the body");
+            let mut stream = reader.into_inner();
+            stream.write_all(response.as_bytes()).expect("answered");
+        });
+        (base, server)
+    }
+
+    #[test]
+    fn the_node_header_names_the_session_node() {
+        let (base, server) = answer_once(
+            "HTTP/1.1 201 Created\r\nLocation: /whep/r/s1\r\nX-Sfu-Node: n2\r\n\
+             Content-Type: application/sdp\r\nContent-Length: 3\r\nConnection: close\r\n\r\nv=0",
+        );
+        let session = SignalingClient::new(&base)
+            .offer(Endpoint::Whep, "r", "token", "v=0\r\n")
+            .expect("created");
+        server.join().expect("server");
+        assert_eq!(session.node.as_deref(), Some("n2"));
+        assert_eq!(session.location, format!("{base}/whep/r/s1"));
+        assert_eq!(session.answer, "v=0");
+    }
+
+    #[test]
+    fn without_the_node_header_the_node_is_unknown() {
+        let (base, server) = answer_once(
+            "HTTP/1.1 201 Created\r\nLocation: /whip/r/s1\r\nX-Sfu-Node: \r\n\
+             Content-Length: 0\r\nConnection: close\r\n\r\n",
+        );
+        let response = SignalingClient::new(&base)
+            .request(&HttpRequest {
+                method: Method::Post,
+                target: "/whip/r",
+                content_type: Some("application/sdp"),
+                bearer: None,
+                body: b"v=0\r\n",
+            })
+            .expect("answered");
+        server.join().expect("server");
+        assert_eq!(response.status, 201);
+        assert_eq!(response.node, None, "an empty name is no name");
+        let (base, server) = answer_once(
+            "HTTP/1.1 201 Created\r\nLocation: /whip/r/s2\r\n\
+             Content-Length: 0\r\nConnection: close\r\n\r\n",
+        );
+        let session = SignalingClient::new(&base)
+            .offer(Endpoint::Whip, "r", "token", "v=0\r\n")
+            .expect("created");
+        server.join().expect("server");
+        assert_eq!(session.node, None);
     }
 
     #[test]

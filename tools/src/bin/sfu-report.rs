@@ -304,6 +304,12 @@ mod tests {
             },
             packets: Packets::default(),
             jitter_ms: Jitter::default(),
+            nodes: Default::default(),
+            node_unknown: Default::default(),
+            latency_local_us: None,
+            latency_relayed_us: None,
+            packets_local: None,
+            packets_relayed: None,
             server: None,
             generator: ProcessUsage::default(),
             timeline: (1..=5)
@@ -403,6 +409,28 @@ mod tests {
         let old = load(&path).expect("a version-1 report loads");
         assert_eq!(old.verdict.outcome, Outcome::Fail);
         assert_eq!(old.verdict.failures, vec!["loss 2% > max 1%".to_string()]);
+    }
+
+    #[test]
+    fn reads_a_report_written_before_the_node_fields() {
+        let dir = Scratch::new("nodeless");
+        let mut value: Value = serde_json::from_str(&json(&report("older run"))).expect("json");
+        let object = value.as_object_mut().expect("an object");
+        for key in [
+            "nodes",
+            "node_unknown",
+            "latency_local_us",
+            "latency_relayed_us",
+            "packets_local",
+            "packets_relayed",
+        ] {
+            assert!(object.remove(key).is_some(), "{key} is written");
+        }
+        let path = dir.write("report.json", &value.to_string());
+        let old = load(&path).expect("a report without node fields loads");
+        assert!(old.nodes.is_empty());
+        assert_eq!(old.latency_relayed_us, None);
+        assert_eq!(old.packets_local, None);
     }
 
     #[test]

@@ -23,15 +23,17 @@ use super::html;
 use super::janus::JanusVideoRoom;
 use super::negotiate::{self, PeerId, PeerPlan, PeerRole, SetupConfig};
 use super::peer::PeerEnd;
+use super::placement::Placements;
 use super::progress::{self, Progress, ProgressMode, Snapshot};
 use super::protocol::{Protocol, SessionHandle, TokenSource, WhipWhep};
 use super::report::{
-    Jitter, JoinTimes, Latency, Outcome, Packets, PeerCounts, REPORT_VERSION, Report, Tick, Verdict,
+    Jitter, JoinTimes, Latency, Outcome, Packets, PathPackets, PeerCounts, REPORT_VERSION, Report,
+    Tick, Verdict,
 };
 use super::sampler::ProcessSampler;
 use super::scenario::{Criteria, ProtocolKind, Scenario, ScenarioError};
 use super::shard::{Notice, ShardCommand, ShardHandle, ShardSender};
-use super::stats::{Interval, ShardTotals, pct};
+use super::stats::{Counts, Interval, PathFigures, ShardTotals, pct};
 use crate::whip::HTTP_TIMEOUT;
 
 /// How a run is carried out (as opposed to what it does, the [`Scenario`]).
@@ -228,6 +230,8 @@ struct Controller<'a> {
     signalers: Vec<JoinHandle<()>>,
     stopping: Arc<AtomicBool>,
     leave_errors: Arc<AtomicU64>,
+    /// Where each peer's session landed (the signaling threads record it).
+    placements: Arc<Placements>,
     peers: Vec<PeerTrack>,
     released: usize,
     unresolved: usize,
@@ -335,6 +339,7 @@ impl<'a> Controller<'a> {
             signalers,
             stopping,
             leave_errors,
+            placements: setup.placements.clone(),
             peers: plans
                 .into_iter()
                 .map(|plan| PeerTrack {
@@ -545,6 +550,7 @@ impl<'a> Controller<'a> {
         joined: bool,
         end: PeerEnd,
     ) {
+        let node = session.as_ref().and_then(|s| s.node.clone());
         if let Some(session) = session {
             self.submit(SignalJob::Leave(session));
         }
@@ -578,8 +584,9 @@ impl<'a> Controller<'a> {
                 self.failure_examples
                     .entry(reason.clone())
                     .or_insert_with(|| {
+                        let on = node.map(|n| format!(", node {n}")).unwrap_or_default();
                         let msg = format!(
-                            "peer {} ({}, room {}) failed: {reason}: {}",
+                            "peer {} ({}, room {}{on}) failed: {reason}: {}",
                             plan.id.0,
                             plan.role.as_str(),
                             plan.room,
@@ -802,6 +809,11 @@ impl<'a> Controller<'a> {
             bytes_received: c.bytes,
         };
         let latency = latency_summary(&totals.latency);
+        let tally = self
+            .placements
+            .tally(self.peers.iter().map(|p| (&p.plan, p.ever_failed)));
+        // Split only when the server named nodes; packets of unnamed ones are in neither.
+        let split = !tally.nodes.is_empty();
         let join_ms = join_summary(&self.join_ms);
         let jitter_ms = jitter_summary(&totals.stream_jitter_us);
         let verdict = verdict(
@@ -829,6 +841,14 @@ impl<'a> Controller<'a> {
             latency_us: latency,
             packets,
             jitter_ms,
+            latency_local_us: split.then(|| path_latency(&totals.local)),
+            latency_relayed_us: split.then(|| path_latency(&totals.relayed)),
+            packets_local: split
+                .then(|| path_packets(&totals.local.counts, tally.local_subscribers)),
+            packets_relayed: split
+                .then(|| path_packets(&totals.relayed.counts, tally.relayed_subscribers)),
+            nodes: tally.nodes,
+            node_unknown: tally.unnamed,
             server: self.server.as_ref().map(ProcessSampler::usage),
             generator: self.generator.usage(),
             timeline,
@@ -967,6 +987,24 @@ fn latency_summary(h: &hdrhistogram::Histogram<u64>) -> Latency {
         p999: h.value_at_quantile(0.999),
         max: h.max(),
         cdf,
+    }
+}
+
+fn path_latency(figures: &PathFigures) -> Latency {
+    figures
+        .latency()
+        .map_or_else(Latency::default, latency_summary)
+}
+
+fn path_packets(c: &Counts, subscribers: u64) -> PathPackets {
+    PathPackets {
+        subscribers,
+        received: c.received,
+        expected: c.expected,
+        lost: c.lost(),
+        duplicates: c.duplicates,
+        reordered: c.reordered,
+        loss_pct: pct(c.lost(), c.expected),
     }
 }
 

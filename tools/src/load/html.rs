@@ -9,7 +9,9 @@ use std::fmt::{self, Write as _};
 
 use serde_json::{Value, json};
 
-use super::report::{Latency, Outcome, ProcessSample, ProcessUsage, Report};
+use super::report::{
+    Latency, NodePeers, Outcome, PathPackets, ProcessSample, ProcessUsage, Report,
+};
 use super::scenario::{Criteria, MediaModel, ProtocolKind, Scenario};
 
 /// Appends formatted text to a `String`, which cannot fail.
@@ -624,6 +626,8 @@ fn summary_groups(runs: &[Run<'_>]) -> Vec<Group> {
         }),
     ];
 
+    let nodes = node_rows(&reports);
+
     let jitter = |label: &str, pick: fn(&Report) -> f64| {
         row(label, Better::Lower, &|r| {
             if r.packets.received == 0 {
@@ -696,7 +700,7 @@ fn summary_groups(runs: &[Run<'_>]) -> Vec<Group> {
         ),
     ];
 
-    vec![
+    let groups = vec![
         Group {
             title: RESULT,
             rows: verdict,
@@ -714,6 +718,10 @@ fn summary_groups(runs: &[Run<'_>]) -> Vec<Group> {
             rows: latencies,
         },
         Group {
+            title: NODES,
+            rows: nodes,
+        },
+        Group {
             title: "Packets",
             rows: packets,
         },
@@ -725,7 +733,90 @@ fn summary_groups(runs: &[Run<'_>]) -> Vec<Group> {
             title: "Resources (CPU in % of one core)",
             rows: resources,
         },
-    ]
+    ];
+    // Runs against servers that name no node have no node rows.
+    groups.into_iter().filter(|g| !g.rows.is_empty()).collect()
+}
+
+/// The group of where peers landed and of local vs relayed packets.
+const NODES: &str = "Nodes (X-Sfu-Node): local vs relayed";
+
+/// Peers per node (every node any run names), then latency and loss of the packets that came
+/// from a publisher on the subscriber's node (local) or over a relay. No rows when no run
+/// landed a peer anywhere.
+fn node_rows(reports: &[&Report]) -> Vec<Row> {
+    let names: BTreeSet<&str> = reports
+        .iter()
+        .flat_map(|r| r.nodes.keys().map(String::as_str))
+        .collect();
+    let landed = |p: &NodePeers| p.publishers + p.subscribers > 0;
+    let unnamed = reports.iter().any(|r| landed(&r.node_unknown));
+    if names.is_empty() && !unnamed {
+        return Vec::new();
+    }
+    let row = |label: &str, better: Better, indent: bool, cell: &dyn Fn(&Report) -> Cell| Row {
+        label: label.to_string(),
+        better,
+        indent,
+        cells: reports.iter().map(|r| cell(r)).collect(),
+    };
+    let peers = |p: Option<&NodePeers>| match p {
+        Some(p) if landed(p) => {
+            let failed = if p.failed > 0 {
+                format!(", {} failed", int(p.failed))
+            } else {
+                String::new()
+            };
+            Cell::text(format!(
+                "{} pub / {} sub{failed}",
+                int(p.publishers),
+                int(p.subscribers)
+            ))
+        }
+        _ => Cell::none(),
+    };
+    let mut rows: Vec<Row> = names
+        .iter()
+        .map(|name| row(name, Better::Neither, false, &|r| peers(r.nodes.get(*name))))
+        .collect();
+    if unnamed {
+        rows.push(row("node not named", Better::Neither, false, &|r| {
+            peers(Some(&r.node_unknown))
+        }));
+    }
+    type Pick = for<'a> fn(&'a Report) -> (Option<&'a Latency>, Option<&'a PathPackets>);
+    let paths: [(&str, Pick); 2] = [
+        ("local", |r| {
+            (r.latency_local_us.as_ref(), r.packets_local.as_ref())
+        }),
+        ("relayed", |r| {
+            (r.latency_relayed_us.as_ref(), r.packets_relayed.as_ref())
+        }),
+    ];
+    for (name, pick) in paths {
+        rows.push(row(
+            &format!("{name} subscribers"),
+            Better::Neither,
+            false,
+            &|r| match pick(r).1 {
+                Some(k) => Cell::count(k.subscribers),
+                None => Cell::none(),
+            },
+        ));
+        let latency = |label: &str, value: fn(&Latency) -> u64| {
+            row(label, Better::Lower, true, &|r| match pick(r).0 {
+                Some(l) if l.count > 0 => Cell::of(value(l) as f64, Unit::Micros),
+                _ => Cell::none(),
+            })
+        };
+        rows.push(latency("latency p50", |l| l.p50));
+        rows.push(latency("latency p99", |l| l.p99));
+        rows.push(row("loss", Better::Lower, true, &|r| match pick(r).1 {
+            Some(k) if k.expected > 0 => Cell::of(k.loss_pct, Unit::Percent),
+            _ => Cell::none(),
+        }));
+    }
+    rows
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2263,7 +2354,8 @@ mod tests {
 
     use super::*;
     use crate::load::report::{
-        Jitter, JoinTimes, Outcome, Packets, PeerCounts, REPORT_VERSION, Tick, Verdict,
+        Jitter, JoinTimes, NodePeers, Outcome, Packets, PathPackets, PeerCounts, REPORT_VERSION,
+        Tick, Verdict,
     };
 
     /// A plausible 60-second run; `seed` shifts the numbers so two reports differ.
@@ -2376,6 +2468,12 @@ mod tests {
                 p99: 3.1,
                 max: 9.4,
             },
+            nodes: BTreeMap::new(),
+            node_unknown: NodePeers::default(),
+            latency_local_us: None,
+            latency_relayed_us: None,
+            packets_local: None,
+            packets_relayed: None,
             server: Some(ProcessUsage {
                 pid: 4242,
                 cpu_pct_mean: 45.0 + s,
@@ -2412,6 +2510,12 @@ mod tests {
             latency_us: Latency::default(),
             packets: Packets::default(),
             jitter_ms: Jitter::default(),
+            nodes: BTreeMap::new(),
+            node_unknown: NodePeers::default(),
+            latency_local_us: None,
+            latency_relayed_us: None,
+            packets_local: None,
+            packets_relayed: None,
             server: None,
             generator: ProcessUsage::default(),
             timeline: Vec::new(),
@@ -2509,6 +2613,71 @@ mod tests {
         assert!(!html.contains("PASS") && !html.contains("FAIL"), "{html}");
         assert!(html.contains("NO VERDICT") && html.contains("none (no criteria)"));
         assert!(html.contains("no pass criteria set"));
+    }
+
+    #[test]
+    fn node_rows_appear_only_when_peers_landed_somewhere() {
+        let plain = render(&[sample("janus", 0)]);
+        assert!(!plain.contains(NODES), "no node rows without landings");
+
+        let mut split = sample("cluster", 0);
+        split.nodes = BTreeMap::from([
+            (
+                "n1".to_string(),
+                NodePeers {
+                    publishers: 1,
+                    subscribers: 0,
+                    failed: 0,
+                },
+            ),
+            (
+                "n2".to_string(),
+                NodePeers {
+                    publishers: 0,
+                    subscribers: 109,
+                    failed: 1,
+                },
+            ),
+        ]);
+        split.latency_local_us = Some(Latency::default());
+        split.latency_relayed_us = Some(Latency {
+            count: 90_000,
+            p50: 5_900,
+            p99: 12_000,
+            ..Latency::default()
+        });
+        split.packets_local = Some(PathPackets::default());
+        split.packets_relayed = Some(PathPackets {
+            subscribers: 109,
+            received: 89_900,
+            expected: 90_000,
+            lost: 100,
+            loss_pct: 0.111,
+            ..PathPackets::default()
+        });
+        let html = render(&[split.clone()]);
+        assert!(html.contains(NODES), "{html}");
+        assert!(html.contains("<td>1 pub / 0 sub</td>"), "{html}");
+        assert!(
+            html.contains("<td>0 pub / 109 sub, 1 failed</td>"),
+            "{html}"
+        );
+        assert!(html.contains("relayed subscribers"), "{html}");
+        // The local path carried nothing: dashes, not zeros.
+        let local = &html[html.find("local subscribers").expect("local rows")..];
+        let local = &local[..local.find("relayed subscribers").expect("relayed rows")];
+        assert_eq!(local.matches(DASH).count(), 3, "{local}");
+
+        // Compared with a run that named no node, that run's cells are dashes.
+        let mut unnamed = sample("other server", 1);
+        unnamed.node_unknown = NodePeers {
+            publishers: 1,
+            subscribers: 109,
+            failed: 0,
+        };
+        let html = render(&[split, unnamed]);
+        assert!(html.contains("node not named"), "{html}");
+        assert_finite_numbers(&html);
     }
 
     #[test]

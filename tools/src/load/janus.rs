@@ -470,9 +470,11 @@ impl PeerSession<'_> {
     /// The negotiation succeeded: keep the session and hand out its id.
     fn keep(mut self) -> SessionHandle {
         self.armed = false;
+        // Janus says nothing about nodes: one server.
         SessionHandle {
             id: format_handle(self.session, self.handle),
             token: None,
+            node: None,
         }
     }
 
@@ -1261,6 +1263,7 @@ mod tests {
         let leave = janus.leave(&SessionHandle {
             id: "not-janus".into(),
             token: None,
+            node: None,
         });
         assert_eq!(leave.map_err(|e| e.reason()), Err("signaling".into()));
         // Drop stops the keepalive thread promptly.
@@ -1488,6 +1491,7 @@ mod live {
         let publisher_session = SessionHandle {
             id: publisher.location().to_string(),
             token: None,
+            node: None,
         };
         publisher.close().expect("publisher leaves");
         assert_eq!(janus.live_sessions(), 0);

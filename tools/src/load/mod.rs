@@ -10,6 +10,7 @@ pub mod janus;
 pub mod media;
 pub mod negotiate;
 pub mod peer;
+pub mod placement;
 pub mod progress;
 pub mod protocol;
 pub mod relay;

@@ -16,6 +16,7 @@ use str0m::{Candidate, Rtc, RtcError};
 
 use super::media;
 use super::peer::PeerMedia;
+use super::placement::Placements;
 use super::protocol::{PeerFailure, Protocol, SdpClient, SessionHandle};
 use super::scenario::{MediaModel, Scenario};
 use crate::pattern::VideoCodec;
@@ -123,6 +124,8 @@ pub struct SetupConfig {
     /// Subscribers count as joined at their first media packet when the room has publishers,
     /// otherwise when DTLS is up.
     pub room_has_publishers: bool,
+    /// Where each peer's session landed, recorded as it is negotiated.
+    pub placements: Arc<Placements>,
 }
 
 impl SetupConfig {
@@ -138,6 +141,10 @@ impl SetupConfig {
                 remote_overrides: overrides.into(),
             },
             room_has_publishers: s.publishers > 0,
+            placements: Arc::new(Placements::new(
+                s.planned_peers() as usize,
+                s.total_publishers() as usize,
+            )),
         }
     }
 }
@@ -161,7 +168,9 @@ pub struct NewPeer {
     pub state: Arc<PeerState>,
 }
 
-/// Sets a load peer up: the scenario's media, sources numbered after the plan.
+/// Sets a load peer up: the scenario's media, sources numbered after the plan. Records where
+/// its session landed (a publisher's node before any of its packets exists), and lets a
+/// subscriber tell local from relayed packets.
 pub fn setup_load(
     plan: &PeerPlan,
     config: &SetupConfig,
@@ -169,7 +178,7 @@ pub fn setup_load(
     room: &str,
 ) -> Result<NewPeer, PeerFailure> {
     let offer = Offer::load(plan.role, config.media);
-    setup(
+    let result = setup(
         plan,
         &plan.identity(),
         room,
@@ -183,7 +192,21 @@ pub fn setup_load(
             }),
             PeerRole::Publisher => publisher_media(rtc, plan, config, mids),
         },
-    )
+    );
+    let placements = &config.placements;
+    match result {
+        Ok(mut peer) => {
+            let landing = placements.land(plan, peer.session.node.as_deref());
+            if let PeerMedia::Subscriber { receiving, .. } = &mut peer.media {
+                receiving.set_paths(placements.paths_for(landing));
+            }
+            Ok(peer)
+        }
+        Err(e) => {
+            placements.lift(plan);
+            Err(e)
+        }
+    }
 }
 
 /// Binds the socket, negotiates `offer` through `protocol` for `identity` in `room`, and builds

@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 use std::io::Write as _;
 
-use super::report::{Outcome, Report};
+use super::report::{Latency, NodePeers, Outcome, PathPackets, Report};
 
 /// How progress is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -202,6 +202,7 @@ pub fn summary_table(r: &Report) -> String {
             l.count
         );
     }
+    write_nodes(&mut t, r);
     let k = &r.packets;
     let _ = writeln!(
         t,
@@ -243,6 +244,75 @@ pub fn summary_table(r: &Report) -> String {
     t
 }
 
+/// Where the peers landed, and latency and loss of local and relayed packets.
+fn write_nodes(t: &mut String, r: &Report) {
+    let unnamed = r.node_unknown;
+    let landed = |p: &NodePeers| p.publishers + p.subscribers > 0;
+    if r.nodes.is_empty() {
+        if landed(&unnamed) {
+            let _ = writeln!(
+                t,
+                "  nodes       not named by the server (no X-Sfu-Node): no local/relayed split"
+            );
+        }
+        return;
+    }
+    let mut nodes: Vec<String> = r
+        .nodes
+        .iter()
+        .map(|(name, p)| node_peers(name, p))
+        .collect();
+    if landed(&unnamed) {
+        nodes.push(node_peers("unnamed", &unnamed));
+    }
+    let _ = writeln!(t, "  nodes       {}", nodes.join(" · "));
+    for (name, latency, packets) in [
+        ("local", &r.latency_local_us, &r.packets_local),
+        ("relayed", &r.latency_relayed_us, &r.packets_relayed),
+    ] {
+        let (Some(l), Some(k)) = (latency, packets) else {
+            continue;
+        };
+        if k.subscribers == 0 && l.count == 0 {
+            continue; // e.g. nothing relayed on one node: the JSON still says so
+        }
+        let _ = writeln!(t, "  {name:<11} {}", path_line(l, k));
+    }
+}
+
+/// `n2: 0 pub + 100 sub (2 failed)`.
+fn node_peers(name: &str, p: &NodePeers) -> String {
+    let failed = if p.failed > 0 {
+        format!(" ({} failed)", p.failed)
+    } else {
+        String::new()
+    };
+    format!(
+        "{name}: {} pub + {} sub{failed}",
+        p.publishers, p.subscribers
+    )
+}
+
+/// `100 subscribers  p50 5.10 ms  p99 9.00 ms  max 12 ms  (49870 packets)  loss 0.000%`.
+fn path_line(l: &Latency, k: &PathPackets) -> String {
+    let subscribers = if k.subscribers == 1 {
+        "1 subscriber".to_string()
+    } else {
+        format!("{} subscribers", k.subscribers)
+    };
+    if l.count == 0 {
+        return format!("{subscribers}  no media received");
+    }
+    format!(
+        "{subscribers}  p50 {}  p99 {}  max {}  ({} packets)  loss {:.3}%",
+        ms(l.p50 as f64),
+        ms(l.p99 as f64),
+        ms(l.max as f64),
+        l.count,
+        k.loss_pct
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -273,11 +343,11 @@ mod tests {
         assert!(!progress_line(&quiet).contains("failed"));
     }
 
-    #[test]
-    fn the_summary_names_a_verdict_only_when_there_are_criteria() {
+    /// A report of nothing, for the summary's tests to fill in.
+    fn empty_report() -> Report {
         use crate::load::Scenario;
         use crate::load::report::{REPORT_VERSION, Verdict};
-        let mut r = Report {
+        Report {
             version: REPORT_VERSION,
             tool: "sfu-load test".into(),
             label: "x".into(),
@@ -289,11 +359,23 @@ mod tests {
             latency_us: Default::default(),
             packets: Default::default(),
             jitter_ms: Default::default(),
+            nodes: Default::default(),
+            node_unknown: Default::default(),
+            latency_local_us: None,
+            latency_relayed_us: None,
+            packets_local: None,
+            packets_relayed: None,
             server: None,
             generator: Default::default(),
             timeline: Vec::new(),
             verdict: Verdict::default(),
-        };
+        }
+    }
+
+    #[test]
+    fn the_summary_names_a_verdict_only_when_there_are_criteria() {
+        use crate::load::report::Verdict;
+        let mut r = empty_report();
         let none = summary_table(&r);
         assert!(none.contains("verdict     none"), "{none}");
         assert!(!none.contains("PASS") && !none.contains("FAIL"), "{none}");
@@ -311,6 +393,74 @@ mod tests {
             failures: Vec::new(),
         };
         assert!(summary_table(&r).contains("verdict     PASS"));
+    }
+
+    #[test]
+    fn the_summary_splits_latency_by_path_when_nodes_are_named() {
+        let mut r = empty_report();
+        r.node_unknown = NodePeers {
+            publishers: 1,
+            subscribers: 3,
+            failed: 0,
+        };
+        let unnamed = summary_table(&r);
+        assert!(
+            unnamed.contains("nodes       not named by the server"),
+            "{unnamed}"
+        );
+        assert!(!unnamed.contains("  relayed     "), "{unnamed}");
+
+        r.node_unknown = NodePeers::default();
+        r.nodes = [("n1", 1, 0, 0), ("n2", 0, 100, 2)]
+            .into_iter()
+            .map(|(name, publishers, subscribers, failed)| {
+                let peers = NodePeers {
+                    publishers,
+                    subscribers,
+                    failed,
+                };
+                (name.to_string(), peers)
+            })
+            .collect();
+        r.latency_local_us = Some(Latency::default());
+        r.latency_relayed_us = Some(Latency {
+            count: 4000,
+            p50: 5_900,
+            p99: 12_000,
+            max: 20_000,
+            ..Latency::default()
+        });
+        r.packets_local = Some(PathPackets::default());
+        let mut with_local = r.clone();
+        with_local.packets_local = Some(PathPackets {
+            subscribers: 1,
+            ..PathPackets::default()
+        });
+        let local = summary_table(&with_local);
+        assert!(
+            local.contains("  local       1 subscriber  no media received\n"),
+            "{local}"
+        );
+        r.packets_relayed = Some(PathPackets {
+            subscribers: 100,
+            received: 4000,
+            expected: 4004,
+            lost: 4,
+            loss_pct: 0.0999,
+            ..PathPackets::default()
+        });
+        let split = summary_table(&r);
+        assert!(
+            split.contains("  nodes       n1: 1 pub + 0 sub · n2: 0 pub + 100 sub (2 failed)\n"),
+            "{split}"
+        );
+        assert!(!split.contains("  local       "), "nothing local: {split}");
+        assert!(
+            split.contains(
+                "  relayed     100 subscribers  p50 5.90 ms  p99 12 ms  max 20 ms  (4000 packets)  loss 0.100%\n"
+            ),
+            "{split}"
+        );
     }
 
     #[test]

@@ -19,12 +19,15 @@ pub trait SdpClient {
     fn answer_offer(&mut self, offer: &str) -> Result<String, PeerFailure>;
 }
 
-/// What a protocol needs later to end a session. `id` is protocol specific (the WHIP/WHEP
-/// `Location`, a Janus session/handle pair, ...).
+/// What a protocol needs later to end a session, and where the server placed it. `id` is
+/// protocol specific (the WHIP/WHEP `Location`, a Janus session/handle pair, ...).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionHandle {
     pub id: String,
     pub token: Option<String>,
+    /// The media node serving the session, when the server names it (WHIP/WHEP against our
+    /// control: `X-Sfu-Node`); `None` otherwise.
+    pub node: Option<String>,
 }
 
 /// A signaling dialect spoken to the server under test. Called from signaling threads, never
@@ -209,6 +212,7 @@ impl WhipWhep {
         Ok(SessionHandle {
             id: session.location,
             token: Some(token),
+            node: session.node,
         })
     }
 }

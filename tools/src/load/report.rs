@@ -31,6 +31,26 @@ pub struct Report {
     pub latency_us: Latency,
     pub packets: Packets,
     pub jitter_ms: Jitter,
+    /// Peers per media node their (latest) session landed on, as the server named it
+    /// (`X-Sfu-Node`); empty when it named none.
+    #[serde(default)]
+    pub nodes: BTreeMap<String, NodePeers>,
+    /// Peers whose session came without a node name (another server, Janus).
+    #[serde(default)]
+    pub node_unknown: NodePeers,
+    /// `latency_us` of the packets whose publisher is on the subscriber's node. `None` (null)
+    /// when no node was named: nothing is split.
+    #[serde(default)]
+    pub latency_local_us: Option<Latency>,
+    /// `latency_us` of the packets relayed from the publisher's node to another.
+    #[serde(default)]
+    pub latency_relayed_us: Option<Latency>,
+    /// Loss of the packets that came locally; `None` (null) when nothing is split.
+    #[serde(default)]
+    pub packets_local: Option<PathPackets>,
+    /// Loss of the packets that came over a relay.
+    #[serde(default)]
+    pub packets_relayed: Option<PathPackets>,
     /// The server process (`--server-pid`), if one was given.
     pub server: Option<ProcessUsage>,
     /// The generator itself, to show it was not the bottleneck.
@@ -102,6 +122,30 @@ pub struct Packets {
     pub loss_pct: f64,
     pub bytes_sent: u64,
     pub bytes_received: u64,
+}
+
+/// Peers whose latest session one media node serves, connected or not.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodePeers {
+    pub publishers: u64,
+    pub subscribers: u64,
+    /// Of those, peers that failed (ICE, DTLS, no media, disconnected) and were not retried.
+    pub failed: u64,
+}
+
+/// What subscribers received over one path (local or relayed): counted like [`Packets`], for
+/// the packets whose path is known.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PathPackets {
+    /// Subscribers placed on the node of at least one publisher of their room (local), or on
+    /// another node than at least one (relayed).
+    pub subscribers: u64,
+    pub received: u64,
+    pub expected: u64,
+    pub lost: u64,
+    pub duplicates: u64,
+    pub reordered: u64,
+    pub loss_pct: f64,
 }
 
 /// RFC 3550 interarrival jitter, over all received streams.

@@ -1,13 +1,15 @@
 //! Receive-side accounting, per packet and cheap: loss, duplicates and reordering from the
 //! pattern counters ([`CounterWindow`]), RFC 3550 interarrival jitter ([`JitterEstimator`]),
-//! one-way latency into HDR histograms; and the per-shard totals and per-second intervals
-//! ([`ShardTotals`], [`Interval`]) the engine merges into the report.
+//! one-way latency into HDR histograms, also split by the packet's [`Path`] ([`PathFigures`]);
+//! and the per-shard totals and per-second intervals ([`ShardTotals`], [`Interval`]) the engine
+//! merges into the report.
 
 use hdrhistogram::Histogram;
 
 use crate::pattern::{PatternHeader, PayloadKind};
 
 use super::media;
+use super::placement::Path;
 
 /// Counters further than this behind the newest are too late to tell duplicates from late
 /// arrivals; they are counted as reordered and not as received.
@@ -237,6 +239,38 @@ impl RxStream {
     }
 }
 
+/// The share of the received packets that took one [`Path`]: the same counts and latency as
+/// the totals, for the packets whose path is known.
+#[derive(Debug, Clone, Default)]
+pub struct PathFigures {
+    pub counts: Counts,
+    /// Made at the first sample: a run sees one path, both, or (nodes unnamed) none.
+    latency: Option<Histogram<u64>>,
+}
+
+impl PathFigures {
+    /// Adds what one arrival did (`latency_us` when it counted as received).
+    pub fn record(&mut self, counts: &Counts, latency_us: Option<u64>) {
+        self.counts.add(counts);
+        if let Some(us) = latency_us {
+            record_latency(self.latency.get_or_insert_with(latency_histogram), us);
+        }
+    }
+
+    pub fn add(&mut self, o: &PathFigures) {
+        self.counts.add(&o.counts);
+        if let Some(h) = &o.latency {
+            // Same bounds on both sides, so adding cannot fail.
+            let _ = self.latency.get_or_insert_with(latency_histogram).add(h);
+        }
+    }
+
+    /// The latency samples, if there were any.
+    pub fn latency(&self) -> Option<&Histogram<u64>> {
+        self.latency.as_ref()
+    }
+}
+
 /// One second of a shard's work, sent to the engine at each tick and then reset.
 #[derive(Debug, Clone)]
 pub struct Interval {
@@ -245,6 +279,10 @@ pub struct Interval {
     pub sent: u64,
     pub bytes_sent: u64,
     pub latency: Histogram<u64>,
+    /// The received packets that came from a publisher on the subscriber's node.
+    pub local: PathFigures,
+    /// The received packets relayed from another node.
+    pub relayed: PathFigures,
 }
 
 impl Interval {
@@ -254,6 +292,8 @@ impl Interval {
             sent: 0,
             bytes_sent: 0,
             latency: latency_histogram(),
+            local: PathFigures::default(),
+            relayed: PathFigures::default(),
         }
     }
 
@@ -263,6 +303,17 @@ impl Interval {
         self.bytes_sent += o.bytes_sent;
         // Same bounds on both sides, so adding cannot fail.
         let _ = self.latency.add(&o.latency);
+        self.local.add(&o.local);
+        self.relayed.add(&o.relayed);
+    }
+
+    /// Where packets that took `path` are counted besides the totals (`None`: unknown).
+    pub fn path_mut(&mut self, path: Path) -> Option<&mut PathFigures> {
+        match path {
+            Path::Local => Some(&mut self.local),
+            Path::Relayed => Some(&mut self.relayed),
+            Path::Unknown => None,
+        }
     }
 
     /// Loss in this interval, percent of what was expected in it.
@@ -284,6 +335,8 @@ pub struct ShardTotals {
     pub sent: u64,
     pub bytes_sent: u64,
     pub latency: Histogram<u64>,
+    pub local: PathFigures,
+    pub relayed: PathFigures,
     /// Final jitter of every received stream, µs.
     pub stream_jitter_us: Vec<f64>,
     /// Datagrams the kernel refused to send (full buffers): loss on our side.
@@ -310,6 +363,8 @@ impl ShardTotals {
             sent: 0,
             bytes_sent: 0,
             latency: latency_histogram(),
+            local: PathFigures::default(),
+            relayed: PathFigures::default(),
             stream_jitter_us: Vec::new(),
             send_errors: 0,
             gso_sends: 0,
@@ -328,6 +383,8 @@ impl ShardTotals {
         self.sent += i.sent;
         self.bytes_sent += i.bytes_sent;
         let _ = self.latency.add(&i.latency);
+        self.local.add(&i.local);
+        self.relayed.add(&i.relayed);
     }
 
     pub fn add(&mut self, o: &ShardTotals) {
@@ -335,6 +392,8 @@ impl ShardTotals {
         self.sent += o.sent;
         self.bytes_sent += o.bytes_sent;
         let _ = self.latency.add(&o.latency);
+        self.local.add(&o.local);
+        self.relayed.add(&o.relayed);
         self.stream_jitter_us.extend_from_slice(&o.stream_jitter_us);
         self.send_errors += o.send_errors;
         self.gso_sends += o.gso_sends;
@@ -510,5 +569,48 @@ mod tests {
         let mut t = ShardTotals::new();
         t.add_interval(&a);
         assert_eq!(t.counts.received, 15);
+    }
+
+    #[test]
+    fn path_figures_are_kept_apart_and_merge() {
+        let arrival = Counts {
+            received: 1,
+            expected: 1,
+            ..Counts::default()
+        };
+        let gap = Counts {
+            expected: 2,
+            ..Counts::default()
+        };
+        let mut a = Interval::new();
+        assert!(a.path_mut(Path::Unknown).is_none());
+        for us in [1_000, 2_000] {
+            let local = a.path_mut(Path::Local).expect("counted");
+            local.record(&arrival, Some(us));
+        }
+        assert!(
+            a.relayed.latency().is_none(),
+            "made at the first sample only"
+        );
+        let mut b = Interval::new();
+        let relayed = b.path_mut(Path::Relayed).expect("counted");
+        relayed.record(&arrival, Some(9_000));
+        relayed.record(&gap, None);
+        a.add(&b);
+        let mut t = ShardTotals::new();
+        t.add_interval(&a);
+        let mut other = ShardTotals::new();
+        other.add_interval(&b);
+        t.add(&other);
+        assert_eq!(t.local.counts.received, 2);
+        assert_eq!(t.local.latency().map(Histogram::len), Some(2));
+        assert_eq!(
+            t.relayed.counts.received, 2,
+            "b, once via a and once directly"
+        );
+        assert_eq!(t.relayed.counts.lost(), 4, "expected 1 + 2, twice");
+        let relayed = t.relayed.latency().expect("samples");
+        assert_eq!(relayed.len(), 2);
+        assert!(relayed.min() >= 8_990, "{}", relayed.min());
     }
 }
