@@ -245,6 +245,13 @@ impl RelayEndpoint {
         &self.stats
     }
 
+    /// The links' datagram limit changed (QUIC's path MTU discovery): packets larger than
+    /// `max` are fragmented from now on. Below 200 bytes a limit is taken as 200 (no path
+    /// carrying QUIC is that small).
+    pub fn set_max_datagram(&mut self, max: usize) {
+        self.config.max_datagram = max.max(200);
+    }
+
     /// What crossed each link, with whether it is up now.
     pub fn link_stats(&self) -> Vec<RelayLinkStats> {
         let mut links: Vec<RelayLinkStats> = self

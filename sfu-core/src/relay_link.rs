@@ -523,6 +523,16 @@ impl Shell {
         }
         if self.stats_published.elapsed() >= STATS_INTERVAL {
             self.stats_published = Instant::now();
+            // One encoding serves every peer: fragment for the smallest limit of the links
+            // (each grows from QUIC's initial 1200-byte MTU as path MTU discovery succeeds).
+            if let Some(max) = self
+                .links
+                .values()
+                .filter_map(|l| l.connection.max_datagram_size())
+                .min()
+            {
+                self.relay.set_max_datagram(max);
+            }
             let links = self
                 .relay
                 .link_stats()
