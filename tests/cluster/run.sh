@@ -28,13 +28,19 @@
 #           region a give the local baseline for the hop's added latency; then the origin n1
 #           is killed: a publisher posting again lands beside the relayed subscribers, which
 #           get its media
+#   spill   n1 restarted with room for SPILL_CAP sessions; a publisher and SPILL_SUBS
+#           subscribers of one room, all asking for n1's region: once n1 is full the room's
+#           next sessions spill to another node, which relays the room from n1 (no loss,
+#           one copy of each packet per relay node); n1 then restarts with its usual room
 #
 # Environment:
 #   SFU_BIN_DIR         where control, sfu and sfu-load are (default: target/release)
 #   OUT_DIR             logs, sfu-load reports, figures.json (default: a temp dir)
-#   CLUSTER_SCENARIOS   default "spread drain kill link blip region"
+#   CLUSTER_SCENARIOS   default "spread drain kill link blip region spill"
 #   SPREAD_ROOMS        rooms of the placement count (default 1000; one audio publisher each)
 #   REGION_SUBS         subscribers of the region scenario (default 100, audio + video)
+#   SPILL_CAP / SPILL_SUBS  n1's room in sessions and the subscribers of the spill scenario
+#                       (default 20 / 60)
 #   SUSPECT_AFTER_MS / DEAD_AFTER_MS   control's cluster.suspect_after_ms / dead_after_ms
 #                       (default 1500 / 3000)
 #   MAX_LOSS            loss criterion of the media checks (default 2%)
@@ -47,8 +53,10 @@ export LC_ALL=C
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 BIN_DIR=${SFU_BIN_DIR:-$ROOT/target/release}
-SCENARIOS=${CLUSTER_SCENARIOS:-spread drain kill link blip region}
+SCENARIOS=${CLUSTER_SCENARIOS:-spread drain kill link blip region spill}
 REGION_SUBS=${REGION_SUBS:-100}
+SPILL_CAP=${SPILL_CAP:-20}
+SPILL_SUBS=${SPILL_SUBS:-60}
 SPREAD_ROOMS=${SPREAD_ROOMS:-1000}
 SUSPECT_AFTER_MS=${SUSPECT_AFTER_MS:-1500}
 DEAD_AFTER_MS=${DEAD_AFTER_MS:-3000}
@@ -311,13 +319,16 @@ start_control() {
 
 # start_node NODE: `sfu run` in NODE's namespace. Workers are not pinned: the three "hosts"
 # share this machine's cores, and pinning would put every node's worker on the first one.
-# n1 is in region a, n2 and n3 in region b (only the region scenario asks for regions).
+# n1 is in region a, n2 and n3 in region b (only the region scenarios ask for regions).
+# start_node NODE [CAPACITY]: CAPACITY sessions at most (node.max_sessions_per_worker; one
+# worker), else the default.
 start_node() {
-  local n=$1 region=b
+  local n=$1 region=b capacity=${2:-}
   [ "$n" = n1 ] && region=a
-  printf '[node]\npin_workers = false\n' >"$OUT_DIR/node.toml"
+  printf '[node]\npin_workers = false\n' >"$OUT_DIR/node-$n.toml"
+  [ -z "$capacity" ] || printf 'max_sessions_per_worker = %d\n' "$capacity" >>"$OUT_DIR/node-$n.toml"
   start "$n" "$n" env NO_COLOR=1 RUST_LOG="${RUST_LOG:-info}" \
-    "$BIN_DIR/sfu" run --config "$OUT_DIR/node.toml" --control "$CTL_ADDR:$CLUSTER_PORT" --node-id "$n" \
+    "$BIN_DIR/sfu" run --config "$OUT_DIR/node-$n.toml" --control "$CTL_ADDR:$CLUSTER_PORT" --node-id "$n" \
     --cluster-secret "$SECRET" --control-cert "$OUT_DIR/control-cert.pem" --region "$region" \
     --advertise-ip "${NODE_ADDR[$n]}" --media-port-base "$MEDIA_PORT" --workers 1
 }
@@ -571,6 +582,58 @@ region_origin_lost() {
   start_node n1
   wait_for "n1 up again" 30 state_is n1 up
 }
+
+# Spill: the room's node is full (not draining, no other region asked for): the room's next
+# sessions land on another node, which relays the room from it.
+scenario_spill() {
+  local cap=$SPILL_CAP subs=$SPILL_SUBS
+  respawn_n1 "$cap"
+  local before
+  before=$(metric_sum sfu_cluster_relay_packets_total 'node="n1"' 'direction="out"')
+  checked_load spill --room-prefix sl- --rooms 1 --publishers 1 --subscribers "$subs" \
+    --publisher-region a --subscriber-region a --media audio-video --video-kbps 300 \
+    --ramp 50/s --duration 10s --connect-timeout 60s
+  wait_for "the spill sessions placed" 120 sessions_in_rooms sl- $((subs + 1))
+  local room on_n1 relays
+  room=$(api GET /api/rooms/sl-0)
+  on_n1=$(jq '[.sessions[] | select(.node == "n1")] | length' <<<"$room")
+  relays=$(jq '[.sessions[] | select(.node != "n1") | .node] | unique | length' <<<"$room")
+  [ "$on_n1" -eq "$cap" ] || fail "sl-0 has $on_n1 sessions on n1 (want its capacity, $cap): $room"
+  [ "$relays" -ge 1 ] || fail "no session of sl-0 spilled off n1: $room"
+  jq -e '.sessions[] | select(.kind == "publish") | .node == "n1"' <<<"$room" >/dev/null ||
+    fail "the publisher of sl-0 is not on n1: $room"
+  finish spill 180 || fail "spilled subscribers lost media ($OUT_DIR/spill.log)"
+  # shellcheck disable=SC2016 # $local and $relayed are jq's
+  report spill -e --argjson local $((cap - 1)) --argjson relayed $((subs - cap + 1)) '
+      .nodes.n1.publishers == 1 and .nodes.n1.subscribers == $local
+      and .packets_local.subscribers == $local and .packets_relayed.subscribers == $relayed
+      and .packets_relayed.received > 0' >/dev/null ||
+    fail "spill: want 1 publisher and $((cap - 1)) subscribers on n1, $((subs - cap + 1)) relayed; the report says nodes $(report spill -c .nodes), local $(report spill -c .packets_local), relayed $(report spill -c .packets_relayed)"
+  local sent crossed
+  sent=$(report spill .packets.sent)
+  relay_crossed() { echo $(( $(metric_sum sfu_cluster_relay_packets_total 'node="n1"' 'direction="out"') - before )); }
+  caught_up() { [ "$(relay_crossed)" -ge $((sent * relays * 9 / 10)) ]; }
+  wait_for "n1's relay figures in /metrics" 15 caught_up
+  crossed=$(relay_crossed)
+  # One copy per packet and relay node (plus hop repairs), not one per relayed subscriber.
+  [ "$crossed" -le $((sent * relays * 12 / 10)) ] ||
+    fail "n1 sent $crossed packets over relay links for $sent published ($relays relay node(s))"
+  figure spill_sessions_on_n1_and_relay_nodes "[$on_n1, $relays]"
+  figure spill_relay_packets_per_published "$(jq -n "$crossed / $sent * 1000 | round / 1000")"
+  figure spill_local_relayed_loss_pct "$(report spill -c '[.packets_local.loss_pct, .packets_relayed.loss_pct]')"
+  figure spill_local_relayed_latency_p50_p99_ms "$(report spill -c '[.latency_local_us, .latency_relayed_us] | map([.p50, .p99] | map(. / 1000 | . * 10 | round / 10))')"
+  respawn_n1
+}
+
+# respawn_n1 [CAPACITY]: stop n1 (it holds no session by now) and start it again, with room
+# for CAPACITY sessions if given.
+respawn_n1() {
+  stop n1 30 || true
+  wait_for "n1 gone" $((DEAD_AFTER_MS / 1000 + 20)) n1_not_up
+  start_node n1 "${1:-}"
+  wait_for "n1 up again" 30 state_is n1 up
+}
+n1_not_up() { ! state_is n1 up; }
 
 # After a node is lost (killed or cut off): control must declare it dead within dead_after + 1 s
 # of the loss; new WHIP + WHEP sessions for its rooms must land on a survivor and get media.
