@@ -204,6 +204,8 @@ async fn start_cluster(
     .with_context(|| format!("cannot listen on cluster.listen = {listen}"))?;
     let addr = endpoint.local_addr()?;
     tracing::info!(%addr, "cluster listening for media nodes (QUIC)");
+    // Every instance sharing the secret gives a pair of nodes the same relay link token.
+    nodes.set_link_secret(cluster.secret.as_bytes());
     tokio::spawn(link::serve(
         endpoint,
         Arc::new(cluster.secret.clone()),

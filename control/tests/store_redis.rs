@@ -154,6 +154,29 @@ fn up_nodes(server: &Server) -> f64 {
         .sum_where("sfu_cluster_nodes", &[("state", "up")])
 }
 
+/// An admin API call with an admin token for every room.
+fn admin_call(server: &Server, method: Method, target: &str) -> HttpResponse {
+    let admin = dev_token(
+        "*",
+        "operator",
+        Grants {
+            admin: true,
+            ..Grants::default()
+        },
+    )
+    .expect("token");
+    server
+        .client
+        .request(&HttpRequest {
+            method,
+            target,
+            content_type: None,
+            bearer: Some(&admin),
+            body: b"",
+        })
+        .unwrap_or_else(|e| panic!("{target}: {e}"))
+}
+
 fn session_of(location: &str) -> SessionId {
     location
         .rsplit('/')
@@ -208,27 +231,6 @@ fn two_instances_share_sessions_and_ride_out_a_redis_restart() {
         "gone for A too"
     );
     // Its counts went with it: the room is no longer listed on either instance.
-    let admin = dev_token(
-        "*",
-        "operator",
-        Grants {
-            admin: true,
-            ..Grants::default()
-        },
-    )
-    .expect("token");
-    let admin_call = |server: &Server, method: Method, target: &str| {
-        server
-            .client
-            .request(&HttpRequest {
-                method,
-                target,
-                content_type: None,
-                bearer: Some(&admin),
-                body: b"",
-            })
-            .unwrap_or_else(|e| panic!("{target}: {e}"))
-    };
     for server in [&a, &b] {
         let rooms = admin_call(server, Method::Get, "/api/rooms");
         assert_eq!(rooms.status, 200, "{rooms:?}");
@@ -314,5 +316,69 @@ fn two_instances_share_sessions_and_ride_out_a_redis_restart() {
         wait_until(Duration::from_secs(5), || subscriber.packets(Audio) > after),
         "media still flows after the outage"
     );
+    drop(publisher);
+}
+
+#[test]
+fn a_room_spans_nodes_held_by_different_instances() {
+    let redis = Redis::start();
+    let dir = TempDir::new();
+    let a = instance(&redis, &dir);
+    let b = instance(&redis, &dir);
+    let cert = dir.0.join("cert.pem");
+    let control_a = a.log_line("cluster: ").expect("A's cluster address");
+    let control_b = b.log_line("cluster: ").expect("B's cluster address");
+    let n1 = TestNode::start("n1", &control_a, &cert, SECRET);
+    let n2 = TestNode::start("n2", &control_b, &cert, SECRET);
+    assert!(
+        wait_until(Duration::from_secs(15), || up_nodes(&a) == 2.0
+            && up_nodes(&b) == 2.0),
+        "n1 (A's link) and n2 (B's) up on both instances: A {} / B {}",
+        up_nodes(&a),
+        up_nodes(&b)
+    );
+
+    // A room published through A lands on one node; drained (through A, whoever holds it),
+    // the room's next session, offered to B, lands on the other node. B has the two nodes
+    // relay the room, reaching the node it does not hold through the instance that does,
+    // with the relay address that instance published in the registry.
+    let publisher = a.publish("across", true, Some(VideoConfig::default()));
+    let origin = publisher.node().expect("X-Sfu-Node").to_string();
+    let other = if origin == "n1" { "n2" } else { "n1" };
+    let drained = admin_call(&a, Method::Post, &format!("/api/nodes/{origin}/drain"));
+    assert_eq!(drained.status, 200, "{drained:?}");
+    assert!(
+        wait_until(Duration::from_secs(10), || admin_call(
+            &b,
+            Method::Get,
+            "/api/nodes"
+        )
+        .body
+        .contains("\"draining\"")),
+        "B learns of the drain from the registry"
+    );
+    let subscriber = b.subscribe("across");
+    assert_eq!(subscriber.node(), Some(other));
+    let other_ports = if other == "n1" { &n1.ports } else { &n2.ports };
+    assert!(candidate_ports(subscriber.answer()).is_subset(other_ports));
+    expect_media(&subscriber, Audio, "relayed between instances' nodes");
+    expect_media(&subscriber, Video, "relayed between instances' nodes");
+
+    // Either instance shows the relay, asking each node through whoever holds it.
+    for server in [&a, &b] {
+        let room = admin_call(server, Method::Get, "/api/rooms/across");
+        assert_eq!(room.status, 200, "{room:?}");
+        let room: serde_json::Value = serde_json::from_str(&room.body).expect("JSON");
+        let at_other = room["relays"]
+            .as_array()
+            .and_then(|r| r.iter().find(|r| r["node"] == other).cloned())
+            .unwrap_or_default();
+        assert_eq!(at_other["from"][0]["node"], origin.as_str(), "{room}");
+        assert_eq!(
+            at_other["from"][0]["tracks"].as_array().map(Vec::len),
+            Some(2),
+            "{room}"
+        );
+    }
     drop(publisher);
 }

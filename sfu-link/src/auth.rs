@@ -34,6 +34,23 @@ pub fn verify(
     mac(secret, nonce, node).verify_slice(proof).is_ok()
 }
 
+const RELAY_DOMAIN: &[u8] = b"sfu relay link token v1\0";
+
+/// The token that introduces node `relay` to node `origin` for a relay link
+/// (docs/cascade.md): HMAC-SHA256(secret, domain ‖ relay ‖ 0 ‖ origin). Every control
+/// instance sharing the cluster secret, and a restarted one, derives the same token for a
+/// pair, so a link opened on one instance's word is accepted on another's.
+pub fn relay_link_token(secret: &[u8], relay: &NodeId, origin: &NodeId) -> [u8; 32] {
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret)
+        .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
+    mac.update(RELAY_DOMAIN);
+    // Node ids never contain a zero byte, so the pair is unambiguous.
+    mac.update(relay.as_str().as_bytes());
+    mac.update(&[0]);
+    mac.update(origin.as_str().as_bytes());
+    mac.finalize().into_bytes().into()
+}
+
 fn mac(secret: &[u8], nonce: &[u8; NONCE_LEN], node: &NodeId) -> Hmac<Sha256> {
     // HMAC takes keys of any length; `new_from_slice` cannot fail for it.
     let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret)
@@ -50,6 +67,22 @@ mod tests {
 
     fn node(name: &str) -> NodeId {
         name.parse().expect("valid node id")
+    }
+
+    #[test]
+    fn a_relay_token_depends_on_the_secret_and_the_ordered_pair() {
+        let secret = b"0123456789abcdef-cluster";
+        let t = relay_link_token(secret, &node("a"), &node("b"));
+        assert_eq!(t, relay_link_token(secret, &node("a"), &node("b")));
+        assert_ne!(t, relay_link_token(secret, &node("b"), &node("a")));
+        assert_ne!(
+            relay_link_token(secret, &node("a"), &node("bc")),
+            relay_link_token(secret, &node("ab"), &node("c"))
+        );
+        assert_ne!(
+            t,
+            relay_link_token(b"another secret, 16+", &node("a"), &node("b"))
+        );
     }
 
     #[test]

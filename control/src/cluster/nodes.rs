@@ -97,8 +97,11 @@ struct Inner {
     /// drain can be the first input past a deadline), held for the next tick: the task that
     /// ticks is the one that ends the sessions, so it must see every expiry.
     expired: Vec<HealthEvent>,
-    /// Relay link tokens by (relay node, origin node).
+    /// Relay link tokens by (relay node, origin node), minted at random when no cluster
+    /// secret derives them (see [`Nodes::set_link_secret`]).
     link_tokens: HashMap<(NodeId, NodeId), [u8; 32]>,
+    /// The cluster secret, which derives the relay link tokens.
+    link_secret: Option<Vec<u8>>,
 }
 
 impl Inner {
@@ -120,6 +123,7 @@ impl Nodes {
                 health: HealthTable::new(health),
                 expired: Vec::new(),
                 link_tokens: HashMap::new(),
+                link_secret: None,
             }),
             placement,
             counters: Counters::default(),
@@ -358,6 +362,7 @@ impl Nodes {
                     region: m.region.clone(),
                     capacity: m.capacity,
                     state,
+                    relay: m.relay.clone(),
                 })
             })
             .collect()
@@ -403,6 +408,7 @@ impl Nodes {
                     m.region = entry.region.clone();
                     m.capacity = entry.capacity;
                     m.shared = Some((entry.holder.clone(), entry.state));
+                    m.relay = entry.relay.clone();
                 }
                 continue;
             }
@@ -420,7 +426,7 @@ impl Nodes {
                     linked: false,
                     rtt: None,
                     shared: Some((entry.holder.clone(), entry.state)),
-                    relay: None,
+                    relay: entry.relay.clone(),
                 },
             );
         }
@@ -450,10 +456,21 @@ impl Nodes {
         self.lock().members.get(node)?.relay.clone()
     }
 
-    /// The token that introduces `relay` to `origin` for relay links: minted on first use
-    /// and kept for the pair, so that a link reopened later proves the same.
+    /// Derive relay link tokens from the cluster secret (`cluster.secret`), so that every
+    /// control instance gives a pair of nodes the same token.
+    pub fn set_link_secret(&self, secret: &[u8]) {
+        self.lock().link_secret = Some(secret.to_vec());
+    }
+
+    /// The token that introduces `relay` to `origin` for relay links: derived from the
+    /// cluster secret when there is one (the same on every control instance and after a
+    /// restart), else minted on first use and kept for the pair, so that a link reopened
+    /// later proves the same.
     pub fn link_token(&self, relay: &NodeId, origin: &NodeId) -> [u8; 32] {
         let mut inner = self.lock();
+        if let Some(secret) = &inner.link_secret {
+            return sfu_link::auth::relay_link_token(secret, relay, origin);
+        }
         *inner
             .link_tokens
             .entry((relay.clone(), origin.clone()))

@@ -21,12 +21,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use futures_util::StreamExt;
 use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::{Deserialize, Serialize};
 use sfu_core::SessionKind;
 use sfu_core::ids::{NodeId, SessionId, TrackId, WorkerId};
+use sfu_core::proto::RelayAddress;
 use sfu_core::proto::{HeldSession, NodeError, NodeRequest, NodeResponse, TrackInfo};
 use tokio::sync::oneshot;
 
@@ -219,6 +222,8 @@ pub struct RegistryEntry {
     pub region: Option<String>,
     pub capacity: u64,
     pub state: NodeState,
+    /// Where other nodes reach its relay endpoint (rooms that span nodes).
+    pub relay: Option<RelayAddress>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -229,6 +234,16 @@ struct WireEntry {
     region: Option<String>,
     capacity: u64,
     state: String,
+    /// Absent in entries of instances older than relays.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    relay: Option<WireRelay>,
+}
+
+/// A relay address in the registry: the certificate (DER) in base64.
+#[derive(Debug, Serialize, Deserialize)]
+struct WireRelay {
+    addr: std::net::SocketAddr,
+    cert: String,
 }
 
 pub fn encode_entry(entry: &RegistryEntry) -> String {
@@ -239,6 +254,10 @@ pub fn encode_entry(entry: &RegistryEntry) -> String {
         region: entry.region.clone(),
         capacity: entry.capacity,
         state: entry.state.as_str().to_string(),
+        relay: entry.relay.as_ref().map(|r| WireRelay {
+            addr: r.addr,
+            cert: BASE64.encode(&r.cert),
+        }),
     })
     .unwrap_or_default()
 }
@@ -270,6 +289,15 @@ pub fn decode_entry(bytes: &[u8]) -> Result<RegistryEntry, StoreError> {
         region: wire.region,
         capacity: wire.capacity,
         state,
+        relay: wire
+            .relay
+            .map(|r| {
+                BASE64
+                    .decode(&r.cert)
+                    .map(|cert| RelayAddress { addr: r.addr, cert })
+                    .map_err(|e| StoreError::Corrupt(format!("registry entry relay cert: {e}")))
+            })
+            .transpose()?,
     })
 }
 
@@ -907,8 +935,35 @@ mod tests {
             region: Some("eu".into()),
             capacity: 100,
             state: NodeState::Draining,
+            relay: None,
         };
         assert_eq!(decode_entry(encode_entry(&entry).as_bytes()), Ok(entry));
+        let relaying = RegistryEntry {
+            relay: Some(RelayAddress {
+                addr: "10.0.0.2:7402".parse().expect("address"),
+                cert: vec![0x30, 0x82, 0, 255],
+            }),
+            ..entry_of("n3")
+        };
+        assert_eq!(
+            decode_entry(encode_entry(&relaying).as_bytes()),
+            Ok(relaying)
+        );
+        // An entry of an instance older than relays has no `relay`.
+        let old = r#"{"v":1,"node":"n4","holder":"x","region":null,"capacity":1,"state":"up"}"#
+            .replace("\"v\":1", &format!("\"v\":{VERSION}"));
+        assert_eq!(decode_entry(old.as_bytes()).map(|e| e.relay), Ok(None));
+    }
+
+    fn entry_of(node: &str) -> RegistryEntry {
+        RegistryEntry {
+            node: node.parse().expect("node id"),
+            holder: "abc".into(),
+            region: None,
+            capacity: 1,
+            state: NodeState::Up,
+            relay: None,
+        }
     }
 
     proptest! {
