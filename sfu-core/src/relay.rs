@@ -324,6 +324,34 @@ impl RelayEndpoint {
         self.rooms.get_mut(&key).expect("inserted above")
     }
 
+    /// Origin `peer` is given up (its link stayed closed; the shell's call): rooms no longer
+    /// relay from it, their tracks from it end. Returns how many rooms relayed from it.
+    pub fn forget_origin(&mut self, now: Instant, peer: &NodeId) -> usize {
+        self.now = now;
+        let keys: Vec<RoomKey> = self
+            .rooms
+            .iter()
+            .filter(|(_, r)| r.relayed.iter().any(|rel| &rel.from == peer))
+            .map(|(k, _)| *k)
+            .collect();
+        for &key in &keys {
+            self.stop_relaying(key, peer);
+            self.drop_if_unused(key);
+        }
+        keys.len()
+    }
+
+    /// Room `key` is no longer relayed from `from`: its tracks from there end.
+    fn stop_relaying(&mut self, key: RoomKey, from: &NodeId) {
+        self.unpublish_relayed(key, from, None);
+        if let Some(r) = self.rooms.get_mut(&key) {
+            r.relayed.retain(|rel| &rel.from != from);
+            if r.relayed.is_empty() {
+                r.idle_since = None;
+            }
+        }
+    }
+
     /// Control asks this node to relay room `id` (this node's key `key`) from node `from`,
     /// and to leave it after `idle` without a subscriber here (`None`: the configured
     /// default). Joins at once if the link to `from` is up, else when it comes up.
@@ -956,12 +984,8 @@ impl RelayEndpoint {
             })
             .collect();
         for (key, from) in expired {
-            self.unpublish_relayed(key, &from, None);
-            if let Some(r) = self.rooms.get_mut(&key) {
-                r.relayed.retain(|rel| rel.from != from);
-                if r.relayed.is_empty() {
-                    r.idle_since = None;
-                }
+            self.stop_relaying(key, &from);
+            if let Some(r) = self.rooms.get(&key) {
                 if self.links_up.contains(&from) {
                     self.frames
                         .push_back((from, RelayFrame::Leave { room: r.id.clone() }));

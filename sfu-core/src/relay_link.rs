@@ -41,6 +41,17 @@ const FRAME_QUEUE: usize = 1024;
 /// [`RETRY_MAX`].
 const RETRY: Duration = Duration::from_millis(250);
 const RETRY_MAX: Duration = Duration::from_secs(5);
+/// An origin whose link stays closed this long is given up: its rooms are no longer relayed
+/// from it here until control asks again (with its new address and certificate if it
+/// restarted; control does so for each new session of a room on several nodes).
+const GIVE_UP: Duration = Duration::from_secs(60);
+
+/// How to reach an origin: address, certificate (DER) and link token.
+type Origin = (SocketAddr, Vec<u8>, [u8; LINK_TOKEN_LEN]);
+
+/// The origins control named, shared with the tasks opening their links: a task reads the
+/// latest address and certificate at each attempt, and stops when its origin is gone.
+type Origins = Arc<Mutex<HashMap<NodeId, Origin>>>;
 
 /// What the node asks of its relay shell.
 #[derive(Debug)]
@@ -211,6 +222,12 @@ enum LinkEvent {
         token: [u8; LINK_TOKEN_LEN],
         reply: tokio::sync::oneshot::Sender<bool>,
     },
+    /// Opening the link to `peer` stopped without a link: no room wants it any more, or it
+    /// failed for [`GIVE_UP`].
+    DialEnded {
+        peer: NodeId,
+        gave_up: bool,
+    },
 }
 
 struct Link {
@@ -231,9 +248,8 @@ struct Shell {
     expected: HashMap<NodeId, [u8; LINK_TOKEN_LEN]>,
     /// Links being opened.
     dialing: HashSet<NodeId>,
-    /// How to reach each origin control named (address, certificate, token), to open its
-    /// link again after it dropped.
-    origins: HashMap<NodeId, (SocketAddr, Vec<u8>, [u8; LINK_TOKEN_LEN])>,
+    /// How to reach each origin control named, to open its link again after it dropped.
+    origins: Origins,
     events_tx: mpsc::UnboundedSender<LinkEvent>,
     events: mpsc::UnboundedReceiver<LinkEvent>,
     to_wake: Vec<bool>,
@@ -264,7 +280,7 @@ impl Shell {
             links: HashMap::new(),
             expected: HashMap::new(),
             dialing: HashSet::new(),
-            origins: HashMap::new(),
+            origins: Arc::new(Mutex::new(HashMap::new())),
             events_tx,
             events,
             to_wake: vec![false; count],
@@ -378,10 +394,12 @@ impl Shell {
                 idle,
             } => {
                 self.relay.relay_room(now, key, &room, &origin, Some(idle));
-                self.origins
-                    .insert(origin.clone(), (addr, cert.clone(), token));
+                // A dial under way takes the new address and certificate at its next attempt
+                // (the origin may have restarted with a new certificate).
+                self.lock_origins()
+                    .insert(origin.clone(), (addr, cert, token));
                 if !self.links.contains_key(&origin) && self.dialing.insert(origin.clone()) {
-                    self.dial(origin, addr, cert, token);
+                    self.dial(origin);
                 }
             }
             RelayCommand::Expect { peer, token } => {
@@ -393,25 +411,53 @@ impl Shell {
         }
     }
 
-    fn dial(&self, peer: NodeId, addr: SocketAddr, cert: Vec<u8>, token: [u8; LINK_TOKEN_LEN]) {
-        let (endpoint, me, events) = (
+    fn lock_origins(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, Origin>> {
+        self.origins.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Open the link to origin `peer`, with the address and certificate control gave last,
+    /// retrying with backoff until it opens, no room wants it, or [`GIVE_UP`] passes.
+    fn dial(&self, peer: NodeId) {
+        let (endpoint, me, events, origins) = (
             self.endpoint.clone(),
             self.node.clone(),
             self.events_tx.clone(),
+            self.origins.clone(),
         );
         tokio::spawn(async move {
+            let started = tokio::time::Instant::now();
             let mut backoff = RETRY;
             loop {
+                let origin = origins
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&peer)
+                    .cloned();
+                let Some((addr, cert, token)) = origin else {
+                    let _ = events.send(LinkEvent::DialEnded {
+                        peer,
+                        gave_up: false,
+                    });
+                    return;
+                };
                 match open(&endpoint, &me, &peer, addr, &cert, token).await {
                     Ok((connection, sender, receiver)) => {
                         serve(peer, connection, sender, receiver, events, true).await;
                         return;
                     }
                     Err(e) => {
-                        tracing::warn!(%peer, %addr, error = %e, "relay link did not open; retrying");
                         if events.is_closed() {
                             return;
                         }
+                        if started.elapsed() >= GIVE_UP {
+                            tracing::warn!(%peer, %addr, error = %e, "relay link did not open for {} s; giving up", GIVE_UP.as_secs());
+                            let _ = events.send(LinkEvent::DialEnded {
+                                peer,
+                                gave_up: true,
+                            });
+                            return;
+                        }
+                        tracing::warn!(%peer, %addr, error = %e, "relay link did not open; retrying");
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(RETRY_MAX);
                     }
@@ -466,15 +512,24 @@ impl Shell {
                     self.relay.link_down(now, &peer);
                     // Rooms relayed from it want it back: open it again with what control gave.
                     let again = self.relay.relayed_rooms().any(|(_, from)| from == &peer);
-                    if again && self.dialing.insert(peer.clone()) {
-                        if let Some((addr, cert, token)) = self.origins.get(&peer).cloned() {
-                            self.dial(peer, addr, cert, token);
-                        }
+                    if again
+                        && self.lock_origins().contains_key(&peer)
+                        && self.dialing.insert(peer.clone())
+                    {
+                        self.dial(peer);
                     }
                 }
             }
             LinkEvent::Frame(peer, frame) => self.relay.handle_frame(now, &peer, frame),
             LinkEvent::Datagram(peer, bytes) => self.relay.handle_datagram(now, &peer, &bytes),
+            LinkEvent::DialEnded { peer, gave_up } => {
+                self.dialing.remove(&peer);
+                if gave_up {
+                    self.lock_origins().remove(&peer);
+                    let rooms = self.relay.forget_origin(now, &peer);
+                    tracing::warn!(%peer, rooms, "origin unreachable: its rooms are no longer relayed from it until control asks again");
+                }
+            }
             LinkEvent::Hello { peer, token, reply } => {
                 let ok = self.expected.get(&peer).is_some_and(|t| *t == token);
                 if !ok {
@@ -523,6 +578,17 @@ impl Shell {
         }
         if self.stats_published.elapsed() >= STATS_INTERVAL {
             self.stats_published = Instant::now();
+            // Links still being opened for origins no room is relayed from any more (they
+            // idled out): their tasks stop at the next attempt.
+            let unwanted: Vec<NodeId> = self
+                .dialing
+                .iter()
+                .filter(|p| !self.relay.relayed_rooms().any(|(_, from)| from == *p))
+                .cloned()
+                .collect();
+            for peer in unwanted {
+                self.lock_origins().remove(&peer);
+            }
             // One encoding serves every peer: fragment for the smallest limit of the links
             // (each grows from QUIC's initial 1200-byte MTU as path MTU discovery succeeds).
             if let Some(max) = self

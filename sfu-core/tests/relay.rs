@@ -254,6 +254,34 @@ fn the_origin_going_away_ends_the_relayed_tracks_and_a_new_link_brings_them_back
 }
 
 #[test]
+fn an_origin_given_up_is_no_longer_relayed_from() {
+    // The shell gives up an origin whose link stayed closed: the room is no longer relayed
+    // from it (nothing left to rejoin when a link to it comes up), until control asks again.
+    let mut kit = Kit::new(&[1, 1], NetConfig::default());
+    let (_, sub) = relayed_room(&mut kit, AV);
+    kit.run_for(Duration::from_secs(1));
+    kit.cut_relay(0, 1);
+    kit.run_for(Duration::from_secs(1));
+    let origin = kit.nodes[0].id.clone();
+    let now = kit.now();
+    assert_eq!(kit.nodes[1].relay.forget_origin(now, &origin), 1);
+    assert_eq!(kit.nodes[1].relay.relayed_rooms().count(), 0);
+    let sent = kit.nodes[0].relay.stats().packets_out;
+    kit.link_relay(0, 1);
+    kit.run_for(Duration::from_secs(1));
+    assert_eq!(
+        kit.nodes[0].relay.stats().packets_out,
+        sent,
+        "nothing joined again"
+    );
+    // Control asks again: the subscriber, still there, gets the publisher again.
+    let before = kit.peer(sub).received_on(1).len();
+    kit.relay_room(1, "r", 0);
+    kit.run_for(Duration::from_secs(2));
+    assert!(kit.peer(sub).received_on(1).len() > before + 50);
+}
+
+#[test]
 fn with_three_nodes_a_relayed_track_is_never_relayed_again() {
     // Node 1 relays from 0, node 2 relays from 1 (a misconfiguration control never makes):
     // node 1 has no track of its own, so nothing reaches node 2, and nothing loops back.

@@ -578,10 +578,20 @@ region_origin_lost() {
   [ "$on" = "$watchers" ] || fail "the new publisher of ro-0 landed on $on, not beside its subscribers on $watchers"
   wait_for "the watchers get the new publisher" 30 media_flows "$watchers"
   finish region-repost 60 || fail "the new publisher of ro-0 failed ($OUT_DIR/region-repost.log)"
-  stop region-watch || true
   start_node n1
   wait_for "n1 up again" 30 state_is n1 up
+  # n1 is back, with a new certificate. A publisher asking for region a lands on it, and
+  # control has it and $watchers relay ro-0 to each other again: their link opens with the
+  # addresses and certificates control gives now.
+  checked_load region-back --room-prefix ro- --rooms 1 --publishers 1 --subscribers 0 \
+    --publisher-region a --media audio --ramp 50/s --duration 10s
+  wait_for "the publisher of region-back placed on n1" 30 publisher_on ro-0 n1
+  wait_for "$watchers linked to the restarted n1" 30 relay_up "$watchers" n1
+  finish region-back 60 || fail "the publisher on the restarted n1 failed ($OUT_DIR/region-back.log)"
+  stop region-watch || true
 }
+relay_up() { [ "$(metric_sum sfu_cluster_relay_up "node=\"$1\"" "peer=\"$2\"")" = 1 ]; }
+publisher_on() { api GET "/api/rooms/$1" | jq -e --arg n "$2" 'any(.sessions[]; .kind == "publish" and .node == $n)' >/dev/null; }
 
 # Spill: the room's node is full (not draining, no other region asked for): the room's next
 # sessions land on another node, which relays the room from it.
