@@ -339,7 +339,7 @@ fn render_relays(out: &mut String, loads: &[(sfu_core::ids::NodeId, sfu_core::pr
         }
     }
     type Split = fn(&sfu_core::proto::RelayLinkStats) -> [(&'static str, u64); 2];
-    let split: [(&str, &str, &str, Split); 2] = [
+    let split: [(&str, &str, &str, Split); 3] = [
         (
             "sfu_cluster_relay_repairs_total",
             "Hop repairs on each relay link: NACK frames sent, packets retransmitted.",
@@ -350,6 +350,12 @@ fn render_relays(out: &mut String, loads: &[(sfu_core::ids::NodeId, sfu_core::pr
                     ("retransmitted", l.retransmitted),
                 ]
             },
+        ),
+        (
+            "sfu_cluster_relay_lost_total",
+            "Packets from the peer a node found missing on each relay link: all gaps before the hop's repairs (detected), and those the repairs did not bring (unrepaired).",
+            "stage",
+            |l| [("detected", l.lost), ("unrepaired", l.unrepaired)],
         ),
         (
             "sfu_cluster_relay_dropped_total",

@@ -920,6 +920,7 @@ impl RelayEndpoint {
         };
         self.stats.packets_in += 1;
         let mut nacked = false;
+        let (mut lost, mut unrepaired) = (0u64, 0u64);
         // Gaps in the layer's sequence are NACKed to the origin (and again, see
         // `handle_timeout`, until they arrive or give up).
         let layer = header.layer.index();
@@ -927,12 +928,16 @@ impl RelayEndpoint {
         let next = &mut state.next_seq[layer];
         match *next {
             Some(expected) if header.seq > expected => {
+                lost = header.seq - expected;
+                // Beyond one NACK's worth the gap is a lost link: not asked for.
+                unrepaired = lost.saturating_sub(MAX_NACK as u64);
                 let gap: Vec<u64> = (expected..header.seq).take(MAX_NACK).collect();
                 for &seq in &gap {
                     missing.insert(seq, (now, 1));
                 }
                 while missing.len() > MAX_MISSING {
                     missing.pop_first();
+                    unrepaired += 1;
                 }
                 self.stats.nacks_sent += 1;
                 nacked = true;
@@ -965,6 +970,8 @@ impl RelayEndpoint {
         let link = self.link(peer);
         link.packets_in += 1;
         link.nacks_sent += u64::from(nacked);
+        link.lost += lost;
+        link.unrepaired += unrepaired;
     }
 
     /// Time passed: ask again for packets still missing, and leave relayed rooms that have
@@ -999,15 +1006,18 @@ impl RelayEndpoint {
     /// [`NACK_ATTEMPTS`].
     fn renack(&mut self, now: Instant) {
         let mut sent: Vec<NodeId> = Vec::new();
+        let mut given_up: Vec<(NodeId, u64)> = Vec::new();
         for rel in self.rooms.values_mut().flat_map(|r| &mut r.relayed) {
             for (track, state) in &mut rel.tracks {
                 for (layer, missing) in state.missing.iter_mut().enumerate() {
                     let mut again = Vec::new();
+                    let mut dropped = 0u64;
                     missing.retain(|&seq, (asked, attempts)| {
                         if now.saturating_duration_since(*asked) < NACK_RETRY {
                             return true;
                         }
                         if *attempts >= NACK_ATTEMPTS {
+                            dropped += 1;
                             return false;
                         }
                         *asked = now;
@@ -1015,6 +1025,9 @@ impl RelayEndpoint {
                         again.push(seq);
                         true
                     });
+                    if dropped > 0 {
+                        given_up.push((rel.from.clone(), dropped));
+                    }
                     for seqs in again.chunks(MAX_NACK) {
                         self.stats.nacks_sent += 1;
                         sent.push(rel.from.clone());
@@ -1032,6 +1045,9 @@ impl RelayEndpoint {
         }
         for peer in sent {
             self.link(&peer).nacks_sent += 1;
+        }
+        for (peer, n) in given_up {
+            self.link(&peer).unrepaired += n;
         }
     }
 

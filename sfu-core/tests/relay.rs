@@ -116,6 +116,15 @@ fn packets_lost_on_the_hop_are_repaired_from_the_origin() {
         relay.nacks_sent > 0 && origin.retransmitted > 0,
         "{relay:?} {origin:?}"
     );
+    // The link's figures: every loss seen (first losses only, at most what the network
+    // dropped, repairs lost too included there), none left unrepaired.
+    let link = kit.nodes[1].relay.link_stats()[0].clone();
+    assert!(
+        link.lost > 10 && link.lost <= kit.net.lost,
+        "{link:?}, {} lost",
+        kit.net.lost
+    );
+    assert_eq!(link.unrepaired, 0, "{link:?}");
     for (slot, what) in [(0, "audio"), (1, "video")] {
         let received = kit.peer(sub).received_on(slot);
         assert!(received.len() > 100, "{what}: {}", received.len());

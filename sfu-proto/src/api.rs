@@ -301,6 +301,10 @@ pub struct RelayLinkStats {
     pub dropped_size: u64,
     /// Datagrams QUIC refused to send (larger than the path allows, or its buffer full).
     pub dropped_congestion: u64,
+    /// Packets from the peer found missing on arrival (gaps in a layer's sequence), before
+    /// the hop's repairs, and those still missing when the repairs gave up.
+    pub lost: u64,
+    pub unrepaired: u64,
 }
 
 /// Whether a node's workers run.
