@@ -622,10 +622,17 @@ scenario_spill() {
   local sent crossed
   sent=$(report spill .packets.sent)
   relay_crossed() { echo $(( $(metric_sum sfu_cluster_relay_packets_total 'node="n1"' 'direction="out"') - before )); }
-  caught_up() { [ "$(relay_crossed)" -ge $((sent * relays * 9 / 10)) ]; }
-  wait_for "n1's relay figures in /metrics" 15 caught_up
+  # A relay node gets the room's packets from its first session on: the first relay node
+  # gets nearly all of them, a later one fewer (the later the spill reached it, as on a busy
+  # machine). So: at least one copy, at most one per relay node (plus hop repairs), never
+  # one per relayed subscriber.
+  local deadline=$(($(now_ms) + 15000))
+  until [ "$(relay_crossed)" -ge $((sent * 9 / 10)) ] || [ "$(now_ms)" -ge "$deadline" ]; do
+    sleep 0.2
+  done
   crossed=$(relay_crossed)
-  # One copy per packet and relay node (plus hop repairs), not one per relayed subscriber.
+  [ "$crossed" -ge $((sent * 9 / 10)) ] ||
+    fail "n1 sent $crossed packets over relay links for $sent published (want at least one copy; $relays relay node(s))"
   [ "$crossed" -le $((sent * relays * 12 / 10)) ] ||
     fail "n1 sent $crossed packets over relay links for $sent published ($relays relay node(s))"
   figure spill_sessions_on_n1_and_relay_nodes "[$on_n1, $relays]"
