@@ -7,7 +7,7 @@
 // Control path outside the engine: set-up and the event pump read the clock.
 #![allow(clippy::disallowed_methods)]
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -85,8 +85,11 @@ struct Directory {
     /// Room name → key and the number of sessions in it on this node.
     rooms: HashMap<RoomId, (RoomKey, usize)>,
     next_room: u32,
-    /// Rooms the relay endpoint was asked to relay (their keys stay).
-    relayed: HashSet<RoomId>,
+    /// Rooms the relay endpoint was asked to relay, each holding its key like one more
+    /// session until the endpoint releases it, with the generation of the latest ask (the
+    /// release of an older one is stale and ignored).
+    relayed: HashMap<RoomId, u64>,
+    next_relay_generation: u64,
     /// Publication order handed to publishers (larger = newer).
     next_order: u64,
     per_worker: Vec<usize>,
@@ -129,20 +132,36 @@ impl Directory {
         Ok((entry, self.next_order))
     }
 
-    /// The key of `room` for the relay endpoint, assigned if the room has none yet. A relayed
-    /// room keeps its key from then on (the endpoint knows it by that key), so it is counted
-    /// as one more holder that never leaves.
-    fn relay_key(&mut self, room: &RoomId) -> RoomKey {
+    /// The key of `room` for the relay endpoint, assigned if the room has none yet, and the
+    /// generation of this ask. The relay holds the key (one more holder) until the endpoint
+    /// releases the room ([`Directory::release_relay`]).
+    fn relay_key(&mut self, room: &RoomId) -> (RoomKey, u64) {
         let next = RoomKey(self.next_room);
         let (key, count) = self.rooms.entry(room.clone()).or_insert((next, 0));
         if *key == next {
             self.next_room = self.next_room.wrapping_add(1);
         }
-        if !self.relayed.contains(room) {
-            self.relayed.insert(room.clone());
+        self.next_relay_generation += 1;
+        let generation = self.next_relay_generation;
+        if self.relayed.insert(room.clone(), generation).is_none() {
             *count += 1;
         }
-        *key
+        (*key, generation)
+    }
+
+    /// The relay endpoint no longer relays `room` (as of ask `generation`): its hold on the
+    /// key ends, unless the room was asked for again since.
+    fn release_relay(&mut self, room: &RoomId, generation: u64) {
+        if self.relayed.get(room) != Some(&generation) {
+            return;
+        }
+        self.relayed.remove(room);
+        if let Some((_, count)) = self.rooms.get_mut(room) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.rooms.remove(room);
+            }
+        }
     }
 
     fn remove(&mut self, session: SessionId, room: &RoomId) {
@@ -382,6 +401,7 @@ impl Node {
         drop(engine_events);
         if let (Some(port), Some(messages)) = (config.relay_port, relay_messages) {
             let addr = SocketAddr::new(config.media_bind, port);
+            let directory = shared.clone();
             let host = RelayHost::start(
                 config.id.clone(),
                 addr,
@@ -389,6 +409,9 @@ impl Node {
                 mesh.clone(),
                 count,
                 messages,
+                Box::new(move |room: &RoomId, generation| {
+                    directory.directory().release_relay(room, generation);
+                }),
             )
             .map_err(|source| StartError::Relay { addr, source })?;
             node.relay = Some(host);
@@ -501,9 +524,10 @@ impl Node {
     /// Relay `r.room` from another node (docs/cascade.md).
     fn relay_room(&self, r: RelayRoom) -> Result<NodeResponse, NodeError> {
         let relay = self.relay.as_ref().ok_or_else(no_relay)?;
-        let key = self.shared.directory().relay_key(&r.room);
+        let (key, generation) = self.shared.directory().relay_key(&r.room);
         let sent = relay.command(RelayCommand::RelayRoom {
             key,
+            generation,
             room: r.room,
             origin: r.origin,
             addr: r.addr,
@@ -931,4 +955,47 @@ fn bind_sockets(config: &NodeConfig, count: usize) -> Result<Vec<UdpSocket>, Sta
         from: config.media_port_base,
         count,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn room(name: &str) -> RoomId {
+        name.parse().expect("room name")
+    }
+
+    fn directory() -> Directory {
+        Directory {
+            per_worker: vec![0],
+            ..Directory::default()
+        }
+    }
+
+    #[test]
+    fn a_relayed_room_keeps_its_key_until_the_relay_releases_it() {
+        let mut d = directory();
+        let (key, first) = d.relay_key(&room("r"));
+        let (again, second) = d.relay_key(&room("r"));
+        assert_eq!(key, again, "one key per room");
+        // A release for an older ask is stale: the room was asked for again since.
+        d.release_relay(&room("r"), first);
+        assert!(d.rooms.contains_key(&room("r")));
+        d.release_relay(&room("r"), second);
+        assert!(d.rooms.is_empty() && d.relayed.is_empty());
+        // Released while a session holds it: the key stays for the session.
+        let session = SessionId::from_u128(1);
+        let (entry, _) = d
+            .insert(session, &room("s"), SessionKind::Subscribe, "viewer")
+            .expect("insert");
+        let (key, generation) = d.relay_key(&room("s"));
+        assert_eq!(key, entry.room);
+        d.release_relay(&room("s"), generation);
+        assert_eq!(
+            d.rooms.get(&room("s")).map(|(k, n)| (*k, *n)),
+            Some((key, 1))
+        );
+        d.remove(session, &room("s"));
+        assert!(d.rooms.is_empty());
+    }
 }

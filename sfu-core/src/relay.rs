@@ -205,6 +205,8 @@ pub struct RelayEndpoint {
     reassemblers: HashMap<NodeId, Reassembler>,
     next_fragmented: u32,
     cross: VecDeque<(WorkerId, CrossWorker)>,
+    /// Rooms no longer relayed from any origin (for the node to release their keys).
+    released: VecDeque<RoomId>,
     frames: VecDeque<(NodeId, RelayFrame)>,
     /// Datagrams for peers; one packet sent to several peers shares its encoding.
     datagrams: VecDeque<(NodeId, Bytes)>,
@@ -229,6 +231,7 @@ impl RelayEndpoint {
             reassemblers: HashMap::new(),
             next_fragmented: 0,
             cross: VecDeque::new(),
+            released: VecDeque::new(),
             frames: VecDeque::new(),
             datagrams: VecDeque::new(),
             stats: RelayStats::default(),
@@ -345,9 +348,13 @@ impl RelayEndpoint {
     fn stop_relaying(&mut self, key: RoomKey, from: &NodeId) {
         self.unpublish_relayed(key, from, None);
         if let Some(r) = self.rooms.get_mut(&key) {
+            let before = r.relayed.len();
             r.relayed.retain(|rel| &rel.from != from);
             if r.relayed.is_empty() {
                 r.idle_since = None;
+                if before > 0 {
+                    self.released.push_back(r.id.clone());
+                }
             }
         }
     }
@@ -364,6 +371,8 @@ impl RelayEndpoint {
         idle: Option<Duration>,
     ) {
         self.now = now;
+        // Relayed again before the node released its key: it keeps it.
+        self.released.retain(|r| r != id);
         let idle = idle.unwrap_or(self.config.idle);
         let link_up = self.links_up.contains(from);
         let room = self.room_entry(key, id);
@@ -745,11 +754,13 @@ impl RelayEndpoint {
         let Some(r) = self.rooms.get_mut(&key) else {
             return;
         };
-        if r.joined_by.contains(peer) {
-            return;
+        // Joined again (a link replaced by another): the tracks are announced again, which
+        // the peer takes as known (what went over the old link may not have arrived).
+        let again = r.joined_by.contains(peer);
+        if !again {
+            r.joined_by.push(peer.clone());
         }
-        r.joined_by.push(peer.clone());
-        let first = r.joined_by.len() == 1;
+        let first = !again && r.joined_by.len() == 1;
         for t in &r.local {
             self.frames.push_back((
                 peer.clone(),
@@ -1085,13 +1096,22 @@ impl RelayEndpoint {
         });
         if unused {
             if let Some(r) = self.rooms.remove(&key) {
-                self.by_name.remove(&r.id);
+                // The name may already name a newer key of the room (see `room_entry`).
+                if self.by_name.get(&r.id) == Some(&key) {
+                    self.by_name.remove(&r.id);
+                }
             }
         }
     }
 
     pub fn poll_cross_worker(&mut self) -> Option<(WorkerId, CrossWorker)> {
         self.cross.pop_front()
+    }
+
+    /// A room that is no longer relayed from any origin here: its node may release the key
+    /// it holds for the relay.
+    pub fn poll_released(&mut self) -> Option<RoomId> {
+        self.released.pop_front()
     }
 
     pub fn poll_frame(&mut self) -> Option<(NodeId, RelayFrame)> {

@@ -46,6 +46,24 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 /// restarted; control does so for each new session of a room on several nodes).
 const GIVE_UP: Duration = Duration::from_secs(60);
 
+/// Tells the node that a room is no longer relayed here (room, generation of the last ask).
+pub type ReleaseRoom = Box<dyn Fn(&RoomId, u64) + Send>;
+
+/// How long a link closed as a duplicate waits for the pair's other connection before it
+/// counts as lost.
+const REPLACE_WAIT: Duration = Duration::from_secs(5);
+
+/// Why a node closes the second connection of a pair: the peer keeps the other one.
+const DUPLICATE: &[u8] = b"duplicate link";
+
+/// Whether the peer closed `connection` as the duplicate of another one it keeps.
+fn closed_as_duplicate(connection: &quinn::Connection) -> bool {
+    matches!(
+        connection.close_reason(),
+        Some(quinn::ConnectionError::ApplicationClosed(close)) if close.reason.as_ref() == DUPLICATE
+    )
+}
+
 /// How to reach an origin: address, certificate (DER) and link token.
 type Origin = (SocketAddr, Vec<u8>, [u8; LINK_TOKEN_LEN]);
 
@@ -60,6 +78,8 @@ pub enum RelayCommand {
     /// certificate `cert`, proving `token`.
     RelayRoom {
         key: RoomKey,
+        /// The node's count of relay asks, handed back when the room is released.
+        generation: u64,
         room: RoomId,
         origin: NodeId,
         addr: SocketAddr,
@@ -112,6 +132,8 @@ impl RelayHost {
     /// Start the shell for node `node`, listening on `bind` and advertised at `advertise`
     /// (the port is the bound one), as participant `mesh[me]` of the workers' mesh whose
     /// lossless messages arrive on `peer_messages`.
+    /// `release` is told each room the endpoint no longer relays, with the generation of the
+    /// command that last asked for it.
     pub fn start(
         node: NodeId,
         bind: SocketAddr,
@@ -119,6 +141,7 @@ impl RelayHost {
         mesh: Arc<Vec<WorkerHandle>>,
         me: usize,
         peer_messages: Receiver<WorkerCommand>,
+        release: ReleaseRoom,
     ) -> std::io::Result<RelayHost> {
         let identity =
             Identity::generate(vec!["sfu-relay".into()]).map_err(std::io::Error::other)?;
@@ -160,7 +183,8 @@ impl RelayHost {
                             return;
                         }
                     };
-                    let shell = Shell::new(node, endpoint, mesh, me, peer_messages, published);
+                    let shell =
+                        Shell::new(node, endpoint, mesh, me, peer_messages, published, release);
                     shell.run(commands_rx, stop_rx).await;
                 });
             })?;
@@ -257,6 +281,12 @@ struct Shell {
     stats_published: Instant,
     /// Datagrams QUIC refused, per peer.
     refused: HashMap<NodeId, u64>,
+    /// Peers whose link the peer closed as a duplicate, since when: the pair's other
+    /// connection is coming.
+    replacing: HashMap<NodeId, Instant>,
+    /// The generation of the last relay ask per room, and where released rooms go.
+    generations: HashMap<RoomId, u64>,
+    release: ReleaseRoom,
 }
 
 impl Shell {
@@ -267,6 +297,7 @@ impl Shell {
         me: usize,
         peer_messages: Receiver<WorkerCommand>,
         stats: RelayStatsHandle,
+        release: ReleaseRoom,
     ) -> Self {
         let (events_tx, events) = mpsc::unbounded_channel();
         let count = mesh.len();
@@ -287,6 +318,9 @@ impl Shell {
             stats,
             stats_published: Instant::now(),
             refused: HashMap::new(),
+            replacing: HashMap::new(),
+            generations: HashMap::new(),
+            release,
         }
     }
 
@@ -386,6 +420,7 @@ impl Shell {
         match command {
             RelayCommand::RelayRoom {
                 key,
+                generation,
                 room,
                 origin,
                 addr,
@@ -394,6 +429,7 @@ impl Shell {
                 idle,
             } => {
                 self.relay.relay_room(now, key, &room, &origin, Some(idle));
+                self.generations.insert(room, generation);
                 // A dial under way takes the new address and certificate at its next attempt
                 // (the origin may have restarted with a new certificate).
                 self.lock_origins()
@@ -466,6 +502,19 @@ impl Shell {
         });
     }
 
+    /// The link to `peer` is gone: its rooms' relayed tracks end, and the rooms relayed from
+    /// it open it again with what control gave.
+    fn lost(&mut self, now: Instant, peer: NodeId) {
+        tracing::warn!(%peer, "relay link down");
+        self.links.remove(&peer);
+        self.replacing.remove(&peer);
+        self.relay.link_down(now, &peer);
+        let again = self.relay.relayed_rooms().any(|(_, from)| from == &peer);
+        if again && self.lock_origins().contains_key(&peer) && self.dialing.insert(peer.clone()) {
+            self.dial(peer);
+        }
+    }
+
     fn event(&mut self, event: LinkEvent) {
         let now = Instant::now();
         match event {
@@ -475,7 +524,10 @@ impl Shell {
                 frames,
                 opened_here,
             } => {
-                self.dialing.remove(&peer);
+                if opened_here {
+                    self.dialing.remove(&peer);
+                }
+                self.replacing.remove(&peer);
                 // One connection per node pair. When both nodes opened one at once (each
                 // relays the room from the other), both keep the one opened by the node with
                 // the smaller id and close the other.
@@ -483,10 +535,10 @@ impl Shell {
                     |here: bool| (here && self.node < peer) || (!here && peer < self.node);
                 if let Some(existing) = self.links.get(&peer) {
                     if opener_is_smaller(existing.opened_here) || !opener_is_smaller(opened_here) {
-                        connection.close(0u32.into(), b"duplicate link");
+                        connection.close(0u32.into(), DUPLICATE);
                         return;
                     }
-                    existing.connection.close(0u32.into(), b"duplicate link");
+                    existing.connection.close(0u32.into(), DUPLICATE);
                 }
                 tracing::info!(%peer, remote = %connection.remote_address(), opened_here, "relay link up");
                 self.links.insert(
@@ -506,18 +558,15 @@ impl Shell {
                     .links
                     .get(&peer)
                     .is_some_and(|l| l.connection.stable_id() == connection.stable_id());
-                if current {
-                    tracing::warn!(%peer, "relay link down");
+                if current && closed_as_duplicate(&connection) {
+                    // Both nodes opened a connection at once and the peer kept the other one,
+                    // whose `Up` follows here: the rooms stay as they are (unless it does not
+                    // come within REPLACE_WAIT, see `flush`).
+                    tracing::debug!(%peer, "relay link replaced by the pair's other connection");
                     self.links.remove(&peer);
-                    self.relay.link_down(now, &peer);
-                    // Rooms relayed from it want it back: open it again with what control gave.
-                    let again = self.relay.relayed_rooms().any(|(_, from)| from == &peer);
-                    if again
-                        && self.lock_origins().contains_key(&peer)
-                        && self.dialing.insert(peer.clone())
-                    {
-                        self.dial(peer);
-                    }
+                    self.replacing.insert(peer, now);
+                } else if current {
+                    self.lost(now, peer);
                 }
             }
             LinkEvent::Frame(peer, frame) => self.relay.handle_frame(now, &peer, frame),
@@ -559,6 +608,11 @@ impl Shell {
                 self.mesh[worker].mailbox.wake();
             }
         }
+        while let Some(room) = self.relay.poll_released() {
+            if let Some(generation) = self.generations.remove(&room) {
+                (self.release)(&room, generation);
+            }
+        }
         while let Some((peer, frame)) = self.relay.poll_frame() {
             if let Some(link) = self.links.get(&peer) {
                 if link.frames.try_send(frame).is_err() {
@@ -578,6 +632,17 @@ impl Shell {
         }
         if self.stats_published.elapsed() >= STATS_INTERVAL {
             self.stats_published = Instant::now();
+            // A replaced link whose successor never came up is a lost link after all.
+            let now = Instant::now();
+            let stale: Vec<NodeId> = self
+                .replacing
+                .iter()
+                .filter(|(_, since)| now.saturating_duration_since(**since) >= REPLACE_WAIT)
+                .map(|(p, _)| p.clone())
+                .collect();
+            for peer in stale {
+                self.lost(now, peer);
+            }
             // Links still being opened for origins no room is relayed from any more (they
             // idled out): their tasks stop at the next attempt.
             let unwanted: Vec<NodeId> = self
