@@ -21,6 +21,7 @@ pub mod demux;
 pub mod forward;
 pub mod room;
 pub mod session;
+pub mod speaker;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
