@@ -707,14 +707,9 @@ impl RelayEndpoint {
                 }
             }
             RelayFrame::KeyframeRequest { track, layer } => {
-                // Origin side: to the worker whose session publishes the track, if the peer
-                // receives its room.
+                // Origin side: to the worker whose session publishes the track.
                 let origin = self
-                    .track_rooms
-                    .get(&track)
-                    .and_then(|key| self.rooms.get(key))
-                    .filter(|r| r.joined_by.contains(peer))
-                    .and_then(|r| r.local.iter().find(|t| t.published.id == track))
+                    .local_track_for(peer, track)
                     .map(|t| t.published.origin);
                 if let Some(worker) = origin {
                     self.cross
@@ -724,13 +719,7 @@ impl RelayEndpoint {
             RelayFrame::Nack { track, layer, seqs } => self.resend(peer, track, layer, &seqs),
             RelayFrame::Layers { track, mask } => {
                 // Origin side: only these layers of the track go to the peer from now on.
-                let local = self
-                    .track_rooms
-                    .get(&track)
-                    .and_then(|key| self.rooms.get_mut(key))
-                    .filter(|r| r.joined_by.contains(peer))
-                    .and_then(|r| r.local.iter_mut().find(|t| t.published.id == track));
-                if let Some(t) = local {
+                if let Some(t) = self.local_track_for(peer, track) {
                     t.masks.retain(|(p, _)| p != peer);
                     t.masks.push((peer.clone(), mask & ALL_LAYERS));
                 }
@@ -870,13 +859,8 @@ impl RelayEndpoint {
     fn resend(&mut self, peer: &NodeId, track: TrackId, layer: Layer, seqs: &[u64]) {
         let wanted: HashSet<u64> = seqs.iter().take(MAX_NACK).copied().collect();
         let found: Vec<Arc<MediaPacket>> = self
-            .track_rooms
-            .get(&track)
-            .and_then(|key| self.rooms.get(key))
-            .filter(|r| r.joined_by.contains(peer))
+            .local_track_for(peer, track)
             .into_iter()
-            .flat_map(|r| &r.local)
-            .filter(|t| t.published.id == track)
             .flat_map(|t| &t.retained)
             .filter(|p| p.header.layer == layer && wanted.contains(&p.header.seq))
             .cloned()
@@ -888,6 +872,16 @@ impl RelayEndpoint {
         }
     }
 
+    /// Origin side: track `track` published here, if `peer` joined its room (a peer acts
+    /// only on the rooms it receives).
+    fn local_track_for(&mut self, peer: &NodeId, track: TrackId) -> Option<&mut LocalTrack> {
+        self.track_rooms
+            .get(&track)
+            .and_then(|key| self.rooms.get_mut(key))
+            .filter(|r| r.joined_by.contains(peer))
+            .and_then(|r| r.local.iter_mut().find(|t| t.published.id == track))
+    }
+
     /// A datagram from peer node `peer`.
     pub fn handle_datagram(&mut self, now: Instant, peer: &NodeId, datagram: &[u8]) {
         self.now = now;
@@ -895,12 +889,15 @@ impl RelayEndpoint {
         let link = self.link(peer);
         link.datagrams_in += 1;
         link.bytes_in += datagram.len() as u64;
-        let packet = match self
-            .reassemblers
-            .entry(peer.clone())
-            .or_default()
-            .push(datagram)
-        {
+        // Per datagram: the peer's name is cloned only for its first one.
+        if !self.reassemblers.contains_key(peer) {
+            self.reassemblers
+                .insert(peer.clone(), Reassembler::default());
+        }
+        let Some(reassembler) = self.reassemblers.get_mut(peer) else {
+            return;
+        };
+        let packet = match reassembler.push(datagram) {
             Ok(Some(p)) => p,
             Ok(None) => return,
             Err(_) => {
