@@ -27,6 +27,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// `[cascade]`: rooms that span nodes (docs/cascade.md).
     pub cascade: CascadeConfig,
+    /// `[rtc]`: the WebSocket room protocol (docs/signaling.md).
+    pub rtc: crate::rtc::RtcConfig,
 }
 
 /// `[cascade]`: how rooms that span nodes are relayed between them.
@@ -302,6 +304,7 @@ impl Config {
             });
         }
         self.turn.validate()?;
+        self.rtc.validate()?;
         if let Some(url) = &self.store.redis_url {
             if !url.starts_with("redis://") {
                 return Err(ConfigError::Invalid {

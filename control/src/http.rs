@@ -12,7 +12,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
-use sfu_core::ids::{RoomId, SessionId};
+use sfu_core::ids::{NodeId, RoomId, SessionId};
 use sfu_core::proto::{CreateSession, SubscribePolicy};
 use sfu_core::{NodeError, NodeRequest, NodeResponse, SessionCreated, SessionKind};
 
@@ -48,6 +48,10 @@ pub struct AppState {
     pub turn: Option<TurnIssuer>,
     /// `cascade.idle_secs`, passed to nodes that relay a room.
     pub relay_idle_secs: u32,
+    /// `[rtc]`: the room protocol's limits.
+    pub rtc: crate::rtc::RtcConfig,
+    /// This instance's meeting participants.
+    pub rtc_hub: crate::rtc::Hub,
 }
 
 /// Build the router.
@@ -57,6 +61,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/", get(index))
         .route("/app.js", get(app_js))
         .route("/style.css", get(style_css))
+        .route("/meeting", get(meeting_html))
+        .route("/meeting.js", get(meeting_js))
+        .route("/meeting.css", get(meeting_css))
+        .route("/sdk/room.js", get(room_js))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -73,6 +81,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/api/rooms/{room}",
             get(crate::admin::room).delete(crate::admin::delete_room),
         )
+        .route("/rtc/{room}", get(crate::rtc::socket::upgrade))
         .route("/whip/{room}", post(whip_post).options(preflight))
         .route(
             "/whip/{room}/{session}",
@@ -201,6 +210,40 @@ async fn style_css() -> Response {
         include_str!("../static/style.css"),
     )
         .into_response()
+}
+
+/// A static file of the meeting page or the client SDK.
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+async fn meeting_html() -> Response {
+    asset(
+        "text/html; charset=utf-8",
+        include_str!("../static/meeting.html"),
+    )
+}
+
+async fn meeting_js() -> Response {
+    asset(
+        "text/javascript; charset=utf-8",
+        include_str!("../static/meeting.js"),
+    )
+}
+
+async fn meeting_css() -> Response {
+    asset(
+        "text/css; charset=utf-8",
+        include_str!("../static/meeting.css"),
+    )
+}
+
+/// The room protocol's JavaScript client, an ES module (docs/sdk.md).
+async fn room_js() -> Response {
+    asset(
+        "text/javascript; charset=utf-8",
+        include_str!("../static/sdk/room.js"),
+    )
 }
 
 /// 503 from the moment a worker stops until the watchdog (within a second) ends the process.
@@ -372,79 +415,19 @@ async fn offer(
             "bad offer: SDP must start with the line v=0",
         );
     }
-    // Record the session under the caps before the node does any work for this offer. Its id
-    // is chosen here: 128 random bits, unique across nodes, and the secret part of the
-    // session's URL.
-    let session = SessionId::random();
-    let view = match state.sessions.placement_view(&room).await {
-        Ok(view) => view,
-        Err(e) => return store_unavailable(e),
-    };
-    let (node_id, node) = match state.nodes.place(&room_id, query.region.as_deref(), &view) {
-        Ok(placed) => placed,
-        Err(e) => {
-            tracing::warn!(%room, error = %e, "no media node for an offer");
-            return text(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
-        }
-    };
-    // The room also lives on other nodes (its node drains, ...): relay it between them and
-    // this one before the session starts, so its media flows from the first packet.
-    if view.room_nodes.iter().any(|(n, _)| *n != node_id) {
-        let others: Vec<sfu_core::ids::NodeId> =
-            view.room_nodes.iter().map(|(n, _)| n.clone()).collect();
-        crate::cluster::cascade::connect(
-            &state.nodes,
-            &room_id,
-            &node_id,
-            &others,
-            state.relay_idle_secs,
-        )
-        .await;
-    }
-    let reservation = match state
-        .sessions
-        .reserve(session, &node_id, &room, kind, &claims.sub, state.caps)
-        .await
-    {
-        Ok(r) => r,
-        Err(ReserveError::Store(e)) => return store_unavailable(e),
-        Err(ReserveError::Cap(e)) => {
-            tracing::info!(%room, kind = kind.as_str(), identity = %claims.sub, error = %e, "offer refused");
-            let status = match e {
-                CapExceeded::Identity { .. } | CapExceeded::Room { .. } => {
-                    StatusCode::TOO_MANY_REQUESTS
-                }
-                CapExceeded::Node { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            };
-            return text(status, e.to_string());
-        }
-    };
-    let request = NodeRequest::CreateSession(CreateSession {
-        session,
-        room: room_id,
+    let placed = create_session(
+        &state,
+        &room_id,
+        &claims.sub,
         kind,
-        identity: claims.sub.clone(),
-        offer_sdp: sdp,
-        policy: SubscribePolicy::NewestOther,
-    });
-    let created: Result<SessionCreated, NodeError> = match node.call(request).await {
-        NodeResponse::SessionCreated(c) => Ok(c),
-        NodeResponse::Error(e) => Err(e),
-        other => Err(NodeError::SessionFailed(format!(
-            "unexpected node response {other:?}"
-        ))),
-    };
-    let created = match created {
-        Ok(c) => {
-            if !reservation.commit(c.worker).await {
-                tracing::info!(%room, %session, "session ended before its answer was sent");
-            }
-            c
-        }
-        Err(e) => {
-            tracing::info!(%room, kind = kind.as_str(), identity = %claims.sub, error = %e, "offer refused");
-            return node_error(e);
-        }
+        sdp,
+        SubscribePolicy::NewestOther,
+        query.region.as_deref(),
+    )
+    .await;
+    let (created, node_id) = match placed {
+        Ok(placed) => (placed.created, placed.node),
+        Err(e) => return e.into_response(),
     };
     tracing::info!(
         %room,
@@ -485,6 +468,120 @@ async fn offer(
         }
     }
     response
+}
+
+/// A session a node created for control.
+#[derive(Debug)]
+pub(crate) struct Placed {
+    pub created: SessionCreated,
+    pub node: NodeId,
+}
+
+/// Why control could not create a session. WHIP/WHEP and the room protocol word it their own
+/// way; the message is the same.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum OfferError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    NoNode(String),
+    #[error(transparent)]
+    Cap(#[from] CapExceeded),
+    #[error(transparent)]
+    Node(#[from] NodeError),
+}
+
+impl IntoResponse for OfferError {
+    fn into_response(self) -> Response {
+        match self {
+            OfferError::Store(e) => store_unavailable(e),
+            OfferError::NoNode(e) => text(StatusCode::SERVICE_UNAVAILABLE, e),
+            OfferError::Cap(e) => {
+                let status = match e {
+                    CapExceeded::Identity { .. } | CapExceeded::Room { .. } => {
+                        StatusCode::TOO_MANY_REQUESTS
+                    }
+                    CapExceeded::Node { .. } => StatusCode::SERVICE_UNAVAILABLE,
+                };
+                text(status, e.to_string())
+            }
+            OfferError::Node(e) => node_error(e),
+        }
+    }
+}
+
+/// Place a new session of `room` on a node and have the node answer `sdp`: the node the room
+/// lives on (relaying it from its other nodes, if it spans several), the session recorded
+/// under the caps before the node does any work. Its id is chosen here: 128 random bits,
+/// unique across nodes, and the secret part of a WHIP/WHEP session's URL.
+pub(crate) async fn create_session(
+    state: &AppState,
+    room_id: &RoomId,
+    identity: &str,
+    kind: SessionKind,
+    sdp: String,
+    policy: SubscribePolicy,
+    region: Option<&str>,
+) -> Result<Placed, OfferError> {
+    let room = room_id.as_str();
+    let session = SessionId::random();
+    let view = state.sessions.placement_view(room).await?;
+    let (node_id, node) = state.nodes.place(room_id, region, &view).map_err(|e| {
+        tracing::warn!(%room, error = %e, "no media node for an offer");
+        OfferError::NoNode(e.to_string())
+    })?;
+    // The room also lives on other nodes (its node drains, ...): relay it between them and
+    // this one before the session starts, so its media flows from the first packet.
+    if view.room_nodes.iter().any(|(n, _)| *n != node_id) {
+        let others: Vec<NodeId> = view.room_nodes.iter().map(|(n, _)| n.clone()).collect();
+        crate::cluster::cascade::connect(
+            &state.nodes,
+            room_id,
+            &node_id,
+            &others,
+            state.relay_idle_secs,
+        )
+        .await;
+    }
+    let reservation = match state
+        .sessions
+        .reserve(session, &node_id, room, kind, identity, state.caps)
+        .await
+    {
+        Ok(r) => r,
+        Err(ReserveError::Store(e)) => return Err(e.into()),
+        Err(ReserveError::Cap(e)) => {
+            tracing::info!(%room, kind = kind.as_str(), %identity, error = %e, "offer refused");
+            return Err(e.into());
+        }
+    };
+    let request = NodeRequest::CreateSession(CreateSession {
+        session,
+        room: room_id.clone(),
+        kind,
+        identity: identity.to_string(),
+        offer_sdp: sdp,
+        policy,
+    });
+    let created = match node.call(request).await {
+        NodeResponse::SessionCreated(c) => c,
+        NodeResponse::Error(e) => {
+            tracing::info!(%room, kind = kind.as_str(), %identity, error = %e, "offer refused");
+            return Err(e.into());
+        }
+        other => {
+            return Err(
+                NodeError::SessionFailed(format!("unexpected node response {other:?}")).into(),
+            );
+        }
+    };
+    if !reservation.commit(created.worker).await {
+        tracing::info!(%room, %session, "session ended before its answer was sent");
+    }
+    Ok(Placed {
+        created,
+        node: node_id,
+    })
 }
 
 /// `GET /api/turn`: TURN credentials for the token's identity (any valid token), for clients

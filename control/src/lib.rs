@@ -10,6 +10,7 @@ pub mod http;
 pub mod metrics;
 pub mod node_client;
 pub mod ratelimit;
+pub mod rtc;
 pub mod server;
 pub mod store;
 pub mod turn;

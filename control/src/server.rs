@@ -111,6 +111,8 @@ impl Server {
             },
             turn: crate::turn::TurnIssuer::new(&config.turn),
             relay_idle_secs: config.cascade.idle_secs,
+            rtc: config.rtc.clone(),
+            rtc_hub: Default::default(),
         });
         if state.limiter.is_none() {
             tracing::warn!(
@@ -255,6 +257,7 @@ async fn apply_node_events(
             FromNode::Event(NodeEvent::SessionEnded {
                 session, reason, ..
             }) => {
+                state.rtc_hub.session_ended(session, reason);
                 let removed = state.sessions.remove_ended(&node, session).await;
                 if let Err(e) = &removed {
                     tracing::warn!(%node, %session, error = %e, "cannot forget an ended session");

@@ -11,6 +11,8 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use control::store::redis::{RedisStore, room_channel, roster_key};
+use control::store::{RoomFeed, RosterEntry, RosterJoin};
 use sfu_core::ids::SessionId;
 use support::cluster::{TempDir, TestNode};
 use support::{Server, candidate_ports, expect_media, wait_until};
@@ -381,4 +383,286 @@ fn a_room_spans_nodes_held_by_different_instances() {
         );
     }
     drop(publisher);
+}
+
+// Meeting rooms through the store itself: two `RedisStore`s on one Redis stand for two
+// control instances.
+
+/// How long a condition may take to hold (generous: a loaded CI machine).
+const DEADLINE: Duration = Duration::from_secs(10);
+
+/// Await until `$cond` (which may `.await`) holds, or fail naming `$what`.
+macro_rules! eventually {
+    ($what:expr, $cond:expr) => {{
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            if $cond {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} within {DEADLINE:?}",
+                $what
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }};
+}
+
+fn store(redis: &Redis, instance: &str) -> RedisStore {
+    RedisStore::open(&redis.url(), instance.to_string()).expect("a store")
+}
+
+fn entry(identity: &str, pid: &str) -> RosterEntry {
+    RosterEntry {
+        identity: identity.into(),
+        pid: pid.into(),
+        data: format!(r#"{{"identity":"{identity}","pid":"{pid}"}}"#),
+    }
+}
+
+/// A connection of the test's own, to look at Redis from outside the stores.
+async fn raw(redis: &Redis) -> Option<redis::aio::MultiplexedConnection> {
+    let client = redis::Client::open(redis.url()).ok()?;
+    tokio::time::timeout(
+        Duration::from_secs(1),
+        client.get_multiplexed_async_connection(),
+    )
+    .await
+    .ok()?
+    .ok()
+}
+
+/// How many connections subscribe to `room`'s events (one per store listening), as Redis
+/// counts them; 0 while Redis does not answer.
+async fn subscribers(redis: &Redis, room: &str) -> usize {
+    let Some(mut conn) = raw(redis).await else {
+        return 0;
+    };
+    redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg(room_channel(room))
+        .query_async::<(String, usize)>(&mut conn)
+        .await
+        .map_or(0, |(_, n)| n)
+}
+
+async fn exists(redis: &Redis, key: &str) -> bool {
+    let mut conn = raw(redis).await.expect("a connection to Redis");
+    redis::cmd("EXISTS")
+        .arg(key)
+        .query_async::<usize>(&mut conn)
+        .await
+        .expect("EXISTS")
+        == 1
+}
+
+async fn next_event(feed: &mut RoomFeed, what: &str) -> String {
+    tokio::time::timeout(DEADLINE, feed.recv())
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no event within {DEADLINE:?}"))
+        .unwrap_or_else(|e| panic!("{what}: {e}"))
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_stores_share_a_roster_and_its_max() {
+    let redis = Redis::start();
+    let (a, b) = (store(&redis, "a"), store(&redis, "b"));
+    assert_eq!(
+        a.roster_put("r", entry("alice ✓", "1"), 2).await,
+        Ok(RosterJoin::Joined)
+    );
+    assert_eq!(
+        b.roster_put("r", entry("bob", "2"), 2).await,
+        Ok(RosterJoin::Joined)
+    );
+    // The room is full for a new identity, through either store.
+    assert_eq!(
+        b.roster_put("r", entry("carol", "3"), 2).await,
+        Ok(RosterJoin::Full)
+    );
+    assert_eq!(
+        a.roster_put("r", entry("carol", "3"), 2).await,
+        Ok(RosterJoin::Full)
+    );
+    // The same identity may always join again, replacing its entry.
+    assert_eq!(
+        b.roster_put("r", entry("alice ✓", "4"), 2).await,
+        Ok(RosterJoin::Joined)
+    );
+    let expected = vec![entry("alice ✓", "4"), entry("bob", "2")];
+    assert_eq!(a.roster("r").await, Ok(expected.clone()));
+    assert_eq!(b.roster("r").await, Ok(expected));
+    assert_eq!(a.roster("elsewhere").await, Ok(vec![]));
+
+    // Data reads back through the other store exactly as written.
+    let data = r#"{"identity":"bob","tracks":["a/b","\"quoted\" \\ ✓"],"n":12345678901234567}"#;
+    assert_eq!(b.roster_update("r", "bob", "2", data).await, Ok(true));
+    let roster = a.roster("r").await.expect("roster");
+    assert_eq!(roster[1].data, data);
+    // No limit.
+    assert_eq!(
+        a.roster_put("r", entry("carol", "5"), 0).await,
+        Ok(RosterJoin::Joined)
+    );
+    assert_eq!(b.roster("r").await.map(|r| r.len()), Ok(3));
+
+    // The roster expires as a whole unless written to; emptied, it is gone at once.
+    let mut conn = raw(&redis).await.expect("a connection to Redis");
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(roster_key("r"))
+        .query_async(&mut conn)
+        .await
+        .expect("PTTL");
+    assert!(ttl > 0, "the roster has a TTL: {ttl}");
+    assert_eq!(a.roster_remove("r", "alice ✓", "4").await, Ok(true));
+    assert_eq!(a.roster_remove("r", "bob", "2").await, Ok(true));
+    assert_eq!(b.roster_remove("r", "carol", "5").await, Ok(true));
+    assert_eq!(b.roster_remove("r", "carol", "5").await, Ok(false));
+    assert!(!exists(&redis, &roster_key("r")).await);
+    assert_eq!(a.health().errors(), 0);
+    assert_eq!(b.health().errors(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_join_can_neither_update_nor_remove_its_successor() {
+    let redis = Redis::start();
+    let (a, b) = (store(&redis, "a"), store(&redis, "b"));
+    assert_eq!(
+        a.roster_put("r", entry("alice", "old"), 0).await,
+        Ok(RosterJoin::Joined)
+    );
+    // Alice joins again through the other instance.
+    assert_eq!(
+        b.roster_put("r", entry("alice", "new"), 0).await,
+        Ok(RosterJoin::Joined)
+    );
+    assert_eq!(a.roster_update("r", "alice", "old", "{}").await, Ok(false));
+    assert_eq!(a.roster_remove("r", "alice", "old").await, Ok(false));
+    assert_eq!(a.roster("r").await, Ok(vec![entry("alice", "new")]));
+    assert_eq!(
+        b.roster_update("r", "alice", "new", r#"{"muted":true}"#)
+            .await,
+        Ok(true)
+    );
+    assert_eq!(
+        a.roster("r").await.map(|r| r[0].data.clone()),
+        Ok(r#"{"muted":true}"#.to_string())
+    );
+    assert_eq!(b.roster_update("r", "nobody", "new", "{}").await, Ok(false));
+    assert_eq!(b.roster_remove("r", "alice", "new").await, Ok(true));
+    assert_eq!(a.roster("r").await, Ok(vec![]));
+    assert_eq!(b.roster_update("r", "alice", "new", "{}").await, Ok(false));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_whose_lease_ran_out_leaves_the_roster_and_frees_its_place() {
+    let redis = Redis::start();
+    let (a, b) = (store(&redis, "a"), store(&redis, "b"));
+    assert_eq!(
+        a.roster_put("r", entry("alice", "1"), 1).await,
+        Ok(RosterJoin::Joined)
+    );
+    assert_eq!(
+        a.roster_put("s", entry("alice", "2"), 1).await,
+        Ok(RosterJoin::Joined)
+    );
+    assert_eq!(
+        b.roster_put("s", entry("bob", "3"), 1).await,
+        Ok(RosterJoin::Full)
+    );
+    // A's last renewals lease the entries briefly, then A dies.
+    a.set_roster_lease(Duration::from_millis(200));
+    assert_eq!(a.roster_update("r", "alice", "1", "{}").await, Ok(true));
+    assert_eq!(a.roster_update("s", "alice", "2", "{}").await, Ok(true));
+    eventually!(
+        "alice's expired entry leaves r's roster",
+        b.roster("r").await.expect("roster").is_empty()
+    );
+    // Gone for its writer too: it can no longer renew it.
+    assert_eq!(a.roster_update("r", "alice", "1", "{}").await, Ok(false));
+    // In s, nobody read the roster: the join itself sees the lease ran out.
+    eventually!(
+        "bob joins s once alice's lease ran out",
+        b.roster_put("s", entry("bob", "3"), 1).await == Ok(RosterJoin::Joined)
+    );
+    assert_eq!(b.roster("s").await, Ok(vec![entry("bob", "3")]));
+
+    // A room whose every writer died goes away by itself, roster never read.
+    assert_eq!(
+        a.roster_put("abandoned", entry("alice", "4"), 0).await,
+        Ok(RosterJoin::Joined)
+    );
+    eventually!(
+        "the abandoned room's roster expires",
+        !exists(&redis, &roster_key("abandoned")).await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_events_reach_every_listener_of_the_room_on_every_instance() {
+    let redis = Redis::start();
+    let (a, b) = (store(&redis, "a"), store(&redis, "b"));
+    let mut a1 = a.room_subscribe("r");
+    let mut a2 = a.room_subscribe("r");
+    let mut b1 = b.room_subscribe("r");
+    let mut other = b.room_subscribe("s");
+    // One subscription per instance and room, however many local listeners.
+    eventually!(
+        "A and B subscribe to r, B to s",
+        subscribers(&redis, "r").await == 2 && subscribers(&redis, "s").await == 1
+    );
+    a.room_publish("r", "hello").await.expect("publish");
+    assert_eq!(next_event(&mut a1, "A's first listener").await, "hello");
+    assert_eq!(next_event(&mut a2, "A's second listener").await, "hello");
+    assert_eq!(next_event(&mut b1, "B's listener").await, "hello");
+    // Another room's listener hears its own room's events only.
+    b.room_publish("s", "marker").await.expect("publish");
+    assert_eq!(next_event(&mut other, "s's listener").await, "marker");
+    assert!(other.try_recv().is_err());
+
+    // A's listeners of r gone, A unsubscribes from r; B still hears it.
+    drop((a1, a2));
+    eventually!("A unsubscribes from r", subscribers(&redis, "r").await == 1);
+    a.room_publish("r", "still").await.expect("publish");
+    assert_eq!(next_event(&mut b1, "B's listener").await, "still");
+    // And subscribes again for a new listener.
+    let mut a3 = a.room_subscribe("r");
+    eventually!(
+        "A subscribes to r again",
+        subscribers(&redis, "r").await == 2
+    );
+    b.room_publish("r", "again").await.expect("publish");
+    assert_eq!(next_event(&mut a3, "A's new listener").await, "again");
+    assert_eq!(next_event(&mut b1, "B's listener").await, "again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_events_and_rosters_come_back_after_a_redis_restart() {
+    let mut redis = Redis::start();
+    let (a, b) = (store(&redis, "a"), store(&redis, "b"));
+    let mut feed = a.room_subscribe("r");
+    eventually!("A subscribes to r", subscribers(&redis, "r").await == 1);
+    b.room_publish("r", "before").await.expect("publish");
+    assert_eq!(next_event(&mut feed, "before the restart").await, "before");
+
+    redis.stop();
+    assert!(b.room_publish("r", "lost").await.is_err());
+    redis.restart();
+    eventually!(
+        "A subscribes to r again by itself",
+        subscribers(&redis, "r").await == 1
+    );
+    eventually!(
+        "B publishes again",
+        b.room_publish("r", "after").await.is_ok()
+    );
+    assert_eq!(next_event(&mut feed, "after the restart").await, "after");
+    // Redis came back empty; rosters work again.
+    eventually!(
+        "A puts again",
+        a.roster_put("r", entry("alice", "1"), 1).await == Ok(RosterJoin::Joined)
+    );
+    assert_eq!(b.roster("r").await, Ok(vec![entry("alice", "1")]));
 }

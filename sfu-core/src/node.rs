@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::affinity::CpuPlan;
 use crate::config::{ConfigError, NodeConfig};
-use crate::engine::session::{Offer, Session, SessionSpec};
+use crate::engine::session::{self, Offer, Session, SessionSpec};
 use crate::engine::{Command, Engine, EngineConfig};
 use crate::ids::RoomKey;
 use crate::io::{self, Waker};
@@ -606,6 +606,20 @@ impl Node {
                 None => Err(no_relay()),
             },
             NodeRequest::RoomRelays { room } => self.room_relays(room).await,
+            NodeRequest::Renegotiate { session, offer_sdp } => {
+                // Garbage is refused here, before the worker sees it.
+                match Offer::parse(&offer_sdp) {
+                    Ok(offer) => {
+                        let command = Command::Renegotiate {
+                            session,
+                            offer: Box::new(offer),
+                            seed: rand::random(),
+                        };
+                        self.on_worker_of(session, command).await
+                    }
+                    Err(e) => Err(e),
+                }
+            }
         };
         result.unwrap_or_else(NodeResponse::Error)
     }
@@ -649,19 +663,12 @@ impl Node {
         };
         let (done, accepted) = oneshot::channel();
         let job: SetupJob = Box::new(move || {
-            let mut rng = rand::random::<u64>() | 1;
-            let initial_seq = move || {
-                rng ^= rng << 13;
-                rng ^= rng >> 7;
-                rng ^= rng << 17;
-                rng as u16
-            };
             let result = Session::accept(
                 spec,
                 offer,
                 candidate,
                 certificate,
-                initial_seq,
+                session::sequence_starts(rand::random()),
                 Instant::now(),
             );
             let _ = done.send(result);

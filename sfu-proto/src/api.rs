@@ -119,6 +119,13 @@ pub enum NodeRequest {
     RoomRelays {
         room: RoomId,
     },
+    /// A new offer on an existing session (the client added or removed media sections, or
+    /// restarts ICE): answered with [`NodeResponse::SessionCreated`] holding the new answer
+    /// and the session's tracks and slots after the change.
+    Renegotiate {
+        session: SessionId,
+        offer_sdp: String,
+    },
 }
 
 /// The answer to a [`NodeRequest`].
@@ -149,7 +156,8 @@ pub struct RelayedFrom {
     pub tracks: Vec<TrackId>,
 }
 
-/// A session the node accepted.
+/// A session the node accepted, or (after [`NodeRequest::Renegotiate`]) the session as the new
+/// offer left it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionCreated {
     pub session: SessionId,
@@ -159,6 +167,10 @@ pub struct SessionCreated {
     pub tracks: Vec<TrackInfo>,
     /// A subscriber's outgoing tracks, by slot index.
     pub slots: Vec<MediaKind>,
+    /// The media section (`a=mid`) of each of `tracks`, in the same order.
+    pub track_mids: Vec<String>,
+    /// The media section (`a=mid`) of each of `slots`, in the same order.
+    pub slot_mids: Vec<String>,
 }
 
 /// A track published in a room.

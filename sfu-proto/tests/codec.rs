@@ -89,6 +89,8 @@ fn request() -> impl Strategy<Value = NodeRequest> {
             }
         }),
         room().prop_map(|room| NodeRequest::RoomRelays { room }),
+        (session(), ".{0,300}")
+            .prop_map(|(session, offer_sdp)| NodeRequest::Renegotiate { session, offer_sdp }),
     ]
 }
 
@@ -108,6 +110,8 @@ fn response() -> impl Strategy<Value = NodeResponse> {
                     answer_sdp,
                     tracks,
                     slots,
+                    track_mids: vec!["0".into()],
+                    slot_mids: vec!["1".into(), "a".into()],
                 })
             }),
         Just(NodeResponse::Done),

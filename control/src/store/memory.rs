@@ -16,6 +16,8 @@ use super::{CapExceeded, Caps, SessionRecord};
 #[derive(Debug, Default)]
 pub struct SessionStore {
     inner: Mutex<Inner>,
+    /// Meeting rooms' rosters and event feeds.
+    pub rooms: super::rooms::MemoryRooms,
 }
 
 #[derive(Debug, Default)]

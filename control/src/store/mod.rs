@@ -12,6 +12,7 @@
 
 pub mod memory;
 pub mod redis;
+pub mod rooms;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -21,6 +22,7 @@ use sfu_core::ids::{NodeId, SessionId, TrackId, WorkerId};
 use sfu_core::proto::{HeldSession, TrackInfo};
 
 pub use memory::SessionStore;
+pub use rooms::{RoomFeed, RosterEntry, RosterJoin};
 
 /// One session as control knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -322,6 +324,79 @@ impl Store {
         match self {
             Store::Memory(m) => Ok(m.len()),
             Store::Redis(r) => r.total().await,
+        }
+    }
+}
+
+/// Meeting rooms: rosters and event feeds ([`rooms`]).
+impl Store {
+    /// Put `entry` in `room`'s roster (replacing the same identity's entry), unless the room
+    /// holds `max` other identities already (0: no limit).
+    pub async fn roster_put(
+        &self,
+        room: &str,
+        entry: RosterEntry,
+        max: usize,
+    ) -> Result<RosterJoin, StoreError> {
+        match self {
+            Store::Memory(m) => Ok(m.rooms.roster_put(room, entry, max)),
+            Store::Redis(r) => r.roster_put(room, entry, max).await,
+        }
+    }
+
+    /// Replace the data of `identity`'s roster entry if join `pid` still owns it (in Redis,
+    /// also renews the entry's lease). `Ok(false)`: another join owns it now, or (Redis) the
+    /// entry is gone: its lease ran out, or Redis restarted without it.
+    pub async fn roster_update(
+        &self,
+        room: &str,
+        identity: &str,
+        pid: &str,
+        data: &str,
+    ) -> Result<bool, StoreError> {
+        match self {
+            Store::Memory(m) => Ok(m.rooms.roster_update(room, identity, pid, data)),
+            Store::Redis(r) => r.roster_update(room, identity, pid, data).await,
+        }
+    }
+
+    /// Remove `identity`'s roster entry if join `pid` still owns it.
+    pub async fn roster_remove(
+        &self,
+        room: &str,
+        identity: &str,
+        pid: &str,
+    ) -> Result<bool, StoreError> {
+        match self {
+            Store::Memory(m) => Ok(m.rooms.roster_remove(room, identity, pid)),
+            Store::Redis(r) => r.roster_remove(room, identity, pid).await,
+        }
+    }
+
+    /// `room`'s roster, ordered by identity (in Redis, without entries whose lease expired).
+    pub async fn roster(&self, room: &str) -> Result<Vec<RosterEntry>, StoreError> {
+        match self {
+            Store::Memory(m) => Ok(m.rooms.roster(room)),
+            Store::Redis(r) => r.roster(room).await,
+        }
+    }
+
+    /// Send `message` to every listener of `room`, on every control instance.
+    pub async fn room_publish(&self, room: &str, message: &str) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(m) => {
+                m.rooms.publish(room, message);
+                Ok(())
+            }
+            Store::Redis(r) => r.room_publish(room, message).await,
+        }
+    }
+
+    /// Listen to `room`'s events from now on (this instance's and every other's).
+    pub fn room_subscribe(&self, room: &str) -> RoomFeed {
+        match self {
+            Store::Memory(m) => m.rooms.subscribe(room),
+            Store::Redis(r) => r.room_subscribe(room),
         }
     }
 }

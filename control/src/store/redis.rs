@@ -1,6 +1,7 @@
 //! The Redis backend of the [store](super): several control instances share the session
-//! index, the caps' counts, the room → node map and the node registry, and forward node
-//! requests to the instance holding a node's link over pub/sub.
+//! index, the caps' counts, the room → node map, the node registry and meeting rooms' rosters,
+//! forward node requests to the instance holding a node's link over pub/sub, and relay room
+//! events to every instance with listeners in the room (one pub/sub connection each).
 //!
 //! Key layout (one Redis, no cluster mode: the scripts touch several keys):
 //! - `sfu:session:{id}` — the session record (JSON, versioned: [`encode_record`]).
@@ -12,27 +13,35 @@
 //! - `sfu:registry` — set of node ids; `sfu:nodeinfo:{node}` — [`RegistryEntry`] (JSON)
 //!   with a TTL, refreshed by the instance holding the node's link.
 //! - channel `sfu:instance:{instance}` — [`Envelope`]s for that instance.
+//! - `sfu:rtc:{room}:roster` — a meeting room's roster ([rooms](super::rooms)): hash
+//!   identity → JSON `{v, pid, data, expires_ms}` (written by the scripts' `cjson`).
+//!   `expires_ms` is Redis's own clock (`TIME`, read inside the scripts) plus the writer's lease
+//!   ([`ROSTER_LEASE`]): an entry not renewed by then is ignored, and deleted by the next
+//!   script that reads it. The hash's TTL is pushed to at least twice the lease on every write,
+//!   so a room whose every writer died vanishes by itself.
+//! - channel `sfu:rtc:{room}:events` — the room's event feed.
 //!
 //! Every value read back is parsed; a value control did not write is
 //! [`StoreError::Corrupt`], never a panic.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use futures_util::StreamExt;
 use redis::AsyncCommands;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
 use serde::{Deserialize, Serialize};
 use sfu_core::SessionKind;
 use sfu_core::ids::{NodeId, SessionId, TrackId, WorkerId};
 use sfu_core::proto::RelayAddress;
 use sfu_core::proto::{HeldSession, NodeError, NodeRequest, NodeResponse, TrackInfo};
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, broadcast, oneshot};
 
+use super::rooms::{FEED_CAPACITY, RoomFeed, RosterEntry, RosterJoin};
 use super::{
     CapExceeded, Caps, PlacementView, ReserveError, SessionRecord, StoreError, StoreHealth,
 };
@@ -136,6 +145,180 @@ fn node_info_key(node: &str) -> String {
 /// The pub/sub channel of control instance `instance`.
 pub fn instance_channel(instance: &str) -> String {
     format!("sfu:instance:{instance}")
+}
+
+/// The hash holding `room`'s roster.
+pub fn roster_key(room: &str) -> String {
+    format!("sfu:rtc:{room}:roster")
+}
+
+const ROOM_CHANNEL_PREFIX: &str = "sfu:rtc:";
+const ROOM_CHANNEL_SUFFIX: &str = ":events";
+
+/// The pub/sub channel of `room`'s events.
+pub fn room_channel(room: &str) -> String {
+    format!("{ROOM_CHANNEL_PREFIX}{room}{ROOM_CHANNEL_SUFFIX}")
+}
+
+/// The room whose events `channel` carries.
+fn channel_room(channel: &str) -> Option<&str> {
+    channel
+        .strip_prefix(ROOM_CHANNEL_PREFIX)?
+        .strip_suffix(ROOM_CHANNEL_SUFFIX)
+}
+
+/// How long a roster entry stays after its last put or update. Its writer renews it well
+/// before (every ~10 s); an entry of an instance that died leaves within this.
+pub const ROSTER_LEASE: Duration = Duration::from_secs(30);
+
+/// What the roster scripts share. Every roster script takes KEYS[1] = the roster hash and
+/// ARGV[1] = [`VERSION`], ARGV[2] = the lease (ms), ARGV[3] = the identity, ARGV[4] = the pid;
+/// each adds its own after them. `read` gives an entry's fields, or nil for a value control
+/// cannot read (the caller answers `corrupt`); `write` stores an entry leased from `now` and
+/// pushes the hash's TTL to at least twice the lease (never shortens it: another instance may
+/// lease longer).
+macro_rules! roster_lua {
+    ($body:literal) => {
+        concat!(
+            r#"
+local version = tonumber(ARGV[1])
+local lease = tonumber(ARGV[2])
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function read(value)
+  local ok, e = pcall(cjson.decode, value)
+  if not ok or type(e) ~= 'table' or e.v ~= version or type(e.pid) ~= 'string'
+    or type(e.data) ~= 'string' or type(e.expires_ms) ~= 'number' then
+    return nil
+  end
+  return e
+end
+local function write(now, data)
+  redis.call('HSET', KEYS[1], ARGV[3],
+    cjson.encode({v = version, pid = ARGV[4], data = data, expires_ms = now + lease}))
+  if redis.call('PTTL', KEYS[1]) < 2 * lease then
+    redis.call('PEXPIRE', KEYS[1], 2 * lease)
+  end
+end
+"#,
+            $body
+        )
+    };
+}
+
+/// Put an entry (ARGV[5] = data, ARGV[6] = max): `joined`, `full` when `max` (> 0) other
+/// identities hold unexpired entries, `corrupt` when one of theirs cannot be read. The same
+/// identity's entry, expired or not, is replaced whatever its pid. Expired entries seen on
+/// the way are deleted.
+const ROSTER_PUT: &str = roster_lua!(
+    r#"
+local now = now_ms()
+local max = tonumber(ARGV[6]) or 0
+if max > 0 then
+  local all = redis.call('HGETALL', KEYS[1])
+  local others = 0
+  for i = 1, #all, 2 do
+    if all[i] ~= ARGV[3] then
+      local e = read(all[i + 1])
+      if not e then return 'corrupt' end
+      if e.expires_ms <= now then
+        redis.call('HDEL', KEYS[1], all[i])
+      else
+        others = others + 1
+      end
+    end
+  end
+  if others >= max then return 'full' end
+end
+write(now, ARGV[5])
+return 'joined'
+"#
+);
+
+/// Replace an entry's data (ARGV[5]) and renew its lease if join ARGV[4] owns it and its
+/// lease has not run out: 1, else 0 (an expired entry is deleted), -1 if it cannot be read.
+const ROSTER_UPDATE: &str = roster_lua!(
+    r#"
+local value = redis.call('HGET', KEYS[1], ARGV[3])
+if not value then return 0 end
+local e = read(value)
+if not e then return -1 end
+if e.pid ~= ARGV[4] then return 0 end
+local now = now_ms()
+if e.expires_ms <= now then
+  redis.call('HDEL', KEYS[1], ARGV[3])
+  return 0
+end
+write(now, ARGV[5])
+return 1
+"#
+);
+
+/// Delete an entry if join ARGV[4] owns it (expired or not): 1, else 0, -1 if it cannot be
+/// read.
+const ROSTER_REMOVE: &str = roster_lua!(
+    r#"
+local value = redis.call('HGET', KEYS[1], ARGV[3])
+if not value then return 0 end
+local e = read(value)
+if not e then return -1 end
+if e.pid ~= ARGV[4] then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[3])
+return 1
+"#
+);
+
+/// The unexpired entries as a flat list identity, value, … (values control cannot read
+/// included, for the caller to report); expired ones are deleted. ARGV[3] and ARGV[4] unused.
+const ROSTER_READ: &str = roster_lua!(
+    r#"
+local now = now_ms()
+local all = redis.call('HGETALL', KEYS[1])
+local live = {}
+for i = 1, #all, 2 do
+  local e = read(all[i + 1])
+  if e and e.expires_ms <= now then
+    redis.call('HDEL', KEYS[1], all[i])
+  else
+    live[#live + 1] = all[i]
+    live[#live + 1] = all[i + 1]
+  end
+end
+return live
+"#
+);
+
+/// A roster entry as stored (the identity is its hash field). Written by the scripts (Lua's
+/// `cjson`), read here.
+#[derive(Debug, Serialize, Deserialize)]
+struct WireRosterEntry {
+    v: u8,
+    pid: String,
+    data: String,
+    /// When the lease runs out, in ms since the Unix epoch by Redis's clock (checked by the
+    /// scripts only).
+    expires_ms: u64,
+}
+
+/// A roster entry read from Redis; anything control did not write is an error.
+pub fn decode_roster_entry(identity: &[u8], value: &[u8]) -> Result<RosterEntry, StoreError> {
+    let identity = String::from_utf8(identity.to_vec())
+        .map_err(|_| StoreError::Corrupt("a roster identity is not UTF-8".into()))?;
+    let wire: WireRosterEntry = serde_json::from_slice(value)
+        .map_err(|e| StoreError::Corrupt(format!("roster entry of {identity:?}: {e}")))?;
+    if wire.v != VERSION {
+        return Err(StoreError::Corrupt(format!(
+            "roster entry of {identity:?}: version {} (this control writes {VERSION})",
+            wire.v
+        )));
+    }
+    Ok(RosterEntry {
+        identity,
+        pid: wire.pid,
+        data: wire.data,
+    })
 }
 
 /// The session record as stored.
@@ -367,6 +550,14 @@ struct Inner {
     next_request: AtomicU64,
     reserve: redis::Script,
     remove: redis::Script,
+    roster_put: redis::Script,
+    roster_update: redis::Script,
+    roster_remove: redis::Script,
+    roster_read: redis::Script,
+    /// The lease of the roster entries this instance writes, in ms ([`ROSTER_LEASE`]).
+    roster_lease_ms: AtomicU64,
+    /// This instance's listeners of room events; the relaying task holds it weakly.
+    feeds: Arc<Feeds>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -400,6 +591,12 @@ impl RedisStore {
                 next_request: AtomicU64::new(1),
                 reserve: redis::Script::new(RESERVE),
                 remove: redis::Script::new(REMOVE),
+                roster_put: redis::Script::new(ROSTER_PUT),
+                roster_update: redis::Script::new(ROSTER_UPDATE),
+                roster_remove: redis::Script::new(ROSTER_REMOVE),
+                roster_read: redis::Script::new(ROSTER_READ),
+                roster_lease_ms: AtomicU64::new(duration_ms(ROSTER_LEASE)),
+                feeds: Arc::default(),
             }),
         })
     }
@@ -846,6 +1043,334 @@ impl RedisStore {
     }
 }
 
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+/// Meeting rooms: rosters and event feeds (see [`rooms`](super::rooms) for the semantics,
+/// which are those of the in-memory store, plus leases).
+impl RedisStore {
+    /// Lease the roster entries this instance writes from now on for `lease` instead of
+    /// [`ROSTER_LEASE`] (tests).
+    pub fn set_roster_lease(&self, lease: Duration) {
+        self.inner
+            .roster_lease_ms
+            .store(duration_ms(lease), Ordering::Relaxed);
+    }
+
+    /// A roster script invoked with the arguments every roster script takes.
+    fn roster_script<'a>(
+        &self,
+        script: &'a redis::Script,
+        room: &str,
+        identity: &str,
+        pid: &str,
+    ) -> redis::ScriptInvocation<'a> {
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(roster_key(room))
+            .arg(VERSION)
+            .arg(self.inner.roster_lease_ms.load(Ordering::Relaxed))
+            .arg(identity)
+            .arg(pid);
+        invocation
+    }
+
+    /// Put `entry` in `room`'s roster, replacing the same identity's entry, unless the room
+    /// already holds `max` other identities with unexpired entries (0: no limit). The entry
+    /// is leased: renew it with [`roster_update`](Self::roster_update).
+    pub async fn roster_put(
+        &self,
+        room: &str,
+        entry: RosterEntry,
+        max: usize,
+    ) -> Result<RosterJoin, StoreError> {
+        let result: Result<String, _> = self
+            .roster_script(&self.inner.roster_put, room, &entry.identity, &entry.pid)
+            .arg(&entry.data)
+            .arg(max)
+            .invoke_async(&mut self.conn())
+            .await;
+        let result = result
+            .map_err(store_error)
+            .and_then(|outcome| match outcome.as_str() {
+                "joined" => Ok(RosterJoin::Joined),
+                "full" => Ok(RosterJoin::Full),
+                "corrupt" => Err(StoreError::Corrupt(format!(
+                    "an entry of room {room:?}'s roster"
+                ))),
+                other => Err(StoreError::Corrupt(format!(
+                    "roster put answered {other:?}"
+                ))),
+            });
+        self.noted(result)
+    }
+
+    /// Replace the data of `identity`'s entry and renew its lease if join `pid` still owns
+    /// it. `Ok(false)`: no such entry, another join owns it, or its lease ran out (it is then
+    /// gone; put it again).
+    pub async fn roster_update(
+        &self,
+        room: &str,
+        identity: &str,
+        pid: &str,
+        data: &str,
+    ) -> Result<bool, StoreError> {
+        let result: Result<i64, _> = self
+            .roster_script(&self.inner.roster_update, room, identity, pid)
+            .arg(data)
+            .invoke_async(&mut self.conn())
+            .await;
+        self.noted(owned(result, room, identity))
+    }
+
+    /// Remove `identity`'s entry if join `pid` still owns it (even if its lease ran out).
+    /// Returns whether it did.
+    pub async fn roster_remove(
+        &self,
+        room: &str,
+        identity: &str,
+        pid: &str,
+    ) -> Result<bool, StoreError> {
+        let result: Result<i64, _> = self
+            .roster_script(&self.inner.roster_remove, room, identity, pid)
+            .invoke_async(&mut self.conn())
+            .await;
+        self.noted(owned(result, room, identity))
+    }
+
+    /// `room`'s roster ordered by identity, without the entries whose lease ran out (those
+    /// are deleted).
+    pub async fn roster(&self, room: &str) -> Result<Vec<RosterEntry>, StoreError> {
+        let result: Result<Vec<Vec<u8>>, _> = self
+            .roster_script(&self.inner.roster_read, room, "", "")
+            .invoke_async(&mut self.conn())
+            .await;
+        let result = result.map_err(store_error).and_then(|flat| {
+            let mut entries = flat
+                .chunks(2)
+                .map(|pair| match pair {
+                    [identity, value] => decode_roster_entry(identity, value),
+                    _ => Err(StoreError::Corrupt(
+                        "roster read answered an odd list".into(),
+                    )),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            entries.sort_by(|a, b| a.identity.cmp(&b.identity));
+            Ok(entries)
+        });
+        self.noted(result)
+    }
+
+    /// Send `message` to every listener of `room`, on every control instance (this one's
+    /// included, through Redis).
+    pub async fn room_publish(&self, room: &str, message: &str) -> Result<(), StoreError> {
+        let result: Result<usize, _> = self.conn().publish(room_channel(room), message).await;
+        self.noted(result.map(|_| ()).map_err(store_error))
+    }
+
+    /// Listen to `room`'s events from now on, this instance's and every other's. Cheap and
+    /// synchronous: the first listener of a room asks this instance's relaying task (started
+    /// on the first call; needs a tokio runtime) to subscribe to the room's channel, which
+    /// takes effect shortly after, not before this returns. The task unsubscribes once the
+    /// room's last listener is dropped.
+    pub fn room_subscribe(&self, room: &str) -> RoomFeed {
+        let feeds = &self.inner.feeds;
+        let (receiver, first) = {
+            let mut senders = feeds.lock();
+            match senders.get(room) {
+                Some(sender) if sender.receiver_count() > 0 => (sender.subscribe(), false),
+                _ => {
+                    let (sender, receiver) = broadcast::channel(FEED_CAPACITY);
+                    senders.insert(room.to_string(), sender);
+                    (receiver, true)
+                }
+            }
+        };
+        if !feeds.started.swap(true, Ordering::AcqRel) {
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    runtime.spawn(relay_rooms(
+                        self.inner.client.clone(),
+                        Arc::downgrade(feeds),
+                    ));
+                }
+                Err(_) => {
+                    feeds.started.store(false, Ordering::Release);
+                    tracing::error!(room, "room events need a tokio runtime; none runs here");
+                }
+            }
+        }
+        if first {
+            feeds.changed.notify_one();
+        }
+        receiver
+    }
+}
+
+/// What an owner-checking roster script answered.
+fn owned(
+    result: Result<i64, redis::RedisError>,
+    room: &str,
+    identity: &str,
+) -> Result<bool, StoreError> {
+    match result.map_err(store_error)? {
+        1 => Ok(true),
+        0 => Ok(false),
+        _ => Err(StoreError::Corrupt(format!(
+            "the roster entry of {identity:?} in room {room:?}"
+        ))),
+    }
+}
+
+/// One control instance's local listeners of room events, by room.
+#[derive(Debug, Default)]
+struct Feeds {
+    senders: Mutex<HashMap<String, broadcast::Sender<Arc<str>>>>,
+    /// A room got its first listener: the relaying task subscribes without waiting for its
+    /// next round.
+    changed: Notify,
+    /// Whether the relaying task was started.
+    started: AtomicBool,
+}
+
+impl Feeds {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, broadcast::Sender<Arc<str>>>> {
+        self.senders.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Forget the rooms nobody listens to any more; the rooms somebody listens to.
+    fn listened(&self) -> HashSet<String> {
+        let mut senders = self.lock();
+        senders.retain(|_, sender| sender.receiver_count() > 0);
+        senders.keys().cloned().collect()
+    }
+
+    /// Hand a message from Redis to the listeners of its room, if any.
+    fn deliver(&self, message: &redis::Msg) {
+        let Some(room) = channel_room(message.get_channel_name()) else {
+            return;
+        };
+        let Ok(text) = std::str::from_utf8(message.get_payload_bytes()) else {
+            tracing::warn!(room, "dropping a room event that is not UTF-8");
+            return;
+        };
+        if let Some(sender) = self.lock().get(room) {
+            // An error means nobody listens any more: the next round unsubscribes.
+            let _ = sender.send(Arc::from(text));
+        }
+    }
+}
+
+/// How often the relaying task drops the rooms nobody listens to any more.
+const RELAY_ROUND: Duration = Duration::from_secs(1);
+/// How often (in rounds) it pings Redis, to notice a connection that died silently.
+const RELAY_PING_ROUNDS: u32 = 10;
+/// How long a (un)subscribe or ping on the pub/sub connection may take.
+const RELAY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Relay the events of the rooms this instance listens to from Redis to their local
+/// listeners, over one pub/sub connection, until the store is dropped: subscribe to a room's
+/// channel when it gets its first listener, unsubscribe when its last one is gone.
+/// Reconnects by itself (subscribing again to every room listened to); events published
+/// while disconnected are lost (listeners resynchronise from the roster).
+async fn relay_rooms(client: redis::Client, feeds: Weak<Feeds>) {
+    loop {
+        if feeds.strong_count() == 0 {
+            return;
+        }
+        let pubsub = match tokio::time::timeout(RELAY_TIMEOUT, client.get_async_pubsub()).await {
+            Ok(Ok(pubsub)) => Some(pubsub),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "cannot open a pub/sub connection for room events");
+                None
+            }
+            Err(_) => {
+                tracing::debug!("timed out opening a pub/sub connection for room events");
+                None
+            }
+        };
+        let Some(pubsub) = pubsub else {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        };
+        tracing::info!("listening for room events");
+        let (mut sink, mut messages) = pubsub.split();
+        let mut subscribed = HashSet::new();
+        let mut ticker = tokio::time::interval(RELAY_ROUND);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut rounds = 0u32;
+        let mut dirty = true;
+        let lost = loop {
+            let Some(feeds) = feeds.upgrade() else {
+                return;
+            };
+            if dirty {
+                dirty = false;
+                if let Err(e) = follow(&feeds.listened(), &mut sink, &mut subscribed).await {
+                    break e;
+                }
+            }
+            tokio::select! {
+                message = messages.next() => match message {
+                    Some(message) => feeds.deliver(&message),
+                    None => break "the connection closed".to_string(),
+                },
+                () = feeds.changed.notified() => dirty = true,
+                _ = ticker.tick() => {
+                    dirty = true;
+                    rounds = rounds.wrapping_add(1);
+                    if rounds % RELAY_PING_ROUNDS == 0 {
+                        let pong = sink.ping::<redis::Value>();
+                        match tokio::time::timeout(RELAY_TIMEOUT, pong).await {
+                            Ok(Ok(_)) => {}
+                            Ok(Err(e)) => break e.to_string(),
+                            Err(_) => break "ping timed out".to_string(),
+                        }
+                    }
+                }
+            }
+        };
+        tracing::warn!(
+            error = %lost,
+            rooms = subscribed.len(),
+            "room events' pub/sub connection lost; reconnecting"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Subscribe to the channels of the rooms in `wanted` not yet in `subscribed`, unsubscribe
+/// from those no longer wanted; `subscribed` follows.
+async fn follow(
+    wanted: &HashSet<String>,
+    sink: &mut PubSubSink,
+    subscribed: &mut HashSet<String>,
+) -> Result<(), String> {
+    let join: Vec<String> = wanted.difference(subscribed).cloned().collect();
+    if !join.is_empty() {
+        let channels: Vec<String> = join.iter().map(|room| room_channel(room)).collect();
+        relay_call(sink.subscribe(channels)).await?;
+        subscribed.extend(join);
+    }
+    let leave: Vec<String> = subscribed.difference(wanted).cloned().collect();
+    if !leave.is_empty() {
+        let channels: Vec<String> = leave.iter().map(|room| room_channel(room)).collect();
+        relay_call(sink.unsubscribe(channels)).await?;
+        for room in &leave {
+            subscribed.remove(room);
+        }
+    }
+    Ok(())
+}
+
+async fn relay_call(call: impl Future<Output = redis::RedisResult<()>>) -> Result<(), String> {
+    match tokio::time::timeout(RELAY_TIMEOUT, call).await {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(_) => Err("a pub/sub command timed out".into()),
+    }
+}
+
 /// A session reserved in Redis; released (in a task) when dropped uncommitted.
 #[derive(Debug)]
 pub struct Reservation {
@@ -966,6 +1491,40 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_roster_entry_reads_back_as_the_scripts_write_it() {
+        // As Lua's cjson writes it: keys in any order, `/` escaped.
+        let value = format!(
+            r#"{{"pid":"p1","expires_ms":1712345678901,"data":"{{\"a\":\"x\/y ✓\"}}","v":{VERSION}}}"#
+        );
+        assert_eq!(
+            decode_roster_entry("alice".as_bytes(), value.as_bytes()),
+            Ok(RosterEntry {
+                identity: "alice".into(),
+                pid: "p1".into(),
+                data: r#"{"a":"x/y ✓"}"#.into(),
+            })
+        );
+        let other = value.replace(&format!("\"v\":{VERSION}"), "\"v\":9");
+        assert!(matches!(
+            decode_roster_entry(b"alice", other.as_bytes()),
+            Err(StoreError::Corrupt(_))
+        ));
+        assert!(matches!(
+            decode_roster_entry(&[0xff], value.as_bytes()),
+            Err(StoreError::Corrupt(_))
+        ));
+    }
+
+    #[test]
+    fn a_room_channel_names_its_room() {
+        for room in ["r", "a:b:events", ""] {
+            assert_eq!(channel_room(&room_channel(room)), Some(room));
+        }
+        assert_eq!(channel_room(&instance_channel("x")), None);
+        assert_eq!(roster_key("r"), "sfu:rtc:r:roster");
+    }
+
     proptest! {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
@@ -975,6 +1534,7 @@ mod tests {
             let _ = decode_count(&bytes);
             let _ = decode_node(&bytes);
             let _ = decode_session_id(&bytes);
+            let _ = decode_roster_entry(&bytes, &bytes);
         }
 
         #[test]

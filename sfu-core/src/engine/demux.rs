@@ -86,6 +86,13 @@ impl Demux {
         self.by_ufrag.insert(local_ufrag, session);
     }
 
+    /// The session's ICE username fragment changed (an ICE restart): new first contacts
+    /// name the new one; addresses already known keep routing.
+    pub fn set_ufrag(&mut self, session: PeerId, local_ufrag: String) {
+        self.by_ufrag.retain(|_, s| *s != session);
+        self.by_ufrag.insert(local_ufrag, session);
+    }
+
     pub fn remove_session(&mut self, session: PeerId) {
         self.by_ufrag.retain(|_, s| *s != session);
         self.by_addr.retain(|_, s| *s != session);

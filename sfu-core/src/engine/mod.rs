@@ -33,13 +33,14 @@ use sfu_proto::{
     EndReason, Layer, NodeError, NodeEvent, NodeResponse, RoomId, SessionCreated, SessionId,
     SessionKind, SetSubscription, Subscribe, TrackId, TrackInfo, WorkerId,
 };
+use str0m::media::Mid;
 use str0m::{Event, IceConnectionState, Output};
 
 use crate::ids::RoomKey;
 use crate::metrics::{DropReason, WorkerMetrics};
 use forward::{MediaPacket, Selection};
 use room::{PublishedTrack, Room, Want};
-use session::{Forwarded, Session, SessionBroken};
+use session::{Forwarded, Offer, PublishedMedia, Session, SessionBroken};
 
 /// How often sessions are checked for timeouts and publishers get REMB.
 pub const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(500);
@@ -145,6 +146,13 @@ pub enum Command {
     Unsubscribe {
         session: SessionId,
         slot: u16,
+    },
+    /// A new offer on a live session (parsed off the worker). `seed` starts the sequence
+    /// numbers of new outgoing tracks.
+    Renegotiate {
+        session: SessionId,
+        offer: Box<Offer>,
+        seed: u64,
     },
 }
 
@@ -388,6 +396,13 @@ impl Engine {
             Command::Unsubscribe { session, slot } => {
                 self.unsubscribe(session, slot).map(|()| NodeResponse::Done)
             }
+            Command::Renegotiate {
+                session,
+                offer,
+                seed,
+            } => self
+                .renegotiate(session, *offer, seed)
+                .map(NodeResponse::SessionCreated),
         };
         result.unwrap_or_else(NodeResponse::Error)
     }
@@ -616,6 +631,7 @@ impl Engine {
             }
         };
         let mut session = session;
+        session.order = order;
         let id = session.id;
         let key = session.room;
         let kind = session.kind;
@@ -626,33 +642,11 @@ impl Engine {
             .rooms
             .entry(key)
             .or_insert_with(|| Room::new(room_id.clone(), self.config.layer_timeout));
-        let mut tracks = Vec::new();
-        let slots = session.tracks.iter().map(|t| t.kind).collect();
+        let published = session.published.clone();
         match kind {
             SessionKind::Publish => {
                 room.publishers.push(peer);
-                for media in &session.published {
-                    let track = PublishedTrack::new(
-                        TrackId {
-                            session: id,
-                            index: media.index,
-                        },
-                        session.participant,
-                        session::proto_kind(media.kind),
-                        order,
-                        self.id,
-                    );
-                    room.publish(track.clone());
-                    tracks.push(TrackInfo {
-                        track: track.id,
-                        room: room_id.clone(),
-                        identity: session.identity.clone(),
-                        kind: track.kind,
-                        layers: media.layers,
-                    });
-                }
                 WorkerMetrics::add(&self.metrics.publish_sessions, 1);
-                WorkerMetrics::add(&self.metrics.published_tracks, tracks.len() as u64);
             }
             SessionKind::Subscribe => {
                 room.subscribers.push(peer);
@@ -660,20 +654,12 @@ impl Engine {
             }
         }
         let first_subscriber = kind == SessionKind::Subscribe && room.subscribers.len() == 1;
-        let announced: Vec<PublishedTrack> = tracks
-            .iter()
-            .filter_map(|t: &TrackInfo| room.track(t.track).cloned())
-            .collect();
         self.sessions[peer.0 as usize] = Some(session);
+        for media in &published {
+            self.publish_media(peer, media);
+        }
         if kind == SessionKind::Subscribe {
             self.layers_changed(key);
-        }
-        for track in announced {
-            self.broadcast(|| RoomNotice::TrackPublished {
-                room: key,
-                room_id: room_id.clone(),
-                track: track.clone(),
-            });
         }
         if first_subscriber {
             let worker = self.id;
@@ -684,18 +670,131 @@ impl Engine {
                 interested: true,
             });
         }
-        for info in &tracks {
-            self.events
-                .push_back(NodeEvent::TrackPublished(info.clone()));
-        }
         self.drain_session(peer);
         tracing::info!(worker = %self.id, session = %id, room = %room_id, kind = kind.as_str(), "session created");
+        self.describe(peer, answer_sdp)
+    }
+
+    /// A new offer on a live session: new sections become tracks (announced as at creation)
+    /// or slots, sections that stopped receiving end their tracks, and new ICE credentials
+    /// (an ICE restart) become the session's demux key.
+    fn renegotiate(
+        &mut self,
+        id: SessionId,
+        offer: Offer,
+        seed: u64,
+    ) -> Result<SessionCreated, NodeError> {
+        let &peer = self.by_id.get(&id).ok_or(NodeError::UnknownSession)?;
+        let session = self.session_mut(peer).ok_or(NodeError::UnknownSession)?;
+        let before: Vec<Mid> = session.published.iter().map(|p| p.mid).collect();
+        let (answer_sdp, removed) = match session.renegotiate(offer, session::sequence_starts(seed))
+        {
+            Ok(done) => done,
+            Err(e @ NodeError::SessionFailed(_)) => {
+                self.to_close.push((peer, EndReason::Failed));
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
+        let ufrag = session.local_ufrag();
+        let key = session.room;
+        let added: Vec<PublishedMedia> = session
+            .published
+            .iter()
+            .filter(|p| !before.contains(&p.mid))
+            .copied()
+            .collect();
+        let room_id = session.room_id.clone();
+        self.demux.set_ufrag(peer, ufrag);
+        for media in &removed {
+            let track = TrackId {
+                session: id,
+                index: media.index,
+            };
+            WorkerMetrics::sub(&self.metrics.published_tracks, 1);
+            self.track_ended(key, track);
+            self.broadcast(|| RoomNotice::TrackUnpublished { room: key, track });
+            self.events.push_back(NodeEvent::TrackUnpublished {
+                track,
+                room: room_id.clone(),
+            });
+        }
+        for media in &added {
+            self.publish_media(peer, media);
+        }
+        self.layers_changed(key);
+        self.mark_dirty(peer);
+        self.drain_session(peer);
+        tracing::info!(worker = %self.id, session = %id, room = %room_id, added = added.len(), removed = removed.len(), "session renegotiated");
+        self.describe(peer, answer_sdp)
+    }
+
+    /// Publish one of `peer`'s tracks in its room: to this worker's room, the other workers
+    /// and control.
+    fn publish_media(&mut self, peer: PeerId, media: &PublishedMedia) {
+        let Some(session) = self.session(peer) else {
+            return;
+        };
+        let key = session.room;
+        let room_id = session.room_id.clone();
+        let track = PublishedTrack::new(
+            TrackId {
+                session: session.id,
+                index: media.index,
+            },
+            session.participant,
+            session::proto_kind(media.kind),
+            session.order,
+            self.id,
+        );
+        let info = TrackInfo {
+            track: track.id,
+            room: room_id.clone(),
+            identity: session.identity.clone(),
+            kind: track.kind,
+            layers: media.layers,
+        };
+        let Some(room) = self.rooms.get_mut(&key) else {
+            return;
+        };
+        room.publish(track.clone());
+        WorkerMetrics::add(&self.metrics.published_tracks, 1);
+        self.broadcast(|| RoomNotice::TrackPublished {
+            room: key,
+            room_id: room_id.clone(),
+            track: track.clone(),
+        });
+        self.events.push_back(NodeEvent::TrackPublished(info));
+    }
+
+    /// What control learns of a session after an offer: its answer, tracks and slots.
+    fn describe(&self, peer: PeerId, answer_sdp: String) -> Result<SessionCreated, NodeError> {
+        let session = self.session(peer).ok_or(NodeError::UnknownSession)?;
         Ok(SessionCreated {
-            session: id,
+            session: session.id,
             worker: self.id,
             answer_sdp,
-            tracks,
-            slots,
+            tracks: session
+                .published
+                .iter()
+                .map(|media| TrackInfo {
+                    track: TrackId {
+                        session: session.id,
+                        index: media.index,
+                    },
+                    room: session.room_id.clone(),
+                    identity: session.identity.clone(),
+                    kind: session::proto_kind(media.kind),
+                    layers: media.layers,
+                })
+                .collect(),
+            slots: session.tracks.iter().map(|t| t.kind).collect(),
+            track_mids: session
+                .published
+                .iter()
+                .map(|m| m.mid.to_string())
+                .collect(),
+            slot_mids: session.tracks.iter().map(|t| t.mid.to_string()).collect(),
         })
     }
 

@@ -139,6 +139,9 @@ pub struct Session {
     /// Who this session belongs to: a subscriber is never sent its own participant's media
     /// by the "newest other" policy.
     pub participant: ParticipantId,
+    policy: SubscribePolicy,
+    /// Publication order on the node (set when a worker adopts the session).
+    pub order: u64,
     rtc: Rtc,
     pub created: Instant,
     pub last_input: Instant,
@@ -216,7 +219,6 @@ impl Session {
             .map_err(|e| NodeError::BadOffer(format!("offer not acceptable: {e}")))?;
 
         let kind = spec.kind;
-        let explicit = spec.policy == SubscribePolicy::Explicit;
         let mut session = Session {
             id: spec.id,
             room: spec.room,
@@ -224,6 +226,8 @@ impl Session {
             kind,
             participant: ParticipantId::from_identity(&spec.identity),
             identity: spec.identity,
+            policy: spec.policy,
+            order: 0,
             rtc,
             created: now,
             last_input: now,
@@ -238,52 +242,8 @@ impl Session {
             feedback: FeedbackLedger::default(),
         };
 
-        // Which sections can carry media in our direction?
         let answer_sdp = answer.to_sdp_string();
-        for (index, mid) in answer_mids(&answer_sdp).into_iter().enumerate() {
-            let Some(media) = session.rtc.media(mid) else {
-                continue; // a data channel section
-            };
-            let (media_kind, direction) = (media.kind(), media.direction());
-            let layers = match media.rids_rx() {
-                Rids::Specific(rids) => rids.len().clamp(1, Layer::COUNT) as u8,
-                _ => 1,
-            };
-            let Ok(index) = u16::try_from(index) else {
-                break; // more sections than any real client offers
-            };
-            match kind {
-                SessionKind::Publish if direction.is_receiving() => {
-                    session.published.push(PublishedMedia {
-                        index,
-                        mid,
-                        kind: media_kind,
-                        layers,
-                    });
-                }
-                SessionKind::Subscribe if direction.is_sending() => {
-                    let rtx = session
-                        .rtc
-                        .direct_api()
-                        .stream_tx_by_mid(mid, None)
-                        .and_then(|s| s.rtx());
-                    let want = if explicit {
-                        Want::Nothing
-                    } else {
-                        Want::NewestOther
-                    };
-                    session.tracks.push(EgressTrack {
-                        mid,
-                        kind: proto_kind(media_kind),
-                        subscription: Subscription::new(want),
-                        forwarder: TrackForwarder::new(proto_kind(media_kind), initial_seq()),
-                        rtx,
-                        pts: Vec::new(),
-                    });
-                }
-                _ => {}
-            }
-        }
+        session.apply_sections(&answer_sdp, &mut initial_seq);
         if session.published.is_empty() && session.tracks.is_empty() {
             let what = match kind {
                 SessionKind::Publish => {
@@ -296,6 +256,90 @@ impl Session {
             return Err(NodeError::BadOffer(what.to_string()));
         }
         Ok((session, answer_sdp))
+    }
+
+    /// Take a new offer on this live session (tracks added or removed, ICE restarted). Returns
+    /// the answer and the tracks the offer stopped sending (a publisher's sections that are no
+    /// longer receiving); new tracks and slots are appended to `published` and `tracks`. A
+    /// slot is never removed, so slot numbers stay valid: a slot whose section the client
+    /// stopped carries nothing until the client reuses it.
+    pub fn renegotiate(
+        &mut self,
+        offer: Offer,
+        mut initial_seq: impl FnMut() -> u16,
+    ) -> Result<(String, Vec<PublishedMedia>), NodeError> {
+        let Offer { sdp, .. } = offer;
+        let answer = self
+            .guard(|rtc| rtc.sdp_api().accept_offer(sdp))
+            .map_err(|broken| {
+                NodeError::SessionFailed(format!("the WebRTC stack failed: {}", broken.0))
+            })?
+            .map_err(|e| NodeError::BadOffer(format!("offer not acceptable: {e}")))?;
+        let answer_sdp = answer.to_sdp_string();
+        let removed = self.apply_sections(&answer_sdp, &mut initial_seq);
+        Ok((answer_sdp, removed))
+    }
+
+    /// Bring the session's tracks and slots in line with an answer it just gave: a publisher
+    /// section that receives is a published track, a subscriber section that sends is a slot.
+    /// Returns the published tracks whose sections no longer receive (now removed).
+    fn apply_sections(
+        &mut self,
+        answer_sdp: &str,
+        initial_seq: &mut impl FnMut() -> u16,
+    ) -> Vec<PublishedMedia> {
+        let mut removed = Vec::new();
+        for (index, mid) in answer_mids(answer_sdp).into_iter().enumerate() {
+            let Some(media) = self.rtc.media(mid) else {
+                continue; // a data channel section
+            };
+            let (media_kind, direction) = (media.kind(), media.direction());
+            let layers = match media.rids_rx() {
+                Rids::Specific(rids) => rids.len().clamp(1, Layer::COUNT) as u8,
+                _ => 1,
+            };
+            let Ok(index) = u16::try_from(index) else {
+                break; // more sections than any real client offers
+            };
+            match self.kind {
+                SessionKind::Publish => {
+                    let known = self.published.iter().position(|p| p.mid == mid);
+                    match (known, direction.is_receiving()) {
+                        (None, true) => self.published.push(PublishedMedia {
+                            index,
+                            mid,
+                            kind: media_kind,
+                            layers,
+                        }),
+                        (Some(at), false) => removed.push(self.published.remove(at)),
+                        _ => {}
+                    }
+                }
+                SessionKind::Subscribe => {
+                    if !direction.is_sending() || self.tracks.iter().any(|t| t.mid == mid) {
+                        continue;
+                    }
+                    let rtx = self
+                        .rtc
+                        .direct_api()
+                        .stream_tx_by_mid(mid, None)
+                        .and_then(|s| s.rtx());
+                    let want = match self.policy {
+                        SubscribePolicy::Explicit => Want::Nothing,
+                        SubscribePolicy::NewestOther => Want::NewestOther,
+                    };
+                    self.tracks.push(EgressTrack {
+                        mid,
+                        kind: proto_kind(media_kind),
+                        subscription: Subscription::new(want),
+                        forwarder: TrackForwarder::new(proto_kind(media_kind), initial_seq()),
+                        rtx,
+                        pts: Vec::new(),
+                    });
+                }
+            }
+        }
+        removed
     }
 
     /// Our ICE username fragment (the demux key for new addresses).
@@ -721,6 +765,18 @@ fn negotiated_pt(rtc: &Rtc, mid: Mid, codec: Codec, format: &FormatParams) -> Op
             _ => Some((s, pt)),
         })
         .map(|(_, pt)| pt)
+}
+
+/// Starting sequence numbers for new outgoing tracks: a xorshift stream from `seed`, so that
+/// a subscriber's streams do not start at predictable numbers and tests can fix them.
+pub fn sequence_starts(seed: u64) -> impl FnMut() -> u16 {
+    let mut state = seed | 1;
+    move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state as u16
+    }
 }
 
 /// Mids of an answer we produced, in order.

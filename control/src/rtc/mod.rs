@@ -1,0 +1,166 @@
+//! Meetings: the WebSocket room protocol at `GET /rtc/{room}` (docs/signaling.md).
+//!
+//! - [`protocol`]: the messages and their parser;
+//! - [`socket`]: one WebSocket: the join handshake, limits (size, rate, errors), keepalive;
+//! - [`participant`]: one participant, a task that outlives its socket for `rtc.resume_secs`:
+//!   its two media sessions, its subscriptions, its view of the room;
+//! - the room itself is the store's roster and event feed ([`crate::store::rooms`]), so
+//!   participants on different control instances see each other.
+
+pub mod participant;
+pub mod protocol;
+pub mod socket;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use sfu_core::ids::SessionId;
+use sfu_core::proto::EndReason;
+use tokio::sync::mpsc;
+
+use crate::config::ConfigError;
+use participant::Input;
+
+/// `[rtc]`: the room protocol's limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RtcConfig {
+    /// How long a participant whose socket dropped stays in its room (media flowing) for a
+    /// new socket to resume it.
+    pub resume_secs: u64,
+    /// Participants per room; 0 = no limit.
+    pub max_participants: usize,
+    /// Tracks one participant may publish.
+    pub max_tracks_per_participant: usize,
+    /// The largest message a client may send, in bytes.
+    pub max_message_bytes: usize,
+    /// Messages per second a socket may send, sustained ...
+    pub messages_per_sec: u32,
+    /// ... and at once.
+    pub message_burst: u32,
+    /// Errors a socket may cause before it is closed (4008).
+    pub max_errors: u32,
+}
+
+impl Default for RtcConfig {
+    fn default() -> Self {
+        Self {
+            resume_secs: 15,
+            max_participants: 50,
+            max_tracks_per_participant: 8,
+            // An SDP offer with simulcast is 3-15 KB; a big room's offer of many receiving
+            // sections stays well under this.
+            max_message_bytes: 64 * 1024,
+            messages_per_sec: 20,
+            message_burst: 50,
+            max_errors: 20,
+        }
+    }
+}
+
+impl RtcConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: &str| {
+            Err(ConfigError::Invalid {
+                key: format!("rtc.{key}"),
+                reason: why.to_string(),
+            })
+        };
+        if self.max_message_bytes < 4096 {
+            return bad(
+                "max_message_bytes",
+                "must be at least 4096 (an SDP offer does not fit in less)",
+            );
+        }
+        if self.max_tracks_per_participant == 0 {
+            return bad("max_tracks_per_participant", "must be at least 1");
+        }
+        if self.messages_per_sec == 0 || self.message_burst == 0 {
+            return bad(
+                "messages_per_sec",
+                "messages_per_sec and message_burst must be at least 1",
+            );
+        }
+        if self.max_errors == 0 {
+            return bad("max_errors", "must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// This control instance's participants, for what reaches them from outside their socket: a
+/// socket resuming one, a node ending one of their sessions.
+#[derive(Debug, Default)]
+pub struct Hub {
+    inner: Mutex<HubInner>,
+}
+
+#[derive(Debug, Default)]
+struct HubInner {
+    /// Resume token → (room, identity, participant).
+    resumable: HashMap<String, (String, String, mpsc::Sender<Input>)>,
+    sessions: HashMap<SessionId, mpsc::Sender<Input>>,
+    participants: usize,
+}
+
+impl Hub {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HubInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Participants on this instance (a gauge for `/metrics`).
+    pub fn participants(&self) -> usize {
+        self.lock().participants
+    }
+
+    fn participant_started(&self) {
+        self.lock().participants += 1;
+    }
+
+    fn participant_ended(&self) {
+        let mut inner = self.lock();
+        inner.participants = inner.participants.saturating_sub(1);
+    }
+
+    /// A participant can be resumed with `token` (replacing its previous token).
+    fn set_resume(
+        &self,
+        token: &str,
+        previous: Option<&str>,
+        entry: (String, String, mpsc::Sender<Input>),
+    ) {
+        let mut inner = self.lock();
+        if let Some(previous) = previous {
+            inner.resumable.remove(previous);
+        }
+        inner.resumable.insert(token.to_string(), entry);
+    }
+
+    fn forget_resume(&self, token: &str) {
+        self.lock().resumable.remove(token);
+    }
+
+    /// The participant `token` resumes, if it is still here; the token is used up.
+    fn take_resume(&self, token: &str) -> Option<(String, String, mpsc::Sender<Input>)> {
+        let mut inner = self.lock();
+        let entry = inner.resumable.remove(token)?;
+        (!entry.2.is_closed()).then_some(entry)
+    }
+
+    fn add_session(&self, session: SessionId, participant: mpsc::Sender<Input>) {
+        self.lock().sessions.insert(session, participant);
+    }
+
+    fn remove_session(&self, session: SessionId) {
+        self.lock().sessions.remove(&session);
+    }
+
+    /// A node ended `session`: tell its participant, if it is one of ours.
+    pub fn session_ended(&self, session: SessionId, reason: EndReason) {
+        let participant = self.lock().sessions.remove(&session);
+        if let Some(participant) = participant {
+            let _ = participant.try_send(Input::SessionEnded { session, reason });
+        }
+    }
+}

@@ -1,0 +1,790 @@
+// Room client for the SFU's WebSocket signaling, protocol version 1 (docs/signaling.md).
+// Plain ES module: no build step, no dependencies. How to use it: docs/sdk.md.
+//
+// Two RTCPeerConnections: the publisher connection sends my microphone and camera, the
+// subscriber connection receives everyone else. The client makes every offer on both; the
+// server answers, and asks for more receiving sections with `renegotiate`.
+
+const PROTOCOL_VERSION = 1;
+
+// Simulcast layers, lowest first (rid q/h/f as the server expects), as on the demo page.
+const SIMULCAST = [
+  { rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 150_000 },
+  { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500_000 },
+  { rid: 'f', scaleResolutionDownBy: 1, maxBitrate: 1_500_000 },
+];
+
+const SOURCES = { audio: 'microphone', video: 'camera' };
+
+const PING_INTERVAL_MS = 10_000;
+const REQUEST_TIMEOUT_MS = 15_000;
+const OPEN_TIMEOUT_MS = 10_000;
+const LEAVE_TIMEOUT_MS = 2_000;
+const ICE_GATHER_TIMEOUT_MS = 3_000;
+// Chrome may stay `disconnected` for good instead of reaching `failed`: restart ICE then too.
+const ICE_DISCONNECTED_RESTART_MS = 15_000;
+const BACKOFF_FIRST_MS = 500;
+const BACKOFF_MAX_MS = 5_000;
+
+// Close codes after which reconnecting cannot help: left, unsupported version, unauthorized,
+// replaced by another socket of the same identity, forbidden or room full.
+const FINAL_CLOSE_CODES = new Set([1000, 4000, 4001, 4002, 4003]);
+// Join errors that a new attempt would only repeat, with the close code that comes with them.
+const FINAL_JOIN_ERRORS = new Map([
+  ['unsupported_version', 4000], ['unauthorized', 4001], ['replaced', 4002], ['forbidden', 4003], ['room_full', 4003],
+]);
+
+// The server message that answers each client message (any of them may get `error` instead).
+// A message settles a pending request only if it is that answer or an error: a broadcast
+// that happens to carry a `req` cannot resolve the wrong request.
+const REPLIES = {
+  join: 'joined',
+  publish: 'publish_answer',
+  subscriber_offer: 'subscriber_answer',
+  subscribe: 'subscribed',
+  unsubscribe: 'unsubscribed',
+  set_subscription: 'subscription',
+  mute: 'track_muted',
+  leave: 'left',
+  ping: 'pong',
+};
+
+/** An error from the server (`code` as in docs/signaling.md) or from the client itself
+ * (`disconnected`, `timeout`, `not_published`, `bad_state`). */
+export class RoomError extends Error {
+  constructor(code, message, { req, closeCode } = {}) {
+    super(message);
+    this.name = 'RoomError';
+    this.code = code;
+    if (req !== undefined) this.req = req;
+    if (closeCode !== undefined) this.closeCode = closeCode;
+  }
+}
+
+// A promise with its resolve/reject outside, and whether it is settled.
+function deferred() {
+  const d = { settled: false };
+  d.promise = new Promise((resolve, reject) => {
+    d.resolve = (v) => { d.settled = true; resolve(v); };
+    d.reject = (e) => { d.settled = true; reject(e); };
+  });
+  d.promise.catch(() => {}); // a rejection nobody waits for is not an unhandled one
+  return d;
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+// The server does no trickle ICE: the offer must carry the candidates. Wait for gathering to
+// complete, but no longer than ICE_GATHER_TIMEOUT_MS (then send what there is, as app.js does).
+function waitIceGathering(pc) {
+  if (pc.iceGatheringState === 'complete') return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      pc.removeEventListener('icegatheringstatechange', onChange);
+      pc.removeEventListener('icecandidate', onCandidate);
+      resolve();
+    };
+    const onChange = () => { if (pc.iceGatheringState === 'complete') done(); };
+    const onCandidate = (ev) => { if (!ev.candidate) done(); };
+    const timer = setTimeout(done, ICE_GATHER_TIMEOUT_MS);
+    pc.addEventListener('icegatheringstatechange', onChange);
+    pc.addEventListener('icecandidate', onCandidate);
+  });
+}
+
+function participantFrom(p) {
+  return {
+    identity: p.identity,
+    name: p.name || p.identity,
+    tracks: new Map((p.tracks || []).map((t) => [t.id, t])),
+  };
+}
+
+export class Room extends EventTarget {
+  /** Join a room: resolves with the Room once the server said `joined`. */
+  static async join(options) {
+    const room = new Room(options);
+    await room.connect();
+    return room;
+  }
+
+  /** Publisher connection (null until something is published). */
+  pcPublisher = null;
+  /** Subscriber connection (null until the server first asks for receiving sections). */
+  pcSubscriber = null;
+  /** Me: {identity, name, tracks: Map id → Track} (my published tracks as the server sees them). */
+  me = null;
+  /** Everyone else: Map identity → {identity, name, tracks: Map id → Track}. */
+  participants = new Map();
+
+  #opts;
+  #wsUrl;
+  #state = 'new'; // new | connecting | joined | reconnecting | leaving | closed
+  #ws = null;
+  #ready = deferred(); // resolved while joined: negotiations wait on it
+  #pending = new Map(); // req → {type, resolve, reject, timer}
+  #nextReq = 1;
+  #pingTimer = null;
+  #resume = null; // {token, secs} from the last `joined`
+  #iceServers = [];
+  #local = new Map(); // kind → {kind, track, stream, source, simulcast, muted, transceiver, trackId}
+  #subs = new Map(); // track id → subscription (see #onSubscribed)
+  #wanted = { audio: 0, video: 0 }; // receiving sections the server asked for
+  #negotiations = {
+    publisher: { chain: Promise.resolve(), queued: null, iceRestart: false },
+    subscriber: { chain: Promise.resolve(), queued: null, iceRestart: false },
+  };
+
+  /**
+   * @param {object} options
+   * @param {string} [options.url] base http(s) URL of control (default: this page's origin)
+   * @param {string} options.room room name
+   * @param {string} options.token access token (subscribe grant; publish grant to publish)
+   * @param {string} [options.name] display name
+   * @param {boolean} [options.autoSubscribe=true] receive every track of everyone
+   * @param {RTCIceServer[]} [options.iceServers] instead of the server's `ice_servers`
+   */
+  constructor({ url = globalThis.location?.origin, room, token, name, autoSubscribe = true, iceServers } = {}) {
+    super();
+    if (!url || !room || !token) throw new TypeError('Room: url, room and token are required');
+    const base = new URL(url);
+    base.protocol = base.protocol === 'https:' || base.protocol === 'wss:' ? 'wss:' : 'ws:';
+    if (!base.pathname.endsWith('/')) base.pathname += '/';
+    this.#wsUrl = new URL(`rtc/${encodeURIComponent(room)}`, base).href;
+    this.#opts = { token, name, autoSubscribe, iceServers };
+  }
+
+  /** new | connecting | joined | reconnecting | leaving | closed */
+  get state() { return this.#state; }
+
+  /** Map track id → {trackId, mid, kind, participant, mediaStreamTrack, transceiver, maxLayer,
+   * paused}: the remote tracks that arrive (participant and the rest are null until the `track`
+   * event). Read only. */
+  get subscriptions() { return this.#subs; }
+
+  /** Map kind → {kind, track, source, muted, trackId, ...}: what I publish. Read only. */
+  get localTracks() { return this.#local; }
+
+  /** Open the socket and join. Attach listeners before calling it to get `participantjoined`
+   * for those already in the room; `Room.join()` does both steps at once. */
+  async connect() {
+    if (this.#state !== 'new') throw new RoomError('bad_state', 'connect() may be called once');
+    this.#state = 'connecting';
+    try {
+      await this.#join();
+    } catch (e) {
+      this.#state = 'closed';
+      throw e;
+    }
+    return this;
+  }
+
+  /** Leave the room: the server ends my sessions at once. */
+  async leave() {
+    if (this.#state === 'closed') return;
+    // Sent while still `joined` (only join may go out otherwise); the socket closes after `left`.
+    const left = this.#request({ type: 'leave' }, LEAVE_TIMEOUT_MS).catch(() => {});
+    this.#state = 'leaving';
+    this.#ready = deferred(); // queued negotiations wait, then fail at #shutdown
+    await left;
+    this.#shutdown(1000, 'left');
+  }
+
+  /**
+   * Publish the first audio and the first video track of `stream` (microphone and camera);
+   * video with 3 simulcast layers unless `simulcast` is false. A kind already published has
+   * its track replaced without renegotiation. A track that is disabled (`enabled = false`)
+   * is published muted.
+   */
+  async publish(stream, { simulcast = true } = {}) {
+    this.#assertInRoom();
+    const added = [];
+    for (const track of [stream.getAudioTracks()[0], stream.getVideoTracks()[0]]) {
+      if (!track) continue;
+      const existing = this.#local.get(track.kind);
+      if (existing) {
+        track.enabled = !existing.muted;
+        existing.track = track;
+        await existing.transceiver?.sender.replaceTrack(track);
+        continue;
+      }
+      const entry = {
+        kind: track.kind, track, stream, source: SOURCES[track.kind],
+        simulcast: simulcast && track.kind === 'video', muted: !track.enabled, transceiver: null, trackId: null,
+      };
+      this.#local.set(track.kind, entry);
+      await this.#attach(entry);
+      added.push(entry);
+    }
+    if (!added.length) return;
+    try {
+      await this.#renegotiate('publisher');
+    } catch (e) {
+      for (const entry of added) await this.#detach(entry); // the offer was rolled back
+      throw e;
+    }
+  }
+
+  /** Stop publishing a kind ('audio' or 'video'). The track itself is not stopped: it is yours. */
+  async unpublish(kind) {
+    const entry = this.#local.get(kind);
+    if (!entry) return;
+    await this.#detach(entry);
+    await this.#renegotiate('publisher');
+  }
+
+  /** Mute or unmute what I publish of a kind: stops sending (`track.enabled`) and tells the
+   * room (`mute` → `track_muted` to everyone). */
+  async setMuted(kind, muted) {
+    const entry = this.#local.get(kind);
+    if (!entry) throw new RoomError('not_published', `no ${kind} track is published`);
+    entry.muted = muted;
+    entry.track.enabled = !muted;
+    // Without a server track id (publish under way) or while reconnecting, the next
+    // publish_answer / joined shows the server's state and #syncMyTracks sends the change.
+    if (entry.trackId && this.#state === 'joined') await this.#sendMute(entry);
+  }
+
+  /** Receive a track (needed with autoSubscribe: false). Resolves with its subscription once a
+   * section carries it; the `track` event follows as soon as the track's owner is known. */
+  async subscribe(trackId, { maxLayer } = {}) {
+    await this.#request({ type: 'subscribe', track: trackId, max_layer: maxLayer });
+    return this.#subs.get(trackId);
+  }
+
+  /** Stop receiving a track (`trackended` follows, reason `requested`). */
+  async unsubscribe(trackId) {
+    await this.#request({ type: 'unsubscribe', track: trackId });
+  }
+
+  /** Cap the simulcast layer (0-2) of a received track, or pause/resume it. Does nothing when
+   * the subscription already has these values, so it may be called on every resize. */
+  async setSubscription(trackId, { maxLayer, paused } = {}) {
+    const sub = this.#subs.get(trackId);
+    if (sub && (maxLayer ?? sub.maxLayer) === sub.maxLayer && (paused ?? sub.paused) === sub.paused) return;
+    // Recorded at once, so that repeated calls while the answer is on its way send nothing.
+    const before = sub && { maxLayer: sub.maxLayer, paused: sub.paused };
+    if (sub) Object.assign(sub, { maxLayer: maxLayer ?? sub.maxLayer, paused: paused ?? sub.paused });
+    try {
+      await this.#request({ type: 'set_subscription', track: trackId, max_layer: maxLayer, paused });
+    } catch (e) {
+      if (sub && this.#subs.get(trackId) === sub) Object.assign(sub, before);
+      throw e;
+    }
+  }
+
+  // ---------- socket and requests ----------
+
+  // Open a socket and send `join` (resuming with `resumeToken`); resolves with `joined`, which
+  // #onJoined has applied by then.
+  async #join(resumeToken) {
+    const ws = await this.#open();
+    const { token, name, autoSubscribe } = this.#opts;
+    try {
+      return await this.#request({
+        type: 'join', v: PROTOCOL_VERSION, token, name, auto_subscribe: autoSubscribe, resume: resumeToken,
+      });
+    } catch (e) {
+      this.#dropSocket(ws, e);
+      throw e;
+    }
+  }
+
+  #open() {
+    return new Promise((resolve, reject) => {
+      const ws = new WebSocket(this.#wsUrl);
+      const fail = (why) => {
+        clearTimeout(timer);
+        ws.onopen = ws.onclose = ws.onerror = null;
+        ws.close();
+        reject(new RoomError('disconnected', `cannot open ${this.#wsUrl}: ${why}`));
+      };
+      const timer = setTimeout(() => fail('timed out'), OPEN_TIMEOUT_MS);
+      ws.onerror = () => fail('connection error');
+      ws.onclose = (ev) => fail(`closed (${ev.code})`);
+      ws.onopen = () => {
+        if (this.#state === 'closed') { fail('the room was left'); return; }
+        clearTimeout(timer);
+        this.#ws = ws;
+        ws.onmessage = (ev) => this.#onMessage(ws, ev);
+        ws.onclose = (ev) => this.#onSocketClosed(ws, ev.code, ev.reason);
+        ws.onerror = null; // a close event always follows an error
+        resolve(ws);
+      };
+    });
+  }
+
+  // Send a message with a fresh `req`; resolves with its answer, rejects with the `error`
+  // carrying that `req`, on timeout, or when the socket goes away first.
+  #request(msg, timeoutMs = REQUEST_TIMEOUT_MS) {
+    const ws = this.#ws;
+    if (!ws || ws.readyState !== WebSocket.OPEN || (msg.type !== 'join' && this.#state !== 'joined')) {
+      return Promise.reject(new RoomError('disconnected', `cannot send ${msg.type}: not in the room`));
+    }
+    const req = this.#nextReq++;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.#pending.delete(req);
+        reject(new RoomError('timeout', `no answer to ${msg.type} within ${timeoutMs / 1000} s`, { req }));
+      }, timeoutMs);
+      this.#pending.set(req, { type: msg.type, resolve, reject, timer });
+      ws.send(JSON.stringify({ ...msg, req })); // undefined fields are left out
+    });
+  }
+
+  #onMessage(ws, ev) {
+    if (ws !== this.#ws) return;
+    let msg;
+    try { msg = JSON.parse(ev.data); } catch { return; }
+    if (!msg || typeof msg.type !== 'string') return;
+    const pending = msg.req != null ? this.#pending.get(msg.req) : undefined;
+    const isReply = pending !== undefined && (msg.type === 'error' || msg.type === REPLIES[pending.type]);
+    // Settling first is safe: the awaiting code runs only after this handler has applied the message.
+    if (isReply) {
+      this.#pending.delete(msg.req);
+      clearTimeout(pending.timer);
+      if (msg.type === 'error') pending.reject(new RoomError(msg.code, msg.message, { req: msg.req }));
+      else pending.resolve(msg);
+    }
+    this.#handle(msg, isReply);
+  }
+
+  // Apply one server message. Everything here is synchronous, so messages apply in the order
+  // they arrived even though answers are used by async code.
+  #handle(msg, isReply) {
+    switch (msg.type) {
+      case 'joined': this.#onJoined(msg); break;
+      case 'publish_answer': this.#syncMyTracks(msg.tracks); break;
+      case 'subscriber_answer': this.#applySlots(msg.slots); break;
+      case 'renegotiate':
+        this.#wanted = {
+          audio: Math.max(this.#wanted.audio, msg.audio || 0),
+          video: Math.max(this.#wanted.video, msg.video || 0),
+        };
+        this.#renegotiate('subscriber').catch(this.#backgroundError);
+        break;
+      case 'subscribed': this.#onSubscribed(msg.track, msg.mid, msg.max_layer, msg.paused); break;
+      case 'unsubscribed': {
+        const sub = this.#subs.get(msg.track);
+        if (sub) this.#endSubscription(sub, msg.reason || 'requested');
+        break;
+      }
+      case 'subscription': {
+        const sub = this.#subs.get(msg.track);
+        if (sub) Object.assign(sub, { maxLayer: msg.max_layer, paused: msg.paused });
+        break;
+      }
+      case 'participant_joined': this.#addParticipant(msg.participant); break;
+      case 'participant_left': this.#removeParticipant(msg.identity, msg.reason); break;
+      case 'track_published': this.#addTrack(msg.track); break;
+      case 'track_unpublished': this.#removeTrack(msg.track, msg.identity); break;
+      case 'track_muted': this.#setTrackMuted(msg.track, msg.identity, msg.muted); break;
+      // Not in protocol version 1 yet: the server's active speakers, loudest first.
+      case 'speakers': this.#emit('speakers', { speakers: msg.speakers || [] }); break;
+      case 'error':
+        if (!isReply) this.#emit('error', { code: msg.code, message: msg.message, req: msg.req });
+        break;
+      default: break; // pong, left, and whatever a newer server adds
+    }
+  }
+
+  // Forget a socket: no more events from it, and the requests sent on it fail with `err`.
+  #dropSocket(ws, err) {
+    ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+    if (ws.readyState === WebSocket.CONNECTING || ws.readyState === WebSocket.OPEN) ws.close();
+    if (ws !== this.#ws) return;
+    this.#ws = null;
+    clearInterval(this.#pingTimer);
+    for (const p of this.#pending.values()) {
+      clearTimeout(p.timer);
+      p.reject(err);
+    }
+    this.#pending.clear();
+  }
+
+  // The socket closed (or stopped answering pings). While joined: reconnect, unless the code
+  // says it is final. While (re)connecting, the pending join fails and its caller decides.
+  #onSocketClosed(ws, code, reason) {
+    if (ws !== this.#ws) return;
+    const err = new RoomError('disconnected', `signaling socket closed (${code}${reason ? `: ${reason}` : ''})`,
+      { closeCode: code });
+    this.#dropSocket(ws, err);
+    if (this.#state !== 'joined') return;
+    if (FINAL_CLOSE_CODES.has(code)) {
+      this.#shutdown(code, reason, err);
+      return;
+    }
+    this.#state = 'reconnecting';
+    this.#ready = deferred();
+    this.#emit('disconnected', { code, reason, willReconnect: true });
+    this.#reconnect();
+  }
+
+  // Reconnect with exponential backoff; resume while the resume window lasts, else join afresh.
+  async #reconnect() {
+    const droppedAt = Date.now();
+    let delay = BACKOFF_FIRST_MS;
+    while (this.#state === 'reconnecting') {
+      await sleep(delay);
+      if (this.#state !== 'reconnecting') return;
+      const resume = this.#resume && Date.now() - droppedAt < this.#resume.secs * 1000 ? this.#resume.token : undefined;
+      try {
+        await this.#join(resume);
+        return; // #onJoined did the rest
+      } catch (e) {
+        if (this.#state !== 'reconnecting') return; // left meanwhile
+        if (e.code === 'resume_failed') {
+          this.#resume = null;
+          delay = 0; // join afresh at once
+          continue;
+        }
+        if (FINAL_JOIN_ERRORS.has(e.code) || FINAL_CLOSE_CODES.has(e.closeCode)) {
+          this.#shutdown(e.closeCode ?? FINAL_JOIN_ERRORS.get(e.code), e.message, e);
+          return;
+        }
+        delay = Math.min(Math.max(delay * 2, BACKOFF_FIRST_MS), BACKOFF_MAX_MS);
+      }
+    }
+  }
+
+  #startPing() {
+    clearInterval(this.#pingTimer);
+    const ws = this.#ws;
+    this.#pingTimer = setInterval(() => {
+      this.#request({ type: 'ping' }, PING_INTERVAL_MS).catch((e) => {
+        // No pong within an interval: the socket is dead even if the browser has not noticed.
+        if (e.code === 'timeout') this.#onSocketClosed(ws, 1006, 'no pong');
+      });
+    }, PING_INTERVAL_MS);
+  }
+
+  // The end: no reconnection. Connections close; the local tracks are the caller's to stop.
+  #shutdown(code, reason, error) {
+    if (this.#state === 'closed') return;
+    this.#state = 'closed';
+    const err = error || new RoomError('disconnected', 'the room was left');
+    if (this.#ws) this.#dropSocket(this.#ws, err);
+    this.#ready = deferred();
+    this.#ready.reject(err);
+    for (const sub of [...this.#subs.values()]) this.#endSubscription(sub, 'closed');
+    this.pcPublisher?.close();
+    this.pcSubscriber?.close();
+    this.pcPublisher = this.pcSubscriber = null;
+    this.#emit('disconnected', { code, reason, willReconnect: false });
+  }
+
+  // ---------- room model ----------
+
+  #onJoined(msg) {
+    const first = this.me === null;
+    const fresh = !first && !msg.resumed; // the resume failed: the server forgot our sessions
+    if (fresh) this.#resetMedia();
+    this.#resume = msg.resume || null;
+    this.#iceServers = this.#opts.iceServers || msg.ice_servers || [];
+    this.#state = 'joined';
+    this.#ready.resolve();
+    this.#startPing();
+    this.#syncRoom(msg);
+    if (fresh) this.#republish().catch(this.#backgroundError);
+    // After a resume, events in between are lost: a new subscriber offer's answer (its slots)
+    // says what each section carries now.
+    else if (msg.resumed && this.pcSubscriber) this.#renegotiate('subscriber').catch(this.#backgroundError);
+    if (!first) this.#emit('reconnected', { resumed: !!msg.resumed });
+  }
+
+  // Bring the model in line with a `joined`, with the events that tell the difference (on the
+  // first join: `participantjoined` for each one already there).
+  #syncRoom(msg) {
+    if (this.me) this.me.name = msg.me.name || this.me.name;
+    else this.me = participantFrom(msg.me);
+    this.#syncMyTracks(msg.me.tracks);
+    const now = new Map((msg.participants || []).map((p) => [p.identity, p]));
+    for (const identity of [...this.participants.keys()]) {
+      if (!now.has(identity)) this.#removeParticipant(identity, 'resync');
+    }
+    for (const p of now.values()) {
+      const known = this.participants.get(p.identity);
+      if (!known) {
+        this.#addParticipant(p);
+        continue;
+      }
+      known.name = p.name || known.name;
+      const tracks = new Map((p.tracks || []).map((t) => [t.id, t]));
+      for (const id of [...known.tracks.keys()]) {
+        if (!tracks.has(id)) this.#removeTrack(id, p.identity);
+      }
+      for (const t of tracks.values()) {
+        const old = known.tracks.get(t.id);
+        if (!old) this.#addTrack(t);
+        else if (old.muted !== t.muted) this.#setTrackMuted(t.id, p.identity, t.muted);
+      }
+    }
+  }
+
+  // My published tracks as the server sees them (publish_answer, joined): match them with the
+  // local tracks by mid, and send any mute change the server has not seen.
+  #syncMyTracks(tracks = []) {
+    this.me.tracks = new Map(tracks.map((t) => [t.id, t]));
+    for (const entry of this.#local.values()) {
+      const mid = entry.transceiver?.mid;
+      const track = mid != null ? tracks.find((t) => t.mid === mid) : undefined;
+      entry.trackId = track ? track.id : null;
+      if (track && track.muted !== entry.muted) this.#sendMute(entry).catch(this.#backgroundError);
+    }
+  }
+
+  #participant(identity) {
+    return identity === this.me?.identity ? this.me : this.participants.get(identity);
+  }
+
+  #addParticipant(p) {
+    if (p.identity === this.me.identity) return;
+    if (this.participants.has(p.identity)) this.#removeParticipant(p.identity, 'replaced');
+    const participant = participantFrom(p);
+    this.participants.set(participant.identity, participant);
+    this.#emit('participantjoined', { participant });
+    this.#flushSubscriptions();
+  }
+
+  #removeParticipant(identity, reason) {
+    const participant = this.participants.get(identity);
+    if (!participant) return;
+    for (const sub of [...this.#subs.values()]) {
+      if (participant.tracks.has(sub.trackId)) this.#endSubscription(sub, 'left');
+    }
+    this.participants.delete(identity);
+    this.#emit('participantleft', { participant, reason });
+  }
+
+  #addTrack(track) {
+    const participant = this.#participant(track.identity);
+    if (!participant) return;
+    participant.tracks.set(track.id, track);
+    this.#emit('trackpublished', { participant, track });
+    this.#flushSubscriptions();
+  }
+
+  #removeTrack(trackId, identity) {
+    const participant = this.#participant(identity);
+    const track = participant?.tracks.get(trackId);
+    if (!track) return;
+    const sub = this.#subs.get(trackId);
+    if (sub) this.#endSubscription(sub, 'unpublished');
+    participant.tracks.delete(trackId);
+    this.#emit('trackunpublished', { participant, track });
+  }
+
+  #setTrackMuted(trackId, identity, muted) {
+    const participant = this.#participant(identity);
+    const track = participant?.tracks.get(trackId);
+    if (!track) return;
+    track.muted = muted;
+    this.#emit('trackmuted', { participant, track, muted });
+  }
+
+  // ---------- subscriptions ----------
+
+  // A remote track arrives on the subscriber connection's section `mid` (from `subscribed`,
+  // or a slot of `subscriber_answer`, where layer and pause are not given).
+  #onSubscribed(trackId, mid, maxLayer, paused) {
+    const sub = this.#subs.get(trackId);
+    if (sub && sub.mid === mid) {
+      Object.assign(sub, { maxLayer: maxLayer ?? sub.maxLayer, paused: paused ?? sub.paused });
+      return;
+    }
+    if (sub) this.#endSubscription(sub, 'replaced');
+    for (const other of [...this.#subs.values()]) {
+      if (other.mid === mid) this.#endSubscription(other, 'replaced'); // the section was reused
+    }
+    this.#subs.set(trackId, {
+      trackId, mid, kind: null, participant: null, mediaStreamTrack: null, transceiver: null,
+      maxLayer: maxLayer ?? 2, paused: paused ?? false,
+    });
+    this.#flushSubscriptions();
+  }
+
+  // What each receiving section carries now. Normally `subscribed` / `unsubscribed` have said
+  // it already; after a resume this is how the client learns what changed meanwhile.
+  #applySlots(slots = []) {
+    for (const slot of slots) {
+      if (slot.track) {
+        this.#onSubscribed(slot.track, slot.mid);
+        continue;
+      }
+      const stale = [...this.#subs.values()].find((s) => s.mid === slot.mid);
+      if (stale) this.#endSubscription(stale, 'resync');
+    }
+  }
+
+  // Announce (`track`) each subscription whose section exists and whose owner is known.
+  #flushSubscriptions() {
+    const pc = this.pcSubscriber;
+    if (!pc) return;
+    for (const sub of this.#subs.values()) {
+      if (sub.transceiver) continue;
+      const transceiver = pc.getTransceivers().find((t) => t.mid === sub.mid);
+      const participant = [...this.participants.values()].find((p) => p.tracks.has(sub.trackId));
+      if (!transceiver || !participant) continue;
+      Object.assign(sub, {
+        transceiver, participant, kind: transceiver.receiver.track.kind, mediaStreamTrack: transceiver.receiver.track,
+      });
+      this.#emit('track', {
+        participant, trackId: sub.trackId, kind: sub.kind, mediaStreamTrack: sub.mediaStreamTrack, transceiver,
+      });
+    }
+  }
+
+  #endSubscription(sub, reason) {
+    this.#subs.delete(sub.trackId);
+    if (!sub.transceiver) return; // never announced
+    this.#emit('trackended', {
+      participant: sub.participant, trackId: sub.trackId, kind: sub.kind,
+      mediaStreamTrack: sub.mediaStreamTrack, transceiver: sub.transceiver, reason,
+    });
+  }
+
+  // ---------- media connections ----------
+
+  #newConnection(which) {
+    const pc = new RTCPeerConnection({ iceServers: this.#iceServers, bundlePolicy: 'max-bundle' });
+    // ICE failed (network change): a new offer with new ICE credentials, on the same connection.
+    const restart = () => {
+      if (this.#state === 'closed' || (pc !== this.pcPublisher && pc !== this.pcSubscriber)) return;
+      this.#renegotiate(which, { iceRestart: true }).catch(this.#backgroundError);
+    };
+    let disconnectedTimer = null;
+    pc.addEventListener('iceconnectionstatechange', () => {
+      clearTimeout(disconnectedTimer);
+      if (pc.iceConnectionState === 'failed') restart();
+      else if (pc.iceConnectionState === 'disconnected') disconnectedTimer = setTimeout(restart, ICE_DISCONNECTED_RESTART_MS);
+    });
+    return pc;
+  }
+
+  // Give a local track a sending section: a section left inactive by unpublish() is reused
+  // (sections are never removed), else a new one.
+  async #attach(entry) {
+    this.pcPublisher ??= this.#newConnection('publisher');
+    const free = this.pcPublisher.getTransceivers()
+      .find((t) => t.direction === 'inactive' && t.receiver.track.kind === entry.kind);
+    if (free) {
+      free.direction = 'sendonly';
+      await free.sender.replaceTrack(entry.track);
+      entry.transceiver = free;
+    } else {
+      entry.transceiver = this.pcPublisher.addTransceiver(entry.track, {
+        direction: 'sendonly',
+        streams: [entry.stream],
+        sendEncodings: entry.simulcast ? SIMULCAST.map((e) => ({ ...e })) : undefined,
+      });
+    }
+  }
+
+  async #detach(entry) {
+    this.#local.delete(entry.kind);
+    const t = entry.transceiver;
+    const pc = this.pcPublisher;
+    if (!t || !pc || pc.signalingState === 'closed' || !pc.getTransceivers().includes(t)) return;
+    t.direction = 'inactive';
+    await t.sender.replaceTrack(null);
+  }
+
+  // Joining afresh: the server has forgotten our sessions, so the connections start anew.
+  #resetMedia() {
+    for (const sub of [...this.#subs.values()]) this.#endSubscription(sub, 'reconnect');
+    this.pcPublisher?.close();
+    this.pcSubscriber?.close();
+    this.pcPublisher = this.pcSubscriber = null;
+    this.#wanted = { audio: 0, video: 0 };
+    for (const entry of this.#local.values()) Object.assign(entry, { transceiver: null, trackId: null });
+  }
+
+  async #republish() {
+    if (!this.#local.size) return;
+    for (const entry of this.#local.values()) await this.#attach(entry);
+    await this.#renegotiate('publisher');
+  }
+
+  // Queue an offer on one connection: one negotiation in flight per connection. Calls made
+  // while an offer waits to start share it: it reads the connection's state when it starts.
+  #renegotiate(which, { iceRestart = false } = {}) {
+    const n = this.#negotiations[which];
+    n.iceRestart ||= iceRestart;
+    if (!n.queued) {
+      n.queued = n.chain.then(() => {
+        n.queued = null;
+        const restart = n.iceRestart;
+        n.iceRestart = false;
+        return this.#offer(which, restart);
+      });
+      n.chain = n.queued.catch(() => {});
+    }
+    return n.queued;
+  }
+
+  async #offer(which, iceRestart) {
+    for (;;) {
+      await this.#ready.promise; // rejects once the room is closed
+      const pc = which === 'publisher' ? this.pcPublisher : (this.pcSubscriber ??= this.#newConnection('subscriber'));
+      if (!pc) return; // nothing published
+      if (which === 'subscriber') this.#addReceivers(pc);
+      if (pc.signalingState === 'have-local-offer') await pc.setLocalDescription({ type: 'rollback' });
+      await pc.setLocalDescription(await pc.createOffer({ iceRestart }));
+      await waitIceGathering(pc);
+      if (pc.signalingState === 'closed') continue; // replaced by a fresh join meanwhile
+      const sdp = pc.localDescription.sdp;
+      let answer;
+      try {
+        answer = await this.#request(which === 'publisher'
+          ? { type: 'publish', sdp, tracks: this.#publishedSections() }
+          : { type: 'subscriber_offer', sdp });
+      } catch (e) {
+        // The socket went away before the answer: offer again once back in the room (the
+        // server may or may not have taken this offer; a new one settles it either way).
+        if (e.code === 'disconnected' && this.#state !== 'closed') continue;
+        if (pc.signalingState === 'have-local-offer') await pc.setLocalDescription({ type: 'rollback' });
+        throw e;
+      }
+      if (pc.signalingState !== 'have-local-offer') return; // closed meanwhile
+      await pc.setRemoteDescription({ type: 'answer', sdp: answer.sdp });
+      return;
+    }
+  }
+
+  // Add recvonly sections until there are as many of each kind as the server asked for.
+  #addReceivers(pc) {
+    for (const kind of ['audio', 'video']) {
+      let have = pc.getTransceivers().filter((t) => t.receiver.track.kind === kind).length;
+      for (; have < this.#wanted[kind]; have++) pc.addTransceiver(kind, { direction: 'recvonly' });
+    }
+  }
+
+  #publishedSections() {
+    return [...this.#local.values()]
+      .filter((e) => e.transceiver?.mid != null)
+      .map((e) => ({ mid: e.transceiver.mid, source: e.source, muted: e.muted }));
+  }
+
+  #sendMute(entry) {
+    return this.#request({ type: 'mute', track: entry.trackId, muted: entry.muted });
+  }
+
+  // ---------- helpers ----------
+
+  #assertInRoom() {
+    if (this.#state !== 'joined' && this.#state !== 'reconnecting') {
+      throw new RoomError('bad_state', `not in the room (${this.#state})`);
+    }
+  }
+
+  #emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+
+  // A failure of something the server or the connection started (not a caller's request).
+  #backgroundError = (e) => {
+    if (this.#state === 'closed') return;
+    this.#emit('error', { code: e.code || 'client', message: e.message || String(e) });
+  };
+}

@@ -1,0 +1,626 @@
+//! The WebSocket room protocol (docs/signaling.md) against the real `control` binary: a call
+//! message by message, every error and close code, and a socket that drops and resumes.
+//! Offers come from str0m peers, so the node answers real SDP (media itself is the browser
+//! and load tests' part).
+
+mod support;
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use str0m::change::{SdpAnswer, SdpPendingOffer};
+use str0m::media::{Direction, MediaKind};
+use str0m::{Candidate, Rtc};
+use support::Server;
+use tokio_tungstenite::tungstenite::Message;
+use tools::token::{Grants, dev_token};
+
+/// How long any one expected message may take: generous, the machines are shared.
+const WAIT: Duration = Duration::from_secs(15);
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// One socket of the room protocol, as a test client.
+struct Client {
+    ws: Ws,
+    /// Messages read while waiting for another one, in order.
+    backlog: VecDeque<Value>,
+    next_req: u64,
+}
+
+fn ws_url(server: &Server, room: &str) -> String {
+    format!("{}/rtc/{room}", server.base_url.trim_end_matches('/')).replacen("http://", "ws://", 1)
+}
+
+impl Client {
+    async fn connect(server: &Server, room: &str) -> Self {
+        let (ws, _) = tokio_tungstenite::connect_async(ws_url(server, room))
+            .await
+            .expect("WebSocket upgrade");
+        Self {
+            ws,
+            backlog: VecDeque::new(),
+            next_req: 1,
+        }
+    }
+
+    /// Connect and join as `identity` with every grant; returns the client and `joined`.
+    async fn join(server: &Server, room: &str, identity: &str) -> (Self, Value) {
+        let mut c = Self::connect(server, room).await;
+        let token = dev_token(room, identity, Grants::PUBLISH_SUBSCRIBE).expect("token");
+        let joined = c
+            .request(
+                json!({"type": "join", "v": 1, "token": token, "name": identity.to_uppercase()}),
+            )
+            .await;
+        assert_eq!(joined["type"], "joined", "{identity} joins: {joined}");
+        (c, joined)
+    }
+
+    async fn send(&mut self, message: Value) {
+        self.ws
+            .send(Message::text(message.to_string()))
+            .await
+            .expect("send");
+    }
+
+    /// Send `message` with a fresh `req` and wait for the answer carrying it.
+    async fn request(&mut self, mut message: Value) -> Value {
+        let req = self.next_req;
+        self.next_req += 1;
+        message["req"] = json!(req);
+        self.send(message).await;
+        self.expect_where(|m| m["req"] == json!(req)).await
+    }
+
+    /// The next message from the server (or `None` when the socket closed: then the close
+    /// frame's code, if any, is returned as `{"closed": code}`).
+    async fn next(&mut self) -> Value {
+        if let Some(m) = self.backlog.pop_front() {
+            return m;
+        }
+        self.read().await
+    }
+
+    async fn read(&mut self) -> Value {
+        loop {
+            let frame = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("a message within the deadline");
+            match frame {
+                Some(Ok(Message::Text(text))) => {
+                    return serde_json::from_str(text.as_str()).expect("server messages are JSON");
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    return json!({"closed": frame.map(|f| u16::from(f.code))});
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return json!({"closed": null}),
+            }
+        }
+    }
+
+    /// The first message matching `pred`; the others read meanwhile stay queued.
+    async fn expect_where(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
+        if let Some(at) = self.backlog.iter().position(&pred) {
+            return self.backlog.remove(at).expect("present");
+        }
+        let deadline = Instant::now() + WAIT;
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "no matching message; got {:?}",
+                self.backlog
+            );
+            let m = self.read().await;
+            if pred(&m) {
+                return m;
+            }
+            assert!(
+                m.get("closed").is_none(),
+                "socket closed while waiting: {m}; before: {:?}",
+                self.backlog
+            );
+            self.backlog.push_back(m);
+        }
+    }
+
+    async fn expect(&mut self, kind: &str) -> Value {
+        self.expect_where(|m| m["type"] == kind).await
+    }
+
+    /// Wait until the socket closes; its close code.
+    async fn closed(&mut self) -> Option<u64> {
+        let m = self.expect_where(|m| m.get("closed").is_some()).await;
+        m["closed"].as_u64()
+    }
+
+    /// Everything queued so far, after a round trip (a `ping`): a barrier for "nothing else
+    /// came".
+    async fn drain(&mut self) -> Vec<Value> {
+        self.request(json!({"type": "ping"})).await;
+        self.backlog.drain(..).collect()
+    }
+}
+
+/// A str0m peer that makes offers (and takes answers) as a browser would.
+struct Offerer {
+    rtc: Rtc,
+    pending: Option<SdpPendingOffer>,
+}
+
+impl Offerer {
+    fn new() -> Self {
+        let mut rtc = Rtc::new(Instant::now());
+        let candidate =
+            Candidate::host("127.0.0.1:9".parse().expect("addr"), "udp").expect("candidate");
+        rtc.add_local_candidate(candidate);
+        Self { rtc, pending: None }
+    }
+
+    /// An offer adding `media` sections (the earlier ones stay).
+    fn offer(&mut self, media: &[(MediaKind, Direction)]) -> (String, Vec<String>) {
+        let mut change = self.rtc.sdp_api();
+        let mids: Vec<String> = media
+            .iter()
+            .map(|(kind, dir)| change.add_media(*kind, *dir, None, None, None).to_string())
+            .collect();
+        let (offer, pending) = change.apply().expect("an offer");
+        self.pending = Some(pending);
+        (offer.to_sdp_string(), mids)
+    }
+
+    fn accept(&mut self, answer: &Value) {
+        let sdp = answer["sdp"].as_str().expect("an answer has sdp");
+        let answer = SdpAnswer::from_sdp_string(sdp).expect("the answer parses");
+        let pending = self.pending.take().expect("an offer is pending");
+        self.rtc
+            .sdp_api()
+            .accept_answer(pending, answer)
+            .expect("the answer fits the offer");
+    }
+}
+
+fn publish_offer(p: &mut Offerer) -> (String, Vec<String>) {
+    p.offer(&[
+        (MediaKind::Audio, Direction::SendOnly),
+        (MediaKind::Video, Direction::SendOnly),
+    ])
+}
+
+fn recv_sections(audio: usize, video: usize) -> Vec<(MediaKind, Direction)> {
+    let mut v = vec![(MediaKind::Audio, Direction::RecvOnly); audio];
+    v.extend(std::iter::repeat_n(
+        (MediaKind::Video, Direction::RecvOnly),
+        video,
+    ));
+    v
+}
+
+fn ids(tracks: &Value) -> Vec<String> {
+    tracks
+        .as_array()
+        .expect("tracks")
+        .iter()
+        .map(|t| t["id"].as_str().expect("id").to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_message_by_message() {
+    let server = Server::start();
+    let room = "call";
+    let (mut ada, joined) = Client::join(&server, room, "ada").await;
+    assert_eq!(joined["v"], 1);
+    assert_eq!(joined["room"], room);
+    assert_eq!(joined["me"]["identity"], "ada");
+    assert_eq!(joined["me"]["name"], "ADA");
+    assert_eq!(joined["participants"], json!([]));
+    assert_eq!(joined["resumed"], false);
+    assert_eq!(joined["resume"]["token"].as_str().map(str::len), Some(32));
+
+    let (mut bob, joined) = Client::join(&server, room, "bob").await;
+    assert_eq!(joined["participants"][0]["identity"], "ada");
+    let event = ada.expect("participant_joined").await;
+    assert_eq!(event["participant"]["identity"], "bob");
+
+    // Ada publishes a microphone and a camera.
+    let mut ada_pub = Offerer::new();
+    let (sdp, mids) = publish_offer(&mut ada_pub);
+    let answer = ada
+        .request(json!({"type": "publish", "sdp": sdp,
+            "tracks": [{"mid": mids[0], "source": "microphone"}, {"mid": mids[1], "source": "camera"}]}))
+        .await;
+    assert_eq!(answer["type"], "publish_answer", "{answer}");
+    ada_pub.accept(&answer);
+    let tracks = answer["tracks"].as_array().expect("tracks").clone();
+    assert_eq!(tracks.len(), 2);
+    assert_eq!(tracks[0]["kind"], "audio");
+    assert_eq!(tracks[0]["source"], "microphone");
+    assert_eq!(tracks[0]["mid"], mids[0].as_str());
+    assert_eq!(tracks[1]["kind"], "video");
+    assert_eq!(tracks[1]["mid"], mids[1].as_str());
+    let (audio, video) = (
+        ids(&answer["tracks"])[0].clone(),
+        ids(&answer["tracks"])[1].clone(),
+    );
+
+    // Bob learns of both and is asked for a receiving section of each kind.
+    for _ in 0..2 {
+        let published = bob.expect("track_published").await;
+        assert_eq!(published["track"]["identity"], "ada");
+        assert!(
+            published["track"].get("mid").is_none(),
+            "others do not see my mids"
+        );
+    }
+    let renegotiate = bob.expect("renegotiate").await;
+    assert_eq!(
+        (renegotiate["audio"].as_u64(), renegotiate["video"].as_u64()),
+        (Some(1), Some(1))
+    );
+    let mut bob_sub = Offerer::new();
+    let (sdp, sub_mids) = bob_sub.offer(&recv_sections(1, 1));
+    let answer = bob
+        .request(json!({"type": "subscriber_offer", "sdp": sdp}))
+        .await;
+    assert_eq!(answer["type"], "subscriber_answer", "{answer}");
+    bob_sub.accept(&answer);
+    assert_eq!(answer["slots"].as_array().map(Vec::len), Some(2));
+    let mut carried = Vec::new();
+    for _ in 0..2 {
+        let s = bob.expect("subscribed").await;
+        assert_eq!(s["max_layer"], 2);
+        assert_eq!(s["paused"], false);
+        carried.push((
+            s["track"].as_str().expect("track").to_string(),
+            s["mid"].as_str().expect("mid").to_string(),
+        ));
+    }
+    carried.sort();
+    let mut want = vec![
+        (audio.clone(), sub_mids[0].clone()),
+        (video.clone(), sub_mids[1].clone()),
+    ];
+    want.sort();
+    assert_eq!(carried, want, "each track on the section of its kind");
+
+    // A small tile: lowest layer; then out of view: paused.
+    let set = bob
+        .request(json!({"type": "set_subscription", "track": video, "max_layer": 0}))
+        .await;
+    assert_eq!(
+        (
+            set["type"].as_str(),
+            set["max_layer"].as_u64(),
+            set["paused"].as_bool()
+        ),
+        (Some("subscription"), Some(0), Some(false))
+    );
+    let set = bob
+        .request(json!({"type": "set_subscription", "track": video, "paused": true}))
+        .await;
+    assert_eq!(
+        (set["max_layer"].as_u64(), set["paused"].as_bool()),
+        (Some(0), Some(true))
+    );
+
+    // Mute: everyone hears of it, the muter in answer to its request.
+    let muted = ada
+        .request(json!({"type": "mute", "track": audio, "muted": true}))
+        .await;
+    assert_eq!(
+        (muted["type"].as_str(), muted["muted"].as_bool()),
+        (Some("track_muted"), Some(true))
+    );
+    let muted = bob.expect("track_muted").await;
+    assert_eq!(
+        (muted["track"].as_str(), muted["identity"].as_str()),
+        (Some(audio.as_str()), Some("ada"))
+    );
+
+    // Bob stops receiving the audio: its section is free again.
+    bob.send(json!({"type": "unsubscribe", "track": audio}))
+        .await;
+    let gone = bob.expect("unsubscribed").await;
+    assert_eq!(
+        (gone["track"].as_str(), gone["reason"].as_str()),
+        (Some(audio.as_str()), Some("requested"))
+    );
+
+    // Ada adds a screen share by renegotiating her publisher connection.
+    let (sdp, more) = ada_pub.offer(&[(MediaKind::Video, Direction::SendOnly)]);
+    let answer = ada
+        .request(json!({"type": "publish", "sdp": sdp, "tracks": [{"mid": more[0], "source": "screen"}]}))
+        .await;
+    assert_eq!(answer["type"], "publish_answer", "{answer}");
+    ada_pub.accept(&answer);
+    let all = ids(&answer["tracks"]);
+    assert_eq!(all.len(), 3);
+    assert_eq!(
+        &all[..2],
+        &[audio.clone(), video.clone()],
+        "earlier tracks keep their ids"
+    );
+    let screen = all[2].clone();
+    assert_eq!(answer["tracks"][2]["source"], "screen");
+    assert_eq!(
+        answer["tracks"][0]["muted"], true,
+        "a renegotiation keeps the mute state"
+    );
+    let published = bob.expect("track_published").await;
+    assert_eq!(published["track"]["id"], screen.as_str());
+    let renegotiate = bob.expect("renegotiate").await;
+    assert_eq!(
+        (renegotiate["audio"].as_u64(), renegotiate["video"].as_u64()),
+        (Some(1), Some(2))
+    );
+    let (sdp, extra) = bob_sub.offer(&recv_sections(0, 1));
+    let answer = bob
+        .request(json!({"type": "subscriber_offer", "sdp": sdp}))
+        .await;
+    assert_eq!(
+        answer["slots"].as_array().map(Vec::len),
+        Some(3),
+        "{answer}"
+    );
+    bob_sub.accept(&answer);
+    let s = bob.expect("subscribed").await;
+    assert_eq!(
+        (s["track"].as_str(), s["mid"].as_str()),
+        (Some(screen.as_str()), Some(extra[0].as_str()))
+    );
+
+    // Ada leaves: she is told, her socket closes normally, Bob sees her go and loses her
+    // tracks.
+    let left = ada.request(json!({"type": "leave"})).await;
+    assert_eq!(left["type"], "left");
+    assert_eq!(ada.closed().await, Some(1000));
+    let event = bob.expect("participant_left").await;
+    assert_eq!(
+        (event["identity"].as_str(), event["reason"].as_str()),
+        (Some("ada"), Some("left"))
+    );
+    let mut ended = Vec::new();
+    for _ in 0..2 {
+        let u = bob.expect("unsubscribed").await;
+        assert_eq!(u["reason"], "unpublished");
+        ended.push(u["track"].as_str().expect("track").to_string());
+    }
+    ended.sort();
+    let mut want = vec![video.clone(), screen.clone()];
+    want.sort();
+    assert_eq!(ended, want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_error_has_its_code() {
+    let server = Server::start_with(
+        1,
+        &[
+            ("SFU__RTC__MAX_PARTICIPANTS", "2"),
+            ("SFU__RTC__MAX_TRACKS_PER_PARTICIPANT", "1"),
+            ("SFU__RTC__MAX_MESSAGE_BYTES", "8192"),
+        ],
+        &[],
+    );
+    let room = "errors";
+
+    // Before join.
+    let mut c = Client::connect(&server, room).await;
+    let e = c.request(json!({"type": "ping"})).await;
+    assert_eq!(
+        (e["type"].as_str(), e["code"].as_str()),
+        (Some("error"), Some("not_joined"))
+    );
+    c.send(json!("just a string")).await;
+    assert_eq!(c.expect("error").await["code"], "bad_message");
+    c.ws.send(Message::text("{not json")).await.expect("send");
+    assert_eq!(c.expect("error").await["code"], "bad_message");
+    let e = c.request(json!({"type": "fly"})).await;
+    assert_eq!(
+        e["code"], "bad_message",
+        "an unknown type keeps its req: {e}"
+    );
+    c.ws.send(Message::binary(vec![1, 2, 3]))
+        .await
+        .expect("send");
+    assert_eq!(c.expect("error").await["code"], "bad_message");
+
+    // A join that cannot be: bad version, bad token, token of another room.
+    let e = c.request(json!({"type": "join", "v": 99})).await;
+    assert_eq!(e["code"], "unsupported_version");
+    assert_eq!(c.closed().await, Some(4000));
+    let mut c = Client::connect(&server, room).await;
+    let e = c
+        .request(json!({"type": "join", "v": 1, "token": "nonsense"}))
+        .await;
+    assert_eq!(e["code"], "unauthorized");
+    assert_eq!(c.closed().await, Some(4001));
+    let mut c = Client::connect(&server, room).await;
+    let other = dev_token("elsewhere", "eve", Grants::PUBLISH_SUBSCRIBE).expect("token");
+    let e = c
+        .request(json!({"type": "join", "v": 1, "token": other}))
+        .await;
+    assert_eq!(e["code"], "forbidden");
+    assert_eq!(c.closed().await, Some(4003));
+    let mut c = Client::connect(&server, room).await;
+    let e = c
+        .request(json!({"type": "join", "v": 1, "resume": "0123"}))
+        .await;
+    assert_eq!(e["code"], "unauthorized", "a resume needs a token too");
+
+    // Joined: errors on what it asks for.
+    let (mut ada, _) = Client::join(&server, room, "ada").await;
+    let e = ada.request(json!({"type": "join", "v": 1})).await;
+    assert_eq!(e["code"], "already_joined");
+    let e = ada
+        .request(json!({"type": "subscribe", "track": "nope-0"}))
+        .await;
+    assert_eq!(e["code"], "unknown_track");
+    let e = ada
+        .request(json!({"type": "mute", "track": "nope-0", "muted": true}))
+        .await;
+    assert_eq!(e["code"], "unknown_track");
+    let e = ada
+        .request(json!({"type": "set_subscription", "track": "nope-0", "paused": true}))
+        .await;
+    assert_eq!(e["code"], "unknown_track");
+    let e = ada
+        .request(json!({"type": "publish", "sdp": "v=0\r\nthis is not SDP\r\n"}))
+        .await;
+    assert_eq!(e["code"], "bad_offer", "{e}");
+    let mut p = Offerer::new();
+    let (sdp, _) = publish_offer(&mut p);
+    let e = ada.request(json!({"type": "publish", "sdp": sdp})).await;
+    assert_eq!(
+        e["code"], "too_many_tracks",
+        "two sections, the limit is one: {e}"
+    );
+    let e = ada
+        .request(json!({"type": "subscriber_offer", "sdp": "garbage"}))
+        .await;
+    assert_eq!(e["code"], "bad_offer", "{e}");
+
+    // A token without the publish grant may join, not publish.
+    let mut viewer = Client::connect(&server, room).await;
+    let token = dev_token(room, "viewer", Grants::SUBSCRIBE).expect("token");
+    assert_eq!(
+        viewer
+            .request(json!({"type": "join", "v": 1, "token": token}))
+            .await["type"],
+        "joined"
+    );
+    let mut p = Offerer::new();
+    let (sdp, _) = p.offer(&[(MediaKind::Audio, Direction::SendOnly)]);
+    let e = viewer.request(json!({"type": "publish", "sdp": sdp})).await;
+    assert_eq!(e["code"], "forbidden");
+
+    // The room holds two: a third identity is refused, a rejoin of one present is not.
+    let mut third = Client::connect(&server, room).await;
+    let token = dev_token(room, "third", Grants::PUBLISH_SUBSCRIBE).expect("token");
+    let e = third
+        .request(json!({"type": "join", "v": 1, "token": token}))
+        .await;
+    assert_eq!(e["code"], "room_full");
+    assert_eq!(third.closed().await, Some(4003));
+
+    // The same identity joining again replaces the first socket's participant.
+    let (_ada2, _) = Client::join(&server, room, "ada").await;
+    let e = ada.expect("error").await;
+    assert_eq!(e["code"], "replaced");
+    assert_eq!(ada.closed().await, Some(4002));
+
+    // Too large: the socket is closed with 1009.
+    let big = json!({"type": "publish", "sdp": "v=0\r\n".repeat(3000)});
+    viewer.send(big).await;
+    assert_eq!(viewer.closed().await, Some(1009));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn floods_and_repeated_errors_are_cut_off() {
+    let server = Server::start_with(
+        1,
+        &[
+            ("SFU__RTC__MESSAGES_PER_SEC", "1"),
+            ("SFU__RTC__MESSAGE_BURST", "5"),
+            ("SFU__RTC__MAX_ERRORS", "3"),
+        ],
+        &[],
+    );
+    let (mut c, _) = Client::join(&server, "flood", "ada").await;
+    // The join took one token: four more pass, then the bucket is empty.
+    for _ in 0..10 {
+        c.send(json!({"type": "ping"})).await;
+    }
+    let mut pongs = 0;
+    let mut limited = 0;
+    loop {
+        let m = c.next().await;
+        match m["type"].as_str() {
+            Some("pong") => pongs += 1,
+            Some("error") => {
+                assert_eq!(m["code"], "rate_limited");
+                limited += 1;
+            }
+            _ => {
+                // The third error closes the socket with 4008.
+                assert_eq!(m["closed"], 4008, "{m}");
+                break;
+            }
+        }
+    }
+    assert!(pongs <= 5, "at most the burst passes: {pongs}");
+    assert_eq!(limited, 3, "the third error is the last");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_socket_resumes_within_the_grace_period_and_leaves_after_it() {
+    let server = Server::start_with(1, &[("SFU__RTC__RESUME_SECS", "3")], &[]);
+    let room = "resume";
+    let (mut ada, joined) = Client::join(&server, room, "ada").await;
+    let resume = joined["resume"]["token"]
+        .as_str()
+        .expect("token")
+        .to_string();
+    let mut p = Offerer::new();
+    let (sdp, mids) = p.offer(&[(MediaKind::Audio, Direction::SendOnly)]);
+    let answer = ada
+        .request(json!({"type": "publish", "sdp": sdp, "tracks": [{"mid": mids[0]}]}))
+        .await;
+    let track = ids(&answer["tracks"])[0].clone();
+    let (mut bob, _) = Client::join(&server, room, "bob").await;
+
+    // Ada's socket drops (no close handshake) and a new one resumes her.
+    drop(ada);
+    let mut ada = Client::connect(&server, room).await;
+    let token = dev_token(room, "ada", Grants::PUBLISH_SUBSCRIBE).expect("token");
+    let joined = ada
+        .request(json!({"type": "join", "v": 1, "token": token, "resume": resume}))
+        .await;
+    assert_eq!(joined["type"], "joined", "{joined}");
+    assert_eq!(joined["resumed"], true);
+    assert_eq!(
+        ids(&joined["me"]["tracks"]),
+        vec![track.clone()],
+        "her track is still published"
+    );
+    assert_eq!(joined["me"]["tracks"][0]["mid"], mids[0].as_str());
+    assert_eq!(joined["participants"][0]["identity"], "bob");
+    let fresh = joined["resume"]["token"]
+        .as_str()
+        .expect("token")
+        .to_string();
+    assert_ne!(fresh, resume, "each joined carries a fresh token");
+    // Bob saw nothing of it: no one left.
+    let seen = bob.drain().await;
+    assert!(
+        seen.iter().all(|m| m["type"] != "participant_left"),
+        "bob saw ada leave during a resume: {seen:?}"
+    );
+
+    // A resume token is single-use.
+    let mut again = Client::connect(&server, room).await;
+    let token = dev_token(room, "ada", Grants::PUBLISH_SUBSCRIBE).expect("token");
+    let e = again
+        .request(json!({"type": "join", "v": 1, "token": token, "resume": resume}))
+        .await;
+    assert_eq!(e["code"], "resume_failed");
+    // Another identity cannot take Ada over with her token.
+    let token = dev_token(room, "mallory", Grants::PUBLISH_SUBSCRIBE).expect("token");
+    let e = again
+        .request(json!({"type": "join", "v": 1, "token": token, "resume": fresh}))
+        .await;
+    assert_eq!(e["code"], "resume_failed");
+
+    // Dropped again and not resumed: after rtc.resume_secs she leaves.
+    drop(ada);
+    let event = bob.expect("participant_left").await;
+    assert_eq!(
+        (event["identity"].as_str(), event["reason"].as_str()),
+        (Some("ada"), Some("timeout"))
+    );
+}
