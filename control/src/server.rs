@@ -288,6 +288,9 @@ async fn apply_node_events(
                     link::log_changes(&changes);
                 }
             }
+            FromNode::Event(NodeEvent::Speakers { room, speakers }) => {
+                crate::rtc::announce_speakers(&state, &room, speakers).await;
+            }
             FromNode::Event(NodeEvent::WorkerStopped { worker }) => {
                 tracing::error!(%node, %worker, "media worker stopped");
             }

@@ -434,6 +434,8 @@ impl RelayEndpoint {
             CrossWorker::Media(packet) => self.send_media(&packet),
             CrossWorker::KeyframeRequest { track, layer } => self.request_keyframe(track, layer),
             CrossWorker::Room(notice) => self.handle_notice(*notice),
+            // Speakers are ranked by the workers; the relay endpoint publishes no audio.
+            CrossWorker::Speech(_) => {}
         }
     }
 

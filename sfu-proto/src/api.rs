@@ -273,6 +273,12 @@ pub enum NodeEvent {
     /// The node is draining (it was asked to stop): give it no new rooms; its sessions go on
     /// until they end or its drain timeout passes.
     Draining,
+    /// A room's active speakers changed: their audio tracks published on this node, loudest
+    /// first (empty: nobody speaks). From the publishers' RFC 6464 audio levels.
+    Speakers {
+        room: RoomId,
+        speakers: Vec<TrackId>,
+    },
 }
 
 /// A node's load.

@@ -203,6 +203,8 @@ fn event() -> impl Strategy<Value = NodeEvent> {
             worker: WorkerId(w)
         }),
         Just(NodeEvent::Draining),
+        (room(), proptest::collection::vec(track(), 0..4))
+            .prop_map(|(room, speakers)| NodeEvent::Speakers { room, speakers }),
     ]
 }
 

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
-use sfu_core::ids::SessionId;
+use sfu_core::ids::{RoomId, SessionId, TrackId};
 use sfu_core::proto::EndReason;
 use tokio::sync::mpsc;
 
@@ -162,5 +162,14 @@ impl Hub {
         if let Some(participant) = participant {
             let _ = participant.try_send(Input::SessionEnded { session, reason });
         }
+    }
+}
+
+/// A node ranked `room`'s speakers: tell the room's participants, on every control instance.
+pub async fn announce_speakers(state: &crate::http::AppState, room: &RoomId, tracks: Vec<TrackId>) {
+    let event = participant::RoomEvent::Speakers { tracks };
+    let text = serde_json::to_string(&event).unwrap_or_default();
+    if let Err(e) = state.sessions.room_publish(room.as_str(), &text).await {
+        tracing::debug!(%room, error = %e, "cannot publish the room's speakers");
     }
 }

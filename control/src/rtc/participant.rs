@@ -20,8 +20,8 @@ use sfu_core::{NodeError, NodeRequest, NodeResponse, SessionCreated, SessionKind
 use tokio::sync::{broadcast, mpsc};
 
 use super::protocol::{
-    ClientMessage, ErrorCode, ParticipantInfo, ResumeInfo, ServerMessage, SlotView, TrackOptions,
-    TrackView, close,
+    ClientMessage, ErrorCode, ParticipantInfo, ResumeInfo, ServerMessage, SlotView, SpeakerView,
+    TrackOptions, TrackView, close,
 };
 use super::socket::SocketHandle;
 use crate::auth::Claims;
@@ -114,6 +114,9 @@ pub enum RoomEvent {
         identity: String,
         reason: String,
     },
+    /// The room's active speakers changed: their audio tracks, loudest first (from the node
+    /// that ranks them, through the instance that holds it).
+    Speakers { tracks: Vec<TrackId> },
 }
 
 /// One of the participant's media sessions.
@@ -895,6 +898,10 @@ impl Participant {
                     self.remove_member(&identity, &reason);
                 }
             }
+            RoomEvent::Speakers { tracks } => {
+                self.send_speakers(&tracks);
+                return None;
+            }
         }
         self.reconcile().await;
         None
@@ -967,6 +974,26 @@ impl Participant {
             }
         }
         self.others.insert(identity, (pid, member));
+    }
+
+    /// Tell the client who speaks, by participant (a track of no one known is skipped).
+    fn send_speakers(&self, tracks: &[TrackId]) {
+        let members = std::iter::once(&self.member).chain(self.others.values().map(|(_, m)| m));
+        let owners: Vec<(&Member, &MemberTrack)> = members
+            .flat_map(|m| m.tracks.iter().map(move |t| (m, t)))
+            .collect();
+        let mut speakers: Vec<SpeakerView> = Vec::new();
+        for track in tracks {
+            if let Some((m, t)) = owners.iter().find(|(_, t)| t.track == *track) {
+                if !speakers.iter().any(|s| s.identity == m.identity) {
+                    speakers.push(SpeakerView {
+                        identity: m.identity.clone(),
+                        track: t.id.clone(),
+                    });
+                }
+            }
+        }
+        self.send(ServerMessage::Speakers { speakers }, None);
     }
 
     fn auto_want(&mut self, track: &MemberTrack) {

@@ -127,6 +127,13 @@ pub struct SlotView {
     pub track: Option<String>,
 }
 
+/// An active speaker: who, and the audio track heard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SpeakerView {
+    pub identity: String,
+    pub track: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ResumeInfo {
     pub token: String,
@@ -195,6 +202,9 @@ pub enum ServerMessage {
     SessionEnded {
         connection: &'static str,
         reason: String,
+    },
+    Speakers {
+        speakers: Vec<SpeakerView>,
     },
     Left {},
     Pong {},

@@ -41,6 +41,7 @@ use crate::metrics::{DropReason, WorkerMetrics};
 use forward::{MediaPacket, Selection};
 use room::{PublishedTrack, Room, Want};
 use session::{Forwarded, Offer, PublishedMedia, Session, SessionBroken};
+use speaker::{SpeakerBoard, SpeechReport, SpeechWindow};
 
 /// How often sessions are checked for timeouts and publishers get REMB.
 pub const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(500);
@@ -89,6 +90,9 @@ pub enum CrossWorker {
     KeyframeRequest { track: TrackId, layer: Layer },
     /// A change to a room's state, which must not be lost.
     Room(Box<RoomNotice>),
+    /// Speech of the sending worker's publishers, for the room's ranking worker
+    /// ([`speaker::ranking_worker`]). Lossy: a missed interval only delays a ranking.
+    Speech(Box<SpeechReport>),
 }
 
 /// What one worker tells the others about a room.
@@ -183,6 +187,12 @@ pub struct Engine {
     layers_dirty: Vec<RoomKey>,
     to_close: Vec<(PeerId, EndReason)>,
 
+    /// This worker's publishers' speech in the current interval, and the rooms whose
+    /// speakers this worker ranks.
+    speech: SpeechWindow,
+    speakers: SpeakerBoard,
+    next_speech: Instant,
+
     transmits: VecDeque<Transmit>,
     cross: VecDeque<(WorkerId, CrossWorker)>,
     events: VecDeque<NodeEvent>,
@@ -238,6 +248,9 @@ impl Engine {
             keyframe_requests: Vec::new(),
             layers_dirty: Vec::new(),
             to_close: Vec::new(),
+            speech: SpeechWindow::default(),
+            speakers: SpeakerBoard::default(),
+            next_speech: now + speaker::SPEECH_INTERVAL,
             transmits: VecDeque::with_capacity(512),
             cross: VecDeque::new(),
             events: VecDeque::new(),
@@ -326,6 +339,7 @@ impl Engine {
                 }
             }
             CrossWorker::Room(notice) => self.handle_room_notice(*notice),
+            CrossWorker::Speech(report) => self.speakers.observe(*report, now),
         }
         if self.media.len() >= 64 {
             self.process();
@@ -433,6 +447,25 @@ impl Engine {
             self.next_housekeeping = now + HOUSEKEEPING_INTERVAL;
             self.housekeeping(now);
         }
+        if now >= self.next_speech {
+            self.next_speech = now + speaker::SPEECH_INTERVAL;
+            self.rank_speakers(now);
+        }
+    }
+
+    /// Send the interval's speech to the rooms' ranking workers; bring this worker's rankings
+    /// up to date.
+    fn rank_speakers(&mut self, now: Instant) {
+        for report in self.speech.take() {
+            let ranker = speaker::ranking_worker(report.room, self.config.workers);
+            if ranker == self.id {
+                self.speakers.observe(report, now);
+            } else {
+                self.cross
+                    .push_back((ranker, CrossWorker::Speech(Box::new(report))));
+            }
+        }
+        self.speakers.handle_timeout(now, &mut self.events);
     }
 
     /// End every session (the worker is stopping).
@@ -481,7 +514,12 @@ impl Engine {
             }
         }
         let timer = self.timers.peek().map(|Reverse((t, _))| *t);
-        timer.map_or(self.next_housekeeping, |t| t.min(self.next_housekeeping))
+        let mut due = timer.map_or(self.next_housekeeping, |t| t.min(self.next_housekeeping));
+        // Speech to send or rankings to keep: wake every interval; a silent worker does not.
+        if !self.speech.is_empty() || !self.speakers.is_empty() {
+            due = due.min(self.next_speech);
+        }
+        due
     }
 
     fn has_pending_work(&self) -> bool {
@@ -955,6 +993,7 @@ impl Engine {
 
     /// A track of `room` ended (here or on another worker): subscribers stop following it.
     fn track_ended(&mut self, room: RoomKey, track: TrackId) {
+        self.speakers.forget_track(room, track);
         let Some(r) = self.rooms.get_mut(&room) else {
             return;
         };
@@ -1171,6 +1210,13 @@ impl Engine {
                 for &w in &room.remote_workers {
                     self.cross
                         .push_back((w, CrossWorker::Media(packet.clone())));
+                }
+                if let Some(level) = packet.header.audio_level {
+                    if self.speakers.is_speech(level) {
+                        let h = &packet.header;
+                        self.speech
+                            .record(packet.room, &room.id, h.participant, h.track);
+                    }
                 }
             }
             let kind = packet.header.kind;

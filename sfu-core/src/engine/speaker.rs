@@ -21,7 +21,9 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use sfu_proto::{AudioLevel, ParticipantId};
+use sfu_proto::{AudioLevel, NodeEvent, ParticipantId, RoomId, TrackId, WorkerId};
+
+use crate::ids::RoomKey;
 
 /// The audio a packet carries (Opus's usual 20 ms frames).
 const PACKET_TIME: Duration = Duration::from_millis(20);
@@ -89,6 +91,12 @@ impl SpeakerDetector {
     /// level say nothing about speech and are not passed here).
     pub fn observe(&mut self, participant: ParticipantId, level: AudioLevel, now: Instant) {
         let speech = level.level <= self.config.speech_dbov && level.voice;
+        self.observe_speech(participant, u16::from(speech), now);
+    }
+
+    /// `packets` packets of speech from `participant` arrived in the interval ending `now`
+    /// (what [`observe`](Self::observe) does for each, in one step).
+    pub fn observe_speech(&mut self, participant: ParticipantId, packets: u16, now: Instant) {
         let config = self.config;
         let talker = self.talkers.entry(participant).or_insert(Talker {
             score: 0.0,
@@ -96,12 +104,8 @@ impl SpeakerDetector {
             speaking: false,
             quiet_since: None,
         });
-        // The time up to now counted as silence; a speech packet turns its 20 ms into
-        // speech: the average's step for 20 ms of 1 instead of 0.
         decay(talker, now, &config);
-        if speech {
-            talker.score = (talker.score + weight(PACKET_TIME, &config)).min(1.0);
-        }
+        talker.score = (talker.score + f64::from(packets) * weight(PACKET_TIME, &config)).min(1.0);
         self.update(now);
     }
 
@@ -198,6 +202,168 @@ fn decay(talker: &mut Talker, now: Instant, config: &SpeakerConfig) {
     let dt = now.saturating_duration_since(talker.updated);
     talker.score *= 1.0 - weight(dt, config);
     talker.updated = now.max(talker.updated);
+}
+
+/// How often a worker sends its publishers' speech to the worker that ranks the room, and how
+/// often that worker brings its rankings up to date.
+pub const SPEECH_INTERVAL: Duration = Duration::from_millis(100);
+
+/// A ranked room forgets its detector after this long without speech from anyone.
+const IDLE_ROOM: Duration = Duration::from_secs(10);
+
+/// The worker that ranks `room`'s speakers: every worker sends it its publishers' speech.
+pub fn ranking_worker(room: RoomKey, workers: usize) -> WorkerId {
+    WorkerId((room.0 as usize % workers.max(1)) as u16)
+}
+
+/// Speech of one audio track over one interval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpeechSample {
+    pub participant: ParticipantId,
+    pub track: TrackId,
+    /// Packets of speech in the interval.
+    pub packets: u16,
+}
+
+/// Speech of one room's tracks published on a worker, for the room's ranking worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpeechReport {
+    pub room: RoomKey,
+    pub room_id: RoomId,
+    pub samples: Vec<SpeechSample>,
+}
+
+/// A worker's publishers' speech since the last interval, per room. Only speech is kept: a
+/// silent room sends nothing.
+#[derive(Debug, Default)]
+pub struct SpeechWindow {
+    rooms: HashMap<RoomKey, SpeechReport>,
+}
+
+impl SpeechWindow {
+    /// One packet of speech on `track`.
+    pub fn record(
+        &mut self,
+        room: RoomKey,
+        room_id: &RoomId,
+        participant: ParticipantId,
+        track: TrackId,
+    ) {
+        let report = self.rooms.entry(room).or_insert_with(|| SpeechReport {
+            room,
+            room_id: room_id.clone(),
+            samples: Vec::new(),
+        });
+        match report.samples.iter_mut().find(|s| s.track == track) {
+            Some(sample) => sample.packets = sample.packets.saturating_add(1),
+            None => report.samples.push(SpeechSample {
+                participant,
+                track,
+                packets: 1,
+            }),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rooms.is_empty()
+    }
+
+    /// The interval's reports; the window starts empty again.
+    pub fn take(&mut self) -> impl Iterator<Item = SpeechReport> + '_ {
+        self.rooms.drain().map(|(_, report)| report)
+    }
+}
+
+/// One room ranked on this worker.
+#[derive(Debug)]
+struct Ranked {
+    room_id: RoomId,
+    detector: SpeakerDetector,
+    /// Each talker's audio track (what control is told).
+    tracks: HashMap<ParticipantId, TrackId>,
+    last_speech: Instant,
+}
+
+/// The rooms whose speakers this worker ranks ([`ranking_worker`]): speech reports in,
+/// [`NodeEvent::Speakers`] out when a room's list changes.
+#[derive(Debug, Default)]
+pub struct SpeakerBoard {
+    config: SpeakerConfig,
+    rooms: HashMap<RoomKey, Ranked>,
+}
+
+impl SpeakerBoard {
+    pub fn new(config: SpeakerConfig) -> Self {
+        Self {
+            config,
+            rooms: HashMap::new(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rooms.is_empty()
+    }
+
+    /// Whether a packet at `level` is speech.
+    pub fn is_speech(&self, level: AudioLevel) -> bool {
+        level.level <= self.config.speech_dbov && level.voice
+    }
+
+    pub fn observe(&mut self, report: SpeechReport, now: Instant) {
+        let config = self.config;
+        let ranked = self.rooms.entry(report.room).or_insert_with(|| Ranked {
+            room_id: report.room_id,
+            detector: SpeakerDetector::new(config),
+            tracks: HashMap::new(),
+            last_speech: now,
+        });
+        ranked.last_speech = now;
+        for sample in report.samples {
+            ranked.tracks.insert(sample.participant, sample.track);
+            ranked
+                .detector
+                .observe_speech(sample.participant, sample.packets, now);
+        }
+    }
+
+    /// Track `track` of `room` ended: its participant stops being a speaker at once.
+    pub fn forget_track(&mut self, room: RoomKey, track: TrackId) {
+        let Some(ranked) = self.rooms.get_mut(&room) else {
+            return;
+        };
+        let gone: Vec<ParticipantId> = ranked
+            .tracks
+            .iter()
+            .filter(|(_, t)| **t == track)
+            .map(|(p, _)| *p)
+            .collect();
+        for participant in gone {
+            ranked.tracks.remove(&participant);
+            ranked.detector.remove(participant);
+        }
+    }
+
+    /// Bring every ranking to `now`; the rooms whose list changed, as events. Rooms silent
+    /// for a while with nobody speaking are forgotten.
+    pub fn handle_timeout(&mut self, now: Instant, events: &mut impl Extend<NodeEvent>) {
+        for ranked in self.rooms.values_mut() {
+            ranked.detector.handle_timeout(now);
+            if let Some(list) = ranked.detector.poll_speakers() {
+                let speakers = list
+                    .iter()
+                    .filter_map(|p| ranked.tracks.get(p).copied())
+                    .collect();
+                events.extend([NodeEvent::Speakers {
+                    room: ranked.room_id.clone(),
+                    speakers,
+                }]);
+            }
+        }
+        self.rooms.retain(|_, r| {
+            !r.detector.speakers().is_empty()
+                || now.saturating_duration_since(r.last_speech) < IDLE_ROOM
+        });
+    }
 }
 
 #[cfg(test)]

@@ -424,6 +424,33 @@ impl Kit {
         response
     }
 
+    /// `peer`, a subscriber, offers `audio` and `video` more receiving sections on its live
+    /// connection (the node's `Renegotiate`); the peer takes the answer if there is one.
+    pub fn add_receivers(&mut self, peer: PeerRef, audio: usize, video: usize) -> NodeResponse {
+        let (offer, pending) = self.peers[peer.0].peer.add_receivers(audio, video);
+        let (node, session) = (self.peers[peer.0].node, self.peers[peer.0].session);
+        let offer = match Offer::parse(&offer) {
+            Ok(offer) => Box::new(offer),
+            Err(e) => return NodeResponse::Error(e),
+        };
+        let seed = session.as_u128() as u64;
+        let response = self.command(
+            node,
+            session,
+            Command::Renegotiate {
+                session,
+                offer,
+                seed,
+            },
+        );
+        if let NodeResponse::SessionCreated(created) = &response {
+            self.peers[peer.0]
+                .peer
+                .accept_answer(pending, &created.answer_sdp);
+        }
+        response
+    }
+
     /// Control closes `peer`'s session; the peer goes away too.
     pub fn close(&mut self, peer: PeerRef) -> NodeResponse {
         let (node, session) = (self.peers[peer.0].node, self.peers[peer.0].session);

@@ -12,7 +12,7 @@ use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind, Mid, Pt, Rid, Simulcast, SimulcastLayer};
 use str0m::net::{Protocol, Receive};
-use str0m::rtp::RtpWrite;
+use str0m::rtp::{ExtensionValues, RtpWrite};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 
 /// Audio packet interval.
@@ -91,6 +91,9 @@ pub struct Peer {
     pub failed: bool,
     /// Keyframe requests a publisher got from the node.
     pub keyframe_requests: u64,
+    /// The audio level (RFC 6464 -dBov, 0 loudest) and voice flag a publisher puts in its audio
+    /// packets; `None`: no level extension.
+    pub audio_level: Option<(u8, bool)>,
     deadline: Option<Instant>,
     /// Time of the latest input.
     now: Instant,
@@ -129,6 +132,7 @@ impl Peer {
             connected: false,
             failed: false,
             keyframe_requests: 0,
+            audio_level: None,
             deadline: Some(now),
             now,
         }
@@ -213,6 +217,20 @@ impl Peer {
         (peer, offer.to_sdp_string(), pending)
     }
 
+    /// A new offer of the subscriber's connection with `audio` and `video` more receiving
+    /// sections (appended: the node's new slots, in this order).
+    pub fn add_receivers(&mut self, audio: usize, video: usize) -> (String, SdpPendingOffer) {
+        let mut change = self.rtc.sdp_api();
+        let kinds = std::iter::repeat_n(MediaKind::Audio, audio)
+            .chain(std::iter::repeat_n(MediaKind::Video, video));
+        for kind in kinds {
+            let mid = change.add_media(kind, Direction::RecvOnly, None, None, None);
+            self.recv_mids.push((mid, kind));
+        }
+        let (offer, pending) = change.apply().expect("an offer");
+        (offer.to_sdp_string(), pending)
+    }
+
     /// Take the node's answer.
     pub fn accept_answer(&mut self, pending: SdpPendingOffer, answer: &str) {
         let answer = SdpAnswer::from_sdp_string(answer).expect("the node's answer parses");
@@ -288,6 +306,11 @@ impl Peer {
     fn send_due(&mut self, now: Instant) {
         let tag = self.tag;
         let origin = self.origin;
+        let level = self.audio_level.map(|(level, voice)| ExtensionValues {
+            audio_level: Some(-(level.min(127) as i8)),
+            voice_activity: Some(voice),
+            ..Default::default()
+        });
         for track in &mut self.tracks {
             let Some(pt) = track.pt else { continue };
             while track.next <= now {
@@ -327,10 +350,13 @@ impl Peer {
                         let Some(tx) = api.stream_tx_by_mid(track.mid, layer.rid) else {
                             continue;
                         };
-                        let write =
+                        let mut write =
                             RtpWrite::new(pt, layer.seq.into(), layer.timestamp, at, payload)
                                 .marker(i + 1 == packets)
                                 .nackable(track.kind == MediaKind::Video);
+                        if let (MediaKind::Audio, Some(ext)) = (track.kind, &level) {
+                            write = write.ext_vals(ext.clone());
+                        }
                         tx.write_rtp(write);
                     }
                 }

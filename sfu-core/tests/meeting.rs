@@ -1,0 +1,283 @@
+//! Meetings on the deterministic test kit: six participants each receiving the five others,
+//! joins and leaves mid-call, pause and resume, subscriber connections that grow by
+//! renegotiation, and active speakers ranked from scripted audio levels across workers.
+
+use std::time::Duration;
+
+mod common;
+
+use common::*;
+use sfu_core::engine::Command;
+use sfu_core::proto::{
+    Layer, NodeEvent, NodeResponse, SetSubscription, Subscribe, SubscribePolicy, TrackId,
+};
+use sfu_core::testkit::net::NetConfig;
+use sfu_core::testkit::peer::{PublishMedia, SubscribeMedia};
+use sfu_core::testkit::{Kit, PeerRef};
+
+const VOICE: PublishMedia = PublishMedia {
+    audio: true,
+    video_layers: 0,
+};
+/// Speech: -30 dBov with the voice flag. Silence: -127 dBov, no voice.
+const SPEAKING: Option<(u8, bool)> = Some((30, true));
+const SILENT: Option<(u8, bool)> = Some((127, false));
+
+/// The speaker lists the node reported for room `room`, in order.
+fn speaker_events(kit: &Kit) -> Vec<Vec<TrackId>> {
+    kit.nodes[0]
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            NodeEvent::Speakers { speakers, .. } => Some(speakers.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn audio_track(kit: &Kit, peer: PeerRef) -> TrackId {
+    TrackId {
+        session: kit.session(peer),
+        index: 0,
+    }
+}
+
+fn last_speakers(kit: &Kit) -> Vec<TrackId> {
+    speaker_events(kit).last().cloned().unwrap_or_default()
+}
+
+#[test]
+fn active_speakers_follow_scripted_levels_across_workers() {
+    // Two publishers on different workers: one worker ranks the room from both's speech.
+    let mut kit = Kit::new(&[2], NetConfig::default());
+    let ada = kit.publish(0, 0, "talk", "ada", VOICE).expect("ada");
+    let bob = kit.publish(0, 1, "talk", "bob", VOICE).expect("bob");
+    kit.peer_mut(ada).audio_level = SILENT;
+    kit.peer_mut(bob).audio_level = SILENT;
+    assert!(kit.run_until(Duration::from_secs(5), |k| connected(k, &[ada, bob])));
+    kit.run_for(Duration::from_secs(2));
+    assert!(speaker_events(&kit).is_empty(), "silence names no speaker");
+    let (ada_track, bob_track) = (audio_track(&kit, ada), audio_track(&kit, bob));
+
+    // Ada talks: she becomes the speaker within a fraction of a second of steady speech.
+    kit.peer_mut(ada).audio_level = SPEAKING;
+    assert!(
+        kit.run_until(Duration::from_secs(2), |k| last_speakers(k)
+            == vec![ada_track]),
+        "ada is named: {:?}",
+        speaker_events(&kit)
+    );
+    let reports = speaker_events(&kit).len();
+
+    // Bob coughs (60 ms of speech) while Ada goes on: nothing changes.
+    kit.peer_mut(bob).audio_level = SPEAKING;
+    kit.run_for(Duration::from_millis(60));
+    kit.peer_mut(bob).audio_level = SILENT;
+    kit.run_for(Duration::from_secs(2));
+    assert_eq!(
+        speaker_events(&kit).len(),
+        reports,
+        "a cough is not a speaker: {:?}",
+        speaker_events(&kit)
+    );
+
+    // Ada pauses between sentences (0.8 s): she stays the speaker.
+    kit.peer_mut(ada).audio_level = SILENT;
+    kit.run_for(Duration::from_millis(800));
+    kit.peer_mut(ada).audio_level = SPEAKING;
+    kit.run_for(Duration::from_secs(1));
+    assert_eq!(
+        speaker_events(&kit).len(),
+        reports,
+        "a pause keeps the tile"
+    );
+
+    // Ada stops, Bob talks: Bob takes over, and once Ada's hold runs out he is alone.
+    kit.peer_mut(ada).audio_level = SILENT;
+    kit.peer_mut(bob).audio_level = SPEAKING;
+    assert!(
+        kit.run_until(Duration::from_secs(5), |k| last_speakers(k)
+            == vec![bob_track]),
+        "bob alone: {:?}",
+        speaker_events(&kit)
+    );
+    assert!(
+        speaker_events(&kit)
+            .iter()
+            .skip(reports)
+            .all(|list| list.first() == Some(&bob_track) || list.first() == Some(&ada_track)),
+        "every list in between is led by one of them"
+    );
+
+    // Bob leaves mid-sentence: the list empties at once, not after a hold.
+    let before = speaker_events(&kit).len();
+    kit.close(bob);
+    assert!(
+        kit.run_until(Duration::from_millis(500), |k| speaker_events(k).len()
+            > before
+            && last_speakers(k).is_empty()),
+        "bob's leaving empties the list: {:?}",
+        speaker_events(&kit)
+    );
+}
+
+/// One participant: its publisher and its subscriber connection.
+#[derive(Debug, Clone, Copy)]
+struct Participant {
+    publisher: PeerRef,
+    subscriber: PeerRef,
+}
+
+/// Five audio and five video receiving sections: one audio and five video at first, four
+/// more audio by renegotiation, so slots 0 and 6..=9 are audio, 1..=5 video.
+const OTHERS: usize = 5;
+fn audio_slot(k: usize) -> u16 {
+    if k == 0 { 0 } else { (OTHERS + k) as u16 }
+}
+fn video_slot(k: usize) -> u16 {
+    (1 + k) as u16
+}
+
+fn join(kit: &mut Kit, i: usize) -> Participant {
+    let name = format!("p{i}");
+    let publisher = kit.publish(0, i % 2, "meet", &name, AV).expect("publish");
+    let media = SubscribeMedia {
+        audio: true,
+        video_slots: OTHERS,
+    };
+    let subscriber = kit
+        .subscribe(
+            0,
+            (i + 1) % 2,
+            "meet",
+            &name,
+            media,
+            SubscribePolicy::Explicit,
+        )
+        .expect("subscribe");
+    match kit.add_receivers(subscriber, OTHERS - 1, 0) {
+        NodeResponse::SessionCreated(c) => {
+            assert_eq!(c.slots.len(), 2 * OTHERS, "the new sections are slots");
+            assert_eq!(c.slot_mids.len(), 2 * OTHERS);
+        }
+        other => panic!("renegotiation refused: {other:?}"),
+    }
+    Participant {
+        publisher,
+        subscriber,
+    }
+}
+
+/// `who`'s subscriber receives `from` on its `k`-th pair of slots.
+fn subscribe(kit: &mut Kit, who: Participant, k: usize, from: Participant) {
+    let session = kit.session(who.subscriber);
+    let publisher = kit.session(from.publisher);
+    for (slot, index) in [(audio_slot(k), 0), (video_slot(k), 1)] {
+        let command = Command::Subscribe(Subscribe {
+            session,
+            slot,
+            track: TrackId {
+                session: publisher,
+                index,
+            },
+            max_layer: Layer::HIGH,
+        });
+        assert_eq!(kit.command(0, session, command), NodeResponse::Done);
+    }
+}
+
+fn received(kit: &Kit, who: Participant, slot: u16) -> usize {
+    kit.peer(who.subscriber).received_on(slot as usize).len()
+}
+
+/// Every slot pair `k` of `who` carries `from`'s audio and video: all of the recent packets
+/// come from `from`, and no sequence number is missing.
+fn assert_carries(kit: &Kit, who: Participant, k: usize, from: Participant, what: &str) {
+    let tag = kit.peer(from.publisher).tag;
+    for slot in [audio_slot(k), video_slot(k)] {
+        let got = kit.peer(who.subscriber).received_on(slot as usize);
+        assert!(got.len() > 40, "{what}: slot {slot}: {} packets", got.len());
+        let recent = &got[got.len() - 20..];
+        assert!(
+            recent.iter().all(|r| r.publisher == tag),
+            "{what}: slot {slot} carries someone else"
+        );
+        assert_contiguous(got, &format!("{what}: slot {slot}"));
+    }
+}
+
+#[test]
+fn six_participants_each_receive_the_five_others_through_joins_leaves_and_pauses() {
+    let mut kit = Kit::new(&[2], NetConfig::default());
+    let mut people: Vec<Participant> = (0..6).map(|i| join(&mut kit, i)).collect();
+    let everyone: Vec<PeerRef> = people
+        .iter()
+        .flat_map(|p| [p.publisher, p.subscriber])
+        .collect();
+    assert!(kit.run_until(Duration::from_secs(10), |k| connected(k, &everyone)));
+    for i in 0..6 {
+        let others: Vec<usize> = (0..6).filter(|j| *j != i).collect();
+        for (k, j) in others.into_iter().enumerate() {
+            subscribe(&mut kit, people[i], k, people[j]);
+        }
+    }
+    kit.run_for(Duration::from_secs(4));
+    for i in 0..6 {
+        let others: Vec<usize> = (0..6).filter(|j| *j != i).collect();
+        for (k, j) in others.into_iter().enumerate() {
+            assert_carries(&kit, people[i], k, people[j], &format!("p{i} from p{j}"));
+        }
+    }
+
+    // p5 leaves; p6 joins and takes p5's slots on everyone else's connection: each slot keeps
+    // one continuous stream across the switch.
+    let p5 = people.pop().expect("p5");
+    kit.close(p5.publisher);
+    kit.close(p5.subscriber);
+    let p6 = join(&mut kit, 6);
+    assert!(kit.run_until(Duration::from_secs(10), |k| connected(
+        k,
+        &[p6.publisher, p6.subscriber]
+    )));
+    for (i, p) in people.clone().into_iter().enumerate() {
+        // p5 was the last of everyone's others: slot pair 4.
+        subscribe(&mut kit, p, OTHERS - 1, p6);
+        subscribe(&mut kit, p6, i, p);
+    }
+    kit.run_for(Duration::from_secs(4));
+    for (i, p) in people.iter().enumerate() {
+        assert_carries(&kit, *p, OTHERS - 1, p6, &format!("p{i} from p6"));
+        assert_carries(&kit, p6, i, *p, &format!("p6 from p{i}"));
+    }
+
+    // p0 pauses p1's video (a tile out of view): nothing more arrives; resumed, it flows
+    // again, with no gap in the sequence.
+    let p0 = people[0];
+    let session = kit.session(p0.subscriber);
+    let set = |paused| {
+        Command::SetSubscription(SetSubscription {
+            session,
+            slot: video_slot(0),
+            max_layer: Layer::HIGH,
+            paused,
+        })
+    };
+    assert_eq!(kit.command(0, session, set(true)), NodeResponse::Done);
+    kit.run_for(Duration::from_millis(200)); // what was in flight lands
+    let paused_at = received(&kit, p0, video_slot(0));
+    kit.run_for(Duration::from_secs(2));
+    assert_eq!(
+        received(&kit, p0, video_slot(0)),
+        paused_at,
+        "a paused slot sends nothing"
+    );
+    let audio_before = received(&kit, p0, audio_slot(0));
+    assert!(audio_before > 0);
+    assert_eq!(kit.command(0, session, set(false)), NodeResponse::Done);
+    kit.run_for(Duration::from_secs(2));
+    assert!(
+        received(&kit, p0, video_slot(0)) > paused_at + 30,
+        "resumed"
+    );
+    assert_carries(&kit, p0, 0, people[1], "p0 from p1 after a pause");
+}
