@@ -12,7 +12,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
-use sfu_core::ids::{NodeId, RoomId, SessionId};
+use sfu_core::ids::{NodeId, ParticipantId, RoomId, SessionId};
 use sfu_core::proto::{CreateSession, SubscribePolicy};
 use sfu_core::{NodeError, NodeRequest, NodeResponse, SessionCreated, SessionKind};
 
@@ -364,11 +364,16 @@ async fn whep_post(
     offer(state, room, query, headers, body, SessionKind::Subscribe).await
 }
 
-/// `?region=NAME` on WHIP/WHEP: prefer media nodes of that region.
+/// `?region=NAME` on WHIP/WHEP: prefer media nodes of that region. `?participant=IDENTITY`
+/// on WHEP: watch that participant rather than the newest other publisher.
 #[derive(Debug, Default, Deserialize)]
 pub struct OfferQuery {
     region: Option<String>,
+    participant: Option<String>,
 }
+
+/// The longest identity `?participant=` may name.
+const MAX_IDENTITY_CHARS: usize = 256;
 
 async fn offer(
     State(state): State<Arc<AppState>>,
@@ -415,13 +420,33 @@ async fn offer(
             "bad offer: SDP must start with the line v=0",
         );
     }
+    let policy = match (&query.participant, kind) {
+        (None, _) => SubscribePolicy::NewestOther,
+        (Some(_), SessionKind::Publish) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "?participant= names whom a WHEP viewer watches; a WHIP offer cannot use it",
+            );
+        }
+        (Some(who), SessionKind::Subscribe) => {
+            if who.is_empty() || who.chars().count() > MAX_IDENTITY_CHARS {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "?participant= must name an identity of 1-{MAX_IDENTITY_CHARS} characters"
+                    ),
+                );
+            }
+            SubscribePolicy::Participant(ParticipantId::from_identity(who))
+        }
+    };
     let placed = create_session(
         &state,
         &room_id,
         &claims.sub,
         kind,
         sdp,
-        SubscribePolicy::NewestOther,
+        policy,
         query.region.as_deref(),
     )
     .await;

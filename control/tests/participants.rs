@@ -91,3 +91,63 @@ fn each_participant_sees_the_other_not_itself() {
     alice.close().expect("DELETE alice");
     bob.close().expect("DELETE bob");
 }
+
+#[test]
+fn a_viewer_may_name_whom_it_watches() {
+    let server = Server::start();
+    let room = "named";
+    let alice = publish(&server, room, "alice", VideoCodec::Vp8);
+    let bob = publish(&server, room, "bob", VideoCodec::H264);
+    let connect = |identity: &str, whom: &str| {
+        let token = dev_token(room, identity, Grants::SUBSCRIBE).expect("token");
+        let config = SubscriberConfig::new(&server.base_url, room, &token).watching(whom);
+        let s = Subscriber::connect(config).unwrap_or_else(|e| panic!("WHEP {identity}: {e}"));
+        assert!(s.wait_connected(CONNECT), "{identity} subscriber connects");
+        s
+    };
+    // Carol names alice, though bob published later; dave names someone who is not there.
+    let carol = connect("carol", "alice");
+    let dave = connect("dave", "nobody");
+    let erin = watch(&server, room, "erin");
+    assert!(
+        wait_until(Duration::from_secs(5), || carol.packets(PayloadKind::Video)
+            >= 60
+            && erin.packets(PayloadKind::Video) >= 60),
+        "carol and erin receive video"
+    );
+    assert_eq!(
+        codecs_seen(&carol.reception()),
+        vec![VideoCodec::Vp8],
+        "carol sees alice"
+    );
+    assert_eq!(
+        codecs_seen(&erin.reception()),
+        vec![VideoCodec::H264],
+        "erin sees the newest"
+    );
+    assert_eq!(
+        dave.packets(PayloadKind::Video) + dave.packets(PayloadKind::Audio),
+        0,
+        "nobody named publishes nothing"
+    );
+
+    // WHIP has no one to watch: the parameter is refused.
+    let token = dev_token(room, "frank", Grants::PUBLISH).expect("token");
+    let offer = tools::load::negotiate::sample_offer(tools::whip::Endpoint::Whip).expect("offer");
+    let response = server
+        .client
+        .request(&tools::whip::HttpRequest {
+            method: tools::whip::Method::Post,
+            target: &format!("/whip/{room}?participant=alice"),
+            content_type: Some("application/sdp"),
+            bearer: Some(&token),
+            body: offer.as_bytes(),
+        })
+        .expect("request");
+    assert_eq!(response.status, 400, "{}", response.body);
+    for s in [carol, dave, erin] {
+        s.close().expect("DELETE subscriber");
+    }
+    alice.close().expect("DELETE alice");
+    bob.close().expect("DELETE bob");
+}

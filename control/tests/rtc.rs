@@ -57,6 +57,11 @@ impl Client {
             )
             .await;
         assert_eq!(joined["type"], "joined", "{identity} joins: {joined}");
+        assert!(
+            c.backlog.is_empty(),
+            "nothing comes before joined: {:?}",
+            c.backlog
+        );
         (c, joined)
     }
 
@@ -583,6 +588,11 @@ async fn a_dropped_socket_resumes_within_the_grace_period_and_leaves_after_it() 
         .await;
     assert_eq!(joined["type"], "joined", "{joined}");
     assert_eq!(joined["resumed"], true);
+    assert!(
+        ada.backlog.is_empty(),
+        "nothing comes before joined: {:?}",
+        ada.backlog
+    );
     assert_eq!(
         ids(&joined["me"]["tracks"]),
         vec![track.clone()],

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{Layer, NodeId, RoomId, SessionId, TrackId, WorkerId};
+use crate::ids::{Layer, NodeId, ParticipantId, RoomId, SessionId, TrackId, WorkerId};
 use crate::media::MediaKind;
 
 /// What a session does in its room.
@@ -36,6 +36,9 @@ pub enum SubscribePolicy {
     NewestOther,
     /// Outgoing tracks stay empty until [`NodeRequest::Subscribe`] names what they carry.
     Explicit,
+    /// Each outgoing track follows this participant's newest live published track of its
+    /// kind (WHEP's `?participant=`), and carries nothing while it publishes none.
+    Participant(ParticipantId),
 }
 
 /// Answer an SDP offer with a new session.

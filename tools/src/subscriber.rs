@@ -32,6 +32,8 @@ pub struct SubscriberConfig {
     pub capture_raw: usize,
     /// Media packets to lose on purpose before the `Rtc` sees them (none by default).
     pub loss: Vec<IncomingLoss>,
+    /// Watch this participant (`?participant=`) rather than the newest other publisher.
+    pub participant: Option<String>,
 }
 
 impl SubscriberConfig {
@@ -47,7 +49,14 @@ impl SubscriberConfig {
             bind_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             capture_raw: 0,
             loss: Vec::new(),
+            participant: None,
         }
+    }
+
+    /// Watch `identity` (WHEP `?participant=`).
+    pub fn watching(mut self, identity: &str) -> Self {
+        self.participant = Some(identity.to_string());
+        self
     }
 
     /// Also lose incoming packets as `loss` says (see [`IncomingLoss`]).
@@ -77,7 +86,8 @@ impl Subscriber {
     /// Offers recvonly media over WHEP and starts the peer.
     pub fn connect(config: SubscriberConfig) -> Result<Self, PeerFailure> {
         let tokens = TokenSource::Fixed(config.token.clone());
-        let protocol = Arc::new(WhipWhep::new(&config.base_url, tokens));
+        let protocol =
+            Arc::new(WhipWhep::new(&config.base_url, tokens).watching(config.participant.clone()));
         Self::connect_via(protocol, "subscriber", config)
     }
 

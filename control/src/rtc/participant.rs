@@ -200,7 +200,9 @@ pub async fn start(
         grants_publish: claims.grants.publish || claims.grants.admin,
         member,
         auto_subscribe,
-        socket: Some(socket),
+        // Attached after the first look at the roster: the participants already in the room
+        // come in `joined`, not as events before it.
+        socket: None,
         detached_at: None,
         resume_token: String::new(),
         me: tx.clone(),
@@ -221,6 +223,7 @@ pub async fn start(
         })
         .await;
     participant.resync().await;
+    participant.socket = Some(socket);
     participant.send_joined(req, false);
     tracing::info!(room = %participant.room, identity = %participant.member.identity, pid = %participant.pid, "participant joined");
     participant.reconcile().await;
@@ -449,12 +452,14 @@ impl Participant {
                 self.on_message(req, message).await
             }
             Input::Attach { socket, req } => {
-                if let Some(old) = self.socket.replace(socket) {
+                if let Some(old) = self.socket.take() {
                     old.close(close::REPLACED, "resumed on another socket");
                 }
                 self.detached_at = None;
                 tracing::info!(room = %self.room, identity = %self.member.identity, "participant resumed");
+                // The room as it is now comes in `joined`, not as events before it.
                 self.resync().await;
+                self.socket = Some(socket);
                 self.send_joined(req, true);
                 // What each section carries now, for a client that lost track of it.
                 for slot in &self.slots {

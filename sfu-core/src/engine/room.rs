@@ -84,6 +84,8 @@ pub enum Want {
     /// The newest track of the slot's kind still sending whose participant is not the
     /// subscriber's own (WHEP's policy).
     NewestOther,
+    /// The newest track of the slot's kind still sending of this participant.
+    NewestOf(ParticipantId),
     /// This track.
     Track(TrackId),
 }
@@ -121,6 +123,7 @@ pub fn wanted_layer(
                 && match s.want {
                     Want::Nothing => false,
                     Want::NewestOther => true,
+                    Want::NewestOf(p) => p == track.participant,
                     Want::Track(id) => id == track.id,
                 }
         })
@@ -226,6 +229,11 @@ impl Room {
                 .tracks
                 .iter()
                 .filter(|t| t.kind == kind && Some(t.participant) != own && t.sending(now))
+                .max_by_key(|t| t.order)?,
+            Want::NewestOf(p) => self
+                .tracks
+                .iter()
+                .filter(|t| t.kind == kind && t.participant == p && t.sending(now))
                 .max_by_key(|t| t.order)?,
             Want::Track(id) => self.track(id).filter(|t| t.kind == kind)?,
         };

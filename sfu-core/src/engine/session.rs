@@ -327,6 +327,7 @@ impl Session {
                     let want = match self.policy {
                         SubscribePolicy::Explicit => Want::Nothing,
                         SubscribePolicy::NewestOther => Want::NewestOther,
+                        SubscribePolicy::Participant(p) => Want::NewestOf(p),
                     };
                     self.tracks.push(EgressTrack {
                         mid,

@@ -166,6 +166,8 @@ pub struct WhipWhep {
     tokens: TokenSource,
     /// `?region=` on WHIP and on WHEP offers.
     regions: (Option<String>, Option<String>),
+    /// `?participant=` on WHEP offers: whom to watch.
+    watch: Option<String>,
 }
 
 impl WhipWhep {
@@ -174,6 +176,15 @@ impl WhipWhep {
             http: SignalingClient::new(base_url),
             tokens,
             regions: (None, None),
+            watch: None,
+        }
+    }
+
+    /// Watch `identity` with WHEP (`?participant=`) rather than the newest other publisher.
+    pub fn watching(self, identity: Option<String>) -> Self {
+        WhipWhep {
+            watch: identity,
+            ..self
         }
     }
 
@@ -199,9 +210,16 @@ impl WhipWhep {
             Endpoint::Whip => &self.regions.0,
             Endpoint::Whep => &self.regions.1,
         };
-        let target = match region {
-            Some(region) => format!("{room}?region={region}"),
-            None => room.to_string(),
+        let mut query = Vec::new();
+        if let Some(region) = region {
+            query.push(format!("region={}", percent_encode(region)));
+        }
+        if let (Endpoint::Whep, Some(who)) = (endpoint, &self.watch) {
+            query.push(format!("participant={}", percent_encode(who)));
+        }
+        let target = match query.is_empty() {
+            true => room.to_string(),
+            false => format!("{room}?{}", query.join("&")),
         };
         let session = self.http.offer(endpoint, &target, &token, &offer)?;
         if let Err(e) = client.accept_answer(&session.answer) {
@@ -244,4 +262,17 @@ impl Protocol for WhipWhep {
         let token = session.token.as_deref().unwrap_or_default();
         self.http.delete(&session.id, token).map_err(Into::into)
     }
+}
+
+/// `value` for a URL query: unreserved characters as they are, every other byte `%XX`.
+fn percent_encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
