@@ -58,7 +58,8 @@ pub struct AppState {
 pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.max_body_bytes;
     let mut router = Router::new()
-        .route("/", get(index))
+        .route("/", get(meeting_html))
+        .route("/broadcast", get(broadcast_html))
         .route("/app.js", get(app_js))
         .route("/style.css", get(style_css))
         .route("/meeting", get(meeting_html))
@@ -188,7 +189,8 @@ pub(crate) fn text(status: StatusCode, message: impl Into<String>) -> Response {
         .into_response()
 }
 
-async fn index() -> Response {
+/// The WHIP/WHEP demo page: publish with simulcast, watch the room.
+async fn broadcast_html() -> Response {
     (
         [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
         include_str!("../static/index.html"),

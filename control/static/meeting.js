@@ -12,7 +12,25 @@ const els = {
 };
 
 const HTTP_TIMEOUT_MS = 10_000;
-const CAMERA = { width: { ideal: 1280 }, height: { ideal: 720 }, frameRate: { ideal: 30 } };
+const params = new URLSearchParams(window.location.search);
+
+// Camera size and frame rate: 1280x720 at 30 fps unless the page was opened with
+// ?video=WxH@FPS (e.g. 320x240@15; `WxH` or `@FPS` alone also work), which tests use to keep
+// several participants on one small machine. Simulcast stays on (layers of 1/4, 1/2 and the
+// full size), but Chrome sends fewer layers from a small camera: see docs/sdk.md.
+function cameraConstraints(spec) {
+  const camera = { width: { ideal: 1280 }, height: { ideal: 720 }, frameRate: { ideal: 30 } };
+  if (!spec) return camera;
+  const m = /^(?:(\d{2,4})x(\d{2,4}))?(?:@(\d{1,3}))?$/.exec(spec.trim());
+  if (!m || (!m[1] && !m[3])) {
+    console.warn('[sfu-meeting]', `ignoring ?video=${spec}: expected WxH@FPS, e.g. 320x240@15`);
+    return camera;
+  }
+  if (m[1]) Object.assign(camera, { width: { ideal: Number(m[1]) }, height: { ideal: Number(m[2]) } });
+  if (m[3]) camera.frameRate = { ideal: Number(m[3]) };
+  return camera;
+}
+const CAMERA = cameraConstraints(params.get('video'));
 
 // The simulcast layer worth receiving for a tile this wide (CSS px): q, h or f.
 const layerForWidth = (width) => (width < 320 ? 0 : width < 640 ? 1 : 2);
@@ -137,6 +155,7 @@ function createTile(identity, isMe) {
     videoTrackId: null, // remote tiles: the tracks shown (from the Room's `track` events)
     audioTrackId: null,
     width: null, // rendered video width (CSS px), once measured
+    firstFrameAt: null, // performance.now() when its current video first showed a frame
     visible: true,
     speaking: false,
   };
@@ -195,6 +214,7 @@ function describeTile(tile) {
     hasAudio: tile.isMe ? Boolean(audio) : tile.audioTrackId !== null,
     muted: { audio: Boolean(audio?.muted), video: Boolean(video?.muted) },
     speaking: tile.speaking,
+    firstFrameAt: tile.firstFrameAt,
   };
 }
 
@@ -228,8 +248,23 @@ function updateQuality(tile) {
 function showLocalPreview() {
   const tile = tiles.get(meeting.room.me.identity);
   const video = localStream.getVideoTracks();
-  tile.video.srcObject = video.length ? new MediaStream(video) : null;
+  showVideo(tile, video.length ? new MediaStream(video) : null);
   renderTile(tile);
+}
+
+// Put a stream (or nothing) on a tile's <video>, and note when its first frame shows
+// (tile.firstFrameAt: how long joining took, as a user sees it).
+function showVideo(tile, stream) {
+  const { video } = tile;
+  video.srcObject = stream;
+  tile.firstFrameAt = null;
+  if (!stream) return;
+  const mark = () => {
+    if (video.srcObject === stream && tile.firstFrameAt === null) tile.firstFrameAt = performance.now();
+  };
+  if (video.requestVideoFrameCallback) video.requestVideoFrameCallback(mark);
+  else video.addEventListener('loadeddata', mark, { once: true });
+  video.play().catch(() => {});
 }
 
 function playAudio(el) {
@@ -266,8 +301,7 @@ function wire(room) {
     const stream = new MediaStream([mediaStreamTrack]);
     if (kind === 'video') {
       tile.videoTrackId = trackId;
-      tile.video.srcObject = stream;
-      tile.video.play().catch(() => {});
+      showVideo(tile, stream);
       updateQuality(tile);
     } else {
       tile.audioTrackId = trackId;
@@ -281,7 +315,7 @@ function wire(room) {
     if (!tile) return;
     if (tile.videoTrackId === detail.trackId) {
       tile.videoTrackId = null;
-      tile.video.srcObject = null;
+      showVideo(tile, null);
     }
     if (tile.audioTrackId === detail.trackId) {
       tile.audioTrackId = null;
@@ -365,6 +399,9 @@ async function join() {
       } catch (e) {
         showError(`publishing failed: ${e.message}`);
       }
+      // My tile's badges and video come from room.localTracks, which publish() has filled.
+      const me = tiles.get(room.me.identity);
+      if (me) renderTile(me);
     }
     if (meeting.state !== 'joining') return; // the room closed meanwhile (reported already)
     meeting.state = 'joined';
@@ -489,7 +526,6 @@ els.sound.addEventListener('click', () => {
 // after the resume window).
 window.addEventListener('pagehide', () => leave());
 
-const params = new URLSearchParams(window.location.search);
 const flag = (name, dflt) => {
   const v = params.get(name);
   if (v === null) return dflt;

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Browser end-to-end test: Debian's Chromium (driven by playwright-core) publishes and watches
-# through the demo page of a real `control dev` server.
+# Browser end-to-end tests: Debian's Chromium (driven by playwright-core) against a real
+# `control dev` server: test.mjs publishes and watches through the WHIP/WHEP demo page,
+# meeting.mjs holds a 4-participant meeting on the meeting page (/meeting, /sdk/room.js).
 #
 #   tests/browser/run.sh [path/to/control]     (root; needs iproute2, chromium, `npm ci` done here)
 #
@@ -8,7 +9,13 @@
 # The server runs in the root namespace on 10.203.0.1 (our own veth); the test and its browser run
 # in the network namespace sfu-br (netns.sh), because headless Chromium gathers no loopback ICE
 # candidates. Everything is torn down on exit; the exit code is the test's.
-# Screenshots, page logs, the server log and figures.json go to $OUT_DIR (default: a temp dir).
+# Screenshots, page logs, the server log, figures.json (demo page) and meeting-figures.json go
+# to $OUT_DIR (default: a temp dir).
+#
+# BROWSER_TESTS picks the test files (default: "test.mjs meeting.mjs"; they run one at a time
+# against the same server). TEST_TIMEOUT_S bounds the whole node run: each file takes 20-30 s
+# on a 2-core machine, but the default leaves room for both to run into their own deadlines
+# (test.mjs 120 s, meeting.mjs 150 + 60 s) and report what they waited for.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -17,7 +24,8 @@ HOST_ADDR=10.203.0.1
 NS=${SFU_NETNS:-sfu-br}
 export SFU_NETNS=$NS
 READY_TIMEOUT_S=${READY_TIMEOUT_S:-20}
-TEST_TIMEOUT_S=${TEST_TIMEOUT_S:-130}
+TEST_TIMEOUT_S=${TEST_TIMEOUT_S:-360}
+BROWSER_TESTS=${BROWSER_TESTS:-test.mjs meeting.mjs}
 
 die() { echo "browser e2e: $*" >&2; exit 2; }
 
@@ -34,6 +42,12 @@ BIN=$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")
 command -v ip >/dev/null || die "ip not found: apt-get install iproute2"
 [ -x "${CHROMIUM_BIN:-/usr/bin/chromium}" ] || die "chromium not found: apt-get install chromium"
 [ -d "$HERE/node_modules/playwright-core" ] || die "playwright-core missing: run 'npm ci' in $HERE"
+tests=()
+for t in $BROWSER_TESTS; do
+  [ -f "$HERE/$t" ] || die "no test file $HERE/$t"
+  tests+=("$HERE/$t")
+done
+[ "${#tests[@]}" -gt 0 ] || die "BROWSER_TESTS names no test file"
 
 OUT_DIR=${OUT_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/sfu-browser-e2e.XXXXXX")}
 mkdir -p "$OUT_DIR"
@@ -84,10 +98,11 @@ done
 url=${url%/}
 echo "browser e2e: control ready at $url (log: $SERVER_LOG)"
 
+# One file at a time: each starts its own Chromium, and two at once would starve a small machine.
 rc=0
 timeout --kill-after=10 "$TEST_TIMEOUT_S" \
   ip netns exec "$NS" env SFU_URL="$url" OUT_DIR="$OUT_DIR" \
-  node --test-reporter=spec "$HERE/test.mjs" </dev/null || rc=$?
+  node --test --test-concurrency=1 --test-reporter=spec "${tests[@]}" </dev/null || rc=$?
 
 if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
   echo "browser e2e: the test did not finish within ${TEST_TIMEOUT_S}s" >&2
@@ -96,5 +111,5 @@ if [ "$rc" -ne 0 ]; then
   echo "browser e2e: FAILED (exit $rc); last lines of the server log:" >&2
   tail -n 30 "$SERVER_LOG" >&2 || true
 fi
-echo "browser e2e: screenshots, page logs, server log and figures.json in $OUT_DIR"
+echo "browser e2e: screenshots, page logs, server log and figures in $OUT_DIR"
 exit "$rc"

@@ -1,4 +1,4 @@
-// Real-browser end-to-end test of the SFU through its demo page.
+// Real-browser end-to-end test of the SFU through its WHIP/WHEP demo page (/broadcast).
 //
 // One publisher page (camera + mic, 3-layer simulcast, WHIP) and two subscriber pages (WHEP),
 // each in its own browser context of Debian's Chromium, driven by playwright-core. Subscriber A
@@ -112,7 +112,7 @@ async function pageSnapshot() {
 
 function demoUrl(params) {
   const q = new URLSearchParams({ autojoin: '1', ...params });
-  return `${SFU_URL}/?${q}`;
+  return `${SFU_URL}/broadcast?${q}`;
 }
 
 class Peer {
