@@ -52,6 +52,8 @@ pub struct AppState {
     pub rtc: crate::rtc::RtcConfig,
     /// This instance's meeting participants.
     pub rtc_hub: crate::rtc::Hub,
+    /// The WHIP publishers this instance listed in their rooms.
+    pub rtc_whip: crate::rtc::whip::WhipMembers,
 }
 
 /// Build the router.
@@ -456,6 +458,9 @@ async fn offer(
         Ok(placed) => (placed.created, placed.node),
         Err(e) => return e.into_response(),
     };
+    if kind == SessionKind::Publish {
+        crate::rtc::whip::published(&state, &room_id, &claims.sub, &created).await;
+    }
     tracing::info!(
         %room,
         kind = kind.as_str(),

@@ -113,6 +113,7 @@ impl Server {
             relay_idle_secs: config.cascade.idle_secs,
             rtc: config.rtc.clone(),
             rtc_hub: Default::default(),
+            rtc_whip: Default::default(),
         });
         if state.limiter.is_none() {
             tracing::warn!(
@@ -124,6 +125,7 @@ impl Server {
         }
         tokio::spawn(apply_node_events(Arc::downgrade(&state), messages_rx));
         tokio::spawn(watch_health(Arc::downgrade(&state)));
+        tokio::spawn(renew_whip_members(Arc::downgrade(&state)));
         Ok(Server {
             http_addr,
             cluster_addr,
@@ -255,9 +257,11 @@ async fn apply_node_events(
                 }
             }
             FromNode::Event(NodeEvent::SessionEnded {
-                session, reason, ..
+                session,
+                room,
+                reason,
             }) => {
-                state.rtc_hub.session_ended(session, reason);
+                crate::rtc::session_ended(&state, &room, session, reason).await;
                 let removed = state.sessions.remove_ended(&node, session).await;
                 if let Err(e) = &removed {
                     tracing::warn!(%node, %session, error = %e, "cannot forget an ended session");
@@ -358,6 +362,18 @@ async fn end_drained_sessions(state: &AppState, node: &NodeId) {
         }
     }
     tracing::warn!(%node, ended, held = sessions.len(), "drain timeout (node.drain_timeout_secs): ended the node's remaining sessions");
+}
+
+/// Renews the roster leases of the WHIP publishers listed in meeting rooms, and lets those
+/// whose session ended out of their rooms. Ends with the server.
+async fn renew_whip_members(state: std::sync::Weak<AppState>) {
+    let mut interval = tokio::time::interval(crate::rtc::participant::LEASE_RENEW);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let Some(state) = state.upgrade() else { return };
+        crate::rtc::whip::renew(&state).await;
+    }
 }
 
 /// Keeps the rate limiter's memory bounded: every [`ratelimit::SWEEP_PERIOD`] it forgets the

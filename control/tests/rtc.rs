@@ -1,222 +1,36 @@
 //! The WebSocket room protocol (docs/signaling.md) against the real `control` binary: a call
-//! message by message, every error and close code, and a socket that drops and resumes.
+//! message by message, every error and close code, a socket that drops and resumes, and a
+//! WHIP publisher listed in its room.
 //! Offers come from str0m peers, so the node answers real SDP (media itself is the browser
 //! and load tests' part).
 
 mod support;
 
-use std::collections::VecDeque;
-use std::time::{Duration, Instant};
-
-use futures_util::{SinkExt, StreamExt};
-use serde_json::{Value, json};
-use str0m::change::{SdpAnswer, SdpPendingOffer};
+use futures_util::SinkExt;
+use serde_json::json;
 use str0m::media::{Direction, MediaKind};
-use str0m::{Candidate, Rtc};
 use support::Server;
+use support::rtc::{Client, Offerer, ids, publish_offer, recv_sections};
 use tokio_tungstenite::tungstenite::Message;
 use tools::token::{Grants, dev_token};
 
-/// How long any one expected message may take: generous, the machines are shared.
-const WAIT: Duration = Duration::from_secs(15);
+/// The test peers make offers but never connect: without these, the node would end their
+/// sessions after `node.first_contact_timeout_secs` (5 s), and a test slowed down by a busy
+/// machine would lose its publishers' tracks halfway.
+const PATIENT_NODE: [(&str, &str); 2] = [
+    ("SFU__NODE__FIRST_CONTACT_TIMEOUT_SECS", "600"),
+    ("SFU__NODE__CONNECT_TIMEOUT_SECS", "600"),
+];
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// One socket of the room protocol, as a test client.
-struct Client {
-    ws: Ws,
-    /// Messages read while waiting for another one, in order.
-    backlog: VecDeque<Value>,
-    next_req: u64,
-}
-
-fn ws_url(server: &Server, room: &str) -> String {
-    format!("{}/rtc/{room}", server.base_url.trim_end_matches('/')).replacen("http://", "ws://", 1)
-}
-
-impl Client {
-    async fn connect(server: &Server, room: &str) -> Self {
-        let (ws, _) = tokio_tungstenite::connect_async(ws_url(server, room))
-            .await
-            .expect("WebSocket upgrade");
-        Self {
-            ws,
-            backlog: VecDeque::new(),
-            next_req: 1,
-        }
-    }
-
-    /// Connect and join as `identity` with every grant; returns the client and `joined`.
-    async fn join(server: &Server, room: &str, identity: &str) -> (Self, Value) {
-        let mut c = Self::connect(server, room).await;
-        let token = dev_token(room, identity, Grants::PUBLISH_SUBSCRIBE).expect("token");
-        let joined = c
-            .request(
-                json!({"type": "join", "v": 1, "token": token, "name": identity.to_uppercase()}),
-            )
-            .await;
-        assert_eq!(joined["type"], "joined", "{identity} joins: {joined}");
-        assert!(
-            c.backlog.is_empty(),
-            "nothing comes before joined: {:?}",
-            c.backlog
-        );
-        (c, joined)
-    }
-
-    async fn send(&mut self, message: Value) {
-        self.ws
-            .send(Message::text(message.to_string()))
-            .await
-            .expect("send");
-    }
-
-    /// Send `message` with a fresh `req` and wait for the answer carrying it.
-    async fn request(&mut self, mut message: Value) -> Value {
-        let req = self.next_req;
-        self.next_req += 1;
-        message["req"] = json!(req);
-        self.send(message).await;
-        self.expect_where(|m| m["req"] == json!(req)).await
-    }
-
-    /// The next message from the server (or `None` when the socket closed: then the close
-    /// frame's code, if any, is returned as `{"closed": code}`).
-    async fn next(&mut self) -> Value {
-        if let Some(m) = self.backlog.pop_front() {
-            return m;
-        }
-        self.read().await
-    }
-
-    async fn read(&mut self) -> Value {
-        loop {
-            let frame = tokio::time::timeout(WAIT, self.ws.next())
-                .await
-                .expect("a message within the deadline");
-            match frame {
-                Some(Ok(Message::Text(text))) => {
-                    return serde_json::from_str(text.as_str()).expect("server messages are JSON");
-                }
-                Some(Ok(Message::Close(frame))) => {
-                    return json!({"closed": frame.map(|f| u16::from(f.code))});
-                }
-                Some(Ok(_)) => continue,
-                Some(Err(_)) | None => return json!({"closed": null}),
-            }
-        }
-    }
-
-    /// The first message matching `pred`; the others read meanwhile stay queued.
-    async fn expect_where(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
-        if let Some(at) = self.backlog.iter().position(&pred) {
-            return self.backlog.remove(at).expect("present");
-        }
-        let deadline = Instant::now() + WAIT;
-        loop {
-            assert!(
-                Instant::now() < deadline,
-                "no matching message; got {:?}",
-                self.backlog
-            );
-            let m = self.read().await;
-            if pred(&m) {
-                return m;
-            }
-            assert!(
-                m.get("closed").is_none(),
-                "socket closed while waiting: {m}; before: {:?}",
-                self.backlog
-            );
-            self.backlog.push_back(m);
-        }
-    }
-
-    async fn expect(&mut self, kind: &str) -> Value {
-        self.expect_where(|m| m["type"] == kind).await
-    }
-
-    /// Wait until the socket closes; its close code.
-    async fn closed(&mut self) -> Option<u64> {
-        let m = self.expect_where(|m| m.get("closed").is_some()).await;
-        m["closed"].as_u64()
-    }
-
-    /// Everything queued so far, after a round trip (a `ping`): a barrier for "nothing else
-    /// came".
-    async fn drain(&mut self) -> Vec<Value> {
-        self.request(json!({"type": "ping"})).await;
-        self.backlog.drain(..).collect()
-    }
-}
-
-/// A str0m peer that makes offers (and takes answers) as a browser would.
-struct Offerer {
-    rtc: Rtc,
-    pending: Option<SdpPendingOffer>,
-}
-
-impl Offerer {
-    fn new() -> Self {
-        let mut rtc = Rtc::new(Instant::now());
-        let candidate =
-            Candidate::host("127.0.0.1:9".parse().expect("addr"), "udp").expect("candidate");
-        rtc.add_local_candidate(candidate);
-        Self { rtc, pending: None }
-    }
-
-    /// An offer adding `media` sections (the earlier ones stay).
-    fn offer(&mut self, media: &[(MediaKind, Direction)]) -> (String, Vec<String>) {
-        let mut change = self.rtc.sdp_api();
-        let mids: Vec<String> = media
-            .iter()
-            .map(|(kind, dir)| change.add_media(*kind, *dir, None, None, None).to_string())
-            .collect();
-        let (offer, pending) = change.apply().expect("an offer");
-        self.pending = Some(pending);
-        (offer.to_sdp_string(), mids)
-    }
-
-    fn accept(&mut self, answer: &Value) {
-        let sdp = answer["sdp"].as_str().expect("an answer has sdp");
-        let answer = SdpAnswer::from_sdp_string(sdp).expect("the answer parses");
-        let pending = self.pending.take().expect("an offer is pending");
-        self.rtc
-            .sdp_api()
-            .accept_answer(pending, answer)
-            .expect("the answer fits the offer");
-    }
-}
-
-fn publish_offer(p: &mut Offerer) -> (String, Vec<String>) {
-    p.offer(&[
-        (MediaKind::Audio, Direction::SendOnly),
-        (MediaKind::Video, Direction::SendOnly),
-    ])
-}
-
-fn recv_sections(audio: usize, video: usize) -> Vec<(MediaKind, Direction)> {
-    let mut v = vec![(MediaKind::Audio, Direction::RecvOnly); audio];
-    v.extend(std::iter::repeat_n(
-        (MediaKind::Video, Direction::RecvOnly),
-        video,
-    ));
-    v
-}
-
-fn ids(tracks: &Value) -> Vec<String> {
-    tracks
-        .as_array()
-        .expect("tracks")
-        .iter()
-        .map(|t| t["id"].as_str().expect("id").to_string())
-        .collect()
+fn server(workers: usize, env: &[(&str, &str)]) -> Server {
+    let mut all = PATIENT_NODE.to_vec();
+    all.extend_from_slice(env);
+    Server::start_with(workers, &all, &[])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_message_by_message() {
-    let server = Server::start();
+    let server = server(2, &[]);
     let room = "call";
     let (mut ada, joined) = Client::join(&server, room, "ada").await;
     assert_eq!(joined["v"], 1);
@@ -403,14 +217,13 @@ async fn a_call_message_by_message() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_error_has_its_code() {
-    let server = Server::start_with(
+    let server = server(
         1,
         &[
             ("SFU__RTC__MAX_PARTICIPANTS", "2"),
             ("SFU__RTC__MAX_TRACKS_PER_PARTICIPANT", "1"),
             ("SFU__RTC__MAX_MESSAGE_BYTES", "8192"),
         ],
-        &[],
     );
     let room = "errors";
 
@@ -527,14 +340,13 @@ async fn every_error_has_its_code() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn floods_and_repeated_errors_are_cut_off() {
-    let server = Server::start_with(
+    let server = server(
         1,
         &[
             ("SFU__RTC__MESSAGES_PER_SEC", "1"),
             ("SFU__RTC__MESSAGE_BURST", "5"),
             ("SFU__RTC__MAX_ERRORS", "3"),
         ],
-        &[],
     );
     let (mut c, _) = Client::join(&server, "flood", "ada").await;
     // The join took one token: four more pass, then the bucket is empty.
@@ -564,7 +376,7 @@ async fn floods_and_repeated_errors_are_cut_off() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_socket_resumes_within_the_grace_period_and_leaves_after_it() {
-    let server = Server::start_with(1, &[("SFU__RTC__RESUME_SECS", "3")], &[]);
+    let server = server(1, &[("SFU__RTC__RESUME_SECS", "3")]);
     let room = "resume";
     let (mut ada, joined) = Client::join(&server, room, "ada").await;
     let resume = joined["resume"]["token"]
@@ -632,5 +444,49 @@ async fn a_dropped_socket_resumes_within_the_grace_period_and_leaves_after_it() 
     assert_eq!(
         (event["identity"].as_str(), event["reason"].as_str()),
         (Some("ada"), Some("timeout"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whip_publisher_is_a_participant_of_its_room() {
+    let server = server(1, &[]);
+    let room = "whip-room";
+    let (mut ada, _) = Client::join(&server, room, "ada").await;
+    // The WHIP peer runs on threads of its own; connecting blocks.
+    let video = Some(tools::publisher::VideoConfig::default());
+    let publisher = tokio::task::block_in_place(|| server.publish(room, true, video));
+
+    let event = ada.expect("participant_joined").await;
+    assert_eq!(event["participant"]["identity"], "publisher");
+    let kinds: Vec<&str> = event["participant"]["tracks"]
+        .as_array()
+        .expect("tracks")
+        .iter()
+        .map(|t| t["kind"].as_str().expect("kind"))
+        .collect();
+    assert_eq!(kinds, ["audio", "video"]);
+    // Ada is subscribed to it like to anyone.
+    let renegotiate = ada.expect("renegotiate").await;
+    assert_eq!(
+        (renegotiate["audio"].as_u64(), renegotiate["video"].as_u64()),
+        (Some(1), Some(1))
+    );
+    // A later joiner finds it in the room.
+    let (_bob, joined) = Client::join(&server, room, "bob").await;
+    let listed: Vec<&str> = joined["participants"]
+        .as_array()
+        .expect("participants")
+        .iter()
+        .map(|p| p["identity"].as_str().expect("identity"))
+        .collect();
+    assert_eq!(listed, ["ada", "publisher"]);
+    assert_eq!(ids(&joined["participants"][1]["tracks"]).len(), 2);
+
+    // Its DELETE ends the session: it leaves the room.
+    tokio::task::block_in_place(|| publisher.close()).expect("DELETE");
+    let left = ada.expect("participant_left").await;
+    assert_eq!(
+        (left["identity"].as_str(), left["reason"].as_str()),
+        (Some("publisher"), Some("left"))
     );
 }

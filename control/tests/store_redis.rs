@@ -6,15 +6,13 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use control::store::redis::{RedisStore, room_channel, roster_key};
 use control::store::{RoomFeed, RosterEntry, RosterJoin};
 use sfu_core::ids::SessionId;
 use support::cluster::{TempDir, TestNode};
+use support::redis_server::Redis;
 use support::{Server, candidate_ports, expect_media, wait_until};
 use tools::PayloadKind::{Audio, Video};
 use tools::VideoConfig;
@@ -22,83 +20,6 @@ use tools::token::{Grants, dev_token};
 use tools::whip::{Endpoint, HttpRequest, HttpResponse, Method};
 
 const SECRET: &str = "cluster secret for the tests";
-
-/// A `redis-server` on a fixed port, without persistence; killed on drop.
-struct Redis {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let mut redis = Redis { port, child: None };
-        redis.restart();
-        redis
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// Start (again) on the same port.
-    fn restart(&mut self) {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot run redis-server ({e}): this test needs it; install it with \
-                     `apt-get install redis-server`"
-                )
-            });
-        self.child = Some(child);
-        assert!(
-            wait_until(Duration::from_secs(10), || self.answers()),
-            "redis-server did not answer PING on port {} within 10 s",
-            self.port
-        );
-    }
-
-    fn answers(&self) -> bool {
-        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
-        };
-        let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
-        let mut reply = [0u8; 7];
-        stream.write_all(b"PING\r\n").is_ok()
-            && stream.read_exact(&mut reply).is_ok()
-            && &reply == b"+PONG\r\n"
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 /// A `control serve` with `[cluster]` and `[store] redis_url`; both instances use the same
 /// certificate files, so a node trusts either.

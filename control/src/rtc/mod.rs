@@ -4,12 +4,14 @@
 //! - [`socket`]: one WebSocket: the join handshake, limits (size, rate, errors), keepalive;
 //! - [`participant`]: one participant, a task that outlives its socket for `rtc.resume_secs`:
 //!   its two media sessions, its subscriptions, its view of the room;
+//! - [`whip`]: WHIP publishers listed in their rooms as participants;
 //! - the room itself is the store's roster and event feed ([`crate::store::rooms`]), so
 //!   participants on different control instances see each other.
 
 pub mod participant;
 pub mod protocol;
 pub mod socket;
+pub mod whip;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -20,6 +22,7 @@ use sfu_core::proto::EndReason;
 use tokio::sync::mpsc;
 
 use crate::config::ConfigError;
+use crate::http::AppState;
 use participant::Input;
 
 /// `[rtc]`: the room protocol's limits.
@@ -156,20 +159,35 @@ impl Hub {
         self.lock().sessions.remove(&session);
     }
 
-    /// A node ended `session`: tell its participant, if it is one of ours.
-    pub fn session_ended(&self, session: SessionId, reason: EndReason) {
+    /// A node ended `session`: tell its participant, if it is one of ours. Returns whether
+    /// it is.
+    pub fn session_ended(&self, session: SessionId, reason: EndReason) -> bool {
         let participant = self.lock().sessions.remove(&session);
         if let Some(participant) = participant {
             let _ = participant.try_send(Input::SessionEnded { session, reason });
+            return true;
         }
+        false
     }
 }
 
 /// A node ranked `room`'s speakers: tell the room's participants, on every control instance.
-pub async fn announce_speakers(state: &crate::http::AppState, room: &RoomId, tracks: Vec<TrackId>) {
+pub async fn announce_speakers(state: &AppState, room: &RoomId, tracks: Vec<TrackId>) {
     let event = participant::RoomEvent::Speakers { tracks };
     let text = serde_json::to_string(&event).unwrap_or_default();
     if let Err(e) = state.sessions.room_publish(room.as_str(), &text).await {
         tracing::debug!(%room, error = %e, "cannot publish the room's speakers");
     }
+}
+
+/// A node whose link this instance holds ended `session` of `room`: tell its participant,
+/// here or, through the room's event feed, on another control instance (a participant's
+/// sessions may be on a node whose link another instance holds, and only the holder hears
+/// the node's events).
+pub async fn session_ended(state: &AppState, room: &RoomId, session: SessionId, reason: EndReason) {
+    whip::ended(state, session).await;
+    if state.rtc_hub.session_ended(session, reason) || !state.sessions.is_shared() {
+        return;
+    }
+    participant::session_ended_elsewhere(state, room, session, reason).await;
 }

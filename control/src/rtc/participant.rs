@@ -117,6 +117,26 @@ pub enum RoomEvent {
     /// The room's active speakers changed: their audio tracks, loudest first (from the node
     /// that ranks them, through the instance that holds it).
     Speakers { tracks: Vec<TrackId> },
+    /// A node ended `session`; told by the control instance holding the node's link, for
+    /// the session's participant wherever it is ([`session_ended_elsewhere`]).
+    SessionEnded {
+        session: SessionId,
+        reason: EndReason,
+    },
+}
+
+/// Tell the participants of `room` on every control instance that a node ended `session`
+/// (one of them may hold it; the others ignore it).
+pub async fn session_ended_elsewhere(
+    state: &AppState,
+    room: &RoomId,
+    session: SessionId,
+    reason: EndReason,
+) {
+    let event = to_json(&RoomEvent::SessionEnded { session, reason });
+    if let Err(e) = state.sessions.room_publish(room.as_str(), &event).await {
+        tracing::warn!(%room, %session, error = %e, "cannot pass on an ended session");
+    }
 }
 
 /// One of the participant's media sessions.
@@ -907,6 +927,11 @@ impl Participant {
                 self.send_speakers(&tracks);
                 return None;
             }
+            RoomEvent::SessionEnded { session, reason } => {
+                // Acts only on one of mine.
+                self.session_ended(session, reason).await;
+                return None;
+            }
         }
         self.reconcile().await;
         None
@@ -1143,6 +1168,14 @@ impl Participant {
     }
 
     async fn session_ended(&mut self, session: SessionId, reason: EndReason) {
+        let mine = [&self.publisher, &self.subscriber]
+            .into_iter()
+            .flatten()
+            .any(|c| c.session == session);
+        if mine {
+            // Told through the room feed, the hub here still lists it.
+            self.state.rtc_hub.remove_session(session);
+        }
         if self
             .publisher
             .as_ref()

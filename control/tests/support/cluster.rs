@@ -23,7 +23,18 @@ pub struct TestNode {
 impl TestNode {
     /// Start node `id` and its uplink to `control` (`HOST:PORT`), trusting `cert`.
     pub fn start(id: &str, control: &str, cert: &Path, secret: &str) -> TestNode {
-        let config = NodeConfig {
+        Self::start_with(id, control, cert, secret, |_| {})
+    }
+
+    /// [`TestNode::start`] with `configure` applied to the node's configuration.
+    pub fn start_with(
+        id: &str,
+        control: &str,
+        cert: &Path,
+        secret: &str,
+        configure: impl FnOnce(&mut NodeConfig),
+    ) -> TestNode {
+        let mut config = NodeConfig {
             id: id.parse().expect("node id"),
             workers: 1,
             media_port_base: 53000,
@@ -32,6 +43,7 @@ impl TestNode {
             relay_port: Some(0),
             ..NodeConfig::default()
         };
+        configure(&mut config);
         let node = Arc::new(Node::start(config).expect("node starts"));
         let ports = node.ports().into_iter().collect();
         let events = node.take_events().expect("events");
