@@ -89,17 +89,7 @@ async fn a_call_message_by_message() {
     assert_eq!(answer["type"], "subscriber_answer", "{answer}");
     bob_sub.accept(&answer);
     assert_eq!(answer["slots"].as_array().map(Vec::len), Some(2));
-    let mut carried = Vec::new();
-    for _ in 0..2 {
-        let s = bob.expect("subscribed").await;
-        assert_eq!(s["max_layer"], 2);
-        assert_eq!(s["paused"], false);
-        carried.push((
-            s["track"].as_str().expect("track").to_string(),
-            s["mid"].as_str().expect("mid").to_string(),
-        ));
-    }
-    carried.sort();
+    let carried = bob.subscribed(2).await;
     let mut want = vec![
         (audio.clone(), sub_mids[0].clone()),
         (video.clone(), sub_mids[1].clone()),

@@ -16,36 +16,14 @@ use serde_json::{Value, json};
 use sfu_core::NodeConfig;
 use str0m::media::{Direction, MediaKind};
 use support::cluster::{TempDir, TestNode};
-use support::redis_server::Redis;
+use support::redis_server::{Redis, SECRET, instance};
 use support::rtc::{Client, Offerer, ids, publish_offer, recv_sections};
 use support::{Server, wait_until};
-
-const SECRET: &str = "cluster secret for the tests";
 
 /// How long the others may take to see a participant whose instance died leave: its roster
 /// entry's lease (`ROSTER_LEASE`, 30 s) plus their next roster read (every 10 s), with room
 /// to spare on a loaded machine.
 const INSTANCE_DEATH_WAIT: Duration = Duration::from_secs(60);
-
-/// A `control serve` with `[cluster]` and `[store] redis_url` (as in `store_redis.rs`); both
-/// instances use the same certificate files, so a node trusts either.
-fn instance(redis: &Redis, dir: &TempDir) -> Server {
-    let cert = dir.0.join("cert.pem").display().to_string();
-    let key = dir.0.join("key.pem").display().to_string();
-    let url = redis.url();
-    Server::start_serve(
-        &[
-            ("SFU__AUTH__DEV", "true"),
-            ("SFU__CLUSTER__LISTEN", "127.0.0.1:0"),
-            ("SFU__CLUSTER__SECRET", SECRET),
-            ("SFU__CLUSTER__TLS_CERT", &cert),
-            ("SFU__CLUSTER__TLS_KEY", &key),
-            ("SFU__STORE__REDIS_URL", &url),
-            ("SFU__STORE__NODE_TTL_MS", "3000"),
-        ],
-        &[],
-    )
-}
 
 fn up_nodes(server: &Server) -> f64 {
     server
@@ -187,19 +165,7 @@ async fn participants_on_two_instances_share_a_room() {
         Some(2),
         "{answer}"
     );
-    let mut carried = Vec::new();
-    for _ in 0..2 {
-        let s = bob.expect("subscribed").await;
-        assert_eq!(
-            (s["max_layer"].as_u64(), s["paused"].as_bool()),
-            (Some(2), Some(false))
-        );
-        carried.push((
-            s["track"].as_str().expect("track").to_string(),
-            s["mid"].as_str().expect("mid").to_string(),
-        ));
-    }
-    carried.sort();
+    let carried = bob.subscribed(2).await;
     let mut want = vec![
         (audio.clone(), sub_mids[0].clone()),
         (video.clone(), sub_mids[1].clone()),

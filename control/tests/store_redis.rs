@@ -12,36 +12,12 @@ use control::store::redis::{RedisStore, room_channel, roster_key};
 use control::store::{RoomFeed, RosterEntry, RosterJoin};
 use sfu_core::ids::SessionId;
 use support::cluster::{TempDir, TestNode};
-use support::redis_server::Redis;
+use support::redis_server::{Redis, SECRET, instance};
 use support::{Server, candidate_ports, expect_media, wait_until};
 use tools::PayloadKind::{Audio, Video};
 use tools::VideoConfig;
 use tools::token::{Grants, dev_token};
 use tools::whip::{Endpoint, HttpRequest, HttpResponse, Method};
-
-const SECRET: &str = "cluster secret for the tests";
-
-/// A `control serve` with `[cluster]` and `[store] redis_url`; both instances use the same
-/// certificate files, so a node trusts either.
-fn instance(redis: &Redis, dir: &TempDir) -> Server {
-    let cert = dir.0.join("cert.pem").display().to_string();
-    let key = dir.0.join("key.pem").display().to_string();
-    let url = redis.url();
-    Server::start_serve(
-        &[
-            ("SFU__AUTH__DEV", "true"),
-            ("SFU__CLUSTER__LISTEN", "127.0.0.1:0"),
-            ("SFU__CLUSTER__SECRET", SECRET),
-            ("SFU__CLUSTER__TLS_CERT", &cert),
-            ("SFU__CLUSTER__TLS_KEY", &key),
-            ("SFU__STORE__REDIS_URL", &url),
-            ("SFU__STORE__NODE_TTL_MS", "3000"),
-            // The test makes many offers from one address.
-            ("SFU__LIMITS__SIGNALING_RATE_PER_SEC", "0"),
-        ],
-        &[],
-    )
-}
 
 fn offer(server: &Server, room: &str) -> HttpResponse {
     let token = dev_token(room, "late", Grants::PUBLISH).expect("token");

@@ -5,7 +5,8 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::wait_until;
+use super::cluster::TempDir;
+use super::{Server, wait_until};
 
 /// A `redis-server` on a fixed port, without persistence; killed on drop.
 pub struct Redis {
@@ -82,4 +83,30 @@ impl Drop for Redis {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The cluster secret the Redis tests' instances and nodes share.
+pub const SECRET: &str = "cluster secret for the tests";
+
+/// A `control serve` with `[cluster]` and `[store] redis_url`: one of several control
+/// instances sharing `redis`. They use the same certificate files in `dir`, so a node trusts
+/// any of them. The signaling rate limit is off (the tests make many offers from one address).
+#[allow(dead_code)] // not every test binary starts instances
+pub fn instance(redis: &Redis, dir: &TempDir) -> Server {
+    let cert = dir.0.join("cert.pem").display().to_string();
+    let key = dir.0.join("key.pem").display().to_string();
+    let url = redis.url();
+    Server::start_serve(
+        &[
+            ("SFU__AUTH__DEV", "true"),
+            ("SFU__CLUSTER__LISTEN", "127.0.0.1:0"),
+            ("SFU__CLUSTER__SECRET", SECRET),
+            ("SFU__CLUSTER__TLS_CERT", &cert),
+            ("SFU__CLUSTER__TLS_KEY", &key),
+            ("SFU__STORE__REDIS_URL", &url),
+            ("SFU__STORE__NODE_TTL_MS", "3000"),
+            ("SFU__LIMITS__SIGNALING_RATE_PER_SEC", "0"),
+        ],
+        &[],
+    )
 }

@@ -143,6 +143,24 @@ impl Client {
         self.expect_where(|m| m["type"] == kind).await
     }
 
+    /// The next `n` `subscribed` messages as (track, mid), sorted; each must carry the
+    /// default layer and not be paused.
+    pub async fn subscribed(&mut self, n: usize) -> Vec<(String, String)> {
+        let mut carried = Vec::new();
+        for _ in 0..n {
+            let s = self.expect("subscribed").await;
+            assert_eq!(
+                (s["max_layer"].as_u64(), s["paused"].as_bool()),
+                (Some(2), Some(false)),
+                "{s}"
+            );
+            let field = |k: &str| s[k].as_str().expect("a string").to_string();
+            carried.push((field("track"), field("mid")));
+        }
+        carried.sort();
+        carried
+    }
+
     /// Wait until the socket closes; its close code.
     pub async fn closed(&mut self) -> Option<u64> {
         let m = self.expect_where(|m| m.get("closed").is_some()).await;
