@@ -1138,9 +1138,10 @@ impl Participant {
                     // The track has not reached the subscriber's worker yet (announcements
                     // between workers and nodes are asynchronous): try again shortly.
                     Err((ErrorCode::UnknownTrack, _)) => self.retry = true,
+                    // Anything else (the node is away, the session is going) is not retried
+                    // on a timer: the next change of the room or of the connection retries.
                     Err((_, message)) => {
                         tracing::warn!(room = %self.room, identity = %self.member.identity, track = %id, %message, "cannot subscribe");
-                        self.retry = true;
                     }
                 }
             }
