@@ -1,6 +1,7 @@
 // SFU demo page: publish with WHIP (3-layer simulcast), watch with WHEP.
 // Plain JavaScript, no build step, no external resources.
-'use strict';
+
+import { waitIceGathering } from '/sdk/room.js';
 
 (() => {
   const $ = (id) => document.getElementById(id);
@@ -17,7 +18,6 @@
     { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500_000 },
     { rid: 'f', scaleResolutionDownBy: 1, maxBitrate: 1_500_000 },
   ];
-  const ICE_GATHER_TIMEOUT_MS = 3000;
   const HTTP_TIMEOUT_MS = 10000;
 
   // Everything a test (or a curious developer in the console) may want to look at.
@@ -104,24 +104,6 @@
     return res;
   }
 
-  function waitIceGatheringComplete(pc) {
-    if (pc.iceGatheringState === 'complete') return Promise.resolve();
-    return new Promise((resolve) => {
-      const done = () => {
-        clearTimeout(timer);
-        pc.removeEventListener('icegatheringstatechange', onChange);
-        pc.removeEventListener('icecandidate', onCandidate);
-        resolve();
-      };
-      const onChange = () => { if (pc.iceGatheringState === 'complete') done(); };
-      const onCandidate = (ev) => { if (!ev.candidate) done(); };
-      // The server does no trickle ICE: send whatever we have after a bounded wait.
-      const timer = setTimeout(() => { log('ICE gathering still running; sending the offer anyway'); done(); },
-        ICE_GATHER_TIMEOUT_MS);
-      pc.addEventListener('icegatheringstatechange', onChange);
-      pc.addEventListener('icecandidate', onCandidate);
-    });
-  }
 
   function watchPc(pc, badge, label) {
     const update = () => {
@@ -141,7 +123,7 @@
     setBadge(kind === 'WHIP' ? els.pubState : els.subState, 'gathering', 'busy');
     const offer = await pc.createOffer();
     await pc.setLocalDescription(offer);
-    await waitIceGatheringComplete(pc);
+    if (!(await waitIceGathering(pc))) log('ICE gathering still running; sending the offer anyway');
     setBadge(kind === 'WHIP' ? els.pubState : els.subState, 'signaling', 'busy');
     const path = `/${kind.toLowerCase()}/${encodeURIComponent(demo.room)}`;
     const res = await http(`${kind} POST ${path}`, path, {

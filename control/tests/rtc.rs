@@ -47,14 +47,7 @@ async fn a_call_message_by_message() {
     assert_eq!(event["participant"]["identity"], "bob");
 
     // Ada publishes a microphone and a camera.
-    let mut ada_pub = Offerer::new();
-    let (sdp, mids) = publish_offer(&mut ada_pub);
-    let answer = ada
-        .request(json!({"type": "publish", "sdp": sdp,
-            "tracks": [{"mid": mids[0], "source": "microphone"}, {"mid": mids[1], "source": "camera"}]}))
-        .await;
-    assert_eq!(answer["type"], "publish_answer", "{answer}");
-    ada_pub.accept(&answer);
+    let (mut ada_pub, answer, mids) = ada.publish_mic_and_camera().await;
     let tracks = answer["tracks"].as_array().expect("tracks").clone();
     assert_eq!(tracks.len(), 2);
     assert_eq!(tracks[0]["kind"], "audio");

@@ -17,7 +17,7 @@ use sfu_core::NodeConfig;
 use str0m::media::{Direction, MediaKind};
 use support::cluster::{TempDir, TestNode};
 use support::redis_server::{Redis, SECRET, instance};
-use support::rtc::{Client, Offerer, ids, publish_offer, recv_sections};
+use support::rtc::{Client, Offerer, ids, recv_sections};
 use support::{Server, wait_until};
 
 /// How long the others may take to see a participant whose instance died leave: its roster
@@ -126,14 +126,7 @@ async fn participants_on_two_instances_share_a_room() {
 
     // 2. Ada publishes through A (her session on n1, A's node); Bob, through B, is told and
     //    subscribes: his session is created on n1 and his sections filled through A.
-    let mut ada_pub = Offerer::new();
-    let (sdp, mids) = publish_offer(&mut ada_pub);
-    let answer = ada
-        .request(json!({"type": "publish", "sdp": sdp,
-            "tracks": [{"mid": mids[0], "source": "microphone"}, {"mid": mids[1], "source": "camera"}]}))
-        .await;
-    assert_eq!(answer["type"], "publish_answer", "{answer}");
-    ada_pub.accept(&answer);
+    let (_ada_pub, answer, _) = ada.publish_mic_and_camera().await;
     let tracks = ids(&answer["tracks"]);
     assert_eq!(tracks.len(), 2, "{answer}");
     let (audio, video) = (tracks[0].clone(), tracks[1].clone());

@@ -29,14 +29,10 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { join, dirname } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { chromium } from 'playwright-core';
+import { CHROMIUM, OUT_DIR, SFU_URL, chromiumArgs, sleep } from './chromium.mjs';
 
-const HERE = dirname(fileURLToPath(import.meta.url));
-const SFU_URL = (process.env.SFU_URL || '').replace(/\/+$/, '');
-const OUT_DIR = process.env.OUT_DIR || '';
-const CHROMIUM = process.env.CHROMIUM || join(HERE, 'chromium.sh');
 const VIDEO = process.env.MEETING_VIDEO ?? '320x240@15';
 const MEASURE_S = Math.max(10, Number(process.env.MEASURE_S || 12));
 const STATIC_DIR = process.env.MEETING_STATIC_DIR || '';
@@ -51,32 +47,18 @@ const NAMES = ['ada', 'bob', 'cyd', 'dee'];
 const CLICKS_JOIN = 'dee'; // opens the page without autojoin and clicks Join
 const LEAVER = 'bob';
 
-const CHROMIUM_ARGS = [
-  '--headless=new',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-quic',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--disable-dev-shm-usage',
-  '--use-fake-device-for-media-stream',
-  '--use-fake-ui-for-media-stream',
-  '--autoplay-policy=no-user-gesture-required',
-  // libwebrtc sends fewer simulcast layers for small input (320x240: 1 layer, the first one,
-  // rid q at 1/4 size: 80x60 for everyone). Lifting that limit lets a small fake camera exercise
-  // the same 3-layer simulcast (80x60, 160x120, 320x240) as a 720p camera, at a fraction of the
-  // CPU.
-  '--force-fieldtrials=WebRTC-LegacySimulcastLayerLimit/Disabled/',
-  // getUserMedia needs a secure context; the server is plain http on a non-loopback address.
-  ...(SFU_URL ? [`--unsafely-treat-insecure-origin-as-secure=${new URL(SFU_URL).origin}`] : []),
-  // chromium.sh merges this with Playwright's own --disable-features list (only one counts).
-  '--disable-features=WebRtcHideLocalIpsWithMdns',
+const CHROMIUM_ARGS = chromiumArgs({
+  extra: [
+    // libwebrtc sends fewer simulcast layers for small input (320x240: 1 layer, the first one,
+    // rid q at 1/4 size: 80x60 for everyone). Lifting that limit lets a small fake camera
+    // exercise the same 3-layer simulcast (80x60, 160x120, 320x240) as a 720p camera, at a
+    // fraction of the CPU.
+    '--force-fieldtrials=WebRTC-LegacySimulcastLayerLimit/Disabled/',
+  ],
   // A page fulfilled by page.route() has no address, so Chromium counts it as public and blocks
   // its WebSocket to the server's private address (ERR_BLOCKED_BY_LOCAL_NETWORK_ACCESS_CHECKS).
-  ...(STATIC_DIR ? ['--disable-features=LocalNetworkAccessChecks'] : []),
-];
+  last: STATIC_DIR ? ['--disable-features=LocalNetworkAccessChecks'] : [],
+});
 
 // What MEETING_STATIC_DIR replaces: URL path → [file, content type].
 const STATIC_FILES = {
@@ -87,7 +69,6 @@ const STATIC_FILES = {
   '/sdk/room.js': ['sdk/room.js', 'text/javascript; charset=utf-8'],
 };
 
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const round = (x, d = 1) => Math.round(x * 10 ** d) / 10 ** d;
 
 // Runs inside the page: the meeting hooks as plain data (with the publisher's simulcast layers

@@ -13,15 +13,11 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdirSync, writeFileSync } from 'node:fs';
-import { join, dirname } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { chromium } from 'playwright-core';
+import { CHROMIUM, OUT_DIR, SFU_URL, chromiumArgs, sleep } from './chromium.mjs';
 
-const HERE = dirname(fileURLToPath(import.meta.url));
-const SFU_URL = (process.env.SFU_URL || '').replace(/\/+$/, '');
 const DURATION_S = Number(process.env.DURATION_S || 20);
-const OUT_DIR = process.env.OUT_DIR || '';
-const CHROMIUM = process.env.CHROMIUM || join(HERE, 'chromium.sh');
 
 // Thresholds.
 const MIN_FPS = 5;               // decoded video frames per second, per subscriber
@@ -30,26 +26,8 @@ const WARMUP_S = 3;              // after every subscriber decoded its first fra
 const CONNECT_TIMEOUT_MS = 20_000;
 const FIRST_FRAME_TIMEOUT_MS = 25_000;
 
-const CHROMIUM_ARGS = [
-  '--headless=new',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-quic',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--disable-dev-shm-usage',
-  '--use-fake-device-for-media-stream',
-  '--use-fake-ui-for-media-stream',
-  '--autoplay-policy=no-user-gesture-required',
-  // getUserMedia needs a secure context; the server is plain http on a non-loopback address.
-  ...(SFU_URL ? [`--unsafely-treat-insecure-origin-as-secure=${new URL(SFU_URL).origin}`] : []),
-  // chromium.sh merges this with Playwright's own --disable-features list (only one counts).
-  '--disable-features=WebRtcHideLocalIpsWithMdns',
-];
+const CHROMIUM_ARGS = chromiumArgs();
 
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 // Runs inside the page: a plain-object snapshot of the demo page's peer connections.
 async function pageSnapshot() {

@@ -75,19 +75,20 @@ function deferred() {
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 // The server does no trickle ICE: the offer must carry the candidates. Wait for gathering to
-// complete, but no longer than ICE_GATHER_TIMEOUT_MS (then send what there is, as app.js does).
-function waitIceGathering(pc) {
-  if (pc.iceGatheringState === 'complete') return Promise.resolve();
+// complete, but no longer than ICE_GATHER_TIMEOUT_MS (then send what there is). Resolves to
+// whether gathering completed. Also used by the WHIP/WHEP demo page (/app.js).
+export function waitIceGathering(pc) {
+  if (pc.iceGatheringState === 'complete') return Promise.resolve(true);
   return new Promise((resolve) => {
-    const done = () => {
+    const done = (complete) => {
       clearTimeout(timer);
       pc.removeEventListener('icegatheringstatechange', onChange);
       pc.removeEventListener('icecandidate', onCandidate);
-      resolve();
+      resolve(complete);
     };
-    const onChange = () => { if (pc.iceGatheringState === 'complete') done(); };
-    const onCandidate = (ev) => { if (!ev.candidate) done(); };
-    const timer = setTimeout(done, ICE_GATHER_TIMEOUT_MS);
+    const onChange = () => { if (pc.iceGatheringState === 'complete') done(true); };
+    const onCandidate = (ev) => { if (!ev.candidate) done(true); };
+    const timer = setTimeout(() => done(false), ICE_GATHER_TIMEOUT_MS);
     pc.addEventListener('icegatheringstatechange', onChange);
     pc.addEventListener('icecandidate', onCandidate);
   });

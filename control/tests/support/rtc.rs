@@ -161,6 +161,20 @@ impl Client {
         carried
     }
 
+    /// Publish a microphone and a camera from a new str0m offerer that takes the answer:
+    /// the offerer, the `publish_answer`, and the offer's two mids.
+    pub async fn publish_mic_and_camera(&mut self) -> (Offerer, Value, Vec<String>) {
+        let mut offerer = Offerer::new();
+        let (sdp, mids) = publish_offer(&mut offerer);
+        let answer = self
+            .request(json!({"type": "publish", "sdp": sdp,
+                "tracks": [{"mid": mids[0], "source": "microphone"}, {"mid": mids[1], "source": "camera"}]}))
+            .await;
+        assert_eq!(answer["type"], "publish_answer", "{answer}");
+        offerer.accept(&answer);
+        (offerer, answer, mids)
+    }
+
     /// Wait until the socket closes; its close code.
     pub async fn closed(&mut self) -> Option<u64> {
         let m = self.expect_where(|m| m.get("closed").is_some()).await;
