@@ -114,6 +114,7 @@ impl Publisher {
             video: config.video.is_some(),
             simulcast: config.video.as_ref().is_some_and(|v| v.simulcast),
             codec: config.video.as_ref().map_or(VideoCodec::Vp8, |v| v.codec),
+            receive_sections: 1,
         };
         let stats = Arc::new(Mutex::new(PublisherStats::default()));
         let shared = stats.clone();

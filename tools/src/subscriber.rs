@@ -104,6 +104,7 @@ impl Subscriber {
             video: config.video,
             simulcast: false,
             codec: VideoCodec::Vp8,
+            receive_sections: 1,
         };
         let reception = Arc::new(Mutex::new(Reception::default()));
         let capture =

@@ -79,6 +79,9 @@ pub struct Offer {
     pub video: bool,
     pub simulcast: bool,
     pub codec: VideoCodec,
+    /// Receiving sections of each offered kind a subscriber asks for: 1, or one per other
+    /// participant of a room.
+    pub receive_sections: usize,
 }
 
 impl Offer {
@@ -90,6 +93,7 @@ impl Offer {
             video: media.has_video(),
             simulcast: role == PeerRole::Publisher && media.simulcast(),
             codec: VideoCodec::Vp8,
+            receive_sections: 1,
         }
     }
 }
@@ -140,7 +144,7 @@ impl SetupConfig {
                 bind_ip,
                 remote_overrides: overrides.into(),
             },
-            room_has_publishers: s.publishers > 0,
+            room_has_publishers: s.publishers_per_room() > 0,
             placements: Arc::new(Placements::new(
                 s.planned_peers() as usize,
                 s.total_publishers() as usize,
@@ -185,14 +189,33 @@ pub fn setup_load(
         &offer,
         &config.route,
         protocol,
-        |rtc, mids| match plan.role {
-            PeerRole::Subscriber => Ok(PeerMedia::Subscriber {
-                receiving: Receiving::new(mids),
-                expect_media: config.room_has_publishers,
-            }),
-            PeerRole::Publisher => publisher_media(rtc, plan, config, mids),
-        },
+        load_media(plan, config),
     );
+    land(plan, config, result)
+}
+
+/// What a load peer does with the media its answer accepted: a publisher's sources, or a
+/// subscriber's counting receiver.
+pub fn load_media<'a>(
+    plan: &'a PeerPlan,
+    config: &'a SetupConfig,
+) -> impl FnOnce(&Rtc, Mids) -> Result<PeerMedia, PeerFailure> + 'a {
+    move |rtc, mids| match plan.role {
+        PeerRole::Subscriber => Ok(PeerMedia::Subscriber {
+            receiving: Receiving::new(mids),
+            expect_media: config.room_has_publishers,
+        }),
+        PeerRole::Publisher => publisher_media(rtc, plan, config, mids),
+    }
+}
+
+/// Records where a load peer's session landed (or that it failed), and lets a subscriber
+/// tell local from relayed packets.
+pub fn land(
+    plan: &PeerPlan,
+    config: &SetupConfig,
+    result: Result<NewPeer, PeerFailure>,
+) -> Result<NewPeer, PeerFailure> {
     let placements = &config.placements;
     match result {
         Ok(mut peer) => {
@@ -221,46 +244,85 @@ pub fn setup(
     protocol: &dyn Protocol,
     media: impl FnOnce(&Rtc, Mids) -> Result<PeerMedia, PeerFailure>,
 ) -> Result<NewPeer, PeerFailure> {
-    let socket_err = |e: std::io::Error| PeerFailure::Socket(e.to_string());
-    let socket = UdpSocket::bind(SocketAddr::new(route.bind_ip, 0)).map_err(socket_err)?;
-    socket.set_nonblocking(true).map_err(socket_err)?;
-    let local = socket.local_addr().map_err(socket_err)?;
-    // Socket options for batched I/O (GRO, packet info); GSO support is probed once.
-    let udp = UdpSocketState::new(UdpSockRef::from(&socket)).map_err(socket_err)?;
-    let mut rtc = offering_rtc(local, offer).map_err(|e| PeerFailure::BadSdp(e.to_string()))?;
-    let mut client = Negotiation {
-        rtc: &mut rtc,
-        offer,
-        overrides: &route.remote_overrides,
-        pending: None,
-        mids: Mids::default(),
-        server_sdp: String::new(),
-    };
-    let started = Instant::now();
+    let mut draft = PeerDraft::bind(plan, offer, route)?;
     let session = match offer.role {
-        PeerRole::Publisher => protocol.publish(room, identity, &mut client)?,
-        PeerRole::Subscriber => protocol.subscribe(room, identity, &mut client)?,
+        PeerRole::Publisher => protocol.publish(room, identity, &mut draft)?,
+        PeerRole::Subscriber => protocol.subscribe(room, identity, &mut draft)?,
     };
-    let (mids, server_sdp) = (client.mids, client.server_sdp);
-    let media = match media(&rtc, mids) {
-        Ok(m) => m,
-        Err(e) => {
-            let _ = protocol.leave(&session);
-            return Err(e);
-        }
-    };
-    Ok(NewPeer {
-        plan: plan.clone(),
-        socket,
-        udp,
-        local,
-        rtc,
-        started,
-        session,
-        server_sdp,
-        media,
-        state: Arc::new(PeerState::default()),
+    draft.finish(session.clone(), media).inspect_err(|_| {
+        let _ = protocol.leave(&session);
     })
+}
+
+/// A peer being negotiated: its bound socket and its offering `Rtc`, the [`SdpClient`] a
+/// protocol drives. [`finish`](Self::finish) turns it into a [`NewPeer`] once the server has
+/// answered.
+#[derive(Debug)]
+pub struct PeerDraft {
+    plan: PeerPlan,
+    socket: UdpSocket,
+    udp: UdpSocketState,
+    local: SocketAddr,
+    rtc: Rtc,
+    offer: Offer,
+    overrides: Arc<[(SocketAddr, SocketAddr)]>,
+    pending: Option<SdpPendingOffer>,
+    mids: Mids,
+    server_sdp: String,
+    /// When the signaling began: join times count from here.
+    pub started: Instant,
+}
+
+impl PeerDraft {
+    /// Binds the peer's socket and builds its `Rtc` for `offer`.
+    pub fn bind(plan: &PeerPlan, offer: &Offer, route: &Route) -> Result<Self, PeerFailure> {
+        let socket_err = |e: std::io::Error| PeerFailure::Socket(e.to_string());
+        let socket = UdpSocket::bind(SocketAddr::new(route.bind_ip, 0)).map_err(socket_err)?;
+        socket.set_nonblocking(true).map_err(socket_err)?;
+        let local = socket.local_addr().map_err(socket_err)?;
+        // Socket options for batched I/O (GRO, packet info); GSO support is probed once.
+        let udp = UdpSocketState::new(UdpSockRef::from(&socket)).map_err(socket_err)?;
+        let rtc = offering_rtc(local, offer).map_err(|e| PeerFailure::BadSdp(e.to_string()))?;
+        Ok(Self {
+            plan: plan.clone(),
+            socket,
+            udp,
+            local,
+            rtc,
+            offer: *offer,
+            overrides: route.remote_overrides.clone(),
+            pending: None,
+            mids: Mids::default(),
+            server_sdp: String::new(),
+            started: Instant::now(),
+        })
+    }
+
+    /// The media lines of the offer (after [`create_offer`](SdpClient::create_offer)).
+    pub fn mids(&self) -> Mids {
+        self.mids
+    }
+
+    /// The negotiated peer, its media built by `media` from the `Rtc` and media lines.
+    pub fn finish(
+        self,
+        session: SessionHandle,
+        media: impl FnOnce(&Rtc, Mids) -> Result<PeerMedia, PeerFailure>,
+    ) -> Result<NewPeer, PeerFailure> {
+        let media = media(&self.rtc, self.mids)?;
+        Ok(NewPeer {
+            plan: self.plan,
+            socket: self.socket,
+            udp: self.udp,
+            local: self.local,
+            rtc: self.rtc,
+            started: self.started,
+            session,
+            server_sdp: self.server_sdp,
+            media,
+            state: Arc::new(PeerState::default()),
+        })
+    }
 }
 
 /// The crypto provider all peers of this process share.
@@ -339,6 +401,7 @@ pub fn sample_offer(endpoint: Endpoint) -> Result<String, PeerFailure> {
         video: true,
         simulcast: false,
         codec: VideoCodec::Vp8,
+        receive_sections: 1,
     };
     let local = SocketAddr::from(([127, 0, 0, 1], 9));
     let mut rtc =
@@ -403,28 +466,26 @@ fn publisher_media(
     })
 }
 
-/// The [`SdpClient`] a protocol drives for one peer.
-struct Negotiation<'a> {
-    rtc: &'a mut Rtc,
-    offer: &'a Offer,
-    overrides: &'a [(SocketAddr, SocketAddr)],
-    pending: Option<SdpPendingOffer>,
-    mids: Mids,
-    server_sdp: String,
-}
-
-impl SdpClient for Negotiation<'_> {
+impl SdpClient for PeerDraft {
     fn create_offer(&mut self) -> Result<String, PeerFailure> {
         let offer = self.offer;
-        let dir = match offer.role {
-            PeerRole::Publisher => Direction::SendOnly,
-            PeerRole::Subscriber => Direction::RecvOnly,
+        let (dir, sections) = match offer.role {
+            PeerRole::Publisher => (Direction::SendOnly, 1),
+            PeerRole::Subscriber => (Direction::RecvOnly, offer.receive_sections.max(1)),
         };
         let mut change = self.rtc.sdp_api();
         if offer.audio {
-            self.mids.audio = Some(change.add_media(MediaKind::Audio, dir, None, None, None));
+            for _ in 0..sections {
+                let mid = change.add_media(MediaKind::Audio, dir, None, None, None);
+                self.mids.audio = self.mids.audio.or(Some(mid));
+            }
         }
-        if offer.video {
+        if offer.video && offer.role == PeerRole::Subscriber {
+            for _ in 0..sections {
+                let mid = change.add_media(MediaKind::Video, dir, None, None, None);
+                self.mids.video = self.mids.video.or(Some(mid));
+            }
+        } else if offer.video {
             let simulcast = offer.simulcast.then(|| {
                 let mut s = Simulcast::new();
                 for rid in VideoLayer::all(true).iter().filter_map(|l| l.rid) {
@@ -447,7 +508,7 @@ impl SdpClient for Negotiation<'_> {
             .take()
             .ok_or_else(|| PeerFailure::Signaling("an answer without an offer".into()))?;
         self.server_sdp = answer.to_string();
-        let answer = rewrite_candidates(answer, self.overrides);
+        let answer = rewrite_candidates(answer, &self.overrides);
         let answer = SdpAnswer::from_sdp_string(&answer)
             .map_err(|e| PeerFailure::BadSdp(format!("the answer does not parse: {e}")))?;
         self.rtc
@@ -458,7 +519,7 @@ impl SdpClient for Negotiation<'_> {
 
     fn answer_offer(&mut self, offer: &str) -> Result<String, PeerFailure> {
         self.server_sdp = offer.to_string();
-        let offer_text = rewrite_candidates(offer, self.overrides);
+        let offer_text = rewrite_candidates(offer, &self.overrides);
         let offer = SdpOffer::from_sdp_string(&offer_text)
             .map_err(|e| PeerFailure::BadSdp(format!("the offer does not parse: {e}")))?;
         let answer = self
@@ -612,16 +673,8 @@ mod tests {
     #[test]
     fn offers_carry_the_planned_media() {
         let offer = Offer::load(PeerRole::Publisher, MediaModel::AudioVideoSimulcast);
-        let local: SocketAddr = "127.0.0.1:9".parse().expect("addr");
-        let mut rtc = offering_rtc(local, &offer).expect("rtc");
-        let mut client = Negotiation {
-            rtc: &mut rtc,
-            offer: &offer,
-            overrides: &[],
-            pending: None,
-            mids: Mids::default(),
-            server_sdp: String::new(),
-        };
+        let route = Route::direct(IpAddr::from([127, 0, 0, 1]));
+        let mut client = PeerDraft::bind(&plan(PeerRole::Publisher), &offer, &route).expect("bind");
         let sdp = client.create_offer().expect("offer");
         assert!(sdp.contains("m=audio"), "{sdp}");
         assert!(sdp.contains("m=video"), "{sdp}");
@@ -629,6 +682,33 @@ mod tests {
         assert!(sdp.contains("a=sendonly"), "{sdp}");
         assert!(!sdp.contains("H264"), "{sdp}");
         assert!(client.accept_answer("garbage").is_err());
+    }
+
+    fn plan(role: PeerRole) -> PeerPlan {
+        PeerPlan {
+            id: PeerId(0),
+            role,
+            room: 0,
+            publisher: 0,
+            generation: 0,
+        }
+    }
+
+    #[test]
+    fn a_room_subscriber_offers_a_section_per_other_participant_and_kind() {
+        let offer = Offer {
+            receive_sections: 4,
+            ..Offer::load(PeerRole::Subscriber, MediaModel::AudioVideo)
+        };
+        let route = Route::direct(IpAddr::from([127, 0, 0, 1]));
+        let mut client =
+            PeerDraft::bind(&plan(PeerRole::Subscriber), &offer, &route).expect("bind");
+        let sdp = client.create_offer().expect("offer");
+        assert_eq!(sdp.matches("m=audio").count(), 4, "{sdp}");
+        assert_eq!(sdp.matches("m=video").count(), 4, "{sdp}");
+        assert_eq!(sdp.matches("a=recvonly").count(), 8, "{sdp}");
+        let mids = client.mids();
+        assert!(mids.audio.is_some() && mids.video.is_some());
     }
 
     #[test]
@@ -640,6 +720,7 @@ mod tests {
                 video: true,
                 simulcast: false,
                 codec,
+                receive_sections: 1,
             };
             let local: SocketAddr = "127.0.0.1:9".parse().expect("addr");
             let mut rtc = offering_rtc(local, &offer).expect("rtc");
