@@ -1,7 +1,8 @@
 //! `sfu-load` against `control dev`: a short multi-room run reports plausible figures and
 //! writes both report files; an impairment relay with a known drop rate and delay shows up as
 //! exactly that loss and latency; servers that cannot be reached or refuse the token, and peers
-//! whose ICE never connects, are counted per reason while the run goes on.
+//! whose ICE never connects, are counted per reason while the run goes on; a room run over the
+//! WebSocket protocol delivers every participant to every other.
 
 mod support;
 
@@ -15,8 +16,8 @@ use tools::load::negotiate::rewrite_candidates;
 use tools::load::relay::{Relay, RelayConfig};
 use tools::load::report::REPORT_VERSION;
 use tools::load::{
-    Criteria, MediaModel, PeerFailure, ProgressMode, Protocol, Report, RunOptions, Scenario,
-    SdpClient, SessionHandle, TokenSource, WhipWhep, run, write_report,
+    Criteria, MediaModel, PeerFailure, ProgressMode, Protocol, ProtocolKind, Report, RunOptions,
+    Scenario, SdpClient, SessionHandle, TokenSource, WhipWhep, run, write_report,
 };
 
 /// A scenario small enough for a loaded CI machine: one generator thread, fast ramp.
@@ -139,6 +140,64 @@ fn a_short_multi_room_run_reports_plausible_figures_and_writes_both_files() {
     let html = std::fs::read_to_string(dir.join("report.html")).expect("report.html");
     assert!(html.contains("<svg") && html.contains("test run"));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_room_run_delivers_every_participant_to_every_other() {
+    let server = Server::start_with_workers(2);
+    let s = Scenario {
+        protocol: ProtocolKind::Room,
+        participants: 3,
+        ..scenario(&server.base_url, 2, 0, MediaModel::AudioVideo, 3.0)
+    };
+    let report = run_ok(&s, &RunOptions::default());
+    // Read it back as an operator would.
+    let dir = report_dir("room");
+    write_report(&dir, &report).expect("write the report");
+    let json = std::fs::read_to_string(dir.join("report.json")).expect("report.json");
+    let _ = std::fs::remove_dir_all(&dir);
+    let report: Report = serde_json::from_str(&json).expect("report.json parses back");
+
+    let room = report.room.as_ref().expect("a room run reports its rooms");
+    assert_eq!(
+        report.peers.planned, 12,
+        "2 rooms x 3 participants x 2 connections"
+    );
+    assert_eq!(report.peers.failed, 0, "{:?}", report.peers.failures);
+    assert_eq!(room.failed_joins, 0, "{room:?}");
+    assert_eq!(room.participants, 6);
+    assert_eq!(room.participants_connected, 6, "{room:?}");
+    assert_eq!(
+        room.streams_per_participant, 4,
+        "the 2 others' audio and video"
+    );
+    assert_eq!(room.streams_expected, 24);
+    assert_eq!(room.streams_received, 24, "{room:?}");
+    assert_eq!(room.min_streams_per_participant, 4, "{room:?}");
+    assert_eq!(room.participants_complete, 6, "{room:?}");
+    assert_eq!(room.per_participant.len(), 6);
+    for p in &room.per_participant {
+        assert_eq!(p.streams, 4, "{p:?}");
+        assert!(p.join_ms.is_some(), "{p:?}");
+    }
+    let identities: std::collections::BTreeSet<&str> = room
+        .per_participant
+        .iter()
+        .map(|p| p.identity.as_str())
+        .collect();
+    assert_eq!(identities.len(), 6, "an identity per participant");
+    assert_eq!(room.join_ms.count, 6, "{:?}", room.join_ms);
+    assert_eq!(room.signaling.bad_messages, 0, "{:?}", room.signaling);
+    assert_eq!(
+        room.signaling.renegotiations_unmet, 0,
+        "{:?}",
+        room.signaling
+    );
+    assert!(room.signaling.errors.is_empty(), "{:?}", room.signaling);
+    // Each participant's media reached the others: received packets carry latencies.
+    assert!(report.packets.received > 0 && report.latency_us.count > 0);
+    assert_eq!(report.packets.corrupt, 0, "{:?}", report.packets);
+    assert!(report.verdict.passed(), "{:?}", report.verdict);
 }
 
 #[test]

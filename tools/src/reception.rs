@@ -86,6 +86,10 @@ pub struct Receiving {
     capture: Option<Arc<RawCapture>>,
     /// Tells local from relayed packets (load subscribers on a server that names its nodes).
     paths: Option<SubscriberPaths>,
+    /// The remote tracks that delivered media: (publisher number, kind), each once.
+    sources: Vec<(u32, PayloadKind)>,
+    /// How many of those make the reception complete (room subscribers).
+    expected_sources: Option<usize>,
 }
 
 impl Receiving {
@@ -100,7 +104,33 @@ impl Receiving {
             positions: [0; 2],
             capture: None,
             paths: None,
+            sources: Vec::new(),
+            expected_sources: None,
         }
+    }
+
+    /// Tells when `n` remote tracks have delivered media ([`sources_complete`]).
+    ///
+    /// [`sources_complete`]: Self::sources_complete
+    pub fn set_expected_sources(&mut self, n: usize) {
+        self.expected_sources = Some(n);
+    }
+
+    /// Every expected remote track has delivered media (false when none were expected).
+    pub fn sources_complete(&self) -> bool {
+        self.expected_sources
+            .is_some_and(|n| self.sources.len() >= n)
+    }
+
+    /// The remote tracks counted, when this receiver expects a number of them.
+    pub fn counted_sources(&self) -> Option<usize> {
+        self.expected_sources.map(|_| self.sources.len())
+    }
+
+    /// Remote tracks (a publisher's audio, its video) that delivered at least one intact
+    /// packet; simulcast layers of one track count once.
+    pub fn sources(&self) -> usize {
+        self.sources.len()
     }
 
     /// Also counts each packet under its path (local or relayed) as `paths` tells it.
@@ -231,6 +261,13 @@ impl Receiving {
         let stream = match self.streams.iter().position(|s| s.ssrc == ssrc) {
             Some(i) => &mut self.streams[i],
             None => {
+                // A new SSRC is the only place a new track shows up: no per-packet cost.
+                if let Some(publisher) = media::publisher_of(header.counter) {
+                    let source = (publisher, header.kind);
+                    if !self.sources.contains(&source) {
+                        self.sources.push(source);
+                    }
+                }
                 self.streams.push(RxStream::new(ssrc));
                 self.streams.last_mut().expect("just pushed")
             }

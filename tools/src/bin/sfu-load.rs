@@ -1,5 +1,6 @@
-//! `sfu-load`: drives many synthetic WebRTC peers (WHIP publishers, WHEP subscribers) against
-//! an SFU and reports join times, one-way latency, loss and jitter. See `tools/README.md`.
+//! `sfu-load`: drives many synthetic WebRTC peers (WHIP publishers, WHEP subscribers, Janus
+//! VideoRoom, or room participants over our WebSocket protocol) against an SFU and reports
+//! join times, one-way latency, loss and jitter. See `tools/README.md`.
 //!
 //! Exit codes: 0 the run met its criteria (or none were given), 1 it missed one or no peer
 //! connected, 2 invalid flags or scenario, 3 the run could not be carried out (threads,
@@ -29,9 +30,11 @@ Examples:
   sfu-load --url http://127.0.0.1:8080 --rooms 10 --publishers 1 --subscribers 50 \\
            --media video-simulcast --duration 60s --ramp 20/s --report out/
   sfu-load --config scenario.toml --subscribers 200 --max-loss 1% --max-p99 50ms
+  sfu-load --protocol room --rooms 10 --participants 6 --media audio-video --duration 60s
 
 Against `control dev` no token flags are needed: tokens are minted with the dev key pair.
-Without --max-loss, --max-p99 or --min-connected the run has no verdict (neither PASS nor FAIL).
+Without --max-loss, --max-p99 or --min-connected the run has no verdict (neither PASS nor FAIL);
+a room run always has one: every expected stream delivered, or --min-streams.
 Exit codes: 0 criteria met or none given, 1 a criterion missed or no peer connected,
 2 invalid flags or scenario, 3 run failed.";
 
@@ -39,7 +42,7 @@ Exit codes: 0 criteria met or none given, 1 a criterion missed or no peer connec
 #[command(
     name = "sfu-load",
     version,
-    about = "Load-test an SFU with many real WebRTC peers (WHIP/WHEP or Janus)",
+    about = "Load-test an SFU with many real WebRTC peers (WHIP/WHEP, Janus, or WebSocket rooms)",
     after_help = EXAMPLES
 )]
 struct Cli {
@@ -49,7 +52,8 @@ struct Cli {
     /// Base URL of the server under test [default: http://127.0.0.1:8080].
     #[arg(long)]
     url: Option<String>,
-    /// Signaling: whip (WHIP/WHEP) or janus (Janus VideoRoom HTTP API) [default: whip].
+    /// Signaling: whip (WHIP/WHEP), janus (Janus VideoRoom HTTP API) or room (our WebSocket
+    /// room protocol: meetings, see --participants) [default: whip].
     #[arg(long, value_parser = parse_protocol)]
     protocol: Option<ProtocolKind>,
     /// Rooms [default: 1].
@@ -70,6 +74,10 @@ struct Cli {
     /// Subscribers per room [default: 10].
     #[arg(long)]
     subscribers: Option<u32>,
+    /// With --protocol room: participants per room (at least 2), each publishing and
+    /// receiving every other.
+    #[arg(long)]
+    participants: Option<u32>,
     /// audio, video, audio-video, video-simulcast or audio-video-simulcast [default: audio-video].
     #[arg(long, value_parser = parse_media)]
     media: Option<MediaModel>,
@@ -130,6 +138,10 @@ struct Cli {
     /// Fail (exit 1) if fewer of the planned peers connected: 99%.
     #[arg(long, value_parser = parse_percent, value_name = "PERCENT")]
     min_connected: Option<f64>,
+    /// With --protocol room: fail (exit 1) if fewer remote tracks delivered media, over all
+    /// participants [default: all, rooms × N × (N − 1) × kinds].
+    #[arg(long, value_name = "N")]
+    min_streams: Option<u64>,
     /// Address the peers' UDP sockets bind to (e.g. a veth end toward the server)
     /// [default: 127.0.0.1].
     #[arg(long, value_name = "IP")]
@@ -193,6 +205,8 @@ impl Cli {
             max_loss_pct: self.max_loss,
             max_p99_us: self.max_p99,
             min_connected_pct: self.min_connected,
+            min_streams: self.min_streams,
+            participants: self.participants,
             label: self.label.clone(),
         }
     }
@@ -456,5 +470,82 @@ mod tests {
         let cli =
             Cli::try_parse_from(["sfu-load", "--token", "t", "--api-key", "k"]).expect("parses");
         assert!(matches!(cli.tokens(), Ok(TokenSource::Fixed(_))));
+    }
+
+    #[test]
+    fn room_runs_take_participants_and_refuse_the_other_shapes() {
+        let build = |args: &[&str]| {
+            let mut all = vec!["sfu-load"];
+            all.extend_from_slice(args);
+            Cli::try_parse_from(all).expect("parses").patch().build()
+        };
+        let (s, _) =
+            build(&["--protocol", "room", "--rooms", "10", "--participants", "6"]).expect("valid");
+        assert_eq!(
+            s.planned_peers(),
+            10 * 6 * 2,
+            "two connections per participant"
+        );
+        assert_eq!(
+            s.expected_streams(),
+            10 * 6 * 5 * 2,
+            "audio and video of the 5 others"
+        );
+        for (args, key) in [
+            (
+                vec!["--protocol", "room", "--participants", "1"],
+                "participants",
+            ),
+            (vec!["--protocol", "room"], "participants"),
+            (
+                vec![
+                    "--protocol",
+                    "room",
+                    "--participants",
+                    "3",
+                    "--publishers",
+                    "2",
+                ],
+                "publishers",
+            ),
+            (
+                vec![
+                    "--protocol",
+                    "room",
+                    "--participants",
+                    "3",
+                    "--subscribers",
+                    "2",
+                ],
+                "subscribers",
+            ),
+            (vec!["--participants", "3"], "participants"),
+            (
+                vec![
+                    "--protocol",
+                    "room",
+                    "--participants",
+                    "3",
+                    "--churn",
+                    "1/s",
+                ],
+                "churn",
+            ),
+            (
+                vec![
+                    "--protocol",
+                    "room",
+                    "--participants",
+                    "3",
+                    "--min-streams",
+                    "13",
+                ],
+                "min-streams",
+            ),
+            (vec!["--min-streams", "1"], "min-streams"),
+        ] {
+            let err = build(&args).expect_err(&args.join(" "));
+            assert_eq!(err.key, key, "{}: {err}", args.join(" "));
+        }
     }
 }

@@ -321,6 +321,7 @@ mod tests {
                     ..Tick::default()
                 })
                 .collect(),
+            room: None,
             verdict: Verdict {
                 outcome: Outcome::Pass,
                 failures: Vec::new(),

@@ -4,8 +4,9 @@
 //! (timeline, process samples, progress), stops the shards, deletes the sessions and builds
 //! the [`Report`].
 //!
-//! Threads: this one (control), `threads` media shards, `signaling_threads` signaling threads.
-//! Everything the shards learn comes back as [`Notice`]s on one channel.
+//! Threads: this one (control), `threads` media shards, `signaling_threads` signaling threads
+//! (or, for the room protocol, one thread polling every participant's WebSocket, see
+//! [`room`](super::room)). Everything the shards learn comes back as [`Notice`]s on one channel.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -27,9 +28,10 @@ use super::placement::Placements;
 use super::progress::{self, Progress, ProgressMode, Snapshot};
 use super::protocol::{Protocol, SessionHandle, TokenSource, WhipWhep};
 use super::report::{
-    Jitter, JoinTimes, Latency, Outcome, Packets, PathPackets, PeerCounts, REPORT_VERSION, Report,
-    Tick, Verdict,
+    Jitter, JoinTimes, Latency, Outcome, Packets, ParticipantFigures, PathPackets, PeerCounts,
+    REPORT_VERSION, Report, RoomFigures, Tick, Verdict,
 };
+use super::room::{self, RoomContext, RoomJob, RoomSignaling};
 use super::sampler::ProcessSampler;
 use super::scenario::{Criteria, ProtocolKind, Scenario, ScenarioError};
 use super::shard::{Notice, ShardCommand, ShardHandle, ShardSender};
@@ -104,17 +106,17 @@ const TEARDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Runs a scenario to the end and reports what it measured.
 pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, LoadError> {
     scenario.validate()?;
-    let protocol: Arc<dyn Protocol> = match &options.protocol {
-        Some(p) => p.clone(),
-        None => match scenario.protocol {
-            ProtocolKind::Whip => Arc::new(
-                WhipWhep::new(&scenario.url, options.tokens.clone()).in_regions(
-                    scenario.publisher_region.clone(),
-                    scenario.subscriber_region.clone(),
-                ),
+    // The room protocol negotiates on its own WebSocket thread, not through a `Protocol`.
+    let protocol: Option<Arc<dyn Protocol>> = match (&options.protocol, scenario.protocol) {
+        (_, ProtocolKind::Room) => None,
+        (Some(p), _) => Some(p.clone()),
+        (None, ProtocolKind::Whip) => Some(Arc::new(
+            WhipWhep::new(&scenario.url, options.tokens.clone()).in_regions(
+                scenario.publisher_region.clone(),
+                scenario.subscriber_region.clone(),
             ),
-            ProtocolKind::Janus => Arc::new(JanusVideoRoom::new(&scenario.url)),
-        },
+        )),
+        (None, ProtocolKind::Janus) => Some(Arc::new(JanusVideoRoom::new(&scenario.url))),
     };
     Controller::start(scenario, options, protocol)?.run()
 }
@@ -132,10 +134,33 @@ pub fn write_report(dir: &Path, report: &Report) -> std::io::Result<()> {
 }
 
 /// Plans every peer: all publishers first (so subscribers find media when they join), then
-/// subscribers spread over the rooms in turn.
+/// subscribers spread over the rooms in turn. Room participants are spread over the rooms in
+/// turn too, participant `k` as two peers: its publisher connection (`2k`) and its
+/// subscriber connection (`2k + 1`).
 pub fn plan_peers(s: &Scenario) -> Vec<PeerPlan> {
     let mut plans = Vec::with_capacity(s.planned_peers() as usize);
     let mut publisher = 0;
+    if s.protocol == ProtocolKind::Room {
+        for _ in 0..s.participants {
+            for room in 0..s.rooms {
+                for role in [PeerRole::Publisher, PeerRole::Subscriber] {
+                    plans.push(PeerPlan {
+                        id: PeerId(plans.len() as u32),
+                        role,
+                        room,
+                        publisher: if role == PeerRole::Publisher {
+                            publisher
+                        } else {
+                            0
+                        },
+                        generation: 0,
+                    });
+                }
+                publisher += 1;
+            }
+        }
+        return plans;
+    }
     for _ in 0..s.publishers {
         for room in 0..s.rooms {
             plans.push(PeerPlan {
@@ -218,15 +243,42 @@ enum SignalJob {
     Leave(SessionHandle),
 }
 
+/// Where signaling jobs go: the HTTP signaling threads, or the room thread.
+enum Jobs {
+    Http(Sender<SignalJob>),
+    Room(Sender<RoomJob>),
+}
+
+/// A room participant as the controller follows it: when each of its connections got where
+/// its join time needs it (ms after its WebSocket connect began).
+#[derive(Debug, Clone, Copy, Default)]
+struct ParticipantTrack {
+    /// Its publisher connection came up.
+    published_ms: Option<f64>,
+    /// Its subscriber connection had media from every expected stream.
+    complete_ms: Option<f64>,
+}
+
+impl ParticipantTrack {
+    fn join_ms(&self) -> Option<f64> {
+        Some(self.published_ms?.max(self.complete_ms?))
+    }
+}
+
 struct Controller<'a> {
     scenario: &'a Scenario,
     options: &'a RunOptions,
-    protocol: Arc<dyn Protocol>,
+    /// `None` for the room protocol (its own thread negotiates).
+    protocol: Option<Arc<dyn Protocol>>,
     t0: Instant,
     started_unix_ms: u64,
     shards: Vec<ShardHandle>,
     notices: Receiver<Notice>,
-    jobs: Option<Sender<SignalJob>>,
+    jobs: Option<Jobs>,
+    /// Room protocol: its signaling thread's waker and counts (kept past the jobs' end).
+    room: Option<RoomSignaling>,
+    /// Room protocol: per participant, in plan order.
+    participants: Vec<ParticipantTrack>,
     signalers: Vec<JoinHandle<()>>,
     stopping: Arc<AtomicBool>,
     leave_errors: Arc<AtomicU64>,
@@ -260,7 +312,7 @@ impl<'a> Controller<'a> {
     fn start(
         scenario: &'a Scenario,
         options: &'a RunOptions,
-        protocol: Arc<dyn Protocol>,
+        protocol: Option<Arc<dyn Protocol>>,
     ) -> Result<Self, LoadError> {
         let plans = plan_peers(scenario);
         let threads = match scenario.threads {
@@ -292,27 +344,50 @@ impl<'a> Controller<'a> {
             &options.remote_overrides,
         ));
         let rooms: Arc<[String]> = (0..scenario.rooms).map(|r| scenario.room_name(r)).collect();
-        let (jobs, job_rx) = crossbeam::channel::unbounded();
         let stopping = Arc::new(AtomicBool::new(false));
         let leave_errors = Arc::new(AtomicU64::new(0));
         let mut signalers = Vec::with_capacity(signaling_threads);
-        for i in 0..signaling_threads {
-            let worker = Signaler {
-                jobs: job_rx.clone(),
-                protocol: protocol.clone(),
-                setup: setup.clone(),
-                shards: senders.clone(),
-                notices: notice_tx.clone(),
-                rooms: rooms.clone(),
-                stopping: stopping.clone(),
-                leave_errors: leave_errors.clone(),
-            };
-            signalers.push(
-                thread::Builder::new()
-                    .name(format!("sfu-load-signal-{i}"))
-                    .spawn(move || worker.run())?,
-            );
-        }
+        let mut room = None;
+        let jobs = match &protocol {
+            Some(protocol) => {
+                let (jobs, job_rx) = crossbeam::channel::unbounded();
+                for i in 0..signaling_threads {
+                    let worker = Signaler {
+                        jobs: job_rx.clone(),
+                        protocol: protocol.clone(),
+                        setup: setup.clone(),
+                        shards: senders.clone(),
+                        notices: notice_tx.clone(),
+                        rooms: rooms.clone(),
+                        stopping: stopping.clone(),
+                        leave_errors: leave_errors.clone(),
+                    };
+                    signalers.push(
+                        thread::Builder::new()
+                            .name(format!("sfu-load-signal-{i}"))
+                            .spawn(move || worker.run())?,
+                    );
+                }
+                Jobs::Http(jobs)
+            }
+            None => {
+                let (jobs, job_rx) = crossbeam::channel::unbounded();
+                let context = RoomContext {
+                    url: scenario.url.clone(),
+                    rooms: rooms.clone(),
+                    tokens: options.tokens.clone(),
+                    setup: setup.clone(),
+                    shards: senders.clone(),
+                    notices: notice_tx.clone(),
+                    others: scenario.participants.saturating_sub(1) as usize,
+                    connect_timeout,
+                };
+                let (signaling, thread) = RoomSignaling::spawn(context, job_rx)?;
+                signalers.push(thread);
+                room = Some(signaling);
+                Jobs::Room(jobs)
+            }
+        };
         let mut progress = Progress::new(options.progress);
         let server = options.server_pid.map(|pid| {
             let s = ProcessSampler::new(pid);
@@ -336,6 +411,8 @@ impl<'a> Controller<'a> {
             shards,
             notices,
             jobs: Some(jobs),
+            room,
+            participants: vec![ParticipantTrack::default(); scenario.total_participants() as usize],
             signalers,
             stopping,
             leave_errors,
@@ -383,7 +460,7 @@ impl<'a> Controller<'a> {
             plural(self.scenario.total_subscribers(), "subscriber"),
             plural(u64::from(self.scenario.rooms), "room"),
             self.scenario.url,
-            self.protocol.name(),
+            self.protocol_name(),
             ramp_s,
             self.scenario.duration_s,
             plural(self.shards.len() as u64, "media thread"),
@@ -454,8 +531,32 @@ impl<'a> Controller<'a> {
         self.finish()
     }
 
-    /// Releases the peers the ramp allows by `now`.
+    fn protocol_name(&self) -> &'static str {
+        self.protocol
+            .as_ref()
+            .map_or(self.scenario.protocol.as_str(), |p| p.name())
+    }
+
+    /// Releases the peers the ramp allows by `now`. Room participants are released whole
+    /// (both connections), at the ramp rate in participants.
     fn release(&mut self, now: Instant) {
+        if self.room.is_some() {
+            let participants = self.peers.len() / 2;
+            let due = 2 * released_by(now - self.t0, self.scenario.ramp_per_s, participants);
+            while self.released < due {
+                let [publisher, subscriber] = [self.released, self.released + 1].map(|i| {
+                    let track = &mut self.peers[i];
+                    track.status = Status::Joining;
+                    track.plan.clone()
+                });
+                self.released += 2;
+                self.submit_room(RoomJob::Join {
+                    publisher,
+                    subscriber,
+                });
+            }
+            return;
+        }
         let due = released_by(now - self.t0, self.scenario.ramp_per_s, self.peers.len());
         while self.released < due {
             let track = &mut self.peers[self.released];
@@ -467,8 +568,22 @@ impl<'a> Controller<'a> {
     }
 
     fn submit(&self, job: SignalJob) {
-        if let Some(jobs) = &self.jobs {
+        match (&self.jobs, job) {
+            (Some(Jobs::Http(jobs)), job) => {
+                let _ = jobs.send(job);
+            }
+            (Some(Jobs::Room(..)), SignalJob::Leave(session)) => {
+                self.submit_room(RoomJob::Release(session));
+            }
+            // Room participants join through `submit_room`, never one connection alone.
+            (Some(Jobs::Room(..)), SignalJob::Join(_)) | (None, _) => {}
+        }
+    }
+
+    fn submit_room(&self, job: RoomJob) {
+        if let (Some(Jobs::Room(jobs)), Some(room)) = (&self.jobs, &self.room) {
             let _ = jobs.send(job);
+            room.wake();
         }
     }
 
@@ -517,8 +632,18 @@ impl<'a> Controller<'a> {
                 self.connected_now += 1;
                 self.tick_joins += 1;
                 self.join_ms.push(join.as_secs_f64() * 1000.0);
+                if plan.role == PeerRole::Publisher {
+                    if let Some(p) = self.participants.get_mut(plan.id.0 as usize / 2) {
+                        p.published_ms = Some(join.as_secs_f64() * 1000.0);
+                    }
+                }
                 if plan.role == PeerRole::Subscriber {
                     self.churn_pool.push(plan.id);
+                }
+            }
+            Notice::Complete { plan, after } => {
+                if let Some(p) = self.participants.get_mut(plan.id.0 as usize / 2) {
+                    p.complete_ms = Some(after.as_secs_f64() * 1000.0);
                 }
             }
             Notice::Ended {
@@ -709,11 +834,15 @@ impl<'a> Controller<'a> {
         while self.signalers.iter().any(|s| !s.is_finished()) && Instant::now() < deadline {
             // Sessions whose setup was in flight come back as notices.
             while let Ok(notice) = self.notices.try_recv() {
-                if let Notice::Ended {
-                    session: Some(s), ..
-                } = notice
+                // (A room participant still out leaves with the room thread's end.)
+                if let (
+                    Notice::Ended {
+                        session: Some(s), ..
+                    },
+                    Some(protocol),
+                ) = (notice, &self.protocol)
                 {
-                    let _ = self.protocol.leave(&s);
+                    let _ = protocol.leave(&s);
                 }
             }
             thread::sleep(Duration::from_millis(10));
@@ -816,12 +945,17 @@ impl<'a> Controller<'a> {
         let split = !tally.nodes.is_empty();
         let join_ms = join_summary(&self.join_ms);
         let jitter_ms = jitter_summary(&totals.stream_jitter_us);
+        let room = self
+            .room
+            .as_ref()
+            .map(|signaling| self.room_figures(totals, signaling));
         let verdict = verdict(
             &s.criteria,
             &peers,
             &packets,
             &latency,
             s.total_subscribers(),
+            room.as_ref(),
         );
         let mut timeline = self.timeline.clone();
         timeline.sort_by(|a, b| a.t_s.total_cmp(&b.t_s));
@@ -832,7 +966,7 @@ impl<'a> Controller<'a> {
                 .options
                 .label
                 .clone()
-                .unwrap_or_else(|| format!("{} {}", self.protocol.name(), s.url)),
+                .unwrap_or_else(|| format!("{} {}", self.protocol_name(), s.url)),
             started_at_unix_ms: self.started_unix_ms,
             elapsed_s: self.t0.elapsed().as_secs_f64(),
             scenario: s.clone(),
@@ -852,7 +986,54 @@ impl<'a> Controller<'a> {
             server: self.server.as_ref().map(ProcessSampler::usage),
             generator: self.generator.usage(),
             timeline,
+            room,
             verdict,
+        }
+    }
+
+    /// What the room participants got: participant `k` is peers `2k` (publisher) and `2k + 1`
+    /// (subscriber), see [`plan_peers`].
+    fn room_figures(&self, totals: &ShardTotals, signaling: &RoomSignaling) -> RoomFigures {
+        let s = self.scenario;
+        let each = s.streams_per_participant();
+        let mut streams = vec![0; self.participants.len()];
+        for (id, n) in &totals.sources {
+            if let Some(slot) = streams.get_mut(id.0 as usize / 2) {
+                *slot = (*n).min(each);
+            }
+        }
+        let per_participant: Vec<ParticipantFigures> = self
+            .participants
+            .iter()
+            .zip(&streams)
+            .enumerate()
+            .map(|(k, (track, &n))| {
+                let plan = &self.peers[2 * k].plan;
+                ParticipantFigures {
+                    room: plan.room,
+                    identity: room::identity(plan),
+                    streams: n,
+                    join_ms: track.join_ms(),
+                }
+            })
+            .collect();
+        let pair = |k: usize| [&self.peers[2 * k], &self.peers[2 * k + 1]];
+        let count = |f: &dyn Fn(usize) -> bool| {
+            (0..self.participants.len()).filter(|&k| f(k)).count() as u64
+        };
+        let joins: Vec<f64> = per_participant.iter().filter_map(|p| p.join_ms).collect();
+        RoomFigures {
+            participants: self.participants.len() as u64,
+            participants_connected: count(&|k| pair(k).iter().all(|p| p.ever_joined)),
+            participants_complete: streams.iter().filter(|&&n| n >= each).count() as u64,
+            failed_joins: count(&|k| pair(k).iter().any(|p| p.ever_failed && !p.ever_joined)),
+            streams_expected: s.expected_streams(),
+            streams_received: streams.iter().sum(),
+            streams_per_participant: each,
+            min_streams_per_participant: streams.iter().copied().min().unwrap_or(0),
+            join_ms: join_summary(&joins),
+            signaling: signaling.stats(),
+            per_participant,
         }
     }
 }
@@ -1031,6 +1212,7 @@ pub fn verdict(
     packets: &Packets,
     latency: &Latency,
     planned_subscribers: u64,
+    room: Option<&RoomFigures>,
 ) -> Verdict {
     let mut failures = Vec::new();
     if peers.connected == 0 {
@@ -1061,9 +1243,23 @@ pub fn verdict(
             ));
         }
     }
+    // A room run always has a stream criterion: every expected stream unless told fewer.
+    if let Some(room) = room {
+        let min = criteria.min_streams.unwrap_or(room.streams_expected);
+        if room.streams_received < min {
+            failures.push(format!(
+                "streams {} of {} delivered < min {min} (fewest for one participant: {} of {})",
+                room.streams_received,
+                room.streams_expected,
+                room.min_streams_per_participant,
+                room.streams_per_participant
+            ));
+        }
+    }
     let judged = criteria.max_loss_pct.is_some()
         || criteria.max_p99_us.is_some()
-        || criteria.min_connected_pct.is_some();
+        || criteria.min_connected_pct.is_some()
+        || room.is_some();
     let outcome = if !failures.is_empty() {
         Outcome::Fail
     } else if judged {
@@ -1158,6 +1354,7 @@ mod tests {
             max_loss_pct: Some(1.0),
             max_p99_us: Some(50_000),
             min_connected_pct: Some(99.0),
+            min_streams: None,
         };
         let peers = PeerCounts {
             planned: 100,
@@ -1173,7 +1370,7 @@ mod tests {
             p99: 62_000,
             ..Latency::default()
         };
-        let v = verdict(&criteria, &peers, &packets, &latency, 90);
+        let v = verdict(&criteria, &peers, &packets, &latency, 90, None);
         assert!(v.failed());
         assert_eq!(
             v.failures,
@@ -1198,6 +1395,7 @@ mod tests {
                 ..Latency::default()
             },
             90,
+            None,
         );
         assert!(ok.passed(), "{ok:?}");
         // No criteria, but nobody connected: fail.
@@ -1210,6 +1408,7 @@ mod tests {
             &Packets::default(),
             &Latency::default(),
             5,
+            None,
         );
         assert!(none.failed(), "{none:?}");
         assert_eq!(none.failures, vec!["no peer connected (of 5)".to_string()]);
@@ -1223,6 +1422,7 @@ mod tests {
             },
             &Latency::default(),
             90,
+            None,
         );
         assert_eq!(unjudged.outcome, Outcome::None, "{unjudged:?}");
         assert!(!unjudged.passed() && !unjudged.failed());

@@ -2122,6 +2122,7 @@ fn protocol_name(protocol: ProtocolKind) -> &'static str {
     match protocol {
         ProtocolKind::Whip => "WHIP/WHEP",
         ProtocolKind::Janus => "Janus VideoRoom",
+        ProtocolKind::Room => "WebSocket rooms",
     }
 }
 
@@ -2413,6 +2414,7 @@ mod tests {
                     max_loss_pct: Some(1.0),
                     max_p99_us: Some(20_000),
                     min_connected_pct: None,
+                    min_streams: None,
                 },
                 ..Scenario::default()
             },
@@ -2489,6 +2491,7 @@ mod tests {
                 samples: samples(25.0),
             },
             timeline,
+            room: None,
             verdict: Verdict {
                 outcome: Outcome::Pass,
                 failures: Vec::new(),
@@ -2519,6 +2522,7 @@ mod tests {
             server: None,
             generator: ProcessUsage::default(),
             timeline: Vec::new(),
+            room: None,
             verdict: Verdict {
                 outcome: Outcome::Fail,
                 failures: vec!["connected 0.0% < min 99.0%".into()],

@@ -15,6 +15,7 @@ pub mod progress;
 pub mod protocol;
 pub mod relay;
 pub mod report;
+pub mod room;
 pub mod sampler;
 pub mod scenario;
 pub mod shard;

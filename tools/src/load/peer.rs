@@ -110,6 +110,10 @@ pub struct LivePeer {
     joined: bool,
     /// Set when the peer joins during a call; the shard takes it.
     pub just_joined: Option<Duration>,
+    /// A room subscriber received media from every remote track it expects.
+    complete: bool,
+    /// Set when that happens during a call; the shard takes it.
+    pub just_completed: Option<Duration>,
 }
 
 impl LivePeer {
@@ -131,6 +135,16 @@ impl LivePeer {
             sending_started: false,
             joined: false,
             just_joined: None,
+            complete: false,
+            just_completed: None,
+        }
+    }
+
+    /// Remote tracks a room subscriber received media from (`None` for other peers).
+    pub fn sources(&self) -> Option<usize> {
+        match &self.media {
+            PeerMedia::Subscriber { receiving, .. } => receiving.counted_sources(),
+            PeerMedia::Publisher { .. } => None,
         }
     }
 
@@ -341,8 +355,13 @@ impl LivePeer {
                         &p,
                         ctx.interval,
                     );
+                    let complete = !self.complete && receiving.sources_complete();
                     if intact {
                         self.join(ctx.now);
+                    }
+                    if complete {
+                        self.complete = true;
+                        self.just_completed = Some(ctx.now.saturating_duration_since(self.started));
                     }
                 }
             }

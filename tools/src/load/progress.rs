@@ -5,7 +5,8 @@
 use std::fmt::Write as _;
 use std::io::Write as _;
 
-use super::report::{Latency, NodePeers, Outcome, PathPackets, Report};
+use super::report::{Latency, NodePeers, Outcome, PathPackets, Report, RoomFigures};
+use super::scenario::ProtocolKind;
 
 /// How progress is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,16 +148,18 @@ pub fn summary_table(r: &Report) -> String {
     let mut t = String::new();
     let s = &r.scenario;
     let _ = writeln!(t, "sfu-load summary: {}", r.label);
+    let shape = match s.protocol {
+        ProtocolKind::Room => format!("{} participants", s.participants),
+        _ => format!("({} pub + {} sub)", s.publishers, s.subscribers),
+    };
     let _ = writeln!(
         t,
-        "  scenario    {} × ({} pub + {} sub), {}, {:.0} s measured{}",
+        "  scenario    {} × {shape}, {}, {:.0} s measured{}",
         if s.rooms == 1 {
             "1 room".to_string()
         } else {
             format!("{} rooms", s.rooms)
         },
-        s.publishers,
-        s.subscribers,
         s.media,
         s.duration_s,
         if s.media.has_video() {
@@ -178,6 +181,9 @@ pub fn summary_table(r: &Report) -> String {
     );
     for (reason, n) in &p.failures {
         let _ = writeln!(t, "                {n:>6} × {reason}");
+    }
+    if let Some(room) = &r.room {
+        write_room(&mut t, room);
     }
     let j = &r.join_ms;
     if j.count > 0 {
@@ -242,6 +248,51 @@ pub fn summary_table(r: &Report) -> String {
         }
     }
     t
+}
+
+/// Participants, the streams they received, their join times and the signaling's oddities.
+fn write_room(t: &mut String, room: &RoomFigures) {
+    let _ = writeln!(
+        t,
+        "  room        {}/{} participants connected, {} complete, {} failed joins",
+        room.participants_connected,
+        room.participants,
+        room.participants_complete,
+        room.failed_joins
+    );
+    let _ = writeln!(
+        t,
+        "  streams     {}/{} received, fewest for one participant {} of {}",
+        room.streams_received,
+        room.streams_expected,
+        room.min_streams_per_participant,
+        room.streams_per_participant
+    );
+    let j = &room.join_ms;
+    if j.count > 0 {
+        let _ = writeln!(
+            t,
+            "  room join   p50 {:.0} ms  p99 {:.0} ms  max {:.0} ms  ({} participants)",
+            j.p50, j.p99, j.max, j.count
+        );
+    }
+    let g = &room.signaling;
+    let errors: Vec<String> = g.errors.iter().map(|(c, n)| format!("{n} × {c}")).collect();
+    let _ = writeln!(
+        t,
+        "  websocket   {} messages, {} bad, {} renegotiate ({} unmet), {} sessions ended, {} closed early{}",
+        g.messages,
+        g.bad_messages,
+        g.renegotiations,
+        g.renegotiations_unmet,
+        g.sessions_ended,
+        g.closed_early,
+        if errors.is_empty() {
+            String::new()
+        } else {
+            format!(", errors: {}", errors.join(", "))
+        }
+    );
 }
 
 /// Where the peers landed, and latency and loss of local and relayed packets.
@@ -368,6 +419,7 @@ mod tests {
             server: None,
             generator: Default::default(),
             timeline: Vec::new(),
+            room: None,
             verdict: Verdict::default(),
         }
     }

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::room::RoomSignalingStats;
 use super::scenario::Scenario;
 
 /// Bumped when a field changes meaning or is removed (adding fields does not bump it).
@@ -57,7 +58,56 @@ pub struct Report {
     pub generator: ProcessUsage,
     /// One entry per second of the run.
     pub timeline: Vec<Tick>,
+    /// Room protocol runs: participants, the streams they received, their join times;
+    /// `None` (null) for the other protocols.
+    #[serde(default)]
+    pub room: Option<RoomFigures>,
     pub verdict: Verdict,
+}
+
+/// What the participants of a room run (`--protocol room`) got. A participant is expected to
+/// receive every other participant of its room's audio and video (as the media model has
+/// them): a *stream* is one such remote track, counted once it delivered an intact packet.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RoomFigures {
+    /// Participants planned, all rooms together.
+    pub participants: u64,
+    /// Participants whose publisher and subscriber connections both came up.
+    pub participants_connected: u64,
+    /// Participants that received every stream expected of them.
+    pub participants_complete: u64,
+    /// Participants with a connection that failed before it ever came up.
+    pub failed_joins: u64,
+    /// `rooms × N × (N − 1) × kinds`.
+    pub streams_expected: u64,
+    /// Streams that delivered media, summed over participants (at most the expected per
+    /// participant each).
+    pub streams_received: u64,
+    /// Streams each participant should receive: `(N − 1) × kinds`.
+    pub streams_per_participant: u64,
+    /// The fewest streams any participant received (0 when one never got its subscriber
+    /// connection).
+    pub min_streams_per_participant: u64,
+    /// Join time of the participants that completed: from the start of the WebSocket connect
+    /// until both its publisher connection was up (DTLS) and its subscriber connection had
+    /// the first packet of every expected stream.
+    pub join_ms: JoinTimes,
+    /// What the WebSocket signaling saw.
+    pub signaling: RoomSignalingStats,
+    /// Per participant, in plan order.
+    pub per_participant: Vec<ParticipantFigures>,
+}
+
+/// One participant of a room run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ParticipantFigures {
+    /// Room index.
+    pub room: u32,
+    pub identity: String,
+    /// Remote tracks that delivered media to it.
+    pub streams: u64,
+    /// Its join time (see [`RoomFigures::join_ms`]); `None` (null) if it never completed.
+    pub join_ms: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

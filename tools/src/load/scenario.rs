@@ -96,6 +96,9 @@ pub enum ProtocolKind {
     Whip,
     /// Janus VideoRoom over its HTTP JSON API.
     Janus,
+    /// Our WebSocket room protocol (docs/signaling.md): meetings where every participant
+    /// publishes and receives every other.
+    Room,
 }
 
 impl ProtocolKind {
@@ -103,6 +106,7 @@ impl ProtocolKind {
         match self {
             ProtocolKind::Whip => "whip",
             ProtocolKind::Janus => "janus",
+            ProtocolKind::Room => "room",
         }
     }
 }
@@ -120,7 +124,10 @@ impl FromStr for ProtocolKind {
         match s.trim() {
             "whip" | "whep" | "whip-whep" => Ok(ProtocolKind::Whip),
             "janus" => Ok(ProtocolKind::Janus),
-            _ => Err(format!("\"{s}\" is not a protocol (one of: whip, janus)")),
+            "room" => Ok(ProtocolKind::Room),
+            _ => Err(format!(
+                "\"{s}\" is not a protocol (one of: whip, janus, room)"
+            )),
         }
     }
 }
@@ -135,6 +142,10 @@ pub struct Criteria {
     pub max_p99_us: Option<u64>,
     /// Lowest acceptable share of planned peers that connected, percent.
     pub min_connected_pct: Option<f64>,
+    /// Room protocol: fewest remote tracks that must have delivered media, over all
+    /// participants. `None`: every expected stream ([`Scenario::expected_streams`]).
+    #[serde(default)]
+    pub min_streams: Option<u64>,
 }
 
 /// A whole load run.
@@ -182,6 +193,10 @@ pub struct Scenario {
     pub publisher_region: Option<String>,
     #[serde(default)]
     pub subscriber_region: Option<String>,
+    /// Room protocol: participants per room, each publishing and receiving all the others
+    /// (`publishers` and `subscribers` do not apply). 0 for the other protocols.
+    #[serde(default)]
+    pub participants: u32,
 }
 
 fn default_keyframe_interval_s() -> f64 {
@@ -211,6 +226,7 @@ impl Default for Scenario {
             keyframe_interval_s: default_keyframe_interval_s(),
             publisher_region: None,
             subscriber_region: None,
+            participants: 0,
         }
     }
 }
@@ -237,17 +253,55 @@ impl ScenarioError {
 }
 
 impl Scenario {
-    /// Peers the scenario plans, all rooms together.
+    /// Peers the scenario plans, all rooms together. A room participant is two peers: its
+    /// publisher and its subscriber connection.
     pub fn planned_peers(&self) -> u64 {
-        u64::from(self.rooms) * (u64::from(self.publishers) + u64::from(self.subscribers))
+        self.total_publishers() + self.total_subscribers()
     }
 
     pub fn total_publishers(&self) -> u64 {
-        u64::from(self.rooms) * u64::from(self.publishers)
+        u64::from(self.rooms) * u64::from(self.publishers_per_room())
     }
 
     pub fn total_subscribers(&self) -> u64 {
-        u64::from(self.rooms) * u64::from(self.subscribers)
+        u64::from(self.rooms) * u64::from(self.subscribers_per_room())
+    }
+
+    /// Publishing connections per room: every participant's in room mode.
+    pub fn publishers_per_room(&self) -> u32 {
+        match self.protocol {
+            ProtocolKind::Room => self.participants,
+            _ => self.publishers,
+        }
+    }
+
+    /// Receiving connections per room: every participant's in room mode.
+    pub fn subscribers_per_room(&self) -> u32 {
+        match self.protocol {
+            ProtocolKind::Room => self.participants,
+            _ => self.subscribers,
+        }
+    }
+
+    /// Room protocol: all participants of all rooms.
+    pub fn total_participants(&self) -> u64 {
+        match self.protocol {
+            ProtocolKind::Room => u64::from(self.rooms) * u64::from(self.participants),
+            _ => 0,
+        }
+    }
+
+    /// Room protocol: remote tracks each participant should receive (every other
+    /// participant's audio and video, as the media model has them).
+    pub fn streams_per_participant(&self) -> u64 {
+        let kinds = u64::from(self.media.has_audio()) + u64::from(self.media.has_video());
+        u64::from(self.participants.saturating_sub(1)) * kinds
+    }
+
+    /// Room protocol: remote tracks all participants together should receive,
+    /// `rooms × N × (N − 1) × kinds`.
+    pub fn expected_streams(&self) -> u64 {
+        self.total_participants() * self.streams_per_participant()
     }
 
     /// The room name of room `index`.
@@ -273,7 +327,8 @@ impl Scenario {
         if self.rooms == 0 {
             return Err(ScenarioError::new("rooms", "must be at least 1"));
         }
-        if self.publishers == 0 && self.subscribers == 0 {
+        self.validate_room()?;
+        if self.publishers_per_room() == 0 && self.subscribers_per_room() == 0 {
             return Err(ScenarioError::new(
                 "publishers",
                 "a room needs at least one publisher or subscriber",
@@ -285,8 +340,8 @@ impl Scenario {
                 format!(
                     "{} rooms × ({} publishers + {} subscribers) = {} peers, more than the {MAX_PEERS} one generator runs",
                     self.rooms,
-                    self.publishers,
-                    self.subscribers,
+                    self.publishers_per_room(),
+                    self.subscribers_per_room(),
                     self.planned_peers()
                 ),
             ));
@@ -337,7 +392,7 @@ impl Scenario {
                 "must be zero or a positive rate like 2/s",
             ));
         }
-        if self.churn_per_s > 0.0 && self.subscribers == 0 {
+        if self.churn_per_s > 0.0 && self.subscribers_per_room() == 0 {
             return Err(ScenarioError::new(
                 "churn",
                 "churn makes subscribers leave and rejoin, but there are no subscribers",
@@ -371,7 +426,7 @@ impl Scenario {
                     "sets the video bitrate, but the media model has no video",
                 ));
             }
-            if self.publishers == 0 {
+            if self.publishers_per_room() == 0 {
                 return Err(ScenarioError::new(
                     "target-pps",
                     "sets what publishers send, but there are no publishers",
@@ -387,6 +442,56 @@ impl Scenario {
         }
         if c.max_p99_us == Some(0) {
             return Err(ScenarioError::new("max-p99", "must be more than 0"));
+        }
+        Ok(())
+    }
+
+    /// The settings that only the room protocol has, or that it does not have.
+    fn validate_room(&self) -> Result<(), ScenarioError> {
+        if self.protocol != ProtocolKind::Room {
+            if self.participants != 0 {
+                return Err(ScenarioError::new(
+                    "participants",
+                    "applies to --protocol room only (whip and janus take --publishers and --subscribers)",
+                ));
+            }
+            if self.criteria.min_streams.is_some() {
+                return Err(ScenarioError::new(
+                    "min-streams",
+                    "counts room participants' streams: --protocol room only",
+                ));
+            }
+            return Ok(());
+        }
+        if self.participants < 2 {
+            return Err(ScenarioError::new(
+                "participants",
+                format!(
+                    "{} participants: a room run needs at least 2 (everyone receives everyone else)",
+                    self.participants
+                ),
+            ));
+        }
+        if self.churn_per_s > 0.0 {
+            return Err(ScenarioError::new(
+                "churn",
+                "participants of a room run do not churn",
+            ));
+        }
+        if !self.url.trim().starts_with("http://") {
+            return Err(ScenarioError::new(
+                "url",
+                "the room protocol's WebSocket is reached over http:// only (no TLS)",
+            ));
+        }
+        if let Some(min) = self.criteria.min_streams {
+            let expected = self.expected_streams();
+            if min > expected {
+                return Err(ScenarioError::new(
+                    "min-streams",
+                    format!("{min} is more than the {expected} streams the rooms can deliver"),
+                ));
+            }
         }
         Ok(())
     }
@@ -464,8 +569,10 @@ pub struct ScenarioPatch {
     pub max_loss_pct: Option<f64>,
     pub max_p99_us: Option<u64>,
     pub min_connected_pct: Option<f64>,
+    pub min_streams: Option<u64>,
     pub publisher_region: Option<String>,
     pub subscriber_region: Option<String>,
+    pub participants: Option<u32>,
     /// Legend in reports (not part of the scenario itself).
     pub label: Option<String>,
 }
@@ -497,6 +604,7 @@ impl ScenarioPatch {
         set(&mut s.audio_dtx, &self.audio_dtx);
         set(&mut s.threads, &self.threads);
         set(&mut s.connect_timeout_s, &self.connect_timeout_s);
+        set(&mut s.participants, &self.participants);
         if self.publisher_region.is_some() {
             s.publisher_region = self.publisher_region.clone();
         }
@@ -511,6 +619,9 @@ impl ScenarioPatch {
         }
         if self.min_connected_pct.is_some() {
             s.criteria.min_connected_pct = self.min_connected_pct;
+        }
+        if self.min_streams.is_some() {
+            s.criteria.min_streams = self.min_streams;
         }
     }
 
@@ -546,6 +657,8 @@ impl ScenarioPatch {
             max_loss_pct,
             max_p99_us,
             min_connected_pct,
+            min_streams,
+            participants,
             label
         );
         self
@@ -572,6 +685,19 @@ impl ScenarioPatch {
     pub fn build(&self) -> Result<(Scenario, Vec<String>), ScenarioError> {
         let mut s = Scenario::default();
         self.apply(&mut s);
+        if s.protocol == ProtocolKind::Room {
+            for (key, given) in [
+                ("publishers", self.publishers.is_some()),
+                ("subscribers", self.subscribers.is_some()),
+            ] {
+                if given {
+                    return Err(ScenarioError::new(
+                        key,
+                        "not with --protocol room: every participant publishes and subscribes (use --participants)",
+                    ));
+                }
+            }
+        }
         s.validate()?;
         let notes = s.resolve_target_pps().into_iter().collect();
         Ok((s, notes))
@@ -636,6 +762,7 @@ struct ScenarioFile {
     connect_timeout: Option<NumOrStr>,
     publisher_region: Option<String>,
     subscriber_region: Option<String>,
+    participants: Option<u32>,
     label: Option<String>,
     criteria: Option<CriteriaFile>,
 }
@@ -648,6 +775,7 @@ struct CriteriaFile {
     /// Milliseconds, or `"50ms"`.
     max_p99: Option<NumOrStr>,
     min_connected: Option<NumOrStr>,
+    min_streams: Option<u64>,
 }
 
 impl ScenarioFile {
@@ -680,6 +808,7 @@ impl ScenarioFile {
             subscriber_region: self.subscriber_region,
             publishers: self.publishers,
             subscribers: self.subscribers,
+            participants: self.participants,
             media: self
                 .media
                 .map(|m| m.parse().map_err(|e| format!("media: {e}")))
@@ -718,6 +847,7 @@ impl ScenarioFile {
                 .min_connected
                 .map(|v| v.parse("criteria.min-connected", parse_percent))
                 .transpose()?,
+            min_streams: criteria.min_streams,
             label: self.label,
         })
     }

@@ -60,6 +60,12 @@ pub enum Notice {
         plan: PeerPlan,
         join: Duration,
     },
+    /// A room subscriber received media from every remote track it expects, `after` its
+    /// signaling began.
+    Complete {
+        plan: PeerPlan,
+        after: Duration,
+    },
     /// A peer ended: failed (`end.reason`), or left (churn). `session` is the server session
     /// to delete, if one was created.
     Ended {
@@ -444,6 +450,12 @@ impl Shard {
                 join,
             });
         }
+        if let Some(after) = peer.just_completed.take() {
+            let _ = self.notices.send(Notice::Complete {
+                plan: peer.plan.clone(),
+                after,
+            });
+        }
         match step {
             Step::End(end) => self.end_peer(slot, end),
             Step::Continue => {
@@ -464,6 +476,9 @@ impl Shard {
         self.by_id.remove(&peer.plan.id);
         let _ = self.poll.registry().deregister(&mut peer.socket);
         self.totals.stream_jitter_us.extend(peer.stream_jitter_us());
+        if let Some(n) = peer.sources() {
+            self.totals.sources.push((peer.plan.id, n as u64));
+        }
         peer.report_end(end.reason.is_some().then_some(&end));
         let _ = self.notices.send(Notice::Ended {
             plan: peer.plan.clone(),
@@ -486,6 +501,9 @@ impl Shard {
         for s in &mut self.slots {
             if let Some(peer) = s.peer.take() {
                 self.totals.stream_jitter_us.extend(peer.stream_jitter_us());
+                if let Some(n) = peer.sources() {
+                    self.totals.sources.push((peer.plan.id, n as u64));
+                }
                 peer.report_end(None);
                 sessions.push(peer.session.clone());
             }

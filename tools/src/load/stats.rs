@@ -9,6 +9,7 @@ use hdrhistogram::Histogram;
 use crate::pattern::{PatternHeader, PayloadKind};
 
 use super::media;
+use super::negotiate::PeerId;
 use super::placement::Path;
 
 /// Counters further than this behind the newest are too late to tell duplicates from late
@@ -354,6 +355,8 @@ pub struct ShardTotals {
     pub timer_fires: u64,
     pub timer_pushes: u64,
     pub recv_calls: u64,
+    /// Room subscribers: the remote tracks each received media from, at its end.
+    pub sources: Vec<(PeerId, u64)>,
 }
 
 impl ShardTotals {
@@ -375,6 +378,7 @@ impl ShardTotals {
             timer_fires: 0,
             timer_pushes: 0,
             recv_calls: 0,
+            sources: Vec::new(),
         }
     }
 
@@ -404,6 +408,7 @@ impl ShardTotals {
         self.timer_fires += o.timer_fires;
         self.timer_pushes += o.timer_pushes;
         self.recv_calls += o.recv_calls;
+        self.sources.extend_from_slice(&o.sources);
     }
 }
 
