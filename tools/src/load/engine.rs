@@ -1306,6 +1306,56 @@ mod tests {
     }
 
     #[test]
+    fn an_unreachable_room_server_fails_every_participant_and_the_streams_criterion() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}", closed.local_addr().expect("addr"));
+        drop(closed);
+        let s = Scenario {
+            protocol: ProtocolKind::Room,
+            participants: 2,
+            publishers: 0,
+            subscribers: 0,
+            duration_s: 0.2,
+            ..small(&url)
+        };
+        let start = Instant::now();
+        let report = run(&s, &RunOptions::default()).expect("runs");
+        assert!(start.elapsed() < Duration::from_secs(10));
+        assert_eq!(
+            report.peers.failures.get("unreachable"),
+            Some(&4),
+            "{:?}",
+            report.peers
+        );
+        let room = report.room.as_ref().expect("room figures");
+        assert_eq!(
+            (room.failed_joins, room.streams_received),
+            (2, 0),
+            "{room:?}"
+        );
+        assert!(report.verdict.failed(), "{:?}", report.verdict);
+    }
+
+    #[test]
+    fn room_participants_are_planned_as_connection_pairs_spread_over_rooms() {
+        let s = Scenario {
+            protocol: ProtocolKind::Room,
+            rooms: 2,
+            participants: 3,
+            ..Scenario::default()
+        };
+        let plans = plan_peers(&s);
+        assert_eq!(plans.len(), 12);
+        for (k, pair) in plans.chunks(2).enumerate() {
+            assert_eq!(pair[0].role, PeerRole::Publisher);
+            assert_eq!(pair[1].role, PeerRole::Subscriber);
+            assert_eq!(pair[0].room, pair[1].room);
+            assert_eq!(pair[0].publisher, k as u32, "run-wide publisher numbers");
+            assert_eq!(pair[0].room, k as u32 % 2);
+        }
+    }
+
+    #[test]
     fn publishers_are_planned_first_and_subscribers_spread_over_rooms() {
         let s = Scenario {
             rooms: 3,
