@@ -10,7 +10,7 @@ use std::fmt::{self, Write as _};
 use serde_json::{Value, json};
 
 use super::report::{
-    Latency, NodePeers, Outcome, PathPackets, ProcessSample, ProcessUsage, Report,
+    JoinTimes, Latency, NodePeers, Outcome, PathPackets, ProcessSample, ProcessUsage, Report,
 };
 use super::scenario::{Criteria, MediaModel, ProtocolKind, Scenario};
 
@@ -200,16 +200,21 @@ fn write_key_figures(out: &mut String, r: &Report) {
             loss_label(r),
             c.max_loss_pct.is_some_and(|max| r.packets.loss_pct > max),
         ),
-        (
-            "join p99",
-            if r.join_ms.count > 0 {
-                value_label(r.join_ms.p99, Unit::Millis)
-            } else {
-                DASH.to_string()
-            },
-            false,
-        ),
+        ("join p99", join_p99_label(&r.join_ms), false),
     ];
+    if let Some(room) = &r.room {
+        let min = c.min_streams.unwrap_or(room.streams_expected);
+        tiles.push((
+            "streams",
+            format!(
+                "{} / {}",
+                int(room.streams_received),
+                int(room.streams_expected)
+            ),
+            room.streams_received < min,
+        ));
+        tiles.push(("room join p99", join_p99_label(&room.join_ms), false));
+    }
     if let Some(server) = sampled(r.server.as_ref()) {
         tiles.push((
             "server CPU",
@@ -234,8 +239,8 @@ fn write_scenario_details(out: &mut String, s: &Scenario) {
         ("server", s.url.clone()),
         ("protocol", protocol_name(s.protocol).to_string()),
         ("rooms", format!("{} (named {}0…)", s.rooms, s.room_prefix)),
-        ("publishers per room", s.publishers.to_string()),
-        ("subscribers per room", s.subscribers.to_string()),
+        ("publishers per room", s.publishers_per_room().to_string()),
+        ("subscribers per room", s.subscribers_per_room().to_string()),
         ("media", media_name(s.media).to_string()),
         (
             "video",
@@ -264,7 +269,7 @@ fn write_scenario_details(out: &mut String, s: &Scenario) {
             "criteria",
             criteria_line(&s.criteria).unwrap_or_else(|| "none".to_string()),
         ),
-        ("peers planned", int(planned_peers(s))),
+        ("peers planned", int(s.planned_peers())),
     ];
     out.push_str("<details><summary>scenario</summary><dl>\n");
     for (name, value) in rows {
@@ -1948,6 +1953,15 @@ fn loss_label(r: &Report) -> String {
     }
 }
 
+/// The p99 of join times, or a dash when nobody joined.
+fn join_p99_label(j: &JoinTimes) -> String {
+    if j.count > 0 {
+        value_label(j.p99, Unit::Millis)
+    } else {
+        DASH.to_string()
+    }
+}
+
 fn latency_or_dash(latency: &Latency, us: u64) -> String {
     if latency.count == 0 {
         DASH.to_string()
@@ -2050,17 +2064,19 @@ fn min_max(values: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
     })
 }
 
-fn planned_peers(s: &Scenario) -> u64 {
-    u64::from(s.rooms) * (u64::from(s.publishers) + u64::from(s.subscribers))
-}
-
 /// `1 room × (1 publisher + 10 subscribers) · audio + video at 1,000 kbit/s, 30 fps · ...`
 fn scenario_line(s: &Scenario) -> String {
+    let shape = match s.protocol {
+        ProtocolKind::Room => plural(s.participants.into(), "participant", "participants"),
+        _ => format!(
+            "({} + {})",
+            plural(s.publishers.into(), "publisher", "publishers"),
+            plural(s.subscribers.into(), "subscriber", "subscribers"),
+        ),
+    };
     let mut parts = vec![format!(
-        "{} × ({} + {})",
+        "{} × {shape}",
         plural(s.rooms.into(), "room", "rooms"),
-        plural(s.publishers.into(), "publisher", "publishers"),
-        plural(s.subscribers.into(), "subscriber", "subscribers"),
     )];
     let video = !matches!(s.media, MediaModel::Audio);
     let audio = matches!(
@@ -2104,6 +2120,9 @@ fn criteria_line(c: &Criteria) -> Option<String> {
     }
     if let Some(v) = c.min_connected_pct {
         parts.push(format!("connected ≥ {}", value_label(v, Unit::Percent)));
+    }
+    if let Some(v) = c.min_streams {
+        parts.push(format!("streams ≥ {}", int(v)));
     }
     (!parts.is_empty()).then(|| parts.join(", "))
 }
