@@ -1046,6 +1046,20 @@ min-connected = 99
     }
 
     #[test]
+    fn a_room_file_parses() {
+        let text =
+            "protocol = \"room\"\nrooms = 10\nparticipants = 6\n[criteria]\nmin-streams = 590\n";
+        let (s, _) = ScenarioPatch::from_toml(text)
+            .expect("parses")
+            .build()
+            .expect("valid");
+        assert_eq!((s.protocol, s.participants), (ProtocolKind::Room, 6));
+        assert_eq!(s.criteria.min_streams, Some(590));
+        assert_eq!(s.expected_streams(), 600);
+        assert_eq!(s.total_publishers(), 60);
+    }
+
+    #[test]
     fn flags_override_the_file() {
         let file = ScenarioPatch::from_toml(EXAMPLE).expect("parses");
         let flags = ScenarioPatch {
