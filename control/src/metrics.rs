@@ -17,7 +17,7 @@ type Series = (
 /// `control_sessions` is the number of sessions in control's store.
 pub fn render(stats: &NodeStats, workers_up: &[bool], control_sessions: usize) -> String {
     let mut out = String::with_capacity(4096);
-    let series: [Series; 14] = [
+    let series: [Series; 17] = [
         (
             "sfu_tracks",
             "gauge",
@@ -78,6 +78,25 @@ pub fn render(stats: &NodeStats, workers_up: &[bool], control_sessions: usize) -
             "counter",
             "Packets retransmitted to subscribers on their RTX SSRC in answer to NACKs",
             |w| w.rtx_sent,
+        ),
+        (
+            "sfu_data_messages_in_total",
+            "counter",
+            "Data-channel messages clients sent that the node passed on to control",
+            |w| w.data_in,
+        ),
+        (
+            "sfu_data_messages_out_total",
+            "counter",
+            "Data-channel messages the node sent to clients",
+            |w| w.data_out,
+        ),
+        (
+            "sfu_data_messages_dropped_total",
+            "counter",
+            "Data-channel messages refused: binary, over 64 KiB, over 50/s per session, \
+             or for a client with no open channel",
+            |w| w.data_dropped,
         ),
         (
             "sfu_nacks_sent_total",
@@ -419,6 +438,7 @@ mod tests {
             nacks_sent: n + 5,
             gso_sends: n + 6,
             gso_datagrams: n + 7,
+            data_dropped: n + 10,
             ..WorkerStats::default()
         }
     }
@@ -454,6 +474,8 @@ mod tests {
             "# TYPE sfu_gso_sends_total counter",
             "sfu_gso_sends_total{worker=\"0\"} 16",
             "sfu_gso_datagrams_total{worker=\"1\"} 27",
+            "# TYPE sfu_data_messages_dropped_total counter",
+            "sfu_data_messages_dropped_total{worker=\"1\"} 30",
         ] {
             assert_eq!(
                 lines.iter().filter(|l| **l == expected).count(),

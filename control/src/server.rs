@@ -295,6 +295,14 @@ async fn apply_node_events(
             FromNode::Event(NodeEvent::Speakers { room, speakers }) => {
                 crate::rtc::announce_speakers(&state, &room, speakers).await;
             }
+            FromNode::Event(NodeEvent::Data {
+                session,
+                room,
+                reliable,
+                text,
+            }) => {
+                crate::rtc::data_received(&state, &room, session, reliable, text).await;
+            }
             FromNode::Event(NodeEvent::WorkerStopped { worker }) => {
                 tracing::error!(%node, %worker, "media worker stopped");
             }

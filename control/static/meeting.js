@@ -9,6 +9,7 @@ const els = {
   error: $('error'), banner: $('banner'), meeting: $('meeting'), roomLabel: $('room-label'),
   toggleMic: $('toggle-mic'), toggleCam: $('toggle-cam'), sound: $('sound'), leave: $('leave'),
   grid: $('grid'), tileTemplate: $('tile-template'), log: $('log'),
+  chatLog: $('chat-log'), chatForm: $('chat-form'), chatInput: $('chat-input'),
 };
 
 const HTTP_TIMEOUT_MS = 10_000;
@@ -49,6 +50,7 @@ const meeting = {
   room: null, // the Room (/sdk/room.js)
   tiles: () => [...tiles.values()].map(describeTile),
   stats: () => collectStats(),
+  chat: () => chat.slice(),
   join: () => join(),
   leave: () => leave(),
 };
@@ -332,6 +334,9 @@ function wire(room) {
       renderTile(tile);
     }
   });
+  room.addEventListener('message', ({ detail }) => {
+    if (detail.data && typeof detail.data.chat === 'string') addChat(nameOf(detail.from), detail.data.chat);
+  });
   room.addEventListener('error', ({ detail }) => showError(`${detail.code}: ${detail.message}`));
   room.addEventListener('disconnected', ({ detail }) => {
     if (meeting.state !== 'joining' && meeting.state !== 'joined') return; // we left or gave up
@@ -351,6 +356,39 @@ function wire(room) {
     log(detail.resumed ? 'reconnected (resumed)' : 'reconnected (joined afresh: media restarted)');
     for (const tile of tiles.values()) renderTile(tile);
   });
+}
+
+// ---------- chat ----------
+
+// Chat messages seen on this page, in order (a test hook reads them): {from, text}.
+const chat = [];
+
+function nameOf(identity) {
+  return meeting.room?.participants.get(identity)?.name || identity;
+}
+
+function addChat(from, text) {
+  chat.push({ from, text });
+  const li = document.createElement('li');
+  const who = document.createElement('span');
+  who.className = 'from';
+  who.textContent = from;
+  li.append(who, document.createTextNode(text));
+  els.chatLog.append(li);
+  li.scrollIntoView({ block: 'nearest' });
+}
+
+function sendChat(text) {
+  const room = meeting.room;
+  if (!text || meeting.state !== 'joined' || !room) return false;
+  try {
+    room.send({ chat: text });
+  } catch (e) {
+    showError(`chat not sent: ${e.message}`);
+    return false;
+  }
+  addChat('me', text);
+  return true;
 }
 
 // ---------- join / leave / controls ----------
@@ -427,6 +465,8 @@ async function leave() {
 // Back to the form: tiles gone, devices released. meeting.room stays for inspection.
 function teardown() {
   for (const identity of [...tiles.keys()]) removeTile(identity);
+  els.chatLog.replaceChildren();
+  chat.length = 0;
   if (localStream) localStream.getTracks().forEach((t) => t.stop());
   localStream = null;
   blockedAudio.clear();
@@ -514,6 +554,10 @@ els.form.addEventListener('submit', (ev) => {
   join();
 });
 els.leave.addEventListener('click', () => leave());
+els.chatForm.addEventListener('submit', (ev) => {
+  ev.preventDefault();
+  if (sendChat(els.chatInput.value.trim())) els.chatInput.value = '';
+});
 els.toggleMic.addEventListener('click', () => toggle('audio'));
 els.toggleCam.addEventListener('click', () => toggle('video'));
 els.sound.addEventListener('click', () => {

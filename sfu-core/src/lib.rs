@@ -25,6 +25,7 @@ pub mod config;
 pub mod engine;
 pub mod ids;
 pub mod io;
+pub mod limit;
 pub mod mailbox;
 pub mod metrics;
 pub mod node;

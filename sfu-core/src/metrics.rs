@@ -97,6 +97,9 @@ pub struct WorkerMetrics {
     pub nacks_sent: AtomicU64,
     pub sessions_reaped: AtomicU64,
     pub session_panics: AtomicU64,
+    pub data_in: AtomicU64,
+    pub data_out: AtomicU64,
+    pub data_dropped: AtomicU64,
     dropped: [AtomicU64; DropReason::ALL.len()],
 }
 
@@ -153,6 +156,9 @@ impl WorkerMetrics {
             nacks_sent: load(&self.nacks_sent),
             sessions_reaped: load(&self.sessions_reaped),
             session_panics: load(&self.session_panics),
+            data_in: load(&self.data_in),
+            data_out: load(&self.data_out),
+            data_dropped: load(&self.data_dropped),
             dropped: DropReason::ALL
                 .iter()
                 .map(|r| (r.as_str().to_string(), self.dropped(*r)))

@@ -606,6 +606,7 @@ impl Node {
                 None => Err(no_relay()),
             },
             NodeRequest::RoomRelays { room } => self.room_relays(room).await,
+            NodeRequest::SendData(s) => self.on_worker_of(s.session, Command::SendData(s)).await,
             NodeRequest::Renegotiate { session, offer_sdp } => {
                 // Garbage is refused here, before the worker sees it.
                 match Offer::parse(&offer_sdp) {

@@ -129,6 +129,19 @@ pub enum NodeRequest {
         session: SessionId,
         offer_sdp: String,
     },
+    /// Send a text message on one of a session's data channels (docs/signaling.md, "Data
+    /// messages"): one its client opened, reliable or not as `reliable` says.
+    SendData(SendData),
+}
+
+/// A text message for a session's data channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SendData {
+    pub session: SessionId,
+    /// On the client's reliable channel, or on its unreliable one (falling back to the
+    /// reliable channel when the client opened only that).
+    pub reliable: bool,
+    pub text: String,
 }
 
 /// The answer to a [`NodeRequest`].
@@ -282,6 +295,15 @@ pub enum NodeEvent {
         room: RoomId,
         speakers: Vec<TrackId>,
     },
+    /// A client sent a text message on one of its session's data channels. The node checks
+    /// its size and rate and passes it on as it came; what it means is control's business.
+    Data {
+        session: SessionId,
+        room: RoomId,
+        /// It came on a reliable channel.
+        reliable: bool,
+        text: String,
+    },
 }
 
 /// A node's load.
@@ -379,6 +401,11 @@ pub struct WorkerStats {
     pub nacks_sent: u64,
     pub sessions_reaped: u64,
     pub session_panics: u64,
+    /// Data-channel messages clients sent (passed on to control), messages sent to clients,
+    /// and messages refused (binary, too large, too many, or no open channel to send on).
+    pub data_in: u64,
+    pub data_out: u64,
+    pub data_dropped: u64,
     /// Drops by reason, in a fixed order.
     pub dropped: Vec<(String, u64)>,
 }

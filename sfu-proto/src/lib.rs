@@ -28,8 +28,9 @@ pub mod token;
 
 pub use api::{
     CreateSession, EndReason, LoadReport, NodeError, NodeEvent, NodeHealth, NodeRequest,
-    NodeResponse, NodeStats, RelayLinkStats, RelayRoom, RelayedFrom, RoomRelays, SessionCreated,
-    SessionKind, SetSubscription, Subscribe, SubscribePolicy, TrackInfo, WorkerStats,
+    NodeResponse, NodeStats, RelayLinkStats, RelayRoom, RelayedFrom, RoomRelays, SendData,
+    SessionCreated, SessionKind, SetSubscription, Subscribe, SubscribePolicy, TrackInfo,
+    WorkerStats,
 };
 pub use cluster::{HeldSession, Registration, RelayAddress};
 pub use frame::{CodecError, Frame, FrameDecoder, PROTOCOL_VERSION};

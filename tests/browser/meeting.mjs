@@ -44,6 +44,9 @@ const FIRST_FRAMES_TIMEOUT_MS = 60_000; // until every tile of every page decode
 const LEAVE_TIMEOUT_MS = 20_000; // Leave clicked → the others show one tile fewer
 
 const NAMES = ['ada', 'bob', 'cyd', 'dee'];
+const CHAT_TIMEOUT_MS = 20_000;
+const SETTLE_TIMEOUT_MS = 15_000;
+const SETTLED_WIDTH = 160;
 const CLICKS_JOIN = 'dee'; // opens the page without autojoin and clicks Join
 const LEAVER = 'bob';
 
@@ -75,7 +78,7 @@ const round = (x, d = 1) => Math.round(x * 10 ** d) / 10 ** d;
 // when asked).
 async function pageSnapshot(withPublisher) {
   const m = window.sfuMeeting;
-  if (!m) return { now: performance.now(), state: 'no window.sfuMeeting', errors: [], tiles: [], stats: {} };
+  if (!m) return { now: performance.now(), state: 'no window.sfuMeeting', errors: [], tiles: [], stats: {}, chat: [] };
   const room = m.room;
   let stats = {};
   try {
@@ -113,6 +116,7 @@ async function pageSnapshot(withPublisher) {
   const drawn = [...document.querySelectorAll('#grid .tile')]
     .map((el) => ({ identity: el.dataset.identity, avatar: el.classList.contains('no-video') }));
   return {
+    chat: m.chat ? m.chat() : [],
     now,
     state: m.state,
     layers,
@@ -294,6 +298,15 @@ test(`4 participants meet: each decodes ≥ ${MIN_FPS} frames/s and hears each o
       await Promise.all(NAMES.map((name) => people[name].waitFor(
         '4 tiles, each remote one decoding video and receiving audio', ready, FIRST_FRAMES_TIMEOUT_MS)));
 
+      // Let every remote tile reach the simulcast layer the page asks for (h, 160 px wide, for
+      // these tiles) before measuring, as a layer switch waits for a keyframe; but do not
+      // require it: a publisher short of CPU may send less, and the frame rate bound below
+      // still applies.
+      const climbed = (s) => remoteTiles(s).every((t) => t.stats && t.stats.frameWidth >= SETTLED_WIDTH);
+      const settled = await Promise.all(NAMES.map((name) => people[name]
+        .waitFor('every remote tile on layer h', climbed, SETTLE_TIMEOUT_MS).then(() => true, () => false)));
+      result.settled = Object.fromEntries(NAMES.map((name, i) => [name, settled[i]]));
+
       // The measured window: from now (every tile has decoded a frame) for MEASURE_S seconds.
       const t0 = {};
       for (const name of NAMES) t0[name] = await people[name].snapshot();
@@ -376,6 +389,30 @@ test('each participant\'s own tile shows its camera and microphone', () => {
   for (const name of NAMES) {
     assert.deepEqual(result.participants[name].own_tile, { preview: true, badges: ['mic on', 'cam on'] },
       `${name}'s own tile as drawn (camera preview, mic/cam badges)`);
+  }
+});
+
+test('a chat message typed on each page reaches the 3 others, named by their sender', { timeout: 60_000 }, async () => {
+  assert.ok(result.window_s !== null, 'no meeting (the first test failed)');
+  try {
+    for (const name of NAMES) {
+      await people[name].page.fill('#chat-input', `hello from ${name}`, { timeout: 10_000 });
+      await people[name].page.press('#chat-input', 'Enter', { timeout: 10_000 });
+    }
+    const expected = (name) => NAMES.filter((n) => n !== name).map((n) => `${n}: hello from ${n}`).sort();
+    const received = (s) => s.chat.filter((m) => m.from !== 'me').map((m) => `${m.from}: ${m.text}`).sort();
+    const got = await Promise.all(NAMES.map((name) => people[name].waitFor('the 3 others\' chat messages',
+      (s) => received(s).length >= NAMES.length - 1, CHAT_TIMEOUT_MS)));
+    result.chat = {};
+    NAMES.forEach((name, i) => {
+      result.chat[name] = got[i].chat;
+      assert.deepEqual(received(got[i]), expected(name), `${name}'s chat log`);
+      assert.deepEqual(got[i].chat.filter((m) => m.from === 'me').map((m) => m.text), [`hello from ${name}`],
+        `${name}'s own message in its log`);
+    });
+  } catch (e) {
+    failed = true;
+    throw e;
   }
 });
 

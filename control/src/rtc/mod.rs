@@ -44,6 +44,12 @@ pub struct RtcConfig {
     pub message_burst: u32,
     /// Errors a socket may cause before it is closed (4008).
     pub max_errors: u32,
+    /// The largest data-channel message a client may send, in bytes (at most 65536).
+    pub data_max_bytes: usize,
+    /// Data-channel messages per second a participant may send, sustained ...
+    pub data_messages_per_sec: u32,
+    /// ... and at once.
+    pub data_burst: u32,
 }
 
 impl Default for RtcConfig {
@@ -58,6 +64,9 @@ impl Default for RtcConfig {
             messages_per_sec: 20,
             message_burst: 50,
             max_errors: 20,
+            data_max_bytes: 16 * 1024,
+            data_messages_per_sec: 10,
+            data_burst: 20,
         }
     }
 }
@@ -87,6 +96,17 @@ impl RtcConfig {
         }
         if self.max_errors == 0 {
             return bad("max_errors", "must be at least 1");
+        }
+        if self.data_max_bytes == 0
+            || self.data_max_bytes > sfu_core::engine::data::MAX_DATA_MESSAGE
+        {
+            return bad("data_max_bytes", "must be between 1 and 65536");
+        }
+        if self.data_messages_per_sec == 0 || self.data_burst == 0 {
+            return bad(
+                "data_messages_per_sec",
+                "data_messages_per_sec and data_burst must be at least 1",
+            );
         }
         Ok(())
     }
@@ -159,6 +179,24 @@ impl Hub {
         self.lock().sessions.remove(&session);
     }
 
+    /// A node passed on a data message of `session`'s client: hand it to its participant, if
+    /// it is one of ours (a full inbox drops it). Returns whether it is.
+    pub fn data(&self, session: SessionId, reliable: bool, text: String) -> bool {
+        let participant = self.lock().sessions.get(&session).cloned();
+        match participant {
+            Some(participant) => {
+                if participant
+                    .try_send(Input::Data { reliable, text })
+                    .is_err()
+                {
+                    tracing::debug!(%session, "participant busy; data message dropped");
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
     /// A node ended `session`: tell its participant, if it is one of ours. Returns whether
     /// it is.
     pub fn session_ended(&self, session: SessionId, reason: EndReason) -> bool {
@@ -190,4 +228,19 @@ pub async fn session_ended(state: &AppState, room: &RoomId, session: SessionId, 
         return;
     }
     participant::session_ended_elsewhere(state, room, session, reason).await;
+}
+
+/// A node whose link this instance holds passed on a data message from `session`'s client:
+/// to its participant, here or on another control instance.
+pub async fn data_received(
+    state: &AppState,
+    room: &RoomId,
+    session: SessionId,
+    reliable: bool,
+    text: String,
+) {
+    if state.rtc_hub.data(session, reliable, text.clone()) || !state.sessions.is_shared() {
+        return;
+    }
+    participant::data_elsewhere(state, room, session, reliable, text).await;
 }

@@ -243,6 +243,7 @@ pub enum ErrorCode {
     RoomFull,
     TooManyTracks,
     UnknownTrack,
+    UnknownParticipant,
     BadOffer,
     NoCapacity,
     ResumeFailed,

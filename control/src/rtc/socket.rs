@@ -13,6 +13,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
 use sfu_core::ids::RoomId;
+use sfu_core::limit::Bucket;
 use tokio::sync::{mpsc, oneshot};
 
 use super::participant::{self, Input};
@@ -111,38 +112,6 @@ pub async fn upgrade(
         .max_frame_size(limit)
         .on_upgrade(move |socket| serve(state, room, claims, socket))
         .into_response()
-}
-
-/// A token bucket: `rate` per second, `burst` at once.
-#[derive(Debug)]
-struct Bucket {
-    tokens: f64,
-    rate: f64,
-    burst: f64,
-    last: Instant,
-}
-
-impl Bucket {
-    fn new(rate: u32, burst: u32, now: Instant) -> Self {
-        Self {
-            tokens: f64::from(burst),
-            rate: f64::from(rate),
-            burst: f64::from(burst),
-            last: now,
-        }
-    }
-
-    fn take(&mut self, now: Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
 }
 
 /// Serve one socket until it closes.
@@ -441,21 +410,4 @@ async fn write(
     }
     let _ = sink.close().await;
     let _ = done.send(());
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_bucket_allows_a_burst_then_the_rate() {
-        let t0 = Instant::now();
-        let mut bucket = Bucket::new(10, 3, t0);
-        assert!((0..3).all(|_| bucket.take(t0)));
-        assert!(!bucket.take(t0));
-        assert!(bucket.take(t0 + Duration::from_millis(100)));
-        assert!(!bucket.take(t0 + Duration::from_millis(100)));
-        assert!((0..3).all(|_| bucket.take(t0 + Duration::from_secs(10))));
-        assert!(!bucket.take(t0 + Duration::from_secs(10)));
-    }
 }

@@ -112,7 +112,7 @@ export class Room extends EventTarget {
 
   /** Publisher connection (null until something is published). */
   pcPublisher = null;
-  /** Subscriber connection (null until the server first asks for receiving sections). */
+  /** Subscriber connection (opened on joining; it also carries the data channels). */
   pcSubscriber = null;
   /** Me: {identity, name, tracks: Map id → Track} (my published tracks as the server sees them). */
   me = null;
@@ -132,6 +132,7 @@ export class Room extends EventTarget {
   #local = new Map(); // kind → {kind, track, stream, source, simulcast, muted, transceiver, trackId}
   #subs = new Map(); // track id → subscription (see #onSubscribed)
   #wanted = { audio: 0, video: 0 }; // receiving sections the server asked for
+  #channels = { reliable: null, lossy: null }; // data channels on the subscriber connection
   #negotiations = {
     publisher: { chain: Promise.resolve(), queued: null, iceRestart: false },
     subscriber: { chain: Promise.resolve(), queued: null, iceRestart: false },
@@ -273,6 +274,21 @@ export class Room extends EventTarget {
       if (sub && this.#subs.get(trackId) === sub) Object.assign(sub, before);
       throw e;
     }
+  }
+
+  /**
+   * Send a data message to everyone else in the room, or to one participant (`to`: identity).
+   * `data` is any JSON value; the server caps its size and rate (`error` events say what was
+   * dropped). `reliable: false` sends it unordered without retransmission. Receivers get a
+   * `message` event {from, to, data, reliable}.
+   */
+  send(data, { to, reliable = true } = {}) {
+    this.#assertInRoom();
+    const channel = (reliable ? this.#channels.reliable : this.#channels.lossy) || this.#channels.reliable;
+    if (!channel || channel.readyState !== 'open') {
+      throw new RoomError('not_connected', 'the data channel is not open yet');
+    }
+    channel.send(JSON.stringify(to ? { to, data } : { data }));
   }
 
   // ---------- socket and requests ----------
@@ -488,9 +504,10 @@ export class Room extends EventTarget {
     this.#startPing();
     this.#syncRoom(msg);
     if (fresh) this.#republish().catch(this.#backgroundError);
-    // After a resume, events in between are lost: a new subscriber offer's answer (its slots)
-    // says what each section carries now.
-    else if (msg.resumed && this.pcSubscriber) this.#renegotiate('subscriber').catch(this.#backgroundError);
+    // The subscriber connection opens at once: it carries the data channels. After a resume,
+    // events in between are lost: a new subscriber offer's answer (its slots) says what each
+    // section carries now.
+    if (!this.pcSubscriber || msg.resumed) this.#renegotiate('subscriber').catch(this.#backgroundError);
     if (!first) this.#emit('reconnected', { resumed: !!msg.resumed });
   }
 
@@ -663,6 +680,27 @@ export class Room extends EventTarget {
     return pc;
   }
 
+  // The receiving connection, with a reliable and an unreliable data channel for messages.
+  #newSubscriber() {
+    const pc = this.#newConnection('subscriber');
+    const open = (label, options) => {
+      const channel = pc.createDataChannel(label, options);
+      channel.onmessage = (ev) => {
+        if (typeof ev.data !== 'string') return;
+        let msg;
+        try { msg = JSON.parse(ev.data); } catch { return; }
+        if (!msg || typeof msg.from !== 'string') return;
+        this.#emit('message', { from: msg.from, to: msg.to ?? null, data: msg.data, reliable: label === 'reliable' });
+      };
+      return channel;
+    };
+    this.#channels = {
+      reliable: open('reliable', { ordered: true }),
+      lossy: open('lossy', { ordered: false, maxRetransmits: 0 }),
+    };
+    return pc;
+  }
+
   // Give a local track a sending section: a section left inactive by unpublish() is reused
   // (sections are never removed), else a new one.
   async #attach(entry) {
@@ -697,6 +735,7 @@ export class Room extends EventTarget {
     this.pcPublisher?.close();
     this.pcSubscriber?.close();
     this.pcPublisher = this.pcSubscriber = null;
+    this.#channels = { reliable: null, lossy: null };
     this.#wanted = { audio: 0, video: 0 };
     for (const entry of this.#local.values()) Object.assign(entry, { transceiver: null, trackId: null });
   }
@@ -727,7 +766,7 @@ export class Room extends EventTarget {
   async #offer(which, iceRestart) {
     for (;;) {
       await this.#ready.promise; // rejects once the room is closed
-      const pc = which === 'publisher' ? this.pcPublisher : (this.pcSubscriber ??= this.#newConnection('subscriber'));
+      const pc = which === 'publisher' ? this.pcPublisher : (this.pcSubscriber ??= this.#newSubscriber());
       if (!pc) return; // nothing published
       if (which === 'subscriber') this.#addReceivers(pc);
       if (pc.signalingState === 'have-local-offer') await pc.setLocalDescription({ type: 'rollback' });

@@ -17,6 +17,7 @@
 //! worker through `poll_cross_worker`.
 
 pub mod codec;
+pub mod data;
 pub mod demux;
 pub mod forward;
 pub mod room;
@@ -30,8 +31,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sfu_proto::{
-    EndReason, Layer, NodeError, NodeEvent, NodeResponse, RoomId, SessionCreated, SessionId,
-    SessionKind, SetSubscription, Subscribe, TrackId, TrackInfo, WorkerId,
+    EndReason, Layer, NodeError, NodeEvent, NodeResponse, RoomId, SendData, SessionCreated,
+    SessionId, SessionKind, SetSubscription, Subscribe, TrackId, TrackInfo, WorkerId,
 };
 use str0m::media::Mid;
 use str0m::{Event, IceConnectionState, Output};
@@ -158,6 +159,7 @@ pub enum Command {
         offer: Box<Offer>,
         seed: u64,
     },
+    SendData(SendData),
 }
 
 /// The media engine of one worker.
@@ -417,6 +419,7 @@ impl Engine {
             } => self
                 .renegotiate(session, *offer, seed)
                 .map(NodeResponse::SessionCreated),
+            Command::SendData(s) => self.send_data(s).map(|()| NodeResponse::Done),
         };
         result.unwrap_or_else(NodeResponse::Error)
     }
@@ -902,6 +905,30 @@ impl Engine {
         Ok(())
     }
 
+    fn send_data(&mut self, s: SendData) -> Result<(), NodeError> {
+        let peer = *self
+            .by_id
+            .get(&s.session)
+            .ok_or(NodeError::UnknownSession)?;
+        let session = self.session_mut(peer).ok_or(NodeError::UnknownSession)?;
+        match session.send_data(s.reliable, &s.text) {
+            Ok(Ok(())) => {
+                WorkerMetrics::add(&self.metrics.data_out, 1);
+                self.mark_dirty(peer);
+                Ok(())
+            }
+            Ok(Err(refused)) => {
+                WorkerMetrics::add(&self.metrics.data_dropped, 1);
+                Err(NodeError::BadRequest(refused.as_str().to_string()))
+            }
+            Err(SessionBroken(msg)) => {
+                tracing::error!(worker = %self.id, session = %s.session, panic = %msg, "session panicked; closing it");
+                self.end_session(peer, EndReason::Failed);
+                Err(NodeError::SessionFailed(msg))
+            }
+        }
+    }
+
     fn unsubscribe(&mut self, session: SessionId, slot: u16) -> Result<(), NodeError> {
         let (peer, index) = self.subscriber_slot(session, slot)?;
         let session = self.session_mut(peer).ok_or(NodeError::UnknownSession)?;
@@ -1139,6 +1166,32 @@ impl Engine {
                     Event::MediaIngressStats(stats) => {
                         self.metrics.add_feedback(session.ingress_feedback(&stats));
                     }
+                    Event::ChannelOpen(id, label) => match session.data_channel_opened(id) {
+                        Ok((used, reliable)) => {
+                            tracing::debug!(worker = %worker, session = %session.id, %label, used, reliable, "data channel open");
+                        }
+                        Err(_) => {
+                            self.to_close.push((peer, EndReason::Failed));
+                            finished = true;
+                            break;
+                        }
+                    },
+                    Event::ChannelClose(id) => session.data_channel_closed(id),
+                    Event::ChannelData(message) => match session.data_received(message, now) {
+                        Ok((reliable, text)) => {
+                            WorkerMetrics::add(&self.metrics.data_in, 1);
+                            self.events.push_back(NodeEvent::Data {
+                                session: session.id,
+                                room: session.room_id.clone(),
+                                reliable,
+                                text,
+                            });
+                        }
+                        Err(refused) => {
+                            WorkerMetrics::add(&self.metrics.data_dropped, 1);
+                            tracing::debug!(worker = %worker, session = %session.id, reason = refused.as_str(), "data channel message dropped");
+                        }
+                    },
                     _ => {}
                 },
             }

@@ -13,6 +13,7 @@ use sfu_proto::{
     SubscribePolicy, TrackId, WorkerId,
 };
 use str0m::change::SdpOffer;
+use str0m::channel::{ChannelData, ChannelId, Reliability};
 use str0m::config::DtlsCert;
 use str0m::format::{Codec, FormatParams};
 use str0m::media::{KeyframeRequestKind, MediaKind, Mid, Pt, Rid, Rids};
@@ -22,6 +23,7 @@ use str0m::stats::{MediaEgressStats, MediaIngressStats};
 use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
 
 use super::codec;
+use super::data::{DataChannels, DataRefused};
 use super::demux;
 use super::forward::{MediaPacket, TrackForwarder};
 use super::room::{Subscription, Want};
@@ -161,6 +163,8 @@ pub struct Session {
     remb: bool,
     /// Feedback totals str0m has reported so far, to turn them into increments.
     feedback: FeedbackLedger,
+    /// The data channels the client opened.
+    data: DataChannels,
 }
 
 impl Session {
@@ -240,11 +244,15 @@ impl Session {
             tracks: Vec::new(),
             remb: false,
             feedback: FeedbackLedger::default(),
+            data: DataChannels::new(now),
         };
 
         let answer_sdp = answer.to_sdp_string();
         session.apply_sections(&answer_sdp, &mut initial_seq);
-        if session.published.is_empty() && session.tracks.is_empty() {
+        // A room participant's receiving connection may start with its data channel alone,
+        // before there is anything to receive.
+        let data_only = kind == SessionKind::Subscribe && answer_sdp.contains("m=application");
+        if session.published.is_empty() && session.tracks.is_empty() && !data_only {
             let what = match kind {
                 SessionKind::Publish => {
                     "a WHIP offer needs at least one sendonly or sendrecv audio/video section"
@@ -441,6 +449,56 @@ impl Session {
             }
         }
         Ok(total)
+    }
+
+    /// The client opened data channel `id` (its DCEP handshake is done). Returns whether the
+    /// session uses it and whether it is reliable.
+    pub fn data_channel_opened(&mut self, id: ChannelId) -> Result<(bool, bool), SessionBroken> {
+        // An out-of-band negotiated channel has no config: take it as reliable, the
+        // browsers' default.
+        let reliable = self.guard(|rtc| {
+            rtc.channel(id)
+                .and_then(|c| c.config().map(|c| c.reliability == Reliability::Reliable))
+                .unwrap_or(true)
+        })?;
+        Ok((self.data.opened(id, reliable), reliable))
+    }
+
+    pub fn data_channel_closed(&mut self, id: ChannelId) {
+        self.data.closed(id);
+    }
+
+    /// A data channel message from the client: whether it came reliably and its text.
+    pub fn data_received(
+        &mut self,
+        message: ChannelData,
+        now: Instant,
+    ) -> Result<(bool, String), DataRefused> {
+        self.data.receive(message, now)
+    }
+
+    /// Send `text` to the client on its channel of this class (see
+    /// [`DataChannels::channel_for`]). The outer error: str0m failed, the session is broken.
+    pub fn send_data(
+        &mut self,
+        reliable: bool,
+        text: &str,
+    ) -> Result<Result<(), DataRefused>, SessionBroken> {
+        let id = match self.data.channel_for(reliable) {
+            Ok(id) => id,
+            Err(refused) => return Ok(Err(refused)),
+        };
+        let written =
+            self.guard(|rtc| rtc.channel(id).map(|mut c| c.write(false, text.as_bytes())))?;
+        Ok(match written {
+            Some(Ok(true)) => Ok(()),
+            Some(Ok(false)) => Err(DataRefused::BufferFull),
+            Some(Err(_)) | None => {
+                // The channel went away under us: forget it.
+                self.data.closed(id);
+                Err(DataRefused::NoChannel)
+            }
+        })
     }
 
     pub fn is_alive(&self) -> bool {

@@ -460,12 +460,16 @@ impl Participant {
         }
     }
 
-    pub(super) async fn session_ended(&mut self, session: SessionId, reason: EndReason) {
-        let mine = [&self.publisher, &self.subscriber]
+    /// Whether `session` is one of my connections.
+    pub(super) fn owns(&self, session: SessionId) -> bool {
+        [&self.publisher, &self.subscriber]
             .into_iter()
             .flatten()
-            .any(|c| c.session == session);
-        if mine {
+            .any(|c| c.session == session)
+    }
+
+    pub(super) async fn session_ended(&mut self, session: SessionId, reason: EndReason) {
+        if self.owns(session) {
             // Told through the room feed, the hub here still lists it.
             self.state.rtc_hub.remove_session(session);
         }

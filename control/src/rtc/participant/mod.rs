@@ -10,11 +10,14 @@
 //! update changes nothing, and a receiver that missed events resynchronises from the roster.
 //!
 //! - [`room`]: the room as the participant sees it (its own entry, the others, events);
-//! - [`media`]: its two connections and what their sections carry.
+//! - [`media`]: its two connections and what their sections carry;
+//! - [`data`]: the data messages its client sends and receives.
 
+mod data;
 mod media;
 mod room;
 
+pub use data::data_elsewhere;
 use media::{Connection, Slot, Wanted, clamp_layer};
 pub use room::{Member, MemberTrack, RoomEvent, session_ended_elsewhere};
 
@@ -24,6 +27,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use sfu_core::ids::{RoomId, SessionId, TrackId};
+use sfu_core::limit::Bucket;
 use sfu_core::proto::EndReason;
 use tokio::sync::{broadcast, mpsc};
 
@@ -61,6 +65,8 @@ pub enum Input {
         session: SessionId,
         reason: EndReason,
     },
+    /// A node passed on a data message of one of its sessions' client.
+    Data { reliable: bool, text: String },
 }
 
 /// Start a participant for a socket that joined; `None` when refused (the error is queued).
@@ -131,6 +137,11 @@ pub async fn start(
         wanted: BTreeMap::new(),
         requested: None,
         retry: false,
+        data_budget: Bucket::new(
+            state.rtc.data_messages_per_sec,
+            state.rtc.data_burst,
+            std::time::Instant::now(),
+        ),
     };
     state.rtc_hub.participant_started();
     participant
@@ -174,6 +185,8 @@ struct Participant {
     requested: Option<(usize, usize)>,
     /// A subscription the node refused for now waits for a retry.
     retry: bool,
+    /// Data messages the client may still send (`rtc.data_messages_per_sec`).
+    data_budget: Bucket,
 }
 
 /// Why a participant leaves.
@@ -367,6 +380,10 @@ impl Participant {
             }
             Input::SessionEnded { session, reason } => {
                 self.session_ended(session, reason).await;
+                None
+            }
+            Input::Data { reliable, text } => {
+                self.client_data(reliable, text).await;
                 None
             }
         }

@@ -75,6 +75,21 @@ pub enum RoomEvent {
         session: SessionId,
         reason: EndReason,
     },
+    /// A node passed on a data message of `session`'s client; told by the control instance
+    /// holding the node's link, for the session's participant wherever it is.
+    SessionData {
+        session: SessionId,
+        reliable: bool,
+        text: String,
+    },
+    /// A participant's data message, checked and stamped with its identity: for `to`, or
+    /// everyone else when `None`.
+    Message {
+        from: String,
+        to: Option<String>,
+        reliable: bool,
+        data: serde_json::Value,
+    },
 }
 
 /// Tell the participants of `room` on every control instance that a node ended `session`
@@ -188,6 +203,25 @@ impl Participant {
             RoomEvent::SessionEnded { session, reason } => {
                 // Acts only on one of mine.
                 self.session_ended(session, reason).await;
+                return None;
+            }
+            RoomEvent::SessionData {
+                session,
+                reliable,
+                text,
+            } => {
+                if self.owns(session) {
+                    self.client_data(reliable, text).await;
+                }
+                return None;
+            }
+            RoomEvent::Message {
+                from,
+                to,
+                reliable,
+                data,
+            } => {
+                self.deliver(&from, to.as_deref(), reliable, &data).await;
                 return None;
             }
         }
