@@ -26,6 +26,7 @@ use super::codec;
 use super::data::{DataChannels, DataRefused};
 use super::demux;
 use super::forward::{MediaPacket, TrackForwarder};
+use super::quality::{QualityConfig, QualityScorer};
 use super::room::{Subscription, Want};
 use crate::ids::RoomKey;
 use crate::metrics::FeedbackCounts;
@@ -165,6 +166,8 @@ pub struct Session {
     feedback: FeedbackLedger,
     /// The data channels the client opened.
     data: DataChannels,
+    /// How well its media gets through, from str0m's stats (`NodeEvent::Quality`).
+    pub quality: QualityScorer,
 }
 
 impl Session {
@@ -245,6 +248,7 @@ impl Session {
             remb: false,
             feedback: FeedbackLedger::default(),
             data: DataChannels::new(now),
+            quality: QualityScorer::new(kind, QualityConfig::default()),
         };
 
         let answer_sdp = answer.to_sdp_string();
