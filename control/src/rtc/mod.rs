@@ -182,38 +182,31 @@ impl Hub {
     /// A node passed on a data message of `session`'s client: hand it to its participant, if
     /// it is one of ours (a full inbox drops it). Returns whether it is.
     pub fn data(&self, session: SessionId, reliable: bool, text: String) -> bool {
-        let participant = self.lock().sessions.get(&session).cloned();
-        match participant {
-            Some(participant) => {
-                if participant
-                    .try_send(Input::Data { reliable, text })
-                    .is_err()
-                {
-                    tracing::debug!(%session, "participant busy; data message dropped");
-                }
-                true
-            }
-            None => false,
-        }
+        self.offer(session, Input::Data { reliable, text }, "data message")
     }
 
     /// A node judged `session`'s connection quality: tell its participant, if it is one of
     /// ours (a full inbox drops it: a participant that far behind has a slow socket to
     /// deal with first; the node's next change is not lost). Returns whether it is.
     pub fn quality(&self, session: SessionId, quality: Quality) -> bool {
+        self.offer(
+            session,
+            Input::Quality { session, quality },
+            "connection quality",
+        )
+    }
+
+    /// Put `input` in the inbox of `session`'s participant without waiting, if it is one of
+    /// ours; a full inbox drops it (`what` names it in the log). Returns whether it is.
+    fn offer(&self, session: SessionId, input: Input, what: &str) -> bool {
         let participant = self.lock().sessions.get(&session).cloned();
-        match participant {
-            Some(participant) => {
-                if participant
-                    .try_send(Input::Quality { session, quality })
-                    .is_err()
-                {
-                    tracing::debug!(%session, "participant busy; connection quality dropped");
-                }
-                true
-            }
-            None => false,
+        let Some(participant) = participant else {
+            return false;
+        };
+        if participant.try_send(input).is_err() {
+            tracing::debug!(%session, "participant busy; {what} dropped");
         }
+        true
     }
 
     /// A node ended `session`: tell its participant, if it is one of ours. Returns whether

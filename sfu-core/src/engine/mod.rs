@@ -962,13 +962,7 @@ impl Engine {
             && session.quality.quality().is_some()
         {
             session.quality.lose();
-            if let Some(quality) = session.quality.poll_quality() {
-                self.events.push_back(NodeEvent::Quality {
-                    session: session.id,
-                    room: session.room_id.clone(),
-                    quality,
-                });
-            }
+            push_quality(&mut self.events, &mut session);
         }
         session.disconnect();
         self.demux.remove_session(peer);
@@ -1091,14 +1085,7 @@ impl Engine {
             }
             if s.connected {
                 s.quality.handle_timeout(now, s.last_input);
-                if let Some(quality) = s.quality.poll_quality() {
-                    tracing::debug!(worker = %self.id, session = %s.id, quality = quality.as_str(), "connection quality");
-                    self.events.push_back(NodeEvent::Quality {
-                        session: s.id,
-                        room: s.room_id.clone(),
-                        quality,
-                    });
-                }
+                push_quality(&mut self.events, s);
             }
             if s.kind == SessionKind::Publish {
                 match s.send_remb(remb) {
@@ -1378,5 +1365,17 @@ impl Engine {
         }
         // Give the allocation back for the next batch.
         self.media = media;
+    }
+}
+
+/// Announce `session`'s connection quality if it changed since it was last announced.
+fn push_quality(events: &mut VecDeque<NodeEvent>, session: &mut Session) {
+    if let Some(quality) = session.quality.poll_quality() {
+        tracing::debug!(session = %session.id, quality = quality.as_str(), "connection quality");
+        events.push_back(NodeEvent::Quality {
+            session: session.id,
+            room: session.room_id.clone(),
+            quality,
+        });
     }
 }
