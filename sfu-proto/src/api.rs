@@ -379,6 +379,10 @@ pub struct WorkerStats {
     pub nacks_sent: u64,
     pub sessions_reaped: u64,
     pub session_panics: u64,
+    /// Layer changes, pauses and resumes made by subscriber bandwidth allocation.
+    pub bandwidth_switches: u64,
+    /// Video tracks paused for bandwidth now (a gauge).
+    pub bandwidth_paused_tracks: u64,
     /// Drops by reason, in a fixed order.
     pub dropped: Vec<(String, u64)>,
 }
