@@ -17,7 +17,7 @@ type Series = (
 /// `control_sessions` is the number of sessions in control's store.
 pub fn render(stats: &NodeStats, workers_up: &[bool], control_sessions: usize) -> String {
     let mut out = String::with_capacity(4096);
-    let series: [Series; 14] = [
+    let series: [Series; 16] = [
         (
             "sfu_tracks",
             "gauge",
@@ -76,8 +76,22 @@ pub fn render(stats: &NodeStats, workers_up: &[bool], control_sessions: usize) -
         (
             "sfu_rtx_sent_total",
             "counter",
-            "Packets retransmitted to subscribers on their RTX SSRC in answer to NACKs",
+            "Packets retransmitted to subscribers on their RTX SSRC in answer to NACKs \
+             (bandwidth-estimation padding excluded)",
             |w| w.rtx_sent,
+        ),
+        (
+            "sfu_bandwidth_switches_total",
+            "counter",
+            "Subscriber video layer changes, pauses and resumes made by bandwidth allocation",
+            |w| w.bandwidth_switches,
+        ),
+        (
+            "sfu_bandwidth_paused_tracks",
+            "gauge",
+            "Subscriber video tracks paused because not even their lowest layer fits the \
+             bandwidth estimate",
+            |w| w.bandwidth_paused_tracks,
         ),
         (
             "sfu_nacks_sent_total",
@@ -419,6 +433,8 @@ mod tests {
             nacks_sent: n + 5,
             gso_sends: n + 6,
             gso_datagrams: n + 7,
+            bandwidth_switches: n + 8,
+            bandwidth_paused_tracks: n + 9,
             ..WorkerStats::default()
         }
     }
@@ -454,6 +470,10 @@ mod tests {
             "# TYPE sfu_gso_sends_total counter",
             "sfu_gso_sends_total{worker=\"0\"} 16",
             "sfu_gso_datagrams_total{worker=\"1\"} 27",
+            "# TYPE sfu_bandwidth_switches_total counter",
+            "sfu_bandwidth_switches_total{worker=\"0\"} 18",
+            "# TYPE sfu_bandwidth_paused_tracks gauge",
+            "sfu_bandwidth_paused_tracks{worker=\"1\"} 29",
         ] {
             assert_eq!(
                 lines.iter().filter(|l| **l == expected).count(),
