@@ -752,9 +752,13 @@ fn check_watcher(kit: &Kit, w: &Watcher, seed: u64, step: usize) {
     }
     if let Some((from, tag)) = w.subscribed {
         // After a subscribe: the old selection until the new one's keyframe, then only the
-        // new one, never back.
-        let after: Vec<u32> = peer.received_on(1)[from..]
+        // new one, never back. A packet received again (a repair, or padding that resends an
+        // old packet unasked, as bandwidth probing does) is not a step back.
+        let all = peer.received_on(1);
+        let mut seen: std::collections::HashSet<u64> = all[..from].iter().map(|r| r.seq).collect();
+        let after: Vec<u32> = all[from..]
             .iter()
+            .filter(|r| seen.insert(r.seq))
             .map(|r| r.publisher)
             .collect();
         if let Some(first_new) = after.iter().position(|p| *p == tag) {

@@ -11,7 +11,8 @@ mod common;
 use common::*;
 use sfu_core::engine::Command;
 use sfu_core::proto::{
-    Layer, NodeEvent, NodeResponse, SetSubscription, Subscribe, SubscribePolicy, TrackId,
+    Layer, NodeEvent, NodeResponse, ParticipantId, SetSubscription, Subscribe, SubscribePolicy,
+    TrackId,
 };
 use sfu_core::testkit::net::{Bottleneck, NetConfig};
 use sfu_core::testkit::peer::{PublishMedia, SubscribeMedia};
@@ -44,6 +45,16 @@ fn audio_track(kit: &Kit, peer: PeerRef) -> TrackId {
     }
 }
 
+/// The speakers worker `worker` of node 0 knows for its (only) room.
+fn worker_speakers(kit: &Kit, worker: usize) -> Vec<ParticipantId> {
+    let engine = &kit.nodes[0].engines[worker];
+    engine
+        .rooms()
+        .next()
+        .map(|(_, room)| room.speakers.clone())
+        .unwrap_or_default()
+}
+
 fn last_speakers(kit: &Kit) -> Vec<TrackId> {
     speaker_events(kit).last().cloned().unwrap_or_default()
 }
@@ -70,6 +81,17 @@ fn active_speakers_follow_scripted_levels_across_workers() {
         speaker_events(&kit)
     );
     let reports = speaker_events(&kit).len();
+
+    // A subscriber joins on the worker that does not rank the room: that worker learns the
+    // speakers from the ranking worker (for bandwidth allocation), at once and on changes.
+    let watcher = kit
+        .subscribe(0, 1, "talk", "eve", WATCH, SubscribePolicy::NewestOther)
+        .expect("watcher");
+    assert!(kit.run_until(Duration::from_secs(5), |k| connected(k, &[watcher])));
+    assert_eq!(
+        worker_speakers(&kit, 1),
+        vec![ParticipantId::from_identity("ada")]
+    );
 
     // Bob coughs (60 ms of speech) while Ada goes on: nothing changes.
     kit.peer_mut(bob).audio_level = SPEAKING;
@@ -109,6 +131,10 @@ fn active_speakers_follow_scripted_levels_across_workers() {
             .skip(reports)
             .all(|list| list.first() == Some(&bob_track) || list.first() == Some(&ada_track)),
         "every list in between is led by one of them"
+    );
+    assert_eq!(
+        worker_speakers(&kit, 1),
+        vec![ParticipantId::from_identity("bob")]
     );
 
     // Bob leaves mid-sentence: the list empties at once, not after a hold.

@@ -55,6 +55,8 @@ const DRAIN_BUDGET: usize = 10_000;
 /// Rounds of drain → fan-out per processing step; work left after them is reported through
 /// [`Engine::poll_timeout`] as due now.
 const PROCESS_ROUNDS: usize = 4;
+/// Deadlines already due that one drain serves at once (see [`Engine::drain_session`]).
+const DUE_TIMEOUTS_PER_DRAIN: usize = 64;
 
 /// A session's place in the engine's table. Only meaningful inside one engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -1134,6 +1136,7 @@ impl Engine {
             return;
         };
         let mut finished = false;
+        let mut due_served = 0;
         for _ in 0..DRAIN_BUDGET {
             let output = match session.poll_output() {
                 Ok(Some(o)) => o,
@@ -1151,6 +1154,17 @@ impl Engine {
                 }
             };
             match output {
+                // With bandwidth estimation str0m's pacer hands out each packet only at a
+                // deadline of `now`: serve it here, so a frame's packets leave in this drain
+                // (one send batch, GSO) rather than one per worker loop pass.
+                Output::Timeout(t) if t <= now && due_served < DUE_TIMEOUTS_PER_DRAIN => {
+                    due_served += 1;
+                    if session.handle_timeout(now).is_err() {
+                        self.to_close.push((peer, EndReason::Failed));
+                        finished = true;
+                        break;
+                    }
+                }
                 Output::Timeout(t) => {
                     if session.deadline != Some(t) {
                         session.deadline = Some(t);
