@@ -25,6 +25,10 @@ use sfu_proto::{Layer, MediaKind, TrackId};
 pub const UP_MARGIN: f64 = 0.25;
 /// How long an upgrade must keep fitting (with the margin) before it is made.
 pub const UP_HOLD: Duration = Duration::from_secs(2);
+/// The desired bitrate told to the estimator is what every subscription at its client
+/// maximum would use times this: str0m probes up to about the desired bitrate, and an estimate
+/// that stops right at a layer's cost would take it down at the next keyframe burst.
+pub const PROBE_HEADROOM: f64 = 2.0;
 /// How long after a session's first allocation nothing is paused.
 pub const STARTUP: Duration = Duration::from_secs(4);
 /// Cost assumed for an audio track whose rate is unknown (Opus speech plus headers).
@@ -78,8 +82,8 @@ pub struct Allocation {
     pub switches: u32,
     /// Video slots paused for bandwidth after this allocation.
     pub paused: u32,
-    /// What every subscription at its client maximum would use, with the upgrade margin: what
-    /// the estimator should probe toward.
+    /// What every subscription at its client maximum would use, times [`PROBE_HEADROOM`]:
+    /// what the estimator should probe toward.
     pub desired_bps: u64,
     /// What the next upgrade would need (with its margin), when one is possible: the rate to
     /// sustain (padding fills the gap) so the estimate can grow into it. 0 when nothing is
@@ -167,20 +171,22 @@ impl Allocator {
             let fit = highest(d, room.max(0) as u64).unwrap_or((low, low_cost));
             let slot = &mut self.slots[i];
             let (layer, cost) = match slot.grant {
-                Grant::Layer(previous) if fit.0 < previous => {
-                    slot.up_since = None;
-                    fit
-                }
                 Grant::Layer(previous) => {
+                    // What the grant sends now: its layer, or the best one below it while
+                    // its own is silent (a publisher short of bandwidth stops its top layer
+                    // for a while; the grant stays, so the track is back on it at once).
+                    let sending = highest_at_most(d, previous).unwrap_or((low, low_cost));
                     let up = highest_with_margin(d, room).filter(|(l, _)| *l > previous);
-                    match up {
-                        Some(up) if held(slot, true, now) => up,
-                        _ => {
-                            if up.is_none() {
-                                slot.up_since = None;
-                            }
-                            layer_cost(d, previous).unwrap_or(fit)
+                    if fit.0 < sending.0 {
+                        slot.up_since = None;
+                        fit
+                    } else if up.is_some() && held(slot, true, now) {
+                        up.unwrap_or(fit)
+                    } else {
+                        if up.is_none() {
+                            slot.up_since = None;
                         }
+                        (previous, sending.1)
                     }
                 }
                 // A fresh slot starts where it fits; a resumed one at its lowest layer.
@@ -195,9 +201,10 @@ impl Allocator {
         }
 
         let used = audio + chosen.iter().flatten().map(|(_, cost)| cost).sum::<u64>();
+        let desired = (desired as f64 * PROBE_HEADROOM) as u64;
         let mut allocation = Allocation {
-            desired_bps: margin(desired),
-            minimum_bps: step.map_or(0, |step| (used + step).min(margin(desired))),
+            desired_bps: desired,
+            minimum_bps: step.map_or(0, |step| (used + step).min(desired)),
             ..Allocation::default()
         };
         for &i in &order {
@@ -260,8 +267,9 @@ fn highest_with_margin(d: &Demand, room: i64) -> Option<(Layer, u64)> {
     layers(d).filter(|&(_, c)| margin(c) as i64 <= room).last()
 }
 
-fn layer_cost(d: &Demand, layer: Layer) -> Option<(Layer, u64)> {
-    layers(d).find(|&(l, _)| l == layer)
+/// The highest layer sending at most `layer`.
+fn highest_at_most(d: &Demand, layer: Layer) -> Option<(Layer, u64)> {
+    layers(d).filter(|&(l, _)| l <= layer).last()
 }
 
 /// The next layer above `layer`.
@@ -416,6 +424,26 @@ mod tests {
     }
 
     #[test]
+    fn a_layer_that_stops_for_a_while_keeps_its_grant() {
+        let mut s = Script::new();
+        let mut top_silent = video(1);
+        top_silent.rates[2] = None;
+        s.run(3000, &[video(1)], Duration::ZERO);
+        assert_eq!(s.grants(1), vec![l(2)]);
+        // The publisher stops its top layer: the grant stays (the forwarder falls back to
+        // layer 1 by itself), costed at what is sent, so it is back on top as soon as the
+        // layer returns, without an upgrade's hold.
+        let a = s.run(3000, &[top_silent], Duration::from_secs(3));
+        assert_eq!((s.grants(1), a.switches), (vec![l(2)], 0));
+        s.run(3000, &[video(1)], Duration::ZERO);
+        assert_eq!(s.grants(1), vec![l(2)]);
+        // But a grant whose sending layer (1 while 2 is silent) no longer fits still goes down
+        // at once.
+        s.run(400, &[top_silent], Duration::ZERO);
+        assert_eq!(s.grants(1), vec![l(0)]);
+    }
+
+    #[test]
     fn a_paused_track_resumes_only_after_the_hold() {
         let mut s = Script::new();
         let demands = [audio(1), video(1)];
@@ -456,8 +484,8 @@ mod tests {
         top_silent.rates[2] = None;
         let a = s.run(10_000, &[capped, top_silent], Duration::ZERO);
         assert_eq!(s.grants(2), vec![l(1), l(1)]);
-        // Probing toward both at their best, with the margin.
-        assert_eq!(a.desired_bps, margin(1000 * KBPS));
+        // Probing toward both at their best, with headroom.
+        assert_eq!(a.desired_bps, 2000 * KBPS);
         // Nothing waits for bandwidth: no padding asked for.
         assert_eq!(a.minimum_bps, 0);
     }

@@ -1137,6 +1137,15 @@ impl Engine {
         };
         let mut finished = false;
         let mut due_served = 0;
+        // str0m's pacer (on with estimation) sees packets written since the last drain only
+        // at a timeout: give it one now, so they leave in this drain.
+        if std::mem::take(&mut session.written)
+            && session.estimate.is_some()
+            && session.handle_timeout(now).is_err()
+        {
+            self.to_close.push((peer, EndReason::Failed));
+            return;
+        }
         for _ in 0..DRAIN_BUDGET {
             let output = match session.poll_output() {
                 Ok(Some(o)) => o,

@@ -201,6 +201,9 @@ pub struct Session {
     bwe_bitrates: (u64, u64),
     /// Video tracks the allocation pauses for bandwidth now (counted in the worker's gauge).
     pub bandwidth_paused: u32,
+    /// Media was written since the last drain: with estimation on, str0m's pacer learns of it
+    /// only in its next `handle_timeout`.
+    pub written: bool,
 }
 
 impl Session {
@@ -290,6 +293,7 @@ impl Session {
             allocator: Allocator::default(),
             bwe_bitrates: (0, 0),
             bandwidth_paused: 0,
+            written: false,
         };
 
         let answer_sdp = answer.to_sdp_string();
@@ -753,6 +757,7 @@ impl Session {
         .marker(header.marker)
         .ext_vals(ext)
         .nackable(header.kind == sfu_proto::MediaKind::Video);
+        self.written = true;
         self.guard(|rtc| match rtc.direct_api().stream_tx_by_mid(mid, None) {
             Some(stream) => {
                 stream.write_rtp(write);
