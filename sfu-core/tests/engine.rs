@@ -752,15 +752,18 @@ fn check_watcher(kit: &Kit, w: &Watcher, seed: u64, step: usize) {
     }
     if let Some((from, tag)) = w.subscribed {
         // After a subscribe: the old selection until the new one's keyframe, then only the
-        // new one, never back. A packet received again (a repair, or padding that resends an
-        // old packet unasked, as bandwidth probing does) is not a step back.
+        // new one, never back, in the order of the sequence numbers the forwarder gave them
+        // (what a receiver plays). Arrival order may differ: an old packet lost on the way and
+        // repaired after the switch arrives late, and padding resends old packets unasked.
         let all = peer.received_on(1);
         let mut seen: std::collections::HashSet<u64> = all[..from].iter().map(|r| r.seq).collect();
-        let after: Vec<u32> = all[from..]
+        let mut after: Vec<(u64, u32)> = all[from..]
             .iter()
             .filter(|r| seen.insert(r.seq))
-            .map(|r| r.publisher)
+            .map(|r| (r.seq, r.publisher))
             .collect();
+        after.sort_unstable();
+        let after: Vec<u32> = after.into_iter().map(|(_, publisher)| publisher).collect();
         if let Some(first_new) = after.iter().position(|p| *p == tag) {
             assert!(
                 after[first_new..].iter().all(|p| *p == tag),

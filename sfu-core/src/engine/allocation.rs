@@ -8,14 +8,20 @@
 //! layer while the budget lasts (one that does not fit is paused, so it cannot starve audio),
 //! then, in the same order, each track is raised to the highest layer that fits.
 //!
-//! Hysteresis: a track goes down (or pauses) as soon as its layer no longer fits; it goes up
-//! (or resumes) only after the higher layer has fitted with [`UP_MARGIN`] to spare for
-//! [`UP_HOLD`] without interruption. The forwarder still switches only at keyframes.
+//! Hysteresis: a track goes down as soon as its layer no longer fits; it is paused only when
+//! not even its lowest layer has fitted for [`PAUSE_AFTER`] (a delay-based estimate dips for
+//! a moment when the path, or the node itself, queues briefly, and a picture that stops costs
+//! more than a lowest layer over budget for a second); it goes up (or resumes) only after the
+//! higher layer has fitted with [`UP_MARGIN`] to spare for [`UP_HOLD`] without interruption.
+//! The forwarder still switches only at keyframes.
 //!
 //! Start-up: the first estimate is str0m's starting guess, and the first seconds of feedback
-//! are its ramp from there. During [`STARTUP`] after a session's first allocation no track is
-//! paused (each keeps at least its lowest layer): a picture that would come back only after a
-//! resume's hold is worse than a lowest layer briefly over a guessed budget.
+//! are its ramp from there; a track that starts flowing later (a participant who joins, media
+//! that reaches this node over a relay link some seconds after the subscriber connected) meets
+//! an estimate that has never carried it. So a track is not paused during its first
+//! [`STARTUP`] on a subscription, counted from the first allocation that could measure it: it
+//! keeps at least its lowest layer, since a picture that would come back only after a resume's
+//! hold is worse than a lowest layer briefly over a budget the estimator has not tested.
 
 use std::time::{Duration, Instant};
 
@@ -29,8 +35,11 @@ pub const UP_HOLD: Duration = Duration::from_secs(2);
 /// maximum would use times this: str0m probes up to about the desired bitrate, and an estimate
 /// that stops right at a layer's cost would take it down at the next keyframe burst.
 pub const PROBE_HEADROOM: f64 = 2.0;
-/// How long after a session's first allocation nothing is paused.
+/// How long a track followed by a subscription is not paused, from the first allocation
+/// that could measure it.
 pub const STARTUP: Duration = Duration::from_secs(4);
+/// How long a track's lowest layer must have not fitted before the track is paused.
+pub const PAUSE_AFTER: Duration = Duration::from_secs(2);
 /// Cost assumed for an audio track whose rate is unknown (Opus speech plus headers).
 const DEFAULT_AUDIO_BPS: u64 = super::room::UNMEASURED_AUDIO_BPS;
 
@@ -71,6 +80,28 @@ struct Slot {
     track: Option<TrackId>,
     /// Since when the upgrade on offer has fitted with the margin.
     up_since: Option<Instant>,
+    /// The first allocation that measured the track (its start-up began).
+    measured_since: Option<Instant>,
+    /// Since when its lowest layer has not fitted (while it is not paused).
+    short_since: Option<Instant>,
+}
+
+/// The allocator's clocks: [`Timing::default`] is [`STARTUP`] and [`PAUSE_AFTER`].
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// How long a newly measured track is not paused.
+    pub startup: Duration,
+    /// How long a track's lowest layer must not fit before it is paused.
+    pub pause_after: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            startup: STARTUP,
+            pause_after: PAUSE_AFTER,
+        }
+    }
 }
 
 /// The outcome of one [`Allocator::allocate`].
@@ -95,11 +126,18 @@ pub struct Allocation {
 #[derive(Debug, Default)]
 pub struct Allocator {
     slots: Vec<Slot>,
-    /// The first allocation.
-    started: Option<Instant>,
+    timing: Timing,
 }
 
 impl Allocator {
+    /// An allocator on other clocks than the default ones.
+    pub fn with_timing(timing: Timing) -> Self {
+        Self {
+            slots: Vec::new(),
+            timing,
+        }
+    }
+
     /// The slot's current grant.
     pub fn grant(&self, slot: usize) -> Grant {
         self.slots.get(slot).map_or(Grant::Open, |s| s.grant)
@@ -123,8 +161,6 @@ impl Allocator {
             }
         }
         let mut budget = estimate_bps as i64 - audio as i64;
-        let started = *self.started.get_or_insert(now);
-        let may_pause = now.saturating_duration_since(started) >= STARTUP;
 
         // Video that can be allocated (following a track with a measured layer), speakers
         // first.
@@ -132,6 +168,9 @@ impl Allocator {
             .filter(|&i| demands[i].kind == MediaKind::Video && lowest(&demands[i]).is_some())
             .collect();
         order.sort_by_key(|&i| (demands[i].speaker.unwrap_or(usize::MAX), i));
+        for &i in &order {
+            self.slots[i].measured_since.get_or_insert(now);
+        }
         let desired = audio
             + order
                 .iter()
@@ -148,7 +187,16 @@ impl Allocator {
             let slot = &mut self.slots[i];
             let take = match slot.grant {
                 Grant::Paused => held(slot, margin(cost) as i64 <= budget, now),
-                _ => cost as i64 <= budget || !may_pause,
+                _ if cost as i64 <= budget => {
+                    slot.short_since = None;
+                    true
+                }
+                _ => {
+                    let short = *slot.short_since.get_or_insert(now);
+                    let started = slot.measured_since.unwrap_or(now);
+                    now.saturating_duration_since(started) < self.timing.startup
+                        || now.saturating_duration_since(short) < self.timing.pause_after
+                }
             };
             if take {
                 budget -= cost as i64;
@@ -215,6 +263,7 @@ impl Allocator {
                 allocation.switches += u32::from(slot.grant != Grant::Open);
                 slot.grant = grant;
                 slot.up_since = None;
+                slot.short_since = None;
                 allocation.changed.push((i, grant));
             }
         }
@@ -323,14 +372,15 @@ mod tests {
     }
 
     impl Script {
-        /// An allocator past its start-up.
+        /// An allocator without start-up or pause delay: a track may be paused as soon as
+        /// its lowest layer does not fit.
         fn new() -> Self {
-            let now = Instant::now();
-            let mut allocator = Allocator::default();
-            allocator.allocate(0, &[], now);
             Self {
-                allocator,
-                now: now + STARTUP,
+                allocator: Allocator::with_timing(Timing {
+                    startup: Duration::ZERO,
+                    pause_after: Duration::ZERO,
+                }),
+                now: Instant::now(),
             }
         }
 
@@ -373,6 +423,28 @@ mod tests {
         assert_eq!(a.changed, vec![(1, Grant::Paused)]);
         // The estimator is asked to sustain what resuming layer 0 needs.
         assert_eq!(a.minimum_bps, 40 * KBPS + margin(150 * KBPS));
+    }
+
+    #[test]
+    fn a_dip_shorter_than_the_pause_delay_keeps_the_picture() {
+        let mut s = Script {
+            allocator: Allocator::default(),
+            now: Instant::now(),
+        };
+        let demands = [audio(1), video(1)];
+        s.run(3000, &demands, STARTUP);
+        // The estimate dips below audio + layer 0 for a second: down to layer 0 at once, but
+        // not paused.
+        s.run(150, &demands, PAUSE_AFTER - Duration::from_secs(1));
+        assert_eq!(s.grants(2), vec![Grant::Open, l(0)]);
+        s.run(3000, &demands, Duration::from_millis(500));
+        assert_eq!(s.grants(2), vec![Grant::Open, l(0)]);
+        // A second dip starts its clock afresh; one that lasts is a pause.
+        s.run(150, &demands, PAUSE_AFTER - Duration::from_millis(500));
+        assert_eq!(s.grants(2), vec![Grant::Open, l(0)]);
+        let a = s.run(150, &demands, Duration::from_millis(500));
+        assert_eq!(s.grants(2), vec![Grant::Open, Grant::Paused]);
+        assert_eq!(a.paused, 1);
     }
 
     #[test]
@@ -473,6 +545,31 @@ mod tests {
         let a = s.run(300, &demands, Duration::from_millis(500));
         assert_eq!(s.grants(3), vec![Grant::Open, l(0), Grant::Paused]);
         assert_eq!(a.paused, 1);
+    }
+
+    #[test]
+    fn a_track_measured_later_gets_its_own_start_up() {
+        let mut s = Script {
+            allocator: Allocator::default(),
+            now: Instant::now(),
+        };
+        let mut late = video(2);
+        late.rates = [None; 3];
+        // The session runs for a while with one track; the other (say, relayed from another
+        // node) is followed but sends nothing yet.
+        s.run(300, &[audio(1), video(1), late], STARTUP * 2);
+        assert_eq!(s.grants(3), vec![Grant::Open, l(0), Grant::Open]);
+        // Its media starts: the estimate has never carried it, so it is not paused at once...
+        late.rates = SIMULCAST;
+        s.run(
+            300,
+            &[audio(1), video(1), late],
+            STARTUP - Duration::from_millis(500),
+        );
+        assert_eq!(s.grants(3), vec![Grant::Open, l(0), l(0)]);
+        // ...but after its start-up, with the estimate still short of both floors, it is.
+        s.run(300, &[audio(1), video(1), late], Duration::from_millis(500));
+        assert_eq!(s.grants(3), vec![Grant::Open, l(0), Grant::Paused]);
     }
 
     #[test]

@@ -35,8 +35,8 @@ use std::time::{Duration, Instant};
 
 use sfu_proto::{
     EndReason, Layer, NodeError, NodeEvent, NodeResponse, ParticipantId, RoomId, SendData,
-    SessionCreated,
-    SessionId, SessionKind, SetSubscription, Subscribe, TrackId, TrackInfo, WorkerId,
+    SessionCreated, SessionId, SessionKind, SetSubscription, Subscribe, TrackId, TrackInfo,
+    WorkerId,
 };
 use str0m::bwe::BweKind;
 use str0m::media::Mid;
