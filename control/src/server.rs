@@ -303,6 +303,13 @@ async fn apply_node_events(
             }) => {
                 crate::rtc::data_received(&state, &room, session, reliable, text).await;
             }
+            FromNode::Event(NodeEvent::Quality {
+                session,
+                room,
+                quality,
+            }) => {
+                crate::rtc::quality_changed(&state, &room, session, quality).await;
+            }
             FromNode::Event(NodeEvent::WorkerStopped { worker }) => {
                 tracing::error!(%node, %worker, "media worker stopped");
             }

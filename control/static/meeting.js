@@ -216,6 +216,7 @@ function describeTile(tile) {
     hasAudio: tile.isMe ? Boolean(audio) : tile.audioTrackId !== null,
     muted: { audio: Boolean(audio?.muted), video: Boolean(video?.muted) },
     speaking: tile.speaking,
+    quality: p?.quality || 'unknown', // excellent | good | poor | lost | unknown
     firstFrameAt: tile.firstFrameAt,
   };
 }
@@ -229,6 +230,10 @@ function renderTile(tile) {
   setBadge(tile.el.querySelector('.cam'), 'cam', publishedTrack(tile, 'video'));
   tile.el.classList.toggle('speaking', d.speaking);
   tile.el.classList.toggle('no-video', !d.hasVideo || d.muted.video);
+  const signal = tile.el.querySelector('.signal');
+  signal.dataset.quality = d.quality;
+  signal.title = `connection quality: ${d.quality}`;
+  signal.setAttribute('aria-label', signal.title);
 }
 
 function setBadge(el, label, track) {
@@ -333,6 +338,12 @@ function wire(room) {
       tile.speaking = active.has(tile.identity);
       renderTile(tile);
     }
+  });
+  room.addEventListener('quality', ({ detail }) => {
+    const { participant, quality } = detail;
+    log(`${participant === room.me ? 'my' : `${participant.name}'s`} connection: ${quality}`, quality === 'lost');
+    const tile = tiles.get(participant.identity);
+    if (tile) renderTile(tile);
   });
   room.addEventListener('message', ({ detail }) => {
     if (detail.data && typeof detail.data.chat === 'string') addChat(nameOf(detail.from), detail.data.chat);

@@ -7,10 +7,10 @@
 mod support;
 
 use futures_util::SinkExt;
-use serde_json::json;
+use serde_json::{Value, json};
 use str0m::media::{Direction, MediaKind};
-use support::Server;
-use support::rtc::{Client, Offerer, ids, publish_offer, recv_sections};
+use support::rtc::{Client, Offerer, RoomSignal, ids, publish_offer, recv_sections};
+use support::{CONNECT_TIMEOUT, Server};
 use tokio_tungstenite::tungstenite::Message;
 use tools::token::{Grants, dev_token};
 
@@ -464,6 +464,17 @@ async fn a_whip_publisher_is_a_participant_of_its_room() {
         .collect();
     assert_eq!(listed, ["ada", "publisher"]);
     assert_eq!(ids(&joined["participants"][1]["tracks"]).len(), 2);
+    // Its connection's quality is its quality, as for anyone.
+    let quality = ada
+        .expect_where(|m| m["type"] == "quality" && m["participants"][0]["identity"] == "publisher")
+        .await;
+    assert!(
+        matches!(
+            quality["participants"][0]["quality"].as_str(),
+            Some("excellent" | "good")
+        ),
+        "{quality}"
+    );
 
     // Its DELETE ends the session: it leaves the room.
     tokio::task::block_in_place(|| publisher.close()).expect("DELETE");
@@ -472,4 +483,55 @@ async fn a_whip_publisher_is_a_participant_of_its_room() {
         (left["identity"].as_str(), left["reason"].as_str()),
         (Some("publisher"), Some("left"))
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connected_participant_s_quality_reaches_the_room() {
+    let server = server(1, &[]);
+    let room = "quality";
+    let (mut ada, _) = Client::join(&server, room, "ada").await;
+    let (carol, _) = Client::join(&server, room, "carol").await;
+    ada.expect("participant_joined").await;
+    let carol = RoomSignal::new(carol);
+    // Carol's publisher connection is a real peer: ICE, DTLS and media over loopback. It runs
+    // on threads of its own; connecting blocks.
+    let config = tools::PublisherConfig::new(&server.base_url, room, "unused");
+    let publisher = tokio::task::block_in_place(|| {
+        tools::Publisher::connect_via(carol.clone(), "carol", &config)
+    })
+    .expect("carol publishes");
+    assert!(tokio::task::block_in_place(
+        || publisher.wait_connected(CONNECT_TIMEOUT)
+    ));
+
+    // Her node judges the connection within seconds of its first reports: the room hears it.
+    let about_carol = |m: &Value| {
+        m["type"] == "quality"
+            && m["participants"]
+                .as_array()
+                .is_some_and(|ps| ps.iter().any(|p| p["identity"] == "carol"))
+    };
+    let heard = ada.expect_where(about_carol).await;
+    assert_eq!(heard["participants"].as_array().map(Vec::len), Some(1));
+    let quality = heard["participants"][0]["quality"].clone();
+    assert!(
+        quality == "excellent" || quality == "good",
+        "a clean loopback: {heard}"
+    );
+    // Carol learns her own.
+    let own = carol.client().await.expect_where(about_carol).await;
+    assert_eq!(own["participants"], heard["participants"]);
+
+    // A later joiner finds it in `joined`; Ada, with no connection, has none yet.
+    let (_bob, joined) = Client::join(&server, room, "bob").await;
+    let listed = |identity: &str| {
+        joined["participants"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["identity"] == identity))
+            .cloned()
+            .unwrap_or_else(|| panic!("{identity} in {joined}"))
+    };
+    assert_eq!(listed("carol")["quality"], quality);
+    assert!(listed("ada").get("quality").is_none(), "{joined}");
+    drop(publisher);
 }

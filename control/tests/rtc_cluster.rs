@@ -17,8 +17,8 @@ use sfu_core::NodeConfig;
 use str0m::media::{Direction, MediaKind};
 use support::cluster::{TempDir, TestNode};
 use support::redis_server::{Redis, SECRET, instance};
-use support::rtc::{Client, Offerer, ids, recv_sections};
-use support::{Server, wait_until};
+use support::rtc::{Client, Offerer, RoomSignal, ids, recv_sections};
+use support::{CONNECT_TIMEOUT, Server, wait_until};
 
 /// How long the others may take to see a participant whose instance died leave: its roster
 /// entry's lease (`ROSTER_LEASE`, 30 s) plus their next roster read (every 10 s), with room
@@ -368,4 +368,38 @@ async fn a_session_ended_on_the_other_instances_node_reaches_its_participant() {
         .request(json!({"type": "subscriber_offer", "sdp": sdp}))
         .await;
     assert_eq!(answer["type"], "subscriber_answer", "{answer}");
+}
+
+/// A node's connection quality travels like its other events: B's participant publishes over
+/// a real peer to n1, whose link A holds; A passes the quality through Redis to the
+/// participant on B, whose roster entry and event bring it back to A's participant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participants_quality_crosses_instances() {
+    let redis = Redis::start();
+    let dir = TempDir::new();
+    let (a, b, _node) = cluster(&redis, &dir, patient);
+    let room = "quality";
+    let (mut ada, _) = join(&a, room, "ada").await;
+    let (bob, _) = join(&b, room, "bob").await;
+    ada.expect("participant_joined").await;
+    let bob = RoomSignal::new(bob);
+    let config = tools::PublisherConfig::new(&b.base_url, room, "unused");
+    let publisher =
+        tokio::task::block_in_place(|| tools::Publisher::connect_via(bob.clone(), "bob", &config))
+            .expect("bob publishes");
+    assert!(tokio::task::block_in_place(
+        || publisher.wait_connected(CONNECT_TIMEOUT)
+    ));
+    let about_bob = |m: &Value| m["type"] == "quality" && m["participants"][0]["identity"] == "bob";
+    let heard = ada.expect_where(about_bob).await;
+    let own = bob.client().await.expect_where(about_bob).await;
+    assert_eq!(heard["participants"], own["participants"]);
+    assert!(
+        matches!(
+            heard["participants"][0]["quality"].as_str(),
+            Some("excellent" | "good")
+        ),
+        "{heard}"
+    );
+    drop(publisher);
 }

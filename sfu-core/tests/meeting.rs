@@ -1,8 +1,10 @@
 //! Meetings on the deterministic test kit: six participants each receiving the five others,
 //! joins and leaves mid-call, pause and resume, subscriber connections that grow by
 //! renegotiation, active speakers ranked from scripted audio levels across workers, and
-//! simulcast layers chosen by each subscriber's bandwidth estimate behind a bottleneck.
+//! simulcast layers chosen by each subscriber's bandwidth estimate behind a bottleneck, and
+//! connection quality judged from what the peers' reports say of a lossy network.
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
@@ -11,10 +13,10 @@ mod common;
 use common::*;
 use sfu_core::engine::Command;
 use sfu_core::proto::{
-    Layer, NodeEvent, NodeResponse, ParticipantId, SetSubscription, Subscribe, SubscribePolicy,
-    TrackId,
+    Layer, NodeEvent, NodeResponse, ParticipantId, Quality, SessionId, SetSubscription,
+    Subscribe, SubscribePolicy, TrackId,
 };
-use sfu_core::testkit::net::{Bottleneck, NetConfig};
+use sfu_core::testkit::net::{Bottleneck, Datagram, NetConfig};
 use sfu_core::testkit::peer::{PublishMedia, SubscribeMedia};
 use sfu_core::testkit::{Kit, PeerRef};
 
@@ -380,4 +382,121 @@ fn a_subscriber_behind_a_bottleneck_gets_a_lower_layer_keeps_its_audio_and_climb
         recent_layer(&kit, thin, 60)
     );
     assert_contiguous(kit.peer(thin).received_on(0), "audio throughout");
+}
+
+/// The qualities the node reported for `session`, in order.
+fn qualities(kit: &Kit, session: SessionId) -> Vec<Quality> {
+    kit.nodes[0]
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            NodeEvent::Quality {
+                session: s,
+                quality,
+                ..
+            } if *s == session => Some(*quality),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Datagrams to the third peer the kit creates (10.1.0.3): the subscriber behind loss below.
+fn to_third_peer(d: &Datagram) -> bool {
+    d.to.ip() == IpAddr::V4(Ipv4Addr::new(10, 1, 0, 3))
+}
+
+#[test]
+fn a_subscriber_behind_loss_is_poor_and_a_clean_one_is_not() {
+    // 20 % of the video sent to Carol is lost (the kit loses only large datagrams: video, not
+    // audio or RTCP); Bob's path and Alice's are clean.
+    let net = NetConfig {
+        loss: 0.2,
+        lossy: to_third_peer,
+        ..NetConfig::default()
+    };
+    let mut kit = Kit::new(&[1], net);
+    let alice = kit.publish(0, 0, "q", "alice", AV).expect("alice");
+    let bob = kit
+        .subscribe(0, 0, "q", "bob", WATCH, SubscribePolicy::NewestOther)
+        .expect("bob");
+    let carol = kit
+        .subscribe(0, 0, "q", "carol", WATCH, SubscribePolicy::NewestOther)
+        .expect("carol");
+    assert_eq!(
+        kit.peer(carol).addr.ip(),
+        IpAddr::V4(Ipv4Addr::new(10, 1, 0, 3))
+    );
+    assert!(kit.run_until(Duration::from_secs(10), |k| connected(
+        k,
+        &[alice, bob, carol]
+    )));
+    let (alice_s, bob_s, carol_s) = (kit.session(alice), kit.session(bob), kit.session(carol));
+    assert!(
+        kit.run_until(Duration::from_secs(10), |k| qualities(k, carol_s).last()
+            == Some(&Quality::Poor)),
+        "carol is poor: {:?}",
+        qualities(&kit, carol_s)
+    );
+    kit.run_for(Duration::from_secs(10));
+    assert_eq!(qualities(&kit, carol_s).last(), Some(&Quality::Poor));
+    for (who, session) in [("alice", alice_s), ("bob", bob_s)] {
+        let seen = qualities(&kit, session);
+        assert_eq!(seen, [Quality::Excellent], "{who} is excellent throughout");
+    }
+
+    // The network heals: Carol comes back up, but not before the hold.
+    kit.net.set_loss(0.0);
+    let healed = kit.now();
+    let hold = sfu_core::engine::quality::QualityConfig::default().hold;
+    assert!(
+        kit.run_until(Duration::from_secs(20), |k| qualities(k, carol_s).last()
+            != Some(&Quality::Poor)),
+        "carol recovers: {:?}",
+        qualities(&kit, carol_s)
+    );
+    assert!(
+        kit.now() >= healed + hold,
+        "an upgrade waits out the hold: {:?} after healing",
+        kit.now() - healed
+    );
+    let after = qualities(&kit, carol_s);
+    assert!(
+        matches!(after.last(), Some(Quality::Good | Quality::Excellent)),
+        "{after:?}"
+    );
+    assert!(
+        !after.contains(&Quality::Lost),
+        "carol was never lost: {after:?}"
+    );
+}
+
+#[test]
+fn a_vanished_participant_is_lost_before_its_session_ends() {
+    let mut kit = Kit::new(&[1], NetConfig::default());
+    let alice = kit.publish(0, 0, "q", "alice", AV).expect("alice");
+    let bob = kit
+        .subscribe(0, 0, "q", "bob", WATCH, SubscribePolicy::NewestOther)
+        .expect("bob");
+    assert!(kit.run_until(Duration::from_secs(5), |k| connected(k, &[alice, bob])));
+    kit.run_for(Duration::from_secs(3));
+    let bob_s = kit.session(bob);
+    assert_eq!(qualities(&kit, bob_s), [Quality::Excellent]);
+    kit.vanish(bob);
+    let ended = |k: &Kit| {
+        k.nodes[0]
+            .events
+            .iter()
+            .position(|e| matches!(e, NodeEvent::SessionEnded { session, .. } if *session == bob_s))
+    };
+    assert!(kit.run_until(Duration::from_secs(20), |k| ended(k).is_some()));
+    let lost = kit.nodes[0].events.iter().position(|e| {
+        matches!(e, NodeEvent::Quality { session, quality: Quality::Lost, .. } if *session == bob_s)
+    });
+    assert!(
+        lost.is_some_and(|l| Some(l) < ended(&kit)),
+        "lost, then ended: {:?}",
+        kit.nodes[0].events
+    );
+    assert_eq!(qualities(&kit, bob_s), [Quality::Excellent, Quality::Lost]);
+    assert_eq!(qualities(&kit, kit.session(alice)), [Quality::Excellent]);
 }

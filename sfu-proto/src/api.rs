@@ -304,6 +304,40 @@ pub enum NodeEvent {
         reliable: bool,
         text: String,
     },
+    /// A connected session's connection quality changed (its first judgement included): from
+    /// the loss and round-trip time str0m measures every second, smoothed, a downgrade at once
+    /// and an upgrade only once it held (docs/node-api.md, "Connection quality").
+    Quality {
+        session: SessionId,
+        room: RoomId,
+        quality: Quality,
+    },
+}
+
+/// How well a session's media gets through, worst first, so that the worse of two is their
+/// minimum (`a.min(b)`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Quality {
+    /// Nothing heard from the client for seconds, or its ICE connection went away.
+    Lost,
+    /// Loss or delay a user notices (frozen video, robotic audio).
+    Poor,
+    /// Some loss or delay, repaired or barely noticeable.
+    Good,
+    /// Next to no loss, a short round trip.
+    Excellent,
+}
+
+impl Quality {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Quality::Lost => "lost",
+            Quality::Poor => "poor",
+            Quality::Good => "good",
+            Quality::Excellent => "excellent",
+        }
+    }
 }
 
 /// A node's load.

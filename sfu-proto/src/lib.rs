@@ -28,7 +28,7 @@ pub mod token;
 
 pub use api::{
     CreateSession, EndReason, LoadReport, NodeError, NodeEvent, NodeHealth, NodeRequest,
-    NodeResponse, NodeStats, RelayLinkStats, RelayRoom, RelayedFrom, RoomRelays, SendData,
+    NodeResponse, NodeStats, Quality, RelayLinkStats, RelayRoom, RelayedFrom, RoomRelays, SendData,
     SessionCreated, SessionKind, SetSubscription, Subscribe, SubscribePolicy, TrackInfo,
     WorkerStats,
 };

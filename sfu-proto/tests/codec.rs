@@ -205,6 +205,30 @@ fn event() -> impl Strategy<Value = NodeEvent> {
         Just(NodeEvent::Draining),
         (room(), proptest::collection::vec(track(), 0..4))
             .prop_map(|(room, speakers)| NodeEvent::Speakers { room, speakers }),
+        (session(), room(), ".{0,40}", any::<bool>()).prop_map(
+            |(session, room, text, reliable)| {
+                NodeEvent::Data {
+                    session,
+                    room,
+                    reliable,
+                    text,
+                }
+            }
+        ),
+        (session(), room(), quality()).prop_map(|(session, room, quality)| NodeEvent::Quality {
+            session,
+            room,
+            quality
+        }),
+    ]
+}
+
+fn quality() -> impl Strategy<Value = Quality> {
+    prop_oneof![
+        Just(Quality::Lost),
+        Just(Quality::Poor),
+        Just(Quality::Good),
+        Just(Quality::Excellent),
     ]
 }
 
@@ -384,4 +408,25 @@ fn a_bad_name_inside_a_frame_is_a_decode_error() {
         frame::decode_body::<Frame>(&body),
         Err(CodecError::Malformed(_))
     ));
+}
+
+#[test]
+fn a_quality_is_lowercase_in_json_and_orders_worst_first() {
+    let all = [
+        Quality::Lost,
+        Quality::Poor,
+        Quality::Good,
+        Quality::Excellent,
+    ];
+    for q in all {
+        let json = serde_json::to_string(&q).expect("serializes");
+        assert_eq!(json, format!("\"{}\"", q.as_str()));
+        assert_eq!(serde_json::from_str::<Quality>(&json).expect("parses"), q);
+    }
+    assert!(all.windows(2).all(|w| w[0] < w[1]));
+    assert_eq!(
+        Quality::Good.min(Quality::Poor),
+        Quality::Poor,
+        "min is the worse"
+    );
 }

@@ -18,7 +18,7 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 use sfu_core::ids::{RoomId, SessionId, TrackId};
-use sfu_core::proto::EndReason;
+use sfu_core::proto::{EndReason, Quality};
 use tokio::sync::mpsc;
 
 use crate::config::ConfigError;
@@ -197,6 +197,25 @@ impl Hub {
         }
     }
 
+    /// A node judged `session`'s connection quality: tell its participant, if it is one of
+    /// ours (a full inbox drops it: a participant that far behind has a slow socket to
+    /// deal with first; the node's next change is not lost). Returns whether it is.
+    pub fn quality(&self, session: SessionId, quality: Quality) -> bool {
+        let participant = self.lock().sessions.get(&session).cloned();
+        match participant {
+            Some(participant) => {
+                if participant
+                    .try_send(Input::Quality { session, quality })
+                    .is_err()
+                {
+                    tracing::debug!(%session, "participant busy; connection quality dropped");
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
     /// A node ended `session`: tell its participant, if it is one of ours. Returns whether
     /// it is.
     pub fn session_ended(&self, session: SessionId, reason: EndReason) -> bool {
@@ -243,4 +262,21 @@ pub async fn data_received(
         return;
     }
     participant::data_elsewhere(state, room, session, reliable, text).await;
+}
+
+/// A node whose link this instance holds judged `session`'s connection quality: to its
+/// participant, here or on another control instance, or to its listed WHIP publisher.
+pub async fn quality_changed(
+    state: &AppState,
+    room: &RoomId,
+    session: SessionId,
+    quality: Quality,
+) {
+    if whip::quality(state, session, quality).await
+        || state.rtc_hub.quality(session, quality)
+        || !state.sessions.is_shared()
+    {
+        return;
+    }
+    participant::quality_elsewhere(state, room, session, quality).await;
 }

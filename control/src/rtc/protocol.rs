@@ -3,6 +3,7 @@
 //! nothing a client sends can make it panic.
 
 use serde::{Deserialize, Serialize};
+use sfu_core::proto::Quality;
 
 /// The protocol version this server speaks.
 pub const VERSION: u32 = 1;
@@ -101,6 +102,9 @@ pub struct ParticipantInfo {
     pub identity: String,
     pub name: String,
     pub tracks: Vec<TrackView>,
+    /// Its connection quality, once its node has judged one of its connections.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub quality: Option<Quality>,
 }
 
 /// A published track as clients see it.
@@ -132,6 +136,13 @@ pub struct SlotView {
 pub struct SpeakerView {
     pub identity: String,
     pub track: String,
+}
+
+/// A participant's connection quality (docs/signaling.md, "Connection quality").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct QualityView {
+    pub identity: String,
+    pub quality: Quality,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -205,6 +216,9 @@ pub enum ServerMessage {
     },
     Speakers {
         speakers: Vec<SpeakerView>,
+    },
+    Quality {
+        participants: Vec<QualityView>,
     },
     Left {},
     Pong {},
@@ -386,6 +400,37 @@ mod tests {
             req: None,
         };
         assert_eq!(pong.to_json(), r#"{"type":"pong"}"#);
+    }
+
+    #[test]
+    fn a_quality_message_lists_participants_by_identity() {
+        let reply = Reply {
+            message: ServerMessage::Quality {
+                participants: vec![QualityView {
+                    identity: "ada".into(),
+                    quality: Quality::Good,
+                }],
+            },
+            req: None,
+        };
+        assert_eq!(
+            reply.to_json(),
+            r#"{"type":"quality","participants":[{"identity":"ada","quality":"good"}]}"#
+        );
+        // A participant's quality is left out until there is one.
+        let mut info = ParticipantInfo {
+            identity: "ada".into(),
+            name: "Ada".into(),
+            tracks: Vec::new(),
+            quality: None,
+        };
+        let json = serde_json::to_value(&info).expect("JSON");
+        assert!(json.get("quality").is_none(), "{json}");
+        info.quality = Some(Quality::Lost);
+        assert_eq!(
+            serde_json::to_value(&info).expect("JSON")["quality"],
+            "lost"
+        );
     }
 
     proptest! {

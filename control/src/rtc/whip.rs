@@ -10,6 +10,7 @@ use std::sync::Mutex;
 
 use sfu_core::SessionCreated;
 use sfu_core::ids::{RoomId, SessionId};
+use sfu_core::proto::Quality;
 
 use super::participant::{Member, MemberTrack, RoomEvent};
 use crate::http::AppState;
@@ -86,6 +87,7 @@ pub async fn published(state: &AppState, room: &RoomId, identity: &str, created:
                 muted: false,
             })
             .collect(),
+        quality: None,
     };
     let entry = RosterEntry {
         identity: identity.to_string(),
@@ -116,6 +118,33 @@ pub async fn published(state: &AppState, room: &RoomId, identity: &str, created:
         },
     );
     publish(state, room, &RoomEvent::Joined { pid, member }).await;
+}
+
+/// The node judged `session`'s connection quality: if it is a WHIP publisher this instance
+/// listed, that is its participant's quality (it has no other connection). Returns whether it
+/// is one.
+pub async fn quality(state: &AppState, session: SessionId, quality: Quality) -> bool {
+    let listed = {
+        let mut listed = state.rtc_whip.lock();
+        let Some(l) = listed.get_mut(&session) else {
+            return false;
+        };
+        if l.member.quality == Some(quality) {
+            return true;
+        }
+        l.member.quality = Some(quality);
+        l.clone()
+    };
+    let Listed { room, pid, member } = listed;
+    if let Err(e) = state
+        .sessions
+        .roster_update(room.as_str(), &member.identity, &pid, &to_json(&member))
+        .await
+    {
+        tracing::debug!(%room, error = %e, "cannot update a WHIP publisher's roster entry");
+    }
+    publish(state, &room, &RoomEvent::Updated { pid, member }).await;
+    true
 }
 
 /// Session `session` ended: if it is a listed WHIP publisher, it leaves its room.

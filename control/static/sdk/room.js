@@ -99,6 +99,7 @@ function participantFrom(p) {
     identity: p.identity,
     name: p.name || p.identity,
     tracks: new Map((p.tracks || []).map((t) => [t.id, t])),
+    quality: p.quality || null, // excellent | good | poor | lost, null until the server knows
   };
 }
 
@@ -114,9 +115,10 @@ export class Room extends EventTarget {
   pcPublisher = null;
   /** Subscriber connection (opened on joining; it also carries the data channels). */
   pcSubscriber = null;
-  /** Me: {identity, name, tracks: Map id → Track} (my published tracks as the server sees them). */
+  /** Me: {identity, name, tracks: Map id → Track, quality} (my published tracks as the server
+   * sees them; my connection quality). */
   me = null;
-  /** Everyone else: Map identity → {identity, name, tracks: Map id → Track}. */
+  /** Everyone else: Map identity → {identity, name, tracks: Map id → Track, quality}. */
   participants = new Map();
 
   #opts;
@@ -399,6 +401,10 @@ export class Room extends EventTarget {
       case 'track_muted': this.#setTrackMuted(msg.track, msg.identity, msg.muted); break;
       // Not in protocol version 1 yet: the server's active speakers, loudest first.
       case 'speakers': this.#emit('speakers', { speakers: msg.speakers || [] }); break;
+      // Not in protocol version 1 yet either: connection quality, mine included.
+      case 'quality':
+        for (const q of msg.participants || []) this.#setQuality(q.identity, q.quality);
+        break;
       case 'error':
         if (!isReply) this.#emit('error', { code: msg.code, message: msg.message, req: msg.req });
         break;
@@ -514,8 +520,12 @@ export class Room extends EventTarget {
   // Bring the model in line with a `joined`, with the events that tell the difference (on the
   // first join: `participantjoined` for each one already there).
   #syncRoom(msg) {
-    if (this.me) this.me.name = msg.me.name || this.me.name;
-    else this.me = participantFrom(msg.me);
+    if (this.me) {
+      this.me.name = msg.me.name || this.me.name;
+      this.#setQuality(this.me.identity, msg.me.quality);
+    } else {
+      this.me = participantFrom(msg.me);
+    }
     this.#syncMyTracks(msg.me.tracks);
     const now = new Map((msg.participants || []).map((p) => [p.identity, p]));
     for (const identity of [...this.participants.keys()]) {
@@ -528,6 +538,7 @@ export class Room extends EventTarget {
         continue;
       }
       known.name = p.name || known.name;
+      this.#setQuality(p.identity, p.quality);
       const tracks = new Map((p.tracks || []).map((t) => [t.id, t]));
       for (const id of [...known.tracks.keys()]) {
         if (!tracks.has(id)) this.#removeTrack(id, p.identity);
@@ -591,6 +602,15 @@ export class Room extends EventTarget {
     if (sub) this.#endSubscription(sub, 'unpublished');
     participant.tracks.delete(trackId);
     this.#emit('trackunpublished', { participant, track });
+  }
+
+  // A participant's (or my) connection quality; `quality` when it changed. A quality the
+  // server does not give (not known yet) leaves the last one.
+  #setQuality(identity, quality) {
+    const participant = this.#participant(identity);
+    if (!participant || !quality || participant.quality === quality) return;
+    participant.quality = quality;
+    this.#emit('quality', { participant, quality });
   }
 
   #setTrackMuted(trackId, identity, muted) {

@@ -2,6 +2,7 @@
 //! real SDP offers for it, as the room tests (`rtc.rs`, `rtc_cluster.rs`) use them.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -10,6 +11,7 @@ use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::media::{Direction, MediaKind};
 use str0m::{Candidate, Rtc};
 use tokio_tungstenite::tungstenite::Message;
+use tools::load::{PeerFailure, Protocol, SdpClient, SessionHandle};
 use tools::token::{Grants, dev_token};
 
 use super::Server;
@@ -250,4 +252,80 @@ pub fn ids(tracks: &Value) -> Vec<String> {
         .iter()
         .map(|t| t["id"].as_str().expect("id").to_string())
         .collect()
+}
+
+/// A joined room client as a `tools` signaling dialect: a real WebRTC peer of the test tools
+/// (ICE, DTLS, media flowing) becomes that participant's publisher connection, its offer sent
+/// as `publish` and the answer handed back. Only `publish` is spoken. The client stays usable
+/// for reading what the server tells the participant ([`RoomSignal::client`]).
+pub struct RoomSignal {
+    runtime: tokio::runtime::Handle,
+    client: tokio::sync::Mutex<Client>,
+}
+
+impl RoomSignal {
+    /// Call from the test's runtime.
+    pub fn new(client: Client) -> Arc<Self> {
+        Arc::new(Self {
+            runtime: tokio::runtime::Handle::current(),
+            client: tokio::sync::Mutex::new(client),
+        })
+    }
+
+    pub async fn client(&self) -> tokio::sync::MutexGuard<'_, Client> {
+        self.client.lock().await
+    }
+}
+
+impl std::fmt::Debug for RoomSignal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RoomSignal")
+    }
+}
+
+impl Protocol for RoomSignal {
+    fn name(&self) -> &'static str {
+        "room"
+    }
+
+    /// Blocks on the test's runtime: call it (through `Publisher::connect_via`) inside
+    /// `tokio::task::block_in_place`.
+    fn publish(
+        &self,
+        _room: &str,
+        _identity: &str,
+        client: &mut dyn SdpClient,
+    ) -> Result<SessionHandle, PeerFailure> {
+        let sdp = client.create_offer()?;
+        let answer = self.runtime.block_on(async {
+            self.client
+                .lock()
+                .await
+                .request(json!({"type": "publish", "sdp": sdp}))
+                .await
+        });
+        match answer["sdp"].as_str() {
+            Some(sdp) if answer["type"] == "publish_answer" => client.accept_answer(sdp)?,
+            _ => return Err(PeerFailure::Signaling(answer.to_string())),
+        }
+        Ok(SessionHandle {
+            id: "room".into(),
+            token: None,
+            node: None,
+        })
+    }
+
+    fn subscribe(
+        &self,
+        _room: &str,
+        _identity: &str,
+        _client: &mut dyn SdpClient,
+    ) -> Result<SessionHandle, PeerFailure> {
+        Err(PeerFailure::Signaling("RoomSignal only publishes".into()))
+    }
+
+    /// The participant's sessions end when it leaves; nothing to do per session.
+    fn leave(&self, _session: &SessionHandle) -> Result<(), PeerFailure> {
+        Ok(())
+    }
 }

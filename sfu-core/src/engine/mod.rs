@@ -23,6 +23,7 @@ pub mod codec;
 pub mod data;
 pub mod demux;
 pub mod forward;
+pub mod quality;
 pub mod room;
 pub mod session;
 pub mod speaker;
@@ -1018,6 +1019,20 @@ impl Engine {
                 self.metrics.add_feedback(feedback);
             }
         }
+        // A connection that went away (rather than was closed) is lost before it ends, unless
+        // its silence said so already; one that never got a judgement stays without one.
+        if matches!(reason, EndReason::Disconnected | EndReason::IceTimeout)
+            && session.quality.quality().is_some()
+        {
+            session.quality.lose();
+            if let Some(quality) = session.quality.poll_quality() {
+                self.events.push_back(NodeEvent::Quality {
+                    session: session.id,
+                    room: session.room_id.clone(),
+                    quality,
+                });
+            }
+        }
         session.disconnect();
         self.demux.remove_session(peer);
         self.by_id.remove(&session.id);
@@ -1141,6 +1156,17 @@ impl Engine {
                 self.to_close.push((peer, reason));
                 continue;
             }
+            if s.connected {
+                s.quality.handle_timeout(now, s.last_input);
+                if let Some(quality) = s.quality.poll_quality() {
+                    tracing::debug!(worker = %self.id, session = %s.id, quality = quality.as_str(), "connection quality");
+                    self.events.push_back(NodeEvent::Quality {
+                        session: s.id,
+                        room: s.room_id.clone(),
+                        quality,
+                    });
+                }
+            }
             match s.kind {
                 SessionKind::Publish => match s.send_remb(remb) {
                     Ok(()) => remb_sent.push(peer),
@@ -1255,10 +1281,13 @@ impl Engine {
                     }
                     Event::MediaEgressStats(stats) => {
                         self.metrics.add_feedback(session.egress_feedback(&stats));
+                        session.quality.observe_egress(&stats);
                     }
                     Event::MediaIngressStats(stats) => {
                         self.metrics.add_feedback(session.ingress_feedback(&stats));
+                        session.quality.observe_ingress(&stats);
                     }
+                    Event::PeerStats(stats) => session.quality.observe_peer(&stats),
                     Event::ChannelOpen(id, label) => match session.data_channel_opened(id) {
                         Ok((used, reliable)) => {
                             tracing::debug!(worker = %worker, session = %session.id, %label, used, reliable, "data channel open");

@@ -28,6 +28,7 @@ use super::codec;
 use super::data::{DataChannels, DataRefused};
 use super::demux;
 use super::forward::{MediaPacket, TrackForwarder};
+use super::quality::{QualityConfig, QualityScorer};
 use super::room::{Subscription, Want};
 use crate::ids::RoomKey;
 use crate::metrics::FeedbackCounts;
@@ -208,6 +209,8 @@ pub struct Session {
     /// Media was written since the last drain: with estimation on, str0m's pacer learns of it
     /// only in its next `handle_timeout`.
     pub written: bool,
+    /// How well its media gets through, from str0m's stats (`NodeEvent::Quality`).
+    pub quality: QualityScorer,
 }
 
 impl Session {
@@ -299,6 +302,7 @@ impl Session {
             bwe_bitrates: (0, 0),
             bandwidth_paused: 0,
             written: false,
+            quality: QualityScorer::new(kind, QualityConfig::default()),
         };
 
         let answer_sdp = answer.to_sdp_string();

@@ -287,6 +287,7 @@ impl Participant {
         self.state
             .rtc_hub
             .add_session(connection.session, self.me.clone());
+        self.qualities.started(kind);
         match kind {
             SessionKind::Publish => self.publisher = Some(connection),
             SessionKind::Subscribe => self.subscriber = Some(connection),
@@ -487,8 +488,11 @@ impl Participant {
                 },
                 None,
             );
-            if !self.member.tracks.is_empty() {
-                self.member.tracks.clear();
+            self.qualities.ended(SessionKind::Publish, reason);
+            let had_tracks = !self.member.tracks.is_empty();
+            self.member.tracks.clear();
+            // One announcement for both changes.
+            if self.refresh_quality() | had_tracks {
                 self.announce().await;
             }
         } else if self
@@ -506,6 +510,10 @@ impl Participant {
                 },
                 None,
             );
+            self.qualities.ended(SessionKind::Subscribe, reason);
+            if self.refresh_quality() {
+                self.announce().await;
+            }
             self.reconcile().await;
         }
     }

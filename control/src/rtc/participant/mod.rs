@@ -11,14 +11,18 @@
 //!
 //! - [`room`]: the room as the participant sees it (its own entry, the others, events);
 //! - [`media`]: its two connections and what their sections carry;
-//! - [`data`]: the data messages its client sends and receives.
+//! - [`data`]: the data messages its client sends and receives;
+//! - [`quality`]: its connection quality, from what the node says of its connections.
 
 mod data;
 mod media;
+mod quality;
 mod room;
 
 pub use data::data_elsewhere;
 use media::{Connection, Slot, Wanted, clamp_layer};
+use quality::Qualities;
+pub use quality::quality_elsewhere;
 pub use room::{Member, MemberTrack, RoomEvent, session_ended_elsewhere};
 
 use std::collections::BTreeMap;
@@ -28,7 +32,7 @@ use std::time::Duration;
 use serde::Serialize;
 use sfu_core::ids::{RoomId, SessionId, TrackId};
 use sfu_core::limit::Bucket;
-use sfu_core::proto::EndReason;
+use sfu_core::proto::{EndReason, Quality};
 use tokio::sync::{broadcast, mpsc};
 
 use super::protocol::{ClientMessage, ErrorCode, ResumeInfo, ServerMessage, close};
@@ -67,6 +71,11 @@ pub enum Input {
     },
     /// A node passed on a data message of one of its sessions' client.
     Data { reliable: bool, text: String },
+    /// A node judged the connection quality of one of its sessions.
+    Quality {
+        session: SessionId,
+        quality: Quality,
+    },
 }
 
 /// Start a participant for a socket that joined; `None` when refused (the error is queued).
@@ -84,6 +93,7 @@ pub async fn start(
         identity: claims.sub.clone(),
         name,
         tracks: Vec::new(),
+        quality: None,
     };
     // Listen before reading the roster, so nothing between the two is missed.
     let feed = state.sessions.room_subscribe(room.as_str());
@@ -142,6 +152,7 @@ pub async fn start(
             state.rtc.data_burst,
             std::time::Instant::now(),
         ),
+        qualities: Qualities::default(),
     };
     state.rtc_hub.participant_started();
     participant
@@ -187,6 +198,8 @@ struct Participant {
     retry: bool,
     /// Data messages the client may still send (`rtc.data_messages_per_sec`).
     data_budget: Bucket,
+    /// What the node last said of each connection's quality; `member.quality` is the worse.
+    qualities: Qualities,
 }
 
 /// Why a participant leaves.
@@ -384,6 +397,10 @@ impl Participant {
             }
             Input::Data { reliable, text } => {
                 self.client_data(reliable, text).await;
+                None
+            }
+            Input::Quality { session, quality } => {
+                self.session_quality(session, quality).await;
                 None
             }
         }

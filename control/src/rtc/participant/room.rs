@@ -1,13 +1,13 @@
 //! The room as a participant sees it: its own roster entry and events, the other
-//! participants (from the roster and the room's feed), who speaks.
+//! participants (from the roster and the room's feed), who speaks, how well each is connected.
 
 use serde::{Deserialize, Serialize};
 use sfu_core::ids::{RoomId, SessionId, TrackId};
-use sfu_core::proto::{EndReason, MediaKind};
+use sfu_core::proto::{EndReason, MediaKind, Quality};
 
 use super::{Leave, Participant, to_json};
 use crate::http::AppState;
-use crate::rtc::protocol::{ParticipantInfo, ServerMessage, SpeakerView, TrackView};
+use crate::rtc::protocol::{ParticipantInfo, QualityView, ServerMessage, SpeakerView, TrackView};
 use crate::store::RosterEntry;
 
 /// A participant as the room's roster and events carry it.
@@ -16,6 +16,11 @@ pub struct Member {
     pub identity: String,
     pub name: String,
     pub tracks: Vec<MemberTrack>,
+    /// Its connection quality ([`Participant::update_quality`]), in the roster so that a
+    /// participant joining later learns it with the rest. Absent until there is one, and in
+    /// entries an older control instance wrote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality: Option<Quality>,
 }
 
 /// A published track as the roster carries it: the client's view plus the node's track id.
@@ -49,6 +54,7 @@ impl Member {
             identity: self.identity.clone(),
             name: self.name.clone(),
             tracks: self.tracks.iter().map(|t| t.view(&self.identity)).collect(),
+            quality: self.quality,
         }
     }
 }
@@ -81,6 +87,12 @@ pub enum RoomEvent {
         session: SessionId,
         reliable: bool,
         text: String,
+    },
+    /// A node judged `session`'s connection quality; told by the control instance holding
+    /// the node's link, for the session's participant wherever it is.
+    SessionQuality {
+        session: SessionId,
+        quality: Quality,
     },
     /// A participant's data message, checked and stamped with its identity: for `to`, or
     /// everyone else when `None`.
@@ -215,6 +227,11 @@ impl Participant {
                 }
                 return None;
             }
+            RoomEvent::SessionQuality { session, quality } => {
+                // Acts only on one of mine.
+                self.session_quality(session, quality).await;
+                return None;
+            }
             RoomEvent::Message {
                 from,
                 to,
@@ -273,6 +290,17 @@ impl Participant {
                     self.send(
                         ServerMessage::ParticipantJoined {
                             participant: member.info(),
+                        },
+                        None,
+                    );
+                }
+                if let Some(quality) = member.quality.filter(|q| old.quality != Some(*q)) {
+                    self.send(
+                        ServerMessage::Quality {
+                            participants: vec![QualityView {
+                                identity: identity.clone(),
+                                quality,
+                            }],
                         },
                         None,
                     );
