@@ -13,8 +13,8 @@ mod common;
 use common::*;
 use sfu_core::engine::Command;
 use sfu_core::proto::{
-    Layer, NodeEvent, NodeResponse, ParticipantId, Quality, SessionId, SetSubscription,
-    Subscribe, SubscribePolicy, TrackId,
+    Layer, NodeEvent, NodeResponse, ParticipantId, Quality, SessionId, SetSubscription, Subscribe,
+    SubscribePolicy, TrackId,
 };
 use sfu_core::testkit::net::{Bottleneck, Datagram, NetConfig};
 use sfu_core::testkit::peer::{PublishMedia, SubscribeMedia};
