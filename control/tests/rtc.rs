@@ -9,6 +9,7 @@ mod support;
 use futures_util::SinkExt;
 use serde_json::{Value, json};
 use str0m::media::{Direction, MediaKind};
+use support::data::{DataPeer, Received};
 use support::rtc::{Client, Offerer, RoomSignal, ids, publish_offer, recv_sections};
 use support::{CONNECT_TIMEOUT, Server};
 use tokio_tungstenite::tungstenite::Message;
@@ -534,4 +535,82 @@ async fn a_connected_participant_s_quality_reaches_the_room() {
     assert_eq!(listed("carol")["quality"], quality);
     assert!(listed("ada").get("quality").is_none(), "{joined}");
     drop(publisher);
+}
+
+/// Data messages (docs/signaling.md, "Data messages") between three participants' data
+/// channels, through the node and control: to the room and to one participant, on either
+/// channel kind, `from` stamped by the server and no copy to the sender; every refusal is an
+/// `error` (without `req`) on the sender's socket, and a refused message reaches nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_messages_reach_the_room_or_one_participant_and_refusals_are_errors() {
+    let server = server(
+        1,
+        &[
+            ("SFU__RTC__DATA_MAX_BYTES", "100"),
+            ("SFU__RTC__DATA_MESSAGES_PER_SEC", "1"),
+            ("SFU__RTC__DATA_BURST", "12"),
+        ],
+    );
+    let room = "data";
+    let (mut ada, _) = Client::join(&server, room, "ada").await;
+    let (mut bob, _) = Client::join(&server, room, "bob").await;
+    let (mut cyd, _) = Client::join(&server, room, "cyd").await;
+    let ada_dc = DataPeer::connect(&mut ada).await;
+    let bob_dc = DataPeer::connect(&mut bob).await;
+    let cyd_dc = DataPeer::connect(&mut cyd).await;
+    let got = |reliable, text: &str| Received {
+        reliable,
+        text: text.to_string(),
+    };
+
+    // To the room on the reliable channel, then to bob alone on the unreliable one.
+    ada_dc.send(true, r#"{"data":{"chat":"hello"}}"#);
+    ada_dc.send(false, r#"{"to":"bob","data":"psst"}"#);
+    let mut bob_got = bob_dc.wait_received(2).await;
+    bob_got.sort_by(|a, b| a.text.cmp(&b.text));
+    assert_eq!(
+        bob_got,
+        vec![
+            got(true, r#"{"from":"ada","data":{"chat":"hello"}}"#),
+            got(false, r#"{"from":"ada","to":"bob","data":"psst"}"#),
+        ]
+    );
+
+    // Refused, each with its code on ada's socket; none reaches anyone.
+    let refused = [
+        (r#"{"to":"zed","data":1}"#, "unknown_participant"),
+        ("not json", "bad_message"),
+        (r#"{"data":1,"colour":"red"}"#, "bad_message"),
+        // A client cannot name the sender.
+        (r#"{"from":"bob","data":"it was me"}"#, "bad_message"),
+        (&format!(r#"{{"data":"{}"}}"#, "x".repeat(100)), "too_large"),
+    ];
+    for (text, code) in refused {
+        ada_dc.send(true, text);
+        let e = ada.expect("error").await;
+        assert_eq!(e["code"], code, "{text}: {e}");
+        assert!(e.get("req").is_none(), "{e}");
+    }
+
+    // Bob answers the room: cyd's messages are ada's first and bob's, nothing refused and
+    // not the one for bob alone; ada gets bob's and never her own.
+    bob_dc.send(true, r#"{"data":"end"}"#);
+    assert_eq!(
+        cyd_dc.wait_received(2).await,
+        vec![
+            got(true, r#"{"from":"ada","data":{"chat":"hello"}}"#),
+            got(true, r#"{"from":"bob","data":"end"}"#),
+        ]
+    );
+    assert_eq!(
+        ada_dc.wait_received(1).await,
+        vec![got(true, r#"{"from":"bob","data":"end"}"#)]
+    );
+
+    // Over the rate (12 at once, then one a second): the excess is refused.
+    for i in 0..12 {
+        ada_dc.send(true, format!(r#"{{"data":{i}}}"#));
+    }
+    let e = ada.expect("error").await;
+    assert_eq!(e["code"], "rate_limited", "{e}");
 }

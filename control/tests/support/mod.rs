@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod cluster;
+pub mod data;
 pub mod redis_server;
 pub mod rtc;
 
