@@ -340,6 +340,8 @@ test(`4 participants meet: each decodes ≥ ${MIN_FPS} frames/s and hears each o
             audio_packets_per_s: round((now.audioPacketsReceived - before.audioPacketsReceived) / dt),
           };
         }
+        // The connection quality each tile shows (its `.signal` indicator), own tile included.
+        p.qualities = Object.fromEntries(b.tiles.map((t) => [nameOf[t.identity] || t.identity, t.quality]));
         p.own_tile = b.ownTile;
         p.remote_tiles_showing_avatar = b.drawn.filter((t) => t.avatar && t.identity !== b.me).map((t) => nameOf[t.identity] || t.identity);
         p.publisher_layers = b.layers;
@@ -389,6 +391,17 @@ test('each participant\'s own tile shows its camera and microphone', () => {
   for (const name of NAMES) {
     assert.deepEqual(result.participants[name].own_tile, { preview: true, badges: ['mic on', 'cam on'] },
       `${name}'s own tile as drawn (camera preview, mic/cam badges)`);
+  }
+});
+
+test('each tile shows its participant\'s connection quality, rated and not lost', () => {
+  assert.ok(result.window_s !== null, 'no measurement (the first test failed)');
+  for (const name of NAMES) {
+    const q = result.participants[name].qualities || {};
+    assert.deepEqual(Object.keys(q).sort(), NAMES, `${name}'s tiles: ${JSON.stringify(q)}`);
+    for (const [who, quality] of Object.entries(q)) {
+      assert.ok(['excellent', 'good', 'poor'].includes(quality), `${name}'s tile of ${who} shows ${quality}`);
+    }
   }
 });
 
