@@ -35,7 +35,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sfu_proto::{
-    EndReason, Layer, NodeError, NodeEvent, NodeResponse, ParticipantId, RoomId, SendData,
+    EndReason, Layer, NodeError, NodeEvent, NodeResponse, ParticipantId, Quality, RoomId, SendData,
     SessionCreated, SessionId, SessionKind, SetSubscription, Subscribe, TrackId, TrackInfo,
     WorkerId,
 };
@@ -1157,6 +1157,11 @@ impl Engine {
                 continue;
             }
             if s.connected {
+                s.quality.cap(if s.bandwidth_paused > 0 {
+                    Quality::Poor
+                } else {
+                    Quality::Excellent
+                });
                 s.quality.handle_timeout(now, s.last_input);
                 if let Some(quality) = s.quality.poll_quality() {
                     tracing::debug!(worker = %self.id, session = %s.id, quality = quality.as_str(), "connection quality");
