@@ -17,7 +17,7 @@ type Series = (
 /// `control_sessions` is the number of sessions in control's store.
 pub fn render(stats: &NodeStats, workers_up: &[bool], control_sessions: usize) -> String {
     let mut out = String::with_capacity(4096);
-    let series: [Series; 17] = [
+    let series: [Series; 19] = [
         (
             "sfu_tracks",
             "gauge",
@@ -76,7 +76,8 @@ pub fn render(stats: &NodeStats, workers_up: &[bool], control_sessions: usize) -
         (
             "sfu_rtx_sent_total",
             "counter",
-            "Packets retransmitted to subscribers on their RTX SSRC in answer to NACKs",
+            "Packets retransmitted to subscribers on their RTX SSRC in answer to NACKs \
+             (bandwidth-estimation padding excluded)",
             |w| w.rtx_sent,
         ),
         (
@@ -97,6 +98,19 @@ pub fn render(stats: &NodeStats, workers_up: &[bool], control_sessions: usize) -
             "Data-channel messages refused: binary, over 64 KiB, over 50/s per session, \
              or for a client with no open channel",
             |w| w.data_dropped,
+        ),
+        (
+            "sfu_bandwidth_switches_total",
+            "counter",
+            "Subscriber video layer changes, pauses and resumes made by bandwidth allocation",
+            |w| w.bandwidth_switches,
+        ),
+        (
+            "sfu_bandwidth_paused_tracks",
+            "gauge",
+            "Subscriber video tracks paused because not even their lowest layer fits the \
+             bandwidth estimate",
+            |w| w.bandwidth_paused_tracks,
         ),
         (
             "sfu_nacks_sent_total",
@@ -439,6 +453,8 @@ mod tests {
             gso_sends: n + 6,
             gso_datagrams: n + 7,
             data_dropped: n + 10,
+            bandwidth_switches: n + 8,
+            bandwidth_paused_tracks: n + 9,
             ..WorkerStats::default()
         }
     }
@@ -476,6 +492,10 @@ mod tests {
             "sfu_gso_datagrams_total{worker=\"1\"} 27",
             "# TYPE sfu_data_messages_dropped_total counter",
             "sfu_data_messages_dropped_total{worker=\"1\"} 30",
+            "# TYPE sfu_bandwidth_switches_total counter",
+            "sfu_bandwidth_switches_total{worker=\"0\"} 18",
+            "# TYPE sfu_bandwidth_paused_tracks gauge",
+            "sfu_bandwidth_paused_tracks{worker=\"1\"} 29",
         ] {
             assert_eq!(
                 lines.iter().filter(|l| **l == expected).count(),

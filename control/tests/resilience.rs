@@ -162,7 +162,9 @@ fn lost_video_packets_are_retransmitted_to_the_subscriber() {
     assert_eq!(r.unrepaired(Audio).len(), audio_dropped.len());
 
     // The node's counters saw the repair: the subscriber's NACKs (str0m reports them once a
-    // second; the loss ran for 5) and at least every retransmission the subscriber received.
+    // second; the loss ran for 5) and retransmissions. The RTX datagrams the subscriber got
+    // also carry the bandwidth estimator's padding (blank, or old packets resent unasked,
+    // which may repair a loss before it is NACKed), which the counter leaves out.
     let nacks_received = metrics.sum("sfu_nacks_received_total");
     let rtx_sent = metrics.sum("sfu_rtx_sent_total");
     assert!(
@@ -171,8 +173,8 @@ fn lost_video_packets_are_retransmitted_to_the_subscriber() {
         video_dropped.len()
     );
     assert!(
-        rtx_sent >= r.video.repairs as f64,
-        "sfu_rtx_sent_total is {rtx_sent}, but the subscriber received {} RTX datagrams",
+        rtx_sent > 0.0,
+        "sfu_rtx_sent_total is 0, but the subscriber received {} RTX datagrams",
         r.video.repairs
     );
     // The rest of the feedback series are on the page too (their values are checked in
@@ -227,10 +229,21 @@ fn simulcast_subscriber_falls_back_to_h_when_f_stops_and_returns_when_it_resumes
         sub.wait_packets(Video, 60, Duration::from_secs(5)),
         "the subscriber should receive video steadily before the pause"
     );
-    assert_eq!(
-        layers_received(&sub.reception()),
-        BTreeSet::from([F]),
-        "before the pause the subscriber follows f"
+    // It starts on a low layer and climbs to f as its bandwidth estimate grows
+    // (docs/architecture.md, "Bandwidth").
+    let on_f = || {
+        sub.with_reception(|r| {
+            let layers: Vec<u8> = r
+                .packets_of(Video)
+                .filter_map(|p| p.decoded().map(|d| d.header.layer))
+                .collect();
+            layers.len() > 60 && layers[layers.len() - 60..].iter().all(|l| *l == F)
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), on_f),
+        "before the pause the subscriber follows f: {:?}",
+        layers_received(&sub.reception())
     );
 
     // Stop f.
@@ -290,6 +303,12 @@ fn simulcast_subscriber_falls_back_to_h_when_f_stops_and_returns_when_it_resumes
 
     let video: Vec<&ReceivedPacket> = r.packets_of(Video).collect();
     let runs = layer_runs(&video);
+    // From the end of the climb on.
+    let climbed = runs
+        .iter()
+        .position(|run| run[0].1.layer == F)
+        .expect("an f run");
+    let runs = &runs[climbed..];
     let order: Vec<u8> = runs.iter().map(|run| run[0].1.layer).collect();
     assert_eq!(order, vec![F, H, F], "layers in arrival order");
 

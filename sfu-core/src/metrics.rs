@@ -64,6 +64,8 @@ pub struct FeedbackCounts {
     pub firs_received: u64,
     /// NACKs sent to publishers.
     pub nacks_sent: u64,
+    /// Packets resent to subscribers in answer to their NACKs (padding excluded).
+    pub retransmissions: u64,
 }
 
 impl std::ops::AddAssign for FeedbackCounts {
@@ -72,6 +74,7 @@ impl std::ops::AddAssign for FeedbackCounts {
         self.plis_received += other.plis_received;
         self.firs_received += other.firs_received;
         self.nacks_sent += other.nacks_sent;
+        self.retransmissions += other.retransmissions;
     }
 }
 
@@ -100,6 +103,10 @@ pub struct WorkerMetrics {
     pub data_in: AtomicU64,
     pub data_out: AtomicU64,
     pub data_dropped: AtomicU64,
+    /// Layer changes (and pauses, resumes) bandwidth allocation made.
+    pub bandwidth_switches: AtomicU64,
+    /// Video tracks paused for bandwidth now (a gauge).
+    pub bandwidth_paused_tracks: AtomicU64,
     dropped: [AtomicU64; DropReason::ALL.len()],
 }
 
@@ -118,6 +125,7 @@ impl WorkerMetrics {
         Self::add(&self.plis_received, delta.plis_received);
         Self::add(&self.firs_received, delta.firs_received);
         Self::add(&self.nacks_sent, delta.nacks_sent);
+        Self::add(&self.rtx_sent, delta.retransmissions);
     }
 
     pub fn drop_packet(&self, reason: DropReason) {
@@ -159,6 +167,8 @@ impl WorkerMetrics {
             data_in: load(&self.data_in),
             data_out: load(&self.data_out),
             data_dropped: load(&self.data_dropped),
+            bandwidth_switches: load(&self.bandwidth_switches),
+            bandwidth_paused_tracks: load(&self.bandwidth_paused_tracks),
             dropped: DropReason::ALL
                 .iter()
                 .map(|r| (r.as_str().to_string(), self.dropped(*r)))

@@ -525,6 +525,8 @@ impl RelayEndpoint {
                 worker,
                 max,
             } => self.layers_wanted(room, track, worker, max),
+            // Workers' business: the relay endpoint allocates no bandwidth.
+            RoomNotice::Speakers { .. } => {}
         }
     }
 

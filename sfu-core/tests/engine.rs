@@ -403,16 +403,18 @@ fn explicit_subscriptions_pick_a_track_cap_its_layer_and_pause() {
         );
         assert_eq!(r, NodeResponse::Done);
     }
-    kit.run_for(Duration::from_secs(2));
+    // Slot 0 reaches its cap, the top layer, once bob's bandwidth estimate has grown into it
+    // (it starts low, docs/architecture.md "Bandwidth").
+    let at_top = |k: &Kit| {
+        let got = k.peer(bob).received_on(0);
+        got.len() > 30 && got[got.len() - 30..].iter().all(|r| r.layer == 2)
+    };
+    assert!(kit.run_until(Duration::from_secs(10), at_top));
     let slot0 = kit.peer(bob).received_on(0).to_vec();
     let slot1 = kit.peer(bob).received_on(1).to_vec();
     assert_contiguous(&slot0, "slot 0");
     assert_contiguous(&slot1, "slot 1");
-    assert!(
-        slot0
-            .iter()
-            .all(|r| r.publisher == kit.peer(alice).tag && r.layer == 2)
-    );
+    assert!(slot0.iter().all(|r| r.publisher == kit.peer(alice).tag));
     assert!(
         slot1
             .iter()
@@ -750,11 +752,18 @@ fn check_watcher(kit: &Kit, w: &Watcher, seed: u64, step: usize) {
     }
     if let Some((from, tag)) = w.subscribed {
         // After a subscribe: the old selection until the new one's keyframe, then only the
-        // new one, never back.
-        let after: Vec<u32> = peer.received_on(1)[from..]
+        // new one, never back, in the order of the sequence numbers the forwarder gave them
+        // (what a receiver plays). Arrival order may differ: an old packet lost on the way and
+        // repaired after the switch arrives late, and padding resends old packets unasked.
+        let all = peer.received_on(1);
+        let mut seen: std::collections::HashSet<u64> = all[..from].iter().map(|r| r.seq).collect();
+        let mut after: Vec<(u64, u32)> = all[from..]
             .iter()
-            .map(|r| r.publisher)
+            .filter(|r| seen.insert(r.seq))
+            .map(|r| (r.seq, r.publisher))
             .collect();
+        after.sort_unstable();
+        let after: Vec<u32> = after.into_iter().map(|(_, publisher)| publisher).collect();
         if let Some(first_new) = after.iter().position(|p| *p == tag) {
             assert!(
                 after[first_new..].iter().all(|p| *p == tag),

@@ -1,9 +1,11 @@
 //! Meetings on the deterministic test kit: six participants each receiving the five others,
 //! joins and leaves mid-call, pause and resume, subscriber connections that grow by
 //! renegotiation, active speakers ranked from scripted audio levels across workers, and
+//! simulcast layers chosen by each subscriber's bandwidth estimate behind a bottleneck, and
 //! connection quality judged from what the peers' reports say of a lossy network.
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 mod common;
@@ -11,10 +13,10 @@ mod common;
 use common::*;
 use sfu_core::engine::Command;
 use sfu_core::proto::{
-    Layer, NodeEvent, NodeResponse, Quality, SessionId, SetSubscription, Subscribe,
+    Layer, NodeEvent, NodeResponse, ParticipantId, Quality, SessionId, SetSubscription, Subscribe,
     SubscribePolicy, TrackId,
 };
-use sfu_core::testkit::net::{Datagram, NetConfig};
+use sfu_core::testkit::net::{Bottleneck, Datagram, NetConfig};
 use sfu_core::testkit::peer::{PublishMedia, SubscribeMedia};
 use sfu_core::testkit::{Kit, PeerRef};
 
@@ -45,6 +47,16 @@ fn audio_track(kit: &Kit, peer: PeerRef) -> TrackId {
     }
 }
 
+/// The speakers worker `worker` of node 0 knows for its (only) room.
+fn worker_speakers(kit: &Kit, worker: usize) -> Vec<ParticipantId> {
+    let engine = &kit.nodes[0].engines[worker];
+    engine
+        .rooms()
+        .next()
+        .map(|(_, room)| room.speakers.clone())
+        .unwrap_or_default()
+}
+
 fn last_speakers(kit: &Kit) -> Vec<TrackId> {
     speaker_events(kit).last().cloned().unwrap_or_default()
 }
@@ -71,6 +83,17 @@ fn active_speakers_follow_scripted_levels_across_workers() {
         speaker_events(&kit)
     );
     let reports = speaker_events(&kit).len();
+
+    // A subscriber joins on the worker that does not rank the room: that worker learns the
+    // speakers from the ranking worker (for bandwidth allocation), at once and on changes.
+    let watcher = kit
+        .subscribe(0, 1, "talk", "eve", WATCH, SubscribePolicy::NewestOther)
+        .expect("watcher");
+    assert!(kit.run_until(Duration::from_secs(5), |k| connected(k, &[watcher])));
+    assert_eq!(
+        worker_speakers(&kit, 1),
+        vec![ParticipantId::from_identity("ada")]
+    );
 
     // Bob coughs (60 ms of speech) while Ada goes on: nothing changes.
     kit.peer_mut(bob).audio_level = SPEAKING;
@@ -110,6 +133,10 @@ fn active_speakers_follow_scripted_levels_across_workers() {
             .skip(reports)
             .all(|list| list.first() == Some(&bob_track) || list.first() == Some(&ada_track)),
         "every list in between is led by one of them"
+    );
+    assert_eq!(
+        worker_speakers(&kit, 1),
+        vec![ParticipantId::from_identity("bob")]
     );
 
     // Bob leaves mid-sentence: the list empties at once, not after a hold.
@@ -283,6 +310,78 @@ fn six_participants_each_receive_the_five_others_through_joins_leaves_and_pauses
         "resumed"
     );
     assert_carries(&kit, p0, 0, people[1], "p0 from p1 after a pause");
+}
+
+/// Packets per frame of the q, h and f layers: about 260, 500 and 1000 kbit/s on the wire.
+const LAYER_PACKETS: [usize; 3] = [1, 2, 4];
+
+/// The layer of the last `n` video packets `peer` received, if they all share one.
+fn recent_layer(kit: &Kit, peer: PeerRef, n: usize) -> Option<u8> {
+    let got = kit.peer(peer).received_on(1);
+    let recent = got.get(got.len().checked_sub(n)?..)?;
+    let layer = recent.first()?.layer;
+    recent.iter().all(|r| r.layer == layer).then_some(layer)
+}
+
+/// One simulcast publisher, two subscribers on the other worker: one with a free downlink
+/// gets the top layer; one behind a 400 kbit/s bottleneck is brought down to a layer that fits
+/// by its bandwidth estimate, and its audio goes on without a gap; once the bottleneck is
+/// lifted it climbs back to the top layer.
+#[test]
+fn a_subscriber_behind_a_bottleneck_gets_a_lower_layer_keeps_its_audio_and_climbs_back() {
+    let mut kit = Kit::new(&[2], NetConfig::default());
+    let publisher = kit.publish(0, 0, "bwe", "cam", SIMULCAST).expect("publish");
+    kit.peer_mut(publisher).layer_packets = LAYER_PACKETS;
+    let newest = SubscribePolicy::NewestOther;
+    let free = kit
+        .subscribe(0, 1, "bwe", "free", WATCH, newest)
+        .expect("free");
+    let thin = kit
+        .subscribe(0, 1, "bwe", "thin", WATCH, newest)
+        .expect("thin");
+    let thin_addr = kit.peer(thin).addr;
+    let bottleneck = Bottleneck {
+        bits_per_second: 400_000,
+        max_queue: Duration::from_millis(300),
+    };
+    kit.net.set_bottleneck(thin_addr, Some(bottleneck));
+    assert!(kit.run_until(Duration::from_secs(5), |k| connected(
+        k,
+        &[publisher, free, thin]
+    )));
+
+    assert!(
+        kit.run_until(Duration::from_secs(30), |k| recent_layer(k, free, 60)
+            == Some(2)
+            && recent_layer(k, thin, 60).is_some_and(|l| l < 2)),
+        "free on {:?}, thin on {:?}",
+        recent_layer(&kit, free, 60),
+        recent_layer(&kit, thin, 60)
+    );
+    // It stays there: no flapping back up while the bottleneck holds.
+    let switches = |k: &Kit| k.nodes[0].metrics[1].bandwidth_switches.load(Relaxed);
+    let before = switches(&kit);
+    kit.run_for(Duration::from_secs(10));
+    assert!(recent_layer(&kit, thin, 150).is_some_and(|l| l < 2));
+    assert_eq!(recent_layer(&kit, free, 150), Some(2));
+    assert!(
+        switches(&kit) <= before + 1,
+        "{} switches in 10 s",
+        switches(&kit) - before
+    );
+    let audio = kit.peer(thin).received_on(0);
+    assert!(audio.len() > 500, "{} audio packets", audio.len());
+    assert_contiguous(audio, "audio behind the bottleneck");
+
+    // The bottleneck is lifted: the estimate grows into the top layer.
+    kit.net.set_bottleneck(thin_addr, None);
+    assert!(
+        kit.run_until(Duration::from_secs(30), |k| recent_layer(k, thin, 60)
+            == Some(2)),
+        "thin stays on {:?}",
+        recent_layer(&kit, thin, 60)
+    );
+    assert_contiguous(kit.peer(thin).received_on(0), "audio throughout");
 }
 
 /// The qualities the node reported for `session`, in order.

@@ -440,6 +440,10 @@ pub struct WorkerStats {
     pub data_in: u64,
     pub data_out: u64,
     pub data_dropped: u64,
+    /// Layer changes, pauses and resumes made by subscriber bandwidth allocation.
+    pub bandwidth_switches: u64,
+    /// Video tracks paused for bandwidth now (a gauge).
+    pub bandwidth_paused_tracks: u64,
     /// Drops by reason, in a fixed order.
     pub dropped: Vec<(String, u64)>,
 }

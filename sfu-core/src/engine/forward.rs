@@ -290,7 +290,7 @@ mod tests {
                     WorkerId(0),
                 ));
             }
-            self.room.observe(h, now);
+            self.room.observe(h, p.payload.len(), now);
             let target = self
                 .room
                 .target(

@@ -14,8 +14,11 @@
 //! the next deadline. A packet's path: [`demux`] → [`session`] (decrypt) → [`room`] (which
 //! subscriber tracks want it) → [`forward`] (layer switch, seq/ts rewrite) → the subscriber's
 //! [`session`] (encrypt) → `poll_transmit`; for other workers, one reference per interested
-//! worker through `poll_cross_worker`.
+//! worker through `poll_cross_worker`. Off that path, [`allocation`] shares each subscriber's
+//! bandwidth estimate among its tracks when the estimate, the room's speakers or the
+//! subscriptions change, and every [`HOUSEKEEPING_INTERVAL`].
 
+pub mod allocation;
 pub mod codec;
 pub mod data;
 pub mod demux;
@@ -32,14 +35,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sfu_proto::{
-    EndReason, Layer, NodeError, NodeEvent, NodeResponse, RoomId, SendData, SessionCreated,
-    SessionId, SessionKind, SetSubscription, Subscribe, TrackId, TrackInfo, WorkerId,
+    EndReason, Layer, NodeError, NodeEvent, NodeResponse, ParticipantId, Quality, RoomId, SendData,
+    SessionCreated, SessionId, SessionKind, SetSubscription, Subscribe, TrackId, TrackInfo,
+    WorkerId,
 };
+use str0m::bwe::BweKind;
 use str0m::media::Mid;
 use str0m::{Event, IceConnectionState, Output};
 
 use crate::ids::RoomKey;
 use crate::metrics::{DropReason, WorkerMetrics};
+use allocation::Demand;
 use forward::{MediaPacket, Selection};
 use room::{PublishedTrack, Room, Want};
 use session::{Forwarded, Offer, PublishedMedia, Session, SessionBroken};
@@ -52,6 +58,8 @@ const DRAIN_BUDGET: usize = 10_000;
 /// Rounds of drain → fan-out per processing step; work left after them is reported through
 /// [`Engine::poll_timeout`] as due now.
 const PROCESS_ROUNDS: usize = 4;
+/// Deadlines already due that one drain serves at once (see [`Engine::drain_session`]).
+const DUE_TIMEOUTS_PER_DRAIN: usize = 64;
 
 /// A session's place in the engine's table. Only meaningful inside one engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -124,6 +132,13 @@ pub enum RoomNotice {
         worker: WorkerId,
         max: Option<Layer>,
     },
+    /// Ranking worker → workers with subscribers in `room`: its active speakers, loudest
+    /// first, when the list changed (and to a worker that gained subscribers there), so
+    /// bandwidth allocation can favour them.
+    Speakers {
+        room: RoomKey,
+        speakers: Vec<ParticipantId>,
+    },
 }
 
 impl CrossWorker {
@@ -188,6 +203,8 @@ pub struct Engine {
     /// Rooms whose subscriptions changed: the layers they want of relayed tracks are
     /// reported to the relay endpoint.
     layers_dirty: Vec<RoomKey>,
+    /// Subscriber sessions whose bandwidth allocation is to be brought up to date.
+    to_allocate: Vec<PeerId>,
     to_close: Vec<(PeerId, EndReason)>,
 
     /// This worker's publishers' speech in the current interval, and the rooms whose
@@ -250,6 +267,7 @@ impl Engine {
             media: Vec::with_capacity(64),
             keyframe_requests: Vec::new(),
             layers_dirty: Vec::new(),
+            to_allocate: Vec::new(),
             to_close: Vec::new(),
             speech: SpeechWindow::default(),
             speakers: SpeakerBoard::default(),
@@ -367,6 +385,15 @@ impl Engine {
                 r.remote_workers.retain(|w| *w != worker);
                 if interested {
                     r.remote_workers.push(worker);
+                    // A worker new to the room learns its speakers from the ranking worker.
+                    if let Some(list) = self.speakers.speakers(room) {
+                        let notice = RoomNotice::Speakers {
+                            room,
+                            speakers: list.to_vec(),
+                        };
+                        self.cross
+                            .push_back((worker, CrossWorker::Room(Box::new(notice))));
+                    }
                 }
                 self.drop_room_if_empty(room);
             }
@@ -387,6 +414,18 @@ impl Engine {
             RoomNotice::TrackUnpublished { room, track } => self.track_ended(room, track),
             // The relay endpoint's; a worker never gets one.
             RoomNotice::Layers { .. } => {}
+            RoomNotice::Speakers { room, speakers } => self.set_speakers(room, speakers),
+        }
+    }
+
+    /// Room `room`'s active speakers are now `speakers`: its subscribers' allocations follow.
+    fn set_speakers(&mut self, room: RoomKey, speakers: Vec<ParticipantId>) {
+        let Some(r) = self.rooms.get_mut(&room) else {
+            return;
+        };
+        if r.speakers != speakers {
+            r.speakers = speakers;
+            self.to_allocate.extend_from_slice(&r.subscribers);
         }
     }
 
@@ -469,7 +508,23 @@ impl Engine {
                     .push_back((ranker, CrossWorker::Speech(Box::new(report))));
             }
         }
-        self.speakers.handle_timeout(now, &mut self.events);
+        let changed = self.speakers.handle_timeout(now, &mut self.events);
+        for (room, speakers) in changed {
+            let workers = self
+                .rooms
+                .get(&room)
+                .map(|r| r.remote_workers.clone())
+                .unwrap_or_default();
+            for worker in workers {
+                let notice = RoomNotice::Speakers {
+                    room,
+                    speakers: speakers.clone(),
+                };
+                self.cross
+                    .push_back((worker, CrossWorker::Room(Box::new(notice))));
+            }
+            self.set_speakers(room, speakers);
+        }
     }
 
     /// End every session (the worker is stopping).
@@ -531,6 +586,7 @@ impl Engine {
             || !self.layers_dirty.is_empty()
             || !self.media.is_empty()
             || !self.keyframe_requests.is_empty()
+            || !self.to_allocate.is_empty()
             || !self.to_close.is_empty()
     }
 
@@ -562,6 +618,12 @@ impl Engine {
             let requests = std::mem::take(&mut self.keyframe_requests);
             for (room, selection) in requests {
                 self.route_keyframe_request(room, selection);
+            }
+            let mut allocate = std::mem::take(&mut self.to_allocate);
+            allocate.sort_unstable();
+            allocate.dedup();
+            for peer in allocate {
+                self.allocate(peer);
             }
             let closing = std::mem::take(&mut self.to_close);
             for (peer, reason) in closing {
@@ -628,9 +690,7 @@ impl Engine {
     }
 
     fn session_mut(&mut self, peer: PeerId) -> Option<&mut Session> {
-        self.sessions
-            .get_mut(peer.0 as usize)
-            .and_then(Option::as_mut)
+        session_in(&mut self.sessions, peer)
     }
 
     fn mark_dirty(&mut self, peer: PeerId) {
@@ -889,6 +949,7 @@ impl Engine {
         slot.subscription.max_layer = s.max_layer;
         let room = session.room;
         self.layers_changed(room);
+        self.to_allocate.push(peer);
         Ok(())
     }
 
@@ -903,6 +964,7 @@ impl Engine {
         slot.subscription.paused = s.paused;
         let room = session.room;
         self.layers_changed(room);
+        self.to_allocate.push(peer);
         Ok(())
     }
 
@@ -938,6 +1000,7 @@ impl Engine {
         slot.forwarder.reset();
         let room = session.room;
         self.layers_changed(room);
+        self.to_allocate.push(peer);
         Ok(())
     }
 
@@ -998,6 +1061,10 @@ impl Engine {
             }
             SessionKind::Subscribe => {
                 WorkerMetrics::sub(&self.metrics.subscribe_sessions, 1);
+                WorkerMetrics::sub(
+                    &self.metrics.bandwidth_paused_tracks,
+                    u64::from(session.bandwidth_paused),
+                );
                 self.layers_changed(key);
                 if last_subscriber {
                     let room_id = session.room_id.clone();
@@ -1084,14 +1151,22 @@ impl Engine {
                 continue;
             }
             if s.connected {
+                s.quality.cap(if s.bandwidth_paused > 0 {
+                    Quality::Poor
+                } else {
+                    Quality::Excellent
+                });
                 s.quality.handle_timeout(now, s.last_input);
                 push_quality(&mut self.events, s);
             }
-            if s.kind == SessionKind::Publish {
-                match s.send_remb(remb) {
+            match s.kind {
+                SessionKind::Publish => match s.send_remb(remb) {
                     Ok(()) => remb_sent.push(peer),
                     Err(_) => self.to_close.push((peer, EndReason::Failed)),
-                }
+                },
+                // Measured rates moved, upgrades wait out their hold: allocate again.
+                SessionKind::Subscribe if s.estimate.is_some() => self.to_allocate.push(peer),
+                SessionKind::Subscribe => {}
             }
         }
         for peer in remb_sent {
@@ -1103,15 +1178,20 @@ impl Engine {
     fn drain_session(&mut self, peer: PeerId) {
         let worker = self.id;
         let now = self.now;
-        let Some(session) = self
-            .sessions
-            .get_mut(peer.0 as usize)
-            .and_then(Option::as_mut)
-        else {
+        let Some(session) = session_in(&mut self.sessions, peer) else {
             return;
         };
-        let mut retransmissions = 0;
         let mut finished = false;
+        let mut due_served = 0;
+        // str0m's pacer (on with estimation) sees packets written since the last drain only
+        // at a timeout: give it one now, so they leave in this drain.
+        if std::mem::take(&mut session.written)
+            && session.estimate.is_some()
+            && session.handle_timeout(now).is_err()
+        {
+            self.to_close.push((peer, EndReason::Failed));
+            return;
+        }
         for _ in 0..DRAIN_BUDGET {
             let output = match session.poll_output() {
                 Ok(Some(o)) => o,
@@ -1129,6 +1209,17 @@ impl Engine {
                 }
             };
             match output {
+                // With bandwidth estimation str0m's pacer hands out each packet only at a
+                // deadline of `now`: serve it here, so a frame's packets leave in this drain
+                // (one send batch, GSO) rather than one per worker loop pass.
+                Output::Timeout(t) if t <= now && due_served < DUE_TIMEOUTS_PER_DRAIN => {
+                    due_served += 1;
+                    if session.handle_timeout(now).is_err() {
+                        self.to_close.push((peer, EndReason::Failed));
+                        finished = true;
+                        break;
+                    }
+                }
                 Output::Timeout(t) => {
                     if session.deadline != Some(t) {
                         session.deadline = Some(t);
@@ -1138,7 +1229,7 @@ impl Engine {
                     break;
                 }
                 Output::Transmit(t) => {
-                    retransmissions += u64::from(session.is_retransmission(&t.contents));
+                    session.count_transmit(&t.contents);
                     self.transmits.push_back(Transmit {
                         destination: t.destination,
                         contents: t.contents.into(),
@@ -1171,6 +1262,13 @@ impl Engine {
                             .and_then(|t| t.forwarder.current());
                         if let Some(selection) = selection {
                             self.keyframe_requests.push((session.room, selection));
+                        }
+                    }
+                    Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
+                        let estimate = estimate.as_u64();
+                        if session.estimate != Some(estimate) {
+                            session.estimate = Some(estimate);
+                            self.to_allocate.push(peer);
                         }
                     }
                     Event::MediaEgressStats(stats) => {
@@ -1212,11 +1310,63 @@ impl Engine {
                 },
             }
         }
-        WorkerMetrics::add(&self.metrics.rtx_sent, retransmissions);
         if !finished {
             // Still producing after the bound: come back in the next round.
             self.mark_dirty(peer);
         }
+    }
+
+    /// Share subscriber `peer`'s bandwidth estimate among its tracks ([`allocation`]): what
+    /// each follows, what its layers cost, whose are the room's speakers.
+    fn allocate(&mut self, peer: PeerId) {
+        let now = self.now;
+        let Some(session) = session_in(&mut self.sessions, peer) else {
+            return;
+        };
+        let (Some(estimate), Some(room)) = (session.estimate, self.rooms.get_mut(&session.room))
+        else {
+            return;
+        };
+        let own = Some(session.participant);
+        let demands: Vec<Demand> = session
+            .tracks
+            .iter()
+            .map(|slot| {
+                let target = room.target(slot.kind, &slot.subscription, own, now);
+                let track = target.map(|t| t.selection.track);
+                Demand {
+                    kind: slot.kind,
+                    track,
+                    max_layer: slot.subscription.max_layer,
+                    speaker: target
+                        .and_then(|t| room.speakers.iter().position(|p| *p == t.participant)),
+                    rates: track.map_or([None; Layer::COUNT], |t| room.layer_rates(t, now)),
+                }
+            })
+            .collect();
+        let allocation = session.allocator.allocate(estimate, &demands, now);
+        if let Err(SessionBroken(msg)) = session.apply_allocation(&allocation) {
+            tracing::error!(worker = %self.id, session = %session.id, panic = %msg, "session panicked; closing it");
+            self.to_close.push((peer, EndReason::Failed));
+            return;
+        }
+        WorkerMetrics::add(
+            &self.metrics.bandwidth_switches,
+            u64::from(allocation.switches),
+        );
+        WorkerMetrics::add(
+            &self.metrics.bandwidth_paused_tracks,
+            u64::from(allocation.paused),
+        );
+        WorkerMetrics::sub(
+            &self.metrics.bandwidth_paused_tracks,
+            u64::from(session.bandwidth_paused),
+        );
+        session.bandwidth_paused = allocation.paused;
+        if !allocation.changed.is_empty() {
+            tracing::debug!(worker = %self.id, session = %session.id, estimate, changed = ?allocation.changed, "bandwidth allocation");
+        }
+        self.mark_dirty(peer);
     }
 
     /// Send a keyframe request to the publisher of `selection`, wherever on the node it lives.
@@ -1272,8 +1422,11 @@ impl Engine {
             let Some(room) = self.rooms.get_mut(&packet.room) else {
                 continue;
             };
-            if !room.observe(&packet.header, packet.arrival) {
+            if !room.observe(&packet.header, packet.payload.len(), packet.arrival) {
                 continue;
+            }
+            if room.take_layer_started() {
+                self.to_allocate.extend_from_slice(&room.subscribers);
             }
             if packet.origin == self.id {
                 for &w in &room.remote_workers {
@@ -1311,7 +1464,7 @@ impl Engine {
                     if slot.kind != kind {
                         continue;
                     }
-                    let subscription = slot.subscription;
+                    let subscription = slot.forwarding();
                     let target = match subscription.want {
                         Want::Track(t) if t != track => continue,
                         Want::NewestOther
@@ -1378,4 +1531,10 @@ fn push_quality(events: &mut VecDeque<NodeEvent>, session: &mut Session) {
             quality,
         });
     }
+}
+
+/// Session `peer` of the engine's table, borrowing the table alone (so that rooms or queues
+/// can be borrowed alongside).
+fn session_in(sessions: &mut [Option<Session>], peer: PeerId) -> Option<&mut Session> {
+    sessions.get_mut(peer.0 as usize).and_then(Option::as_mut)
 }

@@ -140,6 +140,8 @@ pub struct QualityScorer {
     /// A better level waiting out the hold: the worst level seen since it started, and when.
     upgrade: Option<(Quality, Instant)>,
     changed: bool,
+    /// The best level the session may have whatever its averages say ([`Self::cap`]).
+    cap: Quality,
 }
 
 impl QualityScorer {
@@ -155,7 +157,16 @@ impl QualityScorer {
             reported: None,
             upgrade: None,
             changed: false,
+            cap: Quality::Excellent,
         }
+    }
+
+    /// The session is no better than `cap`, whatever its averages say: a subscriber whose video
+    /// the node has paused for lack of bandwidth is `poor`, though what little it still
+    /// receives gets through. Judged with the averages at the next [`Self::handle_timeout`],
+    /// under the same rules (a lower cap at once, a raised one after the hold).
+    pub fn cap(&mut self, cap: Quality) {
+        self.cap = cap;
     }
 
     /// One stats event's measures, kept until the next [`handle_timeout`](Self::handle_timeout).
@@ -259,7 +270,7 @@ impl QualityScorer {
         let measured = self.loss.is_some() || self.rtt.is_some();
         // Nothing measured (a subscriber with nothing to receive): nothing is wrong.
         let (loss, rtt) = (self.loss.unwrap_or(0.0), self.rtt.unwrap_or(0.0));
-        let level = self.level(loss, rtt, 1.0);
+        let level = self.level(loss, rtt, 1.0).min(self.cap);
         let Some(reported) = self.reported else {
             // The first judgement waits for a measure, the first reports take a second or two
             // after connecting, or for the hold: a connection is not called excellent for
@@ -276,7 +287,9 @@ impl QualityScorer {
             self.report(level);
             return;
         }
-        let better = self.level(loss, rtt, self.config.upgrade_margin);
+        let better = self
+            .level(loss, rtt, self.config.upgrade_margin)
+            .min(self.cap);
         if better <= reported {
             self.upgrade = None;
             return;
@@ -403,6 +416,25 @@ mod tests {
             s.second(0.0, 20);
         }
         assert_eq!(s.changes.len(), 1, "nothing changes: {:?}", s.changes);
+    }
+
+    #[test]
+    fn a_cap_lowers_at_once_and_is_lifted_only_after_the_hold() {
+        let mut s = Script::new();
+        s.second(0.0, 20);
+        // Video paused for bandwidth: poor at once, though nothing is lost.
+        s.scorer.cap(Quality::Poor);
+        s.second(0.0, 20);
+        assert_eq!(s.changes, [(1, Quality::Excellent), (2, Quality::Poor)]);
+        // Resumed: back up only once the hold has passed.
+        s.scorer.cap(Quality::Excellent);
+        let hold = QualityConfig::default().hold.as_secs();
+        for _ in 0..hold + 1 {
+            s.second(0.0, 20);
+        }
+        assert_eq!(s.last(), Some(Quality::Excellent));
+        let (at, _) = s.changes[2];
+        assert!(at >= 2 + hold, "{:?}", s.changes);
     }
 
     #[test]

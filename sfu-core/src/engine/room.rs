@@ -1,7 +1,8 @@
 //! A room as one worker sees it, and the one owner of that view: every track published in the
-//! room on this node (by this worker's sessions or by other workers'), this worker's sessions
-//! in it, and which other workers have subscribers in it. It answers the forwarding question
-//! "what should this subscriber track follow now?" for every subscription policy.
+//! room on this node (by this worker's sessions or by other workers'), what each of its layers
+//! costs ([`LayerMeter`]), this worker's sessions in it, which other workers have subscribers
+//! in it, and its active speakers. It answers the forwarding question "what should this
+//! subscriber track follow now?" for every subscription policy.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -18,6 +19,101 @@ pub const LAYER_TIMEOUT: Duration = Duration::from_millis(500);
 /// publisher" subscriptions then follow the next newest one still sending.
 pub const TRACK_TIMEOUT: Duration = Duration::from_millis(1000);
 
+/// Width of one bucket of a [`LayerMeter`].
+pub const RATE_BUCKET: Duration = Duration::from_millis(250);
+/// Buckets of a [`LayerMeter`]: the current one fills while the others (1.75 s of traffic,
+/// enough to span a keyframe interval's burst) make the rate.
+const RATE_BUCKETS: usize = 8;
+/// Bytes counted per packet on top of its payload: RTP header and extensions, SRTP tag. The
+/// bandwidth estimate covers what the subscriber's link carries, so a layer of small packets
+/// (audio) costs noticeably more than its payload.
+pub const PACKET_OVERHEAD: usize = 40;
+
+/// What a layer sending but not measured yet (less than [`MIN_MEASURED`] of it) is assumed to
+/// cost, by kind: Opus speech, and a typical camera's three simulcast layers. Allocation
+/// starts from these rather than from nothing, so a new track is not sent at its top layer to
+/// a subscriber that cannot take it before its rate is known.
+pub const UNMEASURED_AUDIO_BPS: u64 = 50_000;
+pub const UNMEASURED_VIDEO_BPS: [u64; Layer::COUNT] = [150_000, 500_000, 1_500_000];
+/// Traffic a layer's rate needs before it replaces the assumption.
+pub const MIN_MEASURED: Duration = Duration::from_millis(200);
+
+/// The bitrate of each layer of one track over a sliding window, as this worker sees its
+/// packets: fixed buckets of [`RATE_BUCKET`], so recording a packet is an addition (and, once
+/// per bucket, clearing the oldest one); nothing allocates.
+#[derive(Debug, Clone)]
+pub struct LayerMeter {
+    /// Start of the bucket being filled.
+    start: Option<Instant>,
+    current: usize,
+    bytes: [[u32; RATE_BUCKETS]; Layer::COUNT],
+    /// Each layer's first packet: a layer that started late is not averaged over time it did
+    /// not send.
+    first: [Option<Instant>; Layer::COUNT],
+}
+
+impl Default for LayerMeter {
+    fn default() -> Self {
+        Self {
+            start: None,
+            current: 0,
+            bytes: [[0; RATE_BUCKETS]; Layer::COUNT],
+            first: [None; Layer::COUNT],
+        }
+    }
+}
+
+impl LayerMeter {
+    /// A packet of `bytes` on `layer` at `now`.
+    pub fn record(&mut self, layer: Layer, bytes: usize, now: Instant) {
+        self.advance(now);
+        let l = layer.index();
+        self.first[l].get_or_insert(now);
+        let bucket = &mut self.bytes[l][self.current];
+        *bucket = bucket.saturating_add(bytes as u32);
+    }
+
+    /// Bits per second of `layer` over the complete buckets, `None` before they span
+    /// [`MIN_MEASURED`] of its traffic.
+    pub fn rate(&mut self, layer: Layer, now: Instant) -> Option<u64> {
+        self.advance(now);
+        let l = layer.index();
+        let (first, start) = (self.first[l]?, self.start?);
+        let span = start
+            .saturating_duration_since(first)
+            .min(RATE_BUCKET * (RATE_BUCKETS as u32 - 1));
+        if span < MIN_MEASURED {
+            return None;
+        }
+        let current = self.current;
+        let bytes: u64 = (self.bytes[l].iter().enumerate())
+            .filter(|(i, _)| *i != current)
+            .map(|(_, b)| u64::from(*b))
+            .sum();
+        Some(bytes * 8 * 1_000_000 / span.as_micros().max(1) as u64)
+    }
+
+    /// Close the buckets that ended before `now`.
+    fn advance(&mut self, now: Instant) {
+        let Some(start) = self.start else {
+            self.start = Some(now);
+            return;
+        };
+        let elapsed = now.saturating_duration_since(start);
+        if elapsed < RATE_BUCKET {
+            return;
+        }
+        let passed = (elapsed.as_nanos() / RATE_BUCKET.as_nanos()) as usize;
+        for _ in 0..passed.min(RATE_BUCKETS) {
+            self.current = (self.current + 1) % RATE_BUCKETS;
+            for layer in &mut self.bytes {
+                layer[self.current] = 0;
+            }
+        }
+        self.start = Some(start + RATE_BUCKET * passed as u32);
+    }
+}
+
 /// A track published in the room, wherever on this node its publisher lives.
 #[derive(Debug, Clone)]
 pub struct PublishedTrack {
@@ -29,6 +125,9 @@ pub struct PublishedTrack {
     /// The worker whose session publishes it (keyframe requests go there).
     pub origin: WorkerId,
     last_packet: [Option<Instant>; Layer::COUNT],
+    /// Boxed: the track is announced to other workers by value, and the meter is this
+    /// worker's own measurement.
+    meter: Box<LayerMeter>,
 }
 
 impl PublishedTrack {
@@ -46,7 +145,26 @@ impl PublishedTrack {
             order,
             origin,
             last_packet: [None; Layer::COUNT],
+            meter: Box::default(),
         }
+    }
+
+    /// Bits per second of each layer still sending (within `timeout`), measured or, for a
+    /// layer that just started, assumed ([`UNMEASURED_VIDEO_BPS`]); `None` for a silent one.
+    pub fn layer_rates(&mut self, now: Instant, timeout: Duration) -> [Option<u64>; Layer::COUNT] {
+        let mut rates = [None; Layer::COUNT];
+        for (l, rate) in rates.iter_mut().enumerate() {
+            let alive =
+                self.last_packet[l].is_some_and(|t| now.saturating_duration_since(t) < timeout);
+            if alive {
+                let assumed = match self.kind {
+                    MediaKind::Audio => UNMEASURED_AUDIO_BPS,
+                    MediaKind::Video => UNMEASURED_VIDEO_BPS[l],
+                };
+                *rate = Some(self.meter.rate(Layer(l as u8), now).unwrap_or(assumed));
+            }
+        }
+        rates
     }
 
     fn last_seen(&self) -> Option<Instant> {
@@ -154,6 +272,12 @@ pub struct Room {
     /// Per relayed track, the highest layer this worker last told the relay endpoint its
     /// subscriptions may follow (absent: none).
     pub relay_layers: HashMap<TrackId, Layer>,
+    /// The room's active speakers, loudest first, as its ranking worker last told this one
+    /// ([`super::speaker`]): their video is allocated bandwidth first.
+    pub speakers: Vec<ParticipantId>,
+    /// A layer of a track started sending since the last [`Room::take_layer_started`]: the
+    /// subscribers' allocations should take it into account before its top layer flows.
+    layer_started: bool,
 }
 
 impl Room {
@@ -166,6 +290,8 @@ impl Room {
             remote_workers: Vec::new(),
             layer_timeout,
             relay_layers: HashMap::new(),
+            speakers: Vec::new(),
+            layer_started: false,
         }
     }
 
@@ -200,16 +326,35 @@ impl Room {
         self.tracks.len() != before
     }
 
-    /// Record a packet's arrival. `false` for a track the room does not know (its
-    /// announcement has not arrived, or it ended): the packet is not forwarded.
-    pub fn observe(&mut self, header: &MediaHeader, arrival: Instant) -> bool {
+    /// Record the arrival of a packet with `payload` bytes. `false` for a track the room does
+    /// not know (its announcement has not arrived, or it ended): the packet is not forwarded.
+    pub fn observe(&mut self, header: &MediaHeader, payload: usize, arrival: Instant) -> bool {
         match self.tracks.iter_mut().find(|t| t.id == header.track) {
             Some(t) => {
-                t.last_packet[header.layer.index()] = Some(arrival);
+                let last = &mut t.last_packet[header.layer.index()];
+                self.layer_started |= last.is_none();
+                *last = Some(arrival);
+                t.meter
+                    .record(header.layer, payload + PACKET_OVERHEAD, arrival);
                 true
             }
             None => false,
         }
+    }
+
+    /// Whether a layer started sending since the last call.
+    pub fn take_layer_started(&mut self) -> bool {
+        std::mem::take(&mut self.layer_started)
+    }
+
+    /// Bits per second of each layer of `track` still sending (see
+    /// [`PublishedTrack::layer_rates`]); all `None` for an unknown track.
+    pub fn layer_rates(&mut self, track: TrackId, now: Instant) -> [Option<u64>; Layer::COUNT] {
+        let timeout = self.layer_timeout;
+        self.tracks
+            .iter_mut()
+            .find(|t| t.id == track)
+            .map_or([None; Layer::COUNT], |t| t.layer_rates(now, timeout))
     }
 
     /// What a subscriber track of `kind` belonging to `own` should follow now.
@@ -301,8 +446,8 @@ mod tests {
         let newest = Subscription::new(Want::NewestOther);
         // Announced but silent: nothing to follow yet.
         assert_eq!(room.target(MediaKind::Video, &newest, None, t0), None);
-        room.observe(&header(a_id, MediaKind::Video, 0), t0);
-        room.observe(&header(b_id, MediaKind::Video, 0), t0);
+        room.observe(&header(a_id, MediaKind::Video, 0), 0, t0);
+        room.observe(&header(b_id, MediaKind::Video, 0), 0, t0);
         let pick = |own| {
             room.target(MediaKind::Video, &newest, own, t0)
                 .map(|t| t.selection.track)
@@ -314,7 +459,7 @@ mod tests {
         assert_eq!(room.target(MediaKind::Audio, &newest, None, t0), None);
         // b goes silent: the newest *sending* one is a.
         let later = t0 + TRACK_TIMEOUT;
-        room.observe(&header(a_id, MediaKind::Video, 0), later);
+        room.observe(&header(a_id, MediaKind::Video, 0), 0, later);
         assert_eq!(
             room.target(MediaKind::Video, &newest, None, later)
                 .map(|t| t.selection.track),
@@ -336,7 +481,7 @@ mod tests {
         let id = a.id;
         room.publish(a);
         for layer in 0..3 {
-            room.observe(&header(id, MediaKind::Video, layer), t0);
+            room.observe(&header(id, MediaKind::Video, layer), 0, t0);
         }
         let mut sub = Subscription::new(Want::Track(id));
         let layer = |room: &Room, sub: &Subscription, now| {
@@ -351,7 +496,7 @@ mod tests {
         sub.paused = false;
         // Layers 1 and 2 stop: it falls back to 0.
         let later = t0 + LAYER_TIMEOUT;
-        room.observe(&header(id, MediaKind::Video, 0), later);
+        room.observe(&header(id, MediaKind::Video, 0), 0, later);
         assert_eq!(layer(&room, &sub, later), Some(Layer(0)));
         // An explicit subscription to the subscriber's own track is honoured (a self-view).
         assert!(
@@ -402,13 +547,48 @@ mod tests {
     }
 
     #[test]
+    fn the_meter_measures_each_layer_over_its_own_time_and_forgets_silence() {
+        let t0 = Instant::now();
+        let mut meter = LayerMeter::default();
+        let ms = Duration::from_millis;
+        assert_eq!(meter.rate(Layer(0), t0), None);
+        // Layer 0: 1000 bytes every 20 ms (400 kbit/s) from t0; layer 2 from 1 s on, 2000
+        // bytes every 20 ms (800 kbit/s).
+        for i in 0..250u32 {
+            let at = t0 + ms(20) * i;
+            meter.record(Layer(0), 1000, at);
+            if i >= 50 {
+                meter.record(Layer(2), 2000, at);
+            }
+            if i == 55 {
+                assert_eq!(meter.rate(Layer(2), at), None, "not measured yet");
+            }
+        }
+        let now = t0 + ms(5000);
+        let within = |rate: Option<u64>, bps: u64| rate.is_some_and(|r| r.abs_diff(bps) < bps / 20);
+        assert!(
+            within(meter.rate(Layer(0), now), 400_000),
+            "{:?}",
+            meter.rate(Layer(0), now)
+        );
+        assert!(
+            within(meter.rate(Layer(2), now), 800_000),
+            "{:?}",
+            meter.rate(Layer(2), now)
+        );
+        assert_eq!(meter.rate(Layer(1), now), None);
+        // Silence fills the window with empty buckets.
+        assert_eq!(meter.rate(Layer(0), now + ms(3000)), Some(0));
+    }
+
+    #[test]
     fn packets_of_unknown_tracks_are_not_observed() {
         let mut room = room();
         let a = track(1, 1, MediaKind::Audio, 1);
-        assert!(!room.observe(&header(a.id, MediaKind::Audio, 0), Instant::now()));
+        assert!(!room.observe(&header(a.id, MediaKind::Audio, 0), 0, Instant::now()));
         room.publish(a.clone());
         room.publish(a.clone());
         assert_eq!(room.tracks().len(), 1);
-        assert!(room.observe(&header(a.id, MediaKind::Audio, 0), Instant::now()));
+        assert!(room.observe(&header(a.id, MediaKind::Audio, 0), 0, Instant::now()));
     }
 }

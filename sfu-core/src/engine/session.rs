@@ -12,6 +12,7 @@ use sfu_proto::{
     AudioLevel, Layer, MediaHeader, NodeError, ParticipantId, RoomId, SessionId, SessionKind,
     SubscribePolicy, TrackId, WorkerId,
 };
+use str0m::bwe::Bitrate;
 use str0m::change::SdpOffer;
 use str0m::channel::{ChannelData, ChannelId, Reliability};
 use str0m::config::DtlsCert;
@@ -22,6 +23,7 @@ use str0m::rtp::{ExtensionValues, RtpWrite, Ssrc};
 use str0m::stats::{MediaEgressStats, MediaIngressStats};
 use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
 
+use super::allocation::{Allocation, Allocator, Grant};
 use super::codec;
 use super::data::{DataChannels, DataRefused};
 use super::demux;
@@ -37,6 +39,15 @@ pub const PUBLISHER_KEYFRAME_INTERVAL: Duration = Duration::from_millis(500);
 /// How often str0m reports a session's stream statistics, the source of the feedback
 /// counters (see [`FeedbackLedger`]). One small event per stream per interval.
 pub const STATS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Where a subscriber session's bandwidth estimate starts: enough for audio and a low video
+/// layer, so a subscriber on a thin link is not flooded before the first feedback; probing
+/// finds more within seconds.
+pub const INITIAL_ESTIMATE_KBPS: u64 = 300;
+
+/// A change of the bitrates told to str0m's estimator smaller than this fraction is not passed
+/// on: a raised desired bitrate may start a probe, and measured layer rates wobble.
+const BITRATE_CHANGE: f64 = 0.1;
 
 /// A session's call into str0m panicked or failed fatally.
 #[derive(Debug)]
@@ -83,10 +94,31 @@ pub struct EgressTrack {
     pub kind: sfu_proto::MediaKind,
     pub subscription: Subscription,
     pub forwarder: TrackForwarder,
-    /// The repair SSRC str0m resends NACKed packets on (video, when the subscriber offered RTX).
-    rtx: Option<Ssrc>,
+    /// What bandwidth allocation lets this track send ([`super::allocation`]).
+    pub grant: Grant,
+    /// The SSRC str0m sends the track's media on (its resends and padding go on the repair
+    /// SSRC, for video when the subscriber offered RTX).
+    ssrc: Option<Ssrc>,
+    /// Datagrams that left on `ssrc`: str0m's first sends, never a resend or padding.
+    sent: u64,
+    /// Resends counted so far (see [`Session::egress_feedback`]).
+    resent: u64,
     /// Payload type the subscriber negotiated for each codec and format forwarded so far.
     pts: Vec<((sfu_proto::Codec, sfu_proto::FormatParams), Option<Pt>)>,
+}
+
+impl EgressTrack {
+    /// The subscription as forwarding applies it: the client's, limited by the bandwidth
+    /// grant.
+    pub fn forwarding(&self) -> Subscription {
+        let mut subscription = self.subscription;
+        match self.grant {
+            Grant::Open => {}
+            Grant::Layer(layer) => subscription.max_layer = subscription.max_layer.min(layer),
+            Grant::Paused => subscription.paused = true,
+        }
+        subscription
+    }
 }
 
 /// What a forwarded packet came to, for counting.
@@ -166,6 +198,17 @@ pub struct Session {
     feedback: FeedbackLedger,
     /// The data channels the client opened.
     data: DataChannels,
+    /// A subscriber's latest bandwidth estimate (bits per second), once str0m has one.
+    pub estimate: Option<u64>,
+    /// A subscriber's bandwidth allocation across its tracks.
+    pub allocator: Allocator,
+    /// (minimum, desired) bits per second last told to str0m's estimator.
+    bwe_bitrates: (u64, u64),
+    /// Video tracks the allocation pauses for bandwidth now (counted in the worker's gauge).
+    pub bandwidth_paused: u32,
+    /// Media was written since the last drain: with estimation on, str0m's pacer learns of it
+    /// only in its next `handle_timeout`.
+    pub written: bool,
     /// How well its media gets through, from str0m's stats (`NodeEvent::Quality`).
     pub quality: QualityScorer,
 }
@@ -207,12 +250,18 @@ impl Session {
         mut initial_seq: impl FnMut() -> u16,
         now: Instant,
     ) -> Result<(Session, String), NodeError> {
-        // No bandwidth estimation (`enable_bwe`): with it str0m would also send padding on the
-        // RTX SSRC, and `is_retransmission` would count padding as resends.
         let mut config = RtcConfig::new()
             .set_ice_lite(true)
             .set_rtp_mode(true)
             .set_stats_interval(Some(STATS_INTERVAL));
+        // A session that sends media estimates its subscriber's downlink (TWCC: the transport
+        // sequence extension and `transport-cc` feedback are in str0m's defaults, so the answer
+        // has them when the offer does). str0m then also sends padding, on the RTX SSRC or in
+        // spurious resends: retransmissions are counted from its stats, not from that SSRC
+        // (see `egress_feedback`).
+        if spec.kind == SessionKind::Subscribe {
+            config = config.enable_bwe(Some(Bitrate::kbps(INITIAL_ESTIMATE_KBPS)));
+        }
         if let Some(cert) = dtls_cert {
             config = config.set_dtls_cert(cert);
         }
@@ -248,6 +297,11 @@ impl Session {
             remb: false,
             feedback: FeedbackLedger::default(),
             data: DataChannels::new(now),
+            estimate: None,
+            allocator: Allocator::default(),
+            bwe_bitrates: (0, 0),
+            bandwidth_paused: 0,
+            written: false,
             quality: QualityScorer::new(kind, QualityConfig::default()),
         };
 
@@ -331,11 +385,13 @@ impl Session {
                     if !direction.is_sending() || self.tracks.iter().any(|t| t.mid == mid) {
                         continue;
                     }
-                    let rtx = self
-                        .rtc
-                        .direct_api()
-                        .stream_tx_by_mid(mid, None)
-                        .and_then(|s| s.rtx());
+                    // Unpaced: what is forwarded was paced by its publisher already, and a
+                    // pacer would hold packets back by the estimate, adding latency; the
+                    // estimator still sees every packet, and pads and probes paced.
+                    let ssrc = self.rtc.direct_api().stream_tx_by_mid(mid, None).map(|s| {
+                        s.set_unpaced(true);
+                        s.ssrc()
+                    });
                     let want = match self.policy {
                         SubscribePolicy::Explicit => Want::Nothing,
                         SubscribePolicy::NewestOther => Want::NewestOther,
@@ -346,7 +402,10 @@ impl Session {
                         kind: proto_kind(media_kind),
                         subscription: Subscription::new(want),
                         forwarder: TrackForwarder::new(proto_kind(media_kind), initial_seq()),
-                        rtx,
+                        grant: Grant::Open,
+                        ssrc,
+                        sent: 0,
+                        resent: 0,
                         pts: Vec::new(),
                     });
                 }
@@ -404,24 +463,65 @@ impl Session {
         self.guard(|rtc| rtc.poll_output().ok())
     }
 
-    /// Whether `datagram`, an output of this session, is a retransmission: an RTP packet on the
-    /// RTX SSRC of one of its tracks. str0m resends from its RTX cache only in answer to a NACK,
-    /// and without bandwidth estimation (not enabled here) sends nothing else on that SSRC.
-    /// Reads the clear-text RTP header only: a few byte comparisons per datagram.
-    pub fn is_retransmission(&self, datagram: &[u8]) -> bool {
-        if self.tracks.iter().all(|t| t.rtx.is_none()) {
-            return false;
+    /// Note `datagram`, an output of this session, for the retransmission count: an RTP packet
+    /// on a track's media SSRC is a first send. Reads the clear-text RTP header only: a few
+    /// byte comparisons per datagram.
+    pub fn count_transmit(&mut self, datagram: &[u8]) {
+        if self.tracks.is_empty() {
+            return;
         }
         let Some(ssrc) = demux::rtp_ssrc(datagram).map(Ssrc::from) else {
-            return false;
+            return;
         };
-        self.tracks.iter().any(|t| t.rtx == Some(ssrc))
+        if let Some(track) = self.tracks.iter_mut().find(|t| t.ssrc == Some(ssrc)) {
+            track.sent += 1;
+        }
     }
 
     /// The feedback in one of str0m's periodic egress stats events that is new since the
-    /// previous event for the same stream.
+    /// previous event for the same stream, and the packets resent in answer to NACKs since.
+    ///
+    /// str0m's packet count of a send stream is its first sends plus its NACK resends; padding
+    /// (blank packets on the RTX SSRC, or old packets resent unasked to fill a probe) is not in
+    /// it. Resends are that count less the first sends seen leaving ([`Session::count_transmit`]).
+    /// A send the stats already counted but that has not been seen yet makes the difference
+    /// briefly too small, so only growth past the largest difference reported is counted: the
+    /// counter may lag by a packet, never count padding or count twice.
     pub fn egress_feedback(&mut self, stats: &MediaEgressStats) -> FeedbackCounts {
-        self.feedback.egress(stats)
+        let mut counts = self.feedback.egress(stats);
+        if stats.rid.is_none() {
+            if let Some(track) = self.tracks.iter_mut().find(|t| t.mid == stats.mid) {
+                let resent = stats.packets.saturating_sub(track.sent);
+                counts.retransmissions = resent.saturating_sub(track.resent);
+                track.resent = track.resent.max(resent);
+            }
+        }
+        counts
+    }
+
+    /// Apply a bandwidth allocation: each changed grant to its track (a paused one stops at
+    /// once; a lower or higher layer is switched to at its next keyframe by the forwarder),
+    /// and the bitrates to str0m's estimator when they moved by more than [`BITRATE_CHANGE`].
+    pub fn apply_allocation(&mut self, allocation: &Allocation) -> Result<(), SessionBroken> {
+        for &(slot, grant) in &allocation.changed {
+            if let Some(track) = self.tracks.get_mut(slot) {
+                if grant == Grant::Paused && track.grant != Grant::Paused {
+                    track.forwarder.reset();
+                }
+                track.grant = grant;
+            }
+        }
+        let wanted = (allocation.minimum_bps, allocation.desired_bps);
+        let moved =
+            |old: u64, new: u64| old.abs_diff(new) as f64 > BITRATE_CHANGE * old.max(new) as f64;
+        if moved(self.bwe_bitrates.0, wanted.0) || moved(self.bwe_bitrates.1, wanted.1) {
+            self.bwe_bitrates = wanted;
+            self.guard(|rtc| {
+                rtc.bwe()
+                    .set_bitrate(Bitrate::bps(wanted.0), Bitrate::bps(wanted.1))
+            })?;
+        }
+        Ok(())
     }
 
     /// As [`Session::egress_feedback`], for an ingress stats event.
@@ -446,8 +546,9 @@ impl Session {
         for _ in 0..10_000 {
             match self.poll_output()? {
                 Some(Output::Event(Event::MediaEgressStats(stats))) => {
-                    total += self.feedback.egress(&stats);
+                    total += self.egress_feedback(&stats);
                 }
+                Some(Output::Transmit(t)) => self.count_transmit(&t.contents),
                 Some(Output::Timeout(_)) | None => break,
                 Some(_) => {}
             }
@@ -718,6 +819,7 @@ impl Session {
         .marker(header.marker)
         .ext_vals(ext)
         .nackable(header.kind == sfu_proto::MediaKind::Video);
+        self.written = true;
         self.guard(|rtc| match rtc.direct_api().stream_tx_by_mid(mid, None) {
             Some(stream) => {
                 stream.write_rtp(write);
@@ -764,7 +866,7 @@ impl FeedbackLedger {
             nacks_received: increase(nacks, stats.nacks),
             plis_received: increase(plis, stats.plis),
             firs_received: increase(firs, stats.firs),
-            nacks_sent: 0,
+            ..FeedbackCounts::default()
         }
     }
 
@@ -932,9 +1034,24 @@ mod tests {
             .stream_rx_by_mid(audio, None)
             .expect("the answer announces the audio SSRC");
         assert_eq!(audio_rx.rtx(), None, "{answer}");
-        // The session knows the same repair SSRC, to count what it resends on it.
-        let rtx: Vec<_> = session.tracks.iter().map(|t| t.rtx).collect();
-        assert_eq!(rtx, vec![None, announced]);
+        // The session sends on the SSRCs it announced, and counts first sends on the main one.
+        let mut session = session;
+        let sent: Vec<_> = session
+            .tracks
+            .iter()
+            .map(|t| (t.ssrc, t.mid))
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|(ssrc, mid)| {
+                let rtx = session
+                    .rtc
+                    .direct_api()
+                    .stream_tx_by_mid(mid, None)
+                    .and_then(|s| s.rtx());
+                (ssrc.is_some(), rtx)
+            })
+            .collect();
+        assert_eq!(sent, vec![(true, None), (true, announced)]);
     }
 
     /// A plain str0m peer (`client`) and one of our sessions on a lossless, zero-delay wire,
@@ -946,7 +1063,8 @@ mod tests {
         /// Packets lost on the way to the client.
         loss: Option<Loss>,
         feedback: FeedbackCounts,
-        retransmissions: u64,
+        /// Datagrams the session sent on an RTX SSRC: resends and padding.
+        rtx_datagrams: u64,
         /// The client's own stats: NACKs it sent (ingress) and received (egress).
         client_nacks_sent: u64,
         client_nacks_received: u64,
@@ -1001,7 +1119,7 @@ mod tests {
                 session,
                 loss: None,
                 feedback: FeedbackCounts::default(),
-                retransmissions: 0,
+                rtx_datagrams: 0,
                 client_nacks_sent: 0,
                 client_nacks_received: 0,
             };
@@ -1057,8 +1175,18 @@ mod tests {
                     None | Some(Output::Timeout(_)) => return sent,
                     Some(Output::Transmit(t)) => {
                         sent += 1;
-                        self.retransmissions +=
-                            u64::from(self.session.is_retransmission(&t.contents));
+                        self.session.count_transmit(&t.contents);
+                        let ssrc = demux::rtp_ssrc(&t.contents).map(Ssrc::from);
+                        let rtx = |s: &mut Session| -> Vec<Option<Ssrc>> {
+                            let mids: Vec<Mid> = s.tracks.iter().map(|t| t.mid).collect();
+                            let mut api = s.rtc.direct_api();
+                            mids.into_iter()
+                                .map(|mid| api.stream_tx_by_mid(mid, None).and_then(|s| s.rtx()))
+                                .collect()
+                        };
+                        if ssrc.is_some() && rtx(&mut self.session).contains(&ssrc) {
+                            self.rtx_datagrams += 1;
+                        }
                         if self.loses(&t.contents) {
                             continue;
                         }
@@ -1123,8 +1251,10 @@ mod tests {
     }
 
     /// A subscriber that loses video packets NACKs them; the session resends each once on the
-    /// RTX SSRC, and its stats count every NACK message the subscriber sent. A PLI right
-    /// before the session ends is counted by `final_feedback`, before any stats tick.
+    /// RTX SSRC, and its stats count every NACK message the subscriber sent. The session's
+    /// bandwidth estimation also sends padding on the RTX SSRC: the retransmission count is
+    /// exactly the four resends all the same. A PLI right before the session ends is counted
+    /// by `final_feedback`, before any stats tick.
     #[test]
     fn a_subscriber_session_counts_nacks_plis_and_retransmissions() {
         let (mut link, mids) = Link::connect(
@@ -1149,13 +1279,31 @@ mod tests {
         });
         link.write_video(Writer::Session, video, 1, 50, &[]);
         link.run_for(STATS_INTERVAL * 2);
+        assert_eq!(
+            link.feedback.retransmissions, 4,
+            "one resend per lost packet"
+        );
 
-        assert_eq!(link.retransmissions, 4, "one resend per lost packet");
+        // The estimator is asked to sustain more than the media: it pads on the RTX SSRC,
+        // blank packets and old ones resent unasked. None of that is a retransmission.
+        let before = link.rtx_datagrams;
+        link.session
+            .guard(|rtc| rtc.bwe().set_bitrate(Bitrate::kbps(600), Bitrate::mbps(1)))
+            .expect("no panic");
+        link.write_video(Writer::Session, video, 51, 50, &[]);
+        link.run_for(STATS_INTERVAL * 2);
+
+        assert!(
+            link.rtx_datagrams > before + 50,
+            "the estimator padded on the RTX SSRC ({} datagrams there), so the count is tested",
+            link.rtx_datagrams - before
+        );
         assert!(link.client_nacks_sent > 0, "the client never NACKed");
         assert_eq!(
             link.feedback,
             FeedbackCounts {
                 nacks_received: link.client_nacks_sent,
+                retransmissions: 4,
                 ..FeedbackCounts::default()
             },
             "the session must count each NACK the client sent"
@@ -1199,10 +1347,7 @@ mod tests {
                 ..FeedbackCounts::default()
             }
         );
-        assert_eq!(
-            link.retransmissions, 0,
-            "a publisher session sends no media"
-        );
+        assert_eq!(link.rtx_datagrams, 0, "a publisher session sends no media");
     }
 
     fn egress(mid: &str, nacks: u64, plis: u64, firs: u64) -> MediaEgressStats {
@@ -1230,7 +1375,7 @@ mod tests {
             nacks_received,
             plis_received,
             firs_received,
-            nacks_sent: 0,
+            ..FeedbackCounts::default()
         };
         assert_eq!(ledger.egress(&egress("0", 3, 1, 0)), got(3, 1, 0));
         assert_eq!(ledger.egress(&egress("1", 2, 0, 1)), got(2, 0, 1));

@@ -343,10 +343,21 @@ impl SpeakerBoard {
         }
     }
 
-    /// Bring every ranking to `now`; the rooms whose list changed, as events. Rooms silent
-    /// for a while with nobody speaking are forgotten.
-    pub fn handle_timeout(&mut self, now: Instant, events: &mut impl Extend<NodeEvent>) {
-        for ranked in self.rooms.values_mut() {
+    /// The current speakers of `room`, loudest first, if this board ranks it.
+    pub fn speakers(&self, room: RoomKey) -> Option<&[ParticipantId]> {
+        self.rooms.get(&room).map(|r| r.detector.speakers())
+    }
+
+    /// Bring every ranking to `now`; the rooms whose list changed, as events for control and
+    /// as the new lists (for the room's workers). Rooms silent for a while with nobody
+    /// speaking are forgotten.
+    pub fn handle_timeout(
+        &mut self,
+        now: Instant,
+        events: &mut impl Extend<NodeEvent>,
+    ) -> Vec<(RoomKey, Vec<ParticipantId>)> {
+        let mut changed = Vec::new();
+        for (&key, ranked) in self.rooms.iter_mut() {
             ranked.detector.handle_timeout(now);
             if let Some(list) = ranked.detector.poll_speakers() {
                 let speakers = list
@@ -357,12 +368,14 @@ impl SpeakerBoard {
                     room: ranked.room_id.clone(),
                     speakers,
                 }]);
+                changed.push((key, list));
             }
         }
         self.rooms.retain(|_, r| {
             !r.detector.speakers().is_empty()
                 || now.saturating_duration_since(r.last_speech) < IDLE_ROOM
         });
+        changed
     }
 }
 

@@ -1,8 +1,10 @@
 //! A seeded in-memory network: datagrams arrive after a delay with jitter (so they reorder),
-//! and large ones (media, not signaling) may be lost. The same seed gives the same run.
+//! and large ones (media, not signaling) may be lost. A destination may sit behind a
+//! bottleneck ([`Bottleneck`]): a link of fixed rate with a bounded queue in front of it. The
+//! same seed gives the same run.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -37,6 +39,40 @@ impl Default for NetConfig {
             loss_min_len: 500,
             lossy: |_| true,
         }
+    }
+}
+
+/// A link of `bits_per_second` in front of one destination, with a FIFO queue that holds at
+/// most `max_queue` of its traffic: a datagram waits until the link has sent everything queued
+/// before it, and one that would wait longer than `max_queue` is dropped (tail drop), as a
+/// home router's uplink or a congested access link does. No randomness: the same datagrams
+/// give the same delays and drops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bottleneck {
+    pub bits_per_second: u64,
+    pub max_queue: Duration,
+}
+
+/// A bottleneck's state: when its link finishes sending what is queued.
+#[derive(Debug, Clone, Copy)]
+struct Link {
+    limit: Bottleneck,
+    busy_until: Option<Instant>,
+}
+
+impl Link {
+    /// When a datagram of `len` bytes offered at `now` has crossed the link, or `None` when
+    /// the queue is full and it is dropped.
+    fn pass(&mut self, now: Instant, len: usize) -> Option<Instant> {
+        let start = self.busy_until.map_or(now, |busy| busy.max(now));
+        if start.saturating_duration_since(now) > self.limit.max_queue {
+            return None;
+        }
+        let nanos =
+            (len as u128 * 8 * 1_000_000_000) / u128::from(self.limit.bits_per_second.max(1));
+        let done = start + Duration::from_nanos(nanos as u64);
+        self.busy_until = Some(done);
+        Some(done)
     }
 }
 
@@ -82,8 +118,12 @@ pub struct Net {
     rng: StdRng,
     in_flight: BinaryHeap<Reverse<InFlight>>,
     sent: u64,
-    /// Datagrams lost so far.
+    /// Bottlenecks by destination.
+    links: HashMap<SocketAddr, Link>,
+    /// Datagrams lost so far (at random or in a full bottleneck queue).
     pub lost: u64,
+    /// Of those, the ones a full bottleneck queue dropped.
+    pub queue_drops: u64,
 }
 
 impl Net {
@@ -93,7 +133,26 @@ impl Net {
             rng: StdRng::seed_from_u64(config.seed),
             in_flight: BinaryHeap::new(),
             sent: 0,
+            links: HashMap::new(),
             lost: 0,
+            queue_drops: 0,
+        }
+    }
+
+    /// Put datagrams to `destination` behind `limit` from now on, or lift the limit (`None`;
+    /// what is queued still drains at the old rate, as its arrival times are fixed).
+    pub fn set_bottleneck(&mut self, destination: SocketAddr, limit: Option<Bottleneck>) {
+        match limit {
+            Some(limit) => {
+                let link = self.links.entry(destination).or_insert(Link {
+                    limit,
+                    busy_until: None,
+                });
+                link.limit = limit;
+            }
+            None => {
+                self.links.remove(&destination);
+            }
         }
     }
 
@@ -118,8 +177,19 @@ impl Net {
             return;
         }
         let jitter = if affected { jitter } else { Duration::ZERO };
+        let sent = match self.links.get_mut(&datagram.to) {
+            Some(link) => match link.pass(now, datagram.contents.len()) {
+                Some(done) => done,
+                None => {
+                    self.lost += 1;
+                    self.queue_drops += 1;
+                    return;
+                }
+            },
+            None => now,
+        };
         self.in_flight.push(Reverse(InFlight {
-            at: now + self.config.delay + jitter,
+            at: sent + self.config.delay + jitter,
             order: self.sent,
             datagram,
         }));

@@ -94,6 +94,9 @@ pub struct Peer {
     /// The audio level (RFC 6464 -dBov, 0 loudest) and voice flag a publisher puts in its audio
     /// packets; `None`: no level extension.
     pub audio_level: Option<(u8, bool)>,
+    /// Packets per video frame of each simulcast layer (lowest first; a single-layer track
+    /// uses the first): unequal counts give the layers unequal bitrates.
+    pub layer_packets: [usize; 3],
     deadline: Option<Instant>,
     /// Time of the latest input.
     now: Instant,
@@ -133,6 +136,7 @@ impl Peer {
             failed: false,
             keyframe_requests: 0,
             audio_level: None,
+            layer_packets: [PACKETS_PER_FRAME; 3],
             deadline: Some(now),
             now,
         }
@@ -311,6 +315,7 @@ impl Peer {
             voice_activity: Some(voice),
             ..Default::default()
         });
+        let layer_packets = self.layer_packets;
         for track in &mut self.tracks {
             let Some(pt) = track.pt else { continue };
             while track.next <= now {
@@ -325,7 +330,7 @@ impl Peer {
                     layer.timestamp = layer.timestamp.wrapping_add(ticks);
                     let packets = match track.kind {
                         MediaKind::Audio => 1,
-                        MediaKind::Video => PACKETS_PER_FRAME,
+                        MediaKind::Video => layer_packets[usize::from(layer.index).min(2)],
                     };
                     let keyframe = std::mem::take(&mut layer.keyframe_pending);
                     for i in 0..packets {
