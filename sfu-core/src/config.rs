@@ -52,6 +52,10 @@ pub struct NodeConfig {
     /// best layer still sending (and back up at a keyframe when it returns). Shorter reacts
     /// faster to a publisher dropping a layer; longer switches less on frame-rate dips.
     pub layer_timeout_ms: u64,
+    /// Bandwidth allocation may pause a subscriber's video track when even its lowest layer
+    /// does not fit the subscriber's estimated downlink (audio then keeps the link). Off, the
+    /// estimate only chooses among simulcast layers and every video keeps its lowest layer.
+    pub bandwidth_pause: bool,
     /// UDP port of the relay endpoint (QUIC links to other nodes for rooms that span nodes;
     /// docs/cascade.md), bound on `media_bind`. Unset: no relay endpoint (one node alone);
     /// `sfu run` uses 7402 unless told otherwise; 0 picks a free port.
@@ -80,6 +84,7 @@ impl Default for NodeConfig {
             ice_timeout_secs: 10,
             publisher_remb_kbps: 10_000,
             layer_timeout_ms: 500,
+            bandwidth_pause: false,
             relay_port: None,
             drain_timeout_secs: 300,
         }

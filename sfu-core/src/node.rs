@@ -326,6 +326,7 @@ impl Node {
             ice_timeout: config.ice_timeout(),
             publisher_remb_kbps: config.publisher_remb_kbps,
             layer_timeout: Duration::from_millis(config.layer_timeout_ms),
+            bandwidth_pause: config.bandwidth_pause,
             relay: relay_messages.is_some().then_some(WorkerId(count as u16)),
         };
 

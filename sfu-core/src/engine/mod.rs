@@ -45,7 +45,7 @@ use str0m::{Event, IceConnectionState, Output};
 
 use crate::ids::RoomKey;
 use crate::metrics::{DropReason, WorkerMetrics};
-use allocation::Demand;
+use allocation::{Allocator, Demand, Policy};
 use forward::{MediaPacket, Selection};
 use room::{PublishedTrack, Room, Want};
 use session::{Forwarded, Offer, PublishedMedia, Session, SessionBroken};
@@ -60,6 +60,10 @@ const DRAIN_BUDGET: usize = 10_000;
 const PROCESS_ROUNDS: usize = 4;
 /// Deadlines already due that one drain serves at once (see [`Engine::drain_session`]).
 const DUE_TIMEOUTS_PER_DRAIN: usize = 64;
+/// How far ahead of the loop's clock a drain serves a session's deadline. str0m's pacer asks
+/// for a timeout 1 µs after the last one before it releases each packet; waiting for the
+/// clock to reach it would send a frame one packet per loop pass, each alone (no GSO run).
+const DUE_SLACK: Duration = Duration::from_millis(1);
 
 /// A session's place in the engine's table. Only meaningful inside one engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -78,6 +82,9 @@ pub struct EngineConfig {
     pub publisher_remb_kbps: u64,
     /// A simulcast layer silent this long counts as stopped (`node.layer_timeout_ms`).
     pub layer_timeout: Duration,
+    /// Bandwidth allocation may pause a subscriber's video whose lowest layer does not fit
+    /// its estimate (`node.bandwidth_pause`).
+    pub bandwidth_pause: bool,
     /// The node's relay endpoint ([`crate::relay`]), if it has one: it gets every room notice
     /// as a worker does.
     pub relay: Option<WorkerId>,
@@ -734,6 +741,10 @@ impl Engine {
         };
         let mut session = session;
         session.order = order;
+        session.allocator = Allocator::new(Policy {
+            allow_pause: self.config.bandwidth_pause,
+            ..Policy::default()
+        });
         let id = session.id;
         let key = session.room;
         let kind = session.kind;
@@ -1209,12 +1220,14 @@ impl Engine {
                 }
             };
             match output {
-                // With bandwidth estimation str0m's pacer hands out each packet only at a
-                // deadline of `now`: serve it here, so a frame's packets leave in this drain
-                // (one send batch, GSO) rather than one per worker loop pass.
-                Output::Timeout(t) if t <= now && due_served < DUE_TIMEOUTS_PER_DRAIN => {
+                // With bandwidth estimation str0m's pacer hands out each packet only after a
+                // timeout just past the last one: serve it here, so a frame's packets leave
+                // in this drain (one send batch, a GSO run) rather than one per loop pass.
+                Output::Timeout(t)
+                    if t <= now + DUE_SLACK && due_served < DUE_TIMEOUTS_PER_DRAIN =>
+                {
                     due_served += 1;
-                    if session.handle_timeout(now).is_err() {
+                    if session.handle_timeout(t.max(now)).is_err() {
                         self.to_close.push((peer, EndReason::Failed));
                         finished = true;
                         break;

@@ -159,6 +159,7 @@ impl Kit {
                     ice_timeout: Duration::from_secs(10),
                     publisher_remb_kbps: 10_000,
                     layer_timeout: crate::engine::room::LAYER_TIMEOUT,
+                    bandwidth_pause: false,
                     relay: Some(WorkerId(count as u16)),
                 };
                 configure(&mut config);
