@@ -233,6 +233,8 @@ pub struct Node {
     io_backend: String,
     cpus: CpuPlan,
     max_sessions_per_worker: usize,
+    /// `node.bandwidth_estimation`, for each subscriber session set up.
+    estimate_bandwidth: bool,
     id: NodeId,
     /// The node's own events (draining) join the workers' here.
     events_out: Option<mpsc::UnboundedSender<NodeEvent>>,
@@ -341,6 +343,7 @@ impl Node {
             io_backend: String::new(),
             cpus: cpus.clone(),
             max_sessions_per_worker: config.max_sessions_per_worker,
+            estimate_bandwidth: config.bandwidth_estimation,
             id: config.id.clone(),
             events_out: None,
             draining: AtomicBool::new(false),
@@ -662,6 +665,7 @@ impl Node {
             kind: create.kind,
             identity: create.identity,
             policy: create.policy,
+            estimate_bandwidth: self.estimate_bandwidth,
         };
         let (done, accepted) = oneshot::channel();
         let job: SetupJob = Box::new(move || {

@@ -162,6 +162,9 @@ pub struct SessionSpec {
     pub kind: SessionKind,
     pub identity: String,
     pub policy: SubscribePolicy,
+    /// A subscriber session estimates its downlink and allocates layers by it
+    /// (`node.bandwidth_estimation`).
+    pub estimate_bandwidth: bool,
 }
 
 #[derive(Debug)]
@@ -259,7 +262,7 @@ impl Session {
         // has them when the offer does). str0m then also sends padding, on the RTX SSRC or in
         // spurious resends: retransmissions are counted from its stats, not from that SSRC
         // (see `egress_feedback`).
-        if spec.kind == SessionKind::Subscribe {
+        if spec.kind == SessionKind::Subscribe && spec.estimate_bandwidth {
             config = config.enable_bwe(Some(Bitrate::kbps(INITIAL_ESTIMATE_KBPS)));
         }
         if let Some(cert) = dtls_cert {
@@ -981,6 +984,7 @@ mod tests {
             kind,
             identity: "test".into(),
             policy: SubscribePolicy::NewestOther,
+            estimate_bandwidth: true,
         }
     }
 

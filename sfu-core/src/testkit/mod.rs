@@ -307,6 +307,7 @@ impl Kit {
             kind,
             identity: identity.to_string(),
             policy,
+            estimate_bandwidth: true,
         };
         let mut seq = session.as_u128() as u16;
         let (accepted, answer) = Session::accept(
