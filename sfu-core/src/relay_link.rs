@@ -56,6 +56,38 @@ const REPLACE_WAIT: Duration = Duration::from_secs(5);
 /// Why a node closes the second connection of a pair: the peer keeps the other one.
 const DUPLICATE: &[u8] = b"duplicate link";
 
+/// Why a node closes a pair's older connection when the node that opened it opens another:
+/// that node has given the older one up (it restarted, or saw it die first).
+const REPLACED: &[u8] = b"replaced by a newer link";
+
+/// Which of a node pair's two connections to keep when a second one comes up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Keep {
+    Existing,
+    /// Both nodes opened one at once: the new one is kept, the existing one closed as the
+    /// duplicate (the peer keeps the same one).
+    NewAsDuplicate,
+    /// The node that opened the existing one opened the new one too.
+    NewAsReplacement,
+}
+
+/// One connection per node pair. When both nodes opened one at once (each relays a room from
+/// the other), both keep the one opened by the node with the smaller id. When the same node
+/// opened both, it has given the first up (a restart, or a link it saw die before this node
+/// did): keeping the first would refuse that node every new connection until the old one
+/// timed out here, and it would dial again at once, over and over.
+fn keep(me: &NodeId, peer: &NodeId, existing_opened_here: bool, new_opened_here: bool) -> Keep {
+    if existing_opened_here == new_opened_here {
+        return Keep::NewAsReplacement;
+    }
+    let opener_is_smaller = |here: bool| if here { me < peer } else { peer < me };
+    if opener_is_smaller(new_opened_here) {
+        Keep::NewAsDuplicate
+    } else {
+        Keep::Existing
+    }
+}
+
 /// Whether the peer closed `connection` as the duplicate of another one it keeps.
 fn closed_as_duplicate(connection: &quinn::Connection) -> bool {
     matches!(
@@ -528,17 +560,18 @@ impl Shell {
                     self.dialing.remove(&peer);
                 }
                 self.replacing.remove(&peer);
-                // One connection per node pair. When both nodes opened one at once (each
-                // relays the room from the other), both keep the one opened by the node with
-                // the smaller id and close the other.
-                let opener_is_smaller =
-                    |here: bool| (here && self.node < peer) || (!here && peer < self.node);
                 if let Some(existing) = self.links.get(&peer) {
-                    if opener_is_smaller(existing.opened_here) || !opener_is_smaller(opened_here) {
-                        connection.close(0u32.into(), DUPLICATE);
-                        return;
+                    match keep(&self.node, &peer, existing.opened_here, opened_here) {
+                        Keep::Existing => {
+                            connection.close(0u32.into(), DUPLICATE);
+                            return;
+                        }
+                        Keep::NewAsDuplicate => existing.connection.close(0u32.into(), DUPLICATE),
+                        Keep::NewAsReplacement => {
+                            tracing::info!(%peer, "relay link opened again by the same node: the new one replaces the old");
+                            existing.connection.close(0u32.into(), REPLACED);
+                        }
                     }
-                    existing.connection.close(0u32.into(), DUPLICATE);
                 }
                 tracing::info!(%peer, remote = %connection.remote_address(), opened_here, "relay link up");
                 self.links.insert(
@@ -854,4 +887,35 @@ async fn serve(
     datagrams.abort();
     connection.close(0u32.into(), b"link closed");
     let _ = events.send(LinkEvent::Down { peer, connection });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(s: &str) -> NodeId {
+        s.parse().expect("a node id")
+    }
+
+    #[test]
+    fn of_two_connections_opened_at_once_both_nodes_keep_the_smaller_ids() {
+        let (a, b) = (id("n1"), id("n2"));
+        // At n1: its own (existing) against n2's (new), and the other way round.
+        assert_eq!(keep(&a, &b, true, false), Keep::Existing);
+        assert_eq!(keep(&a, &b, false, true), Keep::NewAsDuplicate);
+        // At n2, the same pair of connections: n1's is kept there too.
+        assert_eq!(keep(&b, &a, false, true), Keep::Existing);
+        assert_eq!(keep(&b, &a, true, false), Keep::NewAsDuplicate);
+    }
+
+    #[test]
+    fn a_node_that_opens_again_replaces_its_own_older_connection() {
+        let (a, b) = (id("n1"), id("n2"));
+        // n1 restarted and dials n2, which still holds n1's old connection: n2 takes the new
+        // one (before, it refused it as a duplicate and n1 redialled hundreds of times a
+        // second until the old one timed out).
+        assert_eq!(keep(&b, &a, false, false), Keep::NewAsReplacement);
+        assert_eq!(keep(&a, &b, true, true), Keep::NewAsReplacement);
+        assert_eq!(keep(&a, &b, false, false), Keep::NewAsReplacement);
+    }
 }
