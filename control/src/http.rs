@@ -113,14 +113,15 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 /// Every POST (WHIP, WHEP, dev token: the requests that cost a token check, an SDP parse and
-/// a node call) draws from its client's token bucket first; an empty bucket is `429` with
-/// `Retry-After`. The client is the TCP peer: behind a reverse proxy, the proxy.
+/// a node call) and every room socket upgrade (`/rtc/{room}`: a socket held until its join,
+/// then a token check) draws from its client's token bucket first; an empty bucket is `429`
+/// with `Retry-After`. The client is the TCP peer: behind a reverse proxy, the proxy.
 async fn limit_signaling(
     State(state): State<Arc<AppState>>,
     request: Request,
     next: Next,
 ) -> Response {
-    if request.method() == Method::POST {
+    if request.method() == Method::POST || request.uri().path().starts_with("/rtc/") {
         let peer = request
             .extensions()
             .get::<ConnectInfo<SocketAddr>>()

@@ -91,6 +91,47 @@ struct Answer {
 /// `POST /dev/token` from the source address `from` (any 127.x.y.z reaches the server on
 /// 127.0.0.1), over a raw HTTP/1.1 connection so the source can be chosen.
 fn token_request_from(server: &Server, from: IpAddr) -> Answer {
+    request_from(server, from, |addr| {
+        let body = r#"{"room": "r", "identity": "alice"}"#;
+        format!(
+            "POST /dev/token HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    })
+}
+
+/// A WebSocket upgrade of `/rtc/r` from the source address `from`: the status it gets (101
+/// when it is let through; the connection is then closed without a word).
+fn upgrade_request_from(server: &Server, from: IpAddr) -> Answer {
+    request_from(server, from, |addr| {
+        format!(
+            "GET /rtc/r HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\n\
+             Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        )
+    })
+}
+
+/// Whether `response` holds a whole answer: its head, and the body its `Content-Length`
+/// announces (none for a 101).
+fn complete(response: &[u8]) -> bool {
+    let Some(end) = response.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&response[..end]);
+    let length: usize = head
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(name, _)| name.trim().eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .unwrap_or(0);
+    response.len() >= end + 4 + length
+}
+
+/// Send the request `make(server address)` from the source address `from` and read the
+/// answer.
+fn request_from(server: &Server, from: IpAddr, make: impl FnOnce(SocketAddr) -> String) -> Answer {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let addr: SocketAddr = server
         .base_url
@@ -98,12 +139,7 @@ fn token_request_from(server: &Server, from: IpAddr) -> Answer {
         .trim_end_matches('/')
         .parse()
         .expect("base URL is http://ADDR/");
-    let body = r#"{"room": "r", "identity": "alice"}"#;
-    let request = format!(
-        "POST /dev/token HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
+    let request = make(addr);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -118,11 +154,17 @@ fn token_request_from(server: &Server, from: IpAddr) -> Answer {
             .write_all(request.as_bytes())
             .await
             .expect("send the request");
+        // Read the head, then as much body as it announces: a connection left open (a 101,
+        // or keep-alive after an answer to an upgrade request) gives no end of file.
         let mut response = Vec::new();
-        stream
-            .read_to_end(&mut response)
-            .await
-            .expect("read the response");
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = stream.read(&mut chunk).await.expect("read the response");
+            response.extend_from_slice(&chunk[..n]);
+            if n == 0 || complete(&response) {
+                break;
+            }
+        }
         String::from_utf8_lossy(&response).into_owned()
     });
     let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
@@ -147,8 +189,8 @@ const LOCAL: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 1));
 const OTHER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
 
 /// At 1 request/s with a burst of 3, a quick run of 20 POSTs gets its first 3 through and at
-/// least one 429 with `Retry-After` (whole seconds, ≥ 1) and a message; WHIP POSTs share the
-/// bucket; another client address still gets through.
+/// least one 429 with `Retry-After` (whole seconds, ≥ 1) and a message; WHIP POSTs and room
+/// socket upgrades share the bucket; another client address still gets through.
 #[test]
 fn signaling_posts_over_the_rate_get_429_with_retry_after() {
     let server = Server::start_with(
@@ -206,9 +248,15 @@ fn signaling_posts_over_the_rate_get_429_with_retry_after() {
         })
         .collect();
     assert!(statuses.contains(&429), "WHIP POSTs: {statuses:?}");
+    // ... and so does a room socket's upgrade (each holds a socket and, at its join, a token
+    // check) ...
+    let upgrade = upgrade_request_from(&server, LOCAL);
+    assert_eq!(upgrade.status, 429, "a /rtc upgrade: {upgrade:?}");
     // ... while another client's bucket is full, and reads are never limited.
     let other = token_request_from(&server, OTHER);
     assert_eq!(other.status, 200, "another client address: {other:?}");
+    let upgrade = upgrade_request_from(&server, OTHER);
+    assert_eq!(upgrade.status, 101, "another client's upgrade: {upgrade:?}");
     server.metrics();
 }
 

@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
 use sfu_core::ids::RoomId;
 use sfu_core::limit::Bucket;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::participant::{self, Input};
 use super::protocol::{self, ClientMessage, ErrorCode, Reply, ServerMessage, close};
@@ -43,9 +43,19 @@ pub enum Outgoing {
 pub struct SocketHandle {
     pub id: u64,
     tx: mpsc::Sender<Outgoing>,
+    /// Rung when the outbox overflows: the writer drops the socket even while it waits on
+    /// the client (a close queued behind a full outbox would never be read).
+    overflow: Arc<Notify>,
 }
 
 impl SocketHandle {
+    /// A handle and the receiving end of its outbox (for the socket's writer).
+    fn new(id: u64) -> (Self, mpsc::Receiver<Outgoing>) {
+        let (tx, rx) = mpsc::channel(OUTBOX);
+        let overflow = Arc::new(Notify::new());
+        (Self { id, tx, overflow }, rx)
+    }
+
     /// Queue a message; a client too slow to take [`OUTBOX`] messages is dropped.
     pub fn send(&self, message: ServerMessage, req: Option<u64>) {
         self.queue(Outgoing::Message(Reply { message, req }));
@@ -61,9 +71,7 @@ impl SocketHandle {
                 socket = self.id,
                 "room socket too slow to read its messages; closing it"
             );
-            let _ = self
-                .tx
-                .try_send(Outgoing::Close(close::POLICY, "too slow".into()));
+            self.overflow.notify_one();
         }
     }
 
@@ -123,10 +131,15 @@ async fn serve(
 ) {
     let id = NEXT_SOCKET.fetch_add(1, Ordering::Relaxed);
     let (sink, mut stream) = socket.split();
-    let (tx, rx) = mpsc::channel(OUTBOX);
-    let handle = SocketHandle { id, tx };
+    let (handle, rx) = SocketHandle::new(id);
     let (writer_done, mut writer_ended) = oneshot::channel();
-    tokio::spawn(write(sink, rx, state.rtc.max_errors, writer_done));
+    tokio::spawn(write(
+        sink,
+        rx,
+        handle.overflow.clone(),
+        state.rtc.max_errors,
+        writer_done,
+    ));
 
     let mut bucket = Bucket::new(
         state.rtc.messages_per_sec,
@@ -355,10 +368,27 @@ async fn join_room(
 /// The socket's writer: messages out, WebSocket pings every [`PING_INTERVAL`], errors
 /// counted (the socket is closed with 4008 at `max_errors`). Ends after a close.
 async fn write(
+    sink: futures_util::stream::SplitSink<WebSocket, Message>,
+    rx: mpsc::Receiver<Outgoing>,
+    overflow: Arc<Notify>,
+    max_errors: u32,
+    done: oneshot::Sender<()>,
+) {
+    // An overflowing outbox ends the writer wherever it waits, sending included: the client
+    // is not reading, so a close frame would wait behind everything else.
+    tokio::select! {
+        biased;
+        _ = overflow.notified() => {}
+        _ = write_all(sink, rx, max_errors) => {}
+    }
+    let _ = done.send(());
+}
+
+/// The writer's work until the outbox or the socket closes; the socket is closed on return.
+async fn write_all(
     mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
     mut rx: mpsc::Receiver<Outgoing>,
     max_errors: u32,
-    done: oneshot::Sender<()>,
 ) {
     let mut errors = 0u32;
     let mut ping = tokio::time::interval(PING_INTERVAL);
@@ -409,5 +439,34 @@ async fn write(
         }
     }
     let _ = sink.close().await;
-    let _ = done.send(());
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::FutureExt;
+
+    use super::*;
+
+    #[test]
+    fn a_full_outbox_rings_the_writer_instead_of_queueing_a_close_behind_it() {
+        let (handle, mut rx) = SocketHandle::new(7);
+        for _ in 0..OUTBOX {
+            handle.close(close::POLICY, "queued");
+        }
+        assert!(
+            handle.overflow.notified().now_or_never().is_none(),
+            "rung before the outbox was full"
+        );
+        handle.close(close::POLICY, "one too many");
+        assert!(
+            handle.overflow.notified().now_or_never().is_some(),
+            "an overflow must reach the writer"
+        );
+        // What was queued stays queued; the one that did not fit is not added.
+        let mut queued = 0;
+        while rx.try_recv().is_ok() {
+            queued += 1;
+        }
+        assert_eq!(queued, OUTBOX);
+    }
 }
