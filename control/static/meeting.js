@@ -551,6 +551,16 @@ async function collectStats() {
     if (s.kind === 'video') {
       o.framesDecoded += s.framesDecoded || 0;
       o.frameWidth = Math.max(o.frameWidth, s.frameWidth || 0);
+      // Why a tile stalls: packets lost, asked again (NACK), keyframes asked (PLI) and got.
+      o.videoPacketsLost = (o.videoPacketsLost || 0) + (s.packetsLost || 0);
+      o.nackCount = (o.nackCount || 0) + (s.nackCount || 0);
+      o.pliCount = (o.pliCount || 0) + (s.pliCount || 0);
+      o.keyFramesDecoded = (o.keyFramesDecoded || 0) + (s.keyFramesDecoded || 0);
+      o.freezeCount = (o.freezeCount || 0) + (s.freezeCount || 0);
+      o.framesReceived = (o.framesReceived || 0) + (s.framesReceived || 0);
+      o.videoPacketsReceived = (o.videoPacketsReceived || 0) + (s.packetsReceived || 0);
+      o.framesDropped = (o.framesDropped || 0) + (s.framesDropped || 0);
+      o.ssrc = s.ssrc;
     } else if (s.kind === 'audio') {
       o.audioPacketsReceived += s.packetsReceived || 0;
     }

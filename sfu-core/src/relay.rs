@@ -29,6 +29,7 @@ use sfu_proto::{
     Layer, NodeId, RelayLinkStats, RelayedFrom, RoomId, RoomRelays, TrackId, TrackInfo, WorkerId,
 };
 
+use crate::engine::codec;
 use crate::engine::forward::MediaPacket;
 use crate::engine::room::PublishedTrack;
 use crate::engine::{CrossWorker, RoomNotice};
@@ -972,6 +973,7 @@ impl RelayEndpoint {
         let media = Arc::new(MediaPacket {
             room: key,
             origin: self.id,
+            vp8: codec::vp8_descriptor(header.codec, &packet.payload),
             header,
             payload: packet.payload,
             arrival: now,

@@ -723,6 +723,11 @@ fn check_watcher(kit: &Kit, w: &Watcher, seed: u64, step: usize) {
         if received.is_empty() {
             continue;
         }
+        // Pictures count on across every switch the forwarder made.
+        assert_pictures_continue(
+            received,
+            &format!("seed {seed} step {step}: watcher {:?} slot {slot}", w.peer),
+        );
         let mut seqs: Vec<u64> = received.iter().map(|r| r.seq).collect();
         seqs.sort_unstable();
         seqs.dedup();

@@ -23,6 +23,10 @@
 //   MEETING_VIDEO       camera size and rate asked of the page (?video=, default 320x240@15):
 //                       4 simulcast publishers and 12 decoders share a 2-core CI machine
 //   MEASURE_S           length of the measured window in seconds (default 12, at least 10)
+//   LAYER_TRACE         set: print, every second of the window, each page's publisher layers
+//                       and per tile frames decoded/received, width, packets, frames dropped,
+//                       losses, NACKs, PLIs, keyframes and freezes (to diagnose a stalled tile
+//                       beside the server's debug log of layer switches and keyframe requests)
 //   MEETING_STATIC_DIR  development aid: serve /meeting, /meeting.js, /meeting.css, /style.css
 //                       and /sdk/room.js from this directory (e.g. control/static) instead of
 //                       the server, which embeds them at build time
@@ -310,7 +314,19 @@ test(`4 participants meet: each decodes ≥ ${MIN_FPS} frames/s and hears each o
       // The measured window: from now (every tile has decoded a frame) for MEASURE_S seconds.
       const t0 = {};
       for (const name of NAMES) t0[name] = await people[name].snapshot();
-      await sleep(MEASURE_S * 1000);
+      if (process.env.LAYER_TRACE) {
+        for (let i = 0; i < MEASURE_S; i++) {
+          await sleep(1000);
+          for (const name of NAMES) {
+            const s = await people[name].snapshot({ withPublisher: true });
+            const fr = remoteTiles(s).map((t) => { const x = t.stats || {}; return `${nameOf[t.identity]}:${x.framesDecoded}/${x.framesReceived}@${x.frameWidth} pk${x.videoPacketsReceived} d${x.framesDropped} s${x.ssrc} l${x.videoPacketsLost} n${x.nackCount} p${x.pliCount} k${x.keyFramesDecoded} z${x.freezeCount}`; }).join(' ');
+            const pub = (s.layers || []).map((l) => `${l.rid}:${l.framesEncoded}/${l.limitation}`).join(' ');
+            console.log(`TRACE ${new Date().toISOString().slice(11, 23)} ${i} ${name} pub[${pub}] recv[${fr}]`);
+          }
+        }
+      } else {
+        await sleep(MEASURE_S * 1000);
+      }
       const t1 = {};
       for (const name of NAMES) t1[name] = await people[name].snapshot({ withPublisher: true });
       await Promise.all(NAMES.map((name) => people[name].screenshot('measured')));
@@ -334,6 +350,9 @@ test(`4 participants meet: each decodes ≥ ${MIN_FPS} frames/s and hears each o
             fps: round(frames / dt),
             frames_in_window: frames,
             frame_width: now.frameWidth,
+            // Why a tile would stall: frames dropped before decoding, keyframes asked (PLI).
+            frames_dropped_in_window: (now.framesDropped || 0) - (before.framesDropped || 0),
+            plis_in_window: (now.pliCount || 0) - (before.pliCount || 0),
             max_layer: b.maxLayer[tile.identity] ?? null,
             audio_packets_start: before.audioPacketsReceived,
             audio_packets_end: now.audioPacketsReceived,

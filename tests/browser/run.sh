@@ -9,7 +9,8 @@
 # The server runs in the root namespace on 10.203.0.1 (our own veth); the test and its browser run
 # in the network namespace sfu-br (netns.sh), because headless Chromium gathers no loopback ICE
 # candidates. Everything is torn down on exit; the exit code is the test's.
-# Screenshots, page logs, the server log, figures.json (demo page) and meeting-figures.json go
+# Screenshots, page logs, the server log, the node's metrics after the run (metrics.txt),
+# figures.json (demo page) and meeting-figures.json go
 # to $OUT_DIR (default: a temp dir).
 #
 # BROWSER_TESTS picks the test files (default: "test.mjs meeting.mjs"; they run one at a time
@@ -103,6 +104,10 @@ rc=0
 timeout --kill-after=10 "$TEST_TIMEOUT_S" \
   ip netns exec "$NS" env SFU_URL="$url" OUT_DIR="$OUT_DIR" \
   node --test --test-concurrency=1 --test-reporter=spec "${tests[@]}" </dev/null || rc=$?
+
+# The node's counters after the run (drops by reason, keyframe requests, layer switches): what
+# to read first when a tile stalled.
+curl -fsS --max-time 5 "$url/metrics" >"$OUT_DIR/metrics.txt" 2>&1 || true
 
 if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
   echo "browser e2e: the test did not finish within ${TEST_TIMEOUT_S}s" >&2

@@ -1,8 +1,9 @@
 //! Codec-level facts the forwarder needs from an RTP payload without decoding it (does this
-//! packet start a keyframe?), and the mapping between str0m's codec types and the protocol's.
-//! Parsers are total: any byte string gives an answer, never a panic.
+//! packet start a keyframe? which VP8 picture is it?), and the mapping between str0m's codec
+//! types and the protocol's. Parsers are total: any byte string gives an answer, never a panic.
 
 use str0m::format::{Codec, FormatParams};
+use str0m::rtp::{Vp8Descriptor, Vp8Patch, Vp8PatchError};
 
 /// The protocol's name for a codec the node forwards; `None` for the others (comfort noise,
 /// DTMF, ...), which are not forwarded.
@@ -86,6 +87,75 @@ pub fn starts_keyframe(codec: Codec, payload: &[u8], frame_start: bool) -> bool 
         Codec::H264 => h264_starts_keyframe(payload, frame_start),
         Codec::Av1 => av1_starts_keyframe(payload),
         _ => false,
+    }
+}
+
+/// The fields of a VP8 payload descriptor (RFC 7741 §4.2) that name a picture: each simulcast
+/// layer (and each publisher) numbers its pictures on its own, and a receiver that sees them
+/// jump at a switch treats the new pictures as stale or undecodable (libwebrtc's frame buffer
+/// drops them until a keyframe that never helps for long). The forwarder rewrites them like
+/// sequence numbers. A field absent from the descriptor is `None`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Vp8Picture {
+    /// PictureID, 15 bits (a 7-bit one is kept in the low bits).
+    pub picture_id: Option<u16>,
+    /// TL0PICIDX: the running index of the base temporal layer's pictures.
+    pub tl0_pic_idx: Option<u8>,
+    /// KEYIDX (5 bits): the running index of keyframes.
+    pub key_idx: Option<u8>,
+}
+
+/// Modulus of a 15-bit PictureID.
+pub const PICTURE_ID_MODULUS: u16 = 1 << 15;
+/// Modulus of KEYIDX.
+pub const KEY_IDX_MODULUS: u8 = 1 << 5;
+
+impl Vp8Picture {
+    pub fn of(descriptor: &Vp8Descriptor) -> Self {
+        Self {
+            picture_id: descriptor.picture_id(),
+            tl0_pic_idx: descriptor.tl0_pic_idx(),
+            key_idx: descriptor.key_idx(),
+        }
+    }
+}
+
+/// The VP8 payload descriptor of a video packet, parsed once where the packet enters the node;
+/// `None` for other codecs, and for a payload too short or malformed to have one (forwarded
+/// as it is).
+pub fn vp8_descriptor(codec: sfu_proto::Codec, payload: &[u8]) -> Option<Vp8Descriptor> {
+    if codec != sfu_proto::Codec::Vp8 {
+        return None;
+    }
+    Vp8Descriptor::parse(payload).ok()
+}
+
+/// A patch that writes `picture` into the payload `descriptor` was parsed from, applied by
+/// str0m as it copies the shared payload into the outgoing datagram. `None` when there is
+/// nothing to write (or, for a malformed request, nothing that fits: the packet then goes out
+/// unchanged).
+pub fn vp8_patch(descriptor: &Vp8Descriptor, picture: Vp8Picture) -> Option<Vp8Patch> {
+    let build = |picture_id: Option<u16>| {
+        let mut b = descriptor.patch();
+        if let Some(id) = picture_id {
+            b = b.picture_id(id);
+        }
+        if let Some(idx) = picture.tl0_pic_idx {
+            b = b.tl0_pic_idx(idx);
+        }
+        if let Some(idx) = picture.key_idx {
+            b = b.key_idx(idx);
+        }
+        b.build()
+    };
+    if picture == Vp8Picture::default() {
+        return None;
+    }
+    match build(picture.picture_id) {
+        Ok(patch) => Some(patch),
+        // A 7-bit PictureID field: the same count, modulo 128.
+        Err(Vp8PatchError::PictureIdTooLarge) => build(picture.picture_id.map(|id| id & 0x7f)).ok(),
+        Err(_) => None,
     }
 }
 
@@ -248,6 +318,15 @@ mod tests {
                 for codec in [Codec::Vp8, Codec::Vp9, Codec::H264, Codec::Av1, Codec::Opus] {
                     let _ = starts_keyframe(codec, &bytes, true);
                     let _ = starts_keyframe(codec, &bytes, false);
+                }
+                if let Some(d) = vp8_descriptor(sfu_proto::Codec::Vp8, &bytes) {
+                    let picture = Vp8Picture {
+                        picture_id: Some(bytes.first().map_or(0, |&b| u16::from(b) << 7)),
+                        tl0_pic_idx: Some(7),
+                        key_idx: Some(bytes.len() as u8),
+                    };
+                    let _ = vp8_patch(&d, picture);
+                    let _ = vp8_patch(&d, Vp8Picture::of(&d));
                 }
             }
         }

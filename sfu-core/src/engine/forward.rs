@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sfu_proto::{Layer, MediaHeader, MediaKind, TrackId, WorkerId};
+use str0m::rtp::Vp8Descriptor;
 
+use super::codec::{KEY_IDX_MODULUS, PICTURE_ID_MODULUS, Vp8Picture};
 use crate::ids::RoomKey;
 
 /// Minimum spacing of keyframe requests for one pending switch.
@@ -24,6 +26,9 @@ pub struct MediaPacket {
     pub origin: WorkerId,
     pub header: MediaHeader,
     pub payload: Arc<[u8]>,
+    /// Its VP8 payload descriptor, parsed once for every subscriber
+    /// ([`super::codec::vp8_descriptor`]); `None` for other codecs.
+    pub vp8: Option<Vp8Descriptor>,
     /// When the node received it (this node's clock; never sent anywhere).
     pub arrival: Instant,
 }
@@ -41,6 +46,9 @@ pub struct Rewritten {
     /// Extended sequence number on the subscriber's stream.
     pub seq: u64,
     pub timestamp: u32,
+    /// The VP8 picture fields to write, once a switch has made them differ from the
+    /// publisher's; `None`: the payload goes out as it came.
+    pub vp8: Option<Vp8Picture>,
 }
 
 /// What to do with one packet for one subscriber track.
@@ -64,6 +72,8 @@ pub struct TrackForwarder {
     /// rewritten numbers would collide with the previous selection's.
     switch_in_seq: u64,
     ts_delta: u32,
+    /// Added to the current selection's VP8 picture fields (modulo each field's range).
+    vp8_delta: Vp8Delta,
     initial_seq: u64,
     last_out: Option<LastOut>,
 }
@@ -73,6 +83,69 @@ struct LastOut {
     seq: u64,
     timestamp: u32,
     at: Instant,
+    /// The newest VP8 picture fields sent (each kept from the last packet that had it).
+    vp8: Vp8Picture,
+}
+
+/// What a selection's VP8 picture fields are shifted by, so that the subscriber's pictures
+/// keep counting up by one across switches: PictureID modulo 2^15, TL0PICIDX modulo 2^8,
+/// KEYIDX modulo 2^5.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Vp8Delta {
+    picture_id: u16,
+    tl0_pic_idx: u8,
+    key_idx: u8,
+}
+
+impl Vp8Delta {
+    /// The shift that makes `first` (a switch's first packet, which starts a keyframe) the
+    /// picture after `last`. A field `last` never had starts where the publisher's is.
+    fn continuing(last: Vp8Picture, first: Vp8Picture) -> Self {
+        let step = |last: Option<u16>, first: Option<u16>, modulus: u16| match (last, first) {
+            (Some(l), Some(f)) => {
+                let m = u32::from(modulus);
+                ((u32::from(l) + 1 + m - u32::from(f) % m) % m) as u16
+            }
+            _ => 0,
+        };
+        Self {
+            picture_id: step(last.picture_id, first.picture_id, PICTURE_ID_MODULUS),
+            tl0_pic_idx: step(
+                last.tl0_pic_idx.map(u16::from),
+                first.tl0_pic_idx.map(u16::from),
+                256,
+            ) as u8,
+            key_idx: step(
+                last.key_idx.map(u16::from),
+                first.key_idx.map(u16::from),
+                u16::from(KEY_IDX_MODULUS),
+            ) as u8,
+        }
+    }
+
+    fn apply(self, p: Vp8Picture) -> Vp8Picture {
+        Vp8Picture {
+            // Both terms are below 2^15: the sum fits.
+            picture_id: p
+                .picture_id
+                .map(|id| (id % PICTURE_ID_MODULUS + self.picture_id) % PICTURE_ID_MODULUS),
+            tl0_pic_idx: p.tl0_pic_idx.map(|i| i.wrapping_add(self.tl0_pic_idx)),
+            key_idx: p
+                .key_idx
+                .map(|i| (i % KEY_IDX_MODULUS + self.key_idx) % KEY_IDX_MODULUS),
+        }
+    }
+}
+
+impl Vp8Picture {
+    /// `newer`'s fields where it has them, this one's elsewhere.
+    fn updated(self, newer: Vp8Picture) -> Self {
+        Self {
+            picture_id: newer.picture_id.or(self.picture_id),
+            tl0_pic_idx: newer.tl0_pic_idx.or(self.tl0_pic_idx),
+            key_idx: newer.key_idx.or(self.key_idx),
+        }
+    }
 }
 
 impl TrackForwarder {
@@ -87,6 +160,7 @@ impl TrackForwarder {
             seq_delta: 0,
             switch_in_seq: 0,
             ts_delta: 0,
+            vp8_delta: Vp8Delta::default(),
             initial_seq: u64::from(initial_seq & 0x7fff),
             last_out: None,
         }
@@ -181,6 +255,10 @@ impl TrackForwarder {
                 out_ts.wrapping_sub(header.timestamp)
             }
         };
+        self.vp8_delta = match (self.last_out, &packet.vp8) {
+            (Some(last), Some(d)) => Vp8Delta::continuing(last.vp8, Vp8Picture::of(d)),
+            _ => Vp8Delta::default(),
+        };
         self.current = Some(Selection {
             track: header.track,
             layer: header.layer,
@@ -195,14 +273,22 @@ impl TrackForwarder {
         }
         let seq = u64::try_from(header.seq as i64 + self.seq_delta).ok()?;
         let timestamp = header.timestamp.wrapping_add(self.ts_delta);
+        let picture = packet.vp8.map(|d| self.vp8_delta.apply(Vp8Picture::of(&d)));
         if self.last_out.is_none_or(|l| seq > l.seq) {
+            let previous = self.last_out.map(|l| l.vp8).unwrap_or_default();
             self.last_out = Some(LastOut {
                 seq,
                 timestamp,
                 at: packet.arrival,
+                vp8: picture.map_or(previous, |p| previous.updated(p)),
             });
         }
-        Some(Rewritten { seq, timestamp })
+        Some(Rewritten {
+            seq,
+            timestamp,
+            // Unshifted fields are the publisher's own: nothing to patch.
+            vp8: picture.filter(|_| self.vp8_delta != Vp8Delta::default()),
+        })
     }
 }
 
@@ -220,6 +306,9 @@ mod tests {
         layer: Layer,
         seq: u64,
         ts: u32,
+        /// The source's own VP8 picture numbering (one picture per packet here).
+        picture_id: u16,
+        tl0: u8,
     }
 
     impl Source {
@@ -232,12 +321,31 @@ mod tests {
                 layer: Layer(layer),
                 seq,
                 ts,
+                // Every source numbers its pictures far from the others, as simulcast
+                // encoders do.
+                picture_id: (seq as u16).wrapping_mul(7919) % 32_768,
+                tl0: seq as u8 ^ 0x5a,
             }
         }
 
         fn next(&mut self, at: Instant, keyframe: bool) -> MediaPacket {
             self.seq += 1;
             self.ts = self.ts.wrapping_add(3000);
+            self.picture_id = (self.picture_id + 1) % 32_768;
+            self.tl0 = self.tl0.wrapping_add(1);
+            // RFC 7741 descriptor: X and S; I, L and T; a 15-bit PictureID; TL0PICIDX; TID 0;
+            // then the VP8 payload header (P=0 on a keyframe).
+            let payload: Arc<[u8]> = Arc::from(
+                &[
+                    0x90,
+                    0xe0,
+                    0x80 | (self.picture_id >> 8) as u8,
+                    self.picture_id as u8,
+                    self.tl0,
+                    0x00,
+                    u8::from(!keyframe),
+                ][..],
+            );
             MediaPacket {
                 room: RoomKey(1),
                 origin: WorkerId(0),
@@ -255,7 +363,8 @@ mod tests {
                     keyframe,
                     audio_level: None,
                 },
-                payload: Arc::from(&[0x10u8, 0x00][..]),
+                vp8: super::super::codec::vp8_descriptor(Codec::Vp8, &payload),
+                payload,
                 arrival: at,
             }
         }
@@ -352,22 +461,34 @@ mod tests {
         let mut high = Source::new(1, 2, 90_000, 4_000_000_000);
 
         let mut out = vec![];
+        // The VP8 fields of each packet sent, as the subscriber sees them: the rewrite, or
+        // the publisher's own.
+        let mut pictures = vec![];
+        let mut send = |sub: &mut SubscriberTrack, p: MediaPacket| {
+            let d = sub.deliver(&p);
+            if let Some(r) = d.forward {
+                out.push(r);
+                pictures.push(
+                    r.vp8
+                        .unwrap_or_else(|| Vp8Picture::of(&p.vp8.expect("vp8"))),
+                );
+            }
+            d
+        };
         let mut t = t0;
         // Only the low layer sends at first.
         for i in 0..5 {
             t += Duration::from_millis(33);
-            out.extend(sub.deliver(&low.next(t, i == 0)).forward);
+            send(&mut sub, low.next(t, i == 0));
         }
-        assert_eq!(out.len(), 5);
         // The high layer starts: the forwarder asks for a keyframe on it and keeps the low
         // layer flowing until one arrives.
         let mut asked = false;
         for i in 0..6 {
             t += Duration::from_millis(33);
-            let d = sub.deliver(&high.next(t, i == 3));
+            let d = send(&mut sub, high.next(t, i == 3));
             asked |= d.keyframe_request.is_some_and(|s| s.layer == Layer(2));
-            out.extend(d.forward);
-            out.extend(sub.deliver(&low.next(t, false)).forward);
+            send(&mut sub, low.next(t, false));
         }
         assert!(asked, "a keyframe request for the high layer");
         assert_eq!(sub.current().map(|s| s.layer), Some(Layer(2)));
@@ -376,6 +497,55 @@ mod tests {
             let step = pair[1].timestamp.wrapping_sub(pair[0].timestamp);
             assert!(step > 0 && step < 10_000, "monotonic time: {out:?}");
         }
+        // The pictures count up by one across the switch: the low layer's went out as they
+        // were, the high layer's are shifted onto them.
+        assert!(out.iter().take(8).all(|r| r.vp8.is_none()), "{out:?}");
+        assert!(out.iter().skip(8).all(|r| r.vp8.is_some()), "{out:?}");
+        for pair in pictures.windows(2) {
+            assert_eq!(
+                pair[1].picture_id,
+                pair[0].picture_id.map(|id| (id + 1) % 32_768),
+                "{pictures:?}"
+            );
+            assert_eq!(
+                pair[1].tl0_pic_idx,
+                pair[0].tl0_pic_idx.map(|i| i.wrapping_add(1)),
+                "{pictures:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn vp8_pictures_continue_modulo_their_field_sizes() {
+        let last = Vp8Picture {
+            picture_id: Some(32_767),
+            tl0_pic_idx: Some(255),
+            key_idx: Some(31),
+        };
+        let first = Vp8Picture {
+            picture_id: Some(12_345),
+            tl0_pic_idx: Some(3),
+            key_idx: Some(9),
+        };
+        let delta = Vp8Delta::continuing(last, first);
+        let next = |p: Vp8Picture| Vp8Picture {
+            picture_id: p.picture_id.map(|i| (i + 1) % 32_768),
+            tl0_pic_idx: p.tl0_pic_idx.map(|i| i.wrapping_add(1)),
+            key_idx: p.key_idx.map(|i| (i + 1) % 32),
+        };
+        assert_eq!(
+            delta.apply(first),
+            Vp8Picture {
+                picture_id: Some(0),
+                tl0_pic_idx: Some(0),
+                key_idx: Some(0)
+            }
+        );
+        // And keep counting with the source.
+        assert_eq!(delta.apply(next(first)), next(delta.apply(first)));
+        // A field the subscriber never saw starts where the publisher's is.
+        let fresh = Vp8Delta::continuing(Vp8Picture::default(), first);
+        assert_eq!(fresh.apply(first), first);
     }
 
     #[test]
@@ -422,6 +592,12 @@ mod tests {
         assert_eq!(
             out.iter().map(|r| r.seq).collect::<Vec<_>>(),
             vec![10, 11, 12, 13]
+        );
+        // B's first picture follows A's last.
+        let a_last = (a.picture_id + 32_768 - 1) % 32_768;
+        assert_eq!(
+            out[3].vp8.and_then(|p| p.picture_id),
+            Some((a_last + 1) % 32_768)
         );
     }
 }

@@ -1414,6 +1414,7 @@ impl Engine {
         };
         match session.request_keyframe(index, layer, now) {
             Ok(true) => {
+                tracing::debug!(session = %session.id, slot = index, layer = layer.index(), "keyframe requested");
                 WorkerMetrics::add(&self.metrics.keyframe_requests, 1);
                 self.mark_dirty(peer);
             }
@@ -1490,16 +1491,27 @@ impl Engine {
                         _ => room.target(kind, &subscription, own, now),
                     };
                     let target = target.map(|t| t.selection);
-                    let decision = sub.tracks[index]
-                        .forwarder
-                        .handle_packet(&packet, target, now);
+                    let forwarder = &mut sub.tracks[index].forwarder;
+                    let before = forwarder.current();
+                    let decision = forwarder.handle_packet(&packet, target, now);
+                    if forwarder.current() != before {
+                        tracing::debug!(
+                            worker = %self.id,
+                            session = %sub.id,
+                            slot = index,
+                            track = %track,
+                            from = ?before.map(|s| s.layer.index()),
+                            to = packet.header.layer.index(),
+                            "forwarding switched"
+                        );
+                    }
                     if let Some(request) = decision.keyframe_request {
                         self.keyframe_requests.push((packet.room, request));
                     }
                     let Some(rewritten) = decision.forward else {
                         continue;
                     };
-                    match sub.write_forwarded(index, &packet, rewritten.seq, rewritten.timestamp) {
+                    match sub.write_forwarded(index, &packet, rewritten) {
                         Ok(Forwarded::Written) => {
                             WorkerMetrics::add(&self.metrics.rtp_forwarded, 1);
                             written = true;

@@ -27,7 +27,7 @@ use super::allocation::{Allocation, Allocator, Grant};
 use super::codec;
 use super::data::{DataChannels, DataRefused};
 use super::demux;
-use super::forward::{MediaPacket, TrackForwarder};
+use super::forward::{MediaPacket, Rewritten, TrackForwarder};
 use super::quality::{QualityConfig, QualityScorer};
 use super::room::{Subscription, Want};
 use crate::ids::RoomKey;
@@ -718,6 +718,7 @@ impl Session {
                     voice: ext.voice_activity.unwrap_or(false),
                 }),
             },
+            vp8: codec::vp8_descriptor(proto_codec, &packet.payload),
             payload: packet.payload,
             arrival: now,
         }))
@@ -782,8 +783,7 @@ impl Session {
         &mut self,
         index: usize,
         packet: &MediaPacket,
-        seq: u64,
-        timestamp: u32,
+        rewritten: Rewritten,
     ) -> Result<Forwarded, SessionBroken> {
         let header = &packet.header;
         let Some(track) = self.tracks.get(index) else {
@@ -812,16 +812,21 @@ impl Session {
             ext.audio_level = Some(-(level.level.min(127) as i8));
             ext.voice_activity = Some(level.voice);
         }
-        let write = RtpWrite::new(
+        let mut write = RtpWrite::new(
             pt,
-            seq.into(),
-            timestamp,
+            rewritten.seq.into(),
+            rewritten.timestamp,
             packet.arrival,
             packet.payload.clone(),
         )
         .marker(header.marker)
         .ext_vals(ext)
         .nackable(header.kind == sfu_proto::MediaKind::Video);
+        if let (Some(descriptor), Some(picture)) = (&packet.vp8, rewritten.vp8) {
+            if let Some(patch) = codec::vp8_patch(descriptor, picture) {
+                write = write.vp8_patch(patch);
+            }
+        }
         self.written = true;
         self.guard(|rtc| match rtc.direct_api().stream_tx_by_mid(mid, None) {
             Some(stream) => {

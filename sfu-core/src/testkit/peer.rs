@@ -12,7 +12,7 @@ use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind, Mid, Pt, Rid, Simulcast, SimulcastLayer};
 use str0m::net::{Protocol, Receive};
-use str0m::rtp::{ExtensionValues, RtpWrite};
+use str0m::rtp::{ExtensionValues, RtpWrite, Vp8Descriptor};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 
 /// Audio packet interval.
@@ -51,6 +51,9 @@ pub struct Received {
     pub publisher: u32,
     /// Simulcast layer it was sent on (0 without simulcast).
     pub layer: u8,
+    /// Video: the VP8 PictureID and TL0PICIDX it arrived with (after any rewrite).
+    pub picture_id: Option<u16>,
+    pub tl0_pic_idx: Option<u8>,
     /// From the publisher writing it to this peer reading it, in simulated time.
     pub latency: Duration,
 }
@@ -63,6 +66,9 @@ struct SendLayer {
     timestamp: u32,
     keyframe_pending: bool,
     paused: bool,
+    /// This layer's own VP8 picture numbering, as an encoder keeps it per simulcast layer.
+    picture_id: u16,
+    tl0_pic_idx: u8,
 }
 
 #[derive(Debug)]
@@ -188,6 +194,9 @@ impl Peer {
                         timestamp: 0,
                         keyframe_pending: true,
                         paused: false,
+                        // Far apart per layer (and per publisher), as real encoders' are.
+                        picture_id: ((tag as usize * 7 + i * 11_000) % 32_768) as u16,
+                        tl0_pic_idx: (tag as u8).wrapping_mul(31).wrapping_add(i as u8 * 85),
                     })
                     .collect(),
                 next: now,
@@ -333,17 +342,32 @@ impl Peer {
                         MediaKind::Video => layer_packets[usize::from(layer.index).min(2)],
                     };
                     let keyframe = std::mem::take(&mut layer.keyframe_pending);
+                    if track.kind == MediaKind::Video {
+                        layer.picture_id = (layer.picture_id + 1) % 32_768;
+                        layer.tl0_pic_idx = layer.tl0_pic_idx.wrapping_add(1);
+                    }
                     for i in 0..packets {
                         layer.seq += 1;
                         let payload = match track.kind {
                             MediaKind::Audio => media_payload(&[], tag, layer.index, sent, 60),
                             MediaKind::Video => {
-                                // VP8 payload descriptor: S=1 on the frame's first packet;
-                                // then the VP8 header whose P bit is 0 on a keyframe.
-                                let first = if i == 0 { 0x10 } else { 0x00 };
+                                // VP8 payload descriptor (RFC 7741), as Chrome writes
+                                // it: X, and S=1 on the frame's first packet; I, L and T;
+                                // a 15-bit PictureID, TL0PICIDX, TID 0; then the VP8
+                                // header whose P bit is 0 on a keyframe.
+                                let first = if i == 0 { 0x90 } else { 0x80 };
                                 let header = if keyframe { 0x00 } else { 0x01 };
+                                let id = layer.picture_id;
                                 media_payload(
-                                    &[first, header],
+                                    &[
+                                        first,
+                                        0xe0,
+                                        0x80 | (id >> 8) as u8,
+                                        id as u8,
+                                        layer.tl0_pic_idx,
+                                        0x00,
+                                        header,
+                                    ],
                                     tag,
                                     layer.index,
                                     sent,
@@ -414,12 +438,17 @@ impl Peer {
                 let Some((publisher, layer, sent)) = read_tag(&packet.payload) else {
                     return;
                 };
+                let vp8 = (packet.payload.first() != Some(&TAG_MAGIC[0]))
+                    .then(|| Vp8Descriptor::parse(&packet.payload).ok())
+                    .flatten();
                 let arrived = self.now.saturating_duration_since(self.origin);
                 self.received.entry(mid).or_default().push(Received {
                     seq: *packet.seq_no,
                     timestamp: packet.header.timestamp,
                     publisher,
                     layer,
+                    picture_id: vp8.and_then(|d| d.picture_id()),
+                    tl0_pic_idx: vp8.and_then(|d| d.tl0_pic_idx()),
                     latency: arrived.saturating_sub(Duration::from_micros(sent)),
                 });
             }
@@ -463,8 +492,18 @@ fn media_payload(header: &[u8], tag: u32, layer: u8, sent: u64, len: usize) -> A
     p.into()
 }
 
+/// The tag of a payload: at its start (audio), or after the VP8 descriptor and header that
+/// [`Peer`] writes (video: 7 bytes, whose PictureID could itself read as the marker).
 fn read_tag(payload: &[u8]) -> Option<(u32, u8, u64)> {
-    let start = payload.windows(2).position(|w| w == TAG_MAGIC)? + 2;
+    let at = if payload.starts_with(&TAG_MAGIC) {
+        0
+    } else {
+        7
+    };
+    if payload.get(at..at + 2)? != TAG_MAGIC {
+        return None;
+    }
+    let start = at + 2;
     let tag: [u8; 4] = payload.get(start..start + 4)?.try_into().ok()?;
     let layer = *payload.get(start + 4)?;
     let sent: [u8; 8] = payload.get(start + 5..start + 13)?.try_into().ok()?;

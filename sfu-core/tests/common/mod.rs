@@ -40,4 +40,47 @@ pub fn assert_contiguous(received: &[Received], what: &str) {
         missing, 0,
         "{what}: {missing} holes in {first}..={last}, after {holes:?}"
     );
+    assert_pictures_continue(received, what);
+}
+
+/// What a receiver's VP8 depacketizer needs across layer switches and publisher changes: in
+/// the order of the sequence numbers, each video packet's PictureID is its predecessor's (the
+/// same picture) or the next one, and TL0PICIDX with it (every test picture is a base-layer
+/// one). Pairs around a hole are not judged. Returns how many picture steps were checked.
+pub fn assert_pictures_continue(received: &[Received], what: &str) -> usize {
+    let mut video: Vec<&Received> = received.iter().filter(|r| r.picture_id.is_some()).collect();
+    video.sort_by_key(|r| r.seq);
+    video.dedup_by_key(|r| r.seq);
+    let mut steps = 0;
+    for pair in video.windows(2) {
+        let (a, b) = (pair[0], pair[1]);
+        if b.seq != a.seq + 1 {
+            continue;
+        }
+        let (Some(pa), Some(pb)) = (a.picture_id, b.picture_id) else {
+            continue;
+        };
+        let step = (pb + 32_768 - pa) % 32_768;
+        assert!(
+            step <= 1,
+            "{what}: PictureID {pa} then {pb} at seq {} -> {}",
+            a.seq,
+            b.seq
+        );
+        let tl0_step = b
+            .tl0_pic_idx
+            .zip(a.tl0_pic_idx)
+            .map(|(b, a)| b.wrapping_sub(a));
+        assert_eq!(
+            tl0_step,
+            Some(step as u8),
+            "{what}: TL0PICIDX {:?} then {:?} at seq {} -> {}",
+            a.tl0_pic_idx,
+            b.tl0_pic_idx,
+            a.seq,
+            b.seq
+        );
+        steps += usize::from(step == 1);
+    }
+    steps
 }
