@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::affinity::CpuPlan;
 use crate::config::{ConfigError, NodeConfig};
+use crate::engine::allocation::Policy;
 use crate::engine::session::{self, Offer, Session, SessionSpec};
 use crate::engine::{Command, Engine, EngineConfig};
 use crate::ids::RoomKey;
@@ -233,8 +234,9 @@ pub struct Node {
     io_backend: String,
     cpus: CpuPlan,
     max_sessions_per_worker: usize,
-    /// `node.bandwidth_estimation`, for each subscriber session set up.
-    estimate_bandwidth: bool,
+    /// `node.bandwidth_estimation` and `node.bandwidth_pause`, for each subscriber session
+    /// set up.
+    bandwidth: Option<Policy>,
     id: NodeId,
     /// The node's own events (draining) join the workers' here.
     events_out: Option<mpsc::UnboundedSender<NodeEvent>>,
@@ -328,7 +330,6 @@ impl Node {
             ice_timeout: config.ice_timeout(),
             publisher_remb_kbps: config.publisher_remb_kbps,
             layer_timeout: Duration::from_millis(config.layer_timeout_ms),
-            bandwidth_pause: config.bandwidth_pause,
             relay: relay_messages.is_some().then_some(WorkerId(count as u16)),
         };
 
@@ -343,7 +344,10 @@ impl Node {
             io_backend: String::new(),
             cpus: cpus.clone(),
             max_sessions_per_worker: config.max_sessions_per_worker,
-            estimate_bandwidth: config.bandwidth_estimation,
+            bandwidth: config.bandwidth_estimation.then_some(Policy {
+                allow_pause: config.bandwidth_pause,
+                ..Policy::default()
+            }),
             id: config.id.clone(),
             events_out: None,
             draining: AtomicBool::new(false),
@@ -665,7 +669,7 @@ impl Node {
             kind: create.kind,
             identity: create.identity,
             policy: create.policy,
-            estimate_bandwidth: self.estimate_bandwidth,
+            bandwidth: self.bandwidth,
         };
         let (done, accepted) = oneshot::channel();
         let job: SetupJob = Box::new(move || {

@@ -390,7 +390,8 @@ fn a_subscriber_behind_a_bottleneck_gets_a_lower_layer_keeps_its_audio_and_climb
 /// the lowest layer is kept.
 #[test]
 fn with_pausing_on_a_link_too_thin_for_any_layer_pauses_the_video_and_keeps_the_audio() {
-    let mut kit = Kit::with_config(&[2], NetConfig::default(), |c| c.bandwidth_pause = true);
+    let mut kit = Kit::new(&[2], NetConfig::default());
+    kit.bandwidth.allow_pause = true;
     let publisher = kit
         .publish(0, 0, "thin", "cam", SIMULCAST)
         .expect("publish");

@@ -45,7 +45,7 @@ use str0m::{Event, IceConnectionState, Output};
 
 use crate::ids::RoomKey;
 use crate::metrics::{DropReason, WorkerMetrics};
-use allocation::{Allocator, Demand, Policy};
+use allocation::Demand;
 use forward::{MediaPacket, Selection};
 use room::{PublishedTrack, Room, Want};
 use session::{Forwarded, Offer, PublishedMedia, Session, SessionBroken};
@@ -82,9 +82,6 @@ pub struct EngineConfig {
     pub publisher_remb_kbps: u64,
     /// A simulcast layer silent this long counts as stopped (`node.layer_timeout_ms`).
     pub layer_timeout: Duration,
-    /// Bandwidth allocation may pause a subscriber's video whose lowest layer does not fit
-    /// its estimate (`node.bandwidth_pause`).
-    pub bandwidth_pause: bool,
     /// The node's relay endpoint ([`crate::relay`]), if it has one: it gets every room notice
     /// as a worker does.
     pub relay: Option<WorkerId>,
@@ -741,10 +738,6 @@ impl Engine {
         };
         let mut session = session;
         session.order = order;
-        session.allocator = Allocator::new(Policy {
-            allow_pause: self.config.bandwidth_pause,
-            ..Policy::default()
-        });
         let id = session.id;
         let key = session.room;
         let kind = session.kind;

@@ -23,7 +23,7 @@ use str0m::rtp::{ExtensionValues, RtpWrite, Ssrc};
 use str0m::stats::{MediaEgressStats, MediaIngressStats};
 use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
 
-use super::allocation::{Allocation, Allocator, Grant};
+use super::allocation::{Allocation, Allocator, Grant, Policy};
 use super::codec;
 use super::data::{DataChannels, DataRefused};
 use super::demux;
@@ -162,9 +162,10 @@ pub struct SessionSpec {
     pub kind: SessionKind,
     pub identity: String,
     pub policy: SubscribePolicy,
-    /// A subscriber session estimates its downlink and allocates layers by it
-    /// (`node.bandwidth_estimation`).
-    pub estimate_bandwidth: bool,
+    /// A subscriber session estimates its downlink and allocates layers by it under this
+    /// policy (`node.bandwidth_estimation`, `node.bandwidth_pause`); `None`: no estimation,
+    /// the client's subscriptions alone decide.
+    pub bandwidth: Option<Policy>,
 }
 
 #[derive(Debug)]
@@ -262,7 +263,7 @@ impl Session {
         // has them when the offer does). str0m then also sends padding, on the RTX SSRC or in
         // spurious resends: retransmissions are counted from its stats, not from that SSRC
         // (see `egress_feedback`).
-        if spec.kind == SessionKind::Subscribe && spec.estimate_bandwidth {
+        if spec.kind == SessionKind::Subscribe && spec.bandwidth.is_some() {
             config = config.enable_bwe(Some(Bitrate::kbps(INITIAL_ESTIMATE_KBPS)));
         }
         if let Some(cert) = dtls_cert {
@@ -301,7 +302,7 @@ impl Session {
             feedback: FeedbackLedger::default(),
             data: DataChannels::new(now),
             estimate: None,
-            allocator: Allocator::default(),
+            allocator: Allocator::new(spec.bandwidth.unwrap_or_default()),
             bwe_bitrates: (0, 0),
             bandwidth_paused: 0,
             written: false,
@@ -989,7 +990,7 @@ mod tests {
             kind,
             identity: "test".into(),
             policy: SubscribePolicy::NewestOther,
-            estimate_bandwidth: true,
+            bandwidth: Some(Policy::default()),
         }
     }
 

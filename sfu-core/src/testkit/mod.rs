@@ -22,6 +22,7 @@ use sfu_proto::{
 };
 use str0m::config::DtlsCert;
 
+use crate::engine::allocation::Policy;
 use crate::engine::session::{Offer, Session, SessionSpec};
 use crate::engine::{Command, Engine, EngineConfig};
 use crate::ids::RoomKey;
@@ -130,6 +131,9 @@ pub struct Kit {
     pub nodes: Vec<SimNode>,
     pub peers: Vec<KitPeer>,
     next_peer_addr: u32,
+    /// The bandwidth policy of subscriber sessions set up from now on (estimation is always
+    /// on in the kit; [`Policy::default`] does not pause).
+    pub bandwidth: Policy,
 }
 
 impl Kit {
@@ -159,7 +163,6 @@ impl Kit {
                     ice_timeout: Duration::from_secs(10),
                     publisher_remb_kbps: 10_000,
                     layer_timeout: crate::engine::room::LAYER_TIMEOUT,
-                    bandwidth_pause: false,
                     relay: Some(WorkerId(count as u16)),
                 };
                 configure(&mut config);
@@ -212,6 +215,7 @@ impl Kit {
             nodes,
             peers: Vec::new(),
             next_peer_addr: 1,
+            bandwidth: Policy::default(),
         }
     }
 
@@ -307,7 +311,7 @@ impl Kit {
             kind,
             identity: identity.to_string(),
             policy,
-            estimate_bandwidth: true,
+            bandwidth: Some(self.bandwidth),
         };
         let mut seq = session.as_u128() as u16;
         let (accepted, answer) = Session::accept(
