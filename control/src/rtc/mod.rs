@@ -6,9 +6,11 @@
 //!   its two media sessions, its subscriptions, its view of the room;
 //! - [`whip`]: WHIP publishers listed in their rooms as participants;
 //! - [`hybrid`]: a room's media mode (peer to peer or through the SFU) and its switches;
+//! - [`floor`]: push-to-talk floor control for a channel;
 //! - the room itself is the store's roster and event feed ([`crate::store::rooms`]), so
 //!   participants on different control instances see each other.
 
+pub mod floor;
 pub mod hybrid;
 pub mod participant;
 pub mod protocol;
