@@ -512,6 +512,7 @@ fn random_rooms_keep_every_stream_contiguous_and_leak_nothing() {
             delay: Duration::from_millis(5),
             jitter: Duration::from_millis(3),
             loss: 0.02,
+            loss_every: 0,
             loss_min_len: 500,
             // Lost on the way to subscribers, and only first transmissions: every loss is
             // repairable, so a hole left is the engine's.

@@ -21,6 +21,9 @@ pub struct NetConfig {
     pub jitter: Duration,
     /// Probability that a datagram of at least `loss_min_len` bytes is lost.
     pub loss: f64,
+    /// Besides: lose exactly every `loss_every`-th datagram that could be lost (0: none), for
+    /// a loss rate that does not fluctuate from one second to the next.
+    pub loss_every: u64,
     /// Smaller datagrams (audio, RTCP, STUN, most of the handshake) are never lost, so that
     /// what is lost is exactly what NACK and RTX are meant to repair.
     pub loss_min_len: usize,
@@ -36,6 +39,7 @@ impl Default for NetConfig {
             delay: Duration::from_millis(5),
             jitter: Duration::ZERO,
             loss: 0.0,
+            loss_every: 0,
             loss_min_len: 500,
             lossy: |_| true,
         }
@@ -118,6 +122,8 @@ pub struct Net {
     rng: StdRng,
     in_flight: BinaryHeap<Reverse<InFlight>>,
     sent: u64,
+    /// Datagrams so far that could be lost (for `loss_every`).
+    losable: u64,
     /// Bottlenecks by destination.
     links: HashMap<SocketAddr, Link>,
     /// Datagrams lost so far (at random or in a full bottleneck queue).
@@ -133,6 +139,7 @@ impl Net {
             rng: StdRng::seed_from_u64(config.seed),
             in_flight: BinaryHeap::new(),
             sent: 0,
+            losable: 0,
             links: HashMap::new(),
             lost: 0,
             queue_drops: 0,
@@ -161,6 +168,11 @@ impl Net {
         self.config.loss = loss;
     }
 
+    /// Change the periodic loss from now on (0: none).
+    pub fn set_loss_every(&mut self, every: u64) {
+        self.config.loss_every = every;
+    }
+
     /// Send a datagram at `now`.
     pub fn send(&mut self, now: Instant, datagram: Datagram) {
         self.sent += 1;
@@ -172,9 +184,13 @@ impl Net {
                 .random_range(0..=self.config.jitter.as_micros() as u64),
         );
         let affected = (self.config.lossy)(&datagram);
-        if affected && lose && datagram.contents.len() >= self.config.loss_min_len {
-            self.lost += 1;
-            return;
+        if affected && datagram.contents.len() >= self.config.loss_min_len {
+            self.losable += 1;
+            let every = self.config.loss_every;
+            if lose || (every > 0 && self.losable % every == 0) {
+                self.lost += 1;
+                return;
+            }
         }
         let jitter = if affected { jitter } else { Duration::ZERO };
         let sent = match self.links.get_mut(&datagram.to) {
