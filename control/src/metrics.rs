@@ -17,7 +17,7 @@ type Series = (
 /// `control_sessions` is the number of sessions in control's store.
 pub fn render(stats: &NodeStats, workers_up: &[bool], control_sessions: usize) -> String {
     let mut out = String::with_capacity(4096);
-    let series: [Series; 19] = [
+    let series: [Series; 20] = [
         (
             "sfu_tracks",
             "gauge",
@@ -111,6 +111,13 @@ pub fn render(stats: &NodeStats, workers_up: &[bool], control_sessions: usize) -
             "Subscriber video tracks paused because not even their lowest layer fits the \
              bandwidth estimate",
             |w| w.bandwidth_paused_tracks,
+        ),
+        (
+            "sfu_floor_dropped_total",
+            "counter",
+            "Audio packets not forwarded because their participant did not hold the room's \
+             push-to-talk floor",
+            |w| w.floor_dropped,
         ),
         (
             "sfu_nacks_sent_total",
@@ -455,6 +462,7 @@ mod tests {
             data_dropped: n + 10,
             bandwidth_switches: n + 8,
             bandwidth_paused_tracks: n + 9,
+            floor_dropped: n + 11,
             ..WorkerStats::default()
         }
     }
@@ -496,6 +504,8 @@ mod tests {
             "sfu_bandwidth_switches_total{worker=\"0\"} 18",
             "# TYPE sfu_bandwidth_paused_tracks gauge",
             "sfu_bandwidth_paused_tracks{worker=\"1\"} 29",
+            "# TYPE sfu_floor_dropped_total counter",
+            "sfu_floor_dropped_total{worker=\"0\"} 21",
         ] {
             assert_eq!(
                 lines.iter().filter(|l| **l == expected).count(),

@@ -107,6 +107,8 @@ pub struct WorkerMetrics {
     pub bandwidth_switches: AtomicU64,
     /// Video tracks paused for bandwidth now (a gauge).
     pub bandwidth_paused_tracks: AtomicU64,
+    /// Audio packets held back by a room's push-to-talk floor.
+    pub floor_dropped: AtomicU64,
     dropped: [AtomicU64; DropReason::ALL.len()],
 }
 
@@ -169,6 +171,7 @@ impl WorkerMetrics {
             data_dropped: load(&self.data_dropped),
             bandwidth_switches: load(&self.bandwidth_switches),
             bandwidth_paused_tracks: load(&self.bandwidth_paused_tracks),
+            floor_dropped: load(&self.floor_dropped),
             dropped: DropReason::ALL
                 .iter()
                 .map(|r| (r.as_str().to_string(), self.dropped(*r)))

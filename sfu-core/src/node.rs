@@ -18,7 +18,7 @@ use crossbeam::channel::{Receiver, Sender, TrySendError};
 use sfu_proto::{
     CreateSession, EndReason, HeldSession, LoadReport, NodeError, NodeEvent, NodeHealth, NodeId,
     NodeRequest, NodeResponse, NodeStats, RelayAddress, RelayRoom, RoomId, RoomRelays,
-    SessionCreated, SessionId, SessionKind, WorkerId,
+    SessionCreated, SessionId, SessionKind, SetFloor, WorkerId,
 };
 use str0m::config::DtlsCert;
 use tokio::sync::{mpsc, oneshot};
@@ -615,6 +615,7 @@ impl Node {
             },
             NodeRequest::RoomRelays { room } => self.room_relays(room).await,
             NodeRequest::SendData(s) => self.on_worker_of(s.session, Command::SendData(s)).await,
+            NodeRequest::SetFloor(f) => self.set_floor(f).await,
             NodeRequest::Renegotiate { session, offer_sdp } => {
                 // Garbage is refused here, before the worker sees it.
                 match Offer::parse(&offer_sdp) {
@@ -725,6 +726,22 @@ impl Node {
             NodeResponse::Error(e) => Err(e),
             other => Ok(other),
         }
+    }
+
+    /// Every media worker gates its own fan-out, so every one learns the floor (the relay
+    /// endpoint forwards relayed tracks to the workers, which gate them).
+    async fn set_floor(&self, set: SetFloor) -> Result<NodeResponse, NodeError> {
+        for worker in 0..self.candidates.len() {
+            let command = Command::SetFloor {
+                room: set.room.clone(),
+                floor: set.floor,
+            };
+            match self.call_worker(WorkerId(worker as u16), command).await? {
+                NodeResponse::Done => {}
+                other => return Ok(other),
+            }
+        }
+        Ok(NodeResponse::Done)
     }
 
     async fn call_worker(

@@ -13,8 +13,8 @@ mod common;
 use common::*;
 use sfu_core::engine::Command;
 use sfu_core::proto::{
-    Layer, NodeEvent, NodeResponse, ParticipantId, Quality, SessionId, SetSubscription, Subscribe,
-    SubscribePolicy, TrackId,
+    AudioFloor, Layer, NodeEvent, NodeResponse, ParticipantId, Quality, SessionId, SetSubscription,
+    Subscribe, SubscribePolicy, TrackId,
 };
 use sfu_core::testkit::net::{Bottleneck, Datagram, NetConfig};
 use sfu_core::testkit::peer::{PublishMedia, SubscribeMedia};
@@ -233,6 +233,127 @@ fn assert_carries(kit: &Kit, who: Participant, k: usize, from: Participant, what
             "{what}: slot {slot} carries someone else"
         );
         assert_contiguous(got, &format!("{what}: slot {slot}"));
+    }
+}
+
+/// Push to talk: with the floor held, every listener gets the holder's audio and nobody
+/// else's (the others' packets stop at the node), video goes on; the floor passes within one
+/// audio packet interval plus the network's delay; a free floor lets no audio through, an open
+/// one all of it again.
+#[test]
+fn push_to_talk_forwards_only_the_floor_holders_audio() {
+    const N: usize = 4;
+    let mut kit = Kit::new(&[2], NetConfig::default());
+    let people: Vec<Participant> = (0..N).map(|i| join(&mut kit, i)).collect();
+    let everyone: Vec<PeerRef> = people
+        .iter()
+        .flat_map(|p| [p.publisher, p.subscriber])
+        .collect();
+    assert!(kit.run_until(Duration::from_secs(10), |k| connected(k, &everyone)));
+    // `from[i][k]`: whom listener i hears on its k-th slot pair.
+    let mut from = vec![Vec::new(); N];
+    for i in 0..N {
+        for (k, j) in (0..N).filter(|j| *j != i).enumerate() {
+            subscribe(&mut kit, people[i], k, people[j]);
+            from[i].push(j);
+        }
+    }
+    kit.run_for(Duration::from_secs(2));
+    // Audio packets each listener has had on each slot pair so far.
+    let audio = |kit: &Kit| -> Vec<Vec<usize>> {
+        (0..N)
+            .map(|i| {
+                (0..N - 1)
+                    .map(|k| received(kit, people[i], audio_slot(k)))
+                    .collect()
+            })
+            .collect()
+    };
+    let video = |kit: &Kit| -> usize {
+        (0..N)
+            .flat_map(|i| (0..N - 1).map(move |k| (i, k)))
+            .map(|(i, k)| received(kit, people[i], video_slot(k)))
+            .sum()
+    };
+    let gated = |kit: &Kit| -> u64 {
+        kit.nodes[0]
+            .metrics
+            .iter()
+            .map(|m| m.floor_dropped.load(Relaxed))
+            .sum()
+    };
+    let holds = |p: usize| AudioFloor::Held(ParticipantId::from_identity(&format!("p{p}")));
+    // A packet already on the wire when the floor changes still arrives.
+    const IN_FLIGHT: usize = 2;
+
+    for holder in [0, 2] {
+        kit.set_floor(0, "meet", holds(holder));
+        let (before, video_before) = (audio(&kit), video(&kit));
+        kit.run_for(Duration::from_secs(2));
+        let after = audio(&kit);
+        for i in 0..N {
+            for k in 0..N - 1 {
+                let got = after[i][k] - before[i][k];
+                if from[i][k] == holder {
+                    assert!(
+                        got >= 90,
+                        "p{i} hears the holder p{holder}: {got} packets in 2 s"
+                    );
+                } else {
+                    assert!(
+                        got <= IN_FLIGHT,
+                        "p{i} hears p{} without the floor: {got} packets",
+                        from[i][k]
+                    );
+                }
+            }
+        }
+        assert!(video(&kit) > video_before + 500, "video goes on");
+    }
+    assert!(gated(&kit) > 0);
+
+    // The floor passes from p2 to p3: how long until each listener hears p3.
+    kit.set_floor(0, "meet", holds(3));
+    let passed = kit.now();
+    let before = audio(&kit);
+    let heard = |kit: &Kit| {
+        (0..3).all(|i| {
+            let k = from[i].iter().position(|&j| j == 3).expect("p3 is heard");
+            received(kit, people[i], audio_slot(k)) > before[i][k]
+        })
+    };
+    assert!(kit.run_until(Duration::from_secs(1), heard));
+    let took = kit.now() - passed;
+    let network = NetConfig::default().delay * 2;
+    assert!(
+        took <= sfu_core::testkit::peer::AUDIO_INTERVAL + network + Duration::from_millis(5),
+        "the floor passed in {took:?}"
+    );
+
+    // Free: no audio at all; open: everyone's again.
+    kit.set_floor(0, "meet", AudioFloor::Free);
+    kit.run_for(Duration::from_millis(100));
+    let before = audio(&kit);
+    kit.run_for(Duration::from_secs(1));
+    assert_eq!(audio(&kit), before, "a free floor lets no audio through");
+    kit.set_floor(0, "meet", AudioFloor::Open);
+    let before = audio(&kit);
+    kit.run_for(Duration::from_secs(1));
+    let after = audio(&kit);
+    for i in 0..N {
+        for k in 0..N - 1 {
+            assert!(
+                after[i][k] >= before[i][k] + 40,
+                "p{i} hears p{} again",
+                from[i][k]
+            );
+        }
+    }
+    for (i, p) in people.iter().enumerate() {
+        for k in 0..N - 1 {
+            let got = kit.peer(p.subscriber).received_on(audio_slot(k) as usize);
+            assert_contiguous(got, &format!("p{i} audio slot {k} across floor changes"));
+        }
     }
 }
 

@@ -132,6 +132,42 @@ pub enum NodeRequest {
     /// Send a text message on one of a session's data channels (docs/signaling.md, "Data
     /// messages"): one its client opened, reliable or not as `reliable` says.
     SendData(SendData),
+    /// Push to talk: whose audio a room forwards from now on (docs/node-api.md, "Push to
+    /// talk"). Answered with `Done` once every worker applies it.
+    SetFloor(SetFloor),
+}
+
+/// Which participants' audio a room forwards to its subscribers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AudioFloor {
+    /// Everyone's: no floor control (every room starts so).
+    #[default]
+    Open,
+    /// Nobody's: the room is push-to-talk and the floor is free.
+    Free,
+    /// This participant's only.
+    Held(ParticipantId),
+}
+
+impl AudioFloor {
+    /// Whether `participant`'s audio goes through.
+    pub fn lets(self, participant: ParticipantId) -> bool {
+        match self {
+            AudioFloor::Open => true,
+            AudioFloor::Free => false,
+            AudioFloor::Held(holder) => holder == participant,
+        }
+    }
+}
+
+/// Set room `room`'s [`AudioFloor`] on this node. Packets of other participants' audio are
+/// dropped where they enter the room's fan-out (counted in `WorkerStats::floor_dropped`), so
+/// no listener is sent them; video, data and the active-speaker ranking of the holder go on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetFloor {
+    pub room: RoomId,
+    pub floor: AudioFloor,
 }
 
 /// A text message for a session's data channel.
@@ -444,6 +480,9 @@ pub struct WorkerStats {
     pub bandwidth_switches: u64,
     /// Video tracks paused for bandwidth now (a gauge).
     pub bandwidth_paused_tracks: u64,
+    /// Audio packets not forwarded because their participant did not hold the room's
+    /// push-to-talk floor ([`NodeRequest::SetFloor`]).
+    pub floor_dropped: u64,
     /// Drops by reason, in a fixed order.
     pub dropped: Vec<(String, u64)>,
 }

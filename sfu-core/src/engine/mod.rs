@@ -35,9 +35,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sfu_proto::{
-    EndReason, Layer, NodeError, NodeEvent, NodeResponse, ParticipantId, Quality, RoomId, SendData,
-    SessionCreated, SessionId, SessionKind, SetSubscription, Subscribe, TrackId, TrackInfo,
-    WorkerId,
+    AudioFloor, EndReason, Layer, NodeError, NodeEvent, NodeResponse, ParticipantId, Quality,
+    RoomId, SendData, SessionCreated, SessionId, SessionKind, SetSubscription, Subscribe, TrackId,
+    TrackInfo, WorkerId,
 };
 use str0m::bwe::BweKind;
 use str0m::media::Mid;
@@ -180,6 +180,11 @@ pub enum Command {
         seed: u64,
     },
     SendData(SendData),
+    /// Whose audio room `room` forwards ([`AudioFloor::Open`] forgets the room's floor).
+    SetFloor {
+        room: RoomId,
+        floor: AudioFloor,
+    },
 }
 
 /// The media engine of one worker.
@@ -203,6 +208,9 @@ pub struct Engine {
 
     /// Fresh publisher packets waiting for fan-out.
     media: Vec<Arc<MediaPacket>>,
+    /// Rooms under push-to-talk floor control, by name (a floor may be set before the room
+    /// has a session on this worker, and outlives its sessions until it is opened again).
+    floors: HashMap<RoomId, AudioFloor>,
     keyframe_requests: Vec<(RoomKey, Selection)>,
     /// Rooms whose subscriptions changed: the layers they want of relayed tracks are
     /// reported to the relay endpoint.
@@ -269,6 +277,7 @@ impl Engine {
             timers: BinaryHeap::new(),
             next_housekeeping: now + HOUSEKEEPING_INTERVAL,
             media: Vec::with_capacity(64),
+            floors: HashMap::new(),
             keyframe_requests: Vec::new(),
             layers_dirty: Vec::new(),
             to_allocate: Vec::new(),
@@ -464,6 +473,10 @@ impl Engine {
                 .renegotiate(session, *offer, seed)
                 .map(NodeResponse::SessionCreated),
             Command::SendData(s) => self.send_data(s).map(|()| NodeResponse::Done),
+            Command::SetFloor { room, floor } => {
+                self.set_floor(room, floor);
+                Ok(NodeResponse::Done)
+            }
         };
         result.unwrap_or_else(NodeResponse::Error)
     }
@@ -1416,6 +1429,32 @@ impl Engine {
         }
     }
 
+    /// Gate room `room`'s audio by `floor`. Every audio forwarder of the room's subscribers here
+    /// starts afresh at its next packet: a participant's packets held back while someone else
+    /// held the floor would otherwise leave a hole in its listeners' sequence numbers, which a
+    /// receiver counts as loss (and a connection quality judges by).
+    fn set_floor(&mut self, room: RoomId, floor: AudioFloor) {
+        let subscribers: Vec<PeerId> = self
+            .rooms
+            .values()
+            .filter(|r| r.id == room)
+            .flat_map(|r| r.subscribers.iter().copied())
+            .collect();
+        for peer in subscribers {
+            if let Some(session) = session_in(&mut self.sessions, peer) {
+                for slot in &mut session.tracks {
+                    if slot.kind == sfu_proto::MediaKind::Audio {
+                        slot.forwarder.reset();
+                    }
+                }
+            }
+        }
+        match floor {
+            AudioFloor::Open => self.floors.remove(&room),
+            _ => self.floors.insert(room, floor),
+        };
+    }
+
     /// Deliver queued publisher packets to this worker's subscribers and, for packets of
     /// tracks published here, one reference to every other worker with subscribers in the
     /// room.
@@ -1431,6 +1470,15 @@ impl Engine {
             };
             if !room.observe(&packet.header, packet.payload.len(), packet.arrival) {
                 continue;
+            }
+            // Push to talk: only the floor holder's audio goes on, to this worker's
+            // subscribers and to the others (each gates what reaches it from elsewhere too).
+            if !self.floors.is_empty() && packet.header.kind == sfu_proto::MediaKind::Audio {
+                let floor = self.floors.get(&room.id).copied().unwrap_or_default();
+                if !floor.lets(packet.header.participant) {
+                    WorkerMetrics::add(&self.metrics.floor_dropped, 1);
+                    continue;
+                }
             }
             if room.take_layer_started() {
                 self.to_allocate.extend_from_slice(&room.subscribers);

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use sfu_proto::relay::RelayFrame;
 use sfu_proto::{
-    NodeError, NodeEvent, NodeId, NodeResponse, RoomId, SessionCreated, SessionId, SessionKind,
-    SubscribePolicy, WorkerId,
+    AudioFloor, NodeError, NodeEvent, NodeId, NodeResponse, RoomId, SessionCreated, SessionId,
+    SessionKind, SubscribePolicy, WorkerId,
 };
 use str0m::config::DtlsCert;
 
@@ -428,6 +428,21 @@ impl Kit {
         let response = self.nodes[node].engines[worker.index()].handle_command(now, command);
         self.flush();
         response
+    }
+
+    /// Set room `room`'s push-to-talk floor on every worker of `node`, as the node's
+    /// `SetFloor` does.
+    pub fn set_floor(&mut self, node: usize, room: &str, floor: AudioFloor) {
+        let room: RoomId = room.parse().expect("a room name");
+        let now = self.now;
+        for engine in &mut self.nodes[node].engines {
+            let command = Command::SetFloor {
+                room: room.clone(),
+                floor,
+            };
+            assert_eq!(engine.handle_command(now, command), NodeResponse::Done);
+        }
+        self.flush();
     }
 
     /// `peer`, a subscriber, offers `audio` and `video` more receiving sections on its live
