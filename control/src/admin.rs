@@ -17,6 +17,7 @@ use crate::auth;
 use crate::cluster::link::log_changes;
 use crate::cluster::nodes::ForgetError;
 use crate::http::{AppState, bearer, store_unavailable, text};
+use crate::rtc::settings::{self, RoomSettings};
 use crate::store::SessionRecord;
 
 /// A room as the admin API shows it.
@@ -82,6 +83,82 @@ fn admin(state: &AppState, headers: &HeaderMap) -> Result<auth::Claims, Response
         ));
     }
     Ok(claims)
+}
+
+/// The caller's token if it is an admin token for `room` or for every room and the room's
+/// name is valid; the response otherwise.
+#[allow(clippy::result_large_err)] // the error is the response, sent as it is
+fn room_admin(state: &AppState, headers: &HeaderMap, room: &str) -> Result<auth::Claims, Response> {
+    let claims = bearer(state, headers)?;
+    if !(auth::is_cluster_admin(&claims) || (claims.grants.admin && claims.room == room)) {
+        return Err(text(
+            StatusCode::FORBIDDEN,
+            format!("a room's settings need an admin token for room {room:?} or for every room"),
+        ));
+    }
+    if room.parse::<RoomId>().is_err() {
+        return Err(text(
+            StatusCode::BAD_REQUEST,
+            "room names are 1-128 characters of A-Z a-z 0-9 . _ -",
+        ));
+    }
+    Ok(claims)
+}
+
+/// `GET /api/rooms/{room}/settings`
+pub async fn room_settings(
+    State(state): State<Arc<AppState>>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = room_admin(&state, &headers, &room) {
+        return r;
+    }
+    match settings::load(&state, &room).await {
+        Ok(settings) => Json(settings).into_response(),
+        Err(e) => store_unavailable(e),
+    }
+}
+
+/// `PUT /api/rooms/{room}/settings`: the room's options from now on (a room need not exist
+/// yet); `DELETE` puts it back to the defaults.
+pub async fn put_room_settings(
+    State(state): State<Arc<AppState>>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let claims = match room_admin(&state, &headers, &room) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let settings = match RoomSettings::parse(&body) {
+        Ok(settings) => settings,
+        Err(e) => return text(StatusCode::BAD_REQUEST, e),
+    };
+    let json = serde_json::to_string(&settings).unwrap_or_default();
+    if let Err(e) = state.sessions.set_room_settings(&room, Some(&json)).await {
+        return store_unavailable(e);
+    }
+    tracing::info!(%room, settings = %json, admin = %claims.sub, "room settings changed");
+    Json(settings).into_response()
+}
+
+/// `DELETE /api/rooms/{room}/settings`
+pub async fn delete_room_settings(
+    State(state): State<Arc<AppState>>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let claims = match room_admin(&state, &headers, &room) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    if let Err(e) = state.sessions.set_room_settings(&room, None).await {
+        return store_unavailable(e);
+    }
+    tracing::info!(%room, admin = %claims.sub, "room settings back to the defaults");
+    Json(RoomSettings::default()).into_response()
 }
 
 /// `GET /api/nodes`

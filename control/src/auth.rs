@@ -211,6 +211,7 @@ mod tests {
             publish,
             subscribe,
             admin: false,
+            moderator: false,
         }
     }
 
@@ -277,6 +278,7 @@ mod tests {
                 publish: true,
                 subscribe: true,
                 admin,
+                moderator: false,
             },
         }
     }

@@ -29,6 +29,8 @@ pub struct Config {
     pub cascade: CascadeConfig,
     /// `[rtc]`: the WebSocket room protocol (docs/signaling.md).
     pub rtc: crate::rtc::RtcConfig,
+    /// `[ptt]`: push-to-talk channels (docs/push-to-talk.md).
+    pub ptt: crate::rtc::floor::PttConfig,
 }
 
 /// `[cascade]`: how rooms that span nodes are relayed between them.
@@ -305,6 +307,7 @@ impl Config {
         }
         self.turn.validate()?;
         self.rtc.validate()?;
+        self.ptt.validate()?;
         if let Some(url) = &self.store.redis_url {
             if !url.starts_with("redis://") {
                 return Err(ConfigError::Invalid {

@@ -54,6 +54,10 @@ pub struct AppState {
     pub rtc_hub: crate::rtc::Hub,
     /// The WHIP publishers this instance listed in their rooms.
     pub rtc_whip: crate::rtc::whip::WhipMembers,
+    /// `[ptt]`: push-to-talk channels' floor limits.
+    pub ptt: crate::rtc::floor::PttConfig,
+    /// This instance's room chairs ([`crate::rtc::chair`]).
+    pub chairs: crate::rtc::chair::Chairs,
 }
 
 /// Build the router.
@@ -83,6 +87,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/api/rooms/{room}",
             get(crate::admin::room).delete(crate::admin::delete_room),
+        )
+        .route(
+            "/api/rooms/{room}/settings",
+            get(crate::admin::room_settings)
+                .put(crate::admin::put_room_settings)
+                .delete(crate::admin::delete_room_settings),
         )
         .route("/rtc/{room}", get(crate::rtc::socket::upgrade))
         .route("/whip/{room}", post(whip_post).options(preflight))
@@ -305,6 +315,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     crate::metrics::render_cluster(&mut body, &state.nodes);
     let (errors, up) = state.sessions.health();
     crate::metrics::render_store(&mut body, errors, up);
+    state.chairs.render(&mut body);
     (
         [(
             header::CONTENT_TYPE,
@@ -763,9 +774,16 @@ async fn patch(
 struct DevTokenRequest {
     room: String,
     identity: String,
+    /// The room's admin grant (the demo page sets its room's type with it).
+    #[serde(default)]
+    admin: bool,
+    /// Push to talk: take the floor at once.
+    #[serde(default)]
+    moderator: bool,
 }
 
-/// Development only: mint a publish+subscribe token for the demo page.
+/// Development only: mint a publish+subscribe token for the demo page (optionally with the
+/// room's admin or moderator grant: development keys are public anyway).
 async fn dev_token(body: Bytes) -> Response {
     let Ok(req) = serde_json::from_slice::<DevTokenRequest>(&body) else {
         return text(
@@ -782,7 +800,8 @@ async fn dev_token(body: Bytes) -> Response {
     let grants = Grants {
         publish: true,
         subscribe: true,
-        admin: false,
+        admin: req.admin,
+        moderator: req.moderator,
     };
     match auth::mint(
         auth::DEV_API_KEY,

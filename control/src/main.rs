@@ -75,6 +75,9 @@ struct TokenArgs {
     subscribe: bool,
     #[arg(long)]
     admin: bool,
+    /// Push to talk: the token's floor requests take the floor at once.
+    #[arg(long)]
+    moderator: bool,
     /// Lifetime in seconds.
     #[arg(long, default_value_t = 3600)]
     ttl: u64,
@@ -123,6 +126,7 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
         publish: args.publish,
         subscribe: args.subscribe,
         admin: args.admin,
+        moderator: args.moderator,
     };
     let token = auth::mint(
         &key,

@@ -114,6 +114,8 @@ impl Server {
             rtc: config.rtc.clone(),
             rtc_hub: Default::default(),
             rtc_whip: Default::default(),
+            ptt: config.ptt.clone(),
+            chairs: Default::default(),
         });
         if state.limiter.is_none() {
             tracing::warn!(

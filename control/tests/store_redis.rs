@@ -423,6 +423,43 @@ async fn two_stores_share_a_roster_and_its_max() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_instance_chairs_a_room_until_its_lease_runs_out_and_settings_are_shared() {
+    let redis = Redis::start();
+    let (a, b) = (store(&redis, "a"), store(&redis, "b"));
+    let lease = Duration::from_millis(400);
+    assert_eq!(a.chair_lease("r", "a-1", lease).await, Ok(true));
+    assert_eq!(b.chair_lease("r", "b-1", lease).await, Ok(false));
+    assert_eq!(a.chair_lease("r", "a-1", lease).await, Ok(true), "renewed");
+    assert_eq!(b.chair_lease("other", "b-1", lease).await, Ok(true));
+    // A holder that stops renewing loses the room once its lease runs out.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while b.chair_lease("r", "b-1", lease).await != Ok(true) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lease never ran out"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(a.chair_lease("r", "a-1", lease).await, Ok(false));
+    // Only the holder gives it up.
+    assert_eq!(a.chair_release("r", "a-1").await, Ok(()));
+    assert_eq!(a.chair_lease("r", "a-1", lease).await, Ok(false));
+    assert_eq!(b.chair_release("r", "b-1").await, Ok(()));
+    assert_eq!(a.chair_lease("r", "a-1", lease).await, Ok(true));
+
+    assert_eq!(b.room_settings("r").await, Ok(None));
+    a.set_room_settings("r", Some(r#"{"ptt":true}"#))
+        .await
+        .expect("set");
+    assert_eq!(
+        b.room_settings("r").await,
+        Ok(Some(r#"{"ptt":true}"#.to_string()))
+    );
+    b.set_room_settings("r", None).await.expect("reset");
+    assert_eq!(a.room_settings("r").await, Ok(None));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replaced_join_can_neither_update_nor_remove_its_successor() {
     let redis = Redis::start();
     let (a, b) = (store(&redis, "a"), store(&redis, "b"));

@@ -17,6 +17,10 @@ pub struct Grants {
     pub subscribe: bool,
     /// End or change anyone's session in the room.
     pub admin: bool,
+    /// Push to talk: a request for the floor takes it at once (the talker is queued first).
+    /// `admin` implies it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub moderator: bool,
 }
 
 impl Grants {
@@ -24,16 +28,19 @@ impl Grants {
         publish: true,
         subscribe: false,
         admin: false,
+        moderator: false,
     };
     pub const SUBSCRIBE: Grants = Grants {
         publish: false,
         subscribe: true,
         admin: false,
+        moderator: false,
     };
     pub const PUBLISH_SUBSCRIBE: Grants = Grants {
         publish: true,
         subscribe: true,
         admin: false,
+        moderator: false,
     };
 }
 

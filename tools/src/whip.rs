@@ -67,6 +67,7 @@ pub enum SignalError {
 pub enum Method {
     Get,
     Post,
+    Put,
     Patch,
     Delete,
 }
@@ -76,6 +77,7 @@ impl Method {
         match self {
             Method::Get => "GET",
             Method::Post => "POST",
+            Method::Put => "PUT",
             Method::Patch => "PATCH",
             Method::Delete => "DELETE",
         }
@@ -245,11 +247,11 @@ impl SignalingClient {
                 }
                 b.call()
             }
-            Method::Post | Method::Patch => {
-                let mut b = if req.method == Method::Post {
-                    self.agent.post(&url)
-                } else {
-                    self.agent.patch(&url)
+            Method::Post | Method::Put | Method::Patch => {
+                let mut b = match req.method {
+                    Method::Post => self.agent.post(&url),
+                    Method::Put => self.agent.put(&url),
+                    _ => self.agent.patch(&url),
                 };
                 if let Some(auth) = &auth {
                     b = b.header("Authorization", auth);

@@ -10,6 +10,45 @@ use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::time::{Duration, Instant};
 
+/// `[ptt]`: push-to-talk channels' floor limits (rooms with the `ptt` option).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PttConfig {
+    /// The longest turn, in seconds: the floor is then revoked and passes on.
+    pub max_talk_secs: u64,
+    /// Requests that may wait for the floor; one more is denied.
+    pub max_queue: usize,
+}
+
+impl Default for PttConfig {
+    fn default() -> Self {
+        let floor = FloorConfig::default();
+        Self {
+            max_talk_secs: floor.max_talk.as_secs(),
+            max_queue: floor.max_queue,
+        }
+    }
+}
+
+impl PttConfig {
+    pub fn validate(&self) -> Result<(), crate::config::ConfigError> {
+        if self.max_talk_secs == 0 || self.max_talk_secs > 3600 {
+            return Err(crate::config::ConfigError::Invalid {
+                key: "ptt.max_talk_secs".into(),
+                reason: "must be between 1 and 3600".into(),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn floor(&self) -> FloorConfig {
+        FloorConfig {
+            max_talk: Duration::from_secs(self.max_talk_secs),
+            max_queue: self.max_queue,
+        }
+    }
+}
+
 /// The limits of one channel's floor (`[ptt]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FloorConfig {

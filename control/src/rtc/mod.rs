@@ -7,13 +7,17 @@
 //! - [`whip`]: WHIP publishers listed in their rooms as participants;
 //! - [`hybrid`]: a room's media mode (peer to peer or through the SFU) and its switches;
 //! - [`floor`]: push-to-talk floor control for a channel;
+//! - [`chair`]: the one task per room (across control instances) that runs its floor;
+//! - [`settings`]: a room's options, set by an admin;
 //! - the room itself is the store's roster and event feed ([`crate::store::rooms`]), so
 //!   participants on different control instances see each other.
 
+pub mod chair;
 pub mod floor;
 pub mod hybrid;
 pub mod participant;
 pub mod protocol;
+pub mod settings;
 pub mod socket;
 pub mod whip;
 

@@ -5,6 +5,8 @@
 use serde::{Deserialize, Serialize};
 use sfu_core::proto::Quality;
 
+use super::settings::RoomSettings;
+
 /// The protocol version this server speaks.
 pub const VERSION: u32 = 1;
 
@@ -60,6 +62,10 @@ pub enum ClientMessage {
         track: String,
         muted: bool,
     },
+    /// Push to talk: ask for the floor.
+    FloorRequest {},
+    /// Push to talk: let go of the floor, or of one's place in line.
+    FloorRelease {},
     Leave {},
     Ping {},
 }
@@ -79,6 +85,8 @@ impl ClientMessage {
             ClientMessage::Unsubscribe { .. } => "unsubscribe",
             ClientMessage::SetSubscription { .. } => "set_subscription",
             ClientMessage::Mute { .. } => "mute",
+            ClientMessage::FloorRequest {} => "floor_request",
+            ClientMessage::FloorRelease {} => "floor_release",
             ClientMessage::Leave {} => "leave",
             ClientMessage::Ping {} => "ping",
         }
@@ -163,6 +171,8 @@ pub enum ServerMessage {
         resume: ResumeInfo,
         resumed: bool,
         ice_servers: Vec<serde_json::Value>,
+        /// The room's options (`ptt`: a push-to-talk channel).
+        settings: RoomSettings,
     },
     PublishAnswer {
         sdp: String,
@@ -219,6 +229,29 @@ pub enum ServerMessage {
     },
     Quality {
         participants: Vec<QualityView>,
+    },
+    /// Push to talk: who holds the floor and who waits, next first (on every change, and on
+    /// joining a channel). `ptt` false: the room stopped being a channel.
+    Floor {
+        ptt: bool,
+        holder: Option<String>,
+        queue: Vec<String>,
+    },
+    /// Push to talk: the floor is yours for at most `max_talk_ms`; talk.
+    FloorGranted {
+        max_talk_ms: u64,
+    },
+    /// Push to talk: you wait; `position` 1 is next.
+    FloorQueued {
+        position: usize,
+    },
+    /// Push to talk: refused (`queue_full`, `not_push_to_talk`, `no_publish_grant`).
+    FloorDenied {
+        reason: String,
+    },
+    /// Push to talk: your turn ended without you releasing it (`time_up`, `preempted`).
+    FloorRevoked {
+        reason: String,
     },
     Left {},
     Pong {},
@@ -360,6 +393,8 @@ mod tests {
             r#"{"type":"mute","track":"a-0","muted":true}"#,
             r#"{"type":"leave"}"#,
             r#"{"type":"ping","req":3}"#,
+            r#"{"type":"floor_request"}"#,
+            r#"{"type":"floor_release","req":9}"#,
         ];
         for case in cases {
             parse(case).unwrap_or_else(|e| panic!("{case}: {e:?}"));
@@ -442,7 +477,8 @@ mod tests {
         #[test]
         fn arbitrary_json_objects_never_panic(
             kind in prop::sample::select(vec!["join", "publish", "subscriber_offer", "subscribe",
-                "unsubscribe", "set_subscription", "mute", "leave", "ping", "other"]),
+                "unsubscribe", "set_subscription", "mute", "leave", "ping", "floor_request",
+                "floor_release", "other"]),
             key in "[a-z_]{1,12}",
             value in prop_oneof![
                 Just(serde_json::json!(null)),

@@ -392,6 +392,57 @@ impl Store {
         }
     }
 
+    /// `room`'s options as JSON, if an admin set any.
+    pub async fn room_settings(&self, room: &str) -> Result<Option<String>, StoreError> {
+        match self {
+            Store::Memory(m) => Ok(m.rooms.settings(room)),
+            Store::Redis(r) => r.room_settings(room).await,
+        }
+    }
+
+    /// Set `room`'s options (`None`: back to the defaults).
+    pub async fn set_room_settings(
+        &self,
+        room: &str,
+        settings: Option<&str>,
+    ) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(m) => {
+                m.rooms.set_settings(room, settings);
+                Ok(())
+            }
+            Store::Redis(r) => r.set_room_settings(room, settings).await,
+        }
+    }
+
+    /// Take or renew `room`'s chair lease ([`crate::rtc::chair`]) for `holder` for `ttl`:
+    /// `false` while another holder's lease runs.
+    pub async fn chair_lease(
+        &self,
+        room: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        match self {
+            Store::Memory(m) => {
+                Ok(m.rooms
+                    .chair_lease(room, holder, ttl, std::time::Instant::now()))
+            }
+            Store::Redis(r) => r.chair_lease(room, holder, ttl).await,
+        }
+    }
+
+    /// Give up `room`'s chair lease if `holder` has it.
+    pub async fn chair_release(&self, room: &str, holder: &str) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(m) => {
+                m.rooms.chair_release(room, holder);
+                Ok(())
+            }
+            Store::Redis(r) => r.chair_release(room, holder).await,
+        }
+    }
+
     /// Listen to `room`'s events from now on (this instance's and every other's).
     pub fn room_subscribe(&self, room: &str) -> RoomFeed {
         match self {

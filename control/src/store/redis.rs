@@ -20,6 +20,10 @@
 //!   script that reads it. The hash's TTL is pushed to at least twice the lease on every write,
 //!   so a room whose every writer died vanishes by itself.
 //! - channel `sfu:rtc:{room}:events` — the room's event feed.
+//! - `sfu:rtc:{room}:settings` — a room's options (JSON, control's `rtc` module defines it),
+//!   set by an admin; no TTL.
+//! - `sfu:rtc:{room}:chair` — which control instance's chair runs the room's floor and media
+//!   mode (its holder name), with the lease as TTL.
 //!
 //! Every value read back is parsed; a value control did not write is
 //! [`StoreError::Corrupt`], never a panic.
@@ -146,6 +150,28 @@ fn node_info_key(node: &str) -> String {
 pub fn instance_channel(instance: &str) -> String {
     format!("sfu:instance:{instance}")
 }
+
+fn settings_key(room: &str) -> String {
+    format!("sfu:rtc:{room}:settings")
+}
+fn chair_key(room: &str) -> String {
+    format!("sfu:rtc:{room}:chair")
+}
+
+/// Take (ARGV[1] = holder) or renew the chair lease for ARGV[2] ms: 1, or 0 while another
+/// holder's lease runs.
+const CHAIR_LEASE: &str = r#"
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"#;
+
+/// Delete the chair lease if ARGV[1] holds it.
+const CHAIR_RELEASE: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+"#;
 
 /// The hash holding `room`'s roster.
 pub fn roster_key(room: &str) -> String {
@@ -554,6 +580,8 @@ struct Inner {
     roster_update: redis::Script,
     roster_remove: redis::Script,
     roster_read: redis::Script,
+    chair_lease: redis::Script,
+    chair_release: redis::Script,
     /// The lease of the roster entries this instance writes, in ms ([`ROSTER_LEASE`]).
     roster_lease_ms: AtomicU64,
     /// This instance's listeners of room events; the relaying task holds it weakly.
@@ -595,6 +623,8 @@ impl RedisStore {
                 roster_update: redis::Script::new(ROSTER_UPDATE),
                 roster_remove: redis::Script::new(ROSTER_REMOVE),
                 roster_read: redis::Script::new(ROSTER_READ),
+                chair_lease: redis::Script::new(CHAIR_LEASE),
+                chair_release: redis::Script::new(CHAIR_RELEASE),
                 roster_lease_ms: AtomicU64::new(duration_ms(ROSTER_LEASE)),
                 feeds: Arc::default(),
             }),
@@ -1160,6 +1190,56 @@ impl RedisStore {
             Ok(entries)
         });
         self.noted(result)
+    }
+
+    /// `room`'s options as JSON, if an admin set any.
+    pub async fn room_settings(&self, room: &str) -> Result<Option<String>, StoreError> {
+        let result: Result<Option<String>, _> = self.conn().get(settings_key(room)).await;
+        self.noted(result.map_err(store_error))
+    }
+
+    /// Set `room`'s options (`None`: back to the defaults).
+    pub async fn set_room_settings(
+        &self,
+        room: &str,
+        settings: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let result: Result<(), _> = match settings {
+            Some(s) => self.conn().set(settings_key(room), s).await,
+            None => self.conn().del(settings_key(room)).await,
+        };
+        self.noted(result.map_err(store_error))
+    }
+
+    /// Take or renew `room`'s chair lease for `holder` for `ttl`; `false` while another
+    /// holder's lease runs.
+    pub async fn chair_lease(
+        &self,
+        room: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let result: Result<i64, _> = self
+            .inner
+            .chair_lease
+            .key(chair_key(room))
+            .arg(holder)
+            .arg(duration_ms(ttl))
+            .invoke_async(&mut self.conn())
+            .await;
+        self.noted(result.map(|r| r == 1).map_err(store_error))
+    }
+
+    /// Give up `room`'s chair lease if `holder` has it.
+    pub async fn chair_release(&self, room: &str, holder: &str) -> Result<(), StoreError> {
+        let result: Result<i64, _> = self
+            .inner
+            .chair_release
+            .key(chair_key(room))
+            .arg(holder)
+            .invoke_async(&mut self.conn())
+            .await;
+        self.noted(result.map(|_| ()).map_err(store_error))
     }
 
     /// Send `message` to every listener of `room`, on every control instance (this one's

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::broadcast;
 
@@ -46,6 +47,10 @@ pub struct MemoryRooms {
 struct Inner {
     rosters: HashMap<String, HashMap<String, RosterEntry>>,
     feeds: HashMap<String, broadcast::Sender<Arc<str>>>,
+    /// Rooms' options as JSON, set by an admin before or while the room is used.
+    settings: HashMap<String, String>,
+    /// Rooms' chair leases: holder and when the lease runs out.
+    chairs: HashMap<String, (String, Instant)>,
 }
 
 impl MemoryRooms {
@@ -124,6 +129,43 @@ impl MemoryRooms {
         }
     }
 
+    /// `room`'s options as JSON, if an admin set any.
+    pub fn settings(&self, room: &str) -> Option<String> {
+        self.lock().settings.get(room).cloned()
+    }
+
+    /// Set `room`'s options (`None`: back to the defaults).
+    pub fn set_settings(&self, room: &str, settings: Option<&str>) {
+        let mut inner = self.lock();
+        match settings {
+            Some(s) => inner.settings.insert(room.to_string(), s.to_string()),
+            None => inner.settings.remove(room),
+        };
+    }
+
+    /// Take or renew `room`'s chair lease for `holder` for `ttl`; `false` while another
+    /// holder's lease runs.
+    pub fn chair_lease(&self, room: &str, holder: &str, ttl: Duration, now: Instant) -> bool {
+        let mut inner = self.lock();
+        match inner.chairs.get(room) {
+            Some((other, until)) if other != holder && *until > now => false,
+            _ => {
+                inner
+                    .chairs
+                    .insert(room.to_string(), (holder.to_string(), now + ttl));
+                true
+            }
+        }
+    }
+
+    /// Give up `room`'s chair lease if `holder` has it.
+    pub fn chair_release(&self, room: &str, holder: &str) {
+        let mut inner = self.lock();
+        if inner.chairs.get(room).is_some_and(|(h, _)| h == holder) {
+            inner.chairs.remove(room);
+        }
+    }
+
     /// Listen to `room`'s events from now on.
     pub fn subscribe(&self, room: &str) -> RoomFeed {
         let mut inner = self.lock();
@@ -179,6 +221,22 @@ mod tests {
         assert_eq!(rooms.roster("r").len(), 1);
         assert!(rooms.roster_remove("r", "a", "new"));
         assert!(rooms.roster("r").is_empty());
+    }
+
+    #[test]
+    fn a_chair_lease_has_one_holder_until_it_runs_out_or_is_released() {
+        let rooms = MemoryRooms::default();
+        let ttl = Duration::from_secs(5);
+        let t0 = Instant::now();
+        assert!(rooms.chair_lease("r", "a", ttl, t0));
+        assert!(!rooms.chair_lease("r", "b", ttl, t0 + Duration::from_secs(4)));
+        assert!(rooms.chair_lease("r", "a", ttl, t0 + Duration::from_secs(4)));
+        assert!(!rooms.chair_lease("r", "b", ttl, t0 + Duration::from_secs(8)));
+        assert!(rooms.chair_lease("r", "b", ttl, t0 + Duration::from_secs(9)));
+        rooms.chair_release("r", "a"); // not the holder: nothing
+        assert!(!rooms.chair_lease("r", "a", ttl, t0 + Duration::from_secs(9)));
+        rooms.chair_release("r", "b");
+        assert!(rooms.chair_lease("r", "a", ttl, t0 + Duration::from_secs(9)));
     }
 
     #[tokio::test]

@@ -47,6 +47,7 @@ const REPLIES = {
   mute: 'track_muted',
   leave: 'left',
   ping: 'pong',
+  floor_request: ['floor_granted', 'floor_queued', 'floor_denied'],
 };
 
 /** An error from the server (`code` as in docs/signaling.md) or from the client itself
@@ -120,6 +121,10 @@ export class Room extends EventTarget {
   me = null;
   /** Everyone else: Map identity → {identity, name, tracks: Map id → Track, quality}. */
   participants = new Map();
+  /** The room's options from `joined`: {ptt: true} for a push-to-talk channel. */
+  settings = {};
+  /** Push to talk: {holder: identity | null, queue: [identity]}, null outside a channel. */
+  floor = null;
 
   #opts;
   #wsUrl;
@@ -221,6 +226,7 @@ export class Room extends EventTarget {
       await this.#attach(entry);
       added.push(entry);
     }
+    this.#talking(this.holdsFloor);
     if (!added.length) return;
     try {
       await this.#renegotiate('publisher');
@@ -245,6 +251,7 @@ export class Room extends EventTarget {
     if (!entry) throw new RoomError('not_published', `no ${kind} track is published`);
     entry.muted = muted;
     entry.track.enabled = !muted;
+    if (kind === 'audio') this.#talking(this.holdsFloor);
     // Without a server track id (publish under way) or while reconnecting, the next
     // publish_answer / joined shows the server's state and #syncMyTracks sends the change.
     if (entry.trackId && this.#state === 'joined') await this.#sendMute(entry);
@@ -292,6 +299,30 @@ export class Room extends EventTarget {
     }
     channel.send(JSON.stringify(to ? { to, data } : { data }));
   }
+
+  /**
+   * Push to talk: ask for the floor. Resolves with {granted: true, maxTalkMs} (the microphone
+   * is live until the turn ends) or {granted: false, position} (waiting; a `floor` event with
+   * me as holder comes when it is my turn); rejects with a RoomError whose code is the reason
+   * (`queue_full`, `not_push_to_talk`, `no_publish_grant`).
+   */
+  async requestFloor() {
+    const answer = await this.#request({ type: 'floor_request' });
+    if (answer.type === 'floor_denied') throw new RoomError(answer.reason, `floor denied: ${answer.reason}`);
+    if (answer.type === 'floor_granted') return { granted: true, maxTalkMs: answer.max_talk_ms };
+    return { granted: false, position: answer.position };
+  }
+
+  /** Push to talk: let go of the floor (or of my place in line). The microphone goes silent at
+   * once. */
+  releaseFloor() {
+    this.#assertInRoom();
+    this.#talking(false);
+    this.#ws?.send(JSON.stringify({ type: 'floor_release' }));
+  }
+
+  /** Push to talk: whether I hold the floor. */
+  get holdsFloor() { return !!this.floor && this.floor.holder === this.me?.identity; }
 
   // ---------- socket and requests ----------
 
@@ -358,7 +389,8 @@ export class Room extends EventTarget {
     try { msg = JSON.parse(ev.data); } catch { return; }
     if (!msg || typeof msg.type !== 'string') return;
     const pending = msg.req != null ? this.#pending.get(msg.req) : undefined;
-    const isReply = pending !== undefined && (msg.type === 'error' || msg.type === REPLIES[pending.type]);
+    const isReply = pending !== undefined
+      && (msg.type === 'error' || [].concat(REPLIES[pending.type]).includes(msg.type));
     // Settling first is safe: the awaiting code runs only after this handler has applied the message.
     if (isReply) {
       this.#pending.delete(msg.req);
@@ -404,6 +436,19 @@ export class Room extends EventTarget {
       // Not in protocol version 1 yet either: connection quality, mine included.
       case 'quality':
         for (const q of msg.participants || []) this.#setQuality(q.identity, q.quality);
+        break;
+      case 'floor':
+        this.floor = msg.ptt ? { holder: msg.holder ?? null, queue: msg.queue || [] } : null;
+        this.#talking(this.holdsFloor);
+        this.#emit('floor', { ptt: !!msg.ptt, holder: msg.holder ?? null, queue: msg.queue || [] });
+        break;
+      case 'floor_granted':
+        this.#talking(true);
+        this.#emit('floorgranted', { maxTalkMs: msg.max_talk_ms });
+        break;
+      case 'floor_revoked':
+        this.#talking(false);
+        this.#emit('floorrevoked', { reason: msg.reason });
         break;
       case 'error':
         if (!isReply) this.#emit('error', { code: msg.code, message: msg.message, req: msg.req });
@@ -501,6 +546,8 @@ export class Room extends EventTarget {
 
   #onJoined(msg) {
     const first = this.me === null;
+    this.settings = msg.settings || {};
+    if (!this.settings.ptt) this.floor = null;
     const fresh = !first && !msg.resumed; // the resume failed: the server forgot our sessions
     if (fresh) this.#resetMedia();
     this.#resume = msg.resume || null;
@@ -824,6 +871,14 @@ export class Room extends EventTarget {
     return [...this.#local.values()]
       .filter((e) => e.transceiver?.mid != null)
       .map((e) => ({ mid: e.transceiver.mid, source: e.source, muted: e.muted }));
+  }
+
+  // Push to talk: in a channel, the microphone sends only while I hold the floor (and have
+  // not muted it). The node drops a non-holder's audio anyway; this saves the uplink.
+  #talking(on) {
+    if (!this.settings.ptt) return;
+    const mic = this.#local.get('audio');
+    if (mic) mic.track.enabled = on && !mic.muted;
   }
 
   #sendMute(entry) {

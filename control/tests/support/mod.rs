@@ -159,7 +159,18 @@ impl Server {
 
     /// A publisher in `room` with the given media, connected (ICE + DTLS up).
     pub fn publish(&self, room: &str, audio: bool, video: Option<VideoConfig>) -> Publisher {
-        let token = dev_token(room, "publisher", Grants::PUBLISH).expect("token");
+        self.publish_as(room, "publisher", audio, video)
+    }
+
+    /// A publisher in `room` with identity `identity`, connected.
+    pub fn publish_as(
+        &self,
+        room: &str,
+        identity: &str,
+        audio: bool,
+        video: Option<VideoConfig>,
+    ) -> Publisher {
+        let token = dev_token(room, identity, Grants::PUBLISH).expect("token");
         let config = PublisherConfig::new(&self.base_url, room, &token)
             .audio(audio)
             .video(video);

@@ -48,8 +48,18 @@ impl Client {
 
     /// Connect and join as `identity` with every grant; returns the client and `joined`.
     pub async fn join(server: &Server, room: &str, identity: &str) -> (Self, Value) {
+        Self::join_with(server, room, identity, Grants::PUBLISH_SUBSCRIBE).await
+    }
+
+    /// Connect and join as `identity` with `grants`; returns the client and `joined`.
+    pub async fn join_with(
+        server: &Server,
+        room: &str,
+        identity: &str,
+        grants: Grants,
+    ) -> (Self, Value) {
         let mut c = Self::connect(server, room).await;
-        let token = dev_token(room, identity, Grants::PUBLISH_SUBSCRIBE).expect("token");
+        let token = dev_token(room, identity, grants).expect("token");
         let joined = c
             .request(
                 json!({"type": "join", "v": 1, "token": token, "name": identity.to_uppercase()}),

@@ -1434,6 +1434,11 @@ impl Engine {
     /// held the floor would otherwise leave a hole in its listeners' sequence numbers, which a
     /// receiver counts as loss (and a connection quality judges by).
     fn set_floor(&mut self, room: RoomId, floor: AudioFloor) {
+        // Control re-asserts a room's floor now and then (a node may have restarted without
+        // it); the same floor again changes nothing.
+        if self.floors.get(&room).copied().unwrap_or_default() == floor {
+            return;
+        }
         let subscribers: Vec<PeerId> = self
             .rooms
             .values()

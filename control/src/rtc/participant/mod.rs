@@ -23,7 +23,7 @@ pub use data::data_elsewhere;
 use media::{Connection, Slot, Wanted, clamp_layer};
 use quality::Qualities;
 pub use quality::quality_elsewhere;
-pub use room::{Member, MemberTrack, RoomEvent, session_ended_elsewhere};
+pub use room::{FloorAnswer, Member, MemberTrack, RoomEvent, session_ended_elsewhere};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -125,12 +125,23 @@ pub async fn start(
             return None;
         }
     }
+    let settings = match super::settings::load(&state, room.as_str()).await {
+        Ok(settings) => settings,
+        Err(e) => {
+            tracing::warn!(%room, error = %e, "cannot read the room's settings; using the defaults");
+            Default::default()
+        }
+    };
+    super::chair::Chairs::seat(&state, &room);
     let (tx, inbox) = mpsc::channel(INBOX);
     let mut participant = Participant {
         state: state.clone(),
         room,
         pid,
         grants_publish: claims.grants.publish || claims.grants.admin,
+        moderator: claims.grants.moderator || claims.grants.admin,
+        settings,
+        floor: None,
         member,
         auto_subscribe,
         // Attached after the first look at the roster: the participants already in the room
@@ -177,6 +188,12 @@ struct Participant {
     /// This join's id: distinguishes it from an earlier or later join of the same identity.
     pid: String,
     grants_publish: bool,
+    /// Push to talk: takes the floor at once when asking (token grant `moderator` or `admin`).
+    moderator: bool,
+    /// The room's options as they were at the join (sent in `joined`).
+    settings: super::settings::RoomSettings,
+    /// The last `floor` the room's chair announced, for a socket that resumes.
+    floor: Option<ServerMessage>,
     member: Member,
     auto_subscribe: bool,
     socket: Option<SocketHandle>,
@@ -330,9 +347,13 @@ impl Participant {
                 },
                 resumed,
                 ice_servers,
+                settings: self.settings.clone(),
             },
             req,
         );
+        if let Some(floor) = self.floor.clone() {
+            self.send(floor, None);
+        }
     }
 
     /// The publisher section a track of mine is sent on (from its index in the offer).
@@ -468,6 +489,12 @@ impl Participant {
                 paused,
             } => self.set_subscription(req, track, max_layer, paused).await,
             ClientMessage::Mute { track, muted } => self.mute(req, track, muted).await,
+            ClientMessage::FloorRequest {} => self.floor_request(req).await,
+            ClientMessage::FloorRelease {} => {
+                let identity = self.member.identity.clone();
+                self.publish_event(RoomEvent::FloorRelease { identity })
+                    .await;
+            }
             ClientMessage::Leave {} => {
                 self.send(ServerMessage::Left {}, req);
                 return Some(Leave::Left);
@@ -475,6 +502,36 @@ impl Participant {
             ClientMessage::Ping {} => self.send(ServerMessage::Pong {}, req),
         }
         None
+    }
+
+    /// Ask the room's chair for the floor; it answers through the room's feed
+    /// (`floor_granted`, `floor_queued`, `floor_denied`). Refused here if the room is no
+    /// push-to-talk channel (its settings as they are now) or the token may not publish.
+    async fn floor_request(&mut self, req: Option<u64>) {
+        let denied = |reason: &str| ServerMessage::FloorDenied {
+            reason: reason.into(),
+        };
+        if !self.grants_publish {
+            self.send(denied("no_publish_grant"), req);
+            return;
+        }
+        match super::settings::load(&self.state, self.room.as_str()).await {
+            Ok(settings) if settings.ptt => {}
+            Ok(_) => {
+                self.send(denied("not_push_to_talk"), req);
+                return;
+            }
+            Err(e) => {
+                self.error(ErrorCode::Unavailable, e.to_string(), req);
+                return;
+            }
+        }
+        let event = RoomEvent::FloorRequest {
+            identity: self.member.identity.clone(),
+            moderator: self.moderator,
+            req,
+        };
+        self.publish_event(event).await;
     }
 
     async fn mute(&mut self, req: Option<u64>, track: String, muted: bool) {
@@ -506,6 +563,7 @@ impl Participant {
         let hub = &self.state.rtc_hub;
         hub.forget_resume(&self.resume_token);
         hub.participant_ended();
+        self.state.chairs.unseat(&self.room);
         for c in [self.publisher.take(), self.subscriber.take()]
             .into_iter()
             .flatten()

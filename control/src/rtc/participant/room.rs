@@ -94,6 +94,31 @@ pub enum RoomEvent {
         session: SessionId,
         quality: Quality,
     },
+    /// Push to talk: `identity` asks the room's chair for the floor (`moderator`: its token
+    /// may take it at once).
+    FloorRequest {
+        identity: String,
+        moderator: bool,
+        /// The client's `req`, echoed in the chair's answer.
+        #[serde(default)]
+        req: Option<u64>,
+    },
+    /// Push to talk: `identity` lets go of the floor or its place in line.
+    FloorRelease { identity: String },
+    /// The chair: who holds the floor and who waits (`ptt` false: no floor any more).
+    Floor {
+        ptt: bool,
+        holder: Option<String>,
+        queue: Vec<String>,
+    },
+    /// The chair's answer to `identity`.
+    FloorAnswer {
+        identity: String,
+        answer: FloorAnswer,
+        /// The `req` of the request answered, if this answers one.
+        #[serde(default)]
+        req: Option<u64>,
+    },
     /// A participant's data message, checked and stamped with its identity: for `to`, or
     /// everyone else when `None`.
     Message {
@@ -102,6 +127,27 @@ pub enum RoomEvent {
         reliable: bool,
         data: serde_json::Value,
     },
+}
+
+/// The chair's answer to one participant's floor request or turn.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "is", rename_all = "snake_case")]
+pub enum FloorAnswer {
+    Granted { max_talk_ms: u64 },
+    Queued { position: usize },
+    Denied { reason: String },
+    Revoked { reason: String },
+}
+
+impl FloorAnswer {
+    fn message(self) -> ServerMessage {
+        match self {
+            FloorAnswer::Granted { max_talk_ms } => ServerMessage::FloorGranted { max_talk_ms },
+            FloorAnswer::Queued { position } => ServerMessage::FloorQueued { position },
+            FloorAnswer::Denied { reason } => ServerMessage::FloorDenied { reason },
+            FloorAnswer::Revoked { reason } => ServerMessage::FloorRevoked { reason },
+        }
+    }
 }
 
 /// Tell the participants of `room` on every control instance that a node ended `session`
@@ -241,6 +287,23 @@ impl Participant {
                 self.deliver(&from, to.as_deref(), reliable, &data).await;
                 return None;
             }
+            RoomEvent::Floor { ptt, holder, queue } => {
+                let message = ServerMessage::Floor { ptt, holder, queue };
+                self.send(message.clone(), None);
+                self.floor = Some(message);
+                return None;
+            }
+            RoomEvent::FloorAnswer {
+                identity,
+                answer,
+                req,
+            } => {
+                if identity == self.member.identity {
+                    self.send(answer.message(), req);
+                }
+                return None;
+            }
+            RoomEvent::FloorRequest { .. } | RoomEvent::FloorRelease { .. } => return None,
         }
         self.reconcile().await;
         None
