@@ -10,6 +10,7 @@ const els = {
   toggleMic: $('toggle-mic'), toggleCam: $('toggle-cam'), sound: $('sound'), leave: $('leave'),
   grid: $('grid'), tileTemplate: $('tile-template'), log: $('log'),
   chatLog: $('chat-log'), chatForm: $('chat-form'), chatInput: $('chat-input'),
+  roomType: $('room-type'), talk: $('talk'), floor: $('floor'),
 };
 
 const HTTP_TIMEOUT_MS = 10_000;
@@ -80,15 +81,16 @@ function clearErrors() {
   els.error.hidden = true;
 }
 
-// A dev token (POST /dev/token, `control dev` only) for this room and identity.
-async function fetchToken(room, identity) {
+// A dev token (POST /dev/token, `control dev` only) for this room and identity; with the
+// room's admin grant when `admin` (to set the room's type).
+async function fetchToken(room, identity, admin = false) {
   let res;
   try {
     res = await fetch('/dev/token', {
       method: 'POST',
       headers: { 'Content-Type': 'application/json' },
       // Dev tokens carry both grants; `grants` says what this page needs should that change.
-      body: JSON.stringify({ room, identity, grants: { publish: true, subscribe: true } }),
+      body: JSON.stringify({ room, identity, admin, grants: { publish: true, subscribe: true } }),
       signal: AbortSignal.timeout(HTTP_TIMEOUT_MS),
     });
   } catch (e) {
@@ -101,6 +103,20 @@ async function fetchToken(room, identity) {
   const body = await res.json().catch(() => ({}));
   if (!body.token) throw new Error('POST /dev/token failed: the response has no "token"');
   return body.token;
+}
+
+// Make the room a meeting or a push-to-talk channel (PUT /api/rooms/{room}/settings with the
+// room's admin token; docs/http-api.md, "Room settings").
+async function setRoomType(room, identity, type) {
+  const token = await fetchToken(room, identity, true);
+  const res = await fetch(`/api/rooms/${encodeURIComponent(room)}/settings`, {
+    method: 'PUT',
+    headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${token}` },
+    body: JSON.stringify({ ptt: type === 'ptt' }),
+    signal: AbortSignal.timeout(HTTP_TIMEOUT_MS),
+  });
+  if (!res.ok) throw new Error(`setting the room type failed: HTTP ${res.status} ${(await res.text()).trim()}`);
+  log(`room "${room}" is now a ${type === 'ptt' ? 'push-to-talk channel' : 'meeting'}`);
 }
 
 // A unique identity from the display name, so that two tabs with the same name both work (the
@@ -348,6 +364,12 @@ function wire(room) {
   room.addEventListener('message', ({ detail }) => {
     if (detail.data && typeof detail.data.chat === 'string') addChat(nameOf(detail.from), detail.data.chat);
   });
+  room.addEventListener('floor', () => renderFloor());
+  room.addEventListener('floorgranted', () => renderFloor());
+  room.addEventListener('floorrevoked', ({ detail }) => {
+    log(`floor revoked: ${detail.reason}`);
+    renderFloor();
+  });
   room.addEventListener('error', ({ detail }) => showError(`${detail.code}: ${detail.message}`));
   room.addEventListener('disconnected', ({ detail }) => {
     if (meeting.state !== 'joining' && meeting.state !== 'joined') return; // we left or gave up
@@ -430,7 +452,9 @@ async function join() {
         showError(`${e.message}; joining without them`);
       }
     }
-    const token = await fetchToken(roomName, identityFor(name));
+    const identity = identityFor(name);
+    if (els.roomType.value) await setRoomType(roomName, identity, els.roomType.value);
+    const token = await fetchToken(roomName, identity);
     const room = new Room({ url: window.location.origin, room: roomName, token, name });
     meeting.room = room;
     wire(room); // before connect(): tiles for those already there come from participantjoined
@@ -483,6 +507,7 @@ function teardown() {
   blockedAudio.clear();
   els.sound.hidden = true;
   els.banner.hidden = true;
+  els.talk.hidden = els.floor.hidden = true;
   els.meeting.hidden = true;
   els.form.hidden = false;
   meeting.reconnecting = false;
@@ -490,7 +515,45 @@ function teardown() {
 }
 
 function setFormEnabled(on) {
-  for (const el of [els.room, els.name, els.camera, els.mic, els.join]) el.disabled = !on;
+  for (const el of [els.room, els.name, els.roomType, els.camera, els.mic, els.join]) el.disabled = !on;
+}
+
+// ---------- push to talk ----------
+
+// The floor's state under the toolbar: who talks, who waits, whether I may.
+function renderFloor() {
+  const room = meeting.room;
+  const floor = room?.floor;
+  els.talk.hidden = els.floor.hidden = !floor;
+  if (!floor) return;
+  const me = room.me?.identity;
+  const who = floor.holder ? (floor.holder === me ? 'You are talking' : `${nameOf(floor.holder)} is talking`) : 'Nobody is talking';
+  const line = floor.queue.length ? `; waiting: ${floor.queue.map((i) => (i === me ? 'you' : nameOf(i))).join(', ')}` : '';
+  els.floor.textContent = who + line;
+  els.floor.dataset.holder = floor.holder || '';
+  els.talk.classList.toggle('on', room.holdsFloor);
+  els.talk.textContent = room.holdsFloor ? 'Talking… (release to stop)' : 'Hold to talk';
+}
+
+let talkPressed = false;
+
+async function pressTalk() {
+  const room = meeting.room;
+  if (meeting.state !== 'joined' || !room?.floor || talkPressed) return;
+  talkPressed = true;
+  try {
+    const answer = await room.requestFloor();
+    log(answer.granted ? 'floor granted' : `waiting for the floor (position ${answer.position})`);
+  } catch (e) {
+    showError(`floor: ${e.message}`);
+  }
+}
+
+function releaseTalk() {
+  const room = meeting.room;
+  if (!talkPressed) return;
+  talkPressed = false;
+  if (meeting.state === 'joined' && room?.floor) room.releaseFloor();
 }
 
 function renderControls() {
@@ -580,6 +643,8 @@ els.chatForm.addEventListener('submit', (ev) => {
   if (sendChat(els.chatInput.value.trim())) els.chatInput.value = '';
 });
 els.toggleMic.addEventListener('click', () => toggle('audio'));
+els.talk.addEventListener('pointerdown', () => pressTalk());
+for (const ev of ['pointerup', 'pointerleave', 'pointercancel']) els.talk.addEventListener(ev, () => releaseTalk());
 els.toggleCam.addEventListener('click', () => toggle('video'));
 els.sound.addEventListener('click', () => {
   for (const el of blockedAudio) el.play().catch(() => {});
