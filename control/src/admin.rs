@@ -132,12 +132,16 @@ pub async fn put_room_settings(
         Ok(c) => c,
         Err(r) => return r,
     };
-    let settings = match RoomSettings::parse(&body) {
+    let settings = match RoomSettings::parse(&body, &state.hybrid) {
         Ok(settings) => settings,
         Err(e) => return text(StatusCode::BAD_REQUEST, e),
     };
     let json = serde_json::to_string(&settings).unwrap_or_default();
-    if let Err(e) = state.sessions.set_room_settings(&room, Some(&json)).await {
+    if let Err(e) = state
+        .sessions
+        .set_room_value(&room, settings::SETTINGS, Some(&json))
+        .await
+    {
         return store_unavailable(e);
     }
     tracing::info!(%room, settings = %json, admin = %claims.sub, "room settings changed");
@@ -154,7 +158,11 @@ pub async fn delete_room_settings(
         Ok(c) => c,
         Err(r) => return r,
     };
-    if let Err(e) = state.sessions.set_room_settings(&room, None).await {
+    if let Err(e) = state
+        .sessions
+        .set_room_value(&room, settings::SETTINGS, None)
+        .await
+    {
         return store_unavailable(e);
     }
     tracing::info!(%room, admin = %claims.sub, "room settings back to the defaults");

@@ -31,6 +31,8 @@ pub struct Config {
     pub rtc: crate::rtc::RtcConfig,
     /// `[ptt]`: push-to-talk channels (docs/push-to-talk.md).
     pub ptt: crate::rtc::floor::PttConfig,
+    /// `[hybrid]`: rooms peer to peer while small (docs/hybrid.md).
+    pub hybrid: crate::rtc::hybrid::HybridSettings,
 }
 
 /// `[cascade]`: how rooms that span nodes are relayed between them.
@@ -308,6 +310,7 @@ impl Config {
         self.turn.validate()?;
         self.rtc.validate()?;
         self.ptt.validate()?;
+        self.hybrid.validate()?;
         if let Some(url) = &self.store.redis_url {
             if !url.starts_with("redis://") {
                 return Err(ConfigError::Invalid {

@@ -56,6 +56,8 @@ pub struct AppState {
     pub rtc_whip: crate::rtc::whip::WhipMembers,
     /// `[ptt]`: push-to-talk channels' floor limits.
     pub ptt: crate::rtc::floor::PttConfig,
+    /// `[hybrid]`: rooms peer to peer while small.
+    pub hybrid: crate::rtc::hybrid::HybridSettings,
     /// This instance's room chairs ([`crate::rtc::chair`]).
     pub chairs: crate::rtc::chair::Chairs,
 }

@@ -115,6 +115,7 @@ impl Server {
             rtc_hub: Default::default(),
             rtc_whip: Default::default(),
             ptt: config.ptt.clone(),
+            hybrid: config.hybrid.clone(),
             chairs: Default::default(),
         });
         if state.limiter.is_none() {

@@ -423,7 +423,7 @@ async fn two_stores_share_a_roster_and_its_max() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_instance_chairs_a_room_until_its_lease_runs_out_and_settings_are_shared() {
+async fn one_instance_chairs_a_room_until_its_lease_runs_out_and_room_values_are_shared() {
     let redis = Redis::start();
     let (a, b) = (store(&redis, "a"), store(&redis, "b"));
     let lease = Duration::from_millis(400);
@@ -447,16 +447,19 @@ async fn one_instance_chairs_a_room_until_its_lease_runs_out_and_settings_are_sh
     assert_eq!(b.chair_release("r", "b-1").await, Ok(()));
     assert_eq!(a.chair_lease("r", "a-1", lease).await, Ok(true));
 
-    assert_eq!(b.room_settings("r").await, Ok(None));
-    a.set_room_settings("r", Some(r#"{"ptt":true}"#))
+    assert_eq!(b.room_value("r", "settings").await, Ok(None));
+    a.set_room_value("r", "settings", Some(r#"{"ptt":true}"#))
         .await
         .expect("set");
     assert_eq!(
-        b.room_settings("r").await,
+        b.room_value("r", "settings").await,
         Ok(Some(r#"{"ptt":true}"#.to_string()))
     );
-    b.set_room_settings("r", None).await.expect("reset");
-    assert_eq!(a.room_settings("r").await, Ok(None));
+    assert_eq!(b.room_value("r", "mode").await, Ok(None));
+    b.set_room_value("r", "settings", None)
+        .await
+        .expect("reset");
+    assert_eq!(a.room_value("r", "settings").await, Ok(None));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

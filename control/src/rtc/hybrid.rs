@@ -55,6 +55,89 @@ impl Default for HybridConfig {
     }
 }
 
+/// `[hybrid]`: rooms that start peer to peer and move to the SFU as they grow
+/// (docs/hybrid.md). Off by default: every room goes through the SFU.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HybridSettings {
+    /// Rooms start peer to peer (a room's settings may say otherwise either way).
+    pub enabled: bool,
+    /// Move to the SFU when a room's participant count reaches this.
+    pub sfu_at: usize,
+    /// Move back to peer to peer when it falls to this.
+    pub p2p_at: usize,
+    /// While peer to peer, have participants set their SFU publisher connections up ahead
+    /// from this many participants.
+    pub prewarm_at: usize,
+    /// How long a participant has to acknowledge a switch before it is removed.
+    pub ack_timeout_secs: u64,
+    /// How often a switch is sent again to participants that have not acknowledged it.
+    pub retry_ms: u64,
+}
+
+impl Default for HybridSettings {
+    fn default() -> Self {
+        let c = HybridConfig::default();
+        Self {
+            enabled: false,
+            sfu_at: c.sfu_at,
+            p2p_at: c.p2p_at,
+            prewarm_at: c.prewarm_at,
+            ack_timeout_secs: c.ack_timeout.as_secs(),
+            retry_ms: u64::try_from(c.retry.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+}
+
+/// A room's own thresholds (`hybrid` in its settings); what it leaves out is the deployment's.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HybridOverride {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sfu_at: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p2p_at: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prewarm_at: Option<usize>,
+}
+
+impl HybridSettings {
+    /// These settings with a room's overrides applied.
+    pub fn with(&self, room: Option<&HybridOverride>) -> HybridSettings {
+        let Some(o) = room else {
+            return self.clone();
+        };
+        HybridSettings {
+            enabled: o.enabled.unwrap_or(self.enabled),
+            sfu_at: o.sfu_at.unwrap_or(self.sfu_at),
+            p2p_at: o.p2p_at.unwrap_or(self.p2p_at),
+            prewarm_at: o.prewarm_at.unwrap_or(self.prewarm_at),
+            ..self.clone()
+        }
+    }
+
+    pub fn config(&self) -> HybridConfig {
+        HybridConfig {
+            sfu_at: self.sfu_at,
+            p2p_at: self.p2p_at,
+            prewarm_at: self.prewarm_at,
+            ack_timeout: Duration::from_secs(self.ack_timeout_secs),
+            retry: Duration::from_millis(self.retry_ms),
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), crate::config::ConfigError> {
+        self.config()
+            .check()
+            .map_err(|(key, reason)| crate::config::ConfigError::Invalid {
+                key: format!("hybrid.{key}"),
+                reason: reason.into(),
+            })
+    }
+}
+
 impl HybridConfig {
     /// Why this configuration cannot run, if it cannot: `(field, reason)`.
     pub fn check(&self) -> Result<(), (&'static str, &'static str)> {
@@ -144,10 +227,16 @@ pub struct ModeMachine<P> {
 impl<P: Ord + Clone + Debug> ModeMachine<P> {
     /// A new, empty room in `mode` (peer to peer when hybrid rooms are on).
     pub fn new(config: HybridConfig, mode: Mode) -> Self {
+        Self::resume(config, mode, 0)
+    }
+
+    /// A room known to be in `mode` since switch `epoch` (a new chair taking over); its
+    /// members join again.
+    pub fn resume(config: HybridConfig, mode: Mode, epoch: u64) -> Self {
         Self {
             config,
             mode,
-            epoch: 0,
+            epoch,
             members: BTreeSet::new(),
             switch: None,
             prewarmed: false,
@@ -166,6 +255,11 @@ impl<P: Ord + Clone + Debug> ModeMachine<P> {
 
     pub fn members(&self) -> usize {
         self.members.len()
+    }
+
+    /// Whether members are to keep their SFU publisher connections ready ([`Action::Prewarm`]).
+    pub fn prewarmed(&self) -> bool {
+        self.prewarmed
     }
 
     /// Whether a switch is waiting for acknowledgements.

@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 use sfu_core::proto::Quality;
 
+use super::hybrid::Mode;
 use super::settings::RoomSettings;
 
 /// The protocol version this server speaks.
@@ -62,6 +63,16 @@ pub enum ClientMessage {
         track: String,
         muted: bool,
     },
+    /// Hybrid room: my media moved as switch `epoch` asked.
+    SwitchAck {
+        epoch: u64,
+    },
+    /// Hybrid room: signaling for my peer connection with `to` (an offer, an answer, a
+    /// candidate: relayed as it is).
+    P2pSignal {
+        to: String,
+        data: serde_json::Value,
+    },
     /// Push to talk: ask for the floor.
     FloorRequest {},
     /// Push to talk: let go of the floor, or of one's place in line.
@@ -85,6 +96,8 @@ impl ClientMessage {
             ClientMessage::Unsubscribe { .. } => "unsubscribe",
             ClientMessage::SetSubscription { .. } => "set_subscription",
             ClientMessage::Mute { .. } => "mute",
+            ClientMessage::SwitchAck { .. } => "switch_ack",
+            ClientMessage::P2pSignal { .. } => "p2p_signal",
             ClientMessage::FloorRequest {} => "floor_request",
             ClientMessage::FloorRelease {} => "floor_release",
             ClientMessage::Leave {} => "leave",
@@ -173,6 +186,33 @@ pub enum ServerMessage {
         ice_servers: Vec<serde_json::Value>,
         /// The room's options (`ptt`: a push-to-talk channel).
         settings: RoomSettings,
+        /// How the room carries media now (`p2p` only in a hybrid room), and since which
+        /// switch.
+        mode: Mode,
+        epoch: u64,
+    },
+    /// Hybrid room: the room's mode as I join it (the chair's word; follows `joined`), and
+    /// whether to set my SFU publisher connection up ahead (as `prewarm`).
+    Mode {
+        mode: Mode,
+        epoch: u64,
+        prewarm: bool,
+    },
+    /// Hybrid room: move my media to `to`, new path up before the old one goes, then
+    /// `switch_ack` with `epoch`.
+    Switch {
+        to: Mode,
+        epoch: u64,
+    },
+    /// Hybrid room, peer to peer: set up (`on`) or drop my SFU publisher connection ahead of
+    /// a move to the SFU.
+    Prewarm {
+        on: bool,
+    },
+    /// Hybrid room: signaling from `from` for my peer connection with it.
+    P2pSignal {
+        from: String,
+        data: serde_json::Value,
     },
     PublishAnswer {
         sdp: String,
@@ -298,6 +338,8 @@ pub enum ErrorCode {
     TooLarge,
     Replaced,
     Unavailable,
+    /// A hybrid room removed me: I did not follow a switch in time.
+    Removed,
 }
 
 /// Close codes (docs/signaling.md#errors).
@@ -394,6 +436,8 @@ mod tests {
             r#"{"type":"leave"}"#,
             r#"{"type":"ping","req":3}"#,
             r#"{"type":"floor_request"}"#,
+            r#"{"type":"switch_ack","epoch":2}"#,
+            r#"{"type":"p2p_signal","to":"bob","data":{"sdp":"v=0"}}"#,
             r#"{"type":"floor_release","req":9}"#,
         ];
         for case in cases {
@@ -478,7 +522,7 @@ mod tests {
         fn arbitrary_json_objects_never_panic(
             kind in prop::sample::select(vec!["join", "publish", "subscriber_offer", "subscribe",
                 "unsubscribe", "set_subscription", "mute", "leave", "ping", "floor_request",
-                "floor_release", "other"]),
+                "floor_release", "switch_ack", "p2p_signal", "other"]),
             key in "[a-z_]{1,12}",
             value in prop_oneof![
                 Just(serde_json::json!(null)),

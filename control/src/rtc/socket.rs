@@ -33,7 +33,7 @@ pub const OUTBOX: usize = 512;
 /// What goes out on a socket.
 #[derive(Debug)]
 pub enum Outgoing {
-    Message(Reply),
+    Message(Box<Reply>),
     /// Close with this code and reason; nothing is sent after it.
     Close(u16, String),
 }
@@ -58,7 +58,7 @@ impl SocketHandle {
 
     /// Queue a message; a client too slow to take [`OUTBOX`] messages is dropped.
     pub fn send(&self, message: ServerMessage, req: Option<u64>) {
-        self.queue(Outgoing::Message(Reply { message, req }));
+        self.queue(Outgoing::Message(Box::new(Reply { message, req })));
     }
 
     pub fn close(&self, code: u16, reason: &str) {

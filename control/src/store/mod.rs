@@ -392,26 +392,27 @@ impl Store {
         }
     }
 
-    /// `room`'s options as JSON, if an admin set any.
-    pub async fn room_settings(&self, room: &str) -> Result<Option<String>, StoreError> {
+    /// `room`'s value `name` (JSON: its `settings`, its media `mode`), if set.
+    pub async fn room_value(&self, room: &str, name: &str) -> Result<Option<String>, StoreError> {
         match self {
-            Store::Memory(m) => Ok(m.rooms.settings(room)),
-            Store::Redis(r) => r.room_settings(room).await,
+            Store::Memory(m) => Ok(m.rooms.value(room, name)),
+            Store::Redis(r) => r.room_value(room, name).await,
         }
     }
 
-    /// Set `room`'s options (`None`: back to the defaults).
-    pub async fn set_room_settings(
+    /// Set (or with `None` remove) `room`'s value `name`.
+    pub async fn set_room_value(
         &self,
         room: &str,
-        settings: Option<&str>,
+        name: &str,
+        value: Option<&str>,
     ) -> Result<(), StoreError> {
         match self {
             Store::Memory(m) => {
-                m.rooms.set_settings(room, settings);
+                m.rooms.set_value(room, name, value);
                 Ok(())
             }
-            Store::Redis(r) => r.set_room_settings(room, settings).await,
+            Store::Redis(r) => r.set_room_value(room, name, value).await,
         }
     }
 

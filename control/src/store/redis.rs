@@ -20,8 +20,9 @@
 //!   script that reads it. The hash's TTL is pushed to at least twice the lease on every write,
 //!   so a room whose every writer died vanishes by itself.
 //! - channel `sfu:rtc:{room}:events` — the room's event feed.
-//! - `sfu:rtc:{room}:settings` — a room's options (JSON, control's `rtc` module defines it),
-//!   set by an admin; no TTL.
+//! - `sfu:rtc:{room}:settings`, `sfu:rtc:{room}:mode` — a room's named values (JSON,
+//!   control's `rtc` module defines them): its options, set by an admin, and its media mode,
+//!   written by its chair; no TTL.
 //! - `sfu:rtc:{room}:chair` — which control instance's chair runs the room's floor and media
 //!   mode (its holder name), with the lease as TTL.
 //!
@@ -151,8 +152,8 @@ pub fn instance_channel(instance: &str) -> String {
     format!("sfu:instance:{instance}")
 }
 
-fn settings_key(room: &str) -> String {
-    format!("sfu:rtc:{room}:settings")
+fn value_key(room: &str, name: &str) -> String {
+    format!("sfu:rtc:{room}:{name}")
 }
 fn chair_key(room: &str) -> String {
     format!("sfu:rtc:{room}:chair")
@@ -1192,21 +1193,22 @@ impl RedisStore {
         self.noted(result)
     }
 
-    /// `room`'s options as JSON, if an admin set any.
-    pub async fn room_settings(&self, room: &str) -> Result<Option<String>, StoreError> {
-        let result: Result<Option<String>, _> = self.conn().get(settings_key(room)).await;
+    /// `room`'s value `name`, if set.
+    pub async fn room_value(&self, room: &str, name: &str) -> Result<Option<String>, StoreError> {
+        let result: Result<Option<String>, _> = self.conn().get(value_key(room, name)).await;
         self.noted(result.map_err(store_error))
     }
 
-    /// Set `room`'s options (`None`: back to the defaults).
-    pub async fn set_room_settings(
+    /// Set (or with `None` remove) `room`'s value `name`.
+    pub async fn set_room_value(
         &self,
         room: &str,
-        settings: Option<&str>,
+        name: &str,
+        value: Option<&str>,
     ) -> Result<(), StoreError> {
-        let result: Result<(), _> = match settings {
-            Some(s) => self.conn().set(settings_key(room), s).await,
-            None => self.conn().del(settings_key(room)).await,
+        let result: Result<(), _> = match value {
+            Some(v) => self.conn().set(value_key(room, name), v).await,
+            None => self.conn().del(value_key(room, name)).await,
         };
         self.noted(result.map_err(store_error))
     }

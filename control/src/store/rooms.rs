@@ -47,8 +47,8 @@ pub struct MemoryRooms {
 struct Inner {
     rosters: HashMap<String, HashMap<String, RosterEntry>>,
     feeds: HashMap<String, broadcast::Sender<Arc<str>>>,
-    /// Rooms' options as JSON, set by an admin before or while the room is used.
-    settings: HashMap<String, String>,
+    /// Rooms' small named values (their settings, their media mode), by (room, name).
+    values: HashMap<(String, String), String>,
     /// Rooms' chair leases: holder and when the lease runs out.
     chairs: HashMap<String, (String, Instant)>,
 }
@@ -129,17 +129,19 @@ impl MemoryRooms {
         }
     }
 
-    /// `room`'s options as JSON, if an admin set any.
-    pub fn settings(&self, room: &str) -> Option<String> {
-        self.lock().settings.get(room).cloned()
+    /// `room`'s value `name`, if set.
+    pub fn value(&self, room: &str, name: &str) -> Option<String> {
+        let key = (room.to_string(), name.to_string());
+        self.lock().values.get(&key).cloned()
     }
 
-    /// Set `room`'s options (`None`: back to the defaults).
-    pub fn set_settings(&self, room: &str, settings: Option<&str>) {
+    /// Set (or with `None` remove) `room`'s value `name`.
+    pub fn set_value(&self, room: &str, name: &str, value: Option<&str>) {
+        let key = (room.to_string(), name.to_string());
         let mut inner = self.lock();
-        match settings {
-            Some(s) => inner.settings.insert(room.to_string(), s.to_string()),
-            None => inner.settings.remove(room),
+        match value {
+            Some(v) => inner.values.insert(key, v.to_string()),
+            None => inner.values.remove(&key),
         };
     }
 

@@ -519,7 +519,8 @@ impl Participant {
     }
 
     pub(super) fn auto_want(&mut self, track: &MemberTrack) {
-        if self.auto_subscribe {
+        // Peer to peer, the others' media comes over the mesh, not from the SFU.
+        if self.auto_subscribe && self.mode == super::Mode::Sfu {
             self.wanted.entry(track.id.clone()).or_insert(Wanted {
                 track: track.track,
                 kind: track.kind,

@@ -19,6 +19,7 @@ mod media;
 mod quality;
 mod room;
 
+use super::hybrid::Mode;
 pub use data::data_elsewhere;
 use media::{Connection, Slot, Wanted, clamp_layer};
 use quality::Qualities;
@@ -132,6 +133,13 @@ pub async fn start(
             Default::default()
         }
     };
+    // A hybrid room's mode as its chair last recorded it (a new one starts peer to peer);
+    // the chair's `mode` follows `joined` and settles it.
+    let (mode, epoch) = if settings.hybrid(&state.hybrid).is_some() {
+        hybrid_mode(&state, &room, &member.identity).await
+    } else {
+        (Mode::Sfu, 0)
+    };
     super::chair::Chairs::seat(&state, &room);
     let (tx, inbox) = mpsc::channel(INBOX);
     let mut participant = Participant {
@@ -142,6 +150,9 @@ pub async fn start(
         moderator: claims.grants.moderator || claims.grants.admin,
         settings,
         floor: None,
+        mode,
+        epoch,
+        switching: None,
         member,
         auto_subscribe,
         // Attached after the first look at the roster: the participants already in the room
@@ -181,6 +192,36 @@ pub async fn start(
     Some(tx)
 }
 
+/// The mode a participant joining hybrid room `room` starts in: the one its chair recorded;
+/// without a record, peer to peer if nobody else is there (a new room: recorded now, so the
+/// chair starting next finds it), else the SFU (the room was in use before it became hybrid).
+async fn hybrid_mode(state: &AppState, room: &RoomId, me: &str) -> (Mode, u64) {
+    if let Ok(Some(s)) = super::chair::stored_mode(state, room.as_str()).await {
+        return (s.mode, s.epoch);
+    }
+    let roster = state
+        .sessions
+        .roster(room.as_str())
+        .await
+        .unwrap_or_default();
+    if roster.iter().any(|e| e.identity != me) {
+        return (Mode::Sfu, 0);
+    }
+    let record = super::chair::StoredMode {
+        mode: Mode::P2p,
+        epoch: 0,
+    };
+    let json = serde_json::to_string(&record).unwrap_or_default();
+    if let Err(e) = state
+        .sessions
+        .set_room_value(room.as_str(), super::chair::MODE, Some(&json))
+        .await
+    {
+        tracing::warn!(%room, error = %e, "cannot record a new hybrid room's mode");
+    }
+    (Mode::P2p, 0)
+}
+
 /// A participant's state; see the module documentation.
 struct Participant {
     state: Arc<AppState>,
@@ -194,6 +235,13 @@ struct Participant {
     settings: super::settings::RoomSettings,
     /// The last `floor` the room's chair announced, for a socket that resumes.
     floor: Option<ServerMessage>,
+    /// How my media travels: peer to peer (a hybrid room while small) or through the SFU;
+    /// the server subscribes me to nothing while peer to peer.
+    mode: Mode,
+    /// The switch that brought `mode`.
+    epoch: u64,
+    /// A switch I was told to make and have not acknowledged: its target and epoch.
+    switching: Option<(Mode, u64)>,
     member: Member,
     auto_subscribe: bool,
     socket: Option<SocketHandle>,
@@ -225,6 +273,8 @@ enum Leave {
     Left,
     Timeout,
     Replaced,
+    /// A hybrid room's chair removed the participant (it did not follow a switch).
+    Removed,
 }
 
 impl Leave {
@@ -233,6 +283,7 @@ impl Leave {
             Leave::Left => "left",
             Leave::Timeout => "timeout",
             Leave::Replaced => "replaced",
+            Leave::Removed => "removed",
         }
     }
 }
@@ -348,9 +399,14 @@ impl Participant {
                 resumed,
                 ice_servers,
                 settings: self.settings.clone(),
+                mode: self.mode,
+                epoch: self.epoch,
             },
             req,
         );
+        if let Some((to, epoch)) = self.switching {
+            self.send(ServerMessage::Switch { to, epoch }, None);
+        }
         if let Some(floor) = self.floor.clone() {
             self.send(floor, None);
         }
@@ -489,6 +545,20 @@ impl Participant {
                 paused,
             } => self.set_subscription(req, track, max_layer, paused).await,
             ClientMessage::Mute { track, muted } => self.mute(req, track, muted).await,
+            ClientMessage::SwitchAck { epoch } => self.switch_ack(epoch).await,
+            ClientMessage::P2pSignal { to, data } => {
+                if !self.others.contains_key(&to) {
+                    self.error(
+                        ErrorCode::UnknownParticipant,
+                        format!("no participant {to:?} in the room"),
+                        req,
+                    );
+                    return None;
+                }
+                let from = self.member.identity.clone();
+                self.publish_event(RoomEvent::P2pSignal { from, to, data })
+                    .await;
+            }
             ClientMessage::FloorRequest {} => self.floor_request(req).await,
             ClientMessage::FloorRelease {} => {
                 let identity = self.member.identity.clone();

@@ -7,7 +7,10 @@ use sfu_core::proto::{EndReason, MediaKind, Quality};
 
 use super::{Leave, Participant, to_json};
 use crate::http::AppState;
-use crate::rtc::protocol::{ParticipantInfo, QualityView, ServerMessage, SpeakerView, TrackView};
+use crate::rtc::hybrid::Mode;
+use crate::rtc::protocol::{
+    ErrorCode, ParticipantInfo, QualityView, ServerMessage, SpeakerView, TrackView,
+};
 use crate::store::RosterEntry;
 
 /// A participant as the room's roster and events carry it.
@@ -119,6 +122,34 @@ pub enum RoomEvent {
         #[serde(default)]
         req: Option<u64>,
     },
+    /// Hybrid room, from the chair: `identity` is to move its media to `to` (switch `epoch`).
+    Switch {
+        identity: String,
+        to: Mode,
+        epoch: u64,
+    },
+    /// Hybrid room, from the chair: the room's mode as `identity` joins it, and whether the
+    /// room is prewarmed.
+    Mode {
+        identity: String,
+        mode: Mode,
+        epoch: u64,
+        #[serde(default)]
+        prewarm: bool,
+    },
+    /// Hybrid room, from the chair: participants set up (`on`) or drop their SFU publisher
+    /// connections ahead of a move.
+    Prewarm { on: bool },
+    /// Hybrid room, from the chair: `identity` could not follow the room and must leave.
+    Remove { identity: String, reason: String },
+    /// Hybrid room: `identity` has moved its media as switch `epoch` asked.
+    SwitchAck { identity: String, epoch: u64 },
+    /// Peer-to-peer signaling (an offer, answer or candidate) from `from` to `to`, relayed.
+    P2pSignal {
+        from: String,
+        to: String,
+        data: serde_json::Value,
+    },
     /// A participant's data message, checked and stamped with its identity: for `to`, or
     /// everyone else when `None`.
     Message {
@@ -165,6 +196,53 @@ pub async fn session_ended_elsewhere(
 }
 
 impl Participant {
+    /// The chair asks me to move to `to`: tell the client. Towards the SFU, the server side
+    /// is ready at once (subscriptions to everyone), so the client can set up its new path
+    /// before dropping the mesh; towards peer to peer, the SFU path stays until the client
+    /// acknowledges, its mesh up.
+    async fn switch_to(&mut self, to: Mode, epoch: u64) {
+        self.switching = Some((to, epoch));
+        if to == Mode::Sfu {
+            self.set_mode(Mode::Sfu).await;
+        }
+        self.send(ServerMessage::Switch { to, epoch }, None);
+    }
+
+    /// The client moved its media as switch `epoch` asked.
+    pub(super) async fn switch_ack(&mut self, epoch: u64) {
+        let Some((to, _)) = self.switching.filter(|(_, e)| *e == epoch) else {
+            return; // stale, or nothing asked: the chair would ignore it too
+        };
+        self.switching = None;
+        self.epoch = epoch;
+        self.set_mode(to).await;
+        let identity = self.member.identity.clone();
+        self.publish_event(RoomEvent::SwitchAck { identity, epoch })
+            .await;
+    }
+
+    /// Receive the others through the SFU (every track, as auto-subscribe says) or not at all.
+    async fn set_mode(&mut self, mode: Mode) {
+        if self.mode == mode {
+            return;
+        }
+        self.mode = mode;
+        match mode {
+            Mode::Sfu => {
+                let tracks: Vec<MemberTrack> = self
+                    .others
+                    .values()
+                    .flat_map(|(_, m)| m.tracks.iter().cloned())
+                    .collect();
+                for t in &tracks {
+                    self.auto_want(t);
+                }
+            }
+            Mode::P2p => self.wanted.clear(),
+        }
+        self.reconcile().await;
+    }
+
     /// Tell the room what this participant is now.
     pub(super) async fn announce(&mut self) {
         let data = to_json(&self.member);
@@ -303,7 +381,59 @@ impl Participant {
                 }
                 return None;
             }
-            RoomEvent::FloorRequest { .. } | RoomEvent::FloorRelease { .. } => return None,
+            RoomEvent::FloorRequest { .. }
+            | RoomEvent::FloorRelease { .. }
+            | RoomEvent::SwitchAck { .. } => return None,
+            RoomEvent::Switch {
+                identity,
+                to,
+                epoch,
+            } => {
+                if identity == self.member.identity {
+                    self.switch_to(to, epoch).await;
+                }
+                return None;
+            }
+            RoomEvent::Mode {
+                identity,
+                mode,
+                epoch,
+                prewarm,
+            } => {
+                if identity == self.member.identity {
+                    self.switching = None;
+                    self.epoch = epoch;
+                    self.set_mode(mode).await;
+                    self.send(
+                        ServerMessage::Mode {
+                            mode,
+                            epoch,
+                            prewarm,
+                        },
+                        None,
+                    );
+                }
+                return None;
+            }
+            RoomEvent::Prewarm { on } => {
+                if self.mode == Mode::P2p {
+                    self.send(ServerMessage::Prewarm { on }, None);
+                }
+                return None;
+            }
+            RoomEvent::Remove { identity, reason } => {
+                if identity == self.member.identity {
+                    self.error(ErrorCode::Removed, reason, None);
+                    return Some(Leave::Removed);
+                }
+                return None;
+            }
+            RoomEvent::P2pSignal { from, to, data } => {
+                if to == self.member.identity && self.others.contains_key(&from) {
+                    self.send(ServerMessage::P2pSignal { from, data }, None);
+                }
+                return None;
+            }
         }
         self.reconcile().await;
         None

@@ -1,5 +1,6 @@
 //! A room's chair: the one place that runs what a room must decide once, not once per
-//! participant — today a push-to-talk channel's floor ([`super::floor`]).
+//! participant: a push-to-talk channel's floor ([`super::floor`]) and a hybrid room's media
+//! mode ([`super::hybrid`], in [`mode`]).
 //!
 //! Every control instance with participants in a chaired room ([`RoomSettings::chaired`]) runs
 //! a chair task for it; the store's lease (`chair_lease`, renewed every [`TICK`], lasting
@@ -22,7 +23,12 @@ use sfu_core::ids::{NodeId, ParticipantId, RoomId};
 use sfu_core::proto::{AudioFloor, NodeRequest, NodeResponse, SetFloor};
 use tokio::sync::broadcast::error::RecvError;
 
+mod mode;
+
+pub use mode::{MODE, StoredMode, stored_mode};
+
 use super::floor::{self, Floor, FloorEvent};
+use super::hybrid::ModeMachine;
 use super::participant::{FloorAnswer, RoomEvent};
 use super::settings::{self, RoomSettings};
 use crate::http::AppState;
@@ -42,6 +48,8 @@ pub struct Chairs {
     chairing: AtomicU64,
     /// Times a floor changed hands (or fell free) in a room chaired here.
     floor_changes: AtomicU64,
+    /// Hybrid rooms' switches completed here, and how long they took.
+    switches: Mutex<mode::SwitchFigures>,
 }
 
 impl Chairs {
@@ -56,6 +64,10 @@ impl Chairs {
             self.chairing.load(Ordering::Relaxed),
             self.floor_changes.load(Ordering::Relaxed),
         );
+        self.switches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .render(out);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
@@ -116,6 +128,8 @@ struct Chair {
     floor: Option<Floor<String>>,
     /// The identity and `req` of the floor request being handled.
     asking: Option<(String, u64)>,
+    /// `Some` while the room is a hybrid room (peer to peer while small).
+    mode: Option<ModeMachine<String>>,
     /// The floor the nodes were last told, and which nodes.
     told: Option<(AudioFloor, Vec<NodeId>)>,
 }
@@ -129,9 +143,7 @@ async fn run(state: Arc<AppState>, room: RoomId) {
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let wake = chair
-            .as_ref()
-            .and_then(|c| c.floor.as_ref()?.poll_timeout());
+        let wake = chair.as_ref().and_then(Chair::poll_timeout);
         tokio::select! {
             _ = tick.tick() => {
                 if !state.chairs.keep(&room) {
@@ -152,10 +164,15 @@ async fn run(state: Arc<AppState>, room: RoomId) {
             },
             _ = sleep_until(wake), if wake.is_some() => {
                 if let Some(chair) = chair.as_mut() {
+                    let now = now();
                     if let Some(floor) = chair.floor.as_mut() {
-                        floor.handle_timeout(now());
+                        floor.handle_timeout(now);
+                    }
+                    if let Some(mode) = chair.mode.as_mut() {
+                        mode.handle_timeout(now);
                     }
                     chair.drain().await;
+                    chair.act().await;
                 }
             }
         }
@@ -163,14 +180,20 @@ async fn run(state: Arc<AppState>, room: RoomId) {
     if let Some(mut chair) = chair {
         // The room is over if nobody is left on any instance: the nodes forget its floor.
         // Otherwise the next chair takes over where the nodes are.
-        if state
+        let over = state
             .sessions
             .roster(room.as_str())
             .await
-            .is_ok_and(|r| r.is_empty())
-            && chair.floor.take().is_some()
-        {
+            .is_ok_and(|r| r.is_empty());
+        if over && chair.floor.take().is_some() {
             chair.tell_nodes(Tell::Change).await;
+        }
+        // A hybrid room used again starts peer to peer.
+        if over && chair.mode.take().is_some() {
+            let _ = state
+                .sessions
+                .set_room_value(room.as_str(), MODE, None)
+                .await;
         }
         chair.resign("no participant left on this instance");
     }
@@ -194,7 +217,7 @@ async fn on_tick(
             return chair;
         }
     };
-    if !settings.chaired() {
+    if !settings.chaired(&state.hybrid) {
         if let Some(mut chair) = chair {
             // Open the floor and say so before leaving.
             chair.follow(&settings).await;
@@ -232,17 +255,39 @@ async fn on_tick(
             room: room.clone(),
             floor: None,
             asking: None,
+            mode: None,
             told: None,
         }
     });
     chair.follow(&settings).await;
-    chair.tell_nodes(Tell::Reassert).await;
+    // A room without a floor needs nothing from the nodes once they were told it is open.
+    if chair.floor.is_some()
+        || chair
+            .told
+            .as_ref()
+            .is_none_or(|(f, _)| *f != AudioFloor::Open)
+    {
+        chair.tell_nodes(Tell::Reassert).await;
+    }
     Some(chair)
 }
 
 impl Chair {
-    /// Take up what the settings ask: a floor for a push-to-talk channel, none otherwise.
+    /// When the floor or the mode machine next waits on time.
+    fn poll_timeout(&self) -> Option<std::time::Instant> {
+        let floor = self.floor.as_ref().and_then(Floor::poll_timeout);
+        let mode = self.mode.as_ref().and_then(ModeMachine::poll_timeout);
+        floor.into_iter().chain(mode).min()
+    }
+
+    /// Take up what the settings ask: a floor for a push-to-talk channel, a mode machine for
+    /// a hybrid room, neither otherwise.
     async fn follow(&mut self, settings: &RoomSettings) {
+        match (settings.hybrid(&self.state.hybrid), self.mode.is_some()) {
+            (Some(config), false) => self.start_mode(config).await,
+            (None, true) => self.stop_mode().await,
+            _ => {}
+        }
         match (settings.ptt, self.floor.is_some()) {
             (true, false) => {
                 self.floor = Some(Floor::new(self.state.ptt.floor()));
@@ -292,14 +337,28 @@ impl Chair {
                 if let Some(floor) = self.floor.as_mut() {
                     floor.leave(&identity, now);
                 }
+                if let Some(mode) = self.mode.as_mut() {
+                    mode.leave(&identity, now);
+                }
             }
-            RoomEvent::Joined { .. } => {
+            RoomEvent::Joined { member, .. } => {
+                if let Some(mode) = self.mode.as_mut() {
+                    mode.join(member.identity, now);
+                }
                 // The newcomer learns who holds the floor; its node may be new to the room.
-                self.announce_floor().await;
-                self.tell_nodes(Tell::Newcomers).await;
+                if self.floor.is_some() {
+                    self.announce_floor().await;
+                    self.tell_nodes(Tell::Newcomers).await;
+                }
+            }
+            RoomEvent::SwitchAck { identity, epoch } => {
+                if let Some(mode) = self.mode.as_mut() {
+                    mode.acknowledge(&identity, epoch, now);
+                }
             }
             _ => return,
         }
+        self.act().await;
         // The line may have changed even if the holder did not.
         if !self.drain().await && self.line() != line {
             self.announce_floor().await;
