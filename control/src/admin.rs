@@ -93,7 +93,7 @@ fn room_admin(state: &AppState, headers: &HeaderMap, room: &str) -> Result<auth:
     if !(auth::is_cluster_admin(&claims) || (claims.grants.admin && claims.room == room)) {
         return Err(text(
             StatusCode::FORBIDDEN,
-            format!("a room's settings need an admin token for room {room:?} or for every room"),
+            format!("this needs an admin token for room {room:?} or for every room"),
         ));
     }
     if room.parse::<RoomId>().is_err() {
@@ -203,13 +203,13 @@ pub async fn rooms(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Re
     Json(rooms).into_response()
 }
 
-/// `GET /api/rooms/{room}`
+/// `GET /api/rooms/{room}` (an admin token for the room suffices)
 pub async fn room(
     State(state): State<Arc<AppState>>,
     Path(room): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = admin(&state, &headers) {
+    if let Err(r) = room_admin(&state, &headers, &room) {
         return r;
     }
     let (sessions, tracks) = match room_sessions(&state, &room).await {

@@ -10,7 +10,7 @@ const els = {
   toggleMic: $('toggle-mic'), toggleCam: $('toggle-cam'), sound: $('sound'), leave: $('leave'),
   grid: $('grid'), tileTemplate: $('tile-template'), log: $('log'),
   chatLog: $('chat-log'), chatForm: $('chat-form'), chatInput: $('chat-input'),
-  roomType: $('room-type'), talk: $('talk'), floor: $('floor'),
+  roomType: $('room-type'), talk: $('talk'), floor: $('floor'), mode: $('mode'),
 };
 
 const HTTP_TIMEOUT_MS = 10_000;
@@ -105,18 +105,20 @@ async function fetchToken(room, identity, admin = false) {
   return body.token;
 }
 
-// Make the room a meeting or a push-to-talk channel (PUT /api/rooms/{room}/settings with the
-// room's admin token; docs/http-api.md, "Room settings").
+// Make the room a meeting, a voice channel (a hybrid room: peer to peer while small) or a
+// push-to-talk channel (PUT /api/rooms/{room}/settings with the room's admin token;
+// docs/http-api.md, "Room settings").
 async function setRoomType(room, identity, type) {
   const token = await fetchToken(room, identity, true);
   const res = await fetch(`/api/rooms/${encodeURIComponent(room)}/settings`, {
     method: 'PUT',
     headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${token}` },
-    body: JSON.stringify({ ptt: type === 'ptt' }),
+    body: JSON.stringify(type === 'ptt' ? { ptt: true } : { hybrid: { enabled: type === 'voice' } }),
     signal: AbortSignal.timeout(HTTP_TIMEOUT_MS),
   });
   if (!res.ok) throw new Error(`setting the room type failed: HTTP ${res.status} ${(await res.text()).trim()}`);
-  log(`room "${room}" is now a ${type === 'ptt' ? 'push-to-talk channel' : 'meeting'}`);
+  const names = { ptt: 'push-to-talk channel', voice: 'voice channel', meeting: 'meeting' };
+  log(`room "${room}" is now a ${names[type]}`);
 }
 
 // A unique identity from the display name, so that two tabs with the same name both work (the
@@ -365,6 +367,14 @@ function wire(room) {
     if (detail.data && typeof detail.data.chat === 'string') addChat(nameOf(detail.from), detail.data.chat);
   });
   room.addEventListener('floor', () => renderFloor());
+  room.addEventListener('switching', ({ detail }) => {
+    log(`moving to ${detail.to === 'p2p' ? 'peer to peer' : 'the SFU'} (switch ${detail.epoch})`);
+    renderMode();
+  });
+  room.addEventListener('modechange', ({ detail }) => {
+    log(`media ${detail.mode === 'p2p' ? 'peer to peer' : 'through the SFU'}${detail.tookMs != null ? ` (switch took ${detail.tookMs} ms)` : ''}`);
+    renderMode();
+  });
   room.addEventListener('floorgranted', () => renderFloor());
   room.addEventListener('floorrevoked', ({ detail }) => {
     log(`floor revoked: ${detail.reason}`);
@@ -480,6 +490,7 @@ async function join() {
     meeting.state = 'joined';
     meeting.joinedAt = performance.now();
     renderControls();
+    renderMode();
   } catch (e) {
     showError(e.message || String(e));
     meeting.state = 'error';
@@ -516,6 +527,13 @@ function teardown() {
 
 function setFormEnabled(on) {
   for (const el of [els.room, els.name, els.roomType, els.camera, els.mic, els.join]) el.disabled = !on;
+}
+
+// How media travels (hybrid rooms): shown in the toolbar, `data-mode` for tests.
+function renderMode() {
+  const mode = meeting.room?.mode;
+  els.mode.dataset.mode = mode || '';
+  els.mode.textContent = mode === 'p2p' ? 'peer to peer' : '';
 }
 
 // ---------- push to talk ----------

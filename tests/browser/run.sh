@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Browser end-to-end tests: Debian's Chromium (driven by playwright-core) against a real
 # `control dev` server: test.mjs publishes and watches through the WHIP/WHEP demo page,
-# meeting.mjs holds a 4-participant meeting on the meeting page (/meeting, /sdk/room.js).
+# meeting.mjs holds a 4-participant meeting on the meeting page (/meeting, /sdk/room.js),
+# voice.mjs takes 8 audio-only participants through a hybrid room's moves between peer to
+# peer and the SFU (/sdk/room.js).
 #
 #   tests/browser/run.sh [path/to/control]     (root; needs iproute2, chromium, `npm ci` done here)
 #
@@ -13,7 +15,7 @@
 # figures.json (demo page) and meeting-figures.json go
 # to $OUT_DIR (default: a temp dir).
 #
-# BROWSER_TESTS picks the test files (default: "test.mjs meeting.mjs"; they run one at a time
+# BROWSER_TESTS picks the test files (default: "test.mjs meeting.mjs voice.mjs"; they run one at a time
 # against the same server). TEST_TIMEOUT_S bounds the whole node run: each file takes 20-30 s
 # on a 2-core machine, but the default leaves room for both to run into their own deadlines
 # (test.mjs 120 s, meeting.mjs 150 + 60 s) and report what they waited for.
@@ -26,7 +28,7 @@ NS=${SFU_NETNS:-sfu-br}
 export SFU_NETNS=$NS
 READY_TIMEOUT_S=${READY_TIMEOUT_S:-20}
 TEST_TIMEOUT_S=${TEST_TIMEOUT_S:-360}
-BROWSER_TESTS=${BROWSER_TESTS:-test.mjs meeting.mjs}
+BROWSER_TESTS=${BROWSER_TESTS:-test.mjs meeting.mjs voice.mjs}
 
 die() { echo "browser e2e: $*" >&2; exit 2; }
 

@@ -24,6 +24,10 @@ const ICE_GATHER_TIMEOUT_MS = 3_000;
 // Chrome may stay `disconnected` for good instead of reaching `failed`: restart ICE then too.
 const ICE_DISCONNECTED_RESTART_MS = 15_000;
 const BACKOFF_FIRST_MS = 500;
+// A hybrid room's switch: how long the new path may take to come up before the old one is
+// dropped anyway (the server removes a participant that has not acknowledged within
+// hybrid.ack_timeout_secs, 10 s by default).
+const SWITCH_READY_TIMEOUT_MS = 7_000;
 const BACKOFF_MAX_MS = 5_000;
 
 // Close codes after which reconnecting cannot help: left, unsupported version, unauthorized,
@@ -125,6 +129,11 @@ export class Room extends EventTarget {
   settings = {};
   /** Push to talk: {holder: identity | null, queue: [identity]}, null outside a channel. */
   floor = null;
+  /** How media travels: 'sfu', or 'p2p' (a hybrid room while small: a peer connection to each
+   * other participant, `meshConnections`). */
+  mode = 'sfu';
+  /** Hybrid room, peer to peer: Map identity → RTCPeerConnection with that participant. */
+  meshConnections = new Map();
 
   #opts;
   #wsUrl;
@@ -140,6 +149,10 @@ export class Room extends EventTarget {
   #subs = new Map(); // track id → subscription (see #onSubscribed)
   #wanted = { audio: 0, video: 0 }; // receiving sections the server asked for
   #channels = { reliable: null, lossy: null }; // data channels on the subscriber connection
+  #epoch = 0; // the hybrid switch that brought `mode`
+  #switching = null; // {to, epoch} while a switch is under way
+  #prewarm = false; // hybrid room, peer to peer: publish to the SFU ahead of a move
+  #mesh = new Map(); // identity → {pc, channel, tracks: Map kind → sub-like entry}
   #negotiations = {
     publisher: { chain: Promise.resolve(), queued: null, iceRestart: false },
     subscriber: { chain: Promise.resolve(), queued: null, iceRestart: false },
@@ -215,7 +228,7 @@ export class Room extends EventTarget {
       if (existing) {
         track.enabled = !existing.muted;
         existing.track = track;
-        await existing.transceiver?.sender.replaceTrack(track);
+        if (existing.transceiver?.direction !== 'inactive') await existing.transceiver?.sender.replaceTrack(track);
         continue;
       }
       const entry = {
@@ -223,11 +236,13 @@ export class Room extends EventTarget {
         simulcast: simulcast && track.kind === 'video', muted: !track.enabled, transceiver: null, trackId: null,
       };
       this.#local.set(track.kind, entry);
-      await this.#attach(entry);
       added.push(entry);
     }
     this.#talking(this.holdsFloor);
-    if (!added.length) return;
+    await this.#meshSendLocal();
+    // Peer to peer, the SFU gets my media only ahead of a move (prewarm).
+    if (!added.length || !this.#sendsToSfu()) return;
+    for (const entry of added) await this.#attach(entry);
     try {
       await this.#renegotiate('publisher');
     } catch (e) {
@@ -293,6 +308,16 @@ export class Room extends EventTarget {
    */
   send(data, { to, reliable = true } = {}) {
     this.#assertInRoom();
+    if (this.mode === 'p2p') {
+      // Peer to peer: straight to each peer over the mesh's data channel (reliable, ordered).
+      const text = JSON.stringify(to ? { to, data } : { data });
+      const peers = to ? [this.#mesh.get(to)].filter(Boolean) : [...this.#mesh.values()];
+      if (!peers.length || peers.some((p) => p.channel.readyState !== 'open')) {
+        throw new RoomError('not_connected', 'a peer connection is not open yet');
+      }
+      for (const peer of peers) peer.channel.send(text);
+      return;
+    }
     const channel = (reliable ? this.#channels.reliable : this.#channels.lossy) || this.#channels.reliable;
     if (!channel || channel.readyState !== 'open') {
       throw new RoomError('not_connected', 'the data channel is not open yet');
@@ -437,6 +462,16 @@ export class Room extends EventTarget {
       case 'quality':
         for (const q of msg.participants || []) this.#setQuality(q.identity, q.quality);
         break;
+      case 'mode':
+        this.#prewarm = !!msg.prewarm;
+        this.#settleMode(msg.mode, msg.epoch);
+        break;
+      case 'switch': this.#onSwitch(msg.to, msg.epoch).catch(this.#backgroundError); break;
+      case 'prewarm':
+        this.#prewarm = !!msg.on;
+        this.#followPrewarm().catch(this.#backgroundError);
+        break;
+      case 'p2p_signal': this.#onP2pSignal(msg.from, msg.data).catch(this.#backgroundError); break;
       case 'floor':
         this.floor = msg.ptt ? { holder: msg.holder ?? null, queue: msg.queue || [] } : null;
         this.#talking(this.holdsFloor);
@@ -539,6 +574,7 @@ export class Room extends EventTarget {
     this.pcPublisher?.close();
     this.pcSubscriber?.close();
     this.pcPublisher = this.pcSubscriber = null;
+    for (const identity of [...this.#mesh.keys()]) this.#meshClose(identity, 'closed');
     this.#emit('disconnected', { code, reason, willReconnect: false });
   }
 
@@ -555,12 +591,20 @@ export class Room extends EventTarget {
     this.#state = 'joined';
     this.#ready.resolve();
     this.#startPing();
+    if (!this.#switching) {
+      this.mode = msg.mode === 'p2p' ? 'p2p' : 'sfu';
+      this.#epoch = msg.epoch ?? 0;
+    }
     this.#syncRoom(msg);
-    if (fresh) this.#republish().catch(this.#backgroundError);
-    // The subscriber connection opens at once: it carries the data channels. After a resume,
-    // events in between are lost: a new subscriber offer's answer (its slots) says what each
-    // section carries now.
-    if (!this.pcSubscriber || msg.resumed) this.#renegotiate('subscriber').catch(this.#backgroundError);
+    if (this.mode === 'p2p') {
+      this.#meshAll();
+    } else {
+      if (fresh) this.#republish().catch(this.#backgroundError);
+      // The subscriber connection opens at once: it carries the data channels. After a
+      // resume, events in between are lost: a new subscriber offer's answer (its slots) says
+      // what each section carries now.
+      if (!this.pcSubscriber || msg.resumed) this.#renegotiate('subscriber').catch(this.#backgroundError);
+    }
     if (!first) this.#emit('reconnected', { resumed: !!msg.resumed });
   }
 
@@ -621,6 +665,7 @@ export class Room extends EventTarget {
     this.participants.set(participant.identity, participant);
     this.#emit('participantjoined', { participant });
     this.#flushSubscriptions();
+    if (this.mode === 'p2p' || this.#switching?.to === 'p2p') this.#meshAll();
   }
 
   #removeParticipant(identity, reason) {
@@ -629,6 +674,7 @@ export class Room extends EventTarget {
     for (const sub of [...this.#subs.values()]) {
       if (participant.tracks.has(sub.trackId)) this.#endSubscription(sub, 'left');
     }
+    this.#meshClose(identity, 'left');
     this.participants.delete(identity);
     this.#emit('participantleft', { participant, reason });
   }
@@ -883,6 +929,287 @@ export class Room extends EventTarget {
 
   #sendMute(entry) {
     return this.#request({ type: 'mute', track: entry.trackId, muted: entry.muted });
+  }
+
+
+  // ---------- hybrid rooms: peer to peer, and switches (docs/hybrid.md) ----------
+
+  // Whether my media goes to the SFU: always there, ahead of a move when prewarmed, and
+  // during a switch towards it.
+  #sendsToSfu() {
+    return this.mode === 'sfu' || this.#prewarm || this.#switching?.to === 'sfu';
+  }
+
+  // The chair's word on the room's mode (`mode`, after `joined`).
+  #settleMode(mode, epoch) {
+    if (this.#switching) return; // a switch under way decides
+    const before = this.mode;
+    this.mode = mode === 'p2p' ? 'p2p' : 'sfu';
+    this.#epoch = epoch ?? this.#epoch;
+    if (this.mode === 'p2p') this.#meshAll();
+    this.#followPrewarm().catch(this.#backgroundError);
+    if (before !== this.mode) this.#emit('modechange', { mode: this.mode, epoch: this.#epoch });
+  }
+
+  // Prewarm on: publish to the SFU ahead; off (peer to peer): stop.
+  async #followPrewarm() {
+    if (this.mode !== 'p2p' || this.#switching) return;
+    if (this.#prewarm) {
+      // Both connections up ahead: the move then only adds subscriptions.
+      await this.#publishToSfu();
+      if (!this.pcSubscriber) await this.#renegotiate('subscriber');
+    } else {
+      await this.#unpublishFromSfu();
+    }
+  }
+
+  async #publishToSfu() {
+    const missing = [...this.#local.values()].filter((e) => !e.transceiver || e.transceiver.direction === 'inactive');
+    if (!missing.length) return;
+    for (const entry of missing) {
+      if (entry.transceiver && this.pcPublisher?.getTransceivers().includes(entry.transceiver)) {
+        entry.transceiver.direction = 'sendonly';
+        await entry.transceiver.sender.replaceTrack(entry.track);
+      } else {
+        await this.#attach(entry);
+      }
+    }
+    await this.#renegotiate('publisher');
+  }
+
+  async #unpublishFromSfu() {
+    const sending = [...this.#local.values()].filter((e) => e.transceiver && e.transceiver.direction !== 'inactive');
+    if (!sending.length || !this.pcPublisher) return;
+    for (const entry of sending) {
+      entry.transceiver.direction = 'inactive';
+      await entry.transceiver.sender.replaceTrack(null);
+    }
+    await this.#renegotiate('publisher');
+  }
+
+  // `switch {to, epoch}`: set the new path up, drop the old one, acknowledge. A repeat of the
+  // switch under way waits for it; a repeat of one done is acknowledged again (the first
+  // acknowledgement may have been lost).
+  async #onSwitch(to, epoch) {
+    if (this.#switching?.epoch === epoch) return;
+    if (this.#epoch === epoch && this.mode === to) {
+      this.#sendAck(epoch);
+      return;
+    }
+    this.#switching = { to, epoch };
+    this.#emit('switching', { to, epoch });
+    const started = performance.now();
+    if (to === 'sfu') await this.#toSfu(epoch);
+    else await this.#toP2p(epoch);
+    if (this.#switching?.epoch !== epoch) return; // a newer switch took over
+    this.#switching = null;
+    this.mode = to;
+    this.#epoch = epoch;
+    this.#sendAck(epoch);
+    this.#emit('modechange', { mode: to, epoch, tookMs: Math.round(performance.now() - started) });
+  }
+
+  #sendAck(epoch) {
+    if (this.#state === 'joined' && this.#ws?.readyState === WebSocket.OPEN) {
+      this.#ws.send(JSON.stringify({ type: 'switch_ack', epoch }));
+    }
+  }
+
+  // To the SFU: publish there and receive everyone through the subscriber connection (the
+  // server subscribes me to everyone as the switch starts), then close the peer connections.
+  async #toSfu(epoch) {
+    await this.#publishToSfu().catch(this.#backgroundError);
+    if (!this.pcSubscriber) this.#renegotiate('subscriber').catch(this.#backgroundError);
+    // Make before break: each peer heard over the mesh is heard through the SFU first (its
+    // audio has arrived there, not just been subscribed).
+    // A link closes once both ends hear each other through the SFU: each end tells the other
+    // ("sfu-ok" on the link's data channel) when it does.
+    const linksDone = async () => {
+      const heard = await this.#heardVia(this.pcSubscriber, (mid) =>
+        [...this.#subs.values()].find((s) => s.mid === mid)?.participant?.identity);
+      for (const peer of [...this.#mesh.values()]) {
+        const hearsPeer = !peer.tracks.has('audio') || heard.has(peer.identity);
+        if (hearsPeer && !peer.toldSfuOk) peer.toldSfuOk = this.#meshTell(peer, 'sfu-ok');
+        // A link that never came up has nothing to break.
+        const up = peer.channel.readyState === 'open';
+        if (hearsPeer && (!up || peer.sfuOk || !this.#local.has('audio'))) this.#meshClose(peer.identity, 'switched');
+      }
+      return this.#mesh.size === 0;
+    };
+    await this.#until(linksDone, epoch);
+    for (const identity of [...this.#mesh.keys()]) this.#meshClose(identity, 'switched');
+  }
+
+  // To peer to peer: a peer connection with everyone, connected, then stop sending to the
+  // SFU. The server ends my SFU subscriptions when I acknowledge.
+  async #toP2p(epoch) {
+    this.#meshAll();
+    // Make before break: every peer connected, and the audio of each one that sends audio
+    // through the SFU arriving over its peer connection.
+    // Each end tells the other ("mesh-ok") once it hears it over their link; I stop sending
+    // to the SFU once everyone hears me over the mesh.
+    const heardViaMesh = async () => {
+      let all = true;
+      for (const identity of this.participants.keys()) {
+        const peer = this.#mesh.get(identity);
+        if (peer?.pc.connectionState !== 'connected') {
+          all = false;
+          continue;
+        }
+        const sends = [...this.#subs.values()].some((s) => s.participant?.identity === identity && s.kind === 'audio');
+        const hearsPeer = !sends || (await this.#heardVia(peer.pc, () => identity)).has(identity);
+        if (hearsPeer && !peer.toldMeshOk) peer.toldMeshOk = this.#meshTell(peer, 'mesh-ok');
+        if (!hearsPeer || !(peer.meshOk || !this.#local.has('audio'))) all = false;
+      }
+      return all;
+    };
+    await this.#until(heardViaMesh, epoch);
+    this.#prewarm = false;
+    await this.#unpublishFromSfu().catch(this.#backgroundError);
+  }
+
+  // Wait until `ready()` holds, the switch is superseded, or SWITCH_READY_TIMEOUT_MS passed.
+  async #until(ready, epoch) {
+    const deadline = performance.now() + SWITCH_READY_TIMEOUT_MS;
+    while (performance.now() < deadline && this.#switching?.epoch === epoch && this.#state !== 'closed') {
+      if (await ready()) return;
+      await sleep(50);
+    }
+  }
+
+  // The identities (`owner(mid)`) whose audio has arrived on `pc`.
+  async #heardVia(pc, owner) {
+    const heard = new Set();
+    if (!pc || pc.connectionState === 'closed') return heard;
+    (await pc.getStats()).forEach((s) => {
+      if (s.type !== 'inbound-rtp' || s.kind !== 'audio' || !(s.packetsReceived > 0)) return;
+      const identity = owner(s.mid);
+      if (identity) heard.add(identity);
+    });
+    return heard;
+  }
+
+  // A peer connection with every other participant; of each pair, the identity that sorts
+  // first makes the offer.
+  #meshAll() {
+    const me = this.me?.identity;
+    if (!me) return;
+    for (const identity of this.participants.keys()) {
+      if (me < identity && !this.#mesh.has(identity)) this.#meshOffer(identity).catch(this.#backgroundError);
+    }
+  }
+
+  #meshPeer(identity) {
+    let peer = this.#mesh.get(identity);
+    if (peer) return peer;
+    const pc = new RTCPeerConnection({ iceServers: this.#iceServers, bundlePolicy: 'max-bundle' });
+    // A data channel both sides declare (negotiated): messages while peer to peer.
+    const channel = pc.createDataChannel('mesh', { negotiated: true, id: 0, ordered: true });
+    peer = {
+      identity, pc, channel, tracks: new Map(), sfuOk: false, meshOk: false, toldSfuOk: false, toldMeshOk: false,
+    };
+    channel.onmessage = (ev) => {
+      if (typeof ev.data !== 'string') return;
+      let msg;
+      try { msg = JSON.parse(ev.data); } catch { return; }
+      if (!msg || typeof msg !== 'object') return;
+      // The switch handshake: the other end hears me through the SFU / over this link.
+      if (msg.sys === 'sfu-ok') peer.sfuOk = true;
+      else if (msg.sys === 'mesh-ok') peer.meshOk = true;
+      else this.#emit('message', { from: identity, to: msg.to ?? null, data: msg.data, reliable: true });
+    };
+    pc.ontrack = (ev) => this.#onMeshTrack(peer, ev);
+    pc.onconnectionstatechange = () => {
+      if (pc.connectionState === 'failed' && this.#mesh.get(identity) === peer) {
+        // Start over: the offerer offers again.
+        this.#meshClose(identity, 'failed');
+        if (this.mode === 'p2p') this.#meshAll();
+      }
+    };
+    this.#mesh.set(identity, peer);
+    this.meshConnections.set(identity, pc);
+    return peer;
+  }
+
+  // Audio and video sections, sending what I publish; the whole offer at once (no trickle:
+  // one signaling message per side).
+  async #meshOffer(identity) {
+    const { pc } = this.#meshPeer(identity);
+    for (const kind of ['audio', 'video']) {
+      const t = pc.addTransceiver(kind, { direction: 'sendrecv' });
+      const local = this.#local.get(kind);
+      if (local) await t.sender.replaceTrack(local.track);
+    }
+    await pc.setLocalDescription(await pc.createOffer());
+    await waitIceGathering(pc);
+    if (pc.signalingState === 'closed') return;
+    this.#signal(identity, { description: { type: 'offer', sdp: pc.localDescription.sdp } });
+  }
+
+  async #onP2pSignal(from, data) {
+    const description = data?.description;
+    if (!description || !this.participants.has(from)) return;
+    if (description.type === 'offer') {
+      // A fresh offer replaces whatever connection there was with that peer.
+      if (this.#mesh.has(from)) this.#meshClose(from, 'replaced');
+      const { pc } = this.#meshPeer(from);
+      await pc.setRemoteDescription({ type: 'offer', sdp: String(description.sdp) });
+      for (const t of pc.getTransceivers()) {
+        const local = this.#local.get(t.receiver.track.kind);
+        t.direction = 'sendrecv';
+        if (local) await t.sender.replaceTrack(local.track);
+      }
+      await pc.setLocalDescription(await pc.createAnswer());
+      await waitIceGathering(pc);
+      if (pc.signalingState === 'closed') return;
+      this.#signal(from, { description: { type: 'answer', sdp: pc.localDescription.sdp } });
+    } else if (description.type === 'answer') {
+      const pc = this.#mesh.get(from)?.pc;
+      if (pc?.signalingState === 'have-local-offer') {
+        await pc.setRemoteDescription({ type: 'answer', sdp: String(description.sdp) });
+      }
+    }
+  }
+
+  // Tell the other end of a link something about the switch; whether it could be sent.
+  #meshTell(peer, sys) {
+    if (peer.channel.readyState !== 'open') return false;
+    peer.channel.send(JSON.stringify({ sys }));
+    return true;
+  }
+
+  #signal(to, data) {
+    if (this.#ws?.readyState === WebSocket.OPEN) this.#ws.send(JSON.stringify({ type: 'p2p_signal', to, data }));
+  }
+
+  // Send what I publish (and what I stopped) on every peer connection.
+  async #meshSendLocal() {
+    for (const { pc } of this.#mesh.values()) {
+      for (const t of pc.getTransceivers()) {
+        if (t.currentDirection === 'stopped' || !t.sender) continue;
+        const local = this.#local.get(t.receiver.track.kind);
+        await t.sender.replaceTrack(local ? local.track : null);
+      }
+    }
+  }
+
+  #onMeshTrack(peer, ev) {
+    const participant = this.participants.get(peer.identity);
+    if (!participant) return;
+    const kind = ev.track.kind;
+    const trackId = `p2p:${peer.identity}:${kind}`;
+    const entry = { trackId, kind, participant, mediaStreamTrack: ev.track, transceiver: ev.transceiver, via: 'p2p' };
+    peer.tracks.set(kind, entry);
+    this.#emit('track', entry);
+  }
+
+  #meshClose(identity, reason) {
+    const peer = this.#mesh.get(identity);
+    if (!peer) return;
+    this.#mesh.delete(identity);
+    this.meshConnections.delete(identity);
+    for (const entry of peer.tracks.values()) this.#emit('trackended', { ...entry, reason });
+    peer.pc.close();
   }
 
   // ---------- helpers ----------

@@ -1454,6 +1454,7 @@ impl Engine {
                 }
             }
         }
+        tracing::debug!(%room, ?floor, "audio floor set");
         match floor {
             AudioFloor::Open => self.floors.remove(&room),
             _ => self.floors.insert(room, floor),
