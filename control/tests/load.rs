@@ -2,7 +2,8 @@
 //! writes both report files; an impairment relay with a known drop rate and delay shows up as
 //! exactly that loss and latency; servers that cannot be reached or refuse the token, and peers
 //! whose ICE never connects, are counted per reason while the run goes on; a room run over the
-//! WebSocket protocol delivers every participant to every other.
+//! WebSocket protocol delivers every participant to every other; a push-to-talk run passes the
+//! floor and nobody hears a talker who does not hold it.
 
 mod support;
 
@@ -198,6 +199,43 @@ fn a_room_run_delivers_every_participant_to_every_other() {
     assert!(report.packets.received > 0 && report.latency_us.count > 0);
     assert_eq!(report.packets.corrupt, 0, "{:?}", report.packets);
     assert!(report.verdict.passed(), "{:?}", report.verdict);
+}
+
+#[test]
+fn a_push_to_talk_run_passes_the_floor_and_only_the_holder_is_heard() {
+    let server = load_server(2);
+    let s = Scenario {
+        protocol: ProtocolKind::Room,
+        participants: 8,
+        ptt: Some(tools::load::scenario::PttPlan {
+            talkers: 3,
+            floor_change_s: 1.0,
+        }),
+        ..scenario(&server.base_url, 1, 0, MediaModel::Audio, 6.0)
+    };
+    let report = run_ok(&s, &RunOptions::default());
+    let room = report.room.as_ref().expect("a room run reports its rooms");
+    assert_eq!(room.participants_connected, 8, "{room:?}");
+    let ptt = room
+        .ptt
+        .as_ref()
+        .expect("a push-to-talk run reports its floor");
+    assert!(ptt.changes >= 3, "the floor went round: {ptt:?}");
+    assert_eq!(
+        ptt.violations, 0,
+        "nobody hears a talker not holding the floor: {ptt:?}"
+    );
+    assert!(ptt.packets > 0, "{ptt:?}");
+    let change = ptt.change_ms.expect("floor changes measured");
+    assert!(change.measured >= 5, "{change:?}");
+    // Every listener heard each of the 3 talkers in turn, each talker the 2 others.
+    assert_eq!(room.streams_expected, 5 * 3 + 3 * 2);
+    assert_eq!(room.streams_received, room.streams_expected, "{room:?}");
+    assert!(room.signaling.errors.is_empty(), "{:?}", room.signaling);
+    assert_eq!(room.signaling.floor_refusals, 0, "{:?}", room.signaling);
+    assert!(report.verdict.passed(), "{:?}", report.verdict);
+    // The node dropped the talkers' audio while they did not hold the floor.
+    assert!(server.metrics().sum("sfu_floor_dropped_total") > 0.0);
 }
 
 #[test]

@@ -11,8 +11,10 @@
 //     each of the 7 others through its subscriber connection; the longest gap in audio
 //     received from any other participant across the switch is measured (and bounded loosely:
 //     media must keep flowing);
+//   - through the SFU, selective listening: ada stops listening to bob, then to everyone; the
+//     node stops sending what she does not listen to (audio kbit/s before and after);
 //   - 3 leave: the 5 left switch back and receive each other over peer connections again.
-// Push-to-talk channel (VOICE_PTT=1; see the test), 1 talker at a time and 5 listeners (one of them, "rogue", keeps its
+// Push-to-talk channel, 1 talker at a time and 5 listeners (one of them, "rogue", keeps its
 // microphone live against the SDK):
 //   - while ada holds the floor, listeners receive her audio and none of the others';
 //   - bob asks (queued), ada releases: the floor passes to bob and listeners hear him; the
@@ -68,6 +70,9 @@ async function joinInPage([name, room]) {
     r.addEventListener(type, (e) => v.events.push({ at: Date.now(), type, ...e.detail }));
   }
   r.addEventListener('error', (e) => v.errors.push(`${e.detail.code}: ${e.detail.message}`));
+  // When a receiving section last changed what it carries (its counters then mix two tracks).
+  v.lastSlotChange = Date.now();
+  for (const type of ['track', 'trackended']) r.addEventListener(type, () => { v.lastSlotChange = Date.now(); });
   await r.connect();
   await r.publish(stream);
   const counters = new Map(); // `${path}/${identity}` → packets
@@ -130,6 +135,8 @@ function stateInPage() {
   for (const [identity, pc] of r.meshConnections) mesh[identity] = pc.connectionState;
   return {
     mode: r.mode, state: r.state, mesh, heard: v.heard, errors: v.errors, events: v.events, firstAfter: v.firstAfter,
+    slotsStableMs: Date.now() - v.lastSlotChange,
+    subs: [...r.subscriptions.values()].map((s) => `${s.participant?.identity}/${s.kind}@${s.mid}`),
     sfuTracks: [...r.subscriptions.values()].filter((s) => s.mediaStreamTrack && s.participant).map((s) => s.participant.identity),
     subs: [...r.subscriptions.values()].map((s) => `${s.participant?.identity}/${s.kind}@${s.mid}`),
   };
@@ -146,6 +153,21 @@ async function meshPairsInPage() {
     out[identity] = pair ? { local: local?.address, remote: remote?.address, type: remote?.candidateType } : null;
   }
   return out;
+}
+
+// Audio received through the SFU: bytes in all, and packets per sending participant.
+async function sfuAudioInPage() {
+  const r = window.voice.room;
+  const byMid = new Map([...r.subscriptions.values()].filter((s) => s.participant).map((s) => [s.mid, s.participant.identity]));
+  let bytes = 0;
+  const packets = {};
+  (await r.pcSubscriber.getStats()).forEach((s) => {
+    if (s.type !== 'inbound-rtp' || s.kind !== 'audio') return;
+    bytes += s.bytesReceived || 0;
+    const identity = byMid.get(s.mid);
+    if (identity) packets[identity] = (packets[identity] || 0) + (s.packetsReceived || 0);
+  });
+  return { at: Date.now(), bytes, packets };
 }
 
 // ---------- in node ----------
@@ -261,6 +283,34 @@ test('a voice channel goes peer to peer, then through the SFU, then back', { tim
   console.log(`to the SFU: longest audio gap ${figures.toSfu.maxGapMs} ms; switch per client ${switchMs.join(', ')} ms`);
   assert.ok(figures.toSfu.maxGapMs <= MAX_SWITCH_GAP_MS, `audio kept flowing across the switch: ${JSON.stringify(figures.toSfu)}`);
 
+  // Selective listening, through the SFU: ada stops listening to bob, then to everyone; the
+  // node stops sending what she does not listen to.
+  const ada = pages.get('ada').page;
+  const window2s = async () => {
+    const a = await ada.evaluate(sfuAudioInPage);
+    await new Promise((r) => setTimeout(r, 2_000));
+    const b = await ada.evaluate(sfuAudioInPage);
+    const kbps = Math.round(((b.bytes - a.bytes) * 8) / (b.at - a.at));
+    const grew = Object.fromEntries(Object.keys(b.packets).map((i) => [i, b.packets[i] - (a.packets[i] || 0)]));
+    return { kbps, grew };
+  };
+  const all = await window2s();
+  await ada.evaluate(() => window.voice.room.deafen('bob'));
+  const withoutBob = await window2s();
+  await ada.evaluate(() => window.voice.room.deafen());
+  const nobody = await window2s();
+  await ada.evaluate(() => window.voice.room.deafen(null, false));
+  figures.selectiveListening = { kbps: { all: all.kbps, withoutBob: withoutBob.kbps, nobody: nobody.kbps } };
+  console.log(`selective listening: ada receives ${all.kbps} kbit/s of audio; without bob ${withoutBob.kbps}; deafened ${nobody.kbps}`);
+  assert.ok(withoutBob.grew.bob <= 3, `bob's audio stopped: ${JSON.stringify(withoutBob.grew)}`);
+  for (const o of NAMES.filter((n) => n !== 'ada' && n !== 'bob')) {
+    // At least DTX's comfort noise (a packet per 400 ms) in 2 s.
+    assert.ok(withoutBob.grew[o] >= 4, `${o} still heard: ${JSON.stringify(withoutBob.grew)}`);
+  }
+  for (const o of NAMES.filter((n) => n !== 'ada')) {
+    assert.ok(nobody.grew[o] <= 3, `deafened, nothing arrives: ${JSON.stringify(nobody.grew)}`);
+  }
+
   // Three leave: five move back to peer to peer.
   const five = NAMES.slice(0, 5);
   for (const name of five) await pages.get(name).page.evaluate(() => { for (const h of Object.values(window.voice.heard)) h.maxGap = 0; });
@@ -279,11 +329,7 @@ test('a voice channel goes peer to peer, then through the SFU, then back', { tim
   for (const name of five) await pages.get(name).page.evaluate(() => window.voice.room.leave());
 });
 
-// Off in CI for now (VOICE_PTT=1 runs it): in 2 of 3 runs after the hybrid test, one
-// listener counted 7 packets of the rogue talker right after the floor was granted, which
-// the control-level test (control/tests/ptt.rs, real WHIP publishers) never sees; under
-// investigation.
-test('a push-to-talk channel forwards only the floor holder', { timeout: 300_000, skip: process.env.VOICE_PTT !== '1' }, async () => {
+test('a push-to-talk channel forwards only the floor holder', { timeout: 300_000 }, async () => {
   const room = `ptt-${Date.now()}`;
   await setRoom(room, { ptt: true });
   const six = NAMES.slice(0, 6); // ada and bob talk in turn; cyd is a rogue; dee, eve, fay listen
@@ -291,10 +337,10 @@ test('a push-to-talk channel forwards only the floor holder', { timeout: 300_000
   await pages.get('cyd').page.evaluate(() => { window.voice.rogue = true; });
   const listeners = ['dee', 'eve', 'fay'];
   const page = (n) => pages.get(n).page;
-  // Each listener receives the three talkers' sections before anything is measured (a
-  // section's counters belong to whatever it carried before).
-  await waitAll(listeners, 'listeners subscribed to ada, bob and cyd', (s) =>
-    ['ada', 'bob', 'cyd'].every((t) => s.sfuTracks.includes(t)));
+  // Each listener receives everyone's section, and has for a second, before anything is
+  // measured: a section's counters belong to whatever it carried before.
+  await waitAll(listeners, 'listeners subscribed to the 5 others, settled', (s, n) =>
+    six.every((o) => o === n || s.sfuTracks.includes(o)) && s.slotsStableMs >= 1_000);
   // Nobody holds the floor: nothing is heard.
   const snapshot = async () => Object.fromEntries((await Promise.all(listeners.map(state))).map((s, i) => [listeners[i], s]));
   let base = Object.fromEntries(Object.entries(await snapshot()).map(([n, s]) => [n, s.heard]));
@@ -315,7 +361,7 @@ test('a push-to-talk channel forwards only the floor holder', { timeout: 300_000
     for (const silent of ['bob', 'cyd']) {
       const leaked = heardFrom(heard[n], silent).sfu - (base[n][silent]?.sfu ?? 0);
       const all = Object.fromEntries(Object.entries(heard[n].heard).map(([i, h]) => [i, h.sfu - (base[n][i]?.sfu ?? 0)]));
-      assert.ok(leaked <= 2, `${n} got ${leaked} packets of ${silent}, who does not hold the floor (all: ${JSON.stringify(all)}; subscriptions ${JSON.stringify(heard[n].subs)})`);
+      assert.ok(leaked <= 2, `${n} got ${leaked} packets of ${silent}, who does not hold the floor (all: ${JSON.stringify(all)}; sections ${JSON.stringify(heard[n].subs)}, stable for ${heard[n].slotsStableMs} ms)`);
     }
   }
 

@@ -20,6 +20,7 @@ use str0m::rtp::{RtpPacket, Ssrc};
 
 use crate::load::media;
 use crate::load::placement::SubscriberPaths;
+use crate::load::ptt::{FloorCheck, FloorTimeline};
 use crate::load::stats::{self, Interval, RxStream};
 use crate::pattern::{self, Decoded, PatternError, PatternHeader, PayloadKind};
 use crate::peer::lock;
@@ -90,6 +91,8 @@ pub struct Receiving {
     sources: Vec<(u32, PayloadKind)>,
     /// How many of those make the reception complete (room subscribers).
     expected_sources: Option<usize>,
+    /// Push-to-talk runs: the floor's timeline, and what this receiver found against it.
+    floor: Option<Box<(Arc<FloorTimeline>, FloorCheck)>>,
 }
 
 impl Receiving {
@@ -106,7 +109,18 @@ impl Receiving {
             paths: None,
             sources: Vec::new(),
             expected_sources: None,
+            floor: None,
         }
+    }
+
+    /// Checks every audio packet against the floor's timeline (push-to-talk runs).
+    pub fn check_floor(&mut self, timeline: Arc<FloorTimeline>) {
+        self.floor = Some(Box::new((timeline, FloorCheck::default())));
+    }
+
+    /// What the floor check found, in a push-to-talk run.
+    pub fn floor_check(&self) -> Option<&FloorCheck> {
+        self.floor.as_deref().map(|(_, check)| check)
     }
 
     /// Tells when `n` remote tracks have delivered media ([`sources_complete`]).
@@ -272,6 +286,12 @@ impl Receiving {
                 self.streams.last_mut().expect("just pushed")
             }
         };
+        if let (Some(floor), PayloadKind::Audio) = (self.floor.as_deref_mut(), header.kind) {
+            let (timeline, check) = floor;
+            if let Some(publisher) = media::publisher_of(header.counter) {
+                check.audio(timeline, publisher, header.sent_us, wallclock_us);
+            }
+        }
         let counts = stream.record(header, wallclock_us);
         interval.counts.add(&counts);
         let latency_us = (counts.received > 0).then(|| wallclock_us.saturating_sub(header.sent_us));

@@ -153,6 +153,7 @@ export class Room extends EventTarget {
   #switching = null; // {to, epoch} while a switch is under way
   #prewarm = false; // hybrid room, peer to peer: publish to the SFU ahead of a move
   #mesh = new Map(); // identity → {pc, channel, tracks: Map kind → sub-like entry}
+  #deafened = { all: false, some: new Set() }; // selective listening: whose audio I do not want
   #negotiations = {
     publisher: { chain: Promise.resolve(), queued: null, iceRestart: false },
     subscriber: { chain: Promise.resolve(), queued: null, iceRestart: false },
@@ -344,6 +345,43 @@ export class Room extends EventTarget {
     this.#assertInRoom();
     this.#talking(false);
     this.#ws?.send(JSON.stringify({ type: 'floor_release' }));
+  }
+
+  /**
+   * Selective listening: stop receiving a speaker's audio (`identity`), or everyone's (no
+   * identity); `deafened = false` undoes it. Through the SFU the node stops sending it
+   * (`set_subscription` paused), so the bandwidth is saved; peer to peer the audio is only
+   * silenced here. Applies to audio arriving later too, until undone.
+   */
+  async deafen(identity = null, deafened = true) {
+    if (identity == null) {
+      this.#deafened.all = deafened;
+      if (!deafened) this.#deafened.some.clear();
+    } else if (deafened) {
+      this.#deafened.some.add(identity);
+    } else {
+      this.#deafened.some.delete(identity);
+    }
+    await this.#applyDeafness();
+  }
+
+  /** Whether I do not listen to `identity`'s audio (selective listening). */
+  isDeafenedTo(identity) {
+    return this.#deafened.all || this.#deafened.some.has(identity);
+  }
+
+  async #applyDeafness() {
+    const pending = [];
+    for (const sub of this.#subs.values()) {
+      if (sub.kind !== 'audio' || !sub.participant) continue;
+      const paused = this.isDeafenedTo(sub.participant.identity);
+      if (sub.paused !== paused) pending.push(this.setSubscription(sub.trackId, { paused }));
+    }
+    for (const peer of this.#mesh.values()) {
+      const audio = peer.tracks.get('audio');
+      if (audio) audio.mediaStreamTrack.enabled = !this.isDeafenedTo(peer.identity);
+    }
+    await Promise.all(pending);
   }
 
   /** Push to talk: whether I hold the floor. */
@@ -763,6 +801,9 @@ export class Room extends EventTarget {
       this.#emit('track', {
         participant, trackId: sub.trackId, kind: sub.kind, mediaStreamTrack: sub.mediaStreamTrack, transceiver,
       });
+      if (sub.kind === 'audio' && this.isDeafenedTo(participant.identity) && !sub.paused) {
+        this.setSubscription(sub.trackId, { paused: true }).catch(this.#backgroundError);
+      }
     }
   }
 
@@ -1200,6 +1241,7 @@ export class Room extends EventTarget {
     const trackId = `p2p:${peer.identity}:${kind}`;
     const entry = { trackId, kind, participant, mediaStreamTrack: ev.track, transceiver: ev.transceiver, via: 'p2p' };
     peer.tracks.set(kind, entry);
+    if (kind === 'audio') ev.track.enabled = !this.isDeafenedTo(peer.identity);
     this.#emit('track', entry);
   }
 

@@ -31,6 +31,7 @@ Examples:
            --media video-simulcast --duration 60s --ramp 20/s --report out/
   sfu-load --config scenario.toml --subscribers 200 --max-loss 1% --max-p99 50ms
   sfu-load --protocol room --rooms 10 --participants 6 --media audio-video --duration 60s
+  sfu-load --protocol room --ptt --participants 500 --media audio --floor-change 2s
 
 Against `control dev` no token flags are needed: tokens are minted with the dev key pair.
 Without --max-loss, --max-p99 or --min-connected the run has no verdict (neither PASS nor FAIL);
@@ -78,6 +79,18 @@ struct Cli {
     /// receiving every other.
     #[arg(long)]
     participants: Option<u32>,
+    /// With --protocol room: every room is a push-to-talk channel (docs/push-to-talk.md); the
+    /// first --talkers participants take the floor in turn every --floor-change, everyone
+    /// listens to the talkers; fails (exit 1) if audio of a participant not holding the floor
+    /// reaches anyone. Needs --media audio.
+    #[arg(long)]
+    ptt: bool,
+    /// With --ptt: participants per room who take the floor in turn [default: 3].
+    #[arg(long)]
+    talkers: Option<u32>,
+    /// With --ptt: how often the floor passes to the next talker: 2s, 500ms [default: 2s].
+    #[arg(long, value_parser = parse_duration_s, value_name = "DURATION")]
+    floor_change: Option<f64>,
     /// audio, video, audio-video, video-simulcast or audio-video-simulcast [default: audio-video].
     #[arg(long, value_parser = parse_media)]
     media: Option<MediaModel>,
@@ -207,6 +220,9 @@ impl Cli {
             min_connected_pct: self.min_connected,
             min_streams: self.min_streams,
             participants: self.participants,
+            ptt: self.ptt.then_some(true),
+            talkers: self.talkers,
+            floor_change_s: self.floor_change,
             label: self.label.clone(),
         }
     }
@@ -546,6 +562,43 @@ mod tests {
         ] {
             let err = build(&args).expect_err(&args.join(" "));
             assert_eq!(err.key, key, "{}: {err}", args.join(" "));
+        }
+    }
+
+    #[test]
+    fn push_to_talk_runs_are_audio_room_runs_with_talkers() {
+        let build = |args: &str| {
+            let mut all = vec!["sfu-load", "--protocol", "room"];
+            all.extend(args.split_whitespace());
+            Cli::try_parse_from(all).expect("parses").patch().build()
+        };
+        let (s, _) = build("--ptt --participants 500 --media audio").expect("valid");
+        let ptt = s.ptt.expect("a ptt run");
+        assert_eq!((ptt.talkers, ptt.floor_change_s), (3, 2.0));
+        // 497 listeners hear 3 talkers, each talker the 2 others.
+        assert_eq!(s.expected_streams(), 497 * 3 + 3 * 2);
+        let (s, _) =
+            build("--ptt --participants 10 --media audio --talkers 4 --floor-change 500ms")
+                .expect("valid");
+        assert_eq!(s.ptt.map(|p| (p.talkers, p.floor_change_s)), Some((4, 0.5)));
+        for (args, key) in [
+            ("--ptt --participants 10", "ptt"),
+            (
+                "--ptt --participants 10 --media audio --talkers 1",
+                "talkers",
+            ),
+            (
+                "--ptt --participants 3 --media audio --talkers 4",
+                "talkers",
+            ),
+            ("--participants 10 --media audio --talkers 3", "talkers"),
+            (
+                "--ptt --participants 10 --media audio --floor-change 100ms",
+                "floor-change",
+            ),
+        ] {
+            let err = build(args).expect_err(args);
+            assert_eq!(err.key, key, "{args}: {err}");
         }
     }
 }

@@ -29,9 +29,9 @@ use super::progress::{self, Progress, ProgressMode, Snapshot};
 use super::protocol::{Protocol, SessionHandle, TokenSource, WhipWhep};
 use super::report::{
     Jitter, JoinTimes, Latency, Outcome, Packets, ParticipantFigures, PathPackets, PeerCounts,
-    REPORT_VERSION, Report, RoomFigures, Tick, Verdict,
+    PttFigures, REPORT_VERSION, Report, RoomFigures, Tick, Verdict,
 };
-use super::room::{self, RoomContext, RoomJob, RoomSignaling};
+use super::room::{self, RoomContext, RoomJob, RoomPtt, RoomSignaling};
 use super::sampler::ProcessSampler;
 use super::scenario::{Criteria, ProtocolKind, Scenario, ScenarioError};
 use super::shard::{Notice, ShardCommand, ShardHandle, ShardSender};
@@ -89,6 +89,8 @@ pub enum LoadError {
     Scenario(#[from] ScenarioError),
     #[error("cannot start the generator: {0}")]
     Start(#[from] std::io::Error),
+    #[error("cannot make room {room:?} a push-to-talk channel: {reason}")]
+    Channel { room: String, reason: String },
 }
 
 /// Seconds between ticks (timeline entries, process samples, progress).
@@ -118,7 +120,48 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, LoadErro
         )),
         (None, ProtocolKind::Janus) => Some(Arc::new(JanusVideoRoom::new(&scenario.url))),
     };
+    if scenario.ptt.is_some() {
+        make_channels(scenario, &options.tokens)?;
+    }
     Controller::start(scenario, options, protocol)?.run()
+}
+
+/// Push-to-talk runs: make every room of the run a channel (`PUT /api/rooms/{room}/settings`
+/// with a token for the room's admin; docs/http-api.md). The rooms stay channels after the run.
+fn make_channels(scenario: &Scenario, tokens: &TokenSource) -> Result<(), LoadError> {
+    let client = crate::whip::SignalingClient::new(&scenario.url);
+    let grants = crate::token::Grants {
+        admin: true,
+        ..crate::token::Grants::PUBLISH_SUBSCRIBE
+    };
+    for index in 0..scenario.rooms {
+        let room = scenario.room_name(index);
+        let fail = |reason: String| LoadError::Channel {
+            room: room.clone(),
+            reason,
+        };
+        let token = tokens
+            .token(&room, "sfu-load-admin", grants)
+            .map_err(|e| fail(e.to_string()))?;
+        let target = format!("/api/rooms/{room}/settings");
+        let response = client
+            .request(&crate::whip::HttpRequest {
+                method: crate::whip::Method::Put,
+                target: &target,
+                content_type: Some("application/json"),
+                bearer: Some(&token),
+                body: br#"{"ptt": true}"#,
+            })
+            .map_err(|e| fail(e.to_string()))?;
+        if response.status != 200 {
+            return Err(fail(format!(
+                "HTTP {}: {}",
+                response.status,
+                response.body.trim()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Writes `report.json` and `report.html` into `dir` (created if missing).
@@ -379,8 +422,17 @@ impl<'a> Controller<'a> {
                     setup: setup.clone(),
                     shards: senders.clone(),
                     notices: notice_tx.clone(),
-                    others: scenario.participants.saturating_sub(1) as usize,
+                    // Push to talk: a receiving section per talker.
+                    others: match &scenario.ptt {
+                        Some(ptt) => ptt.talkers as usize,
+                        None => scenario.participants.saturating_sub(1) as usize,
+                    },
                     connect_timeout,
+                    ptt: scenario.ptt.map(|ptt| RoomPtt {
+                        talkers: ptt.talkers,
+                        floor_change: Duration::from_secs_f64(ptt.floor_change_s),
+                        timeline: Arc::default(),
+                    }),
                 };
                 let (signaling, thread) = RoomSignaling::spawn(context, job_rx)?;
                 signalers.push(thread);
@@ -996,10 +1048,19 @@ impl<'a> Controller<'a> {
     fn room_figures(&self, totals: &ShardTotals, signaling: &RoomSignaling) -> RoomFigures {
         let s = self.scenario;
         let each = s.streams_per_participant();
+        // What participant `k` (plan order: participant by participant, room by room) should
+        // receive: push to talk, a listener gets one talker more than a talker.
+        let expected = |k: usize| match &s.ptt {
+            Some(ptt) if (k / s.rooms.max(1) as usize) >= ptt.talkers as usize => {
+                u64::from(ptt.talkers)
+            }
+            _ => each,
+        };
         let mut streams = vec![0; self.participants.len()];
         for (id, n) in &totals.sources {
-            if let Some(slot) = streams.get_mut(id.0 as usize / 2) {
-                *slot = (*n).min(each);
+            let k = id.0 as usize / 2;
+            if let Some(slot) = streams.get_mut(k) {
+                *slot = (*n).min(expected(k));
             }
         }
         let per_participant: Vec<ParticipantFigures> = self
@@ -1025,7 +1086,11 @@ impl<'a> Controller<'a> {
         RoomFigures {
             participants: self.participants.len() as u64,
             participants_connected: count(&|k| pair(k).iter().all(|p| p.ever_joined)),
-            participants_complete: streams.iter().filter(|&&n| n >= each).count() as u64,
+            participants_complete: streams
+                .iter()
+                .enumerate()
+                .filter(|&(k, &n)| n >= expected(k))
+                .count() as u64,
             failed_joins: count(&|k| pair(k).iter().any(|p| p.ever_failed && !p.ever_joined)),
             streams_expected: s.expected_streams(),
             streams_received: streams.iter().sum(),
@@ -1034,6 +1099,10 @@ impl<'a> Controller<'a> {
             join_ms: join_summary(&joins),
             signaling: signaling.stats(),
             per_participant,
+            ptt: s.ptt.as_ref().map(|plan| {
+                let changes = signaling.floor.as_ref().map_or(0, |t| t.changes());
+                PttFigures::from_checks(plan, changes, &totals.floor)
+            }),
         }
     }
 }
@@ -1254,6 +1323,17 @@ pub fn verdict(
                 room.min_streams_per_participant,
                 room.streams_per_participant
             ));
+        }
+    }
+    if let Some(ptt) = room.and_then(|r| r.ptt.as_ref()) {
+        if ptt.violations > 0 {
+            failures.push(format!(
+                "{} audio packets of talkers not holding the floor reached listeners",
+                ptt.violations
+            ));
+        }
+        if ptt.changes == 0 {
+            failures.push("the floor never changed hands".into());
         }
     }
     let judged = criteria.max_loss_pct.is_some()

@@ -13,6 +13,7 @@ pub mod peer;
 pub mod placement;
 pub mod progress;
 pub mod protocol;
+pub mod ptt;
 pub mod relay;
 pub mod report;
 pub mod room;

@@ -140,6 +140,14 @@ impl LivePeer {
         }
     }
 
+    /// A push-to-talk run's floor check of a room subscriber (`None` for other peers).
+    pub fn floor_check(&self) -> Option<crate::load::ptt::FloorCheck> {
+        match &self.media {
+            PeerMedia::Subscriber { receiving, .. } => receiving.floor_check().cloned(),
+            PeerMedia::Publisher { .. } => None,
+        }
+    }
+
     /// Remote tracks a room subscriber received media from (`None` for other peers).
     pub fn sources(&self) -> Option<usize> {
         match &self.media {

@@ -293,6 +293,27 @@ fn write_room(t: &mut String, room: &RoomFigures) {
             format!(", errors: {}", errors.join(", "))
         }
     );
+    if let Some(ptt) = &room.ptt {
+        let _ = writeln!(
+            t,
+            "  floor       {} changes ({} talkers, every {} s; {} requests, {} grants, {} refused); {} packets from holders, {} from talkers not holding it",
+            ptt.changes,
+            ptt.talkers,
+            ptt.floor_change_s,
+            g.floor_requests,
+            g.floor_grants,
+            g.floor_refusals,
+            ptt.packets,
+            ptt.violations
+        );
+        if let Some(l) = &ptt.change_ms {
+            let _ = writeln!(
+                t,
+                "  floor change release → first packet of the new holder: p50 {:.1} ms  p90 {:.1} ms  p99 {:.1} ms  max {:.1} ms  ({} listener-changes)",
+                l.p50, l.p90, l.p99, l.max, l.measured
+            );
+        }
+    }
 }
 
 /// Where the peers landed, and latency and loss of local and relayed packets.

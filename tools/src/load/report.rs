@@ -96,6 +96,67 @@ pub struct RoomFigures {
     pub signaling: RoomSignalingStats,
     /// Per participant, in plan order.
     pub per_participant: Vec<ParticipantFigures>,
+    /// Push-to-talk runs: the floor's figures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ptt: Option<PttFigures>,
+}
+
+/// A push-to-talk run's floor (docs/push-to-talk.md; `sfu-load --ptt`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PttFigures {
+    pub talkers: u32,
+    pub floor_change_s: f64,
+    /// Times the floor changed hands, all rooms.
+    pub changes: u64,
+    /// Audio packets listeners received from the talker holding the floor.
+    pub packets: u64,
+    /// Audio packets listeners received from a talker not holding the floor: must be 0.
+    pub violations: u64,
+    /// From the previous talker's release to a listener's first packet of the new holder,
+    /// over all listeners and changes, ms.
+    pub change_ms: Option<PttLatency>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct PttLatency {
+    pub measured: u64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl PttFigures {
+    pub fn from_checks(
+        plan: &crate::load::scenario::PttPlan,
+        changes: u64,
+        checks: &[crate::load::ptt::FloorCheck],
+    ) -> Self {
+        let mut latencies: Vec<u64> = checks
+            .iter()
+            .flat_map(|c| c.latencies_us.iter().copied())
+            .collect();
+        latencies.sort_unstable();
+        let at = |q: f64| {
+            let i = ((latencies.len() as f64 - 1.0) * q).round() as usize;
+            latencies[i.min(latencies.len() - 1)] as f64 / 1000.0
+        };
+        let change_ms = (!latencies.is_empty()).then(|| PttLatency {
+            measured: latencies.len() as u64,
+            p50: at(0.5),
+            p90: at(0.9),
+            p99: at(0.99),
+            max: at(1.0),
+        });
+        Self {
+            talkers: plan.talkers,
+            floor_change_s: plan.floor_change_s,
+            changes,
+            packets: checks.iter().map(|c| c.packets).sum(),
+            violations: checks.iter().map(|c| c.violations).sum(),
+            change_ms,
+        }
+    }
 }
 
 /// One participant of a room run.

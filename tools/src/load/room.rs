@@ -27,7 +27,8 @@ use tungstenite::{Message, WebSocket};
 use super::negotiate::{self, NewPeer, Offer, PeerDraft, PeerPlan, PeerRole, SetupConfig};
 use super::peer::{PeerEnd, PeerMedia};
 use super::protocol::{PeerFailure, SdpClient, SessionHandle, TokenSource};
-use super::shard::{Notice, ShardCommand, ShardSender};
+use super::ptt::FloorTimeline;
+use super::shard::{Notice, ShardCommand, ShardSender, wallclock_us};
 use crate::peer::lock;
 use crate::token::Grants;
 
@@ -67,6 +68,13 @@ pub struct RoomSignalingStats {
     pub sessions_ended: u64,
     /// WebSockets the server closed (or that broke) before the participant left.
     pub closed_early: u64,
+    /// Push-to-talk runs: floor requests sent, grants, and denials or revocations.
+    #[serde(default)]
+    pub floor_requests: u64,
+    #[serde(default)]
+    pub floor_grants: u64,
+    #[serde(default)]
+    pub floor_refusals: u64,
 }
 
 /// The engine's end of the room signaling thread.
@@ -74,6 +82,8 @@ pub struct RoomSignalingStats {
 pub struct RoomSignaling {
     pub waker: Arc<Waker>,
     pub stats: Arc<Mutex<RoomSignalingStats>>,
+    /// Push-to-talk runs: the floor's timeline the thread drives.
+    pub floor: Option<Arc<FloorTimeline>>,
 }
 
 /// A job for the room thread.
@@ -98,9 +108,38 @@ pub struct RoomContext {
     pub setup: Arc<SetupConfig>,
     pub shards: Arc<[ShardSender]>,
     pub notices: Sender<Notice>,
-    /// Receiving sections per kind on the subscriber connection: the other participants.
+    /// Receiving sections per kind on the subscriber connection: the other participants
+    /// (push to talk: the talkers).
     pub others: usize,
     pub connect_timeout: Duration,
+    /// A push-to-talk run.
+    pub ptt: Option<RoomPtt>,
+}
+
+/// A push-to-talk run, as the room thread drives it (docs/push-to-talk.md).
+#[derive(Debug, Clone)]
+pub struct RoomPtt {
+    /// The first `talkers` participants of each room take the floor in turn.
+    pub talkers: u32,
+    pub floor_change: Duration,
+    pub timeline: Arc<FloorTimeline>,
+}
+
+/// Request id of a participant's floor requests (answered `floor_granted` / `floor_queued`).
+const REQ_FLOOR: u64 = 4;
+
+/// One room's floor as the run drives it.
+#[derive(Debug, Default)]
+struct RoomFloor {
+    /// Slot of the participant holding the floor.
+    holder: Option<usize>,
+    /// The talker asked to take over: its slot, and when the change began (release sent, or
+    /// its request when nobody held the floor).
+    pending: Option<(usize, u64)>,
+    /// Index (among the talkers) of the talker to go next.
+    next: u32,
+    /// When the floor changes next; `None` until every talker of the room publishes.
+    next_at: Option<Instant>,
 }
 
 impl RoomSignaling {
@@ -114,6 +153,7 @@ impl RoomSignaling {
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let stats = Arc::new(Mutex::new(RoomSignalingStats::default()));
         let target = WsTarget::parse(&context.url).map_err(std::io::Error::other)?;
+        let floor = context.ptt.as_ref().map(|p| p.timeline.clone());
         let thread = RoomThread {
             poll,
             jobs,
@@ -122,11 +162,19 @@ impl RoomSignaling {
             participants: Vec::new(),
             stats: RoomSignalingStats::default(),
             shared: stats.clone(),
+            floors: Vec::new(),
         };
         let join = thread::Builder::new()
             .name("sfu-load-room".into())
             .spawn(move || thread.run())?;
-        Ok((Self { waker, stats }, join))
+        Ok((
+            Self {
+                waker,
+                stats,
+                floor,
+            },
+            join,
+        ))
     }
 
     /// Wakes the thread after a job was queued.
@@ -199,7 +247,19 @@ impl WsTarget {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum ServerMessage {
-    Joined {},
+    Joined {
+        #[serde(default)]
+        participants: Vec<ParticipantView>,
+    },
+    ParticipantJoined {
+        participant: ParticipantView,
+    },
+    TrackPublished {
+        track: TrackView,
+    },
+    FloorGranted {},
+    FloorDenied {},
+    FloorRevoked {},
     PublishAnswer {
         sdp: String,
     },
@@ -218,6 +278,20 @@ enum ServerMessage {
     /// Room events (participants, tracks, subscriptions, speakers, pong, left): counted only.
     #[serde(other)]
     Other,
+}
+
+/// A participant as the server lists it (what a push-to-talk listener needs).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+struct ParticipantView {
+    #[serde(default)]
+    tracks: Vec<TrackView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+struct TrackView {
+    id: String,
+    identity: String,
+    kind: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -279,6 +353,8 @@ struct Participant {
     out: u8,
     /// `leave` was sent (or the socket is gone).
     leaving: bool,
+    /// Push to talk: the participant's place among its room's talkers (`None`: listens only).
+    talker: Option<u32>,
 }
 
 struct RoomThread {
@@ -289,13 +365,20 @@ struct RoomThread {
     participants: Vec<Participant>,
     stats: RoomSignalingStats,
     shared: Arc<Mutex<RoomSignalingStats>>,
+    /// Push to talk: each room's floor.
+    floors: Vec<RoomFloor>,
 }
 
 impl RoomThread {
     fn run(mut self) {
         let mut events = Events::with_capacity(256);
         loop {
-            let timeout = self.next_deadline().map_or(MAX_WAIT, |at| {
+            let deadline = self
+                .next_deadline()
+                .into_iter()
+                .chain(self.next_floor_change())
+                .min();
+            let timeout = deadline.map_or(MAX_WAIT, |at| {
                 at.saturating_duration_since(Instant::now()).min(MAX_WAIT)
             });
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
@@ -313,6 +396,7 @@ impl RoomThread {
                 break;
             }
             self.expire(Instant::now());
+            self.pass_floors(Instant::now());
             *lock(&self.shared) = self.stats.clone();
         }
         self.leave_all();
@@ -346,7 +430,15 @@ impl RoomThread {
     fn start(&mut self, publisher: PeerPlan, subscriber: PeerPlan) {
         let slot = self.participants.len();
         let room = self.context.rooms[publisher.room as usize].clone();
+        // Publishers are numbered participant by participant, room by room (`plan_peers`).
+        let index = publisher.publisher / self.context.rooms.len().max(1) as u32;
+        let talker = self
+            .context
+            .ptt
+            .as_ref()
+            .and_then(|ptt| (index < ptt.talkers).then_some(index));
         let mut p = Participant {
+            talker,
             identity: identity(&publisher),
             publisher,
             subscriber,
@@ -432,8 +524,10 @@ impl RoomThread {
                             return Socket::Closed;
                         }
                     };
+                // Push to talk: everyone listens to the talkers only (subscribed one by one).
                 let join = json!({"type": "join", "v": VERSION, "token": token,
-                    "name": p.identity, "req": REQ_JOIN});
+                    "name": p.identity, "req": REQ_JOIN,
+                    "auto_subscribe": self.context.ptt.is_none()});
                 if let Err(e) = send(&mut ws, &join) {
                     fail_both(&self.context, p, "signaling", &e.to_string());
                     return Socket::Closed;
@@ -506,10 +600,27 @@ impl RoomThread {
         let p = &mut self.participants[slot];
         let ctx = &self.context;
         match envelope.message {
-            ServerMessage::Joined {} if envelope.req == Some(REQ_JOIN) => {
+            ServerMessage::Joined { participants } if envelope.req == Some(REQ_JOIN) => {
                 if let Err((reason, detail)) = offer_both(ctx, p, ws) {
                     fail_unresolved(ctx, p, &reason, &detail);
                 }
+                for track in participants.iter().flat_map(|p| &p.tracks) {
+                    subscribe_if_talker(ctx, p, ws, track);
+                }
+            }
+            ServerMessage::ParticipantJoined { participant } => {
+                for track in &participant.tracks {
+                    subscribe_if_talker(ctx, p, ws, track);
+                }
+            }
+            ServerMessage::TrackPublished { track } => subscribe_if_talker(ctx, p, ws, &track),
+            ServerMessage::FloorGranted {} => {
+                self.stats.floor_grants += 1;
+                self.granted(slot);
+            }
+            ServerMessage::FloorDenied {} | ServerMessage::FloorRevoked {} => {
+                self.stats.floor_refusals += 1;
+                tracing::warn!(identity = %p.identity, room = %p.room, "floor denied or revoked");
             }
             ServerMessage::PublishAnswer { sdp } if envelope.req == Some(REQ_PUBLISH) => {
                 answered(ctx, p, PeerRole::Publisher, &sdp, slot);
@@ -543,11 +654,103 @@ impl RoomThread {
             }
             ServerMessage::SessionEnded {} => self.stats.sessions_ended += 1,
             // An answer to a request not made: as bad as unparseable.
-            ServerMessage::Joined {}
+            ServerMessage::Joined { .. }
             | ServerMessage::PublishAnswer { .. }
             | ServerMessage::SubscriberAnswer { .. } => self.stats.bad_messages += 1,
             ServerMessage::Other => {}
         }
+    }
+
+    /// Push to talk: when a room's floor changes next.
+    fn next_floor_change(&self) -> Option<Instant> {
+        self.floors.iter().filter_map(|f| f.next_at).min()
+    }
+
+    /// Push to talk: start each room's turns once all its talkers publish, and pass the floor
+    /// to the next talker when due (its request first, then the holder's release).
+    fn pass_floors(&mut self, now: Instant) {
+        let Some(ptt) = self.context.ptt.clone() else {
+            return;
+        };
+        let rooms = self.context.rooms.len();
+        if self.floors.len() < rooms {
+            self.floors.resize_with(rooms, RoomFloor::default);
+        }
+        for room in 0..rooms {
+            let talkers: Vec<(u32, usize)> = self
+                .participants
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| p.publisher.room as usize == room && !p.leaving)
+                .filter_map(|(slot, p)| p.talker.map(|t| (t, slot)))
+                .collect();
+            let floor = &mut self.floors[room];
+            match floor.next_at {
+                None => {
+                    let publishing = talkers.len() == ptt.talkers as usize
+                        && talkers.iter().all(|&(_, slot)| {
+                            matches!(self.participants[slot].publisher_conn, Connection::Live)
+                        });
+                    if publishing {
+                        // A second for their media to start flowing.
+                        floor.next_at = Some(now + Duration::from_secs(1));
+                    }
+                }
+                Some(at) if now >= at => {
+                    floor.next_at = Some(at + ptt.floor_change);
+                    if floor.pending.is_some() {
+                        continue; // the last change is not granted yet
+                    }
+                    let next = talkers
+                        .iter()
+                        .find(|(t, _)| *t == floor.next)
+                        .map(|&(_, s)| s);
+                    floor.next = (floor.next + 1) % ptt.talkers;
+                    let Some(next) = next else {
+                        continue;
+                    };
+                    let began = wallclock_us();
+                    ptt.timeline
+                        .asked(self.participants[next].publisher.publisher, began);
+                    floor.pending = Some((next, began));
+                    let holder = floor.holder;
+                    send_to(
+                        &mut self.participants[next],
+                        &json!({"type": "floor_request", "req": REQ_FLOOR}),
+                    );
+                    self.stats.floor_requests += 1;
+                    if let Some(holder) = holder {
+                        send_to(
+                            &mut self.participants[holder],
+                            &json!({"type": "floor_release"}),
+                        );
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+    }
+
+    /// Push to talk: participant `slot` was granted the floor.
+    fn granted(&mut self, slot: usize) {
+        let Some(ptt) = &self.context.ptt else {
+            return;
+        };
+        let room = self.participants[slot].publisher.room as usize;
+        let Some(floor) = self.floors.get_mut(room) else {
+            return;
+        };
+        let Some((_, began)) = floor.pending.filter(|&(s, _)| s == slot) else {
+            return;
+        };
+        floor.pending = None;
+        let previous = floor
+            .holder
+            .replace(slot)
+            .map(|h| self.participants[h].publisher.publisher);
+        let publisher = self.participants[slot].publisher.publisher;
+        ptt.timeline
+            .passed(publisher, previous, began, wallclock_us());
     }
 
     /// Fails the connections of participants whose negotiation outlived the connect timeout.
@@ -669,14 +872,24 @@ fn answered(ctx: &RoomContext, p: &mut Participant, role: PeerRole, sdp: &str, s
         token: None,
         node: None,
     };
-    let expected = ctx.others
-        * (usize::from(ctx.setup.media.has_audio()) + usize::from(ctx.setup.media.has_video()));
+    let expected = match &ctx.ptt {
+        // The talkers' audio, mine excepted.
+        Some(ptt) => ptt.talkers as usize - usize::from(p.talker.is_some()),
+        None => {
+            ctx.others
+                * (usize::from(ctx.setup.media.has_audio())
+                    + usize::from(ctx.setup.media.has_video()))
+        }
+    };
     let result = draft
         .accept_answer(sdp)
         .and_then(|()| draft.finish(session, negotiate::load_media(plan, &ctx.setup)))
         .map(|mut peer| {
             if let PeerMedia::Subscriber { receiving, .. } = &mut peer.media {
                 receiving.set_expected_sources(expected);
+                if let Some(ptt) = &ctx.ptt {
+                    receiving.check_floor(ptt.timeline.clone());
+                }
             }
             peer
         });
@@ -738,6 +951,35 @@ fn notify_failed(notices: &Sender<Notice>, plan: &PeerPlan, reason: &str, detail
 }
 
 /// Sends `leave` and starts closing (once).
+/// Sends `message` on `p`'s socket now, if it is open.
+fn send_to(p: &mut Participant, message: &serde_json::Value) {
+    if let Socket::Open(ws) = &mut p.socket {
+        let _ = send(ws, message);
+        let _ = ws.flush();
+    }
+}
+
+/// Push to talk: subscribe `p` to `track` if it is the audio of one of its room's talkers
+/// (not its own).
+fn subscribe_if_talker(
+    ctx: &RoomContext,
+    p: &Participant,
+    ws: &mut WebSocket<TcpStream>,
+    track: &TrackView,
+) {
+    let Some(ptt) = &ctx.ptt else {
+        return;
+    };
+    let talker = track
+        .identity
+        .strip_prefix("load-part-")
+        .and_then(|n| n.parse::<u32>().ok())
+        .is_some_and(|n| n / (ctx.rooms.len().max(1) as u32) < ptt.talkers);
+    if track.kind == "audio" && talker && track.identity != p.identity {
+        let _ = send(ws, &json!({"type": "subscribe", "track": track.id}));
+    }
+}
+
 fn leave(p: &mut Participant) {
     if p.leaving {
         if !matches!(p.socket, Socket::Open(_)) {
@@ -789,7 +1031,32 @@ mod tests {
         let joined = parse(r#"{"type":"joined","v":1,"room":"r","req":1,"participants":[]}"#)
             .expect("joined");
         assert_eq!(joined.req, Some(1));
-        assert_eq!(joined.message, ServerMessage::Joined {});
+        assert_eq!(
+            joined.message,
+            ServerMessage::Joined {
+                participants: Vec::new()
+            }
+        );
+        let published = parse(
+            r#"{"type":"track_published","track":{"id":"a-0","identity":"load-part-1","kind":"audio","source":"microphone","layers":1,"muted":false}}"#,
+        )
+        .expect("track_published");
+        assert_eq!(
+            published.message,
+            ServerMessage::TrackPublished {
+                track: TrackView {
+                    id: "a-0".into(),
+                    identity: "load-part-1".into(),
+                    kind: "audio".into()
+                }
+            }
+        );
+        let granted =
+            parse(r#"{"type":"floor_granted","max_talk_ms":30000,"req":4}"#).expect("granted");
+        assert_eq!(
+            (granted.message, granted.req),
+            (ServerMessage::FloorGranted {}, Some(4))
+        );
         let r = parse(r#"{"type":"renegotiate","audio":2,"video":3}"#).expect("renegotiate");
         assert_eq!(r.message, ServerMessage::Renegotiate { audio: 2, video: 3 });
         let e = parse(r#"{"type":"error","code":"room_full","message":"full","req":1}"#)

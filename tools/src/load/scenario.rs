@@ -197,6 +197,27 @@ pub struct Scenario {
     /// (`publishers` and `subscribers` do not apply). 0 for the other protocols.
     #[serde(default)]
     pub participants: u32,
+    /// Room protocol: each room is a push-to-talk channel (docs/push-to-talk.md).
+    #[serde(default)]
+    pub ptt: Option<PttPlan>,
+}
+
+/// A push-to-talk run: in each room the first `talkers` participants take the floor in turn,
+/// every `floor_change_s`; every participant listens to the talkers only.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PttPlan {
+    pub talkers: u32,
+    pub floor_change_s: f64,
+}
+
+impl Default for PttPlan {
+    fn default() -> Self {
+        Self {
+            talkers: 3,
+            floor_change_s: 2.0,
+        }
+    }
 }
 
 fn default_keyframe_interval_s() -> f64 {
@@ -227,6 +248,7 @@ impl Default for Scenario {
             publisher_region: None,
             subscriber_region: None,
             participants: 0,
+            ptt: None,
         }
     }
 }
@@ -293,14 +315,23 @@ impl Scenario {
 
     /// Room protocol: remote tracks each participant should receive (every other
     /// participant's audio and video, as the media model has them).
+    /// In a push-to-talk run, the talkers' audio only, each talker's own excepted: the fewest
+    /// any participant (a talker) receives.
     pub fn streams_per_participant(&self) -> u64 {
+        if let Some(ptt) = &self.ptt {
+            return u64::from(ptt.talkers.saturating_sub(1));
+        }
         let kinds = u64::from(self.media.has_audio()) + u64::from(self.media.has_video());
         u64::from(self.participants.saturating_sub(1)) * kinds
     }
 
     /// Room protocol: remote tracks all participants together should receive,
-    /// `rooms × N × (N − 1) × kinds`.
+    /// `rooms × N × (N − 1) × kinds`; push to talk: `rooms × (N × K − K)` for K talkers.
     pub fn expected_streams(&self) -> u64 {
+        if let Some(ptt) = &self.ptt {
+            let k = u64::from(ptt.talkers);
+            return u64::from(self.rooms) * (u64::from(self.participants) * k - k);
+        }
         self.total_participants() * self.streams_per_participant()
     }
 
@@ -448,6 +479,35 @@ impl Scenario {
 
     /// The settings that only the room protocol has, or that it does not have.
     fn validate_room(&self) -> Result<(), ScenarioError> {
+        if let Some(ptt) = &self.ptt {
+            if self.protocol != ProtocolKind::Room {
+                return Err(ScenarioError::new(
+                    "ptt",
+                    "push-to-talk runs use --protocol room",
+                ));
+            }
+            if self.media != MediaModel::Audio {
+                return Err(ScenarioError::new(
+                    "ptt",
+                    "push-to-talk runs are audio only (--media audio)",
+                ));
+            }
+            if ptt.talkers < 2 || ptt.talkers > self.participants {
+                return Err(ScenarioError::new(
+                    "talkers",
+                    format!(
+                        "{} talkers: the floor needs at least 2 to pass between, and at most --participants ({})",
+                        ptt.talkers, self.participants
+                    ),
+                ));
+            }
+            if !(ptt.floor_change_s.is_finite() && ptt.floor_change_s >= 0.2) {
+                return Err(ScenarioError::new(
+                    "floor-change",
+                    "must be at least 200ms (a floor change is a signaling round trip)",
+                ));
+            }
+        }
         if self.protocol != ProtocolKind::Room {
             if self.participants != 0 {
                 return Err(ScenarioError::new(
@@ -573,6 +633,10 @@ pub struct ScenarioPatch {
     pub publisher_region: Option<String>,
     pub subscriber_region: Option<String>,
     pub participants: Option<u32>,
+    /// Push to talk (with `talkers` and `floor_change_s`, defaults 3 and 2 s).
+    pub ptt: Option<bool>,
+    pub talkers: Option<u32>,
+    pub floor_change_s: Option<f64>,
     /// Legend in reports (not part of the scenario itself).
     pub label: Option<String>,
 }
@@ -605,6 +669,17 @@ impl ScenarioPatch {
         set(&mut s.threads, &self.threads);
         set(&mut s.connect_timeout_s, &self.connect_timeout_s);
         set(&mut s.participants, &self.participants);
+        match self.ptt {
+            Some(false) => s.ptt = None,
+            Some(true) => {
+                s.ptt.get_or_insert_with(PttPlan::default);
+            }
+            None => {}
+        }
+        if let Some(ptt) = s.ptt.as_mut() {
+            set(&mut ptt.talkers, &self.talkers);
+            set(&mut ptt.floor_change_s, &self.floor_change_s);
+        }
         if self.publisher_region.is_some() {
             s.publisher_region = self.publisher_region.clone();
         }
@@ -659,6 +734,9 @@ impl ScenarioPatch {
             min_connected_pct,
             min_streams,
             participants,
+            ptt,
+            talkers,
+            floor_change_s,
             label
         );
         self
@@ -694,6 +772,19 @@ impl ScenarioPatch {
                     return Err(ScenarioError::new(
                         key,
                         "not with --protocol room: every participant publishes and subscribes (use --participants)",
+                    ));
+                }
+            }
+        }
+        if s.ptt.is_none() {
+            for (key, given) in [
+                ("talkers", self.talkers.is_some()),
+                ("floor-change", self.floor_change_s.is_some()),
+            ] {
+                if given {
+                    return Err(ScenarioError::new(
+                        key,
+                        "applies to push-to-talk runs (--ptt) only",
                     ));
                 }
             }
@@ -763,6 +854,9 @@ struct ScenarioFile {
     publisher_region: Option<String>,
     subscriber_region: Option<String>,
     participants: Option<u32>,
+    ptt: Option<bool>,
+    talkers: Option<u32>,
+    floor_change: Option<NumOrStr>,
     label: Option<String>,
     criteria: Option<CriteriaFile>,
 }
@@ -848,6 +942,12 @@ impl ScenarioFile {
                 .map(|v| v.parse("criteria.min-connected", parse_percent))
                 .transpose()?,
             min_streams: criteria.min_streams,
+            ptt: self.ptt,
+            talkers: self.talkers,
+            floor_change_s: self
+                .floor_change
+                .map(|v| v.parse("floor-change", parse_duration_s))
+                .transpose()?,
             label: self.label,
         })
     }

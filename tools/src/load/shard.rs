@@ -479,6 +479,7 @@ impl Shard {
         if let Some(n) = peer.sources() {
             self.totals.sources.push((peer.plan.id, n as u64));
         }
+        self.totals.floor.extend(peer.floor_check());
         peer.report_end(end.reason.is_some().then_some(&end));
         let _ = self.notices.send(Notice::Ended {
             plan: peer.plan.clone(),
@@ -504,6 +505,7 @@ impl Shard {
                 if let Some(n) = peer.sources() {
                     self.totals.sources.push((peer.plan.id, n as u64));
                 }
+                self.totals.floor.extend(peer.floor_check());
                 peer.report_end(None);
                 sessions.push(peer.session.clone());
             }
@@ -547,7 +549,7 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// Microseconds since the Unix epoch: the send and arrival times of the test pattern.
-fn wallclock_us() -> u64 {
+pub(crate) fn wallclock_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)

@@ -357,6 +357,8 @@ pub struct ShardTotals {
     pub recv_calls: u64,
     /// Room subscribers: the remote tracks each received media from, at its end.
     pub sources: Vec<(PeerId, u64)>,
+    /// Push-to-talk runs: each room subscriber's floor check.
+    pub floor: Vec<crate::load::ptt::FloorCheck>,
 }
 
 impl ShardTotals {
@@ -379,6 +381,7 @@ impl ShardTotals {
             timer_pushes: 0,
             recv_calls: 0,
             sources: Vec::new(),
+            floor: Vec::new(),
         }
     }
 
@@ -409,6 +412,7 @@ impl ShardTotals {
         self.timer_pushes += o.timer_pushes;
         self.recv_calls += o.recv_calls;
         self.sources.extend_from_slice(&o.sources);
+        self.floor.extend_from_slice(&o.floor);
     }
 }
 
