@@ -430,6 +430,7 @@ impl<'a> Controller<'a> {
                     connect_timeout,
                     ptt: scenario.ptt.map(|ptt| RoomPtt {
                         talkers: ptt.talkers,
+                        participants: scenario.participants,
                         floor_change: Duration::from_secs_f64(ptt.floor_change_s),
                         timeline: Arc::default(),
                     }),

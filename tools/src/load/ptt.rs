@@ -9,10 +9,12 @@
 //! listener although its talker did not hold the floor. That is a violation.
 //!
 //! The floor-change latency is measured at each receiver: from the moment the previous talker
-//! released the floor to the first packet of the new holder.
+//! released the floor to the first packet of the new holder, for changes once every room has
+//! all its participants in (a room still joining measures its joins, not its floor).
 
 use std::collections::HashMap;
 use std::sync::RwLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -24,6 +26,9 @@ pub const SLACK_US: u64 = 500_000;
 #[derive(Debug, Default)]
 pub struct FloorTimeline {
     inner: RwLock<Inner>,
+    /// When every room had all its participants in (0: not yet): latencies are measured for
+    /// changes after it only.
+    settled_us: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -72,6 +77,19 @@ impl FloorTimeline {
         }
     }
 
+    /// Every room has all its participants in, at `at_us`.
+    pub fn settled(&self, at_us: u64) {
+        let _ =
+            self.settled_us
+                .compare_exchange(0, at_us.max(1), Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// When every room had all its participants in, if they do.
+    pub fn settled_at(&self) -> Option<u64> {
+        let at = self.settled_us.load(Ordering::Acquire);
+        (at != 0).then_some(at)
+    }
+
     /// Changes of holder so far.
     pub fn changes(&self) -> u64 {
         self.read().change_count
@@ -105,6 +123,10 @@ pub struct FloorCheck {
     /// Per talker, the change whose latency was measured last.
     #[serde(skip)]
     measured: HashMap<u32, u64>,
+    /// When this receiver's first audio arrived: only changes after it are measured (one
+    /// before it would count the receiver's own join as latency).
+    #[serde(skip)]
+    first_us: Option<u64>,
 }
 
 impl FloorCheck {
@@ -121,8 +143,10 @@ impl FloorCheck {
             return;
         }
         self.packets += 1;
+        let first = *self.first_us.get_or_insert(arrival_us);
         if let Some(change) = timeline.last_change(publisher, arrival_us) {
-            if self.measured.get(&publisher) != Some(&change) {
+            let settled = timeline.settled_at().is_some_and(|at| change >= at);
+            if settled && change > first && self.measured.get(&publisher) != Some(&change) {
                 self.measured.insert(publisher, change);
                 self.latencies_us.push(arrival_us.saturating_sub(change));
             }
@@ -137,6 +161,7 @@ mod tests {
     #[test]
     fn a_talker_is_allowed_from_asking_to_the_next_grant_and_latency_counts_once_per_change() {
         let t = FloorTimeline::default();
+        t.settled(500_000);
         t.asked(1, 1_000_000);
         t.passed(1, None, 1_000_000, 1_010_000);
         t.asked(2, 3_000_000);
@@ -153,10 +178,16 @@ mod tests {
         assert_eq!(t.changes(), 2);
 
         let mut check = FloorCheck::default();
+        // Receiving since before the change to talker 2: its first packet after it counts.
+        check.audio(&t, 1, 2_900_000, 2_910_000);
         check.audio(&t, 2, 3_010_000, 3_040_000);
         check.audio(&t, 2, 3_030_000, 3_060_000);
         check.audio(&t, 1, 5_000_000, 5_001_000);
-        assert_eq!((check.packets, check.violations), (2, 1));
+        assert_eq!((check.packets, check.violations), (3, 1));
         assert_eq!(check.latencies_us, vec![40_000]);
+        // A receiver that joined after the change measures nothing for it.
+        let mut late = FloorCheck::default();
+        late.audio(&t, 2, 4_000_000, 4_010_000);
+        assert!(late.latencies_us.is_empty());
     }
 }

@@ -121,6 +121,10 @@ pub struct RoomContext {
 pub struct RoomPtt {
     /// The first `talkers` participants of each room take the floor in turn.
     pub talkers: u32,
+    /// Participants per room: the floor-change latency is measured once every room has all
+    /// of them in (connections up or failed), as that of settled rooms, not of rooms still
+    /// joining.
+    pub participants: u32,
     pub floor_change: Duration,
     pub timeline: Arc<FloorTimeline>,
 }
@@ -140,6 +144,8 @@ struct RoomFloor {
     next: u32,
     /// When the floor changes next; `None` until every talker of the room publishes.
     next_at: Option<Instant>,
+    /// Every participant of the room is in (connections up or failed).
+    settled: bool,
 }
 
 impl RoomSignaling {
@@ -666,7 +672,8 @@ impl RoomThread {
         self.floors.iter().filter_map(|f| f.next_at).min()
     }
 
-    /// Push to talk: start each room's turns once all its talkers publish, and pass the floor
+    /// Push to talk: start each room's turns once its talkers publish, note when every room
+    /// has all its participants in, and pass the floor
     /// to the next talker when due (its request first, then the holder's release).
     fn pass_floors(&mut self, now: Instant) {
         let Some(ptt) = self.context.ptt.clone() else {
@@ -677,13 +684,26 @@ impl RoomThread {
             self.floors.resize_with(rooms, RoomFloor::default);
         }
         for room in 0..rooms {
-            let talkers: Vec<(u32, usize)> = self
-                .participants
-                .iter()
-                .enumerate()
-                .filter(|(_, p)| p.publisher.room as usize == room && !p.leaving)
+            let in_room = || {
+                self.participants
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, p)| p.publisher.room as usize == room)
+            };
+            let talkers: Vec<(u32, usize)> = in_room()
+                .filter(|(_, p)| !p.leaving)
                 .filter_map(|(slot, p)| p.talker.map(|t| (t, slot)))
                 .collect();
+            let settled = in_room().count() == ptt.participants as usize
+                && in_room()
+                    .all(|(_, p)| p.publisher_conn.resolved() && p.subscriber_conn.resolved());
+            let floor = &mut self.floors[room];
+            if settled && !floor.settled {
+                floor.settled = true;
+                if self.floors.iter().all(|f| f.settled) {
+                    ptt.timeline.settled(wallclock_us());
+                }
+            }
             let floor = &mut self.floors[room];
             match floor.next_at {
                 None => {
