@@ -302,13 +302,16 @@ test('a voice channel goes peer to peer, then through the SFU, then back', { tim
   await ada.evaluate(() => window.voice.room.deafen(null, false));
   figures.selectiveListening = { kbps: { all: all.kbps, withoutBob: withoutBob.kbps, nobody: nobody.kbps } };
   console.log(`selective listening: ada receives ${all.kbps} kbit/s of audio; without bob ${withoutBob.kbps}; deafened ${nobody.kbps}`);
-  assert.ok(withoutBob.grew.bob <= 3, `bob's audio stopped: ${JSON.stringify(withoutBob.grew)}`);
+  // Stopped: at most what was already on its way when the pause was acknowledged (a busy
+  // browser reads its socket late), against ~100 packets of each other speaker.
+  const IN_FLIGHT = 10;
+  assert.ok(withoutBob.grew.bob <= IN_FLIGHT, `bob's audio stopped: ${JSON.stringify(withoutBob.grew)}`);
   for (const o of NAMES.filter((n) => n !== 'ada' && n !== 'bob')) {
     // At least DTX's comfort noise (a packet per 400 ms) in 2 s.
     assert.ok(withoutBob.grew[o] >= 4, `${o} still heard: ${JSON.stringify(withoutBob.grew)}`);
   }
   for (const o of NAMES.filter((n) => n !== 'ada')) {
-    assert.ok(nobody.grew[o] <= 3, `deafened, nothing arrives: ${JSON.stringify(nobody.grew)}`);
+    assert.ok(nobody.grew[o] <= IN_FLIGHT, `deafened, nothing arrives: ${JSON.stringify(nobody.grew)}`);
   }
 
   // Three leave: five move back to peer to peer.
@@ -350,6 +353,23 @@ test('a push-to-talk channel forwards only the floor holder', { timeout: 300_000
       const leaked = heardFrom(s, t).sfu - (base[n][t]?.sfu ?? 0);
       assert.ok(leaked <= 2, `the floor is free, yet ${n} got ${leaked} packets of ${t}`);
     }
+  }
+
+  // Each talker holds the floor once before anything is judged. A section's first packets
+  // can be counted on another section of the same kind until Chrome has tied the new stream's
+  // SSRC to its section (a listener once counted 7 of the new holder's packets on its first
+  // audio section, which carried someone else); control/tests/ptt.rs and `sfu-load --ptt`
+  // judge packets by their own publisher and never saw a leak.
+  for (const talker of ['bob', 'cyd', 'ada']) {
+    const before = Object.fromEntries(Object.entries(await snapshot()).map(([n, s]) => [n, s.heard]));
+    const turn = await page(talker).evaluate(() => window.voice.room.requestFloor());
+    assert.equal(turn.granted, true, `${talker}'s warm-up turn: ${JSON.stringify(turn)}`);
+    await waitAll(listeners, `listeners hear ${talker} (warm-up)`, (st, n) =>
+      heardFrom(st, talker).sfu >= (before[n][talker]?.sfu ?? 0) + 5);
+    const releasedAt = Date.now();
+    await page(talker).evaluate(() => window.voice.room.releaseFloor());
+    await waitAll(listeners, `the floor is free after ${talker}'s warm-up`, (st) =>
+      st.events.some((e) => e.type === 'floor' && e.holder === null && e.at >= releasedAt));
   }
 
   const granted = await page('ada').evaluate(() => window.voice.room.requestFloor());
