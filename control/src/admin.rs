@@ -17,6 +17,7 @@ use crate::auth;
 use crate::cluster::link::log_changes;
 use crate::cluster::nodes::ForgetError;
 use crate::http::{AppState, bearer, store_unavailable, text};
+use crate::rtc::participant::RoomEvent;
 use crate::rtc::settings::{self, RoomSettings};
 use crate::store::SessionRecord;
 
@@ -121,7 +122,7 @@ pub async fn room_settings(
 }
 
 /// `PUT /api/rooms/{room}/settings`: the room's options from now on (a room need not exist
-/// yet); `DELETE` puts it back to the defaults.
+/// yet).
 pub async fn put_room_settings(
     State(state): State<Arc<AppState>>,
     Path(room): Path<String>,
@@ -132,41 +133,53 @@ pub async fn put_room_settings(
         Ok(c) => c,
         Err(r) => return r,
     };
-    let settings = match RoomSettings::parse(&body, &state.hybrid) {
-        Ok(settings) => settings,
-        Err(e) => return text(StatusCode::BAD_REQUEST, e),
-    };
-    let json = serde_json::to_string(&settings).unwrap_or_default();
-    if let Err(e) = state
-        .sessions
-        .set_room_value(&room, settings::SETTINGS, Some(&json))
-        .await
-    {
-        return store_unavailable(e);
+    match RoomSettings::parse(&body, &state.hybrid) {
+        Ok(settings) => store_settings(&state, &room, &claims, Some(settings)).await,
+        Err(e) => text(StatusCode::BAD_REQUEST, e),
     }
-    tracing::info!(%room, settings = %json, admin = %claims.sub, "room settings changed");
-    Json(settings).into_response()
 }
 
-/// `DELETE /api/rooms/{room}/settings`
+/// `DELETE /api/rooms/{room}/settings`: back to the defaults.
 pub async fn delete_room_settings(
     State(state): State<Arc<AppState>>,
     Path(room): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let claims = match room_admin(&state, &headers, &room) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
+    match room_admin(&state, &headers, &room) {
+        Ok(claims) => store_settings(&state, &room, &claims, None).await,
+        Err(r) => r,
+    }
+}
+
+/// Keep `settings` as the room's (`None`: forget them), and answer with what now applies.
+async fn store_settings(
+    state: &AppState,
+    room: &str,
+    claims: &auth::Claims,
+    settings: Option<RoomSettings>,
+) -> Response {
+    let json = settings
+        .as_ref()
+        .map(|s| serde_json::to_string(s).unwrap_or_default());
     if let Err(e) = state
         .sessions
-        .set_room_value(&room, settings::SETTINGS, None)
+        .set_room_value(room, settings::SETTINGS, json.as_deref())
         .await
     {
         return store_unavailable(e);
     }
-    tracing::info!(%room, admin = %claims.sub, "room settings back to the defaults");
-    Json(RoomSettings::default()).into_response()
+    // The room's chair tasks read them again now (otherwise within a while).
+    let event = serde_json::to_string(&RoomEvent::Settings).unwrap_or_default();
+    if let Err(e) = state.sessions.room_publish(room, &event).await {
+        tracing::warn!(%room, error = %e, "cannot announce the room's new settings");
+    }
+    match &json {
+        Some(json) => {
+            tracing::info!(%room, settings = %json, admin = %claims.sub, "room settings changed")
+        }
+        None => tracing::info!(%room, admin = %claims.sub, "room settings back to the defaults"),
+    }
+    Json(settings.unwrap_or_default()).into_response()
 }
 
 /// `GET /api/nodes`

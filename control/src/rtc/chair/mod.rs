@@ -38,6 +38,10 @@ pub const LEASE: Duration = Duration::from_secs(6);
 /// How often a chair renews its lease, re-reads the room's settings and re-asserts the floor
 /// on the room's nodes, and a waiting instance tries to take the lease.
 pub const TICK: Duration = Duration::from_secs(2);
+/// How often the task of a room that needs no chair re-reads the room's settings. A change
+/// is announced on the room's feed ([`RoomEvent::Settings`]) and read at once; this only
+/// covers an announcement lost while the store's feed was down.
+const IDLE_REREAD: Duration = Duration::from_secs(30);
 
 /// This instance's chair tasks, by room, with how many of its participants each room has;
 /// and the chairs' counters for `/metrics`.
@@ -140,6 +144,9 @@ async fn run(state: Arc<AppState>, room: RoomId) {
     let holder = format!("{}-{:08x}", instance_name(&state), rand::random::<u32>());
     let mut feed = state.sessions.room_subscribe(room.as_str());
     let mut chair: Option<Chair> = None;
+    // Whether the room needed a chair when its settings were last read, and when that was.
+    let mut chaired = true;
+    let mut read_at: Option<tokio::time::Instant> = None;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -149,14 +156,26 @@ async fn run(state: Arc<AppState>, room: RoomId) {
                 if !state.chairs.keep(&room) {
                     break;
                 }
-                chair = on_tick(&state, &room, &holder, chair).await;
+                // A room without a chair costs no store reads but the occasional re-read.
+                if chaired || read_at.is_none_or(|at| at.elapsed() >= IDLE_REREAD) {
+                    (chair, chaired) = on_tick(&state, &room, &holder, chair).await;
+                    read_at = Some(tokio::time::Instant::now());
+                }
             }
             event = feed.recv() => match event {
-                Ok(text) => {
-                    if let Some(chair) = chair.as_mut() {
-                        chair.on_room_event(&text).await;
+                Ok(text) => match serde_json::from_str::<RoomEvent>(&text) {
+                    Ok(RoomEvent::Settings) => {
+                        (chair, chaired) = on_tick(&state, &room, &holder, chair).await;
+                        read_at = Some(tokio::time::Instant::now());
                     }
-                }
+                    Ok(event) => {
+                        if let Some(chair) = chair.as_mut() {
+                            chair.on_room_event(event).await;
+                        }
+                    }
+                    // Participants report unreadable events; one report is enough.
+                    Err(_) => {}
+                },
                 Err(RecvError::Lagged(missed)) => {
                     tracing::warn!(%room, missed, "the room's chair missed room events");
                 }
@@ -203,24 +222,37 @@ async fn run(state: Arc<AppState>, room: RoomId) {
 }
 
 /// Renew or take the lease and follow the room's settings; returns the chair, if this
-/// instance holds it now.
+/// instance holds it now, and whether the room needs one (or may: the store did not say).
 async fn on_tick(
     state: &Arc<AppState>,
     room: &RoomId,
     holder: &str,
     chair: Option<Chair>,
-) -> Option<Chair> {
+) -> (Option<Chair>, bool) {
     let settings = match settings::load(state, room.as_str()).await {
         Ok(settings) => settings,
         Err(e) => {
             tracing::warn!(%room, error = %e, "the room's chair cannot read its settings");
-            return chair;
+            return (chair, true);
         }
     };
+    (
+        on_settings(state, room, holder, chair, &settings).await,
+        settings.chaired(&state.hybrid),
+    )
+}
+
+async fn on_settings(
+    state: &Arc<AppState>,
+    room: &RoomId,
+    holder: &str,
+    chair: Option<Chair>,
+    settings: &RoomSettings,
+) -> Option<Chair> {
     if !settings.chaired(&state.hybrid) {
         if let Some(mut chair) = chair {
             // Open the floor and say so before leaving.
-            chair.follow(&settings).await;
+            chair.follow(settings).await;
             chair.tell_nodes(Tell::Change).await;
             chair.resign("the room needs no chair any more");
             let _ = state.sessions.chair_release(room.as_str(), holder).await;
@@ -259,7 +291,7 @@ async fn on_tick(
             told: None,
         }
     });
-    chair.follow(&settings).await;
+    chair.follow(settings).await;
     // A room without a floor needs nothing from the nodes once they were told it is open.
     if chair.floor.is_some()
         || chair
@@ -308,10 +340,7 @@ impl Chair {
         self.state.chairs.chairing.fetch_sub(1, Ordering::Relaxed);
     }
 
-    async fn on_room_event(&mut self, text: &str) {
-        let Ok(event) = serde_json::from_str::<RoomEvent>(text) else {
-            return; // participants report unreadable events; one report is enough
-        };
+    async fn on_room_event(&mut self, event: RoomEvent) {
         let now = now();
         let line = self.line();
         match event {

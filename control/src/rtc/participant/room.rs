@@ -144,6 +144,8 @@ pub enum RoomEvent {
     Remove { identity: String, reason: String },
     /// Hybrid room: `identity` has moved its media as switch `epoch` asked.
     SwitchAck { identity: String, epoch: u64 },
+    /// An admin changed the room's settings: its chair tasks read them again now.
+    Settings,
     /// Peer-to-peer signaling (an offer, answer or candidate) from `from` to `to`, relayed.
     P2pSignal {
         from: String,
@@ -383,7 +385,8 @@ impl Participant {
             }
             RoomEvent::FloorRequest { .. }
             | RoomEvent::FloorRelease { .. }
-            | RoomEvent::SwitchAck { .. } => return None,
+            | RoomEvent::SwitchAck { .. }
+            | RoomEvent::Settings => return None,
             RoomEvent::Switch {
                 identity,
                 to,
