@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use sfu_core::proto::{NodeStats, WorkerStats};
+use sfu_core::proto::{FORWARD_DELAY_BUCKETS_US, NodeStats, WorkerStats};
 
 /// One per-worker series: name, Prometheus type, help text, and how to read it.
 type Series = (
@@ -187,6 +187,7 @@ pub fn render(stats: &NodeStats, workers_up: &[bool], control_sessions: usize) -
             );
         }
     }
+    render_forward_delay(&mut out, stats);
     let _ = writeln!(
         out,
         "# HELP sfu_worker_info Media worker port and I/O backend.\n# TYPE sfu_worker_info gauge"
@@ -221,6 +222,40 @@ pub fn render(stats: &NodeStats, workers_up: &[bool], control_sessions: usize) -
          whether by DELETE or by the node).\n# TYPE sfu_control_sessions gauge\nsfu_control_sessions {control_sessions}"
     );
     out
+}
+
+/// `sfu_forward_delay_seconds`, a histogram per worker: how long after a publisher's packet
+/// reached the node each copy of it was handed to the socket.
+fn render_forward_delay(out: &mut String, stats: &NodeStats) {
+    let _ = writeln!(
+        out,
+        "# HELP sfu_forward_delay_seconds Time from a publisher's packet reaching the node to \
+         the end of the worker pass that handed each forwarded copy to the socket.\n\
+         # TYPE sfu_forward_delay_seconds histogram"
+    );
+    for w in stats.workers.iter().filter(|w| !w.forward_delay.is_empty()) {
+        let mut cumulative = 0;
+        for (i, n) in w.forward_delay.iter().enumerate() {
+            cumulative += n;
+            let le = match FORWARD_DELAY_BUCKETS_US.get(i) {
+                Some(us) => format!("{}", *us as f64 / 1e6),
+                None => "+Inf".to_string(),
+            };
+            let _ = writeln!(
+                out,
+                "sfu_forward_delay_seconds_bucket{{worker=\"{}\",le=\"{le}\"}} {cumulative}",
+                w.worker
+            );
+        }
+        let _ = writeln!(
+            out,
+            "sfu_forward_delay_seconds_sum{{worker=\"{}\"}} {}\n\
+             sfu_forward_delay_seconds_count{{worker=\"{}\"}} {cumulative}",
+            w.worker,
+            w.forward_delay_sum_us as f64 / 1e6,
+            w.worker
+        );
+    }
 }
 
 /// Append the cluster's series: media nodes by state (the embedded node counts as up),
@@ -465,6 +500,41 @@ mod tests {
             floor_dropped: n + 11,
             ..WorkerStats::default()
         }
+    }
+
+    /// The forwarding delay is a Prometheus histogram per worker: cumulative buckets in
+    /// seconds up to `+Inf`, then the sum and the count.
+    #[test]
+    fn forwarding_delay_is_a_cumulative_histogram() {
+        let mut w = worker(0, 0);
+        w.forward_delay = vec![0; FORWARD_DELAY_BUCKETS_US.len() + 1];
+        w.forward_delay[0] = 5; // ≤ 10 µs
+        w.forward_delay[5] = 3; // ≤ 100 µs
+        w.forward_delay[FORWARD_DELAY_BUCKETS_US.len()] = 1; // above 100 ms
+        w.forward_delay_sum_us = 250_500;
+        let stats = NodeStats {
+            io_backend: "poll".into(),
+            workers: vec![w, worker(1, 0)],
+        };
+        let text = render(&stats, &[true, true], 0);
+        let lines: Vec<&str> = text.lines().collect();
+        for expected in [
+            "# TYPE sfu_forward_delay_seconds histogram",
+            "sfu_forward_delay_seconds_bucket{worker=\"0\",le=\"0.00001\"} 5",
+            "sfu_forward_delay_seconds_bucket{worker=\"0\",le=\"0.000075\"} 5",
+            "sfu_forward_delay_seconds_bucket{worker=\"0\",le=\"0.0001\"} 8",
+            "sfu_forward_delay_seconds_bucket{worker=\"0\",le=\"0.1\"} 8",
+            "sfu_forward_delay_seconds_bucket{worker=\"0\",le=\"+Inf\"} 9",
+            "sfu_forward_delay_seconds_sum{worker=\"0\"} 0.2505",
+            "sfu_forward_delay_seconds_count{worker=\"0\"} 9",
+        ] {
+            assert!(
+                lines.contains(&expected),
+                "no line {expected:?} in:\n{text}"
+            );
+        }
+        // A worker that reported no histogram gets no series (never one without `+Inf`).
+        assert!(!text.contains("sfu_forward_delay_seconds_count{worker=\"1\"}"));
     }
 
     /// Each feedback counter is rendered once per worker with its own value, under one

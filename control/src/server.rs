@@ -23,6 +23,89 @@ use crate::store::redis::RedisStore;
 use crate::store::{Caps, Store};
 use crate::watchdog;
 
+/// Scheduling priority (nice) of control's signaling threads, below the media workers' 0.
+const SIGNALING_NICE: i32 = 5;
+
+/// Run control with `config` until SIGINT or SIGTERM: the node in this process when the
+/// configuration embeds one (`dev`, no `[cluster] listen`, or `cluster.embedded_node`), the
+/// HTTP server on a small async runtime. What `control dev` and `control serve` do once their
+/// options are read; the benchmarks run a node process through it too. `dev` also trusts the
+/// development key pair and takes the next free block of media ports.
+pub fn run(mut config: Config, dev: bool) -> anyhow::Result<()> {
+    if dev {
+        config.auth.dev = true;
+        // Several dev instances side by side: take the next free port block.
+        config.node.media_port_scan = true;
+    }
+    config.validate()?;
+    // Started here, before the runtime, so that the media workers keep the process's normal
+    // priority: threads inherit their creator's, and the runtime's threads run lower.
+    let embedded = dev || config.cluster.listen.is_none() || config.cluster.embedded_node;
+    let node = if embedded {
+        let node = Server::start_node(&config)?;
+        // Signaling runs on the CPUs no media worker is pinned to, when there are any (e.g.
+        // `--workers 1` on two cores); the runtime's threads inherit this thread's CPUs.
+        node.cpus().confine_to_spare("control");
+        Some(node)
+    } else {
+        None
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("control")
+        // Signaling shares the cores with the embedded node's media workers: when both want a
+        // core, forwarding goes first (a flood of offers measurably raised forwarding p99
+        // latency at equal priority; bench/RESULTS.md).
+        .on_thread_start(|| {
+            if let Err(e) = sfu_core::affinity::lower_current_thread_priority(SIGNALING_NICE) {
+                tracing::debug!(error = %e, "could not lower a signaling thread's priority");
+            }
+        })
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let server = Server::bind(config, node).await?;
+        if let Some(cluster) = server.cluster_addr {
+            println!("cluster: {cluster}");
+        }
+        println!("SFU ready: http://{}/", server.http_addr);
+        tracing::info!(
+            http = %server.http_addr,
+            media_ports = ?server.media_ports,
+            dev,
+            "control listening; open the demo page at http://{}/",
+            server.http_addr
+        );
+        server
+            .serve(async {
+                let signal = shutdown_signal().await;
+                tracing::info!(signal, "shutting down");
+            })
+            .await?;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+/// Resolves with the signal's name on SIGINT (Ctrl-C) or SIGTERM (what systemd, Kubernetes and
+/// `docker stop` send): either one stops signaling, then the node, and exits 0.
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops gracefully");
+            let _ = tokio::signal::ctrl_c().await;
+            return "SIGINT";
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    }
+}
+
 /// A running control server.
 #[derive(Debug)]
 pub struct Server {

@@ -2,8 +2,9 @@
 //! no contention); control reads them for `/metrics`. Nothing here is on a lock.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
-use sfu_proto::WorkerStats;
+use sfu_proto::{FORWARD_DELAY_BUCKETS_US, WorkerStats};
 
 /// Why a datagram or a forwarded packet was dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,6 +111,9 @@ pub struct WorkerMetrics {
     /// Audio packets held back by a room's push-to-talk floor.
     pub floor_dropped: AtomicU64,
     dropped: [AtomicU64; DropReason::ALL.len()],
+    /// Forwarded copies by delay ([`WorkerStats::forward_delay`]).
+    forward_delay: [AtomicU64; FORWARD_DELAY_BUCKETS_US.len() + 1],
+    forward_delay_sum_us: AtomicU64,
 }
 
 impl WorkerMetrics {
@@ -136,6 +140,16 @@ impl WorkerMetrics {
 
     pub fn drop_packets(&self, reason: DropReason, n: u64) {
         self.dropped[reason as usize].fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// `copies` forwarded copies of one packet were handed to the socket backend `delay`
+    /// after the packet arrived.
+    pub fn record_forward_delay(&self, delay: Duration, copies: u64) {
+        let us = u64::try_from(delay.as_micros()).unwrap_or(u64::MAX);
+        let bucket = FORWARD_DELAY_BUCKETS_US.partition_point(|&bound| bound < us);
+        self.forward_delay[bucket].fetch_add(copies, Ordering::Relaxed);
+        self.forward_delay_sum_us
+            .fetch_add(us.saturating_mul(copies), Ordering::Relaxed);
     }
 
     pub fn dropped(&self, reason: DropReason) -> u64 {
@@ -176,6 +190,40 @@ impl WorkerMetrics {
                 .iter()
                 .map(|r| (r.as_str().to_string(), self.dropped(*r)))
                 .collect(),
+            forward_delay: self.forward_delay.iter().map(load).collect(),
+            forward_delay_sum_us: load(&self.forward_delay_sum_us),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_forwarding_delay_lands_in_the_first_bucket_that_bounds_it() {
+        let m = WorkerMetrics::default();
+        m.record_forward_delay(Duration::ZERO, 1);
+        m.record_forward_delay(Duration::from_micros(10), 2); // on a bound: that bucket
+        m.record_forward_delay(Duration::from_micros(11), 3);
+        m.record_forward_delay(Duration::from_micros(1_000), 4);
+        m.record_forward_delay(Duration::from_secs(1), 5); // above every bound
+        let stats = m.snapshot(0, 0);
+        let at = |us: u64| {
+            FORWARD_DELAY_BUCKETS_US
+                .iter()
+                .position(|&b| b == us)
+                .expect("a bucket bound")
+        };
+        let mut expected = vec![0; FORWARD_DELAY_BUCKETS_US.len() + 1];
+        expected[at(10)] = 1 + 2;
+        expected[at(20)] = 3;
+        expected[at(1_000)] = 4;
+        expected[FORWARD_DELAY_BUCKETS_US.len()] = 5;
+        assert_eq!(stats.forward_delay, expected);
+        assert_eq!(
+            stats.forward_delay_sum_us,
+            2 * 10 + 3 * 11 + 4 * 1_000 + 5 * 1_000_000
+        );
     }
 }

@@ -186,6 +186,7 @@ impl Worker {
         if let Err(e) = io.flush() {
             tracing::warn!(worker = %self.engine.id(), error = %e, "send flush failed");
         }
+        self.engine.sends_handed(Instant::now());
         while let Some((worker, message)) = self.engine.poll_cross_worker() {
             let Some(handle) = self.workers.get(worker.index()) else {
                 continue;

@@ -53,6 +53,17 @@ fn a_subscriber_gets_every_packet_one_network_round_later() {
             "slot {slot}: latencies above 10 ms: {late:?}"
         );
     }
+    // The node's forwarding-delay histogram says the same from inside: every copy was handed
+    // to the socket in the pass its packet arrived in (no simulated time passed).
+    let stats = kit.nodes[0].metrics[0].snapshot(0, 0);
+    let copies: u64 = stats.forward_delay.iter().sum();
+    assert!(copies > 100, "{stats:?}");
+    assert_eq!(copies, stats.rtp_forwarded, "one delay per copy written");
+    assert_eq!(
+        stats.forward_delay[0], copies,
+        "all within the first bucket"
+    );
+    assert_eq!(stats.forward_delay_sum_us, 0);
 }
 
 #[test]
@@ -99,6 +110,16 @@ fn subscribers_on_every_worker_get_the_publishers_media() {
     // One reference per interested worker: each of the other two workers knows the room.
     for w in 1..3 {
         assert_eq!(kit.nodes[0].engines[w].room_count(), 1);
+    }
+    // Each worker times the copies it writes, those of packets from another worker too.
+    for w in 0..3 {
+        let stats = kit.nodes[0].metrics[w].snapshot(0, 0);
+        let copies: u64 = stats.forward_delay.iter().sum();
+        assert!(copies > 0, "worker {w}: {stats:?}");
+        assert_eq!(
+            copies, stats.rtp_forwarded,
+            "worker {w}: one delay per copy"
+        );
     }
 }
 

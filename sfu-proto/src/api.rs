@@ -485,4 +485,17 @@ pub struct WorkerStats {
     pub floor_dropped: u64,
     /// Drops by reason, in a fixed order.
     pub dropped: Vec<(String, u64)>,
+    /// Copies of publishers' packets written to this worker's subscribers, by how long after
+    /// the packet reached the node the pass that wrote them handed its sends to the socket
+    /// backend: one count per bound of [`FORWARD_DELAY_BUCKETS_US`] (at most that many
+    /// microseconds, not cumulative), then one for longer.
+    pub forward_delay: Vec<u64>,
+    /// The sum of those delays, in microseconds.
+    pub forward_delay_sum_us: u64,
 }
+
+/// Upper bounds, in microseconds, of [`WorkerStats::forward_delay`]'s buckets.
+pub const FORWARD_DELAY_BUCKETS_US: [u64; 21] = [
+    10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 750, 1_000, 1_500, 2_000, 3_000, 5_000, 7_500,
+    10_000, 20_000, 50_000, 100_000,
+];

@@ -16,7 +16,7 @@ use crate::ids::{NodeId, RequestId};
 
 /// The protocol version this crate speaks. Peers exchange it in [`Frame::Hello`] and refuse
 /// each other when it differs.
-pub const PROTOCOL_VERSION: u16 = 5;
+pub const PROTOCOL_VERSION: u16 = 6;
 
 /// Largest frame body accepted by default: an SDP offer is at most tens of KiB.
 pub const DEFAULT_MAX_FRAME: usize = 1 << 20;

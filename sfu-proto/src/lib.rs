@@ -27,10 +27,10 @@ pub mod relay;
 pub mod token;
 
 pub use api::{
-    AudioFloor, CreateSession, EndReason, LoadReport, NodeError, NodeEvent, NodeHealth,
-    NodeRequest, NodeResponse, NodeStats, Quality, RelayLinkStats, RelayRoom, RelayedFrom,
-    RoomRelays, SendData, SessionCreated, SessionKind, SetFloor, SetSubscription, Subscribe,
-    SubscribePolicy, TrackInfo, WorkerStats,
+    AudioFloor, CreateSession, EndReason, FORWARD_DELAY_BUCKETS_US, LoadReport, NodeError,
+    NodeEvent, NodeHealth, NodeRequest, NodeResponse, NodeStats, Quality, RelayLinkStats,
+    RelayRoom, RelayedFrom, RoomRelays, SendData, SessionCreated, SessionKind, SetFloor,
+    SetSubscription, Subscribe, SubscribePolicy, TrackInfo, WorkerStats,
 };
 pub use cluster::{HeldSession, Registration, RelayAddress};
 pub use frame::{CodecError, Frame, FrameDecoder, PROTOCOL_VERSION};

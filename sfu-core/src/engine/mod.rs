@@ -208,6 +208,9 @@ pub struct Engine {
 
     /// Fresh publisher packets waiting for fan-out.
     media: Vec<Arc<MediaPacket>>,
+    /// Packets fanned out since the socket backend last took the sends: when each arrived,
+    /// and how many copies were written ([`Engine::sends_handed`]).
+    fanned_out: Vec<(Instant, u32)>,
     /// Rooms under push-to-talk floor control, by name (a floor may be set before the room
     /// has a session on this worker, and outlives its sessions until it is opened again).
     floors: HashMap<RoomId, AudioFloor>,
@@ -277,6 +280,7 @@ impl Engine {
             timers: BinaryHeap::new(),
             next_housekeeping: now + HOUSEKEEPING_INTERVAL,
             media: Vec::with_capacity(64),
+            fanned_out: Vec::with_capacity(64),
             floors: HashMap::new(),
             keyframe_requests: Vec::new(),
             layers_dirty: Vec::new(),
@@ -559,6 +563,17 @@ impl Engine {
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.process();
         self.transmits.pop_front()
+    }
+
+    /// The shell handed every transmit polled so far to the socket backend at `handed`:
+    /// the copies forwarded since the last call are recorded in the forwarding delay
+    /// histogram (arrival at the node → handed over). A copy str0m's pacer held back for a
+    /// later pass counts as handed with the pass that wrote it.
+    pub fn sends_handed(&mut self, handed: Instant) {
+        for (arrival, copies) in self.fanned_out.drain(..) {
+            self.metrics
+                .record_forward_delay(handed.saturating_duration_since(arrival), copies.into());
+        }
     }
 
     /// The next message for another worker.
@@ -1507,6 +1522,7 @@ impl Engine {
             // The common case (WHEP: newest other publisher, highest layer) computed once.
             let newest = room::Subscription::new(Want::NewestOther);
             let shared_target = room.target(kind, &newest, None, now);
+            let mut copies = 0u32;
             for &sub_peer in &room.subscribers {
                 let Some(sub) = self
                     .sessions
@@ -1562,6 +1578,7 @@ impl Engine {
                         Ok(Forwarded::Written) => {
                             WorkerMetrics::add(&self.metrics.rtp_forwarded, 1);
                             written = true;
+                            copies += 1;
                             #[cfg(any(test, feature = "testkit"))]
                             self.forwarded.push(ForwardRecord {
                                 session: sub.id,
@@ -1586,6 +1603,9 @@ impl Engine {
                         }
                     }
                 }
+            }
+            if copies > 0 {
+                self.fanned_out.push((packet.arrival, copies));
             }
         }
         // Give the allocation back for the next batch.

@@ -632,6 +632,7 @@ impl Kit {
                             },
                         );
                     }
+                    node.engines[w].sends_handed(now);
                     while let Some((to, message)) = node.engines[w].poll_cross_worker() {
                         moved = true;
                         if to == relay_id {
