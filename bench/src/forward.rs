@@ -20,6 +20,8 @@ const GROWTH: f64 = 1.5;
 const BISECTIONS: usize = 5;
 /// No search goes above this egress rate (far above any one core).
 const MAX_EGRESS: f64 = 5_000_000.0;
+/// How far `ratio` may fall below the baseline's before `--baseline` fails.
+const MAX_REGRESSION: f64 = 0.15;
 /// Publisher packets per second while memory is measured: about 1 Mbit/s of 1200-byte packets.
 const MEMORY_RATE: f64 = 100.0;
 /// How long that rate runs before memory is read (longer than str0m keeps packets for resends).
@@ -58,6 +60,10 @@ pub struct ForwardArgs {
     /// Print one JSON line (and nothing else on stdout).
     #[arg(long)]
     json: bool,
+    /// Compare `ratio` with this file's entry for the same settings (`bench/baseline.json`) and
+    /// fail if it is more than 15 % lower twice in a row.
+    #[arg(long)]
+    baseline: Option<std::path::PathBuf>,
 }
 
 /// One step of a search: its rate and what came of it.
@@ -115,6 +121,103 @@ pub fn run(args: ForwardArgs) -> anyhow::Result<()> {
     }
     sfu_core::affinity::pin_current_thread(args.generator_cpu)
         .with_context(|| format!("cannot run the generator on CPU {}", args.generator_cpu))?;
+    let baseline = match &args.baseline {
+        Some(path) => Some(Baseline::find(path, &args)?),
+        None => None,
+    };
+    let mut report = measure(&args)?;
+    print(&args, &report)?;
+    let Some(baseline) = baseline else {
+        return Ok(());
+    };
+    let floor = baseline.ratio * (1.0 - MAX_REGRESSION);
+    if report.ratio < floor {
+        // One noisy step can end a search early: measure again before calling it a regression.
+        eprintln!(
+            "ratio {} is below {floor:.3} (baseline {} less {} %); measuring again",
+            report.ratio,
+            baseline.ratio,
+            MAX_REGRESSION * 100.0
+        );
+        report = measure(&args)?;
+        print(&args, &report)?;
+    }
+    if report.ratio < floor {
+        bail!(
+            "forwarding regressed: ratio {} against the baseline's {} ({}; more than {} % lower)",
+            report.ratio,
+            baseline.ratio,
+            baseline.measured,
+            MAX_REGRESSION * 100.0
+        );
+    }
+    eprintln!(
+        "ratio {} is within {} % of the baseline's {} (floor {floor:.3})",
+        report.ratio,
+        MAX_REGRESSION * 100.0,
+        baseline.ratio
+    );
+    Ok(())
+}
+
+fn print(args: &ForwardArgs, report: &Report) -> anyhow::Result<()> {
+    if args.json {
+        println!("{}", serde_json::to_string(report)?);
+    } else {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    }
+    Ok(())
+}
+
+/// A committed figure to compare with (`--baseline`): the entry of `bench/baseline.json`
+/// with the same fan-out, size, kind, backend and GSO.
+#[derive(Debug, Clone, serde::Deserialize)]
+struct Baseline {
+    fanout: usize,
+    size: usize,
+    kind: String,
+    io: String,
+    gso: bool,
+    ratio: f64,
+    /// Where and when it was measured.
+    measured: String,
+}
+
+impl Baseline {
+    fn find(path: &std::path::Path, args: &ForwardArgs) -> anyhow::Result<Self> {
+        #[derive(serde::Deserialize)]
+        struct File {
+            forward: Vec<Baseline>,
+        }
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let file: File = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a baseline file", path.display()))?;
+        file.forward
+            .into_iter()
+            .find(|b| {
+                b.fanout == args.fanout
+                    && b.size == args.size
+                    && b.kind == args.kind.as_str()
+                    && b.io == args.io.as_str()
+                    && b.gso == args.gso
+            })
+            .with_context(|| {
+                format!(
+                    "{} has no entry for fanout {} size {} kind {} io {} gso {}",
+                    path.display(),
+                    args.fanout,
+                    args.size,
+                    args.kind.as_str(),
+                    args.io.as_str(),
+                    args.gso
+                )
+            })
+    }
+}
+
+/// Run the whole measurement once.
+fn measure(args: &ForwardArgs) -> anyhow::Result<Report> {
     let say = |line: &str| {
         if !args.json {
             println!("{line}");
@@ -128,7 +231,7 @@ pub fn run(args: ForwardArgs) -> anyhow::Result<()> {
     let mut bare_generator = Generator::raw(args.fanout, args.size)?;
     let bare = BareLoop::start(args.node_cpu, bare_generator.sink_addrs()?)?;
     bare_generator.set_destination(bare.addr);
-    let bare_best = search(&args, "bare loop", &say, |rate, count| {
+    let bare_best = search(args, "bare loop", &say, |rate, count| {
         let cpu = bare.cpu_time()?;
         let step = bare_generator.step(rate, count)?;
         Ok((step, bare.cpu_time()? - cpu))
@@ -148,7 +251,7 @@ pub fn run(args: ForwardArgs) -> anyhow::Result<()> {
     generator.warm_up()?;
     memory_step(&mut generator)?;
     let rss_after = node.rss_kib()?;
-    let best = search(&args, "node", &say, |rate, count| {
+    let best = search(args, "node", &say, |rate, count| {
         let cpu = node.cpu_time()?;
         let step = generator.step(rate, count)?;
         Ok((step, node.cpu_time()? - cpu))
@@ -165,7 +268,7 @@ pub fn run(args: ForwardArgs) -> anyhow::Result<()> {
 
     let egress = best.rate * fanout;
     let bare_egress = bare_best.rate * fanout;
-    let report = Report {
+    Ok(Report {
         bench: "forward",
         fanout: args.fanout,
         size: args.size,
@@ -185,30 +288,24 @@ pub fn run(args: ForwardArgs) -> anyhow::Result<()> {
         machine: machine(),
         kernel: read_trimmed("/proc/sys/kernel/osrelease"),
         commit: commit(),
-    };
-    if args.json {
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    }
-    Ok(())
+    })
 }
 
 /// Find the highest publisher rate whose step loses at most `--max-loss-pct` (and that the
 /// generator kept up with): grow by [`GROWTH`] from [`START_EGRESS`] until a step fails, then
-/// bisect. `measure(rate, count)` sends `count` packets at `rate` and returns the step and the
+/// bisect. `measure_step(rate, count)` sends `count` packets at `rate` and returns the step and the
 /// measured CPU time.
 fn search(
     args: &ForwardArgs,
     what: &str,
     say: &dyn Fn(&str),
-    mut measure: impl FnMut(f64, u64) -> anyhow::Result<(Step, Duration)>,
+    mut measure_step: impl FnMut(f64, u64) -> anyhow::Result<(Step, Duration)>,
 ) -> anyhow::Result<Probe> {
     let fanout = args.fanout as f64;
     let mut probe = |rate: f64| -> anyhow::Result<Probe> {
         let count = ((rate * args.step_secs) as u64).max(100);
         let started = Instant::now();
-        let (step, cpu) = measure(rate, count)?;
+        let (step, cpu) = measure_step(rate, count)?;
         let p = Probe {
             rate,
             step,
@@ -377,6 +474,46 @@ fn commit() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        forward: ForwardArgs,
+    }
+
+    fn args(line: &str) -> ForwardArgs {
+        Cli::parse_from(std::iter::once("forward").chain(line.split_whitespace())).forward
+    }
+
+    #[test]
+    fn the_baseline_entry_is_the_one_with_the_same_settings() {
+        let dir = std::env::temp_dir().join(format!("bench-baseline-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a temporary directory");
+        let path = dir.join("baseline.json");
+        std::fs::write(
+            &path,
+            r#"{"forward": [
+                {"fanout": 10, "size": 1200, "kind": "video", "io": "auto", "gso": false,
+                 "ratio": 0.8, "measured": "here"},
+                {"fanout": 50, "size": 1200, "kind": "video", "io": "auto", "gso": false,
+                 "ratio": 0.9, "measured": "there"}
+            ]}"#,
+        )
+        .expect("written");
+        let found = Baseline::find(&path, &args("--fanout 50")).expect("an entry");
+        assert_eq!((found.ratio, found.measured.as_str()), (0.9, "there"));
+        let missing = Baseline::find(&path, &args("--fanout 10 --io poll"))
+            .expect_err("no poll entry")
+            .to_string();
+        assert!(missing.contains("io poll"), "{missing}");
+        std::fs::write(&path, "[]").expect("written");
+        assert!(
+            Baseline::find(&path, &args("")).is_err(),
+            "not a baseline file"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn quantiles_come_from_the_delta_of_two_scrapes() {

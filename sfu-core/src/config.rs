@@ -61,6 +61,11 @@ pub struct NodeConfig {
     /// maximum layer, and the node spends about 14 % less CPU per forwarded packet
     /// (bench/RESULTS.md): for broadcasts whose viewers are known to have the bandwidth.
     pub bandwidth_estimation: bool,
+    /// How long each subscriber's video packets are kept for resends (NACK). A resend only
+    /// helps while the receiver still waits for it: a second covers a few attempts at 300 ms
+    /// round trip. Payloads are shared with the publisher's packet; what each subscriber pays
+    /// is about 0.6 KiB of bookkeeping per packet kept (str0m's own default keeps 3 s).
+    pub rtx_cache_ms: u64,
     /// UDP port of the relay endpoint (QUIC links to other nodes for rooms that span nodes;
     /// docs/cascade.md), bound on `media_bind`. Unset: no relay endpoint (one node alone);
     /// `sfu run` uses 7402 unless told otherwise; 0 picks a free port.
@@ -91,6 +96,7 @@ impl Default for NodeConfig {
             layer_timeout_ms: 500,
             bandwidth_pause: false,
             bandwidth_estimation: true,
+            rtx_cache_ms: 1000,
             relay_port: None,
             drain_timeout_secs: 300,
         }
@@ -177,6 +183,9 @@ impl NodeConfig {
         if !(50..=60_000).contains(&self.layer_timeout_ms) {
             return err("node.layer_timeout_ms", "must be 50..=60000");
         }
+        if !(100..=10_000).contains(&self.rtx_cache_ms) {
+            return err("node.rtx_cache_ms", "must be 100..=10000");
+        }
         Ok(())
     }
 }
@@ -214,6 +223,16 @@ mod tests {
             assert_eq!(
                 layer.validate().expect_err("out of range").key,
                 "node.layer_timeout_ms"
+            );
+        }
+        for bad in [0, 99, 10_001] {
+            let cache = NodeConfig {
+                rtx_cache_ms: bad,
+                ..NodeConfig::default()
+            };
+            assert_eq!(
+                cache.validate().expect_err("out of range").key,
+                "node.rtx_cache_ms"
             );
         }
     }

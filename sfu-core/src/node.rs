@@ -237,6 +237,8 @@ pub struct Node {
     /// `node.bandwidth_estimation` and `node.bandwidth_pause`, for each subscriber session
     /// set up.
     bandwidth: Option<Policy>,
+    /// `node.rtx_cache_ms`.
+    rtx_cache: Duration,
     id: NodeId,
     /// The node's own events (draining) join the workers' here.
     events_out: Option<mpsc::UnboundedSender<NodeEvent>>,
@@ -348,6 +350,7 @@ impl Node {
                 allow_pause: config.bandwidth_pause,
                 ..Policy::default()
             }),
+            rtx_cache: Duration::from_millis(config.rtx_cache_ms),
             id: config.id.clone(),
             events_out: None,
             draining: AtomicBool::new(false),
@@ -671,6 +674,7 @@ impl Node {
             identity: create.identity,
             policy: create.policy,
             bandwidth: self.bandwidth,
+            rtx_cache: self.rtx_cache,
         };
         let (done, accepted) = oneshot::channel();
         let job: SetupJob = Box::new(move || {

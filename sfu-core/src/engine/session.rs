@@ -49,6 +49,12 @@ pub const INITIAL_ESTIMATE_KBPS: u64 = 300;
 /// A change of the bitrates told to str0m's estimator smaller than this fraction is not passed
 /// on: a raised desired bitrate may start a probe, and measured layer rates wobble.
 const BITRATE_CHANGE: f64 = 0.1;
+/// Most video packets a subscriber's stream keeps for resends, whatever their age (str0m's
+/// count bound; the time bound is `node.rtx_cache_ms`).
+const RTX_CACHE_PACKETS: usize = 1000;
+/// Queued resends are dropped when they would make more than this share of a stream's
+/// bytes (str0m's default).
+const RTX_RATIO_CAP: Option<f32> = Some(0.15);
 
 /// A session's call into str0m panicked or failed fatally.
 #[derive(Debug)]
@@ -167,6 +173,8 @@ pub struct SessionSpec {
     /// policy (`node.bandwidth_estimation`, `node.bandwidth_pause`); `None`: no estimation,
     /// the client's subscriptions alone decide.
     pub bandwidth: Option<Policy>,
+    /// How long a subscriber's video packets are kept for resends (`node.rtx_cache_ms`).
+    pub rtx_cache: Duration,
 }
 
 #[derive(Debug)]
@@ -206,6 +214,8 @@ pub struct Session {
     /// A subscriber's latest bandwidth estimate (bits per second), once str0m has one.
     pub estimate: Option<u64>,
     /// A subscriber's bandwidth allocation across its tracks.
+    /// How long video packets are kept for resends (subscriber sessions).
+    rtx_cache: Duration,
     pub allocator: Allocator,
     /// (minimum, desired) bits per second last told to str0m's estimator.
     bwe_bitrates: (u64, u64),
@@ -305,6 +315,7 @@ impl Session {
             data: DataChannels::new(now),
             estimate: None,
             allocator: Allocator::new(spec.bandwidth.unwrap_or_default()),
+            rtx_cache: spec.rtx_cache,
             bwe_bitrates: (0, 0),
             bandwidth_paused: 0,
             written: false,
@@ -394,8 +405,15 @@ impl Session {
                     // Unpaced: what is forwarded was paced by its publisher already, and a
                     // pacer would hold packets back by the estimate, adding latency; the
                     // estimator still sees every packet, and pads and probes paced.
+                    // Video is kept for resends for `rtx_cache` (at most RTX_CACHE_PACKETS)
+                    // instead of str0m's 3 s: per subscriber, each packet kept costs its
+                    // bookkeeping (the payload is the publisher's, shared).
+                    let rtx_cache = self.rtx_cache;
                     let ssrc = self.rtc.direct_api().stream_tx_by_mid(mid, None).map(|s| {
                         s.set_unpaced(true);
+                        if media_kind == str0m::media::MediaKind::Video {
+                            s.set_rtx_cache(RTX_CACHE_PACKETS, rtx_cache, RTX_RATIO_CAP);
+                        }
                         s.ssrc()
                     });
                     let want = match self.policy {
@@ -1021,6 +1039,7 @@ mod tests {
             identity: "test".into(),
             policy: SubscribePolicy::NewestOther,
             bandwidth: Some(Policy::default()),
+            rtx_cache: Duration::from_secs(1),
         }
     }
 

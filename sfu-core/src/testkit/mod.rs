@@ -312,6 +312,7 @@ impl Kit {
             identity: identity.to_string(),
             policy,
             bandwidth: Some(self.bandwidth),
+            rtx_cache: Duration::from_secs(1),
         };
         let mut seq = session.as_u128() as u16;
         let (accepted, answer) = Session::accept(
