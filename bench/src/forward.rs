@@ -10,7 +10,8 @@ use serde::Serialize;
 
 use crate::bare::BareLoop;
 use crate::generator::{Generator, Kind, Step};
-use crate::node::{Backend, NodeProcess};
+use crate::host;
+use crate::node::{Backend, Launch, NodeProcess};
 
 /// Egress rate (packets/s) the search starts from.
 const START_EGRESS: f64 = 20_000.0;
@@ -242,7 +243,7 @@ fn measure(args: &ForwardArgs) -> anyhow::Result<Report> {
     // The node. Its memory per subscriber is measured first, at a steady, modest rate (each
     // subscriber's resend buffer then holds what a real video stream leaves in it), before the
     // search's peaks leave allocator caches behind.
-    let node = NodeProcess::start(args.node_cpu, args.io, args.gso)?;
+    let node = NodeProcess::start(&Launch::loopback(args.node_cpu, args.io, args.gso))?;
     let mut generator = Generator::publisher(&node.client, args.kind, args.size)?;
     let memory_step = |g: &mut Generator| g.step(MEMORY_RATE, (MEMORY_RATE * MEMORY_SECS) as u64);
     memory_step(&mut generator)?;
@@ -285,9 +286,9 @@ fn measure(args: &ForwardArgs) -> anyhow::Result<Report> {
         bare_cpu_ns_per_egress_pkt: ns_per(bare_best.cpu, bare_best.step.received),
         rss_kib_per_subscriber: round3(rss_after.saturating_sub(rss_before) as f64 / fanout),
         generator_bound: best.step.late || bare_best.step.late,
-        machine: machine(),
-        kernel: read_trimmed("/proc/sys/kernel/osrelease"),
-        commit: commit(),
+        machine: host::machine(),
+        kernel: host::kernel(),
+        commit: host::commit(),
     })
 }
 
@@ -438,37 +439,6 @@ fn ns_per(cpu: Duration, packets: u64) -> u64 {
 
 fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
-}
-
-fn read_trimmed(path: &str) -> String {
-    std::fs::read_to_string(path)
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
-}
-
-/// The CPU model and how many CPUs the machine has.
-fn machine() -> String {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("model name"))
-        .map_or("unknown CPU", |l| l.trim_start_matches([' ', '\t', ':']));
-    let cpus = cpuinfo
-        .lines()
-        .filter(|l| l.starts_with("processor"))
-        .count();
-    format!("{model}, {cpus} CPUs")
-}
-
-/// The checked-out commit, if this runs from a git work tree.
-fn commit() -> String {
-    std::process::Command::new("git")
-        .args(["rev-parse", "--short=12", "HEAD"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

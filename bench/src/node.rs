@@ -51,13 +51,52 @@ pub struct NodeArgs {
     /// Send runs of datagrams to one subscriber as one UDP GSO send.
     #[arg(long)]
     gso: bool,
+    /// HTTP address (port 0: any free one; the node prints the URL it got).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    http: std::net::SocketAddr,
+    /// Address media sockets bind to and ICE candidates carry (default: the node's own).
+    #[arg(long)]
+    advertise_ip: Option<std::net::IpAddr>,
+    /// Keep downlink bandwidth estimation on (the deployment's default): for generators
+    /// whose subscribers send transport-wide feedback.
+    #[arg(long)]
+    bandwidth_estimation: bool,
+}
+
+/// How to start the node process.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    /// The one CPU the whole process may run on.
+    pub cpu: usize,
+    pub io: Backend,
+    pub gso: bool,
+    /// Run it inside this network namespace (`ip netns exec`; needs root).
+    pub netns: Option<String>,
+    pub http: std::net::SocketAddr,
+    pub advertise_ip: Option<std::net::IpAddr>,
+    pub bandwidth_estimation: bool,
+}
+
+impl Launch {
+    /// What `forward` runs: loopback, no downlink estimation.
+    pub fn loopback(cpu: usize, io: Backend, gso: bool) -> Self {
+        Self {
+            cpu,
+            io,
+            gso,
+            netns: None,
+            http: ([127, 0, 0, 1], 0).into(),
+            advertise_ip: None,
+            bandwidth_estimation: false,
+        }
+    }
 }
 
 /// Run control and its node until killed: the deployment's defaults (and any `SFU__…`
 /// environment overrides) with one media worker, HTTP on a free loopback port, signaling limits
 /// off (the benchmark opens many sessions from one address and identity), and no downlink
-/// estimation (the generator's subscribers count packets without answering with transport-wide
-/// feedback, which an estimating node would read as a link that carries nothing).
+/// estimation unless asked for (`forward`'s subscribers count packets without answering with
+/// transport-wide feedback, which an estimating node would read as a link that carries nothing).
 pub fn serve(args: NodeArgs) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -67,11 +106,15 @@ pub fn serve(args: NodeArgs) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let mut config = control::config::Config::load(None, std::env::vars())?;
-    config.http.listen = ([127, 0, 0, 1], 0).into();
+    config.http.listen = args.http;
+    if let Some(ip) = args.advertise_ip {
+        config.node.advertise_ip = ip;
+        config.node.media_bind = ip;
+    }
     config.node.workers = 1;
     config.node.io_backend = args.io.backend();
     config.node.udp_gso = args.gso;
-    config.node.bandwidth_estimation = false;
+    config.node.bandwidth_estimation = args.bandwidth_estimation;
     config.limits.signaling_rate_per_sec = 0;
     config.limits.max_sessions_per_identity = 0;
     control::server::run(config, true)
@@ -85,19 +128,34 @@ pub struct NodeProcess {
 }
 
 impl NodeProcess {
-    /// Start `bench node` confined to `cpu` (its media worker, signaling and everything else)
-    /// and wait until it serves HTTP.
-    pub fn start(cpu: usize, io: Backend, gso: bool) -> anyhow::Result<Self> {
+    /// Start `bench node` confined to its CPU (its media worker, signaling and everything
+    /// else) and wait until it serves HTTP.
+    pub fn start(launch: &Launch) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("cannot find this executable")?;
-        let mut command = Command::new(exe);
+        let mut command = match &launch.netns {
+            Some(netns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", netns]).arg(exe);
+                c
+            }
+            None => Command::new(exe),
+        };
         command
-            .args(["node", "--io", io.as_str()])
+            .args(["node", "--io", launch.io.as_str()])
+            .args(["--http", &launch.http.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        if gso {
+        if launch.gso {
             command.arg("--gso");
         }
+        if let Some(ip) = launch.advertise_ip {
+            command.args(["--advertise-ip", &ip.to_string()]);
+        }
+        if launch.bandwidth_estimation {
+            command.arg("--bandwidth-estimation");
+        }
+        let cpu = launch.cpu;
         // A child starts with the CPUs of the thread that forks it.
         let allowed = sfu_core::affinity::allowed_cpus()?;
         sfu_core::affinity::restrict_current_thread(&[cpu])
@@ -132,6 +190,11 @@ impl NodeProcess {
                 bail!("the node process did not start within {START_TIMEOUT:?}");
             }
         }
+    }
+
+    /// The process id (of `ip netns exec`'s successor: `ip` execs the node in place).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     fn proc(&self) -> PathBuf {
