@@ -27,9 +27,9 @@ pub mod quality;
 pub mod room;
 pub mod session;
 pub mod speaker;
+pub mod timers;
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -50,6 +50,7 @@ use forward::{MediaPacket, Selection};
 use room::{PublishedTrack, Room, Want};
 use session::{Forwarded, Offer, PublishedMedia, Session, SessionBroken};
 use speaker::{SpeakerBoard, SpeechReport, SpeechWindow};
+use timers::{Due, DueTimeouts, Timers};
 
 /// How often sessions are checked for timeouts and publishers get REMB.
 pub const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(500);
@@ -58,12 +59,6 @@ const DRAIN_BUDGET: usize = 10_000;
 /// Rounds of drain → fan-out per processing step; work left after them is reported through
 /// [`Engine::poll_timeout`] as due now.
 const PROCESS_ROUNDS: usize = 4;
-/// Deadlines already due that one drain serves at once (see [`Engine::drain_session`]).
-const DUE_TIMEOUTS_PER_DRAIN: usize = 64;
-/// How far ahead of the loop's clock a drain serves a session's deadline. str0m's pacer asks
-/// for a timeout 1 µs after the last one before it releases each packet; waiting for the
-/// clock to reach it would send a frame one packet per loop pass, each alone (no GSO run).
-const DUE_SLACK: Duration = Duration::from_millis(1);
 
 /// A session's place in the engine's table. Only meaningful inside one engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -203,7 +198,9 @@ pub struct Engine {
     dirty: Vec<PeerId>,
     demux: demux::Demux,
     rooms: HashMap<RoomKey, Room>,
-    timers: BinaryHeap<Reverse<(Instant, PeerId)>>,
+    timers: Timers,
+    /// Scratch for [`Engine::handle_timeout`]: the timers due when it was called.
+    due: Vec<(Instant, PeerId)>,
     next_housekeeping: Instant,
 
     /// Fresh publisher packets waiting for fan-out.
@@ -277,7 +274,8 @@ impl Engine {
             dirty: Vec::new(),
             demux: demux::Demux::default(),
             rooms: HashMap::new(),
-            timers: BinaryHeap::new(),
+            timers: Timers::default(),
+            due: Vec::new(),
             next_housekeeping: now + HOUSEKEEPING_INTERVAL,
             media: Vec::with_capacity(64),
             fanned_out: Vec::with_capacity(64),
@@ -489,11 +487,13 @@ impl Engine {
     /// sessions and send REMB.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.now = now;
-        while let Some(Reverse((t, peer))) = self.timers.peek().copied() {
-            if t > now {
-                break;
-            }
-            self.timers.pop();
+        // Serve only the deadlines due when the call began. A drain may re-arm its session at
+        // or before `now` (work left after its budget); serving that again here, on the same
+        // clock, could go on without end and starve the loop's I/O and commands. It waits for
+        // the next call.
+        let mut due = std::mem::take(&mut self.due);
+        self.timers.take_due(now, &mut due);
+        for (t, peer) in due.drain(..) {
             let Some(session) = self.session_mut(peer) else {
                 continue;
             };
@@ -507,6 +507,7 @@ impl Engine {
             }
             self.drain_session(peer);
         }
+        self.due = due;
         if now >= self.next_housekeeping {
             self.next_housekeeping = now + HOUSEKEEPING_INTERVAL;
             self.housekeeping(now);
@@ -596,7 +597,7 @@ impl Engine {
             return self.now;
         }
         // Discard stale heap entries (a session re-armed or ended).
-        while let Some(Reverse((t, peer))) = self.timers.peek().copied() {
+        while let Some((t, peer)) = self.timers.peek() {
             match self.session(peer) {
                 Some(s) if s.deadline == Some(t) => break,
                 _ => {
@@ -604,7 +605,7 @@ impl Engine {
                 }
             }
         }
-        let timer = self.timers.peek().map(|Reverse((t, _))| *t);
+        let timer = self.timers.peek().map(|(t, _)| t);
         let mut due = timer.map_or(self.next_housekeeping, |t| t.min(self.next_housekeeping));
         // Speech to send or rankings to keep: wake every interval; a silent worker does not.
         if !self.speech.is_empty() || !self.speakers.is_empty() {
@@ -1214,7 +1215,7 @@ impl Engine {
             return;
         };
         let mut finished = false;
-        let mut due_served = 0;
+        let mut due = DueTimeouts::new(now);
         // str0m's pacer (on with estimation) sees packets written since the last drain only
         // at a timeout: give it one now, so they leave in this drain.
         if std::mem::take(&mut session.written)
@@ -1240,24 +1241,32 @@ impl Engine {
                     break;
                 }
             };
+            if !matches!(output, Output::Timeout(_)) {
+                due.produced();
+            }
             match output {
                 // With bandwidth estimation str0m's pacer hands out each packet only after a
                 // timeout just past the last one: serve it here, so a frame's packets leave
                 // in this drain (one send batch, a GSO run) rather than one per loop pass.
-                Output::Timeout(t)
-                    if t <= now + DUE_SLACK && due_served < DUE_TIMEOUTS_PER_DRAIN =>
-                {
-                    due_served += 1;
-                    if session.handle_timeout(t.max(now)).is_err() {
-                        self.to_close.push((peer, EndReason::Failed));
-                        finished = true;
-                        break;
-                    }
-                }
                 Output::Timeout(t) => {
-                    if session.deadline != Some(t) {
-                        session.deadline = Some(t);
-                        self.timers.push(Reverse((t, peer)));
+                    let next = match due.on_timeout(t) {
+                        Due::Serve(at) => {
+                            if session.handle_timeout(at).is_err() {
+                                self.to_close.push((peer, EndReason::Failed));
+                                finished = true;
+                                break;
+                            }
+                            continue;
+                        }
+                        Due::Arm(at) => at,
+                        Due::Stalled(at) => {
+                            tracing::trace!(worker = %worker, session = %session.id, reason = ?session.timeout_reason(), "timeout stalled at one instant; re-armed after the slack");
+                            at
+                        }
+                    };
+                    if session.deadline != Some(next) {
+                        session.deadline = Some(next);
+                        self.timers.push(next, peer);
                     }
                     finished = true;
                     break;

@@ -482,6 +482,11 @@ impl Session {
         })
     }
 
+    /// What the last `Output::Timeout` is for (for logs).
+    pub fn timeout_reason(&self) -> str0m::Reason {
+        self.rtc.last_timeout_reason()
+    }
+
     /// Next output of the `Rtc`; `Output::Timeout` ends a drain.
     pub fn poll_output(&mut self) -> Result<Option<Output>, SessionBroken> {
         self.guard(|rtc| rtc.poll_output().ok())
