@@ -203,63 +203,73 @@ fn search(
     mut step: impl FnMut(usize) -> anyhow::Result<Step>,
 ) -> anyhow::Result<ServerResult> {
     let mut steps: Vec<Step> = Vec::new();
-    let mut best: Option<Step> = None;
+    // Index in `steps` of the highest passing step.
+    let mut best: Option<usize> = None;
     let mut generator_bound = false;
-    let record = |s: Step, steps: &mut Vec<Step>| {
+    // Run one step, record it; whether it passed.
+    let mut run = |n: usize| -> anyhow::Result<bool> {
+        let s = step(n)?;
         if !args.json {
-            eprintln!(
-                "{server}: {:>5} subscribers: {}/{} connected, loss {:.3} %, p99 {:.0} ms, server CPU {:.0} %, generator CPU max {:.0} %{}",
-                s.subscribers,
-                s.connected,
-                s.planned,
-                s.loss_pct,
-                s.latency_p99_ms,
-                s.server_cpu_pct_mean,
-                s.generator_cpu_pct_max,
-                if s.passed { "" } else { "  (failed)" }
-            );
+            report(server, &s);
         }
-        steps.push(s.clone());
-        s
+        if s.passed {
+            best = Some(steps.len());
+        } else {
+            generator_bound |= s.generator_cpu_pct_max > GENERATOR_BOUND_PCT;
+        }
+        let passed = s.passed;
+        steps.push(s);
+        Ok(passed)
     };
     let mut n = args.fanout;
+    let mut low = 0; // the highest count that passed
     let mut failed_at = None;
     loop {
-        let s = record(step(n)?, &mut steps);
-        if !s.passed {
-            generator_bound |= s.generator_cpu_pct_max > GENERATOR_BOUND_PCT;
+        if !run(n)? {
             failed_at = Some(n);
             break;
         }
-        best = Some(s);
+        low = n;
         if n >= args.max_fanout {
             break;
         }
         n = ((n as f64 * GROWTH).ceil() as usize).min(args.max_fanout);
     }
     if let Some(mut high) = failed_at {
-        let mut low = best.as_ref().map_or(0, |b| b.subscribers);
         for _ in 0..args.bisections {
             let mid = (low + high) / 2;
             if mid <= low || mid >= high {
                 break;
             }
-            let s = record(step(mid)?, &mut steps);
-            if s.passed {
+            if run(mid)? {
                 low = mid;
-                best = Some(s);
             } else {
-                generator_bound |= s.generator_cpu_pct_max > GENERATOR_BOUND_PCT;
                 high = mid;
             }
         }
     }
+    let at_max = best.map(|i| steps[i].clone());
     Ok(ServerResult {
-        max_subscribers: best.as_ref().map_or(0, |b| b.subscribers),
-        at_max: best,
+        max_subscribers: at_max.as_ref().map_or(0, |b| b.subscribers),
+        at_max,
         generator_bound,
         steps,
     })
+}
+
+/// One line on stderr per step, for a reader watching the search.
+fn report(server: &str, s: &Step) {
+    eprintln!(
+        "{server}: {:>5} subscribers: {}/{} connected, loss {:.3} %, p99 {:.0} ms, server CPU {:.0} %, generator CPU max {:.0} %{}",
+        s.subscribers,
+        s.connected,
+        s.planned,
+        s.loss_pct,
+        s.latency_p99_ms,
+        s.server_cpu_pct_mean,
+        s.generator_cpu_pct_max,
+        if s.passed { "" } else { "  (failed)" }
+    );
 }
 
 /// One `sfu-load` run of `subscribers` subscribers against `url`.

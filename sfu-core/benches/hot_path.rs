@@ -38,7 +38,7 @@ use sfu_core::mailbox::Mailbox;
 use sfu_core::proto::{MediaKind, SubscribePolicy};
 use sfu_core::testkit::net::NetConfig;
 use sfu_core::testkit::peer::{PublishMedia, SubscribeMedia};
-use sfu_core::testkit::{Kit, PeerRef};
+use sfu_core::testkit::{Kit, PeerRef, VIDEO_PT};
 
 /// Simulated time between two forwarded packets: short, so that a whole run stays within a
 /// few simulated seconds (no session times out) and far from any pacing limit.
@@ -112,7 +112,12 @@ impl Fanout {
         }
         while let Some(transmit) = engine.poll_transmit() {
             black_box(&transmit);
-            sent += usize::from(transmit.contents.get(1).is_some_and(|b| b & 0x7f == 96));
+            sent += usize::from(
+                transmit
+                    .contents
+                    .get(1)
+                    .is_some_and(|b| b & 0x7f == VIDEO_PT),
+            );
         }
         engine.sends_handed(self.now);
         // Forwarding records are the test kit's; a worker drops them.
@@ -238,7 +243,7 @@ fn demux(c: &mut Criterion) {
     }
     let mut rtp = vec![0u8; 1200];
     rtp[0] = 0x80;
-    rtp[1] = 96;
+    rtp[1] = VIDEO_PT;
     let known = source(SESSIONS / 2);
     c.bench_function("demux/rtp_known_source", |b| {
         b.iter(|| black_box(demux.route(black_box(known), black_box(&rtp))));
