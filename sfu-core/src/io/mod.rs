@@ -1,11 +1,12 @@
-//! Datagram I/O backends for a worker: io_uring where the kernel allows it, a portable
-//! `poll(2)` + `recvmmsg`/`sendmmsg`-style path otherwise. A backend owns one UDP socket and the
-//! worker's wake-up eventfd; it knows nothing about sessions. Both send runs of datagrams to one
-//! destination as one UDP GSO send where the kernel allows it ([`gso`]).
+//! Datagram I/O backends for a worker: io_uring where the kernel allows it (waiting and
+//! receiving through the ring), a portable `poll(2)` + `recvmmsg` path otherwise. A backend owns
+//! one UDP socket and the worker's wake-up eventfd; it knows nothing about sessions. Both send
+//! with `sendmmsg` ([`mmsg`]), runs of datagrams to one destination as one UDP GSO send where
+//! the kernel allows it ([`gso`]).
 //!
 //! This is the only place (with [`waker`]) where system calls for media happen, and with
 //! [`crate::affinity`] (CPU pinning, thread priority) the only place in sfu-core allowed to
-//! contain `unsafe` (`poll`, `uring`, `gso`, `waker`).
+//! contain `unsafe` (`poll`, `uring`, `mmsg`, `gso`, `waker`).
 
 // The system-call layer: waits and deadlines are real time.
 #![allow(clippy::disallowed_methods)]
@@ -15,6 +16,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::time::Instant;
 
 pub mod gso;
+pub mod mmsg;
 pub mod poll;
 pub mod send_queue;
 pub mod uring;

@@ -1,8 +1,8 @@
 //! The portable datagram path: `poll(2)` on the socket and the worker's eventfd, then
-//! `recvmmsg`/`sendmmsg` in fixed batches (each message of a `sendmmsg` a run of datagrams to
-//! one destination, sent with UDP GSO when there are several). Owns the socket, the receive and
-//! send buffers allocated at start-up, and the [`SendQueue`] of datagrams the kernel has not
-//! taken yet.
+//! `recvmmsg` in fixed batches, and sends with `sendmmsg` ([`super::mmsg`]: each message a run
+//! of datagrams to one destination, sent with UDP GSO when there are several). Owns the
+//! socket, the receive buffers allocated at start-up, and the [`SendQueue`] of datagrams the
+//! kernel has not taken yet.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -11,11 +11,12 @@ use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Instant;
 
-use super::gso::{MAX_SEGMENTS, RunBuffers, Segmentation};
-use super::send_queue::{Datagram, Progress, SendQueue};
+use super::gso::Segmentation;
+use super::mmsg::{self, MmsgSender};
+use super::send_queue::SendQueue;
 use super::{DatagramIo, IoStats, PollOutcome, RECV_BUFFER_SIZE, SEND_QUEUE_CAPACITY, Waker};
 
-/// Datagrams moved per `recvmmsg` call, and messages (runs of datagrams) per `sendmmsg` call.
+/// Datagrams moved per `recvmmsg` call.
 const BATCH: usize = 32;
 
 /// Socket buffer size we ask the kernel for. Without `CAP_NET_ADMIN` it caps the request at
@@ -35,27 +36,9 @@ pub struct PollIo {
     send_queue: SendQueue,
     /// Whether sends use UDP GSO.
     gso: Segmentation,
-    /// The datagrams of the `sendmmsg` in progress, the length of each message's run, and
-    /// what became of each datagram (reused).
-    attempt: Vec<Datagram>,
-    runs: Vec<usize>,
-    results: Vec<i32>,
-    /// The `BATCH` message headers of a `sendmmsg` and what each points at, allocated once.
-    send_headers: SendHeaders,
+    /// `sendmmsg` headers and buffers, allocated once.
+    sender: MmsgSender,
     stats: IoStats,
-}
-
-/// `sendmmsg` headers and their buffers. Rewritten for each call; the kernel reads them only
-/// during it.
-struct SendHeaders {
-    headers: Box<[libc::mmsghdr]>,
-    buffers: Box<[RunBuffers]>,
-}
-
-impl std::fmt::Debug for SendHeaders {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SendHeaders").finish_non_exhaustive()
-    }
 }
 
 /// What one `poll(2)` call saw.
@@ -83,15 +66,7 @@ impl PollIo {
                 .into_boxed_slice(),
             send_queue: SendQueue::new(SEND_QUEUE_CAPACITY),
             gso,
-            attempt: Vec::with_capacity(BATCH * MAX_SEGMENTS),
-            runs: Vec::with_capacity(BATCH),
-            results: Vec::with_capacity(BATCH * MAX_SEGMENTS),
-            send_headers: SendHeaders {
-                // SAFETY: all-zero is a valid mmsghdr (null pointers, zero lengths); each
-                // header a call uses is filled by `RunBuffers::prepare` first.
-                headers: (0..BATCH).map(|_| unsafe { mem::zeroed() }).collect(),
-                buffers: (0..BATCH).map(|_| RunBuffers::new()).collect(),
-            },
+            sender: MmsgSender::new(),
             stats: IoStats::default(),
         })
     }
@@ -225,88 +200,15 @@ impl PollIo {
         delivered
     }
 
-    /// `sendmmsg` from the head of the queue, in order, until it is empty or the socket's send
-    /// buffer is full; each message is a run of datagrams to one destination (one UDP GSO send
-    /// if it has several). What the kernel refuses is settled by [`SendQueue::settle`]: retried
-    /// from the same datagram after `POLLOUT`, or dropped and counted.
+    /// Hand the queue to the kernel ([`MmsgSender::send_queued`]).
     fn send_queued(&mut self) {
-        let fd = self.socket.as_raw_fd();
-        let v4_socket = self.local_addr.is_ipv4();
-        while self.send_queue.has_work() {
-            let gso_before = self.gso.enabled();
-            self.send_queue
-                .take_runs(BATCH, self.gso.limits(), &mut self.attempt, &mut self.runs);
-            let SendHeaders { headers, buffers } = &mut self.send_headers;
-            let mut start = 0;
-            for ((&run, header), buffers) in self
-                .runs
-                .iter()
-                .zip(headers.iter_mut())
-                .zip(buffers.iter_mut())
-            {
-                buffers.prepare(
-                    &self.attempt[start..start + run],
-                    v4_socket,
-                    &mut header.msg_hdr,
-                );
-                header.msg_len = 0;
-                start += run;
-            }
-            // SAFETY: the first `runs.len()` headers point at addresses, iovecs and control
-            // messages in `send_headers` and at the datagrams' bytes in `attempt`, all of which
-            // outlive the call; the kernel does not write to them.
-            let n = unsafe {
-                libc::sendmmsg(
-                    fd,
-                    headers.as_mut_ptr(),
-                    self.runs.len() as _,
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            // The first `n` messages went out whole; the message after them failed with
-            // `errno` if nothing went out; the rest were not tried. (After a partial send the
-            // error, if any, is not reported: the next call meets it on its first message.)
-            self.results.clear();
-            let (sent, failed) = match usize::try_from(n) {
-                Ok(sent) => (sent, None),
-                Err(_) => {
-                    let errno = io::Error::last_os_error()
-                        .raw_os_error()
-                        .unwrap_or(libc::EIO);
-                    (0, (errno != libc::EINTR).then_some(-errno))
-                }
-            };
-            let mut start = 0;
-            for (i, &run) in self.runs.iter().enumerate() {
-                let result = if i < sent {
-                    headers[i].msg_len as i32
-                } else if let Some(errno) = failed.filter(|_| i == sent) {
-                    errno
-                } else {
-                    break;
-                };
-                let datagrams = &self.attempt[start..start + run];
-                self.gso
-                    .settle_send(datagrams, result, &mut self.results, &mut self.stats);
-                start += run;
-            }
-            let progress = self.send_queue.settle(&mut self.attempt, &self.results);
-            if progress == Progress::None && self.gso.enabled() == gso_before {
-                // Interrupted before anything was tried: the next flush or poll resumes.
-                // (A refused GSO send is retried at once, one datagram per message.)
-                break;
-            }
-        }
-    }
-
-    /// Queued datagrams at which `send` hands them to the kernel without waiting for `flush`:
-    /// a full batch, or with GSO enough for runs to reach their limit.
-    fn send_threshold(&self) -> usize {
-        if self.gso.enabled() {
-            BATCH * MAX_SEGMENTS / 2
-        } else {
-            BATCH
-        }
+        self.sender.send_queued(
+            self.socket.as_raw_fd(),
+            self.local_addr.is_ipv4(),
+            &mut self.send_queue,
+            &mut self.gso,
+            &mut self.stats,
+        );
     }
 }
 
@@ -321,7 +223,7 @@ impl DatagramIo for PollIo {
 
     fn send(&mut self, destination: SocketAddr, datagram: Vec<u8>) {
         self.send_queue.push(destination, datagram);
-        if self.send_queue.waiting() >= self.send_threshold() {
+        if self.send_queue.waiting() >= mmsg::send_threshold(&self.gso) {
             self.send_queued();
         }
     }
