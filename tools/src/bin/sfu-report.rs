@@ -302,6 +302,7 @@ mod tests {
                 cdf: vec![(0.0, 900), (50.0, 1_000), (100.0, 4_000)],
                 ..Latency::default()
             },
+            fanout_spread_us: Latency::default(),
             packets: Packets::default(),
             jitter_ms: Jitter::default(),
             nodes: Default::default(),

@@ -1026,6 +1026,7 @@ impl<'a> Controller<'a> {
             peers,
             join_ms,
             latency_us: latency,
+            fanout_spread_us: latency_summary(&totals.spread.histogram()),
             packets,
             jitter_ms,
             latency_local_us: split.then(|| path_latency(&totals.local)),

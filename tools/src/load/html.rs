@@ -2472,6 +2472,7 @@ mod tests {
                 max: 41_000,
                 cdf,
             },
+            fanout_spread_us: Latency::default(),
             packets: Packets {
                 sent: 9_000,
                 received: 89_900 + seed,
@@ -2530,6 +2531,7 @@ mod tests {
             peers: PeerCounts::default(),
             join_ms: JoinTimes::default(),
             latency_us: Latency::default(),
+            fanout_spread_us: Latency::default(),
             packets: Packets::default(),
             jitter_ms: Jitter::default(),
             nodes: BTreeMap::new(),

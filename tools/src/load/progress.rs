@@ -208,6 +208,17 @@ pub fn summary_table(r: &Report) -> String {
             l.count
         );
     }
+    let f = &r.fanout_spread_us;
+    if f.count > 0 {
+        let _ = writeln!(
+            t,
+            "  spread      p50 {}  p99 {}  max {}  (first to last subscriber of one packet, {} sampled)",
+            ms(f.p50 as f64),
+            ms(f.p99 as f64),
+            ms(f.max as f64),
+            f.count
+        );
+    }
     write_nodes(&mut t, r);
     let k = &r.packets;
     let _ = writeln!(
@@ -429,6 +440,7 @@ mod tests {
             peers: Default::default(),
             join_ms: Default::default(),
             latency_us: Default::default(),
+            fanout_spread_us: Default::default(),
             packets: Default::default(),
             jitter_ms: Default::default(),
             nodes: Default::default(),

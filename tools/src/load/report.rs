@@ -30,6 +30,10 @@ pub struct Report {
     pub peers: PeerCounts,
     pub join_ms: JoinTimes,
     pub latency_us: Latency,
+    /// Fan-out spread: per sampled publisher packet, its last subscriber's arrival minus its
+    /// first's (every 4th packet; those at least two subscribers got).
+    #[serde(default)]
+    pub fanout_spread_us: Latency,
     pub packets: Packets,
     pub jitter_ms: Jitter,
     /// Peers per media node their (latest) session landed on, as the server named it

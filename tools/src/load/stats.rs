@@ -4,6 +4,8 @@
 //! and the per-shard totals and per-second intervals ([`ShardTotals`], [`Interval`]) the engine
 //! merges into the report.
 
+use std::collections::HashMap;
+
 use hdrhistogram::Histogram;
 
 use crate::pattern::{PatternHeader, PayloadKind};
@@ -272,6 +274,56 @@ impl PathFigures {
     }
 }
 
+/// Every how many packets of a publisher's stream (by pattern counter) the fan-out spread
+/// samples: one in four bounds its cost on the generator.
+pub const SPREAD_SAMPLE: u64 = 4;
+
+/// Fan-out spread: for one publisher packet, how much later its last subscriber got it than
+/// its first, from the generator's receive clock. What one frame's fan-out costs the
+/// subscriber served last (a node sends the copies one after another). Samples every
+/// [`SPREAD_SAMPLE`]th packet; a packet counts once at least two subscribers got it.
+#[derive(Debug, Clone, Default)]
+pub struct FanoutSpread {
+    /// Pattern counter (unique per publisher stream and packet) → first and last arrival
+    /// (wall clock, µs) and how many subscribers got it.
+    packets: HashMap<u64, (u64, u64, u32)>,
+}
+
+impl FanoutSpread {
+    pub fn record(&mut self, counter: u64, wallclock_us: u64) {
+        if counter % SPREAD_SAMPLE != 0 {
+            return;
+        }
+        let e = self
+            .packets
+            .entry(counter)
+            .or_insert((wallclock_us, wallclock_us, 0));
+        e.0 = e.0.min(wallclock_us);
+        e.1 = e.1.max(wallclock_us);
+        e.2 += 1;
+    }
+
+    pub fn add(&mut self, o: &FanoutSpread) {
+        for (&counter, &(first, last, n)) in &o.packets {
+            let e = self.packets.entry(counter).or_insert((first, last, 0));
+            e.0 = e.0.min(first);
+            e.1 = e.1.max(last);
+            e.2 += n;
+        }
+    }
+
+    /// The spread of every sampled packet at least two subscribers got, µs.
+    pub fn histogram(&self) -> Histogram<u64> {
+        let mut h = latency_histogram();
+        for &(first, last, n) in self.packets.values() {
+            if n >= 2 {
+                record_latency(&mut h, last - first);
+            }
+        }
+        h
+    }
+}
+
 /// One second of a shard's work, sent to the engine at each tick and then reset.
 #[derive(Debug, Clone)]
 pub struct Interval {
@@ -280,6 +332,7 @@ pub struct Interval {
     pub sent: u64,
     pub bytes_sent: u64,
     pub latency: Histogram<u64>,
+    pub spread: FanoutSpread,
     /// The received packets that came from a publisher on the subscriber's node.
     pub local: PathFigures,
     /// The received packets relayed from another node.
@@ -293,6 +346,7 @@ impl Interval {
             sent: 0,
             bytes_sent: 0,
             latency: latency_histogram(),
+            spread: FanoutSpread::default(),
             local: PathFigures::default(),
             relayed: PathFigures::default(),
         }
@@ -304,6 +358,7 @@ impl Interval {
         self.bytes_sent += o.bytes_sent;
         // Same bounds on both sides, so adding cannot fail.
         let _ = self.latency.add(&o.latency);
+        self.spread.add(&o.spread);
         self.local.add(&o.local);
         self.relayed.add(&o.relayed);
     }
@@ -336,6 +391,7 @@ pub struct ShardTotals {
     pub sent: u64,
     pub bytes_sent: u64,
     pub latency: Histogram<u64>,
+    pub spread: FanoutSpread,
     pub local: PathFigures,
     pub relayed: PathFigures,
     /// Final jitter of every received stream, µs.
@@ -368,6 +424,7 @@ impl ShardTotals {
             sent: 0,
             bytes_sent: 0,
             latency: latency_histogram(),
+            spread: FanoutSpread::default(),
             local: PathFigures::default(),
             relayed: PathFigures::default(),
             stream_jitter_us: Vec::new(),
@@ -390,6 +447,7 @@ impl ShardTotals {
         self.sent += i.sent;
         self.bytes_sent += i.bytes_sent;
         let _ = self.latency.add(&i.latency);
+        self.spread.add(&i.spread);
         self.local.add(&i.local);
         self.relayed.add(&i.relayed);
     }
@@ -399,6 +457,7 @@ impl ShardTotals {
         self.sent += o.sent;
         self.bytes_sent += o.bytes_sent;
         let _ = self.latency.add(&o.latency);
+        self.spread.add(&o.spread);
         self.local.add(&o.local);
         self.relayed.add(&o.relayed);
         self.stream_jitter_us.extend_from_slice(&o.stream_jitter_us);
@@ -621,5 +680,30 @@ mod tests {
         let relayed = t.relayed.latency().expect("samples");
         assert_eq!(relayed.len(), 2);
         assert!(relayed.min() >= 8_990, "{}", relayed.min());
+    }
+
+    #[test]
+    fn fanout_spread_is_first_to_last_arrival_across_shards_of_sampled_packets() {
+        let mut shard_a = ShardTotals::new();
+        let mut shard_b = ShardTotals::new();
+        let mut a = Interval::new();
+        let mut b = Interval::new();
+        // Packet 8 (sampled) reaches three subscribers over two shards, 1.5 ms apart.
+        a.spread.record(8, 10_000);
+        a.spread.record(8, 10_400);
+        b.spread.record(8, 11_500);
+        // Packet 12 (sampled) reaches one subscriber only: no spread.
+        a.spread.record(12, 20_000);
+        // Packet 9 is not sampled.
+        a.spread.record(9, 30_000);
+        b.spread.record(9, 39_000);
+        shard_a.add_interval(&a);
+        shard_b.add_interval(&b);
+        let mut totals = ShardTotals::new();
+        totals.add(&shard_a);
+        totals.add(&shard_b);
+        let h = totals.spread.histogram();
+        assert_eq!(h.len(), 1);
+        assert!((1_495..=1_505).contains(&h.max()), "{}", h.max());
     }
 }
