@@ -358,7 +358,8 @@ impl Interval {
         self.bytes_sent += o.bytes_sent;
         // Same bounds on both sides, so adding cannot fail.
         let _ = self.latency.add(&o.latency);
-        self.spread.add(&o.spread);
+        // The spread is not merged: per-tick lines do not show it, and the totals take it
+        // from each shard's intervals (`ShardTotals::add_interval`).
         self.local.add(&o.local);
         self.relayed.add(&o.relayed);
     }
