@@ -39,6 +39,10 @@ pub struct ForwardArgs {
     /// What the publisher sends.
     #[arg(long, value_enum, default_value = "video")]
     kind: Kind,
+    /// Packets per video frame, sent back to back as a camera's encoder and packetizer
+    /// emit them (1 Mbit/s at 30 frames/s is ≈ 4 packets of 1200 bytes; a keyframe many more).
+    #[arg(long, default_value_t = 1)]
+    frame_packets: usize,
     /// The node's socket backend.
     #[arg(long, value_enum, default_value = "auto")]
     io: Backend,
@@ -91,6 +95,7 @@ struct Report {
     fanout: usize,
     size: usize,
     kind: &'static str,
+    frame_packets: usize,
     io: &'static str,
     gso: bool,
     egress_pps: u64,
@@ -119,6 +124,9 @@ struct Latency {
 pub fn run(args: ForwardArgs) -> anyhow::Result<()> {
     if args.fanout == 0 || args.size < 16 || args.step_secs <= 0.0 {
         bail!("--fanout must be at least 1, --size at least 16 and --step-secs above 0");
+    }
+    if args.frame_packets == 0 || (args.kind == Kind::Audio && args.frame_packets > 1) {
+        bail!("--frame-packets must be at least 1, and 1 for audio");
     }
     sfu_core::affinity::pin_current_thread(args.generator_cpu)
         .with_context(|| format!("cannot run the generator on CPU {}", args.generator_cpu))?;
@@ -177,6 +185,9 @@ struct Baseline {
     fanout: usize,
     size: usize,
     kind: String,
+    /// Absent in entries for one packet per frame.
+    #[serde(default = "one")]
+    frame_packets: usize,
     io: String,
     gso: bool,
     ratio: f64,
@@ -200,21 +211,27 @@ impl Baseline {
                 b.fanout == args.fanout
                     && b.size == args.size
                     && b.kind == args.kind.as_str()
+                    && b.frame_packets == args.frame_packets
                     && b.io == args.io.as_str()
                     && b.gso == args.gso
             })
             .with_context(|| {
                 format!(
-                    "{} has no entry for fanout {} size {} kind {} io {} gso {}",
+                    "{} has no entry for fanout {} size {} kind {} frame_packets {} io {} gso {}",
                     path.display(),
                     args.fanout,
                     args.size,
                     args.kind.as_str(),
+                    args.frame_packets,
                     args.io.as_str(),
                     args.gso
                 )
             })
     }
+}
+
+fn one() -> usize {
+    1
 }
 
 /// Run the whole measurement once.
@@ -244,7 +261,8 @@ fn measure(args: &ForwardArgs) -> anyhow::Result<Report> {
     // subscriber's resend buffer then holds what a real video stream leaves in it), before the
     // search's peaks leave allocator caches behind.
     let node = NodeProcess::start(&Launch::loopback(args.node_cpu, args.io, args.gso))?;
-    let mut generator = Generator::publisher(&node.client, args.kind, args.size)?;
+    let mut generator =
+        Generator::publisher(&node.client, args.kind, args.size, args.frame_packets)?;
     let memory_step = |g: &mut Generator| g.step(MEMORY_RATE, (MEMORY_RATE * MEMORY_SECS) as u64);
     memory_step(&mut generator)?;
     let rss_before = node.rss_kib()?;
@@ -274,6 +292,7 @@ fn measure(args: &ForwardArgs) -> anyhow::Result<Report> {
         fanout: args.fanout,
         size: args.size,
         kind: args.kind.as_str(),
+        frame_packets: args.frame_packets,
         io: args.io.as_str(),
         gso: args.gso,
         egress_pps: egress as u64,
@@ -310,13 +329,13 @@ fn search(
         let p = Probe {
             rate,
             step,
-            expected: count * args.fanout as u64,
+            expected: step.sent * args.fanout as u64,
             cpu,
         };
         say(&format!(
             "{what}: {:>9.0} egress/s offered, {:>9.0} sent/s, loss {:.3} %, cpu {:.0} % {}({:.1} s)",
             rate * fanout,
-            count as f64 * fanout / step.send_secs,
+            step.sent as f64 * fanout / step.send_secs,
             p.loss_pct(),
             100.0 * cpu.as_secs_f64() / step.send_secs,
             if step.late { "LATE " } else { "" },
@@ -467,7 +486,9 @@ mod tests {
                 {"fanout": 10, "size": 1200, "kind": "video", "io": "auto", "gso": false,
                  "ratio": 0.8, "measured": "here"},
                 {"fanout": 50, "size": 1200, "kind": "video", "io": "auto", "gso": false,
-                 "ratio": 0.9, "measured": "there"}
+                 "ratio": 0.9, "measured": "there"},
+                {"fanout": 50, "size": 1200, "kind": "video", "frame_packets": 4, "io": "auto",
+                 "gso": true, "ratio": 1.7, "measured": "in frames"}
             ]}"#,
         )
         .expect("written");
@@ -477,6 +498,13 @@ mod tests {
             .expect_err("no poll entry")
             .to_string();
         assert!(missing.contains("io poll"), "{missing}");
+        let framed = Baseline::find(&path, &args("--fanout 50 --frame-packets 4 --gso"))
+            .expect("the entry in frames");
+        assert_eq!(framed.measured, "in frames");
+        assert!(
+            Baseline::find(&path, &args("--fanout 50 --gso")).is_err(),
+            "no entry for one packet per frame with GSO"
+        );
         std::fs::write(&path, "[]").expect("written");
         assert!(
             Baseline::find(&path, &args("")).is_err(),

@@ -37,6 +37,8 @@ pub const ROOM: &str = "bench";
 const QUIET: Duration = Duration::from_millis(250);
 /// The longest a step waits for stragglers.
 const DRAIN_LIMIT: Duration = Duration::from_secs(5);
+/// The resolution of the poll's timeout.
+const SLEEP_GRANULARITY: Duration = Duration::from_millis(1);
 /// How long peers may take to connect.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Socket buffers asked for: a step's burst must not overflow the generator's own sockets.
@@ -45,8 +47,8 @@ const SOCKET_BUFFER: usize = 8 << 20;
 /// What the publisher sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Kind {
-    /// VP8 video, every packet a whole frame (the node parses each payload descriptor, keeps
-    /// video for resends and starts subscribers at a keyframe).
+    /// VP8 video, each frame `--frame-packets` packets sent back to back (the node parses
+    /// each payload descriptor, keeps video for resends and starts subscribers at a keyframe).
     Video,
     /// Opus audio.
     Audio,
@@ -64,6 +66,8 @@ impl Kind {
 /// What one step did.
 #[derive(Debug, Clone, Copy)]
 pub struct Step {
+    /// Packets the source sent (the count asked for, rounded up to whole frames).
+    pub sent: u64,
     /// Packets that reached the subscribers, all together.
     pub received: u64,
     /// How long sending took.
@@ -194,8 +198,12 @@ enum Source {
         kind: Kind,
         seq: u64,
         timestamp: u32,
+        /// Packets of the current frame already sent.
+        position: usize,
         keyframe: Arc<[u8]>,
         delta: Arc<[u8]>,
+        /// A frame's second and later packets (no VP8 start bit).
+        continuation: Arc<[u8]>,
     },
     /// Sealed RTP to the bare loop.
     Raw {
@@ -224,6 +232,8 @@ pub struct Generator {
     source: Source,
     sinks: Vec<Sink>,
     recv: RecvBuffers,
+    /// Packets per video frame; steps send whole frames.
+    frame_packets: usize,
 }
 
 impl std::fmt::Debug for Generator {
@@ -237,9 +247,17 @@ impl std::fmt::Debug for Generator {
 const SOURCE: Token = Token(usize::MAX);
 
 impl Generator {
-    /// A connected WHIP publisher of `kind` packets with `size`-byte payloads, no subscribers
-    /// yet.
-    pub fn publisher(signaling: &SignalingClient, kind: Kind, size: usize) -> anyhow::Result<Self> {
+    /// A connected WHIP publisher of `kind` packets with `size`-byte payloads, video in frames
+    /// of `frame_packets` packets, no subscribers yet.
+    pub fn publisher(
+        signaling: &SignalingClient,
+        kind: Kind,
+        size: usize,
+        frame_packets: usize,
+    ) -> anyhow::Result<Self> {
+        if frame_packets == 0 || (kind == Kind::Audio && frame_packets > 1) {
+            bail!("an audio frame is one packet and a video frame at least one");
+        }
         let (client, mut socket) = Client::connect(signaling, Endpoint::Whip, kind, "publisher")?;
         let state = UdpSocketState::new(UdpSockRef::from(&socket))?;
         let codec = match kind {
@@ -262,11 +280,14 @@ impl Generator {
                 kind,
                 seq: 1,
                 timestamp: 0,
-                keyframe: payload(kind, size, true).into(),
-                delta: payload(kind, size, false).into(),
+                position: 0,
+                keyframe: payload(kind, size, Frame::Key).into(),
+                delta: payload(kind, size, Frame::Delta).into(),
+                continuation: payload(kind, size, Frame::Continuation).into(),
             },
             sinks: Vec::new(),
             recv: RecvBuffers::new(),
+            frame_packets,
         };
         generator.until(
             CONNECT_TIMEOUT,
@@ -314,6 +335,7 @@ impl Generator {
             },
             sinks: Vec::new(),
             recv: RecvBuffers::new(),
+            frame_packets: 1,
         };
         for _ in 0..fanout {
             let socket = bind()?;
@@ -361,7 +383,7 @@ impl Generator {
         self.sinks.iter().map(|s| s.rtp).sum()
     }
 
-    /// Send keyframes at 50 packets/s until every sink has received something.
+    /// Send keyframes at 50 frames/s until every sink has received something.
     pub fn warm_up(&mut self) -> anyhow::Result<()> {
         let deadline = Instant::now() + CONNECT_TIMEOUT;
         while self.sinks.iter().any(|s| s.rtp == 0) {
@@ -370,7 +392,9 @@ impl Generator {
                 bail!("{silent} subscribers received nothing within {CONNECT_TIMEOUT:?}");
             }
             let now = Instant::now();
-            self.send(now, true)?;
+            for _ in 0..self.frame_packets {
+                self.send(now, true)?;
+            }
             self.flush(now)?;
             self.pump(Duration::from_millis(20))?;
         }
@@ -378,14 +402,18 @@ impl Generator {
         Ok(())
     }
 
-    /// Send `count` packets at `rate` per second, then count what arrives until it stops.
+    /// Send `count` packets (rounded up to whole frames) at `rate` per second, a frame's
+    /// packets together, then count what arrives until it stops.
     pub fn step(&mut self, rate: f64, count: u64) -> anyhow::Result<Step> {
+        let frame = self.frame_packets as u64;
+        let count = count.div_ceil(frame) * frame;
         let before = self.received();
         let start = Instant::now();
         let mut sent = 0;
         while sent < count {
             let now = Instant::now();
             let due = (((now - start).as_secs_f64() * rate) as u64 + 1).min(count);
+            let due = due.div_ceil(frame) * frame;
             while sent < due {
                 self.send(now, false)?;
                 sent += 1;
@@ -393,12 +421,16 @@ impl Generator {
             self.flush(now)?;
             let next = start + Duration::from_secs_f64(sent as f64 / rate);
             let wait = next.saturating_duration_since(Instant::now());
-            self.pump(wait.min(Duration::from_millis(1)))?;
+            // The poll sleeps whole milliseconds, rounded up: sleeping for a shorter wait
+            // would send a millisecond's packets as one burst, and the node's delay would
+            // measure the burst. Closer than that to the next send, receive without sleeping.
+            self.pump(wait.saturating_sub(SLEEP_GRANULARITY))?;
         }
         let send_secs = start.elapsed().as_secs_f64();
         self.drain()?;
         let planned = count as f64 / rate;
         Ok(Step {
+            sent: count,
             received: self.received() - before,
             send_secs,
             late: send_secs > planned * 1.05 + 0.02,
@@ -420,7 +452,9 @@ impl Generator {
         Ok(())
     }
 
+    /// Send the next packet; `keyframe` tells what a frame's first packet starts.
     fn send(&mut self, now: Instant, keyframe: bool) -> anyhow::Result<()> {
+        let frame_packets = self.frame_packets;
         match &mut self.source {
             Source::Publisher {
                 client,
@@ -428,13 +462,27 @@ impl Generator {
                 kind,
                 seq,
                 timestamp,
+                position,
                 keyframe: key,
                 delta,
+                continuation,
                 ..
             } => {
-                let payload = if keyframe { key.clone() } else { delta.clone() };
-                let video = *kind == Kind::Video;
-                *timestamp = timestamp.wrapping_add(if video { 3000 } else { 960 });
+                let first = *position == 0;
+                let payload = match (first, keyframe) {
+                    (true, true) => key.clone(),
+                    (true, false) => delta.clone(),
+                    (false, _) => continuation.clone(),
+                };
+                if first {
+                    let video = *kind == Kind::Video;
+                    *timestamp = timestamp.wrapping_add(if video { 3000 } else { 960 });
+                }
+                *position += 1;
+                let last = *position == frame_packets;
+                if last {
+                    *position = 0;
+                }
                 let mut api = client.rtc.direct_api();
                 let tx = api
                     .stream_tx_by_mid(client.mid, None)
@@ -443,7 +491,7 @@ impl Generator {
                 // would reach the subscribers during the next one and count there.
                 tx.write_rtp(
                     RtpWrite::new(*pt, (*seq).into(), *timestamp, now, payload)
-                        .marker(true)
+                        .marker(last)
                         .nackable(false),
                 );
                 *seq += 1;
@@ -575,16 +623,37 @@ fn is_rtp(d: &[u8]) -> bool {
     d.len() >= 12 && d[0] & 0xc0 == 0x80 && !(192..=223).contains(&d[1])
 }
 
-/// A payload of `size` bytes: for video a VP8 payload descriptor (start of partition 0 with a
-/// picture ID) and a payload header that marks a key or delta frame.
-fn payload(kind: Kind, size: usize, keyframe: bool) -> Vec<u8> {
-    let mut p = vec![0x33; size.max(8)];
+/// Which packet of a video frame a payload is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Frame {
+    /// The first packet of a keyframe.
+    Key,
+    /// The first packet of a delta frame.
+    Delta,
+    /// A later packet of either.
+    Continuation,
+}
+
+/// A payload of `size` bytes: for video a VP8 payload descriptor with a picture ID (the start
+/// bit set on a frame's first packet) and, on a first packet, a payload header that marks a
+/// key or delta frame.
+fn payload(kind: Kind, size: usize, frame: Frame) -> Vec<u8> {
+    let mut p = vec![0x33; size.max(10)];
     if kind == Kind::Video {
-        p[..4].copy_from_slice(&[0x90, 0x80, 0x80, 0x01]);
-        // The VP8 frame tag's first bit is 0 for a keyframe.
-        p[4] = if keyframe { 0x10 } else { 0x11 };
-        if keyframe {
-            p[7..10].copy_from_slice(&[0x9d, 0x01, 0x2a]);
+        let start = if frame == Frame::Continuation {
+            0
+        } else {
+            0x10
+        };
+        p[..4].copy_from_slice(&[0x80 | start, 0x80, 0x80, 0x01]);
+        match frame {
+            // The VP8 frame tag's first bit is 0 for a keyframe, which then has a start code.
+            Frame::Key => {
+                p[4] = 0x10;
+                p[7..10].copy_from_slice(&[0x9d, 0x01, 0x2a]);
+            }
+            Frame::Delta => p[4] = 0x11,
+            Frame::Continuation => {}
         }
     }
     p
@@ -624,12 +693,17 @@ mod tests {
 
     #[test]
     fn video_payloads_start_key_and_delta_frames() {
-        let key = payload(Kind::Video, 1200, true);
-        let delta = payload(Kind::Video, 1200, false);
+        let key = payload(Kind::Video, 1200, Frame::Key);
+        let delta = payload(Kind::Video, 1200, Frame::Delta);
+        let rest = payload(Kind::Video, 1200, Frame::Continuation);
         assert_eq!(key.len(), 1200);
         // S bit and partition 0, picture ID present; the frame tag's P bit tells them apart.
         assert_eq!(key[0], 0x90);
         assert_eq!(key[4] & 1, 0);
+        assert_eq!(delta[0], 0x90);
         assert_eq!(delta[4] & 1, 1);
+        // Later packets: no start bit, same picture ID.
+        assert_eq!(rest[0], 0x80);
+        assert_eq!(rest[2..4], key[2..4]);
     }
 }

@@ -48,7 +48,7 @@ use crate::metrics::{DropReason, WorkerMetrics};
 use allocation::Demand;
 use forward::{MediaPacket, Selection};
 use room::{PublishedTrack, Room, Want};
-use session::{Forwarded, Offer, PublishedMedia, Session, SessionBroken};
+use session::{Forwarded, Offer, Polled, PublishedMedia, Session, SessionBroken};
 use speaker::{SpeakerBoard, SpeechReport, SpeechWindow};
 use timers::{Due, DueTimeouts, Timers};
 
@@ -1225,14 +1225,31 @@ impl Engine {
             self.to_close.push((peer, EndReason::Failed));
             return;
         }
-        for _ in 0..DRAIN_BUDGET {
-            let output = match session.poll_output() {
-                Ok(Some(o)) => o,
-                Ok(None) => {
-                    // poll_output errored: the session is unusable.
-                    self.to_close.push((peer, EndReason::Disconnected));
-                    finished = true;
-                    break;
+        let mut budget = DRAIN_BUDGET;
+        while budget > 0 {
+            let transmits = &mut self.transmits;
+            let polled = session.poll_until_event(budget, |destination, contents| {
+                transmits.push_back(Transmit {
+                    destination,
+                    contents,
+                });
+            });
+            let output = match polled {
+                Ok((sent, next)) => {
+                    budget -= sent;
+                    if sent > 0 {
+                        due.produced();
+                    }
+                    match next {
+                        Polled::Output(o) => o,
+                        Polled::Budget => break,
+                        Polled::Failed => {
+                            // poll_output errored: the session is unusable.
+                            self.to_close.push((peer, EndReason::Disconnected));
+                            finished = true;
+                            break;
+                        }
+                    }
                 }
                 Err(SessionBroken(msg)) => {
                     tracing::error!(worker = %worker, session = %session.id, panic = %msg, "session panicked; closing it");
@@ -1241,6 +1258,7 @@ impl Engine {
                     break;
                 }
             };
+            budget = budget.saturating_sub(1);
             if !matches!(output, Output::Timeout(_)) {
                 due.produced();
             }
@@ -1271,6 +1289,7 @@ impl Engine {
                     finished = true;
                     break;
                 }
+                // `poll_until_event` hands datagrams over itself; one here is still sent.
                 Output::Transmit(t) => {
                     session.count_transmit(&t.contents);
                     self.transmits.push_back(Transmit {

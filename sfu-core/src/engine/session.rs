@@ -492,19 +492,39 @@ impl Session {
         self.guard(|rtc| rtc.poll_output().ok())
     }
 
+    /// The next output of the `Rtc` that is not a datagram, handing the datagrams before it
+    /// (at most `max`) to `send` as they come, counted ([`Session::count_transmit`]). The
+    /// drain's path: one panic guard around a run of datagrams, not one per datagram, and no
+    /// datagram moved through it. Returns how many went to `send` and what ended the run.
+    pub fn poll_until_event(
+        &mut self,
+        max: usize,
+        mut send: impl FnMut(SocketAddr, Vec<u8>),
+    ) -> Result<(usize, Polled), SessionBroken> {
+        let Self { rtc, tracks, .. } = self;
+        let run = || {
+            let mut sent = 0;
+            while sent < max {
+                match rtc.poll_output() {
+                    Ok(Output::Transmit(t)) => {
+                        count_first_send(tracks, &t.contents);
+                        send(t.destination, t.contents.into());
+                        sent += 1;
+                    }
+                    Ok(output) => return (sent, Polled::Output(output)),
+                    Err(_) => return (sent, Polled::Failed),
+                }
+            }
+            (sent, Polled::Budget)
+        };
+        catch_unwind(AssertUnwindSafe(run)).map_err(|p| SessionBroken(panic_message(&p)))
+    }
+
     /// Note `datagram`, an output of this session, for the retransmission count: an RTP packet
     /// on a track's media SSRC is a first send. Reads the clear-text RTP header only: a few
     /// byte comparisons per datagram.
     pub fn count_transmit(&mut self, datagram: &[u8]) {
-        if self.tracks.is_empty() {
-            return;
-        }
-        let Some(ssrc) = demux::rtp_ssrc(datagram).map(Ssrc::from) else {
-            return;
-        };
-        if let Some(track) = self.tracks.iter_mut().find(|t| t.ssrc == Some(ssrc)) {
-            track.sent += 1;
-        }
+        count_first_send(&mut self.tracks, datagram);
     }
 
     /// The feedback in one of str0m's periodic egress stats events that is new since the
@@ -833,11 +853,6 @@ impl Session {
         let Some(pt) = pt else {
             return Ok(Forwarded::CodecMismatch);
         };
-        let mut ext = ExtensionValues::default();
-        if let Some(level) = header.audio_level {
-            ext.audio_level = Some(-(level.level.min(127) as i8));
-            ext.voice_activity = Some(level.voice);
-        }
         let mut write = RtpWrite::new(
             pt,
             rewritten.seq.into(),
@@ -846,8 +861,16 @@ impl Session {
             packet.payload.clone(),
         )
         .marker(header.marker)
-        .ext_vals(ext)
         .nackable(header.kind == sfu_proto::MediaKind::Video);
+        // Each builder call moves the whole write (extension values included): only audio
+        // carries values of its own.
+        if let Some(level) = header.audio_level {
+            write = write.ext_vals(ExtensionValues {
+                audio_level: Some(-(level.level.min(127) as i8)),
+                voice_activity: Some(level.voice),
+                ..ExtensionValues::default()
+            });
+        }
         if let (Some(descriptor), Some(picture)) = (&packet.vp8, rewritten.vp8) {
             if let Some(patch) = codec::vp8_patch(descriptor, picture) {
                 write = write.vp8_patch(patch);
@@ -861,6 +884,33 @@ impl Session {
             }
             None => Forwarded::Skipped,
         })
+    }
+}
+
+/// What ended a run of [`Session::poll_until_event`]. As large as str0m's `Output`, as an
+/// `Option<Output>` would be: it is returned once per run, and boxing would allocate there.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
+pub enum Polled {
+    /// An output other than a datagram (never `Output::Transmit`).
+    Output(Output),
+    /// `max` datagrams went out; there may be more.
+    Budget,
+    /// str0m returned an error: the session is unusable.
+    Failed,
+}
+
+/// [`Session::count_transmit`] on the tracks alone, so a run can count while str0m is
+/// borrowed.
+fn count_first_send(tracks: &mut [EgressTrack], datagram: &[u8]) {
+    if tracks.is_empty() {
+        return;
+    }
+    let Some(ssrc) = demux::rtp_ssrc(datagram).map(Ssrc::from) else {
+        return;
+    };
+    if let Some(track) = tracks.iter_mut().find(|t| t.ssrc == Some(ssrc)) {
+        track.sent += 1;
     }
 }
 

@@ -1,4 +1,5 @@
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::time::Instant;
 
 use super::Pacer;
@@ -11,13 +12,47 @@ use crate::rtp_::{Bitrate, DataSize, MidRid, TwccClusterId};
 /// A null pacer that doesn't pace.
 #[derive(Debug, Default)]
 pub struct NullPacer {
-    last_sends: HashMap<MidRid, Instant>,
+    last_sends: HashMap<MidRid, Instant, BuildHasherDefault<MidRidHasher>>,
     /// Snapshots from the last `handle_timeout`. `poll_queue` counts off
     /// each packet it hands out.
     queue_states: Vec<QueueState>,
     /// Set when `poll_queue` hands out a queue that `register_send` never confirms:
     /// the stream had nothing to send after all, so the snapshot is stale.
     unsent_since: Option<Instant>,
+}
+
+/// SFU patch (third_party/str0m/PATCHES.md): the map is read for every queue with packets and
+/// written for every packet sent, and its keys are a session's own mids and rids, so a
+/// multiply-rotate hash serves where SipHash cost more than the rest of the pacer.
+#[derive(Debug, Default)]
+struct MidRidHasher(u64);
+
+impl MidRidHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
+
+impl Hasher for MidRidHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
+
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 impl Pacer for NullPacer {
@@ -72,6 +107,26 @@ impl Pacer for NullPacer {
 mod test {
     use super::*;
     use crate::pacer::QueueSnapshot;
+
+    #[test]
+    fn mids_and_rids_keep_their_own_last_send() {
+        // SFU patch: the map's hasher tells apart keys that differ in one byte or by rid.
+        let now = Instant::now();
+        let mut map: HashMap<MidRid, Instant, BuildHasherDefault<MidRidHasher>> =
+            HashMap::default();
+        let keys = [
+            MidRid("0".into(), None),
+            MidRid("1".into(), None),
+            MidRid("0".into(), Some("h".into())),
+            MidRid("0".into(), Some("l".into())),
+        ];
+        for (i, k) in keys.iter().enumerate() {
+            map.insert(*k, now + std::time::Duration::from_millis(i as u64));
+        }
+        for (i, k) in keys.iter().enumerate() {
+            assert_eq!(map[k], now + std::time::Duration::from_millis(i as u64));
+        }
+    }
 
     fn queue(mid: &str, packet_count: u32, now: Instant) -> QueueState {
         QueueState {

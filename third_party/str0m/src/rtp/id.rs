@@ -43,7 +43,10 @@ macro_rules! str_id {
             type Target = str;
 
             fn deref(&self) -> &Self::Target {
-                from_utf8(&self.0).expect("ascii id").trim()
+                // SFU patch (third_party/str0m/PATCHES.md): trim the ASCII padding before the
+                // UTF-8 check rather than after; `str::trim` scanned for Unicode whitespace on
+                // every header extension written.
+                from_utf8(self.0.trim_ascii()).expect("ascii id")
             }
         }
 
@@ -370,5 +373,23 @@ impl MidRid {
 
     pub fn special_equals(&self, other: &MidRid) -> bool {
         self.0 == other.0 && (self.1.is_none() || self.1 == other.1)
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn string_ids_read_back_without_their_padding() {
+        // SFU patch: the padding is trimmed as ASCII.
+        assert_eq!(&*Mid::from("0"), "0");
+        assert_eq!(&*Mid::from("audio-1"), "audio_1");
+        assert_eq!(&*Rid::from("h"), "h");
+        assert_eq!(&*Mid::from(""), "");
+        assert_eq!(&*Mid::from("0123456789abcdefXYZ"), "0123456789abcdef");
+        let random = Mid::new();
+        assert_eq!(random.len(), random.trim().len());
+        assert!(!random.is_empty());
     }
 }

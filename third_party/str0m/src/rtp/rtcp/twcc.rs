@@ -353,11 +353,16 @@ impl TwccRecvRegister {
 
         // The ChunkInterim are helpers structures that hold the deltas between
         // the registered receptions.
+        // SFU patch (third_party/str0m/PATCHES.md): each received packet takes at least one
+        // delta byte, so no more than `max_byte_size` of them fit in this report. Building
+        // interims for the whole backlog made a report cost O(backlog), and a backlog of n
+        // packets, reported `max_byte_size` at a time, O(n²).
         build_interims(
             &self.queue,
             self.report_from,
             base_seq,
             base_time,
+            max_byte_size,
             &mut self.interims,
         );
         let interims = &mut self.interims;
@@ -510,10 +515,11 @@ fn build_interims(
     report_from: usize,
     base_seq: TwccSeq,
     base_time: Instant,
+    max_received: usize,
     interims: &mut VecDeque<ChunkInterim>,
 ) {
     interims.clear();
-    let report_from = queue.iter().skip(report_from);
+    let report_from = queue.iter().skip(report_from).take(max_received);
 
     let mut prev = (base_seq, base_time);
 
@@ -1525,6 +1531,31 @@ mod test {
 
         assert_eq!(header, report.header());
         assert_eq!(parsed, report);
+    }
+
+    #[test]
+    fn a_backlog_is_reported_in_full_one_report_at_a_time() {
+        // SFU patch: a report builds interims for what fits only; the reports still cover
+        // every packet of a backlog, in order, without gaps.
+        let mut reg = TwccRecvRegister::new(100);
+        let now = Instant::now();
+        for i in 0..20_000_u64 {
+            reg.update_seq(i.into(), now + Duration::from_micros(i * 500));
+        }
+        let mut next_seq = 0_u64;
+        let mut reports = 0;
+        while let Some(report) = reg.build_report(1100) {
+            assert_eq!(u64::from(report.base_seq), next_seq % 65_536);
+            let mut buf = vec![0_u8; 1500];
+            let n = report.write_to(&mut buf[..]);
+            assert!(n <= 1100 + 4, "{n} bytes");
+            let parsed: Twcc = (&buf[4..n]).try_into().unwrap();
+            assert_eq!(parsed, report);
+            next_seq += u64::from(report.status_count);
+            reports += 1;
+        }
+        assert_eq!(next_seq, 20_000);
+        assert!(reports > 1, "the backlog needs several reports");
     }
 
     #[test]
