@@ -1390,6 +1390,75 @@ mod tests {
         }
     }
 
+    /// The drain's run hands datagrams over as they come, at most its budget per call, and
+    /// counts each first send of a track; a run never ends at a datagram.
+    #[test]
+    fn a_run_hands_over_datagrams_up_to_its_budget() {
+        let (mut link, mids) = Link::connect(
+            SessionKind::Subscribe,
+            &[(MediaKind::Video, Direction::RecvOnly)],
+        );
+        let video = mids[0];
+        link.exchange();
+        let ssrc = link.session.tracks[0].ssrc.expect("the video track's SSRC");
+        let first_sends = link.session.tracks[0].sent;
+        let pt = negotiated_pt(
+            &link.session.rtc,
+            video,
+            Codec::Vp8,
+            &FormatParams::default(),
+        )
+        .expect("VP8 negotiated");
+        for seq in 1..=5_u64 {
+            let write = RtpWrite::new(pt, seq.into(), 3000, link.now, vec![7u8; 200]);
+            link.session
+                .rtc
+                .direct_api()
+                .stream_tx_by_mid(video, None)
+                .expect("a video send stream")
+                .write_rtp(write);
+        }
+        link.session.handle_timeout(link.now).expect("no panic");
+
+        // A budget of one: every datagram ends its run; str0m's timeouts are served as the
+        // engine serves them (its pacer releases packets at timeouts).
+        let mut got: Vec<Vec<u8>> = Vec::new();
+        let mut budget_spent = 0;
+        let media = |got: &[Vec<u8>]| {
+            got.iter()
+                .filter(|d| demux::rtp_ssrc(d).map(Ssrc::from) == Some(ssrc))
+                .count()
+        };
+        for _ in 0..1000 {
+            let before = got.len();
+            let (sent, next) = link
+                .session
+                .poll_until_event(1, |_, d| got.push(d))
+                .expect("no panic");
+            assert_eq!(got.len(), before + sent);
+            match next {
+                Polled::Budget => {
+                    assert_eq!(sent, 1);
+                    budget_spent += 1;
+                }
+                Polled::Output(Output::Timeout(t)) => {
+                    assert_eq!(sent, 0, "a run that sent would have ended at its budget");
+                    if media(&got) == 5 {
+                        break;
+                    }
+                    link.now = link.now.max(t);
+                    link.session.handle_timeout(link.now).expect("no panic");
+                }
+                Polled::Output(Output::Transmit(_)) => panic!("a run ended at a datagram"),
+                Polled::Output(_) => {}
+                Polled::Failed => panic!("the session failed"),
+            }
+        }
+        assert_eq!(budget_spent, got.len(), "each datagram ended a run of one");
+        assert_eq!(media(&got), 5, "every packet written went out once");
+        assert_eq!(link.session.tracks[0].sent, first_sends + 5);
+    }
+
     /// A subscriber that loses video packets NACKs them; the session resends each once on the
     /// RTX SSRC, and its stats count every NACK message the subscriber sent. The session's
     /// bandwidth estimation also sends padding on the RTX SSRC: the retransmission count is
