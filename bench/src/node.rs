@@ -115,8 +115,11 @@ pub fn serve(args: NodeArgs) -> anyhow::Result<()> {
     config.node.io_backend = args.io.backend();
     config.node.udp_gso = args.gso;
     config.node.bandwidth_estimation = args.bandwidth_estimation;
+    // Signaling limits protect a deployment; a benchmark's one room is meant to take as many
+    // subscribers as the core carries (the default room cap, 1000, stopped compare-janus).
     config.limits.signaling_rate_per_sec = 0;
     config.limits.max_sessions_per_identity = 0;
+    config.limits.max_sessions_per_room = 0;
     control::server::run(config, true)
 }
 
