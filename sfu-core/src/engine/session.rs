@@ -446,7 +446,7 @@ impl Session {
     /// Run `f` on the `Rtc`, converting a panic into [`SessionBroken`].
     pub fn guard<T>(&mut self, f: impl FnOnce(&mut Rtc) -> T) -> Result<T, SessionBroken> {
         let rtc = &mut self.rtc;
-        catch_unwind(AssertUnwindSafe(|| f(rtc))).map_err(|p| SessionBroken(panic_message(&p)))
+        guarded(|| f(rtc))
     }
 
     /// Feed one datagram. `Ok(false)` means str0m rejected it (counted by the caller).
@@ -517,7 +517,7 @@ impl Session {
             }
             (sent, Polled::Budget)
         };
-        catch_unwind(AssertUnwindSafe(run)).map_err(|p| SessionBroken(panic_message(&p)))
+        guarded(run)
     }
 
     /// Note `datagram`, an output of this session, for the retransmission count: an RTP packet
@@ -885,6 +885,12 @@ impl Session {
             None => Forwarded::Skipped,
         })
     }
+}
+
+/// Run `f`, converting a panic into [`SessionBroken`]: the one guard every call into str0m
+/// goes through.
+fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, SessionBroken> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(|p| SessionBroken(panic_message(&p)))
 }
 
 /// What ended a run of [`Session::poll_until_event`]. As large as str0m's `Output`, as an
