@@ -177,16 +177,17 @@ impl Worker {
         true
     }
 
-    /// Carry the engine's outputs away: datagrams to the kernel, messages to other workers,
+    /// Carry the engine's outputs away: datagrams to the kernel a chunk at a time (the
+    /// engine's work for the next chunk waits until this one is with the kernel, so a large
+    /// fan-out's first subscribers do not wait for its last), messages to other workers,
     /// events to the node; then wake the workers written to.
     fn finish_pass(&mut self, io: &mut dyn DatagramIo) {
         while let Some(t) = self.engine.poll_transmit() {
             io.send(t.destination, t.contents);
+            if self.engine.transmits_queued() == 0 {
+                self.hand_over(io);
+            }
         }
-        if let Err(e) = io.flush() {
-            tracing::warn!(worker = %self.engine.id(), error = %e, "send flush failed");
-        }
-        self.engine.sends_handed(Instant::now());
         while let Some((worker, message)) = self.engine.poll_cross_worker() {
             let Some(handle) = self.workers.get(worker.index()) else {
                 continue;
@@ -212,6 +213,14 @@ impl Worker {
                 self.workers[worker].mailbox.wake();
             }
         }
+    }
+
+    /// Hand the datagrams taken so far to the kernel and account for their delay.
+    fn hand_over(&mut self, io: &mut dyn DatagramIo) {
+        if let Err(e) = io.flush() {
+            tracing::warn!(worker = %self.engine.id(), error = %e, "send flush failed");
+        }
+        self.engine.sends_handed(Instant::now());
     }
 
     /// Add what the backend did since the last call to the metrics: datagrams and bytes the

@@ -11,10 +11,14 @@
 //!
 //! Work an input causes (draining sessions, fanning packets out, closing sessions) is done
 //! before the next output is handed out, so nothing is left pending when the shell asks for
-//! the next deadline. A packet's path: [`demux`] → [`session`] (decrypt) → [`room`] (which
-//! subscriber tracks want it) → [`forward`] (layer switch, seq/ts rewrite) → the subscriber's
-//! [`session`] (encrypt) → `poll_transmit`; for other workers, one reference per interested
-//! worker through `poll_cross_worker`. Off that path, [`allocation`] shares each subscriber's
+//! the next deadline. Datagrams come out in chunks of about [`HANDOVER_CHUNK`]: a large
+//! fan-out stops at each chunk until the shell has taken it, so the first subscribers' packets
+//! go to the socket while the last ones' are still being written.
+//!
+//! A packet's path: [`demux`] → [`session`] (decrypt) → [`room`] (which subscriber tracks want
+//! it) → [`forward`] (layer switch, seq/ts rewrite) → the subscriber's [`session`] (encrypt) →
+//! `poll_transmit`; for other workers, one reference per interested worker through
+//! `poll_cross_worker`. Off that path, [`allocation`] shares each subscriber's
 //! bandwidth estimate among its tracks when the estimate, the room's speakers or the
 //! subscriptions change, and every [`HOUSEKEEPING_INTERVAL`].
 
@@ -59,6 +63,15 @@ const DRAIN_BUDGET: usize = 10_000;
 /// Rounds of drain → fan-out per processing step; work left after them is reported through
 /// [`Engine::poll_timeout`] as due now.
 const PROCESS_ROUNDS: usize = 4;
+/// Datagrams at which processing stops until the shell has taken them
+/// ([`Engine::poll_transmit`]). Sessions are drained whole, so a chunk may be larger by one
+/// session's output. 16 against 32 (bench/RESULTS.md, "Fan-out handed over in chunks"): a
+/// lower delay, and no more CPU per packet (the socket backends' system calls cost per
+/// datagram or per GSO run, not per call).
+pub const HANDOVER_CHUNK: usize = 16;
+/// Distinct arrival instants searched when a copy is added to the delay accounting; past
+/// them a copy gets an entry of its own (a bound, not a correctness limit).
+const HANDED_SEARCH: usize = 8;
 
 /// A session's place in the engine's table. Only meaningful inside one engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -205,9 +218,11 @@ pub struct Engine {
 
     /// Fresh publisher packets waiting for fan-out.
     media: Vec<Arc<MediaPacket>>,
-    /// Packets fanned out since the socket backend last took the sends: when each arrived,
-    /// and how many copies were written ([`Engine::sends_handed`]).
-    fanned_out: Vec<(Instant, u32)>,
+    /// Copies in the datagrams queued since the shell last took them: when their packet
+    /// arrived, and how many ([`Engine::sends_handed`]).
+    handed: Vec<(Instant, u32)>,
+    /// Fan-outs so far: where in a room's subscribers the next one starts.
+    fan_out_turn: usize,
     /// Rooms under push-to-talk floor control, by name (a floor may be set before the room
     /// has a session on this worker, and outlives its sessions until it is opened again).
     floors: HashMap<RoomId, AudioFloor>,
@@ -278,7 +293,8 @@ impl Engine {
             due: Vec::new(),
             next_housekeeping: now + HOUSEKEEPING_INTERVAL,
             media: Vec::with_capacity(64),
-            fanned_out: Vec::with_capacity(64),
+            handed: Vec::with_capacity(64),
+            fan_out_turn: 0,
             floors: HashMap::new(),
             keyframe_requests: Vec::new(),
             layers_dirty: Vec::new(),
@@ -505,7 +521,9 @@ impl Engine {
                 self.to_close.push((peer, EndReason::Failed));
                 continue;
             }
-            self.drain_session(peer);
+            // Drained with the others, a chunk at a time: many timers due at once (reports,
+            // a pacer's sends) make as many datagrams as a fan-out.
+            self.mark_dirty(peer);
         }
         self.due = due;
         if now >= self.next_housekeeping {
@@ -560,18 +578,28 @@ impl Engine {
 
     // ---- outputs -----------------------------------------------------------------------
 
-    /// The next datagram to send.
+    /// The next datagram to send. Work is done a chunk at a time: once the queued datagrams
+    /// are taken, the next call goes on with it. [`Engine::transmits_queued`] at zero marks
+    /// the end of a chunk, where the shell hands what it took to the kernel.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.process();
+        if self.transmits.is_empty() {
+            self.process();
+        }
         self.transmits.pop_front()
     }
 
+    /// Datagrams ready for [`Engine::poll_transmit`] without further processing.
+    pub fn transmits_queued(&self) -> usize {
+        self.transmits.len()
+    }
+
     /// The shell handed every transmit polled so far to the socket backend at `handed`:
-    /// the copies forwarded since the last call are recorded in the forwarding delay
-    /// histogram (arrival at the node → handed over). A copy str0m's pacer held back for a
-    /// later pass counts as handed with the pass that wrote it.
+    /// the forwarded copies among them are recorded in the forwarding delay histogram
+    /// (arrival at the node → handed over). A copy is counted with the first datagrams handed
+    /// after its subscriber's drain, so one str0m's pacer holds back for a later drain counts
+    /// as handed with the drain that wrote it.
     pub fn sends_handed(&mut self, handed: Instant) {
-        for (arrival, copies) in self.fanned_out.drain(..) {
+        for (arrival, copies) in self.handed.drain(..) {
             self.metrics
                 .record_forward_delay(handed.saturating_duration_since(arrival), copies.into());
         }
@@ -632,20 +660,9 @@ impl Engine {
             if !self.has_pending_work() {
                 return;
             }
-            let dirty = std::mem::take(&mut self.dirty);
-            for &peer in &dirty {
-                if let Some(q) = self.queued.get_mut(peer.0 as usize) {
-                    *q = false;
-                }
-            }
-            for &peer in &dirty {
-                self.drain_session(peer);
-            }
-            let mut dirty = dirty;
-            dirty.clear();
-            if self.dirty.is_empty() {
-                // Give the allocation back.
-                self.dirty = dirty;
+            if !self.drain_dirty() {
+                // A chunk of datagrams is ready: the shell takes it before we go on.
+                return;
             }
             self.fan_out();
             let requests = std::mem::take(&mut self.keyframe_requests);
@@ -664,6 +681,28 @@ impl Engine {
             }
             self.report_relay_layers();
         }
+    }
+
+    /// Drain the sessions written to, in the order they were written, until a chunk of
+    /// datagrams is queued ([`HANDOVER_CHUNK`]). Returns whether all of them were drained;
+    /// if not, the rest stay queued, first in line.
+    fn drain_dirty(&mut self) -> bool {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        let mut drained = 0;
+        while drained < dirty.len() && self.transmits.len() < HANDOVER_CHUNK {
+            let peer = dirty[drained];
+            drained += 1;
+            if let Some(q) = self.queued.get_mut(peer.0 as usize) {
+                *q = false;
+            }
+            self.drain_session(peer);
+        }
+        let all = drained == dirty.len();
+        // The rest (still flagged queued) before those marked during these drains.
+        dirty.drain(..drained);
+        dirty.append(&mut self.dirty);
+        self.dirty = dirty;
+        all
     }
 
     /// Room `room`'s subscriptions (or its relayed tracks) changed.
@@ -1214,6 +1253,7 @@ impl Engine {
         let Some(session) = session_in(&mut self.sessions, peer) else {
             return;
         };
+        add_handed(&mut self.handed, &mut session.unhanded);
         let mut finished = false;
         let mut due = DueTimeouts::new(now);
         // str0m's pacer (on with estimation) sees packets written since the last drain only
@@ -1512,6 +1552,8 @@ impl Engine {
             return;
         }
         let now = self.now;
+        let turn = self.fan_out_turn;
+        self.fan_out_turn = self.fan_out_turn.wrapping_add(1);
         let mut media = std::mem::take(&mut self.media);
         for packet in media.drain(..) {
             let Some(room) = self.rooms.get_mut(&packet.room) else {
@@ -1550,8 +1592,12 @@ impl Engine {
             // The common case (WHEP: newest other publisher, highest layer) computed once.
             let newest = room::Subscription::new(Want::NewestOther);
             let shared_target = room.target(kind, &newest, None, now);
-            let mut copies = 0u32;
-            for &sub_peer in &room.subscribers {
+            // Starting one further each pass, so that no subscriber is always drained (and
+            // handed over) last.
+            let subscribers = &room.subscribers;
+            let start = turn % subscribers.len().max(1);
+            let (last, first) = subscribers.split_at(start);
+            for &sub_peer in first.iter().chain(last) {
                 let Some(sub) = self
                     .sessions
                     .get_mut(sub_peer.0 as usize)
@@ -1606,7 +1652,7 @@ impl Engine {
                         Ok(Forwarded::Written) => {
                             WorkerMetrics::add(&self.metrics.rtp_forwarded, 1);
                             written = true;
-                            copies += 1;
+                            sub.unhanded.push(packet.arrival);
                             #[cfg(any(test, feature = "testkit"))]
                             self.forwarded.push(ForwardRecord {
                                 session: sub.id,
@@ -1632,9 +1678,6 @@ impl Engine {
                     }
                 }
             }
-            if copies > 0 {
-                self.fanned_out.push((packet.arrival, copies));
-            }
         }
         // Give the allocation back for the next batch.
         self.media = media;
@@ -1650,6 +1693,18 @@ fn push_quality(events: &mut VecDeque<NodeEvent>, session: &mut Session) {
             room: session.room_id.clone(),
             quality,
         });
+    }
+}
+
+/// Move a drained session's copies (their packets' arrivals) to the engine's delay accounting,
+/// one entry per arrival instant among the last few.
+fn add_handed(handed: &mut Vec<(Instant, u32)>, arrivals: &mut Vec<Instant>) {
+    for arrival in arrivals.drain(..) {
+        let recent = handed.iter_mut().rev().take(HANDED_SEARCH);
+        match recent.into_iter().find(|(a, _)| *a == arrival) {
+            Some((_, copies)) => *copies += 1,
+            None => handed.push((arrival, 1)),
+        }
     }
 }
 

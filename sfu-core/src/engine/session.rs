@@ -213,9 +213,9 @@ pub struct Session {
     data: DataChannels,
     /// A subscriber's latest bandwidth estimate (bits per second), once str0m has one.
     pub estimate: Option<u64>,
-    /// A subscriber's bandwidth allocation across its tracks.
     /// How long video packets are kept for resends (subscriber sessions).
     rtx_cache: Duration,
+    /// A subscriber's bandwidth allocation across its tracks.
     pub allocator: Allocator,
     /// (minimum, desired) bits per second last told to str0m's estimator.
     bwe_bitrates: (u64, u64),
@@ -224,6 +224,9 @@ pub struct Session {
     /// Media was written since the last drain: with estimation on, str0m's pacer learns of it
     /// only in its next `handle_timeout`.
     pub written: bool,
+    /// When each packet forwarded to it since its last drain arrived at the node: the drain
+    /// hands them to the engine's delay accounting with the datagrams it produced.
+    pub unhanded: Vec<Instant>,
     /// How well its media gets through, from str0m's stats (`NodeEvent::Quality`).
     pub quality: QualityScorer,
 }
@@ -319,6 +322,7 @@ impl Session {
             bwe_bitrates: (0, 0),
             bandwidth_paused: 0,
             written: false,
+            unhanded: Vec::new(),
             quality: QualityScorer::new(kind, QualityConfig::default()),
         };
 

@@ -98,6 +98,9 @@ pub struct SimNode {
     /// What the node's engines wrote to each subscriber track: (session, slot) → sequence
     /// numbers, in the order written.
     pub forwarded: HashMap<(SessionId, u16), Vec<u64>>,
+    /// The most RTP datagrams one engine handed out in one chunk
+    /// ([`Engine::transmits_queued`]).
+    pub largest_handover: usize,
 }
 
 impl SimNode {
@@ -203,6 +206,7 @@ impl Kit {
                     sessions: HashMap::new(),
                     events: Vec::new(),
                     forwarded: HashMap::new(),
+                    largest_handover: 0,
                 }
             })
             .collect();
@@ -622,16 +626,22 @@ impl Kit {
                 let relay_id = node.relay.id();
                 for w in 0..node.engines.len() {
                     let from = node.addrs[w];
+                    // A chunk at a time, as a worker hands them to its socket.
+                    let mut chunk = 0;
                     while let Some(t) = node.engines[w].poll_transmit() {
                         moved = true;
-                        self.net.send(
-                            now,
-                            Datagram {
-                                from,
-                                to: t.destination,
-                                contents: t.contents,
-                            },
-                        );
+                        let datagram = Datagram {
+                            from,
+                            to: t.destination,
+                            contents: t.contents,
+                        };
+                        chunk += usize::from(rtp_payload_type(&datagram).is_some());
+                        self.net.send(now, datagram);
+                        if node.engines[w].transmits_queued() == 0 {
+                            node.engines[w].sends_handed(now);
+                            node.largest_handover = node.largest_handover.max(chunk);
+                            chunk = 0;
+                        }
                     }
                     node.engines[w].sends_handed(now);
                     while let Some((to, message)) = node.engines[w].poll_cross_worker() {

@@ -2,6 +2,7 @@
 
 #![allow(dead_code)] // each test file uses its own subset
 
+use sfu_core::proto::SubscribePolicy;
 use sfu_core::testkit::peer::{PublishMedia, Received, SubscribeMedia};
 use sfu_core::testkit::{Kit, PeerRef};
 
@@ -17,6 +18,25 @@ pub const WATCH: SubscribeMedia = SubscribeMedia {
     audio: true,
     video_slots: 1,
 };
+
+/// `count` viewers (`viewer0`, …) of room `r` on node 0, taking turns over its first `workers`
+/// workers, each `WATCH`ing the newest other publisher.
+pub fn viewers(kit: &mut Kit, count: usize, workers: usize) -> Vec<PeerRef> {
+    (0..count)
+        .map(|i| {
+            let name = format!("viewer{i}");
+            kit.subscribe(
+                0,
+                i % workers,
+                "r",
+                &name,
+                WATCH,
+                SubscribePolicy::NewestOther,
+            )
+            .expect("subscribe")
+        })
+        .collect()
+}
 
 pub fn connected(kit: &Kit, peers: &[PeerRef]) -> bool {
     peers.iter().all(|p| kit.peer(*p).connected)
