@@ -209,6 +209,9 @@ pub struct Engine {
     /// Flags and list of sessions written to since their last drain.
     queued: Vec<bool>,
     dirty: Vec<PeerId>,
+    /// The round of drains under way: sessions taken from `dirty` (still flagged queued),
+    /// left where a chunk of datagrams stopped it.
+    draining: VecDeque<PeerId>,
     demux: demux::Demux,
     rooms: HashMap<RoomKey, Room>,
     timers: Timers,
@@ -287,6 +290,7 @@ impl Engine {
             by_id: HashMap::new(),
             queued: Vec::new(),
             dirty: Vec::new(),
+            draining: VecDeque::new(),
             demux: demux::Demux::default(),
             rooms: HashMap::new(),
             timers: Timers::default(),
@@ -644,6 +648,7 @@ impl Engine {
 
     fn has_pending_work(&self) -> bool {
         !self.dirty.is_empty()
+            || !self.draining.is_empty()
             || !self.layers_dirty.is_empty()
             || !self.media.is_empty()
             || !self.keyframe_requests.is_empty()
@@ -684,25 +689,24 @@ impl Engine {
     }
 
     /// Drain the sessions written to, in the order they were written, until a chunk of
-    /// datagrams is queued ([`HANDOVER_CHUNK`]). Returns whether all of them were drained;
-    /// if not, the rest stay queued, first in line.
+    /// datagrams is queued ([`HANDOVER_CHUNK`]). Returns whether the round is done; if not,
+    /// the next call goes on where this one stopped. Sessions marked during the round wait
+    /// for the next one.
     fn drain_dirty(&mut self) -> bool {
-        let mut dirty = std::mem::take(&mut self.dirty);
-        let mut drained = 0;
-        while drained < dirty.len() && self.transmits.len() < HANDOVER_CHUNK {
-            let peer = dirty[drained];
-            drained += 1;
+        if self.draining.is_empty() {
+            self.draining.extend(self.dirty.drain(..));
+        }
+        while let Some(&peer) = self.draining.front() {
+            if self.transmits.len() >= HANDOVER_CHUNK {
+                return false;
+            }
+            self.draining.pop_front();
             if let Some(q) = self.queued.get_mut(peer.0 as usize) {
                 *q = false;
             }
             self.drain_session(peer);
         }
-        let all = drained == dirty.len();
-        // The rest (still flagged queued) before those marked during these drains.
-        dirty.drain(..drained);
-        dirty.append(&mut self.dirty);
-        self.dirty = dirty;
-        all
+        true
     }
 
     /// Room `room`'s subscriptions (or its relayed tracks) changed.
