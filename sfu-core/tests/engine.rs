@@ -70,7 +70,8 @@ fn a_subscriber_gets_every_packet_one_network_round_later() {
 fn a_large_fan_out_leaves_in_chunks_and_nothing_is_lost() {
     // 64 subscribers of one publisher on one worker: each packet makes 64 copies. The engine
     // stops at a chunk of datagrams until the shell took it, so no handover carries a whole
-    // packet's fan-out, and every subscriber still gets every packet.
+    // packet's fan-out, and every subscriber still gets every packet. Each pass starts the
+    // fan-out one subscriber further, so the first copy goes to each of them in turn.
     const SUBSCRIBERS: usize = 64;
     let mut kit = Kit::new(&[1], NetConfig::default());
     let publisher = kit.publish(0, 0, "r", "alice", AV).expect("publish");
@@ -97,6 +98,12 @@ fn a_large_fan_out_leaves_in_chunks_and_nothing_is_lost() {
     assert!(
         largest < SUBSCRIBERS,
         "a packet's fan-out left in one handover"
+    );
+    let firsts = &kit.nodes[0].first_rtp_to;
+    assert!(
+        firsts.len() >= SUBSCRIBERS / 2,
+        "the first copy of a pass went to {} subscribers of {SUBSCRIBERS}: {firsts:?}",
+        firsts.len()
     );
     let stats = kit.nodes[0].metrics[0].snapshot(0, 0);
     let copies: u64 = stats.forward_delay.iter().sum();

@@ -101,6 +101,8 @@ pub struct SimNode {
     /// The most RTP datagrams one engine handed out in one chunk
     /// ([`Engine::transmits_queued`]).
     pub largest_handover: usize,
+    /// Where each pass's first RTP datagram went, per destination: how often.
+    pub first_rtp_to: HashMap<SocketAddr, u64>,
 }
 
 impl SimNode {
@@ -207,6 +209,7 @@ impl Kit {
                     events: Vec::new(),
                     forwarded: HashMap::new(),
                     largest_handover: 0,
+                    first_rtp_to: HashMap::new(),
                 }
             })
             .collect();
@@ -628,6 +631,7 @@ impl Kit {
                     let from = node.addrs[w];
                     // A chunk at a time, as a worker hands them to its socket.
                     let mut chunk = 0;
+                    let mut first_rtp = true;
                     while let Some(t) = node.engines[w].poll_transmit() {
                         moved = true;
                         let datagram = Datagram {
@@ -635,7 +639,12 @@ impl Kit {
                             to: t.destination,
                             contents: t.contents,
                         };
-                        chunk += usize::from(rtp_payload_type(&datagram).is_some());
+                        if rtp_payload_type(&datagram).is_some() {
+                            chunk += 1;
+                            if std::mem::take(&mut first_rtp) {
+                                *node.first_rtp_to.entry(datagram.to).or_default() += 1;
+                            }
+                        }
                         self.net.send(now, datagram);
                         if node.engines[w].transmits_queued() == 0 {
                             node.engines[w].sends_handed(now);
