@@ -107,6 +107,9 @@ struct Report {
     cpu_ns_per_egress_pkt: u64,
     bare_cpu_ns_per_egress_pkt: u64,
     rss_kib_per_subscriber: f64,
+    /// Datagrams per UDP GSO send in the ceiling's step (0 without GSO): how long the runs
+    /// to one subscriber were, which is what GSO's saving depends on.
+    gso_datagrams_per_send: f64,
     /// A search ended because the generator could not keep the rate, not because of loss.
     generator_bound: bool,
     machine: String,
@@ -270,11 +273,24 @@ fn measure(args: &ForwardArgs) -> anyhow::Result<Report> {
     generator.warm_up()?;
     memory_step(&mut generator)?;
     let rss_after = node.rss_kib()?;
+    // Per step: its rate and the datagrams per GSO send in it.
+    let mut gso_runs: Vec<(f64, f64)> = Vec::new();
     let best = search(args, "node", &say, |rate, count| {
+        let gso_before = gso_counters(&node.metrics()?);
         let cpu = node.cpu_time()?;
         let step = generator.step(rate, count)?;
-        Ok((step, node.cpu_time()? - cpu))
+        let cpu = node.cpu_time()? - cpu;
+        gso_runs.push((
+            rate,
+            gso_run_length(gso_before, gso_counters(&node.metrics()?)),
+        ));
+        Ok((step, cpu))
     })?;
+    let gso_run = gso_runs
+        .iter()
+        .rev()
+        .find(|(rate, _)| *rate == best.rate)
+        .map_or(0.0, |&(_, run)| run);
 
     // At half the ceiling: the node's own forwarding delay, and its memory with every
     // subscriber's state warm.
@@ -304,6 +320,7 @@ fn measure(args: &ForwardArgs) -> anyhow::Result<Report> {
         cpu_ns_per_egress_pkt: ns_per(best.cpu, best.step.received),
         bare_cpu_ns_per_egress_pkt: ns_per(bare_best.cpu, bare_best.step.received),
         rss_kib_per_subscriber: round3(rss_after.saturating_sub(rss_before) as f64 / fanout),
+        gso_datagrams_per_send: round3(gso_run),
         generator_bound: best.step.late || bare_best.step.late,
         machine: host::machine(),
         kernel: host::kernel(),
@@ -377,6 +394,29 @@ fn search(
         good.step.late |= bad.step.late && bad.loss_pct() <= args.max_loss_pct;
     }
     Ok(good)
+}
+
+/// `sfu_gso_sends_total` and `sfu_gso_datagrams_total`, summed over workers.
+fn gso_counters(metrics: &str) -> (u64, u64) {
+    let sum = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .filter_map(|line| line.strip_prefix(name)?.strip_prefix('{'))
+            .filter_map(|rest| rest.split_once("} ")?.1.trim().parse::<u64>().ok())
+            .sum()
+    };
+    (sum("sfu_gso_sends_total"), sum("sfu_gso_datagrams_total"))
+}
+
+/// Datagrams per GSO send between two readings of [`gso_counters`]; 0 without sends.
+fn gso_run_length(before: (u64, u64), after: (u64, u64)) -> f64 {
+    let sends = after.0.saturating_sub(before.0);
+    let datagrams = after.1.saturating_sub(before.1);
+    if sends == 0 {
+        0.0
+    } else {
+        datagrams as f64 / sends as f64
+    }
 }
 
 /// `sfu_forward_delay_seconds` buckets summed over workers: (upper bound in seconds,
@@ -548,5 +588,25 @@ mod tests {
                     sfu_forward_delay_seconds_sum{worker=\"0\"} 0.5\n\
                     sfu_packets_out_total{worker=\"0\"} 9\n";
         assert_eq!(histogram(text), vec![(0.001, 7), (f64::INFINITY, 11)]);
+    }
+
+    #[test]
+    fn gso_runs_are_summed_over_workers_between_two_scrapes() {
+        let scrape = |sends: u64, datagrams: u64| {
+            format!(
+                "# TYPE sfu_gso_sends_total counter\n\
+                 sfu_gso_sends_total{{worker=\"0\"}} {sends}\n\
+                 sfu_gso_sends_total{{worker=\"1\"}} 1\n\
+                 sfu_gso_datagrams_total{{worker=\"0\"}} {datagrams}\n\
+                 sfu_gso_datagrams_total{{worker=\"1\"}} 2\n\
+                 sfu_gso_sends_totalx{{worker=\"0\"}} 99\n"
+            )
+        };
+        let before = gso_counters(&scrape(10, 40));
+        assert_eq!(before, (11, 42));
+        let after = gso_counters(&scrape(30, 120));
+        assert!((gso_run_length(before, after) - 4.0).abs() < 1e-9);
+        assert_eq!(gso_run_length(after, after), 0.0, "no sends in between");
+        assert_eq!(gso_counters("garbage\nsfu_gso_sends_total{"), (0, 0));
     }
 }
