@@ -603,10 +603,11 @@ impl Engine {
     /// after its subscriber's drain, so one str0m's pacer holds back for a later drain counts
     /// as handed with the drain that wrote it.
     pub fn sends_handed(&mut self, handed: Instant) {
-        for (arrival, copies) in self.handed.drain(..) {
-            self.metrics
-                .record_forward_delay(handed.saturating_duration_since(arrival), copies.into());
-        }
+        self.metrics.record_forward_delays(
+            self.handed.drain(..).map(|(arrival, copies)| {
+                (handed.saturating_duration_since(arrival), copies.into())
+            }),
+        );
     }
 
     /// The next message for another worker.
@@ -1559,6 +1560,9 @@ impl Engine {
         let turn = self.fan_out_turn;
         self.fan_out_turn = self.fan_out_turn.wrapping_add(1);
         let mut media = std::mem::take(&mut self.media);
+        // Counted here and published once per call: an atomic add per copy was ~4 % of a
+        // forwarding worker's samples (a locked instruction waits for the copy's stores).
+        let mut copies = 0u64;
         for packet in media.drain(..) {
             let Some(room) = self.rooms.get_mut(&packet.room) else {
                 continue;
@@ -1654,7 +1658,7 @@ impl Engine {
                     };
                     match sub.write_forwarded(index, &packet, rewritten) {
                         Ok(Forwarded::Written) => {
-                            WorkerMetrics::add(&self.metrics.rtp_forwarded, 1);
+                            copies += 1;
                             written = true;
                             sub.unhanded.push(packet.arrival);
                             #[cfg(any(test, feature = "testkit"))]
@@ -1683,6 +1687,7 @@ impl Engine {
                 }
             }
         }
+        WorkerMetrics::add(&self.metrics.rtp_forwarded, copies);
         // Give the allocation back for the next batch.
         self.media = media;
     }

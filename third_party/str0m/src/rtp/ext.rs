@@ -635,9 +635,7 @@ impl Extension {
                 let dur = time_abs.to_unix_duration();
 
                 // Rebase to the 6.18 format.
-                let time_24 = MediaTime::from(dur)
-                    .rebase(Frequency::FIXED_POINT_6_18)
-                    .numer() as u32;
+                let time_24 = abs_send_time_24(dur);
 
                 buf[..3].copy_from_slice(&time_24.to_be_bytes()[1..]);
                 Some(3)
@@ -714,22 +712,25 @@ impl Extension {
                 Some(13)
             }
             RtpStreamId => {
+                // SFU patch (third_party/str0m/PATCHES.md): no UTF-8 check per packet.
                 let v = ev.rid?;
-                let l = v.len();
-                buf[..l].copy_from_slice(v.as_bytes());
-                Some(l)
+                let bytes = v.wire_bytes();
+                buf[..bytes.len()].copy_from_slice(bytes);
+                Some(bytes.len())
             }
             RepairedRtpStreamId => {
+                // SFU patch (third_party/str0m/PATCHES.md): no UTF-8 check per packet.
                 let v = ev.rid_repair?;
-                let l = v.len();
-                buf[..l].copy_from_slice(v.as_bytes());
-                Some(l)
+                let bytes = v.wire_bytes();
+                buf[..bytes.len()].copy_from_slice(bytes);
+                Some(bytes.len())
             }
             RtpMid => {
+                // SFU patch (third_party/str0m/PATCHES.md): no UTF-8 check per packet.
                 let v = ev.mid?;
-                let l = v.len();
-                buf[..l].copy_from_slice(v.as_bytes());
-                Some(l)
+                let bytes = v.wire_bytes();
+                buf[..bytes.len()].copy_from_slice(bytes);
+                Some(bytes.len())
             }
             FrameMarking => {
                 let v = ev.frame_mark?;
@@ -1278,9 +1279,60 @@ impl PartialEq for Extension {
 
 impl Eq for Extension {}
 
+/// SFU patch (third_party/str0m/PATCHES.md): the 6.18 fixed-point seconds of
+/// `abs-send-time`, wrapping at 64 s, in u64 arithmetic. The same bits as rebasing the whole
+/// duration in microseconds to `Frequency::FIXED_POINT_6_18` (an i128 division per packet):
+/// whole 64 s periods are whole multiples of 2^24 in that unit, so only the rest matters.
+fn abs_send_time_24(dur: Duration) -> u32 {
+    let micros = dur.as_secs() % 64 * 1_000_000 + u64::from(dur.subsec_micros());
+    (micros * u64::from(Frequency::FIXED_POINT_6_18.get()) / 1_000_000) as u32
+}
+
 #[cfg(test)]
 mod test {
     use super::*;
+
+    #[test]
+    fn abs_send_time_bits_match_the_rebased_duration() {
+        let rebased = |dur: Duration| {
+            let t = MediaTime::from(dur).rebase(Frequency::FIXED_POINT_6_18);
+            (t.numer() as u32) & 0x00ff_ffff
+        };
+        let mut micros: u64 = 1_764_950_000_123_457; // about now, since the unix epoch
+        for _ in 0..100_000 {
+            let dur = Duration::from_micros(micros);
+            assert_eq!(abs_send_time_24(dur), rebased(dur), "{micros} us");
+            micros += 12_345_677;
+        }
+        for micros in [0, 1, 3, 63_999_999, 64_000_000, 64_000_001, u64::MAX / 1_000] {
+            let dur = Duration::from_micros(micros);
+            assert_eq!(abs_send_time_24(dur), rebased(dur), "{micros} us");
+        }
+    }
+
+    #[test]
+    fn mid_and_rids_read_back_as_written() {
+        // SFU patch: ids are written from their bytes without a UTF-8 check.
+        let mut exts = ExtensionMap::empty();
+        exts.set(1, Extension::RtpMid);
+        exts.set(2, Extension::RtpStreamId);
+        exts.set(3, Extension::RepairedRtpStreamId);
+        for (mid, rid) in [("0", "h"), ("video_1", "q"), ("abcdefghijklmnop", "12345678")] {
+            let ev = ExtensionValues {
+                mid: Some(mid.into()),
+                rid: Some(rid.into()),
+                rid_repair: Some(rid.into()),
+                ..Default::default()
+            };
+            let mut buf = vec![0_u8; 64];
+            let n = exts.write_to(&mut buf[..], &ev, ExtensionsForm::OneByte);
+            let mut parsed = ExtensionValues::default();
+            exts.parse(&buf[..n], ExtensionsForm::OneByte, &mut parsed);
+            assert_eq!(parsed.mid.as_deref(), Some(mid));
+            assert_eq!(parsed.rid.as_deref(), Some(rid));
+            assert_eq!(parsed.rid_repair.as_deref(), Some(rid));
+        }
+    }
 
     #[test]
     fn abs_send_time() {

@@ -23,6 +23,13 @@ macro_rules! str_id {
             pub const fn from_array(a: [u8; $num]) -> $id {
                 $id(a)
             }
+
+            /// SFU patch (third_party/str0m/PATCHES.md): the id as written in a header
+            /// extension, its padding trimmed. Unlike `Deref`, no UTF-8 check per packet:
+            /// every id is ASCII.
+            pub(crate) fn wire_bytes(&self) -> &[u8] {
+                self.0.trim_ascii()
+            }
         }
 
         impl fmt::Display for $id {

@@ -285,7 +285,13 @@ impl TwccRecvRegister {
     pub fn update_seq(&mut self, seq: TwccSeq, time: Instant) {
         self.receive_window.record_seq(seq);
 
-        match self.queue.binary_search_by_key(&seq, |r| r.seq) {
+        // SFU patch (third_party/str0m/PATCHES.md): packets mostly arrive in order, and one
+        // past the newest goes at the end without a binary search over the queue.
+        let position = match self.queue.back() {
+            Some(last) if last.seq < seq => Err(self.queue.len()),
+            _ => self.queue.binary_search_by_key(&seq, |r| r.seq),
+        };
+        match position {
             Ok(_) => {
                 // Exact same SeqNo found. This is an error where the sender potentially
                 // used the same twcc sequence number for two packets. Let's ignore it.
@@ -1020,6 +1026,11 @@ impl<'a> TryFrom<&'a [u8]> for PacketChunk {
 /// SFU patch: how long a send record is kept for TWCC feedback (see `register_seq`).
 const SEND_RECORD_MAX_AGE: Duration = Duration::from_secs(2);
 
+/// SFU patch: how often `register_seq` looks for records past `SEND_RECORD_MAX_AGE`. Looking
+/// at every send read the oldest record's (cold) cache line for each packet; a record may now
+/// stay up to this much longer.
+const SEND_RECORD_PRUNE_INTERVAL: Duration = Duration::from_millis(100);
+
 #[derive(Debug)]
 pub struct TwccSendRegister {
     /// How many send records to keep.
@@ -1037,6 +1048,9 @@ pub struct TwccSendRegister {
 
     /// Last registered Twcc number.
     last_registered: TwccSeq,
+
+    /// SFU patch: when `register_seq` next drops records by age.
+    next_age_prune: Option<Instant>,
 }
 
 impl<'a> IntoIterator for &'a TwccSendRegister {
@@ -1185,6 +1199,7 @@ impl TwccSendRegister {
             time_zero: None,
             apply_report_counter: 0,
             last_registered: 0.into(),
+            next_age_prune: None,
         }
     }
 
@@ -1205,6 +1220,11 @@ impl TwccSendRegister {
         // SFU patch (third_party/str0m/PATCHES.md): also bounded by age. The count bound
         // alone keeps 1000 records (~88 KiB) per session whatever its rate: 17 s of history
         // at 60 packets/s, where feedback and the 1 s loss window need a fraction of that.
+        // Checked every SEND_RECORD_PRUNE_INTERVAL, not at every send.
+        if self.next_age_prune.is_some_and(|t| now < t) {
+            return;
+        }
+        self.next_age_prune = Some(now + SEND_RECORD_PRUNE_INTERVAL);
         while self
             .queue
             .front()
@@ -2525,5 +2545,40 @@ mod test {
                 description
             );
         }
+    }
+
+    #[test]
+    fn receipts_are_kept_in_order_whatever_order_they_arrive_in() {
+        // SFU patch: the in-order fast path of `update_seq` must keep the queue sorted and
+        // without duplicates, as the binary search did.
+        let mut reg = TwccRecvRegister::new(100);
+        let now = Instant::now();
+        for (i, seq) in [1_u64, 2, 4, 3, 5, 2, 9, 7, 9].into_iter().enumerate() {
+            reg.update_seq(seq.into(), now + Duration::from_millis(i as u64));
+        }
+        let seqs: Vec<u64> = reg.queue.iter().map(|r| *r.seq).collect();
+        assert_eq!(seqs, [1, 2, 3, 4, 5, 7, 9]);
+    }
+
+    #[test]
+    fn send_records_leave_within_a_prune_interval_of_their_max_age() {
+        // SFU patch: records older than SEND_RECORD_MAX_AGE go, looked for every
+        // SEND_RECORD_PRUNE_INTERVAL rather than at every send.
+        let mut reg = TwccSendRegister::new(100_000);
+        let start = Instant::now();
+        let mut now = start;
+        for i in 0..5_000 {
+            reg.register_seq(TwccPacketId::new(i), now, 1200);
+            let oldest = reg.queue.front().expect("a record").local_send_time;
+            assert!(
+                now - oldest <= SEND_RECORD_MAX_AGE + SEND_RECORD_PRUNE_INTERVAL,
+                "a record of age {:?} kept",
+                now - oldest
+            );
+            now += Duration::from_millis(1);
+        }
+        // 5 s of sends, one per millisecond: about 2 s of them are left.
+        let kept = reg.queue.len() as u64;
+        assert!((2_000..=2_101).contains(&kept), "{kept} records kept");
     }
 }
