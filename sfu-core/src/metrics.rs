@@ -142,15 +142,9 @@ impl WorkerMetrics {
         self.dropped[reason as usize].fetch_add(n, Ordering::Relaxed);
     }
 
-    /// `copies` forwarded copies of one packet were handed to the socket backend `delay`
-    /// after the packet arrived.
-    pub fn record_forward_delay(&self, delay: Duration, copies: u64) {
-        self.record_forward_delays([(delay, copies)]);
-    }
-
-    /// [`record_forward_delay`](Self::record_forward_delay) for many at once: summed per
-    /// bucket first, so a flush's worth costs an atomic add per bucket it touches rather
-    /// than two per entry.
+    /// For each `(delay, copies)`: `copies` forwarded copies of one packet were handed to the
+    /// socket backend `delay` after the packet arrived. Summed per bucket first, so a flush's
+    /// worth costs an atomic add per bucket it touches rather than two per entry.
     pub fn record_forward_delays(&self, delays: impl IntoIterator<Item = (Duration, u64)>) {
         let mut counts = [0u64; FORWARD_DELAY_BUCKETS_US.len() + 1];
         let mut sum_us = 0u64;
@@ -226,11 +220,11 @@ mod tests {
     #[test]
     fn a_forwarding_delay_lands_in_the_first_bucket_that_bounds_it() {
         let m = WorkerMetrics::default();
-        m.record_forward_delay(Duration::ZERO, 1);
-        m.record_forward_delay(Duration::from_micros(10), 2); // on a bound: that bucket
-        m.record_forward_delay(Duration::from_micros(11), 3);
-        m.record_forward_delay(Duration::from_micros(1_000), 4);
-        m.record_forward_delay(Duration::from_secs(1), 5); // above every bound
+        m.record_forward_delays([(Duration::ZERO, 1)]);
+        m.record_forward_delays([(Duration::from_micros(10), 2)]); // on a bound: that bucket
+        m.record_forward_delays([(Duration::from_micros(11), 3)]);
+        m.record_forward_delays([(Duration::from_micros(1_000), 4)]);
+        m.record_forward_delays([(Duration::from_secs(1), 5)]); // above every bound
         let stats = m.snapshot(0, 0);
         let at = |us: u64| {
             FORWARD_DELAY_BUCKETS_US
@@ -261,7 +255,7 @@ mod tests {
         ];
         let one_by_one = WorkerMetrics::default();
         for (delay, copies) in delays {
-            one_by_one.record_forward_delay(delay, copies);
+            one_by_one.record_forward_delays([(delay, copies)]);
         }
         let together = WorkerMetrics::default();
         together.record_forward_delays(delays);
