@@ -1234,6 +1234,20 @@ impl TwccSendRegister {
         }
     }
 
+    /// Where the record of `seq` is in the queue, whose first record is `head_seq`.
+    ///
+    /// SFU patch (third_party/str0m/PATCHES.md): records are registered one sequence number
+    /// after another and leave from the front, so `seq` is at `seq - head_seq`; that one
+    /// record is checked. The queue is in seq order whatever happens, so a binary search
+    /// finds anything else.
+    fn index_of(&self, seq: TwccSeq, head_seq: TwccSeq) -> Option<usize> {
+        let guess = usize::try_from(seq.checked_sub(*head_seq)?).ok()?;
+        if self.queue.get(guess).is_some_and(|r| r.seq() == seq) {
+            return Some(guess);
+        }
+        self.queue.binary_search_by_key(&seq, |r| r.seq()).ok()
+    }
+
     /// Apply a TWCC RTCP report.
     ///
     /// Returns iterator over [`TwccSendRecord`]s included in the given [`Twcc`]
@@ -1258,9 +1272,7 @@ impl TwccSendRegister {
             .skip_while(|(seq, _, _)| seq < &head_seq);
         let (first_seq_no, _, first_instant) = iter.next()?;
 
-        // The queue is in seq order: find the report's first record by
-        // binary search rather than walking every older record.
-        let Ok(first_index) = self.queue.binary_search_by_key(&first_seq_no, |r| r.seq()) else {
+        let Some(first_index) = self.index_of(first_seq_no, head_seq) else {
             // Old report for which we no longer have any send records.
             return None;
         };
@@ -2127,6 +2139,45 @@ mod test {
                 "Report should have recorded recv_report"
             );
         }
+    }
+
+    #[test]
+    fn reports_find_their_first_record_with_and_without_gaps() {
+        fn report(base_seq: u16) -> Twcc {
+            Twcc {
+                sender_ssrc: Ssrc::new(),
+                ssrc: Ssrc::new(),
+                base_seq,
+                status_count: 3,
+                reference_time: 35,
+                feedback_count: 0,
+                chunks: [PacketChunk::Run(PacketStatus::ReceivedSmallDelta, 3)].into(),
+                delta: [Delta::Small(10), Delta::Small(10), Delta::Small(10)].into(),
+            }
+        }
+        fn acked(reg: &mut TwccSendRegister, base_seq: u16, now: Instant) -> Vec<u64> {
+            reg.apply_report(report(base_seq), now)
+                .map(|records| records.map(|r| *r.seq()).collect())
+                .unwrap_or_default()
+        }
+
+        let now = Instant::now();
+        // Contiguous: the record is where its sequence number says.
+        let mut reg = TwccSendRegister::new(100);
+        for i in 0..50 {
+            reg.register_seq(TwccPacketId::new(i), now, 100);
+        }
+        assert_eq!(acked(&mut reg, 10, now), vec![10, 11, 12]);
+        assert_eq!(acked(&mut reg, 47, now), vec![47, 48, 49]);
+
+        // A gap (numbers registered out of line): found by the search.
+        let mut reg = TwccSendRegister::new(100);
+        for i in (0..10).chain(20..40) {
+            reg.register_seq(TwccPacketId::new(i), now, 100);
+        }
+        assert_eq!(acked(&mut reg, 25, now), vec![25, 26, 27]);
+        // Reported but never registered: nothing to update.
+        assert_eq!(acked(&mut reg, 12, now), Vec::<u64>::new());
     }
 
     #[test]
