@@ -145,8 +145,9 @@ mod test {
         let start = Instant::now();
         let mut smoother = EstimateSmoother::new();
         let mut emitted = 0;
-        // An estimate changing at every 4 ms timeout for 10 s, then steady for 3.6 s: the window fills
-        // to hundreds of entries, slides, and shrinks to one. Whole bps keep the sums exact.
+        // An estimate changing at every 4 ms timeout for 10 s, then steady for 3.6 s: the
+        // window fills to hundreds of entries, slides, and shrinks to one. Whole bps keep the
+        // sums exact.
         for i in 0..3_400_u64 {
             let now = start + Duration::from_millis(4 * i);
             let bps = if i < 2_500 {
