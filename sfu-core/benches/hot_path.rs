@@ -157,7 +157,40 @@ fn capture_media(kit: &mut Kit, publisher: PeerRef) -> (Arc<MediaPacket>, Instan
     panic!("the publisher's video never reached the other worker");
 }
 
+/// `HOT_PATH_FORWARD=SUBSCRIBERS:PACKETS`: instead of the benchmarks, forward PACKETS packets
+/// to SUBSCRIBERS subscribers once, check that each reached every subscriber, and exit. Run under
+/// `valgrind --tool=callgrind --toggle-collect='*forward_counted*'`, this counts the
+/// instructions of the forwarding path alone: the same count on every run, where its time on
+/// a shared machine moves by 10-20 % (bench/README.md).
+fn forward_counted_from_env() {
+    let Ok(spec) = std::env::var("HOT_PATH_FORWARD") else {
+        return;
+    };
+    let parsed = spec
+        .split_once(':')
+        .and_then(|(s, p)| Some((s.parse::<usize>().ok()?, p.parse::<usize>().ok()?)));
+    let Some((subscribers, packets)) = parsed else {
+        eprintln!("HOT_PATH_FORWARD={spec}: expected SUBSCRIBERS:PACKETS, e.g. 100:200");
+        std::process::exit(2);
+    };
+    let mut fanout = Fanout::new(subscribers);
+    let sent = forward_counted(&mut fanout, packets);
+    assert_eq!(
+        sent,
+        subscribers * packets,
+        "every packet went to every subscriber"
+    );
+    eprintln!("forwarded {packets} packets to {subscribers} subscribers: {sent} datagrams");
+    std::process::exit(0);
+}
+
+#[inline(never)]
+fn forward_counted(fanout: &mut Fanout, packets: usize) -> usize {
+    (0..packets).map(|_| fanout.forward_one()).sum()
+}
+
 fn forward_to_n(c: &mut Criterion) {
+    forward_counted_from_env();
     let mut group = c.benchmark_group("forward_to_n");
     for n in [1, 10, 100] {
         let mut fanout = Fanout::new(n);

@@ -36,6 +36,13 @@ pub struct Dtls {
     /// the backend's fragmenter; outgoing records larger than the warn
     /// threshold log a warning.
     mtu: RangeInclusive<usize>,
+
+    /// SFU patch (third_party/str0m/PATCHES.md): the timeout the instance last answered a
+    /// poll with, while nothing has been fed to it since. A sans-IO instance that has said
+    /// "nothing before this instant" says it again until it is given a packet, data, a
+    /// timeout or a close; `Rtc` polls DTLS on every output it makes, so after the
+    /// handshake the answer is kept instead of asked for.
+    idle: Option<Instant>,
 }
 
 pub(crate) fn is_would_block(error: &DtlsError) -> bool {
@@ -79,6 +86,7 @@ impl Dtls {
             active_state: None,
             pending_packets: VecDeque::new(),
             mtu,
+            idle: None,
         })
     }
 
@@ -95,6 +103,7 @@ impl Dtls {
     /// Set whether this instance is active (client) or passive (server).
     pub fn set_active(&mut self, active: bool) {
         self.active_state = Some(active);
+        self.idle = None;
         self.instance.set_active(active)
     }
 
@@ -133,6 +142,10 @@ impl Dtls {
             return DtlsOutput::Timeout(not_happening());
         }
 
+        if let Some(at) = self.idle {
+            return DtlsOutput::Timeout(at);
+        }
+
         let next = self.instance.poll_output(buf);
 
         if let DtlsOutput::Packet(packet) = next {
@@ -143,6 +156,10 @@ impl Dtls {
 
             // Return timeout indicating we want another poll straight away
             return DtlsOutput::Timeout(already_happened());
+        }
+
+        if let DtlsOutput::Timeout(at) = next {
+            self.idle = Some(at);
         }
 
         next
@@ -159,6 +176,7 @@ impl Dtls {
             return Ok(());
         }
 
+        self.idle = None;
         self.instance
             .handle_packet(packet)
             .map_err(|e| DtlsError::CryptoError(CryptoError::Other(format!("DTLS error: {}", e))))
@@ -178,6 +196,7 @@ impl Dtls {
             return Err(make_handshake_pending_err());
         }
 
+        self.idle = None;
         let accepted = self.instance.send_application_data(data).map_err(|e| {
             DtlsError::CryptoError(CryptoError::Other(format!("DTLS error: {}", e)))
         })?;
@@ -195,6 +214,7 @@ impl Dtls {
             return Ok(());
         }
 
+        self.idle = None;
         self.instance
             .handle_timeout(now)
             .map_err(|e| DtlsError::CryptoError(CryptoError::Other(format!("DTLS error: {}", e))))
@@ -202,6 +222,7 @@ impl Dtls {
 
     /// Initiate graceful shutdown by sending a close_notify alert.
     pub fn close(&mut self) -> Result<(), DtlsError> {
+        self.idle = None;
         self.instance
             .close()
             .map_err(|e| DtlsError::CryptoError(CryptoError::Other(format!("DTLS error: {}", e))))
@@ -310,5 +331,89 @@ mod tests {
         client.close().unwrap();
         let err = client.handle_input(data).unwrap_err();
         assert!(!is_would_block(&err));
+    }
+
+    // SFU patch: an idle instance's timeout is kept, and whatever is fed to the instance
+    // afterwards is still polled out of it.
+    #[test]
+    #[cfg(any(
+        feature = "aws-lc-rs",
+        feature = "rust-crypto",
+        feature = "openssl-dimpl",
+        feature = "wincrypto",
+        feature = "apple-crypto",
+    ))]
+    fn an_idle_instance_keeps_its_timeout_until_fed() {
+        // Poll `from` until it has nothing more, handing its packets to `to`.
+        fn drain(from: &mut Dtls, to: &mut Dtls, received: &mut Vec<Vec<u8>>) -> Instant {
+            let mut buf = [0; 2048];
+            loop {
+                let output = from.poll_output(&mut buf);
+                if let DtlsOutput::ApplicationData(data) = &output {
+                    received.push(data.to_vec());
+                }
+                let at = match output {
+                    DtlsOutput::Timeout(at) => Some(at),
+                    _ => None,
+                };
+                let mut sent = false;
+                while let Some(packet) = from.poll_packet() {
+                    to.handle_receive(&packet).unwrap();
+                    sent = true;
+                }
+                if let (Some(at), false) = (at, sent) {
+                    return at;
+                }
+            }
+        }
+
+        let now = Instant::now();
+        let mut client = new_dtls(now, DtlsVersion::Dtls12);
+        let mut server = new_dtls(now, DtlsVersion::Dtls12);
+        client.set_active(true);
+        server.set_active(false);
+        client.handle_timeout(now).unwrap();
+        server.handle_timeout(now).unwrap();
+        let mut received = Vec::new();
+        for _ in 0..10 {
+            drain(&mut client, &mut server, &mut received);
+            drain(&mut server, &mut client, &mut received);
+        }
+        assert_eq!(client.protocol_version(), Some(ProtocolVersion::DTLS1_2));
+        assert_eq!(server.protocol_version(), Some(ProtocolVersion::DTLS1_2));
+
+        // Idle: the kept answer is the instance's own.
+        let idle_at = drain(&mut server, &mut client, &mut received);
+        assert_eq!(server.idle, Some(idle_at));
+        let mut buf = [0; 2048];
+        for _ in 0..3 {
+            assert!(
+                matches!(server.poll_output(&mut buf), DtlsOutput::Timeout(at) if at == idle_at)
+            );
+        }
+
+        // Data fed to the client, then its records fed to the idle server: both are
+        // polled again, without a timeout in between.
+        client.handle_input(b"first").unwrap();
+        assert_eq!(client.idle, None);
+        drain(&mut client, &mut server, &mut received);
+        assert_eq!(server.idle, None);
+        drain(&mut server, &mut client, &mut received);
+        assert_eq!(received, vec![b"first".to_vec()]);
+
+        // And the other way, after both went idle again.
+        server.handle_input(b"second").unwrap();
+        drain(&mut server, &mut client, &mut received);
+        drain(&mut client, &mut server, &mut received);
+        assert_eq!(received, vec![b"first".to_vec(), b"second".to_vec()]);
+
+        // A timeout and a close are fed too.
+        drain(&mut client, &mut server, &mut received);
+        assert!(client.idle.is_some());
+        client.handle_timeout(now).unwrap();
+        assert_eq!(client.idle, None);
+        drain(&mut client, &mut server, &mut received);
+        client.close().unwrap();
+        assert_eq!(client.idle, None);
     }
 }

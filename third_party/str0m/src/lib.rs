@@ -942,6 +942,14 @@ pub struct Rtc {
     // Last timeout returned by `poll_output`, reused while the readiness says
     // the timeout is still valid.
     cached_timeout: Instant,
+    // SFU patch (third_party/str0m/PATCHES.md): the soonest timer that is not the
+    // pacer's, computed with `cached_timeout` and valid as long as it is. A timeout
+    // before it only runs the pacer.
+    unpaced_timeout: Instant,
+    #[cfg(test)]
+    paced_timeouts_skip: bool,
+    #[cfg(test)]
+    paced_timeouts_taken: usize,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -1315,6 +1323,11 @@ impl Rtc {
             close_dtls_started: false,
             readiness: Readiness::armed(),
             cached_timeout: start,
+            unpaced_timeout: start,
+            #[cfg(test)]
+            paced_timeouts_skip: true,
+            #[cfg(test)]
+            paced_timeouts_taken: 0,
         })
     }
 
@@ -1900,16 +1913,27 @@ impl Rtc {
     fn poll_timeout(&mut self) -> Instant {
         if self.readiness.wants_timeout() {
             let stats_timeout = self.stats.as_mut().and_then(|s| s.poll_timeout());
-            let time_and_reason = (None, Reason::NotHappening)
+            let ice_timeout = self.ice.poll_timeout();
+            let (session_timeout, session_unpaced) = self.session.poll_timeouts();
+            let sctp_timeout = self.sctp.poll_timeout();
+            let chan_timeout = self.chan.poll_timeout(&self.sctp);
+            let before_session = (None, Reason::NotHappening)
                 .soonest((self.next_dtls_timeout, Reason::DTLS))
-                .soonest((self.ice.poll_timeout(), Reason::Ice))
-                .soonest(self.session.poll_timeout())
-                .soonest((self.sctp.poll_timeout(), Reason::Sctp))
-                .soonest((self.chan.poll_timeout(&self.sctp), Reason::Channel))
+                .soonest((ice_timeout, Reason::Ice));
+            let after_session = (sctp_timeout, Reason::Sctp)
+                .soonest((chan_timeout, Reason::Channel))
                 .soonest((stats_timeout, Reason::Stats));
+            let time_and_reason = before_session
+                .soonest(session_timeout)
+                .soonest(after_session);
 
             let time = time_and_reason.0.unwrap_or_else(not_happening);
             self.cached_timeout = time.max(self.last_now);
+            self.unpaced_timeout = before_session
+                .soonest((session_unpaced, Reason::NotHappening))
+                .soonest(after_session)
+                .0
+                .unwrap_or_else(not_happening);
             self.last_timeout_reason = time_and_reason.1;
             self.readiness.clear_timeout();
         }
@@ -2107,6 +2131,22 @@ impl Rtc {
 
         self.last_now = now;
 
+        // SFU patch (third_party/str0m/PATCHES.md): with pacing, every packet sent is
+        // followed by a timeout just after it. While the timers computed for the last
+        // `Output::Timeout` stand (nothing has moved one since) and none but the pacer's
+        // is due, only the pacer runs: ICE, SCTP, the channels, the streams, the
+        // estimator and the stats are not due.
+        if !self.readiness.wants_timeout() && now < self.unpaced_timeout && self.paced_only() {
+            #[cfg(test)]
+            {
+                self.paced_timeouts_taken += 1;
+            }
+            let Rtc {
+                session, readiness, ..
+            } = self;
+            return session.handle_paced_timeout(now, &mut readiness.wake());
+        }
+
         // Disjoint borrows so each subsystem gets its own armed `Wake` and
         // makes its own re-poll decision; the guards fold into `readiness`
         // independently as each statement ends.
@@ -2160,6 +2200,18 @@ impl Rtc {
         }
 
         Ok(())
+    }
+
+    // Whether a timeout before `unpaced_timeout` may run only the pacer (tests compare
+    // both ways).
+    #[cfg(not(test))]
+    fn paced_only(&self) -> bool {
+        true
+    }
+
+    #[cfg(test)]
+    fn paced_only(&self) -> bool {
+        self.paced_timeouts_skip
     }
 
     fn do_handle_receive(&mut self, recv_time: Instant, r: net::Receive) -> Result<(), RtcError> {

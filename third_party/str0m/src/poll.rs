@@ -243,7 +243,10 @@ mod tests {
     use std::time::Instant;
 
     fn idle_rtc() -> Rtc {
-        let now = Instant::now();
+        idle_rtc_at(Instant::now())
+    }
+
+    fn idle_rtc_at(now: Instant) -> Rtc {
         let mut rtc = Rtc::builder()
             .enable_bwe(Some(Bitrate::kbps(300)))
             .build(now);
@@ -260,6 +263,75 @@ mod tests {
         assert!(!rtc.readiness.wants_events());
         assert!(!rtc.readiness.wants_timeout());
         rtc
+    }
+
+    // SFU patch (third_party/str0m/PATCHES.md): the timeouts the pacer asks for between
+    // packets run the pacer alone while no other timer is due. The media leaves at the same
+    // instants, in the same order, as when every timeout runs everything.
+    #[test]
+    fn pacer_only_timeouts_send_what_whole_timeouts_send() {
+        use crate::streams::RtpWrite;
+        use std::time::Duration;
+
+        // (time since start, sequence number, length) of each datagram of SSRC 42.
+        fn run(start: Instant, paced_only: bool) -> (Vec<(Duration, u16, usize)>, usize) {
+            let mut rtc = idle_rtc_at(start);
+            rtc.paced_timeouts_skip = paced_only;
+            rtc.send_addr = Some(crate::SendAddr {
+                proto: crate::net::Protocol::Udp,
+                source: "10.0.0.1:5000".parse().unwrap(),
+                destination: "10.0.0.2:6000".parse().unwrap(),
+            });
+            let pt = rtc.session.codec_config.params()[0].pt();
+            let mut sent = Vec::new();
+            let mut now = start;
+            let mut seq = 0_u64;
+            for frame in 1..=90_u64 {
+                // 30 frames a second of three 400-byte packets: paced at the initial
+                // estimate, so the packets of one frame leave apart.
+                let frame_at = start + Duration::from_millis(frame * 33);
+                for polls in 0.. {
+                    assert!(
+                        polls < 10_000,
+                        "frame {frame}: the outputs never reach its time"
+                    );
+                    match rtc.poll_output().unwrap() {
+                        Output::Timeout(at) if at <= frame_at => {
+                            now = now.max(at);
+                            rtc.handle_input(Input::Timeout(now)).unwrap();
+                        }
+                        Output::Timeout(_) => break,
+                        Output::Transmit(t) => {
+                            let d: &[u8] = &t.contents;
+                            if d.len() >= 12 && d[8..12] == 42_u32.to_be_bytes() {
+                                let seq = u16::from_be_bytes([d[2], d[3]]);
+                                sent.push((now - start, seq, d.len()));
+                            }
+                        }
+                        Output::Event(_) => {}
+                    }
+                }
+                now = frame_at;
+                rtc.handle_input(Input::Timeout(now)).unwrap();
+                for _ in 0..3 {
+                    let time = (frame * 3000) as u32;
+                    let write = RtpWrite::new(pt, seq.into(), time, now, vec![7; 400]);
+                    let mut api = rtc.direct_api();
+                    api.stream_tx(&42.into()).unwrap().write_rtp(write);
+                    seq += 1;
+                }
+            }
+            (sent, rtc.paced_timeouts_taken)
+        }
+
+        let start = Instant::now();
+        let (whole, none_taken) = run(start, false);
+        let (paced, taken) = run(start, true);
+        assert_eq!(none_taken, 0);
+        assert!(taken > 100, "pacer-only timeouts taken: {taken}");
+        let media = |sent: &[(Duration, u16, usize)]| sent.iter().filter(|p| p.2 > 400).count();
+        assert!(media(&whole) >= 3 * 85, "media sent: {}", media(&whole));
+        assert_eq!(paced, whole);
     }
 
     #[test]

@@ -351,6 +351,35 @@ impl Session {
         Ok(())
     }
 
+    /// A timeout before any timer but the pacer's is due ([`Session::poll_timeouts`]): the
+    /// pacer runs as in [`Session::handle_timeout`], and a probe it has completed ends; the
+    /// estimator, the streams, the payloader and the feedback timers, none of which is due,
+    /// are left alone.
+    ///
+    /// SFU patch (third_party/str0m/PATCHES.md): with pacing, every packet sent is followed by
+    /// a timeout just after it, and each ran all of `handle_timeout`.
+    pub fn handle_paced_timeout(&mut self, now: Instant, wake: &mut Wake) -> Result<(), RtcError> {
+        if self.rtp_closing {
+            wake.no_events();
+            wake.no_timeout();
+            return Ok(());
+        }
+        let probing = self.bwe.is_some() && self.pacer.active_cluster().is_some();
+        let probe_media = if probing {
+            self.srtp_tx.as_ref().and_then(|_| self.probe_media())
+        } else {
+            None
+        };
+        if let Some(bwe) = self.bwe.as_mut() {
+            if let Some(cluster_id) = self.pacer.check_probe_complete(now) {
+                bwe.end_probe(now, cluster_id);
+                self.streams.set_probe_media(None);
+            }
+        }
+        self.update_queue_state(now, probe_media);
+        Ok(())
+    }
+
     fn handle_timeout_bwe(&mut self, now: Instant) -> Option<(Mid, Pt)> {
         self.bwe.as_ref()?;
 
@@ -1298,13 +1327,23 @@ impl Session {
         Some(protected.into())
     }
 
+    #[cfg(test)]
     pub fn poll_timeout(&mut self) -> (Option<Instant>, Reason) {
+        self.poll_timeouts().0
+    }
+
+    /// The next timeout, and the soonest of the timers that are not the pacer's.
+    ///
+    /// SFU patch (third_party/str0m/PATCHES.md): until that second instant, a timeout only
+    /// needs [`Session::handle_paced_timeout`].
+    pub fn poll_timeouts(&mut self) -> ((Option<Instant>, Reason), Option<Instant>) {
         if self.rtp_closing {
-            return if self.feedback_tx.is_empty() {
+            let next = if self.feedback_tx.is_empty() {
                 (None, Reason::NotHappening)
             } else {
                 (Some(already_happened()), Reason::Feedback)
             };
+            return (next, next.0);
         }
 
         self.update_receive_recovery();
@@ -1330,16 +1369,20 @@ impl Session {
             // We should never see this reason.
             .unwrap_or((None, Reason::BweDelayControl));
 
-        (feedback_at, Reason::Feedback)
+        // Of equal times the later in this order gives the reason; the pacer's place in it
+        // is kept, so the reasons are as they were before `unpaced` was computed.
+        let before_pacing = (feedback_at, Reason::Feedback)
             .soonest((request_at, Reason::Feedback))
             .soonest((nack_at, Reason::Nack))
-            .soonest((twcc_at, Reason::Twcc))
-            .soonest(pacing_at)
-            .soonest((receive_at, Reason::ReceiveReorder))
+            .soonest((twcc_at, Reason::Twcc));
+        let after_pacing = (receive_at, Reason::ReceiveReorder)
             .soonest((packetize_at, Reason::Packetize))
             .soonest((paused_at, Reason::PauseCheck))
             .soonest((send_stream_at, Reason::SendStream))
-            .soonest(bwe_at)
+            .soonest(bwe_at);
+        let next = before_pacing.soonest(pacing_at).soonest(after_pacing);
+        let unpaced = before_pacing.soonest(after_pacing).0;
+        (next, unpaced)
     }
 
     pub fn has_mid(&self, mid: Mid) -> bool {
