@@ -365,17 +365,8 @@ impl Session {
             return Ok(());
         }
         let probing = self.bwe.is_some() && self.pacer.active_cluster().is_some();
-        let probe_media = if probing {
-            self.srtp_tx.as_ref().and_then(|_| self.probe_media())
-        } else {
-            None
-        };
-        if let Some(bwe) = self.bwe.as_mut() {
-            if let Some(cluster_id) = self.pacer.check_probe_complete(now) {
-                bwe.end_probe(now, cluster_id);
-                self.streams.set_probe_media(None);
-            }
-        }
+        let probe_media = probing.then(|| self.keyed_probe_media()).flatten();
+        self.end_completed_probe(now);
         self.update_queue_state(now, probe_media);
         Ok(())
     }
@@ -387,7 +378,7 @@ impl Session {
         // sending media section has both a transport sequence extension and a
         // payload type supporting TWCC feedback. No prior media packet or RTX
         // stream is required. The Direct API uses its configured capabilities.
-        let probe_media = self.srtp_tx.as_ref().and_then(|_| self.probe_media());
+        let probe_media = self.keyed_probe_media();
         let do_probe = probe_media.is_some();
         let bwe = self.bwe.as_mut()?;
 
@@ -402,12 +393,24 @@ impl Session {
             }
         }
 
-        // Check if active probe just completed
+        self.end_completed_probe(now);
+        probe_media
+    }
+
+    /// The media to probe on, once SRTP keys are available ([`Session::probe_media`]).
+    fn keyed_probe_media(&self) -> Option<(Mid, Pt)> {
+        self.srtp_tx.as_ref().and_then(|_| self.probe_media())
+    }
+
+    /// End the probe the pacer has just completed, if any.
+    fn end_completed_probe(&mut self, now: Instant) {
+        let Some(bwe) = self.bwe.as_mut() else {
+            return;
+        };
         if let Some(cluster_id) = self.pacer.check_probe_complete(now) {
             bwe.end_probe(now, cluster_id);
             self.streams.set_probe_media(None);
         }
-        probe_media
     }
 
     fn update_queue_state(&mut self, now: Instant, probe_media: Option<(Mid, Pt)>) {
