@@ -51,6 +51,7 @@ struct Fanout {
     packet: Arc<MediaPacket>,
     now: Instant,
     next_seq: u64,
+    frame_timestamp: u32,
     subscribers: usize,
 }
 
@@ -89,6 +90,7 @@ impl Fanout {
         Self {
             kit,
             next_seq: packet.header.seq + 1,
+            frame_timestamp: packet.header.timestamp,
             packet,
             now,
             subscribers,
@@ -97,15 +99,24 @@ impl Fanout {
 
     /// Forward the next packet to every subscriber; returns the datagrams handed out.
     fn forward_one(&mut self) -> usize {
+        self.forward_frame(1)
+    }
+
+    /// Hand the next `packets` packets (one frame) to the worker together, as a receive batch
+    /// holding a frame does, then drain: returns the datagrams handed out.
+    fn forward_frame(&mut self, packets: usize) -> usize {
         self.now += PACKET_SPACING;
-        let mut packet = MediaPacket::clone(&self.packet);
-        packet.header.seq = self.next_seq;
-        packet.header.timestamp = packet.header.timestamp.wrapping_add(90);
-        packet.header.keyframe = false;
-        packet.arrival = self.now;
-        self.next_seq += 1;
         let engine = &mut self.kit.nodes[0].engines[1];
-        engine.handle_cross_worker(self.now, CrossWorker::Media(Arc::new(packet)));
+        self.frame_timestamp = self.frame_timestamp.wrapping_add(90);
+        for _ in 0..packets {
+            let mut packet = MediaPacket::clone(&self.packet);
+            packet.header.seq = self.next_seq;
+            packet.header.timestamp = self.frame_timestamp;
+            packet.header.keyframe = false;
+            packet.arrival = self.now;
+            self.next_seq += 1;
+            engine.handle_cross_worker(self.now, CrossWorker::Media(Arc::new(packet)));
+        }
         let mut sent = 0;
         if engine.poll_timeout() <= self.now {
             engine.handle_timeout(self.now);
@@ -157,8 +168,10 @@ fn capture_media(kit: &mut Kit, publisher: PeerRef) -> (Arc<MediaPacket>, Instan
     panic!("the publisher's video never reached the other worker");
 }
 
-/// `HOT_PATH_FORWARD=SUBSCRIBERS:PACKETS`: instead of the benchmarks, forward PACKETS packets
-/// to SUBSCRIBERS subscribers once, check that each reached every subscriber, and exit. Run under
+/// `HOT_PATH_FORWARD=SUBSCRIBERS:PACKETS[:FRAME]`: instead of the benchmarks, forward PACKETS
+/// packets to SUBSCRIBERS subscribers once, FRAME packets at a time (1 if not given; a receive
+/// batch holding a video frame's packets is drained together), check that each reached every
+/// subscriber, and exit. Run under
 /// `valgrind --tool=callgrind --toggle-collect='*forward_counted*'`, this counts the
 /// instructions of the forwarding path alone: the same count on every run, where its time on
 /// a shared machine moves by 10-20 % (bench/README.md).
@@ -166,27 +179,36 @@ fn forward_counted_from_env() {
     let Ok(spec) = std::env::var("HOT_PATH_FORWARD") else {
         return;
     };
-    let parsed = spec
-        .split_once(':')
-        .and_then(|(s, p)| Some((s.parse::<usize>().ok()?, p.parse::<usize>().ok()?)));
-    let Some((subscribers, packets)) = parsed else {
-        eprintln!("HOT_PATH_FORWARD={spec}: expected SUBSCRIBERS:PACKETS, e.g. 100:200");
-        std::process::exit(2);
+    let numbers: Vec<usize> = spec.split(':').filter_map(|n| n.parse().ok()).collect();
+    let (subscribers, packets, frame) = match numbers[..] {
+        [s, p] if spec.split(':').count() == 2 => (s, p, 1),
+        [s, p, f] if f > 0 && p % f == 0 => (s, p, f),
+        _ => {
+            eprintln!(
+                "HOT_PATH_FORWARD={spec}: expected SUBSCRIBERS:PACKETS[:FRAME] with FRAME \
+                 dividing PACKETS, e.g. 100:200 or 100:200:4"
+            );
+            std::process::exit(2);
+        }
     };
     let mut fanout = Fanout::new(subscribers);
-    let sent = forward_counted(&mut fanout, packets);
+    let sent = forward_counted(&mut fanout, packets, frame);
     assert_eq!(
         sent,
         subscribers * packets,
         "every packet went to every subscriber"
     );
-    eprintln!("forwarded {packets} packets to {subscribers} subscribers: {sent} datagrams");
+    eprintln!(
+        "forwarded {packets} packets, {frame} at a time, to {subscribers} subscribers: {sent} datagrams"
+    );
     std::process::exit(0);
 }
 
 #[inline(never)]
-fn forward_counted(fanout: &mut Fanout, packets: usize) -> usize {
-    (0..packets).map(|_| fanout.forward_one()).sum()
+fn forward_counted(fanout: &mut Fanout, packets: usize, frame: usize) -> usize {
+    (0..packets / frame)
+        .map(|_| fanout.forward_frame(frame))
+        .sum()
 }
 
 fn forward_to_n(c: &mut Criterion) {

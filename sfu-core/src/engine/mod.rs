@@ -381,7 +381,14 @@ impl Engine {
                 return;
             }
         }
-        self.drain_session(peer);
+        if self.transmits.len() >= HANDOVER_CHUNK {
+            // A chunk waits for the shell: this session's answer queues behind it and is
+            // drained in turn, so inputs arriving together (feedback from every subscriber
+            // of a fan-out at once) do not grow a handover past a chunk either.
+            self.mark_dirty(peer);
+        } else {
+            self.drain_session(peer);
+        }
     }
 
     /// A message from another worker.

@@ -352,9 +352,8 @@ impl Session {
     }
 
     /// A timeout before any timer but the pacer's is due ([`Session::poll_timeouts`]): the
-    /// pacer runs as in [`Session::handle_timeout`], and a probe it has completed ends; the
-    /// estimator, the streams, the payloader and the feedback timers, none of which is due,
-    /// are left alone.
+    /// estimator and the pacer run as in [`Session::handle_timeout`]; the streams, the
+    /// payloader and the feedback timers, none of which is due, are left alone.
     ///
     /// SFU patch (third_party/str0m/PATCHES.md): with pacing, every packet sent is followed by
     /// a timeout just after it, and each ran all of `handle_timeout`.
@@ -364,9 +363,11 @@ impl Session {
             wake.no_timeout();
             return Ok(());
         }
-        let probing = self.bwe.is_some() && self.pacer.active_cluster().is_some();
-        let probe_media = probing.then(|| self.keyed_probe_media()).flatten();
-        self.end_completed_probe(now);
+        // The estimator runs here too: its rate controller adds at least 1 kbit/s per call,
+        // so how fast an estimate ramps depends on being called as often as upstream calls it
+        // (upstream's tests `minimum_improves_recovery_with_a_fixed_layer` and `bwe_cellular`
+        // fail when it runs only on whole timeouts).
+        let probe_media = self.handle_timeout_bwe(now);
         self.update_queue_state(now, probe_media);
         Ok(())
     }
@@ -378,7 +379,7 @@ impl Session {
         // sending media section has both a transport sequence extension and a
         // payload type supporting TWCC feedback. No prior media packet or RTX
         // stream is required. The Direct API uses its configured capabilities.
-        let probe_media = self.keyed_probe_media();
+        let probe_media = self.srtp_tx.as_ref().and_then(|_| self.probe_media());
         let do_probe = probe_media.is_some();
         let bwe = self.bwe.as_mut()?;
 
@@ -393,24 +394,12 @@ impl Session {
             }
         }
 
-        self.end_completed_probe(now);
-        probe_media
-    }
-
-    /// The media to probe on, once SRTP keys are available ([`Session::probe_media`]).
-    fn keyed_probe_media(&self) -> Option<(Mid, Pt)> {
-        self.srtp_tx.as_ref().and_then(|_| self.probe_media())
-    }
-
-    /// End the probe the pacer has just completed, if any.
-    fn end_completed_probe(&mut self, now: Instant) {
-        let Some(bwe) = self.bwe.as_mut() else {
-            return;
-        };
+        // Check if active probe just completed
         if let Some(cluster_id) = self.pacer.check_probe_complete(now) {
             bwe.end_probe(now, cluster_id);
             self.streams.set_probe_media(None);
         }
+        probe_media
     }
 
     fn update_queue_state(&mut self, now: Instant, probe_media: Option<(Mid, Pt)>) {

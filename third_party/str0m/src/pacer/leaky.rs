@@ -124,11 +124,15 @@ impl Pacer for LeakyBucketPacer {
 
     fn poll_queue(&mut self) -> Option<(MidRid, Option<TwccClusterId>)> {
         // GATE: Block if we need timeout first
-        if self.needs_timeout_before_next_poll {
-            return None;
-        }
-
-        let next = self.next_poll_queue.take()?;
+        let next = if self.needs_timeout_before_next_poll {
+            // SFU patch (third_party/str0m/PATCHES.md): an unpaced queue is what the next
+            // timeout would pick anyway, whatever the debts, so its packets need none.
+            self.next_unpaced_in_snapshot()?
+        } else {
+            let next = self.next_poll_queue.take()?;
+            self.count_off(next);
+            next
+        };
 
         // Mark that we need timeout before next poll
         self.needs_timeout_before_next_poll = true;
@@ -464,6 +468,38 @@ impl LeakyBucketPacer {
         })
     }
 
+    /// The unpaced queue the next timeout would choose from the last snapshot, counting off
+    /// the packet handed out: the unpaced queue whose first unsent packet waited longest
+    /// ([`Self::next_poll`] takes such a queue before paced media and padding, at once). Only
+    /// packets the snapshot saw are handed out; one queued since needs a timeout to be seen.
+    fn next_unpaced_in_snapshot(&mut self) -> Option<MidRid> {
+        let queue = self
+            .queue_states
+            .iter_mut()
+            .filter(|q| q.unpaced_packets > 0)
+            .filter_map(|q| q.snapshot.first_unsent.map(|t| (t, q)))
+            .min_by_key(|(t, _)| *t)
+            .map(|(_, q)| q)?;
+        let midrid = queue.midrid;
+        Self::count_off_queue(queue);
+        Some(midrid)
+    }
+
+    /// Count the packet handed out from an unpaced queue off the snapshot.
+    fn count_off(&mut self, midrid: MidRid) {
+        if let Some(queue) = self
+            .queue_states
+            .iter_mut()
+            .find(|q| q.unpaced_packets > 0 && q.midrid == midrid)
+        {
+            Self::count_off_queue(queue);
+        }
+    }
+
+    fn count_off_queue(queue: &mut QueueState) {
+        queue.unpaced_packets -= 1;
+    }
+
     fn request_immediate_timeout(&mut self) {
         // Request timeout at the next microsecond to ensure time advances between packets.
         // We can't use already_happened() because that would cause the test harness to
@@ -488,6 +524,63 @@ mod test {
     use queue::{PacketKind, Queue, QueuedPacket};
     use std::time::{Duration, Instant};
 
+    /// SFU patch: the packets of unpaced queues that a timeout saw leave one after another
+    /// with no timeout between them, the longest waiting queue first; a paced queue still
+    /// waits for a timeout per packet, and so does a packet the snapshot did not see.
+    #[test]
+    fn unpaced_packets_need_no_timeout_between_them() {
+        let now = Instant::now();
+        let mut pacer = LeakyBucketPacer::new(Bitrate::mbps(1));
+        let state = |mid: &str, unpaced: bool, count: u32, first: Duration| QueueState {
+            midrid: MidRid(mid.into(), None),
+            unpaced,
+            use_for_padding: false,
+            unpaced_packets: if unpaced { count } else { 0 },
+            snapshot: QueueSnapshot {
+                created_at: now,
+                byte_size: 1200 * count as usize,
+                packet_count: count,
+                first_unsent: Some(now - first),
+                priority: QueuePriority::Media,
+                ..Default::default()
+            },
+        };
+        let audio = state("aud", true, 1, Duration::from_millis(2));
+        let video = state("vid", true, 3, Duration::from_millis(5));
+        let paced = state("pcd", false, 2, Duration::from_millis(9));
+        let send = |pacer: &mut LeakyBucketPacer| {
+            let mut sent = vec![];
+            while let Some((midrid, _)) = pacer.poll_queue() {
+                pacer.register_send(now, DataSize::bytes(1200), midrid);
+                sent.push(midrid.mid().to_string());
+            }
+            sent
+        };
+
+        // First ever: any non-empty queue (the first), then every unpaced packet the
+        // snapshot saw, longest waiting first, then nothing until a timeout.
+        pacer.handle_timeout(now, [paced, video, audio].into_iter());
+        assert_eq!(send(&mut pacer), ["pcd", "vid", "vid", "vid", "aud"]);
+        let deadline = pacer.poll_timeout().0.expect("a timeout");
+        assert_eq!(deadline, now + Duration::from_micros(1));
+
+        // The paced queue's last packet waits for the media debt (6 packets at 1 Mbit/s) to
+        // drain, and leaves on a timeout, alone.
+        let mut paced = paced;
+        paced.snapshot.packet_count = 1;
+        pacer.handle_timeout(deadline, [paced].into_iter());
+        assert!(send(&mut pacer).is_empty());
+        let drained = now + Duration::from_millis(100);
+        pacer.handle_timeout(drained, [paced].into_iter());
+        assert_eq!(send(&mut pacer), ["pcd"]);
+
+        // Unpaced packets queued since the last timeout are not handed out without one.
+        let later = state("vid", true, 2, Duration::ZERO);
+        assert!(pacer.poll_queue().is_none());
+        pacer.handle_timeout(drained + Duration::from_micros(1), [later].into_iter());
+        assert_eq!(send(&mut pacer), ["vid", "vid"]);
+    }
+
     #[test]
     fn probe_deadline_without_media_or_regular_padding() {
         use crate::bwe_::ProbeKind;
@@ -498,6 +591,7 @@ mod test {
             midrid: MidRid("probe".into(), None),
             unpaced: false,
             use_for_padding: true,
+            unpaced_packets: 0,
             snapshot: QueueSnapshot {
                 created_at: now,
                 ..Default::default()
@@ -916,6 +1010,7 @@ mod test {
             midrid: MidRid(Mid::from("001"), None),
             unpaced: false,
             use_for_padding: true,
+            unpaced_packets: 0,
             snapshot: QueueSnapshot {
                 created_at: now,
                 byte_size: 10_usize,
@@ -931,6 +1026,7 @@ mod test {
             midrid: MidRid(Mid::from("002"), None),
             unpaced: false,
             use_for_padding: false,
+            unpaced_packets: 0,
             snapshot: QueueSnapshot {
                 created_at: now,
                 byte_size: 30_usize,
@@ -1450,6 +1546,7 @@ mod test {
                     midrid: self.midrid,
                     unpaced: self.is_audio,
                     use_for_padding: !self.is_audio && self.last_emitted.is_some(),
+                    unpaced_packets: if self.is_audio { self.packet_count } else { 0 },
                     snapshot: QueueSnapshot {
                         created_at: now,
                         byte_size: self.queue.iter().map(QueuedPacket::size).sum(),

@@ -133,6 +133,7 @@ mod test {
             midrid: MidRid(mid.into(), None),
             unpaced: true,
             use_for_padding: false,
+            unpaced_packets: packet_count,
             snapshot: QueueSnapshot {
                 created_at: now,
                 packet_count,

@@ -74,6 +74,12 @@ pub struct QueueState {
     pub unpaced: bool,
     pub use_for_padding: bool,
     pub snapshot: QueueSnapshot,
+    /// Packets of an unpaced queue that the pacer may hand out one after another, with no
+    /// timeout between them: the media and resends this snapshot saw, not its padding (which
+    /// stays paced). Zero for a paced queue.
+    ///
+    /// SFU patch (third_party/str0m/PATCHES.md).
+    pub unpaced_packets: u32,
 }
 
 /// A request to generate a specific amount of padding.

@@ -1183,6 +1183,11 @@ impl StreamTx {
         let use_for_padding = self.padding_enabled();
 
         let mut snapshot = self.send_queue.snapshot(now);
+        let unpaced_packets = if unpaced {
+            snapshot.packet_count + self.resends.len() as u32
+        } else {
+            0
+        };
 
         if let Some(snapshot_resend) = self.queue_state_resend(now) {
             snapshot.merge(&snapshot_resend);
@@ -1199,6 +1204,7 @@ impl StreamTx {
             unpaced,
             use_for_padding,
             snapshot,
+            unpaced_packets,
         }
     }
 
