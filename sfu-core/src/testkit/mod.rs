@@ -98,8 +98,9 @@ pub struct SimNode {
     /// What the node's engines wrote to each subscriber track: (session, slot) → sequence
     /// numbers, in the order written.
     pub forwarded: HashMap<(SessionId, u16), Vec<u64>>,
-    /// The most RTP datagrams one engine handed out in one chunk
-    /// ([`Engine::transmits_queued`]).
+    /// The most RTP media datagrams (not on the RTX payload type) one engine handed out in one
+    /// chunk ([`Engine::transmits_queued`]). Padding and resends str0m sends in answer to
+    /// feedback leave with the drain of the datagram that carried it, outside the chunks.
     pub largest_handover: usize,
     /// Where each pass's first RTP datagram went, per destination: how often.
     pub first_rtp_to: HashMap<SocketAddr, u64>,
@@ -639,8 +640,8 @@ impl Kit {
                             to: t.destination,
                             contents: t.contents,
                         };
-                        if rtp_payload_type(&datagram).is_some() {
-                            chunk += 1;
+                        if let Some(pt) = rtp_payload_type(&datagram) {
+                            chunk += usize::from(pt != VIDEO_RTX_PT);
                             if std::mem::take(&mut first_rtp) {
                                 *node.first_rtp_to.entry(datagram.to).or_default() += 1;
                             }
