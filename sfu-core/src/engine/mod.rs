@@ -381,14 +381,9 @@ impl Engine {
                 return;
             }
         }
-        if self.transmits.len() >= HANDOVER_CHUNK {
-            // A chunk waits for the shell: this session's answer queues behind it and is
-            // drained in turn, so inputs arriving together (feedback from every subscriber
-            // of a fan-out at once) do not grow a handover past a chunk either.
-            self.mark_dirty(peer);
-        } else {
-            self.drain_session(peer);
-        }
+        // At once, whatever waits for the socket: str0m's contract is a drain after every
+        // input (docs/architecture.md, "Inputs are answered at once").
+        self.drain_session(peer);
     }
 
     /// A message from another worker.
