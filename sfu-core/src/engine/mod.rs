@@ -1310,9 +1310,10 @@ impl Engine {
                 due.produced();
             }
             match output {
-                // With bandwidth estimation str0m's pacer hands out each packet only after a
-                // timeout just past the last one: serve it here, so a frame's packets leave
-                // in this drain (one send batch, a GSO run) rather than one per loop pass.
+                // With bandwidth estimation str0m's pacer hands out each paced packet only
+                // after a timeout just past the last one (unpaced media it has seen leaves
+                // without): serve it here, so they leave in this drain (one send batch, a GSO
+                // run) rather than one per loop pass.
                 Output::Timeout(t) => {
                     let next = match due.on_timeout(t) {
                         Due::Serve(at) => {

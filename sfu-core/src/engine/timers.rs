@@ -20,8 +20,10 @@ use super::PeerId;
 /// Deadlines already due that one drain serves at once.
 pub const DUE_TIMEOUTS_PER_DRAIN: usize = 64;
 /// How far ahead of the loop's clock a drain serves a session's deadline. str0m's pacer asks
-/// for a timeout 1 µs after the last one before it releases each packet; waiting for the
-/// clock to reach it would send a frame one packet per loop pass, each alone (no GSO run).
+/// for a timeout 1 µs after the last one before it releases each paced packet (padding,
+/// probes; forwarded media is unpaced and leaves without, str0m patch 13), and once more after
+/// a run of unpaced ones; waiting for the clock to reach it would send them one per loop pass,
+/// each alone (no GSO run).
 pub const DUE_SLACK: Duration = Duration::from_millis(1);
 /// Serves of one instant, beyond the first, with nothing produced between, before a deadline
 /// counts as stalled. str0m's probe controller asks for a second timeout at the instant of the
