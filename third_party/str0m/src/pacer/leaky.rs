@@ -480,9 +480,8 @@ impl LeakyBucketPacer {
             .filter_map(|q| q.snapshot.first_unsent.map(|t| (t, q)))
             .min_by_key(|(t, _)| *t)
             .map(|(_, q)| q)?;
-        let midrid = queue.midrid;
-        Self::count_off_queue(queue);
-        Some(midrid)
+        queue.unpaced_packets -= 1;
+        Some(queue.midrid)
     }
 
     /// Count the packet handed out from an unpaced queue off the snapshot.
@@ -492,12 +491,8 @@ impl LeakyBucketPacer {
             .iter_mut()
             .find(|q| q.unpaced_packets > 0 && q.midrid == midrid)
         {
-            Self::count_off_queue(queue);
+            queue.unpaced_packets -= 1;
         }
-    }
-
-    fn count_off_queue(queue: &mut QueueState) {
-        queue.unpaced_packets -= 1;
     }
 
     fn request_immediate_timeout(&mut self) {
