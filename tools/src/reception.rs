@@ -297,7 +297,9 @@ impl Receiving {
         let latency_us = (counts.received > 0).then(|| wallclock_us.saturating_sub(header.sent_us));
         if let Some(us) = latency_us {
             stats::record_latency(&mut interval.latency, us);
-            interval.spread.record(header.counter, wallclock_us);
+            interval
+                .spread
+                .record(header.kind, header.layer, header.counter, wallclock_us);
         }
         // The packet's own publisher decides its path, whatever else the room holds.
         if let Some(paths) = &self.paths {

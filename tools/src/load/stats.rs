@@ -284,20 +284,27 @@ pub const SPREAD_SAMPLE: u64 = 4;
 /// [`SPREAD_SAMPLE`]th packet; a packet counts once at least two subscribers got it.
 #[derive(Debug, Clone, Default)]
 pub struct FanoutSpread {
-    /// Pattern counter (unique per publisher stream and packet) → first and last arrival
-    /// (wall clock, µs) and how many subscribers got it.
-    packets: HashMap<u64, (u64, u64, u32)>,
+    /// One publisher packet → first and last arrival (wall clock, µs) and how many subscribers
+    /// got it.
+    packets: HashMap<SpreadKey, (u64, u64, u32)>,
 }
 
+/// What names one publisher packet: a pattern counter is unique within its stream only (a
+/// publisher's audio and video layers all count from the same base), so the stream is part of
+/// the key.
+type SpreadKey = (PayloadKind, u8, u64);
+
 impl FanoutSpread {
-    pub fn record(&mut self, counter: u64, wallclock_us: u64) {
+    /// One subscriber got the packet `counter` of the publisher stream (`kind`, `layer`) at
+    /// `wallclock_us`.
+    pub fn record(&mut self, kind: PayloadKind, layer: u8, counter: u64, wallclock_us: u64) {
         if counter % SPREAD_SAMPLE != 0 {
             return;
         }
-        let e = self
-            .packets
-            .entry(counter)
-            .or_insert((wallclock_us, wallclock_us, 0));
+        let e =
+            self.packets
+                .entry((kind, layer, counter))
+                .or_insert((wallclock_us, wallclock_us, 0));
         e.0 = e.0.min(wallclock_us);
         e.1 = e.1.max(wallclock_us);
         e.2 += 1;
@@ -689,15 +696,22 @@ mod tests {
         let mut shard_b = ShardTotals::new();
         let mut a = Interval::new();
         let mut b = Interval::new();
+        let video = |spread: &mut FanoutSpread, counter, at| {
+            spread.record(PayloadKind::Video, 0, counter, at)
+        };
         // Packet 8 (sampled) reaches three subscribers over two shards, 1.5 ms apart.
-        a.spread.record(8, 10_000);
-        a.spread.record(8, 10_400);
-        b.spread.record(8, 11_500);
+        video(&mut a.spread, 8, 10_000);
+        video(&mut a.spread, 8, 10_400);
+        video(&mut b.spread, 8, 11_500);
+        // Audio packet 8 and video packet 8 of layer 1 are other packets, sent at other
+        // times: they reach one subscriber each, so they add no spread.
+        a.spread.record(PayloadKind::Audio, 0, 8, 5_000_000);
+        b.spread.record(PayloadKind::Video, 1, 8, 9_000_000);
         // Packet 12 (sampled) reaches one subscriber only: no spread.
-        a.spread.record(12, 20_000);
+        video(&mut a.spread, 12, 20_000);
         // Packet 9 is not sampled.
-        a.spread.record(9, 30_000);
-        b.spread.record(9, 39_000);
+        video(&mut a.spread, 9, 30_000);
+        video(&mut b.spread, 9, 39_000);
         shard_a.add_interval(&a);
         shard_b.add_interval(&b);
         let mut totals = ShardTotals::new();
