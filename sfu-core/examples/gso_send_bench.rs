@@ -257,10 +257,9 @@ fn run_uring(socket: &UdpSocket, slots: &[Box<Slot>], args: &Args) -> anyhow::Re
     let mut counts = Counts::default();
     // A slot is free once its send completed and, for zero-copy, its notification arrived.
     let mut free: Vec<usize> = (0..slots.len()).collect();
-    let mut in_flight = 0;
     loop {
         let sending = counts.datagrams < args.max_datagrams && Instant::now() < end;
-        if !sending && in_flight == 0 {
+        if !sending && free.len() == slots.len() {
             break;
         }
         while sending && let Some(index) = free.pop() {
@@ -277,7 +276,6 @@ fn run_uring(socket: &UdpSocket, slots: &[Box<Slot>], args: &Args) -> anyhow::Re
             // returns), and a slot is reused only after its last completion.
             unsafe { ring.submission().push(&entry.user_data(index as u64)) }
                 .map_err(|_| anyhow::anyhow!("submission queue full"))?;
-            in_flight += 1;
         }
         ring.submit_and_wait(1).context("io_uring_enter")?;
         for cqe in ring.completion() {
@@ -288,7 +286,6 @@ fn run_uring(socket: &UdpSocket, slots: &[Box<Slot>], args: &Args) -> anyhow::Re
                     counts.copied += 1;
                 }
                 free.push(index);
-                in_flight -= 1;
                 continue;
             }
             counts.sends += 1;
@@ -302,7 +299,6 @@ fn run_uring(socket: &UdpSocket, slots: &[Box<Slot>], args: &Args) -> anyhow::Re
             // completion says one follows.
             if !(zero_copy && cqueue::more(cqe.flags())) {
                 free.push(index);
-                in_flight -= 1;
             }
         }
     }
